@@ -1,0 +1,95 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Settings every Swift target of kmsd shares: Swift 6 language mode (the tools default) plus the upcoming
+/// features STYLE.md asks for.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "kmsd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "KMSCore", targets: ["KMSCore"]),
+        .library(name: "PKCS11", targets: ["PKCS11"]),
+        .library(name: "KMSProviderPKCS11", targets: ["KMSProviderPKCS11"]),
+        .executable(name: "kms-bench", targets: ["kms-bench"]),
+        .executable(name: "kms-demo", targets: ["kms-demo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // The PKCS#11 header (Debian's libp11-kit-dev) and a few helpers for what Swift cannot import.
+        .target(name: "CPKCS11"),
+        .target(
+            name: "PKCS11",
+            dependencies: ["CPKCS11"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "KMSCore",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "KMSProviderPKCS11",
+            dependencies: [
+                "KMSCore", "PKCS11",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "KMSTestSupport",
+            dependencies: [
+                "KMSCore", "PKCS11",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "kms-bench",
+            dependencies: [
+                "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "kms-demo",
+            dependencies: ["KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PKCS11Tests",
+            dependencies: ["PKCS11", "CPKCS11", "KMSTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KMSCoreTests",
+            dependencies: [
+                "KMSCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            resources: [.copy("Vectors")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KMSProviderPKCS11Tests",
+            dependencies: ["KMSProviderPKCS11", "KMSCore", "PKCS11", "CPKCS11", "KMSTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

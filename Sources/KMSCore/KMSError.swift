@@ -1,0 +1,73 @@
+/// The errors kmsd reports across layers, with stable codes that the API maps to HTTP statuses.
+///
+/// `message` is written for the client and never contains secrets (no key bytes, no PIN, no token, no context value);
+/// `detail` adds what an operator needs in a log (e.g. the PKCS#11 function and `CK_RV`), and is likewise free of
+/// secrets. Two errors are equal when their codes are equal.
+public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
+    /// A stable error code. Its `rawValue` is the `code` field of the API's error body.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String, Sendable {
+            case notFound = "not_found"
+            case alreadyExists = "already_exists"
+            case forbidden = "forbidden"
+            case invalidInput = "invalid_input"
+            case versionRetired = "version_retired"
+            case unavailable = "unavailable"
+            case conflict = "conflict"
+            case unsupported = "unsupported"
+            case `internal` = "internal"
+        }
+
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        public var rawValue: String { base.rawValue }
+        public var description: String { base.rawValue }
+
+        /// The key or version does not exist (or was destroyed).
+        public static let notFound = Code(.notFound)
+        /// A key of that name already exists.
+        public static let alreadyExists = Code(.alreadyExists)
+        /// The caller may not use this key or operation.
+        public static let forbidden = Code(.forbidden)
+        /// The request or a wrapped key is malformed, was tampered with, or does not match its context.
+        public static let invalidInput = Code(.invalidInput)
+        /// The version is retired: it unwraps but no longer wraps.
+        public static let versionRetired = Code(.versionRetired)
+        /// The backend cannot serve now (down, breaker open, pool exhausted, deadline passed). Retry later.
+        public static let unavailable = Code(.unavailable)
+        /// The operation conflicts with the key's state (e.g. retiring the only active version).
+        public static let conflict = Code(.conflict)
+        /// The backend cannot do this at all.
+        public static let unsupported = Code(.unsupported)
+        /// A bug or an unexpected backend answer.
+        public static let `internal` = Code(.internal)
+    }
+
+    public let code: Code
+    /// Safe to show to the client.
+    public let message: String
+    /// Operator detail for logs; never a secret.
+    public let detail: String?
+
+    public init(_ code: Code, _ message: String, detail: String? = nil) {
+        self.code = code
+        self.message = message
+        self.detail = detail
+    }
+
+    public static func notFound(_ message: String, detail: String? = nil) -> KMSError { .init(.notFound, message, detail: detail) }
+    public static func alreadyExists(_ message: String, detail: String? = nil) -> KMSError { .init(.alreadyExists, message, detail: detail) }
+    public static func forbidden(_ message: String, detail: String? = nil) -> KMSError { .init(.forbidden, message, detail: detail) }
+    public static func invalidInput(_ message: String, detail: String? = nil) -> KMSError { .init(.invalidInput, message, detail: detail) }
+    public static func versionRetired(_ message: String, detail: String? = nil) -> KMSError { .init(.versionRetired, message, detail: detail) }
+    public static func unavailable(_ message: String, detail: String? = nil) -> KMSError { .init(.unavailable, message, detail: detail) }
+    public static func conflict(_ message: String, detail: String? = nil) -> KMSError { .init(.conflict, message, detail: detail) }
+    public static func unsupported(_ message: String, detail: String? = nil) -> KMSError { .init(.unsupported, message, detail: detail) }
+    public static func `internal`(_ message: String, detail: String? = nil) -> KMSError { .init(.internal, message, detail: detail) }
+
+    public static func == (lhs: KMSError, rhs: KMSError) -> Bool { lhs.code == rhs.code }
+
+    public var description: String { "\(code): \(message)" }
+    public var debugDescription: String { detail.map { "\(code): \(message) [\($0)]" } ?? description }
+}
