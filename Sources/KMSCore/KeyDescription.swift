@@ -13,8 +13,8 @@ public enum KeyVersionState: String, Sendable, Codable, CustomStringConvertible 
 public struct KeyVersionInfo: Sendable, Equatable, CustomStringConvertible {
     public let version: KeyVersion
     public let state: KeyVersionState
-    /// When the backend created the version, at the precision the backend keeps (PKCS#11: the day, from
-    /// `CKA_START_DATE`; Vault: the second). `nil` if the backend does not say.
+    /// When the backend created the version, if the backend records it (Vault does; PKCS#11 objects carry no
+    /// portable creation time, so kmsd's state store keeps it). `nil` if unknown.
     public let createdAt: Date?
     /// The backend's identifier of this version (PKCS#11 `CKA_ID`). Not secret.
     public let keyID: [UInt8]

@@ -20,19 +20,14 @@ public final class SecretBytes: @unchecked Sendable, CustomStringConvertible, Cu
 
     /// Allocates `count` bytes and lets `initializer` fill them in place (for example with an HSM's random generator
     /// or a decryption), so the secret never exists outside wiped storage. If `initializer` throws, the memory is
-    /// wiped and freed.
+    /// wiped and freed (by deinit, which Swift runs for a fully initialized object whose init throws).
     public init(count: Int, initializer: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
         precondition(count >= 0, "SecretBytes count must not be negative")
         byteCount = count
         storage = .allocate(byteCount: max(count, 1), alignment: 16)
         storage.initializeMemory(as: UInt8.self, repeating: 0)
-        do {
-            try initializer(UnsafeMutableRawBufferPointer(rebasing: storage[0..<count]))
-        } catch {
-            Self.wipe(storage)
-            storage.deallocate()
-            throw error
-        }
+        // If the initializer throws, the object is released and deinit wipes and frees the storage.
+        try initializer(UnsafeMutableRawBufferPointer(rebasing: storage[0..<count]))
     }
 
     /// The secret's length (the allocation is at least one byte so that an empty secret still has an address).

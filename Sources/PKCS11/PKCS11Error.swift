@@ -17,7 +17,7 @@ public struct PKCS11Error: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The standard name of the return value, e.g. `CKR_SESSION_HANDLE_INVALID`.
-    public var name: String { ReturnValueNames.name(of: returnValue) }
+    public var name: String { PKCS11ReturnValue.name(of: returnValue) }
 
     public var description: String {
         "\(function) returned \(name) (0x\(String(returnValue, radix: 16)))"

@@ -35,7 +35,7 @@ public final class PKCS11Module: @unchecked Sendable {
         var list: UnsafeMutablePointer<CK_FUNCTION_LIST>?
         let rv = getFunctionList(&list)
         guard rv == CKR_OK, let list else {
-            throw PKCS11LoadError(path: path, reason: "C_GetFunctionList returned \(ReturnValueNames.name(of: rv))")
+            throw PKCS11LoadError(path: path, reason: "C_GetFunctionList returned \(PKCS11ReturnValue.name(of: rv))")
         }
         self.functions = list
     }

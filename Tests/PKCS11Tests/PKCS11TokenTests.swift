@@ -209,3 +209,22 @@ struct PKCS11TokenTests {
         }
     }
 }
+
+extension PKCS11TokenTests {
+    @Test func readsSeveralAttributesInOneCall() throws {
+        let key = try session.generateKey(
+            mechanism: MechanismType.aesKeyGen,
+            template: [
+                .class(.secretKey), .keyType(.aes), .valueLength(32), .token(true), .private(true), .sensitive(true),
+                .extractable(false), .encrypt(false), .label("kmsd/attrs/v1"), .id([1, 2, 3]),
+            ])
+        let values = try session.attributes([AttributeType.label, AttributeType.id, AttributeType.encrypt], of: key)
+        #expect(values[AttributeType.label] == Array("kmsd/attrs/v1".utf8))
+        #expect(values[AttributeType.id] == [1, 2, 3])
+        #expect(values[AttributeType.encrypt] == [0])
+        // A sensitive attribute in the list fails the whole read with the module's code.
+        #expect(throws: PKCS11Error(returnValue: UInt(CKR_ATTRIBUTE_SENSITIVE), function: "")) {
+            try session.attributes([AttributeType.label, AttributeType.value], of: key)
+        }
+    }
+}

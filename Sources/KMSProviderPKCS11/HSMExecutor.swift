@@ -1,0 +1,119 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Runs blocking PKCS#11 calls on kmsd's own thread pool, never on an event loop or the Swift concurrency pool.
+///
+/// Every call has a deadline. When it passes, the caller gets `HSMDeadlineExceeded` at once; the blocked C call cannot
+/// be interrupted, so it keeps its thread until it returns, and `whenOverrunEnds` is called exactly once, on that
+/// thread, with the late result (or `nil` if the call never started). The number of such stuck calls is reported in
+/// `stuckCalls`; the session pool counts the sessions they hold against its capacity, so hung calls shrink what the
+/// pool hands out instead of growing the number of threads.
+///
+/// Lifecycle: `init` starts the threads; `shutdown()` stops them after the queued work.
+public final class HSMExecutor: Sendable {
+    private let threadPool: NIOThreadPool
+    private let deadlines = DeadlineSweeper()
+    private let stuck = Atomic<Int>(0)
+    public let threadCount: Int
+
+    public init(threads: Int) {
+        threadCount = max(1, threads)
+        threadPool = NIOThreadPool(numberOfThreads: threadCount)
+        threadPool.start()
+    }
+
+    /// Calls that passed their deadline and still occupy a thread.
+    public var stuckCalls: Int { stuck.load(ordering: .relaxed) }
+
+    public func shutdown() async {
+        try? await threadPool.shutdownGracefully()
+        deadlines.stop()
+    }
+
+    /// Runs `body` on a pool thread and returns its result, or throws `HSMDeadlineExceeded` once `timeout` has passed.
+    public func run<T: Sendable>(
+        timeout: Duration,
+        whenOverrunEnds: @escaping @Sendable (Result<T, any Error>?) -> Void = { _ in },
+        _ body: @escaping @Sendable () throws -> T
+    ) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let call = PendingCall(continuation)
+            let timer = deadlines.register(deadline: .now + timeout) { [self] in
+                if call.expire() { stuck.add(1, ordering: .relaxed) }
+            }
+            threadPool.submit { [self] state in
+                guard case .active = state else {
+                    deadlines.cancel(timer)
+                    _ = call.finish(.failure(HSMExecutorShutDown()))
+                    return
+                }
+                if call.hasExpired {
+                    whenOverrunEnds(nil)
+                    stuck.subtract(1, ordering: .relaxed)
+                    return
+                }
+                let result = Result { try body() }
+                deadlines.cancel(timer)
+                if !call.finish(result) {
+                    whenOverrunEnds(result)
+                    stuck.subtract(1, ordering: .relaxed)
+                }
+            }
+        }
+    }
+}
+
+/// The caller stopped waiting: the call did not finish within its deadline.
+public struct HSMDeadlineExceeded: Error, Sendable, CustomStringConvertible {
+    public var description: String { "HSM call exceeded its deadline" }
+}
+
+/// The executor was shut down before the call ran.
+public struct HSMExecutorShutDown: Error, Sendable, CustomStringConvertible {
+    public var description: String { "HSM executor is shut down" }
+}
+
+/// One call's continuation, resumed exactly once: by the result or by the deadline, whichever comes first.
+private final class PendingCall<T: Sendable>: Sendable {
+    private enum State {
+        case waiting(CheckedContinuation<T, any Error>)
+        case finished
+        case expired
+    }
+
+    private let state: Mutex<State>
+
+    init(_ continuation: CheckedContinuation<T, any Error>) {
+        state = Mutex(.waiting(continuation))
+    }
+
+    var hasExpired: Bool {
+        state.withLock { if case .expired = $0 { return true } else { return false } }
+    }
+
+    /// Resumes with `result` unless the deadline already fired. Returns false if it had.
+    func finish(_ result: Result<T, any Error>) -> Bool {
+        let continuation: CheckedContinuation<T, any Error>? = state.withLock { state in
+            guard case .waiting(let continuation) = state else { return nil }
+            state = .finished
+            return continuation
+        }
+        guard let continuation else { return false }
+        continuation.resume(with: result)
+        return true
+    }
+
+    /// Resumes with `HSMDeadlineExceeded` unless the call already finished. Returns true if it expired the call.
+    func expire() -> Bool {
+        let continuation: CheckedContinuation<T, any Error>? = state.withLock { state in
+            guard case .waiting(let continuation) = state else { return nil }
+            state = .expired
+            return continuation
+        }
+        guard let continuation else { return false }
+        continuation.resume(throwing: HSMDeadlineExceeded())
+        return true
+    }
+}

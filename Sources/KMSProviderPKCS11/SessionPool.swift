@@ -1,0 +1,353 @@
+import KMSCore
+import Logging
+import PKCS11
+import Synchronization
+
+/// A bounded pool of PKCS#11 sessions on one token, plus the anchor session that holds the login.
+///
+/// Callers use `withSession {}` only: the body runs on an `HSMExecutor` thread with a session leased to it alone, under
+/// the per-call deadline. The pool's decisions come from `SessionPoolStateMachine`; this type carries them out.
+///
+/// Error handling (see docs/hsm-failure-model.md):
+/// - session handle invalid or closed → the session is discarded (never handed out again) and the call retried once
+///   on another session;
+/// - user not logged in → the anchor session and the login are re-established and the call retried once;
+/// - device gone → the session is discarded and the caller gets `unavailable`; `onDeviceLoss` is told;
+/// - deadline passed → the caller gets `unavailable`; the session is written off until its call returns, then closed;
+/// - checkout wait exceeded → `unavailable`.
+/// Other PKCS#11 errors are returned to the caller unchanged (the provider decides what they mean).
+final class SessionPool: Sendable {
+    struct Configuration: Sendable {
+        var maxSessions: Int
+        var maxWaiters: Int
+        var checkoutWait: Duration
+        var callTimeout: Duration
+    }
+
+    /// Counters for tests, status and metrics.
+    struct Statistics: Sendable, Equatable {
+        var open = 0
+        var idle = 0
+        var leased = 0
+        var lost = 0
+        var waiters = 0
+        var sessionsOpened = 0
+        var sessionsClosed = 0
+        var sessionsDiscarded = 0
+        var relogins = 0
+        var checkoutTimeouts = 0
+        var deadlineOverruns = 0
+        /// The most sessions that ever existed at once (excluding the anchor).
+        var highWaterMark = 0
+    }
+
+    private struct State {
+        var machine: SessionPoolStateMachine
+        var sessions: [SessionPoolStateMachine.SessionID: PKCS11Session] = [:]
+        var waiters: [SessionPoolStateMachine.WaiterID: CheckedContinuation<SessionPoolStateMachine.LeaseDecision, Never>] = [:]
+        var nextID = 0
+        var statistics = Statistics()
+    }
+
+    let module: PKCS11Module
+    let slot: SlotID
+    let configuration: Configuration
+    private let pin: SecretBytes
+    private let executor: HSMExecutor
+    private let logger: Logger
+    private let state: Mutex<State>
+    /// The anchor session; guarded by its own lock, held only on executor threads while (re)logging in.
+    private let anchor = Mutex<PKCS11Session?>(nil)
+    private let onDeviceLoss: @Sendable (PKCS11Error) -> Void
+
+    init(
+        module: PKCS11Module, slot: SlotID, pin: SecretBytes, configuration: Configuration, executor: HSMExecutor,
+        logger: Logger, onDeviceLoss: @escaping @Sendable (PKCS11Error) -> Void = { _ in }
+    ) {
+        self.module = module
+        self.slot = slot
+        self.pin = pin
+        self.configuration = configuration
+        self.executor = executor
+        self.logger = logger
+        self.onDeviceLoss = onDeviceLoss
+        self.state = Mutex(State(machine: SessionPoolStateMachine(
+            configuration: .init(maxSessions: configuration.maxSessions, maxWaiters: configuration.maxWaiters))))
+    }
+
+    var statistics: Statistics {
+        state.withLock { state in
+            var statistics = state.statistics
+            statistics.idle = state.machine.idleCount
+            statistics.leased = state.machine.leasedCount
+            statistics.lost = state.machine.lostCount
+            statistics.waiters = state.machine.waiterCount
+            statistics.open = state.sessions.count
+            return statistics
+        }
+    }
+
+    /// Opens the anchor session and logs in. Throws the PKCS#11 error (e.g. `CKR_PIN_INCORRECT`) if that fails.
+    func start() async throws {
+        _ = try await executor.run(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() }
+    }
+
+    /// Closes every idle session and the anchor (which ends the login); fails waiters. Leased sessions are closed as
+    /// they come back.
+    func shutdown() async {
+        let actions = state.withLock { $0.machine.shutdown() }
+        perform(actions)
+        _ = try? await executor.run(timeout: configuration.callTimeout) { [self] in
+            anchor.withLock { anchor in
+                try? anchor?.close()
+                anchor = nil
+            }
+        }
+    }
+
+    /// Runs `body` with a session leased to it alone, on an HSM thread, under the call deadline.
+    func withSession<T: Sendable>(_ body: @escaping @Sendable (PKCS11Session) throws -> T) async throws -> T {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let (lease, session) = try await acquire()
+            do {
+                let value = try await executor.run(
+                    timeout: configuration.callTimeout,
+                    whenOverrunEnds: { [self] _ in perform(state.withLock { $0.machine.lostCallEnded(lease) }) }
+                ) { try body(session) }
+                release(lease, .reuse)
+                return value
+            } catch is HSMDeadlineExceeded {
+                state.withLock { $0.statistics.deadlineOverruns += 1 }
+                release(lease, .lost)
+                logger.warning("HSM call overran its deadline; session written off", metadata: ["timeout": "\(configuration.callTimeout)"])
+                throw KMSError.unavailable("the HSM did not answer in time", detail: "call deadline \(configuration.callTimeout) passed")
+            } catch let error as PKCS11Error where error.isSessionInvalid {
+                release(lease, .discard)
+                state.withLock { $0.statistics.sessionsDiscarded += 1 }
+                logger.notice("PKCS#11 session evicted", metadata: ["error": "\(error)"])
+                if attempt < 2 {
+                    // If the anchor died too, every session of the application was closed: start over with a new
+                    // generation and a fresh login rather than trying the other dead sessions one by one.
+                    try await relogin()
+                    continue
+                }
+                throw KMSError.unavailable("the HSM session failed", detail: error.description)
+            } catch let error as PKCS11Error where error.requiresLogin {
+                release(lease, .reuse)
+                logger.notice("PKCS#11 login lost; logging in again", metadata: ["error": "\(error)"])
+                try await relogin()
+                if attempt < 2 { continue }
+                throw KMSError.unavailable("the HSM login was lost", detail: error.description)
+            } catch let error as PKCS11Error where error.isDeviceGone {
+                release(lease, .discard)
+                logger.error("HSM device lost", metadata: ["error": "\(error)"])
+                onDeviceLoss(error)
+                throw KMSError.unavailable("the HSM is unavailable", detail: error.description)
+            } catch {
+                release(lease, .reuse)
+                throw error
+            }
+        }
+    }
+
+    // MARK: - Leasing
+
+    private func acquire() async throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
+        let deadline = ContinuousClock.now + configuration.checkoutWait
+        // Fast path: an idle session or free capacity, without suspending.
+        let (waiterID, fast): (Int, SessionPoolStateMachine.LeaseDecision) = state.withLock { state in
+            state.nextID += 1
+            return (state.nextID, state.machine.requestLease(state.nextID, deadline: deadline, mayWait: false))
+        }
+        var decision = fast
+        if case .wait = fast {
+            decision = await wait(waiterID, deadline: deadline)
+        }
+        switch decision {
+        case .use(let lease):
+            guard let session = state.withLock({ $0.sessions[lease.id] }) else {
+                // Unreachable by the state machine's rules; fail closed rather than trap.
+                throw KMSError.internal("session pool lost track of a session")
+            }
+            return (lease, session)
+        case .open(let generation):
+            return try await open(generation: generation)
+        case .wait:
+            throw KMSError.internal("session pool resumed a waiter without a decision")
+        case .fail(let reason):
+            switch reason {
+            case .timedOut:
+                state.withLock { $0.statistics.checkoutTimeouts += 1 }
+                throw KMSError.unavailable(
+                    "no HSM session became free in time", detail: "checkout wait \(configuration.checkoutWait) passed")
+            case .tooManyWaiters:
+                throw KMSError.unavailable("too many requests are waiting for an HSM session")
+            case .shuttingDown:
+                throw KMSError.unavailable("the HSM provider is shutting down")
+            case .cancelled:
+                throw CancellationError()
+            }
+        }
+    }
+
+    private func wait(_ waiterID: Int, deadline: ContinuousClock.Instant) async -> SessionPoolStateMachine.LeaseDecision {
+        let timer = Task { [self] in
+            try await Task.sleep(until: deadline, clock: .continuous)
+            perform(state.withLock { $0.machine.expireWaiters(now: .now) })
+        }
+        defer { timer.cancel() }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let immediate: SessionPoolStateMachine.LeaseDecision? = state.withLock { state in
+                    let decision = state.machine.requestLease(waiterID, deadline: deadline)
+                    if case .wait = decision {
+                        state.waiters[waiterID] = continuation
+                        return nil
+                    }
+                    return decision
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: { [self] in
+            perform(state.withLock { $0.machine.cancelWaiter(waiterID) })
+        }
+    }
+
+    /// Opens a session for capacity reserved by the state machine, making sure it is logged in.
+    private func open(generation: Int) async throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
+        let session: PKCS11Session
+        do {
+            session = try await executor.run(
+                timeout: configuration.callTimeout,
+                whenOverrunEnds: { late in if case .success(let session)? = late { try? session.close() } }
+            ) { [self] in
+                let session = try module.openSession(slot)
+                do {
+                    if try !session.info().isUserLoggedIn { try ensureLoggedIn() }
+                } catch {
+                    try? session.close()
+                    throw error
+                }
+                return session
+            }
+        } catch {
+            perform(state.withLock { $0.machine.openFailed() })
+            if let error = error as? PKCS11Error, error.isDeviceGone { onDeviceLoss(error) }
+            throw mapOpenError(error)
+        }
+        let lease: SessionPoolStateMachine.Lease? = state.withLock { state in
+            state.nextID += 1
+            let id = state.nextID
+            guard let lease = state.machine.sessionOpened(id, generation: generation) else { return nil }
+            state.sessions[id] = session
+            state.statistics.sessionsOpened += 1
+            state.statistics.highWaterMark = max(state.statistics.highWaterMark, state.machine.sessionCount)
+            return lease
+        }
+        guard let lease else {
+            _ = try? await executor.run(timeout: configuration.callTimeout) { try session.close() }
+            return try await acquire()
+        }
+        return (lease, session)
+    }
+
+    private func mapOpenError(_ error: any Error) -> any Error {
+        switch error {
+        case is HSMDeadlineExceeded:
+            return KMSError.unavailable("the HSM did not answer in time", detail: "opening a session overran its deadline")
+        case let error as PKCS11Error:
+            return KMSError.unavailable("cannot open an HSM session", detail: error.description)
+        default:
+            return error
+        }
+    }
+
+    private func release(_ lease: SessionPoolStateMachine.Lease, _ disposition: SessionPoolStateMachine.Disposition) {
+        perform(state.withLock { $0.machine.release(lease, disposition) })
+    }
+
+    /// Carries out state-machine actions outside the lock. Closing happens on an executor thread.
+    private func perform(_ actions: [SessionPoolStateMachine.Action]) {
+        guard !actions.isEmpty else { return }
+        var toClose: [PKCS11Session] = []
+        var toResume: [(CheckedContinuation<SessionPoolStateMachine.LeaseDecision, Never>, SessionPoolStateMachine.LeaseDecision)] = []
+        state.withLock { state in
+            for action in actions {
+                switch action {
+                case .close(let id):
+                    if let session = state.sessions.removeValue(forKey: id) {
+                        toClose.append(session)
+                        state.statistics.sessionsClosed += 1
+                    }
+                case .forget(let id):
+                    state.sessions[id] = nil
+                case .resume(let waiter, let decision):
+                    if let continuation = state.waiters.removeValue(forKey: waiter) {
+                        toResume.append((continuation, decision))
+                    }
+                }
+            }
+        }
+        for (continuation, decision) in toResume { continuation.resume(returning: decision) }
+        if !toClose.isEmpty {
+            Task { [executor, configuration, toClose] in
+                _ = try? await executor.run(timeout: configuration.callTimeout) {
+                    for session in toClose { try? session.close() }
+                }
+            }
+        }
+    }
+
+    // MARK: - Login
+
+    /// Re-establishes the anchor session and the login, on an executor thread.
+    private func relogin() async throws {
+        do {
+            let anchorReplaced = try await executor.run(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() }
+            if anchorReplaced {
+                perform(state.withLock { state in
+                    state.statistics.relogins += 1
+                    return state.machine.invalidateAll()
+                })
+            }
+        } catch is HSMDeadlineExceeded {
+            throw KMSError.unavailable("the HSM did not answer in time", detail: "re-login overran its deadline")
+        } catch let error as PKCS11Error {
+            logger.error("HSM login failed", metadata: ["error": "\(error)"])
+            throw KMSError.unavailable("cannot log in to the HSM", detail: error.description)
+        }
+    }
+
+    /// Makes sure the application is logged in, keeping one anchor session open so the login survives while the pool
+    /// is empty. Serialized by the anchor lock; runs only on executor threads (it blocks). Never retries a failed
+    /// login by itself: a wrong PIN retried in a loop would lock the token.
+    /// Returns true when the anchor session itself had to be replaced (a sign that every session was closed).
+    @discardableResult
+    private func ensureLoggedIn() throws -> Bool {
+        try anchor.withLock { anchor in
+            if let current = anchor {
+                do {
+                    if try current.info().isUserLoggedIn { return false }
+                    try pin.withUnsafeBytes { try current.login(pin: $0) }
+                    return false
+                } catch let error as PKCS11Error where error.isSessionInvalid {
+                    // The anchor is gone (e.g. every session was closed under us): open a new one. Its old handle is
+                    // not closed, since the number may already name another session.
+                    anchor = nil
+                }
+            }
+            let fresh = try module.openSession(slot)
+            do {
+                try pin.withUnsafeBytes { try fresh.login(pin: $0) }
+            } catch {
+                try? fresh.close()
+                throw error
+            }
+            let replaced = anchor == nil
+            anchor = fresh
+            return replaced
+        }
+    }
+}
