@@ -59,6 +59,10 @@ public struct TokenInfo: Sendable {
     public let maxSessionCount: Int?
     /// `ulMaxRwSessionCount`; `nil` when the token reports `CK_EFFECTIVELY_INFINITE` or `CK_UNAVAILABLE_INFORMATION`.
     public let maxReadWriteSessionCount: Int?
+    /// `ulSessionCount`: sessions open on the token (all applications, if the token counts them); `nil` if not reported.
+    public let sessionCount: Int?
+    /// `ulRwSessionCount`; `nil` if not reported.
+    public let readWriteSessionCount: Int?
     public let firmwareVersion: String
 
     init(_ info: CK_TOKEN_INFO) {
@@ -69,6 +73,8 @@ public struct TokenInfo: Sendable {
         flags = info.flags
         maxSessionCount = TokenInfo.limit(info.ulMaxSessionCount)
         maxReadWriteSessionCount = TokenInfo.limit(info.ulMaxRwSessionCount)
+        sessionCount = info.ulSessionCount == kmsd_CK_UNAVAILABLE_INFORMATION ? nil : Int(info.ulSessionCount)
+        readWriteSessionCount = info.ulRwSessionCount == kmsd_CK_UNAVAILABLE_INFORMATION ? nil : Int(info.ulRwSessionCount)
         firmwareVersion = "\(info.firmwareVersion.major).\(info.firmwareVersion.minor)"
     }
 
