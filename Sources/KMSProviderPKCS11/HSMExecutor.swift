@@ -1,6 +1,4 @@
 import Foundation
-import NIOCore
-import NIOPosix
 import Synchronization
 
 /// Runs blocking PKCS#11 calls on kmsd's own thread pool, never on an event loop or the Swift concurrency pool.
@@ -13,22 +11,21 @@ import Synchronization
 ///
 /// Lifecycle: `init` starts the threads; `shutdown()` stops them after the queued work.
 public final class HSMExecutor: Sendable {
-    private let threadPool: NIOThreadPool
+    private let threadPool: HSMThreadPool
     private let deadlines = DeadlineSweeper()
     private let stuck = Atomic<Int>(0)
     public let threadCount: Int
 
     public init(threads: Int) {
         threadCount = max(1, threads)
-        threadPool = NIOThreadPool(numberOfThreads: threadCount)
-        threadPool.start()
+        threadPool = HSMThreadPool(threads: threadCount)
     }
 
     /// Calls that passed their deadline and still occupy a thread.
     public var stuckCalls: Int { stuck.load(ordering: .relaxed) }
 
     public func shutdown() async {
-        try? await threadPool.shutdownGracefully()
+        await threadPool.shutdown()
         deadlines.stop()
     }
 
@@ -43,12 +40,7 @@ public final class HSMExecutor: Sendable {
             let timer = deadlines.register(deadline: .now + timeout) { [self] in
                 if call.expire() { stuck.add(1, ordering: .relaxed) }
             }
-            threadPool.submit { [self] state in
-                guard case .active = state else {
-                    deadlines.cancel(timer)
-                    _ = call.finish(.failure(HSMExecutorShutDown()))
-                    return
-                }
+            let accepted = threadPool.submit { [self] in
                 if call.hasExpired {
                     whenOverrunEnds(nil)
                     stuck.subtract(1, ordering: .relaxed)
@@ -60,6 +52,10 @@ public final class HSMExecutor: Sendable {
                     whenOverrunEnds(result)
                     stuck.subtract(1, ordering: .relaxed)
                 }
+            }
+            if !accepted {
+                deadlines.cancel(timer)
+                _ = call.finish(.failure(HSMExecutorShutDown()))
             }
         }
     }

@@ -11,8 +11,11 @@ struct HSMBenchmark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hsm", abstract: "Raw PKCS#11 loop vs PKCS11KeyProvider on one SoftHSM token.")
 
-    @Option(help: "Seconds per measurement.")
+    @Option(help: "Seconds per measurement (raw and provider each), split over the rounds.")
     var seconds: Double = 3
+
+    @Option(help: "Rounds per measurement: raw and provider alternate, and the ratio reported is the median of the per-round ratios, so drift in the token's speed (SoftHSM's file locks, the machine) hits both sides alike.")
+    var rounds: Int = 5
 
     @Option(parsing: .upToNextOption, help: "Concurrencies to measure.")
     var concurrency: [Int] = [1, 2, 8]
@@ -27,8 +30,8 @@ struct HSMBenchmark: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        guard seconds > 0, !concurrency.isEmpty, concurrency.allSatisfy({ $0 >= 1 }), sessions >= 1 else {
-            throw ValidationError("seconds, concurrency and sessions must be positive")
+        guard seconds > 0, rounds >= 1, !concurrency.isEmpty, concurrency.allSatisfy({ $0 >= 1 }), sessions >= 1 else {
+            throw ValidationError("seconds, rounds, concurrency and sessions must be positive")
         }
     }
 
@@ -45,21 +48,49 @@ struct HSMBenchmark: AsyncParsableCommand {
         let raw = try RawLoop(token: token, envelope: envelope, context: context)
 
         var rows: [Row] = []
+        let slice = seconds / Double(rounds)
         for n in concurrency {
-            let rawWrap = try raw.measure(threads: n, seconds: seconds, operation: .wrap)
-            let providerWrap = try await measureProvider(tasks: n, seconds: seconds) {
-                _ = try await provider.generateDataKey(name, context: context)
-            }
-            rows.append(Row(operation: "wrap (datakey)", concurrency: n, raw: rawWrap, provider: providerWrap))
-            let rawUnwrap = try raw.measure(threads: n, seconds: seconds, operation: .unwrap)
-            let providerUnwrap = try await measureProvider(tasks: n, seconds: seconds) {
-                _ = try await provider.unwrap(name, wrapped: sample.wrapped, context: context)
-            }
-            rows.append(Row(operation: "unwrap", concurrency: n, raw: rawUnwrap, provider: providerUnwrap))
+            rows.append(try await compare("wrap (datakey)", n, slice) {
+                try raw.measure(threads: n, seconds: slice, operation: .wrap)
+            } provider: {
+                try await measureProvider(tasks: n, seconds: slice) {
+                    _ = try await provider.generateDataKey(name, context: context)
+                }
+            })
+            rows.append(try await compare("unwrap", n, slice) {
+                try raw.measure(threads: n, seconds: slice, operation: .unwrap)
+            } provider: {
+                try await measureProvider(tasks: n, seconds: slice) {
+                    _ = try await provider.unwrap(name, wrapped: sample.wrapped, context: context)
+                }
+            })
         }
         let stats = provider.poolStatistics
         await provider.shutdown()
         report(rows, stats)
+    }
+
+    /// Alternates raw and provider rounds; reports the median of each and the median of the per-round ratios.
+    private func compare(
+        _ operation: String, _ concurrency: Int, _ slice: Double, raw: () throws -> Double,
+        provider: () async throws -> Double
+    ) async throws -> Row {
+        var raws: [Double] = []
+        var providers: [Double] = []
+        for _ in 0..<rounds {
+            raws.append(try raw())
+            providers.append(try await provider())
+        }
+        let ratios = zip(providers, raws).map { $0 / $1 }
+        return Row(operation: operation, concurrency: concurrency, raw: median(raws), provider: median(providers),
+                   ratio: median(ratios), ratioMin: ratios.min() ?? 0, ratioMax: ratios.max() ?? 0)
+    }
+
+    private func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return 0 }
+        let middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
     }
 
     struct Row: Encodable {
@@ -67,9 +98,11 @@ struct HSMBenchmark: AsyncParsableCommand {
         let concurrency: Int
         let raw: Double
         let provider: Double
-        var ratio: Double { provider / raw }
+        let ratio: Double
+        let ratioMin: Double
+        let ratioMax: Double
 
-        enum CodingKeys: String, CodingKey { case operation, concurrency, raw, provider, ratio }
+        enum CodingKeys: String, CodingKey { case operation, concurrency, raw, provider, ratio, ratioMin, ratioMax }
         func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(operation, forKey: .operation)
@@ -77,6 +110,8 @@ struct HSMBenchmark: AsyncParsableCommand {
             try container.encode(raw.rounded(), forKey: .raw)
             try container.encode(provider.rounded(), forKey: .provider)
             try container.encode((ratio * 1000).rounded() / 1000, forKey: .ratio)
+            try container.encode((ratioMin * 1000).rounded() / 1000, forKey: .ratioMin)
+            try container.encode((ratioMax * 1000).rounded() / 1000, forKey: .ratioMax)
         }
     }
 
@@ -108,13 +143,16 @@ struct HSMBenchmark: AsyncParsableCommand {
             if let data = try? encoder.encode(rows) { print(String(decoding: data, as: UTF8.self)) }
             return
         }
-        print("kms-bench hsm: SoftHSM2 token, AES-256-GCM wrap of a 32-byte DEK, \(seconds) s per measurement")
+        print("kms-bench hsm: SoftHSM2 token, AES-256-GCM wrap of a 32-byte DEK, \(seconds) s per side in \(rounds) alternating rounds")
         print("raw = one session per thread calling PKCS#11 directly; provider = PKCS11KeyProvider, pool of \(sessions)")
+        print("")
+        print("ops/s are medians over the rounds; ratio = median of per-round provider/raw (range in brackets)")
         print("")
         print(pad("operation", 16) + pad("conc", 6) + pad("raw ops/s", 12) + pad("provider ops/s", 16) + "ratio")
         for row in rows {
             print(pad(row.operation, 16) + pad("\(row.concurrency)", 6) + pad(String(format: "%.0f", row.raw), 12)
-                + pad(String(format: "%.0f", row.provider), 16) + String(format: "%.2f", row.ratio))
+                + pad(String(format: "%.0f", row.provider), 16)
+                + String(format: "%.2f  [%.2f–%.2f]", row.ratio, row.ratioMin, row.ratioMax))
         }
         print("")
         print("pool: sessions opened \(stats.sessionsOpened), high-water mark \(stats.highWaterMark), "
