@@ -26,8 +26,12 @@ final class HSMThreadPool: @unchecked Sendable {
         running = threads
         self.spinLimit = spinLimit
         for index in 0..<threads {
-            let thread = Thread { [self] in work() }
-            thread.name = "\(name)-\(index)"
+            let threadName = "\(name)-\(index)"
+            let thread = Thread { [self] in
+                // Named from inside: on Linux this also sets the kernel's name, so `top -H`, perf and gdb show it.
+                Thread.current.name = threadName
+                work()
+            }
             thread.start()
         }
     }

@@ -1,0 +1,68 @@
+import Foundation
+@testable import KMSProviderPKCS11
+import Synchronization
+import Testing
+
+/// The executor and its threads, without an HSM: blocking bodies stand in for PKCS#11 calls.
+@Suite("HSM executor")
+struct HSMExecutorTests {
+    @Test func runsEveryCallOnItsOwnThreadsAndReturnsEachResult() async throws {
+        let executor = HSMExecutor(threads: 3)
+        let results = try await withThrowingTaskGroup(of: (Int, Int, String).self) { group in
+            for index in 0..<2_000 {
+                group.addTask {
+                    let (value, thread) = try await executor.run(timeout: .seconds(5)) {
+                        (index * 7, currentThreadName())
+                    }
+                    return (index, value, thread)
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        await executor.shutdown()
+        #expect(results.count == 2_000)
+        #expect(results.allSatisfy { $0.1 == $0.0 * 7 })
+        let threads = Set(results.map(\.2))
+        #expect(threads.allSatisfy { $0.hasPrefix("kmsd-hsm-") })
+        #expect(threads.count <= 3)
+    }
+
+    @Test func aCallPastItsDeadlineReturnsAtOnceAndReportsItsLateEnd() async throws {
+        let executor = HSMExecutor(threads: 2)
+        let release = Mutex(false)
+        let lateResult = Mutex<Result<Int, any Error>?>(nil)
+        let ended = Mutex(false)
+        let start = ContinuousClock.now
+        await #expect(throws: HSMDeadlineExceeded.self) {
+            try await executor.run(timeout: .milliseconds(50), whenOverrunEnds: { result in
+                lateResult.withLock { $0 = result }
+                ended.withLock { $0 = true }
+            }) {
+                while !release.withLock({ $0 }) { usleep(1_000) }
+                return 42
+            }
+        }
+        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(executor.stuckCalls == 1)
+        // The other thread still serves calls while one is stuck.
+        #expect(try await executor.run(timeout: .seconds(5)) { 7 } == 7)
+        release.withLock { $0 = true }
+        for _ in 0..<500 where !ended.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(ended.withLock { $0 })
+        #expect(try lateResult.withLock { try $0?.get() } == 42)
+        #expect(executor.stuckCalls == 0)
+        await executor.shutdown()
+    }
+
+    @Test func refusesCallsAfterShutdown() async throws {
+        let executor = HSMExecutor(threads: 1)
+        #expect(try await executor.run(timeout: .seconds(5)) { 1 } == 1)
+        await executor.shutdown()
+        await #expect(throws: HSMExecutorShutDown.self) {
+            try await executor.run(timeout: .seconds(5)) { 2 }
+        }
+    }
+}
+
+/// Read on the thread itself (`Thread.current` is unavailable in async code, fine in the synchronous body).
+private func currentThreadName() -> String { Thread.current.name ?? "" }
