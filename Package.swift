@@ -18,6 +18,8 @@ let package = Package(
         .library(name: "KMSProviderPKCS11", targets: ["KMSProviderPKCS11"]),
         .executable(name: "kms-bench", targets: ["kms-bench"]),
         .executable(name: "kms-demo", targets: ["kms-demo"]),
+        // Loaded by tests with dlopen in front of SoftHSM; never linked into kmsd.
+        .library(name: "PKCS11FaultShim", type: .dynamic, targets: ["PKCS11FaultShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -28,6 +30,8 @@ let package = Package(
     targets: [
         // The PKCS#11 header (Debian's libp11-kit-dev) and a few helpers for what Swift cannot import.
         .target(name: "CPKCS11"),
+        // A pass-through PKCS#11 module that injects faults on command (tests only).
+        .target(name: "PKCS11FaultShim", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .target(
             name: "PKCS11",
             dependencies: ["CPKCS11"],

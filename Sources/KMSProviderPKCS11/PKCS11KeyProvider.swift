@@ -26,6 +26,8 @@ public final class PKCS11KeyProvider: KeyProvider {
     let admin = AsyncSerialGate()
     let logger: Logger
     private let healthState = Mutex(HealthState())
+    let recovery = Mutex(RecoveryState())
+    private let deviceLoss: DeviceLossRelay
 
     struct HealthState {
         var lastError: String?
@@ -34,8 +36,9 @@ public final class PKCS11KeyProvider: KeyProvider {
     }
 
     private init(configuration: PKCS11ProviderConfiguration, tokenInfo: TokenInfo, pool: SessionPool,
-                 executor: HSMExecutor, logger: Logger) {
+                 executor: HSMExecutor, deviceLoss: DeviceLossRelay, logger: Logger) {
         self.configuration = configuration
+        self.deviceLoss = deviceLoss
         self.tokenInfo = tokenInfo
         self.pool = pool
         self.executor = executor
@@ -67,18 +70,23 @@ public final class PKCS11KeyProvider: KeyProvider {
             // One session of the token's allowance is the anchor.
             if let limit = token.maxReadWriteSessionCount { sessions = min(sessions, max(1, limit - 1)) }
             if let limit = configuration.profile.maxSessions { sessions = min(sessions, max(1, limit - 1)) }
+            let deviceLoss = DeviceLossRelay()
             let pool = SessionPool(
                 module: module, slot: slot, pin: configuration.pin,
                 configuration: .init(
                     maxSessions: sessions, maxWaiters: configuration.maxWaiters,
                     checkoutWait: configuration.checkoutWait, callTimeout: configuration.callTimeout),
-                executor: executor, logger: logger)
+                executor: executor, logger: logger, onDeviceLoss: { deviceLoss.report($0) })
             try await pool.start()
             logger.info("PKCS#11 provider started", metadata: [
                 "token": "\(token.label)", "serial": "\(token.serialNumber)", "sessions": "\(sessions)",
                 "profile": "\(configuration.profile.name)",
             ])
-            return PKCS11KeyProvider(configuration: configuration, tokenInfo: token, pool: pool, executor: executor, logger: logger)
+            let provider = PKCS11KeyProvider(
+                configuration: configuration, tokenInfo: token, pool: pool, executor: executor, deviceLoss: deviceLoss,
+                logger: logger)
+            deviceLoss.connect { [weak provider] error in provider?.deviceLost(error) }
+            return provider
         } catch {
             await executor.shutdown()
             throw startError(error, configuration)
@@ -108,6 +116,8 @@ public final class PKCS11KeyProvider: KeyProvider {
 
     /// Closes every session and stops the HSM threads.
     public func shutdown() async {
+        deviceLoss.disconnect()
+        await stopRecovery()
         await pool.shutdown()
         await executor.shutdown()
     }
@@ -197,6 +207,21 @@ public final class PKCS11KeyProvider: KeyProvider {
     }
 
     public func health() async -> ProviderHealth {
+        let recovery = recovery.withLock { $0 }
+        var details = [
+            "token": tokenInfo.label, "serial": tokenInfo.serialNumber, "profile": configuration.profile.name,
+            "breaker": recovery.down == nil ? "closed" : "open", "outages": "\(recovery.outages)",
+        ]
+        if let recovered = recovery.lastRecoveredAt { details["last_recovered_at"] = recovered.formatted(.iso8601) }
+        if let outage = recovery.down {
+            details["down_since"] = outage.since.formatted(.iso8601)
+            details["reconnect_attempts"] = "\(outage.attempts)"
+            if let error = outage.lastAttemptError { details["reconnect_error"] = error }
+            let state = healthState.withLock { $0 }
+            return ProviderHealth(
+                state: .unavailable, lastError: outage.cause, lastErrorAt: outage.since,
+                lastSuccessAt: state.lastSuccessAt, details: details)
+        }
         let probe: String?
         do {
             _ = try await pool.withSession { session in try session.info() }
@@ -211,11 +236,11 @@ public final class PKCS11KeyProvider: KeyProvider {
         return ProviderHealth(
             state: probe == nil ? .ok : .unavailable, lastError: probe ?? state.lastError,
             lastErrorAt: probe == nil ? state.lastErrorAt : Date(), lastSuccessAt: state.lastSuccessAt,
-            details: [
-                "token": tokenInfo.label, "serial": tokenInfo.serialNumber, "profile": configuration.profile.name,
+            details: details.merging([
                 "sessions_max": "\(stats.maxSessions)", "sessions_open": "\(stats.open)",
                 "sessions_idle": "\(stats.idle)", "sessions_lost": "\(stats.lost)",
-            ])
+                "stuck_calls": "\(stats.stuckCalls)",
+            ]) { $1 })
     }
 
     // MARK: - Shared plumbing
@@ -234,6 +259,8 @@ public final class PKCS11KeyProvider: KeyProvider {
 
     /// Runs `body` in a pooled session and turns every failure into a `KMSError`, recording health.
     func perform<T: Sendable>(_ operation: String, _ body: @escaping @Sendable (PKCS11Session) throws -> T) async throws -> T {
+        // While the breaker is open, refuse at once; the outage was logged when it began.
+        try checkBreaker()
         do {
             let value = try await pool.withSession(body)
             healthState.withLock { $0.lastSuccessAt = Date() }

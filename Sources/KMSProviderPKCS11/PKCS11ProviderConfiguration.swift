@@ -23,11 +23,16 @@ public struct PKCS11ProviderConfiguration: Sendable, CustomStringConvertible {
     /// How old the cached list of a key's versions may get before a wrap re-reads it from the token (replicas see
     /// each other's rotations within this interval; unwrap never depends on it, it finds KEKs by `CKA_ID`).
     public var catalogRefreshInterval: Duration
+    /// After the HSM is lost, the first reconnect attempt comes after about this long; each failure doubles the wait
+    /// (with jitter) up to `reconnectMaxDelay`.
+    public var reconnectInitialDelay: Duration
+    public var reconnectMaxDelay: Duration
 
     public init(
         modulePath: String, token: PKCS11URI, pin: SecretBytes, profile: HSMProfile, maxSessions: Int = 8,
         checkoutWait: Duration = .seconds(2), callTimeout: Duration = .seconds(1), maxWaiters: Int = 1024,
-        catalogRefreshInterval: Duration = .seconds(30)
+        catalogRefreshInterval: Duration = .seconds(30), reconnectInitialDelay: Duration = .milliseconds(50),
+        reconnectMaxDelay: Duration = .seconds(1)
     ) {
         self.modulePath = modulePath
         self.token = token
@@ -38,6 +43,8 @@ public struct PKCS11ProviderConfiguration: Sendable, CustomStringConvertible {
         self.callTimeout = callTimeout
         self.maxWaiters = maxWaiters
         self.catalogRefreshInterval = catalogRefreshInterval
+        self.reconnectInitialDelay = reconnectInitialDelay
+        self.reconnectMaxDelay = reconnectMaxDelay
     }
 
     public var description: String {

@@ -50,7 +50,9 @@ final class SessionPool: Sendable {
     }
 
     let module: PKCS11Module
-    let slot: SlotID
+    /// The token's slot; found again by URI after every reconnect (slot ids may change when the library restarts).
+    private let currentSlot: Mutex<SlotID>
+    var slot: SlotID { currentSlot.withLock { $0 } }
     let configuration: Configuration
     private let pin: SecretBytes
     private let executor: HSMExecutor
@@ -59,13 +61,15 @@ final class SessionPool: Sendable {
     /// The anchor session; guarded by its own lock, held only on executor threads while (re)logging in.
     private let anchor = Mutex<PKCS11Session?>(nil)
     private let onDeviceLoss: @Sendable (PKCS11Error) -> Void
+    /// Closes scheduled but not yet done; they use the library too, so reconnecting waits for them.
+    private let pendingCloses = Atomic<Int>(0)
 
     init(
         module: PKCS11Module, slot: SlotID, pin: SecretBytes, configuration: Configuration, executor: HSMExecutor,
         logger: Logger, onDeviceLoss: @escaping @Sendable (PKCS11Error) -> Void = { _ in }
     ) {
         self.module = module
-        self.slot = slot
+        self.currentSlot = Mutex(slot)
         self.pin = pin
         self.configuration = configuration
         self.executor = executor
@@ -188,6 +192,8 @@ final class SessionPool: Sendable {
                 throw KMSError.unavailable("the HSM provider is shutting down")
             case .cancelled:
                 throw CancellationError()
+            case .suspended:
+                throw KMSError.unavailable("the HSM connection was lost; kmsd is reconnecting")
             }
         }
     }
@@ -292,10 +298,12 @@ final class SessionPool: Sendable {
         }
         for (continuation, decision) in toResume { continuation.resume(returning: decision) }
         if !toClose.isEmpty {
-            Task { [executor, configuration, toClose] in
+            pendingCloses.add(1, ordering: .relaxed)
+            Task { [self, toClose] in
                 _ = try? await executor.run(timeout: configuration.callTimeout) {
                     for session in toClose { try? session.close() }
                 }
+                pendingCloses.subtract(1, ordering: .relaxed)
             }
         }
     }
@@ -305,33 +313,63 @@ final class SessionPool: Sendable {
     /// Re-establishes the anchor session and the login, on an executor thread.
     private func relogin() async throws {
         do {
-            let anchorReplaced = try await executor.run(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() }
-            if anchorReplaced {
-                perform(state.withLock { state in
-                    state.statistics.relogins += 1
-                    return state.machine.invalidateAll()
-                })
-            }
+            let outcome = try await executor.run(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() }
+            perform(state.withLock { state in
+                if outcome != .stillLoggedIn { state.statistics.relogins += 1 }
+                // A replaced anchor means every session of the application was closed: start a new generation.
+                return outcome == .anchorReplaced ? state.machine.invalidateAll() : []
+            })
         } catch is HSMDeadlineExceeded {
             throw KMSError.unavailable("the HSM did not answer in time", detail: "re-login overran its deadline")
         } catch let error as PKCS11Error {
             logger.error("HSM login failed", metadata: ["error": "\(error)"])
+            if error.isDeviceGone { onDeviceLoss(error) }
             throw KMSError.unavailable("cannot log in to the HSM", detail: error.description)
+        }
+    }
+
+    // MARK: - Reconnecting
+
+    /// Device lost: refuse new leases and fail waiters until `reconnect`. Idempotent.
+    func suspend() {
+        perform(state.withLock { $0.machine.suspended ? [] : $0.machine.suspend() })
+    }
+
+    /// Calls that may still be inside the library (see `SessionPoolStateMachine.inFlight`).
+    var inFlight: Int { state.withLock { $0.machine.inFlight } + pendingCloses.load(ordering: .relaxed) }
+
+    /// After the library was finalized and initialized again: use `slot`, open a new anchor session, log in and serve
+    /// again. The old anchor's handle is dropped without closing (finalizing ended it; its number may be reused).
+    func reconnect(to slot: SlotID) async throws {
+        currentSlot.withLock { $0 = slot }
+        anchor.withLock { $0 = nil }
+        _ = try await executor.run(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() }
+        state.withLock { state in
+            state.sessions.removeAll()
+            state.machine.resume()
         }
     }
 
     /// Makes sure the application is logged in, keeping one anchor session open so the login survives while the pool
     /// is empty. Serialized by the anchor lock; runs only on executor threads (it blocks). Never retries a failed
     /// login by itself: a wrong PIN retried in a loop would lock the token.
-    /// Returns true when the anchor session itself had to be replaced (a sign that every session was closed).
+    enum LoginOutcome: Equatable {
+        case stillLoggedIn
+        case loggedInAgain
+        /// The anchor session itself had to be replaced (a sign that every session was closed).
+        case anchorReplaced
+        case firstLogin
+    }
+
     @discardableResult
-    private func ensureLoggedIn() throws -> Bool {
+    private func ensureLoggedIn() throws -> LoginOutcome {
         try anchor.withLock { anchor in
+            let hadAnchor = anchor != nil
             if let current = anchor {
                 do {
-                    if try current.info().isUserLoggedIn { return false }
+                    if try current.info().isUserLoggedIn { return .stillLoggedIn }
                     try pin.withUnsafeBytes { try current.login(pin: $0) }
-                    return false
+                    return .loggedInAgain
                 } catch let error as PKCS11Error where error.isSessionInvalid {
                     // The anchor is gone (e.g. every session was closed under us): open a new one. Its old handle is
                     // not closed, since the number may already name another session.
@@ -345,9 +383,8 @@ final class SessionPool: Sendable {
                 try? fresh.close()
                 throw error
             }
-            let replaced = anchor == nil
             anchor = fresh
-            return replaced
+            return hadAnchor ? .anchorReplaced : .firstLogin
         }
     }
 }

@@ -10,7 +10,10 @@
 /// - a session returned as `.discard` (its handle is dead) is closed and never handed out again;
 /// - `invalidateAll()` starts a new generation (after the login or the library was lost): sessions of older generations
 ///   are never reused, and are not closed either, because after a re-initialization their handle numbers may belong
-///   to new sessions.
+///   to new sessions;
+/// - `suspend()` (device lost: the provider is about to finalize and re-initialize the library) fails every waiter and
+///   every new request with `.suspended` and starts a new generation; `inFlight` tells when the last call that still
+///   uses the library has returned; `resume()` opens the pool again.
 struct SessionPoolStateMachine {
     typealias SessionID = Int
     typealias WaiterID = Int
@@ -32,6 +35,8 @@ struct SessionPoolStateMachine {
         case tooManyWaiters
         case shuttingDown
         case cancelled
+        /// The device was lost and the provider is reconnecting.
+        case suspended
     }
 
     /// What a caller asking for a session gets.
@@ -71,6 +76,7 @@ struct SessionPoolStateMachine {
     private var lost = 0
     private var waiters: [(id: WaiterID, deadline: Instant)] = []
     private var shuttingDown = false
+    private(set) var suspended = false
 
     init(configuration: Configuration) {
         self.configuration = configuration
@@ -83,10 +89,13 @@ struct SessionPoolStateMachine {
     var openingCount: Int { opening }
     var lostCount: Int { lost }
     var waiterCount: Int { waiters.count }
+    /// Calls that may still be inside the library: leased sessions, sessions being opened, overrunning calls.
+    var inFlight: Int { leased.count + opening + lost }
 
     /// A caller asks for a session. With `mayWait` false, `.wait` is returned without enqueuing (a fast-path probe).
     mutating func requestLease(_ waiter: WaiterID, deadline: Instant, mayWait: Bool = true) -> LeaseDecision {
         if shuttingDown { return .fail(.shuttingDown) }
+        if suspended { return .fail(.suspended) }
         if let id = idle.popLast() {
             leased[id] = generation
             return .use(Lease(id: id, generation: generation))
@@ -105,7 +114,7 @@ struct SessionPoolStateMachine {
     /// meanwhile (the opener must close the new session and ask again).
     mutating func sessionOpened(_ id: SessionID, generation openedIn: Int) -> Lease? {
         opening -= 1
-        guard openedIn == generation, !shuttingDown else { return nil }
+        guard openedIn == generation, !shuttingDown, !suspended else { return nil }
         leased[id] = generation
         return Lease(id: id, generation: generation)
     }
@@ -119,7 +128,7 @@ struct SessionPoolStateMachine {
     /// A caller returns its session.
     mutating func release(_ lease: Lease, _ disposition: Disposition) -> [Action] {
         guard leased.removeValue(forKey: lease.id) != nil else { return [] }
-        let current = lease.generation == generation && !shuttingDown
+        let current = lease.generation == generation && !shuttingDown && !suspended
         switch disposition {
         case .lost:
             lost += 1
@@ -178,6 +187,22 @@ struct SessionPoolStateMachine {
         return actions
     }
 
+    /// The device is lost: refuse new requests and fail waiters; idle sessions are forgotten (the library is about to
+    /// be finalized, which ends them), and sessions still leased are forgotten when they come back.
+    mutating func suspend() -> [Action] {
+        suspended = true
+        generation += 1
+        let actions = waiters.map { Action.resume($0.id, .fail(.suspended)) } + idle.map { Action.forget($0) }
+        waiters.removeAll()
+        idle.removeAll()
+        return actions
+    }
+
+    /// The library is connected again: serve requests with fresh sessions.
+    mutating func resume() {
+        suspended = false
+    }
+
     /// Stop: fail every waiter, close idle sessions; leased ones are closed when returned.
     mutating func shutdown() -> [Action] {
         shuttingDown = true
@@ -189,7 +214,7 @@ struct SessionPoolStateMachine {
 
     /// Gives freed capacity to the longest waiter, who opens a new session.
     private mutating func offerCapacity() -> [Action] {
-        guard !shuttingDown, !waiters.isEmpty, sessionCount < configuration.maxSessions else { return [] }
+        guard !shuttingDown, !suspended, !waiters.isEmpty, sessionCount < configuration.maxSessions else { return [] }
         let waiter = waiters.removeFirst()
         opening += 1
         return [.resume(waiter.id, .open(generation: generation))]

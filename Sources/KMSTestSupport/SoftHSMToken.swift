@@ -52,6 +52,8 @@ public struct SoftHSMToken: Sendable {
             let file = base.appendingPathComponent("softhsm2.conf")
             try configuration.write(to: file, atomically: true, encoding: .utf8)
             setenv("SOFTHSM2_CONF", file.path, 1)
+            // The module behind every `FaultShim` of this process (set here, once, before any thread reads it).
+            setenv("KMSD_FAULT_SHIM_MODULE", defaultModulePath, 1)
             directory = base.path
             return base.path
         }

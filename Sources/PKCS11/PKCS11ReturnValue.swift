@@ -123,6 +123,7 @@ public enum PKCS11ReturnValue {
     public static let sessionHandleInvalid = UInt(CKR_SESSION_HANDLE_INVALID)
     public static let tokenNotPresent = UInt(CKR_TOKEN_NOT_PRESENT)
     public static let deviceError = UInt(CKR_DEVICE_ERROR)
+    public static let cryptokiNotInitialized = UInt(CKR_CRYPTOKI_NOT_INITIALIZED)
     public static let pinIncorrect = UInt(CKR_PIN_INCORRECT)
     public static let pinLocked = UInt(CKR_PIN_LOCKED)
     public static let attributeSensitive = UInt(CKR_ATTRIBUTE_SENSITIVE)
