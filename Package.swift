@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "KMSProviderPKCS11", targets: ["KMSProviderPKCS11"]),
         .executable(name: "kms-bench", targets: ["kms-bench"]),
         .executable(name: "kms-demo", targets: ["kms-demo"]),
+        .executable(name: "kms-probe", targets: ["kms-probe"]),
         // Loaded by tests with dlopen in front of SoftHSM; never linked into kmsd.
         .library(name: "PKCS11FaultShim", type: .dynamic, targets: ["PKCS11FaultShim"]),
     ],
@@ -26,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // The PKCS#11 header (Debian's libp11-kit-dev) and a few helpers for what Swift cannot import.
@@ -52,6 +54,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -60,6 +63,14 @@ let package = Package(
             dependencies: [
                 "KMSCore", "PKCS11",
                 .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "kms-probe",
+            dependencies: [
+                "KMSCore", "PKCS11", "KMSProviderPKCS11",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -75,7 +75,8 @@ public final class PKCS11KeyProvider: KeyProvider {
                 module: module, slot: slot, pin: configuration.pin,
                 configuration: .init(
                     maxSessions: sessions, maxWaiters: configuration.maxWaiters,
-                    checkoutWait: configuration.checkoutWait, callTimeout: configuration.callTimeout),
+                    checkoutWait: configuration.checkoutWait, callTimeout: configuration.callTimeout,
+                    loginEachSession: configuration.profile.login == .perSession),
                 executor: executor, logger: logger, onDeviceLoss: { deviceLoss.report($0) })
             try await pool.start()
             logger.info("PKCS#11 provider started", metadata: [

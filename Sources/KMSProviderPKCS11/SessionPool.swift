@@ -22,6 +22,8 @@ final class SessionPool: Sendable {
         var maxWaiters: Int
         var checkoutWait: Duration
         var callTimeout: Duration
+        /// The token wants a `C_Login` on every session (profile `login: per-session`), not only on the anchor.
+        var loginEachSession = false
     }
 
     /// Counters for tests, status and metrics.
@@ -231,7 +233,16 @@ final class SessionPool: Sendable {
             ) { [self] in
                 let session = try module.openSession(slot)
                 do {
-                    if try !session.info().isUserLoggedIn { try ensureLoggedIn() }
+                    if configuration.loginEachSession {
+                        try ensureLoggedIn()
+                        do {
+                            try pin.withUnsafeBytes { try session.login(pin: $0) }
+                        } catch let error as PKCS11Error where error.returnValue == PKCS11ReturnValue.userAlreadyLoggedIn {
+                            // Logged in through the application-wide state after all.
+                        }
+                    } else if try !session.info().isUserLoggedIn {
+                        try ensureLoggedIn()
+                    }
                 } catch {
                     try? session.close()
                     throw error

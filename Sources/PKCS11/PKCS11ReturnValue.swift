@@ -120,6 +120,7 @@ public enum PKCS11ReturnValue {
     public static let encryptedDataInvalid = UInt(CKR_ENCRYPTED_DATA_INVALID)
     public static let encryptedDataLengthRange = UInt(CKR_ENCRYPTED_DATA_LEN_RANGE)
     public static let userNotLoggedIn = UInt(CKR_USER_NOT_LOGGED_IN)
+    public static let userAlreadyLoggedIn = UInt(CKR_USER_ALREADY_LOGGED_IN)
     public static let sessionHandleInvalid = UInt(CKR_SESSION_HANDLE_INVALID)
     public static let tokenNotPresent = UInt(CKR_TOKEN_NOT_PRESENT)
     public static let deviceError = UInt(CKR_DEVICE_ERROR)

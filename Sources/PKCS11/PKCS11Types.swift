@@ -134,25 +134,27 @@ public enum MechanismType {
     public static let aesKeyWrapPad = UInt(CKM_AES_KEY_WRAP_PAD)
     public static let ecKeyPairGen = UInt(CKM_EC_KEY_PAIR_GEN)
     public static let ecdsa = UInt(CKM_ECDSA)
+    public static let aesCTR = UInt(CKM_AES_CTR)
+    public static let aesCMAC = UInt(CKM_AES_CMAC)
+    public static let sha256HMAC = UInt(CKM_SHA256_HMAC)
+    /// PKCS#11 3.0; not in the v2.40 header.
+    public static let chacha20Poly1305: UInt = 0x4021
+
+    private static let named: [(UInt, String)] = [
+        (aesKeyGen, "CKM_AES_KEY_GEN"), (aesGCM, "CKM_AES_GCM"), (aesKeyWrap, "CKM_AES_KEY_WRAP"),
+        (aesKeyWrapPad, "CKM_AES_KEY_WRAP_PAD"), (ecKeyPairGen, "CKM_EC_KEY_PAIR_GEN"), (ecdsa, "CKM_ECDSA"),
+        (aesCTR, "CKM_AES_CTR"), (aesCMAC, "CKM_AES_CMAC"), (sha256HMAC, "CKM_SHA256_HMAC"),
+        (chacha20Poly1305, "CKM_CHACHA20_POLY1305"),
+    ]
 
     /// The `CKM_*` name of a mechanism kmsd knows, for reports; other values are printed in hex.
     public static func name(of type: UInt) -> String {
-        switch type {
-        case aesKeyGen: return "CKM_AES_KEY_GEN"
-        case aesGCM: return "CKM_AES_GCM"
-        case aesKeyWrap: return "CKM_AES_KEY_WRAP"
-        case aesKeyWrapPad: return "CKM_AES_KEY_WRAP_PAD"
-        case ecKeyPairGen: return "CKM_EC_KEY_PAIR_GEN"
-        case ecdsa: return "CKM_ECDSA"
-        default: return "CKM_0x" + String(type, radix: 16)
-        }
+        named.first { $0.0 == type }?.1 ?? "CKM_0x" + String(type, radix: 16)
     }
 
-    /// Parses `CKM_AES_GCM`-style names (those listed in `name(of:)`) or hex (`0x1087`).
+    /// Parses `CKM_AES_GCM`-style names (those kmsd knows) or hex (`0x1087`).
     public static func parse(_ text: String) -> UInt? {
-        for known in [aesKeyGen, aesGCM, aesKeyWrap, aesKeyWrapPad, ecKeyPairGen, ecdsa] where name(of: known) == text {
-            return known
-        }
+        if let known = named.first(where: { $0.1 == text }) { return known.0 }
         if text.hasPrefix("0x") { return UInt(text.dropFirst(2), radix: 16) }
         return nil
     }
