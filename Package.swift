@@ -16,6 +16,8 @@ let package = Package(
         .library(name: "KMSCore", targets: ["KMSCore"]),
         .library(name: "PKCS11", targets: ["PKCS11"]),
         .library(name: "KMSProviderPKCS11", targets: ["KMSProviderPKCS11"]),
+        .library(name: "KMSProviderVault", targets: ["KMSProviderVault"]),
+        .executable(name: "vault-dev", targets: ["vault-dev"]),
         .executable(name: "kms-bench", targets: ["kms-bench"]),
         .executable(name: "kms-demo", targets: ["kms-demo"]),
         .executable(name: "kms-probe", targets: ["kms-probe"]),
@@ -28,6 +30,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // The PKCS#11 header (Debian's libp11-kit-dev) and a few helpers for what Swift cannot import.
@@ -55,6 +60,41 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "KMSProviderVault",
+            dependencies: [
+                "KMSCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The transit-compatible development server (tests and development only; production uses a real Vault).
+        .target(
+            name: "VaultDev",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "vault-dev",
+            dependencies: [
+                "VaultDev",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -104,6 +144,15 @@ let package = Package(
         .testTarget(
             name: "KMSProviderPKCS11Tests",
             dependencies: ["KMSProviderPKCS11", "KMSCore", "PKCS11", "CPKCS11", "KMSTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KMSProviderVaultTests",
+            dependencies: [
+                "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

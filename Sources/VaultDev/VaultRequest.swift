@@ -1,0 +1,202 @@
+import Foundation
+
+/// An error the way Vault reports it: an HTTP status and `{"errors":[…]}`.
+struct VaultError: Error {
+    let status: Int
+    let messages: [String]
+
+    init(_ status: Int, _ messages: String...) {
+        self.status = status
+        self.messages = messages
+    }
+
+    static func badRequest(_ message: String) -> VaultError { VaultError(400, message) }
+    static let invalidToken = VaultError(403, "2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n")
+    static let permissionDenied = VaultError(403, "1 error occurred:\n\t* permission denied\n\n")
+    static let sealed = VaultError(503, "Vault is sealed")
+    static let notFound = VaultError(404)
+    static func unsupportedPath(_ path: String) -> VaultError { VaultError(404, "\(path): unsupported path") }
+    static func unsupportedOperation(_ path: String) -> VaultError { VaultError(405, "\(path): unsupported operation") }
+}
+
+/// What a handler returns: a JSON body (the success envelope is added by the server) or nothing (204).
+enum VaultReply {
+    /// `data` goes in the envelope's `data` (null when nil); `auth` in `auth`.
+    case data([String: JSONValue]?, warnings: [String] = [], auth: [String: JSONValue]? = nil, status: Int = 200)
+    /// A body sent as it is (health, seal status: no envelope).
+    case raw([String: JSONValue], status: Int = 200)
+    case noContent
+}
+
+/// A request's parameters with Vault's loose typing: integers as `2` or `"2"`, booleans as `true`, `"true"` or `1`,
+/// durations as `3600`, `"3600"` or `"1h"`. Tracks which parameters a handler read, for the "ignored" warning.
+struct VaultParameters {
+    private let values: [String: JSONValue]
+    private(set) var used: Set<String> = []
+
+    init(_ values: [String: JSONValue]) {
+        self.values = values
+    }
+
+    /// Parses a JSON object or a form-encoded body; an empty body is no parameters.
+    static func parse(body: [UInt8], contentType: String?) throws -> VaultParameters {
+        let trimmed = body.drop { $0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09 }
+        if trimmed.isEmpty { return VaultParameters([:]) }
+        let isForm = contentType?.lowercased().hasPrefix("application/x-www-form-urlencoded") == true
+        if isForm && trimmed.first != UInt8(ascii: "{") && trimmed.first != UInt8(ascii: "[") {
+            var values: [String: JSONValue] = [:]
+            for pair in String(decoding: body, as: UTF8.self).split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1).map {
+                    String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
+                }
+                values[parts[0]] = .string(parts.count > 1 ? parts[1] : "")
+            }
+            return VaultParameters(values)
+        }
+        guard let object = JSONValue.parse(body) else {
+            throw VaultError.badRequest("failed to parse JSON input: invalid JSON in request body")
+        }
+        guard case .object(let map) = object else {
+            throw VaultError.badRequest("failed to parse JSON input: expected a JSON object")
+        }
+        return VaultParameters(map)
+    }
+
+    var isEmpty: Bool { values.isEmpty }
+
+    /// Parameters nobody read, sorted, for the warning Vault adds on success.
+    var unused: [String] { values.keys.filter { !used.contains($0) }.sorted() }
+
+    private func fieldError(_ name: String, _ value: JSONValue, _ type: String) -> VaultError {
+        .badRequest("Field validation failed: error converting input \(value.display) for field \"\(name)\": expected \(type)")
+    }
+
+    mutating func raw(_ name: String) -> JSONValue? {
+        used.insert(name)
+        guard let value = values[name], value != .null else { return nil }
+        return value
+    }
+
+    mutating func string(_ name: String) throws -> String? {
+        guard let value = raw(name) else { return nil }
+        switch value {
+        case .string(let text): return text
+        case .int(let number): return String(number)
+        default: throw fieldError(name, value, "string")
+        }
+    }
+
+    mutating func int(_ name: String) throws -> Int? {
+        guard let value = raw(name) else { return nil }
+        switch value {
+        case .int(let number): return number
+        case .double(let number) where number == number.rounded(): return Int(number)
+        case .string(let text) where text.isEmpty: return 0
+        case .string(let text) where Int(text) != nil: return Int(text)
+        default: throw fieldError(name, value, "integer")
+        }
+    }
+
+    mutating func bool(_ name: String) throws -> Bool? {
+        guard let value = raw(name) else { return nil }
+        switch value {
+        case .bool(let flag): return flag
+        case .int(let number) where number == 0 || number == 1: return number == 1
+        case .string(let text) where Self.parseBool(text) != nil: return Self.parseBool(text)
+        default: throw fieldError(name, value, "boolean")
+        }
+    }
+
+    /// Seconds, from `3600`, `"3600"`, `"1h"`, `"90m"`, `"1h30m"`, `"10s"`.
+    mutating func duration(_ name: String) throws -> Int? {
+        guard let value = raw(name) else { return nil }
+        switch value {
+        case .int(let number): return number
+        case .string(let text) where Self.parseDuration(text) != nil: return Self.parseDuration(text)
+        default: throw fieldError(name, value, "duration")
+        }
+    }
+
+    mutating func stringList(_ name: String) throws -> [String]? {
+        guard let value = raw(name) else { return nil }
+        switch value {
+        case .array(let items): return items.map(\.display)
+        case .string(let text): return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        default: throw fieldError(name, value, "list")
+        }
+    }
+
+    mutating func objectList(_ name: String) throws -> [VaultParameters]? {
+        guard let value = raw(name) else { return nil }
+        guard case .array(let items) = value else { throw fieldError(name, value, "list of objects") }
+        return try items.map { item in
+            guard case .object(let object) = item else { throw fieldError(name, item, "list of objects") }
+            return VaultParameters(object)
+        }
+    }
+
+    /// Go's `strconv.ParseBool`.
+    static func parseBool(_ text: String) -> Bool? {
+        switch text {
+        case "1", "t", "T", "true", "TRUE", "True": true
+        case "0", "f", "F", "false", "FALSE", "False": false
+        default: nil
+        }
+    }
+
+    static func parseDuration(_ text: String) -> Int? {
+        if let seconds = Int(text) { return seconds }
+        var total = 0.0
+        var number = ""
+        var sawUnit = false
+        var index = text.startIndex
+        while index < text.endIndex {
+            let character = text[index]
+            if character.isNumber || character == "." {
+                number.append(character)
+                index = text.index(after: index)
+                continue
+            }
+            guard let value = Double(number) else { return nil }
+            var unit = String(character)
+            let next = text.index(after: index)
+            if character == "m", next < text.endIndex, text[next] == "s" { unit = "ms" }
+            let factor: Double
+            switch unit {
+            case "h": factor = 3600
+            case "m": factor = 60
+            case "s": factor = 1
+            case "ms": factor = 0.001
+            case "d": factor = 86400
+            default: return nil
+            }
+            total += value * factor
+            number = ""
+            sawUnit = true
+            index = text.index(index, offsetBy: unit.count)
+        }
+        guard number.isEmpty, sawUnit else { return nil }
+        return Int(total)
+    }
+}
+
+/// Go's `encoding/base64` standard decoding, with its error text (`illegal base64 data at input byte N`).
+enum GoBase64 {
+    static func decode(_ text: String) -> Result<[UInt8], VaultError> {
+        let bytes = Array(text.utf8)
+        if let data = Data(base64Encoded: text) { return .success([UInt8](data)) }
+        func isAlphabet(_ byte: UInt8) -> Bool {
+            (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a) || (byte >= 0x30 && byte <= 0x39)
+                || byte == 0x2b || byte == 0x2f
+        }
+        var position = 0
+        for (index, byte) in bytes.enumerated() {
+            if isAlphabet(byte) { continue }
+            if byte == UInt8(ascii: "=") && index >= bytes.count - 2 && bytes.count % 4 == 0 { continue }
+            position = index
+            return .failure(.badRequest("illegal base64 data at input byte \(position)"))
+        }
+        position = bytes.count - bytes.count % 4
+        return .failure(.badRequest("illegal base64 data at input byte \(position)"))
+    }
+}
