@@ -28,3 +28,37 @@ require_swift() {
     exit 1
   fi
 }
+
+# A virtualenv with the conformance suite's requirements (hvac, pytest), kept in .build-venv/ between runs.
+# Prints the path of its python.
+conformance_venv() {
+  local venv="$PWD/.build-venv"
+  local requirements="vault-dev/conformance/requirements.txt"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" >&2 2>/dev/null || {
+      ensure_packages python3-venv >&2
+      python3 -m venv "$venv" >&2
+    }
+  fi
+  if ! cmp -s "$requirements" "$venv/.requirements" 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements" >&2 || return 1
+    cp "$requirements" "$venv/.requirements"
+  fi
+  echo "$venv/bin/python"
+}
+
+# Starts the built vault-dev on a free loopback port with its state under $1; prints VAULT_ADDR=… VAULT_TOKEN=…
+# VAULT_UNSEAL_KEY=… on one line, for `env`.
+start_vault_dev() {
+  local dir="$1"
+  mkdir -p "$dir"
+  "$(swift build --show-bin-path)/vault-dev" --port 0 --state-file "$dir/state.json" >"$dir/env" 2>"$dir/log" &
+  echo $! >"$dir/pid"
+  for _ in $(seq 1 100); do grep -q '^VAULT_UNSEAL_KEY=' "$dir/env" 2>/dev/null && break; sleep 0.1; done
+  grep -q '^VAULT_UNSEAL_KEY=' "$dir/env" || { echo "vault-dev did not start:" >&2; cat "$dir/log" >&2; return 1; }
+  tr '\n' ' ' <"$dir/env"
+}
+
+stop_vault_dev() {
+  [ -f "$1/pid" ] && kill "$(cat "$1/pid")" 2>/dev/null || true
+}

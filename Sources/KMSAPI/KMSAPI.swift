@@ -1,0 +1,217 @@
+/// The request and response bodies of kmsd's API v1 and its route paths, shared by the server and the clients
+/// (`KMSClient`, `kmsctl`). Binary fields are standard base64 strings. Unknown fields in a request are an error (the
+/// server decodes strictly); clients ignore unknown fields in responses.
+public enum KMSAPI {
+    public static let version = "v1"
+
+    public enum Path {
+        public static func datakey(_ key: String) -> String { "/v1/keys/\(key)/datakey" }
+        public static func unwrap(_ key: String) -> String { "/v1/keys/\(key)/unwrap" }
+        public static func rewrap(_ key: String) -> String { "/v1/keys/\(key)/rewrap" }
+        public static func batchUnwrap(_ key: String) -> String { "/v1/keys/\(key)/unwrap/batch" }
+        public static func batchRewrap(_ key: String) -> String { "/v1/keys/\(key)/rewrap/batch" }
+        public static let adminKeys = "/v1/admin/keys"
+        public static func adminKey(_ key: String) -> String { "/v1/admin/keys/\(key)" }
+        public static func adminRotate(_ key: String) -> String { "/v1/admin/keys/\(key)/rotate" }
+        public static func adminRetire(_ key: String, _ version: UInt32) -> String { "/v1/admin/keys/\(key)/versions/\(version)/retire" }
+        public static let adminStatus = "/v1/admin/status"
+        public static let live = "/v1/health/live"
+        public static let ready = "/v1/health/ready"
+    }
+}
+
+// MARK: - Storage-node operations
+
+public struct DataKeyRequest: Codable, Sendable, Equatable {
+    public var context: [String: String]?
+    public init(context: [String: String]? = nil) { self.context = context }
+}
+
+public struct DataKeyResponse: Codable, Sendable, Equatable {
+    public var key: String
+    public var version: UInt32
+    /// Base64 DEK.
+    public var plaintext: String
+    /// Base64 envelope.
+    public var wrapped: String
+    public init(key: String, version: UInt32, plaintext: String, wrapped: String) {
+        self.key = key
+        self.version = version
+        self.plaintext = plaintext
+        self.wrapped = wrapped
+    }
+}
+
+public struct UnwrapRequest: Codable, Sendable, Equatable {
+    public var wrapped: String
+    public var context: [String: String]?
+    public init(wrapped: String, context: [String: String]? = nil) {
+        self.wrapped = wrapped
+        self.context = context
+    }
+}
+
+public struct UnwrapResponse: Codable, Sendable, Equatable {
+    public var key: String
+    public var version: UInt32
+    public var plaintext: String
+    public init(key: String, version: UInt32, plaintext: String) {
+        self.key = key
+        self.version = version
+        self.plaintext = plaintext
+    }
+}
+
+public struct RewrapRequest: Codable, Sendable, Equatable {
+    public var wrapped: String
+    public var context: [String: String]?
+    public init(wrapped: String, context: [String: String]? = nil) {
+        self.wrapped = wrapped
+        self.context = context
+    }
+}
+
+public struct RewrapResponse: Codable, Sendable, Equatable {
+    public var key: String
+    public var version: UInt32
+    public var wrapped: String
+    public init(key: String, version: UInt32, wrapped: String) {
+        self.key = key
+        self.version = version
+        self.wrapped = wrapped
+    }
+}
+
+/// Batch unwrap or rewrap: up to `BatchRequest.maxItems` items, answered in order, each with a result or an error.
+public struct BatchRequest: Codable, Sendable, Equatable {
+    public static let maxItems = 256
+    public var items: [UnwrapRequest]
+    public init(items: [UnwrapRequest]) { self.items = items }
+}
+
+public struct BatchUnwrapResponse: Codable, Sendable, Equatable {
+    public struct Item: Codable, Sendable, Equatable {
+        public var result: UnwrapResponse?
+        public var error: ErrorBody.Detail?
+        public init(result: UnwrapResponse? = nil, error: ErrorBody.Detail? = nil) {
+            self.result = result
+            self.error = error
+        }
+    }
+    public var items: [Item]
+    public init(items: [Item]) { self.items = items }
+}
+
+public struct BatchRewrapResponse: Codable, Sendable, Equatable {
+    public struct Item: Codable, Sendable, Equatable {
+        public var result: RewrapResponse?
+        public var error: ErrorBody.Detail?
+        public init(result: RewrapResponse? = nil, error: ErrorBody.Detail? = nil) {
+            self.result = result
+            self.error = error
+        }
+    }
+    public var items: [Item]
+    public init(items: [Item]) { self.items = items }
+}
+
+// MARK: - Administration
+
+public struct CreateKeyRequest: Codable, Sendable, Equatable {
+    public var name: String
+    /// The configured provider to create it in; the key's configured provider when omitted.
+    public var provider: String?
+    public init(name: String, provider: String? = nil) {
+        self.name = name
+        self.provider = provider
+    }
+}
+
+public struct KeyVersionBody: Codable, Sendable, Equatable {
+    public var version: UInt32
+    public var state: String
+    /// RFC 3339, when the backend records it.
+    public var createdAt: String?
+    public init(version: UInt32, state: String, createdAt: String?) {
+        self.version = version
+        self.state = state
+        self.createdAt = createdAt
+    }
+    enum CodingKeys: String, CodingKey {
+        case version, state
+        case createdAt = "created_at"
+    }
+}
+
+public struct KeyBody: Codable, Sendable, Equatable {
+    public var name: String
+    public var provider: String
+    public var versions: [KeyVersionBody]
+    public init(name: String, provider: String, versions: [KeyVersionBody]) {
+        self.name = name
+        self.provider = provider
+        self.versions = versions
+    }
+}
+
+public struct KeyListBody: Codable, Sendable, Equatable {
+    public struct Entry: Codable, Sendable, Equatable {
+        public var name: String
+        public var provider: String
+        public init(name: String, provider: String) {
+            self.name = name
+            self.provider = provider
+        }
+    }
+    public var keys: [Entry]
+    public init(keys: [Entry]) { self.keys = keys }
+}
+
+public struct StatusBody: Codable, Sendable, Equatable {
+    public struct Provider: Codable, Sendable, Equatable {
+        public var name: String
+        public var kind: String
+        public var state: String
+        public var lastError: String?
+        public var details: [String: String]
+        public init(name: String, kind: String, state: String, lastError: String?, details: [String: String]) {
+            self.name = name
+            self.kind = kind
+            self.state = state
+            self.lastError = lastError
+            self.details = details
+        }
+        enum CodingKeys: String, CodingKey {
+            case name, kind, state, details
+            case lastError = "last_error"
+        }
+    }
+    public var mode: String
+    public var ready: Bool
+    public var providers: [Provider]
+    public init(mode: String, ready: Bool, providers: [Provider]) {
+        self.mode = mode
+        self.ready = ready
+        self.providers = providers
+    }
+}
+
+public struct HealthBody: Codable, Sendable, Equatable {
+    public var status: String
+    public init(status: String) { self.status = status }
+}
+
+/// `{"error":{"code":"…","message":"…"}}`: every error response. Codes are stable (`KMSError.Code` plus
+/// `unauthenticated`, `rate_limited`, `payload_too_large`, `not_found` for unknown routes).
+public struct ErrorBody: Codable, Sendable, Equatable {
+    public struct Detail: Codable, Sendable, Equatable {
+        public var code: String
+        public var message: String
+        public init(code: String, message: String) {
+            self.code = code
+            self.message = message
+        }
+    }
+    public var error: Detail
+    public init(code: String, message: String) { error = Detail(code: code, message: message) }
+}

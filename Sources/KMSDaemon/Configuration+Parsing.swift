@@ -1,0 +1,315 @@
+public import Foundation
+import KMSCore
+import Yams
+
+extension Configuration {
+    /// Reads `path`, applies `KMSD_*` overrides from `environment`, validates. Throws `ConfigurationError` listing
+    /// every problem.
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Configuration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError(["\(path): cannot be read"])
+        }
+        return try parse(yaml: String(decoding: data, as: UTF8.self), source: path, environment: environment)
+    }
+
+    /// Environment overrides: `KMSD_PRODUCTION_MODE=1` (mode: production), `KMSD_MODE`, `KMSD_LISTEN_API`,
+    /// `KMSD_LOG_LEVEL`, `KMSD_DATA_DIR`.
+    public static func parse(yaml: String, source: String, environment: [String: String] = [:]) throws -> Configuration {
+        let document: Any?
+        do {
+            document = try Yams.load(yaml: yaml)
+        } catch {
+            throw ConfigurationError(["\(source): not valid YAML: \(error)"])
+        }
+        guard var root = document as? [String: Any] else {
+            throw ConfigurationError(["\(source): expected a mapping at the top level"])
+        }
+        if let mode = environment["KMSD_MODE"] { root["mode"] = mode }
+        if let flag = environment["KMSD_PRODUCTION_MODE"], ["1", "true", "yes"].contains(flag.lowercased()) { root["mode"] = "production" }
+        if let api = environment["KMSD_LISTEN_API"] {
+            var listen = root["listen"] as? [String: Any] ?? [:]
+            listen["api"] = api
+            root["listen"] = listen
+        }
+        if let level = environment["KMSD_LOG_LEVEL"] { root["log_level"] = level }
+        if let directory = environment["KMSD_DATA_DIR"] { root["data_dir"] = directory }
+        var reader = Reader(base: URL(fileURLWithPath: source).deletingLastPathComponent().path)
+        let configuration = reader.configuration(root, source: source)
+        guard reader.problems.isEmpty, let configuration else { throw ConfigurationError(reader.problems) }
+        return configuration
+    }
+}
+
+/// Walks the raw YAML, collecting problems instead of stopping at the first.
+struct Reader {
+    let base: String
+    var problems: [String] = []
+
+    mutating func problem(_ path: String, _ message: String) { problems.append("\(path): \(message)") }
+
+    /// Relative paths are relative to the configuration file's directory.
+    func resolve(_ path: String) -> String {
+        path.hasPrefix("/") ? path : URL(fileURLWithPath: base).appendingPathComponent(path).standardizedFileURL.path
+    }
+
+    mutating func map(_ value: Any?, _ path: String, known: Set<String>) -> [String: Any]? {
+        guard let value else { return nil }
+        guard let map = value as? [String: Any] else {
+            problem(path, "expected a mapping")
+            return nil
+        }
+        for key in map.keys.sorted() where !known.contains(key) {
+            problem("\(path).\(key)", "unknown key (known: \(known.sorted().joined(separator: ", ")))")
+        }
+        return map
+    }
+
+    mutating func string(_ map: [String: Any]?, _ key: String, _ path: String, required: Bool = false) -> String? {
+        guard let value = map?[key], !(value is NSNull) else {
+            if required { problem("\(path).\(key)", "is required") }
+            return nil
+        }
+        if let text = value as? String, !text.isEmpty { return text }
+        if let number = value as? Int { return String(number) }
+        problem("\(path).\(key)", "expected text")
+        return nil
+    }
+
+    mutating func int(_ map: [String: Any]?, _ key: String, _ path: String, default fallback: Int, range: ClosedRange<Int>) -> Int {
+        guard let value = map?[key], !(value is NSNull) else { return fallback }
+        guard let number = value as? Int, range.contains(number) else {
+            problem("\(path).\(key)", "expected an integer in \(range.lowerBound)...\(range.upperBound)")
+            return fallback
+        }
+        return number
+    }
+
+    mutating func bool(_ map: [String: Any]?, _ key: String, _ path: String, default fallback: Bool) -> Bool {
+        guard let value = map?[key], !(value is NSNull) else { return fallback }
+        guard let flag = value as? Bool else {
+            problem("\(path).\(key)", "expected true or false")
+            return fallback
+        }
+        return flag
+    }
+
+    mutating func strings(_ map: [String: Any]?, _ key: String, _ path: String) -> [String] {
+        guard let value = map?[key], !(value is NSNull) else { return [] }
+        guard let list = value as? [Any], list.allSatisfy({ $0 is String }) else {
+            problem("\(path).\(key)", "expected a list of text")
+            return []
+        }
+        return list.compactMap { $0 as? String }
+    }
+
+    /// `1s`, `500ms`, `2m`, `1h`, `90d`, or a number of seconds.
+    mutating func duration(_ map: [String: Any]?, _ key: String, _ path: String, default fallback: Duration) -> Duration {
+        guard let value = map?[key], !(value is NSNull) else { return fallback }
+        if let seconds = value as? Int, seconds > 0 { return .seconds(seconds) }
+        if let text = value as? String, let parsed = Self.parseDuration(text) { return parsed }
+        problem("\(path).\(key)", "expected a duration such as 500ms, 1s, 5m, 1h, 90d")
+        return fallback
+    }
+
+    static func parseDuration(_ text: String) -> Duration? {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+        for (suffix, factor) in units where text.hasSuffix(suffix) {
+            let number = text.dropLast(suffix.count)
+            // "ms" must not be read as minutes of "…m" followed by "s".
+            if suffix == "s" && number.hasSuffix("m") { continue }
+            guard let value = Double(number), value > 0 else { return nil }
+            return .milliseconds(Int64((value * factor * 1000).rounded()))
+        }
+        return nil
+    }
+
+    /// A secret: `{env: NAME}`, `{file: PATH}` (not readable by group or others), or inline text (refused in
+    /// production).
+    mutating func secret(_ value: Any?, _ path: String) -> Configuration.SecretSource? {
+        guard let value, !(value is NSNull) else {
+            problem(path, "is required ({env: NAME} or {file: PATH})")
+            return nil
+        }
+        if let text = value as? String { return .inline(SecretBytes(utf8: text)) }
+        if let number = value as? Int { return .inline(SecretBytes(utf8: String(number))) }
+        guard let map = value as? [String: Any], map.count == 1 else {
+            problem(path, "expected {env: NAME} or {file: PATH}")
+            return nil
+        }
+        if let name = map["env"] as? String, !name.isEmpty { return .environment(name) }
+        if let file = map["file"] as? String, !file.isEmpty {
+            let resolved = resolve(file)
+            if let attributes = try? FileManager.default.attributesOfItem(atPath: resolved),
+               let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0
+            {
+                problem(path, "the file \(resolved) is readable by group or others (mode \(String(mode, radix: 8))); chmod 600 it")
+            } else if !FileManager.default.fileExists(atPath: resolved) {
+                problem(path, "the file \(resolved) does not exist")
+            }
+            return .file(resolved)
+        }
+        problem(path, "expected {env: NAME} or {file: PATH}")
+        return nil
+    }
+
+    mutating func configuration(_ root: [String: Any], source: String) -> Configuration? {
+        let top = map(root, "config", known: [
+            "mode", "listen", "tls", "providers", "keys", "admin", "limits", "log_level", "debug", "data_dir", "audit",
+        ]) ?? [:]
+        let modeText = string(top, "mode", "config") ?? "development"
+        let mode = Configuration.Mode(rawValue: modeText)
+        if mode == nil { problem("mode", "expected development or production, not '\(modeText)'") }
+
+        let listenMap = map(top["listen"], "listen", known: ["api", "metrics", "allow_public_bind"])
+        let api = string(listenMap, "api", "listen") ?? "127.0.0.1:8443"
+        var host = "127.0.0.1"
+        var port = 8443
+        if let colon = api.lastIndex(of: ":"), let parsed = Int(api[api.index(after: colon)...]), (0...65535).contains(parsed) {
+            host = String(api[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+            port = parsed
+        } else {
+            problem("listen.api", "expected host:port, not '\(api)'")
+        }
+        let listen = Configuration.Listen(host: host, port: port, allowPublicBind: bool(listenMap, "allow_public_bind", "listen", default: false))
+
+        var tls: Configuration.TLS?
+        if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "min_version", "client_auth"]) {
+            let certificate = string(tlsMap, "cert", "tls", required: true).map(resolve)
+            let key = string(tlsMap, "key", "tls", required: true).map(resolve)
+            let clientCA = string(tlsMap, "client_ca", "tls", required: true).map(resolve)
+            let crl = string(tlsMap, "crl", "tls").map(resolve)
+            for (name, file) in [("cert", certificate), ("key", key), ("client_ca", clientCA), ("crl", crl)] {
+                if let file, !FileManager.default.fileExists(atPath: file) { problem("tls.\(name)", "the file \(file) does not exist") }
+            }
+            let version = string(tlsMap, "min_version", "tls") ?? "1.3"
+            if !["1.2", "1.3"].contains(version) { problem("tls.min_version", "expected 1.2 or 1.3, not '\(version)' (older TLS is not supported)") }
+            let authText = string(tlsMap, "client_auth", "tls") ?? "required"
+            let clientAuth = Configuration.TLS.ClientAuth(rawValue: authText)
+            if clientAuth == nil { problem("tls.client_auth", "expected required or optional") }
+            if let certificate, let key, let clientCA {
+                tls = Configuration.TLS(certificate: certificate, key: key, clientCA: clientCA, crl: crl,
+                                        minimumVersion: version, clientAuth: clientAuth ?? .required)
+            }
+        }
+
+        var providers: [String: Configuration.Provider] = [:]
+        let providersMap = map(top["providers"], "providers", known: []) ?? [:]
+        // `map(known: [])` reported every provider name as unknown; undo that: provider names are free.
+        problems.removeAll { $0.hasPrefix("providers.") && $0.contains("unknown key") }
+        if providersMap.isEmpty { problem("providers", "at least one provider is required") }
+        for (name, value) in providersMap.sorted(by: { $0.key < $1.key }) {
+            if let provider = self.provider(value, "providers.\(name)") { providers[name] = provider }
+        }
+
+        var keys: [KeyName: Configuration.Key] = [:]
+        let keysMap = top["keys"] as? [String: Any] ?? [:]
+        if top["keys"] != nil && !(top["keys"] is [String: Any]) && !(top["keys"] is NSNull) { problem("keys", "expected a mapping") }
+        for (name, value) in keysMap.sorted(by: { $0.key < $1.key }) {
+            let path = "keys.\(name)"
+            guard let keyName = try? KeyName(name) else {
+                problem(path, "not a valid key name (1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit)")
+                continue
+            }
+            let keyMap = map(value, path, known: ["provider", "allow", "rotation"])
+            let provider = string(keyMap, "provider", path, required: true) ?? ""
+            if !provider.isEmpty && providers[provider] == nil && providersMap[provider] == nil {
+                problem("\(path).provider", "no provider named '\(provider)' (configured: \(providersMap.keys.sorted().joined(separator: ", ")))")
+            }
+            let allow = strings(keyMap, "allow", path)
+            var rotation: [String: String] = [:]
+            if let rotationMap = map(keyMap?["rotation"], "\(path).rotation", known: ["period", "notice", "max_wraps", "max_age", "retire_quiet_period"]) {
+                for (key, value) in rotationMap { rotation[key] = "\(value)" }
+            }
+            keys[keyName] = Configuration.Key(name: keyName, provider: provider, allow: allow, rotation: rotation)
+        }
+
+        let adminMap = map(top["admin"], "admin", known: ["identities", "token_hashes"])
+        let tokenHashes = strings(adminMap, "token_hashes", "admin").map { $0.lowercased() }
+        for hash in tokenHashes where hash.count != 64 || !hash.allSatisfy(\.isHexDigit) {
+            problem("admin.token_hashes", "'\(hash.prefix(12))…' is not a hex SHA-256 (64 hex digits)")
+        }
+        let admin = Configuration.Admin(identities: strings(adminMap, "identities", "admin"), tokenHashes: tokenHashes)
+
+        let limitsMap = map(top["limits"], "limits", known: ["max_connections", "max_body_bytes", "request_timeout", "rate_per_second", "burst"])
+        let rate: Double
+        if let value = limitsMap?["rate_per_second"] as? Double, value > 0 { rate = value }
+        else if let value = limitsMap?["rate_per_second"] as? Int, value > 0 { rate = Double(value) }
+        else {
+            if limitsMap?["rate_per_second"] != nil { problem("limits.rate_per_second", "expected a positive number") }
+            rate = 1000
+        }
+        let limits = Configuration.Limits(
+            maxConnections: int(limitsMap, "max_connections", "limits", default: 1024, range: 1...1_000_000),
+            maxBodyBytes: int(limitsMap, "max_body_bytes", "limits", default: 256 * 1024, range: 1024...64 * 1024 * 1024),
+            requestTimeout: duration(limitsMap, "request_timeout", "limits", default: .seconds(10)),
+            ratePerSecond: rate,
+            burst: int(limitsMap, "burst", "limits", default: 2000, range: 1...1_000_000))
+
+        let logLevel = string(top, "log_level", "config") ?? "info"
+        if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) {
+            problem("log_level", "expected trace, debug, info, notice, warning, error or critical")
+        }
+        let debug = bool(top, "debug", "config", default: false)
+        let dataDirectory = string(top, "data_dir", "config").map(resolve)
+        guard let mode else { return nil }
+        return Configuration(
+            mode: mode, listen: listen, tls: tls, providers: providers, keys: keys, admin: admin, limits: limits,
+            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, source: source)
+    }
+
+    mutating func provider(_ value: Any?, _ path: String) -> Configuration.Provider? {
+        guard let raw = value as? [String: Any] else {
+            problem(path, "expected a mapping with a type")
+            return nil
+        }
+        switch raw["type"] as? String {
+        case "pkcs11":
+            let map = self.map(raw, path, known: ["type", "module", "token", "pin", "profile", "profiles_dir", "sessions", "call_timeout", "checkout_wait"])
+            let module = string(map, "module", path, required: true).map(resolve)
+            if let module, !FileManager.default.fileExists(atPath: module) { problem("\(path).module", "the file \(module) does not exist") }
+            let token = string(map, "token", path, required: true)
+            if let token, !token.hasPrefix("pkcs11:") { problem("\(path).token", "expected a PKCS#11 URI (pkcs11:token=…)") }
+            let pin = secret(map?["pin"], "\(path).pin")
+            let settings = Configuration.PKCS11Settings(
+                module: module ?? "", token: token ?? "", pin: pin ?? .environment(""),
+                profile: string(map, "profile", path, required: true) ?? "",
+                profilesDirectory: string(map, "profiles_dir", path).map(resolve) ?? resolve("hsm-profiles"),
+                sessions: int(map, "sessions", path, default: 8, range: 1...1024),
+                callTimeout: duration(map, "call_timeout", path, default: .seconds(1)),
+                checkoutWait: duration(map, "checkout_wait", path, default: .seconds(2)))
+            return .pkcs11(settings)
+        case "vault-transit":
+            let map = self.map(raw, path, known: ["type", "address", "mount", "namespace", "ca", "auth", "request_timeout"])
+            let address = string(map, "address", path, required: true) ?? ""
+            if !address.isEmpty && !(address.hasPrefix("https://") || address.hasPrefix("http://")) {
+                problem("\(path).address", "expected an http(s):// URL")
+            }
+            let authMap = self.map(map?["auth"], "\(path).auth", known: ["token", "token_file", "approle"])
+            var auth: Configuration.VaultSettings.Auth?
+            if let authMap, authMap.count != 1 { problem("\(path).auth", "give exactly one of token, token_file, approle") }
+            if let token = authMap?["token"] {
+                auth = secret(token, "\(path).auth.token").map { .token($0) }
+            } else if let file = string(authMap, "token_file", "\(path).auth") {
+                auth = .tokenFile(resolve(file))
+            } else if let approle = self.map(authMap?["approle"], "\(path).auth.approle", known: ["role_id", "secret_id"]) {
+                let roleID = string(approle, "role_id", "\(path).auth.approle", required: true) ?? ""
+                if let secretID = secret(approle["secret_id"], "\(path).auth.approle.secret_id") {
+                    auth = .appRole(roleID: roleID, secretID: secretID)
+                }
+            } else if authMap == nil {
+                problem("\(path).auth", "is required (token, token_file or approle)")
+            }
+            guard let auth else { return nil }
+            return .vault(Configuration.VaultSettings(
+                address: address, mount: string(map, "mount", path) ?? "transit", namespace: string(map, "namespace", path),
+                caCertificate: string(map, "ca", path).map(resolve), auth: auth,
+                requestTimeout: duration(map, "request_timeout", path, default: .seconds(5))))
+        case "in-memory":
+            _ = self.map(raw, path, known: ["type"])
+            return .inMemory
+        case let other:
+            problem("\(path).type", "expected pkcs11, vault-transit or in-memory, not '\(other ?? "nothing")'")
+            return nil
+        }
+    }
+}

@@ -1,0 +1,129 @@
+public import KMSCore
+
+/// kmsd's validated configuration. Made only by `Configuration.load` / `parse`, which read the YAML file, apply
+/// `KMSD_*` environment overrides, and check everything in one step, listing every problem with its key path.
+///
+/// File keys (see docs/configuration.md): `mode`, `listen.{api,allow_public_bind}`, `tls.{cert,key,client_ca,crl,
+/// min_version,client_auth}`, `providers.<name>.{type,…}`, `keys.<name>.{provider,allow,rotation}`,
+/// `admin.{identities,token_hashes}`, `limits.{max_connections,max_body_bytes,request_timeout,rate_per_second,burst}`,
+/// `log_level`, `debug`, `data_dir`.
+public struct Configuration: Sendable {
+    public enum Mode: String, Sendable { case development, production }
+
+    public struct Listen: Sendable {
+        public var host: String
+        public var port: Int
+        public var allowPublicBind: Bool
+    }
+
+    public struct TLS: Sendable {
+        public enum ClientAuth: String, Sendable { case required, optional }
+        public var certificate: String
+        public var key: String
+        public var clientCA: String
+        public var crl: String?
+        /// "1.2" or "1.3" (older versions are refused by the parser).
+        public var minimumVersion: String
+        public var clientAuth: ClientAuth
+    }
+
+    /// Where a secret comes from. `inline` exists only so production mode can name it as a violation.
+    public enum SecretSource: Sendable, CustomStringConvertible {
+        case environment(String)
+        case file(String)
+        case inline(SecretBytes)
+
+        public var description: String {
+            switch self {
+            case .environment(let name): "env \(name)"
+            case .file(let path): "file \(path)"
+            case .inline: "inline <redacted>"
+            }
+        }
+    }
+
+    public enum Provider: Sendable {
+        case pkcs11(PKCS11Settings)
+        case vault(VaultSettings)
+        /// Tests and development only; production mode refuses it.
+        case inMemory
+
+        public var kind: String {
+            switch self {
+            case .pkcs11: "pkcs11"
+            case .vault: "vault-transit"
+            case .inMemory: "in-memory"
+            }
+        }
+    }
+
+    public struct PKCS11Settings: Sendable {
+        public var module: String
+        public var token: String
+        public var pin: SecretSource
+        public var profile: String
+        public var profilesDirectory: String
+        public var sessions: Int
+        public var callTimeout: Duration
+        public var checkoutWait: Duration
+    }
+
+    public struct VaultSettings: Sendable {
+        public enum Auth: Sendable {
+            case token(SecretSource)
+            case tokenFile(String)
+            case appRole(roleID: String, secretID: SecretSource)
+        }
+        public var address: String
+        public var mount: String
+        public var namespace: String?
+        public var caCertificate: String?
+        public var auth: Auth
+        public var requestTimeout: Duration
+    }
+
+    public struct Key: Sendable {
+        public var name: KeyName
+        public var provider: String
+        /// Identity patterns allowed to use the key (`*` matches any run of characters).
+        public var allow: [String]
+        /// The rotation settings as written, kept for the rotation scheduler.
+        public var rotation: [String: String]
+    }
+
+    public struct Admin: Sendable {
+        public var identities: [String]
+        /// Lower-case hex SHA-256 of each admin token.
+        public var tokenHashes: [String]
+    }
+
+    public struct Limits: Sendable {
+        public var maxConnections: Int
+        public var maxBodyBytes: Int
+        public var requestTimeout: Duration
+        public var ratePerSecond: Double
+        public var burst: Int
+    }
+
+    public var mode: Mode
+    public var listen: Listen
+    public var tls: TLS?
+    public var providers: [String: Provider]
+    public var keys: [KeyName: Key]
+    public var admin: Admin
+    public var limits: Limits
+    public var logLevel: String
+    public var debug: Bool
+    public var dataDirectory: String?
+    /// The file the configuration came from (for relative paths and messages).
+    public var source: String
+}
+
+/// Every problem found in a configuration, each with its key path.
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    public var problems: [String]
+    public init(_ problems: [String]) { self.problems = problems }
+    public var description: String {
+        "the configuration has \(problems.count) problem(s):\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,154 @@
+public import Foundation
+public import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
+public import KMSCore
+import KMSProviderPKCS11
+import KMSProviderVault
+public import KMSServer
+public import Logging
+import NIOCore
+public import NIOSSL
+import PKCS11
+import ServiceLifecycle
+
+/// Wires a validated configuration into running parts: providers, the API server with mutual TLS, and the
+/// lifecycle (graceful shutdown on SIGTERM/SIGINT).
+public struct Daemon: Sendable {
+    public let configuration: Configuration
+    let logger: Logger
+
+    public init(_ configuration: Configuration, logger: Logger = Logger(label: "kmsd")) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Refuses an unsafe production configuration, naming every violation.
+    public func checkMode() throws {
+        guard configuration.mode == .production else { return }
+        let violations = HardeningChecklist(configuration).violations
+        guard violations.isEmpty else {
+            throw ConfigurationError(violations.map { "production mode: \($0.title) — \($0.detail)" })
+        }
+    }
+
+    /// Reads a secret from its source. Errors name the source, never the value.
+    static func read(_ source: Configuration.SecretSource, environment: [String: String]) throws -> SecretBytes {
+        switch source {
+        case .inline(let secret):
+            return secret
+        case .environment(let name):
+            guard let value = environment[name], !value.isEmpty else { throw ConfigurationError(["the environment variable \(name) is not set"]) }
+            return SecretBytes(utf8: value)
+        case .file(let path):
+            guard let data = FileManager.default.contents(atPath: path) else { throw ConfigurationError(["cannot read the secret file \(path)"]) }
+            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !text.isEmpty else { throw ConfigurationError(["the secret file \(path) is empty"]) }
+            return SecretBytes(utf8: text)
+        }
+    }
+
+    /// Starts every configured provider. On failure, stops those already started.
+    public func startProviders(environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> [String: any KeyProvider] {
+        var started: [String: any KeyProvider] = [:]
+        do {
+            for (name, provider) in configuration.providers.sorted(by: { $0.key < $1.key }) {
+                switch provider {
+                case .pkcs11(let settings):
+                    let profile = try HSMProfile.load(settings.profile, directory: settings.profilesDirectory)
+                    let uri = try PKCS11URI(parsing: settings.token)
+                    let pkcs11 = try await PKCS11KeyProvider.start(PKCS11ProviderConfiguration(
+                        modulePath: settings.module, token: uri, pin: try Self.read(settings.pin, environment: environment),
+                        profile: profile, maxSessions: settings.sessions, checkoutWait: settings.checkoutWait,
+                        callTimeout: settings.callTimeout), logger: Logger(label: "kmsd.provider.\(name)"))
+                    started[name] = pkcs11
+                case .vault(let settings):
+                    let auth: VaultProviderConfiguration.Authentication
+                    switch settings.auth {
+                    case .token(let source): auth = .token(try Self.read(source, environment: environment))
+                    case .tokenFile(let path): auth = .tokenFile(path)
+                    case .appRole(let roleID, let secret):
+                        auth = .appRole(roleID: roleID, secretID: try Self.read(secret, environment: environment))
+                    }
+                    started[name] = try VaultTransitProvider(VaultProviderConfiguration(
+                        address: settings.address, mount: settings.mount, namespace: settings.namespace,
+                        caCertificateFile: settings.caCertificate, authentication: auth,
+                        requestTimeout: settings.requestTimeout), logger: Logger(label: "kmsd.provider.\(name)"))
+                case .inMemory:
+                    throw ConfigurationError(["providers.\(name): the in-memory provider exists only inside kmsd's tests"])
+                }
+                logger.info("provider started", metadata: ["provider": "\(name)", "type": "\(provider.kind)"])
+            }
+        } catch {
+            await Self.stop(started)
+            throw error
+        }
+        return started
+    }
+
+    static func stop(_ providers: [String: any KeyProvider]) async {
+        for provider in providers.values {
+            if let pkcs11 = provider as? PKCS11KeyProvider { await pkcs11.shutdown() }
+            if let vault = provider as? VaultTransitProvider { await vault.shutdown() }
+        }
+    }
+
+    public func policy(_ providers: [String: any KeyProvider]) -> KMSServerPolicy {
+        var keys: [KeyName: KMSServerPolicy.Key] = [:]
+        for key in configuration.keys.values {
+            guard let provider = providers[key.provider] else { continue }
+            keys[key.name] = KMSServerPolicy.Key(name: key.name, providerName: key.provider, provider: provider, allow: key.allow)
+        }
+        let limits = configuration.limits
+        return KMSServerPolicy(
+            keys: keys, providers: providers, adminIdentities: configuration.admin.identities,
+            adminTokenHashes: configuration.admin.tokenHashes,
+            limits: .init(maxBodyBytes: limits.maxBodyBytes, requestTimeout: limits.requestTimeout,
+                          ratePerSecond: limits.ratePerSecond, burst: limits.burst, maxConnections: limits.maxConnections),
+            mode: configuration.mode.rawValue)
+    }
+
+    /// The server's TLS: its certificate and key, client certificates from `client_ca` required (or optional), the
+    /// configured minimum version.
+    public static func tlsConfiguration(_ tls: Configuration.TLS) throws -> TLSConfiguration {
+        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key, format: .pem)))
+        configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(tls.clientCA))
+        configuration.certificateVerification = tls.clientAuth == .required ? .noHostnameVerification : .optionalVerification
+        configuration.minimumTLSVersion = tls.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
+        return configuration
+    }
+
+    /// Builds the HTTP application. `onRunning` gets the bound port.
+    public func application(
+        policy: KMSServerPolicy, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) throws -> some ApplicationProtocol {
+        let server = KMSServer(policy: policy, logger: Logger(label: "kmsd.api"))
+        let builder: HTTPServerBuilder = try configuration.tls.map { try .tls(.http1(), tlsConfiguration: Self.tlsConfiguration($0)) } ?? .http1()
+        return Application(
+            router: server.router(), server: builder,
+            configuration: .init(address: .hostname(configuration.listen.host, port: configuration.listen.port), serverName: nil),
+            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
+            logger: logger)
+    }
+
+    /// Runs until SIGTERM or SIGINT; then stops accepting, finishes requests in flight, and closes the providers.
+    public func run() async throws {
+        try checkMode()
+        let providers = try await startProviders()
+        do {
+            let app = try application(policy: policy(providers)) { [logger, configuration] port in
+                logger.notice("kmsd serving", metadata: [
+                    "address": "\(configuration.listen.host):\(port)", "mode": "\(configuration.mode.rawValue)",
+                    "tls": "\(configuration.tls != nil)",
+                ])
+            }
+            try await app.runService()
+        } catch {
+            await Self.stop(providers)
+            throw error
+        }
+        await Self.stop(providers)
+    }
+}

@@ -1,0 +1,83 @@
+import Crypto
+public import Foundation
+
+/// `kmsd dev-init`: the files `ci/dev` runs kmsd with — a development PKI, a SoftHSM configuration and PIN, an admin
+/// token, and `kmsd.yaml`. Files that exist are kept, so running it twice reuses the directory.
+public enum DevEnvironment {
+    public static func initialize(directory: URL, profilesDirectory: String, port: Int = 8443,
+                                  module: String = "/usr/lib/softhsm/libsofthsm2.so") throws -> [String] {
+        let files = FileManager.default
+        try files.createDirectory(at: directory.appendingPathComponent("tokens"), withIntermediateDirectories: true)
+        try files.setAttributes([.posixPermissions: 0o700], ofItemAtPath: directory.path)
+        var made: [String] = []
+        func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+        func writeSecret(_ name: String, _ text: String) throws {
+            try Data(text.utf8).write(to: directory.appendingPathComponent(name))
+            try files.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path(name))
+        }
+
+        let pki: DevPKI
+        if let certificate = try? String(contentsOfFile: path("ca.pem"), encoding: .utf8),
+           let key = try? String(contentsOfFile: path("ca-key.pem"), encoding: .utf8) {
+            pki = try DevPKI(caCertificatePEM: certificate, caKeyPEM: key)
+        } else {
+            pki = try DevPKI()
+            try Data(pki.caPEM.utf8).write(to: directory.appendingPathComponent("ca.pem"))
+            try writeSecret("ca-key.pem", pki.caKeyPEM)
+            made.append("ca.pem")
+        }
+        let issued: [(String, DevPKI.Subject)] = [
+            ("server", .server(hosts: ["localhost", "127.0.0.1"])),
+            ("node", .client(uri: "spiffe://kmsd.dev/storage/node-1", commonName: "storage-node-1")),
+            ("admin", .client(uri: nil, commonName: "security-admin")),
+        ]
+        for (name, subject) in issued where !files.fileExists(atPath: path("\(name).pem")) {
+            try DevPKI.write(try pki.issue(subject), name: name, to: directory)
+            made.append("\(name).pem")
+        }
+        if !files.fileExists(atPath: path("hsm-pin")) {
+            try writeSecret("hsm-pin", "dev-\(UInt32.random(in: 100_000...999_999))\n")
+            try writeSecret("hsm-so-pin", "so-\(UInt32.random(in: 100_000...999_999))\n")
+            made.append("hsm-pin")
+        }
+        if !files.fileExists(atPath: path("softhsm2.conf")) {
+            try Data("directories.tokendir = \(path("tokens"))\nobjectstore.backend = file\nlog.level = ERROR\n".utf8)
+                .write(to: directory.appendingPathComponent("softhsm2.conf"))
+            made.append("softhsm2.conf")
+        }
+        if !files.fileExists(atPath: path("admin-token")) {
+            let token = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.base64EncodedString()
+            try writeSecret("admin-token", token + "\n")
+            made.append("admin-token")
+        }
+        let token = (try String(contentsOfFile: path("admin-token"), encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)
+        let hash = SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        if !files.fileExists(atPath: path("kmsd.yaml")) {
+            let yaml = """
+                # kmsd development configuration, written by `kmsd dev-init` (ci/dev). Not for production:
+                # SoftHSM, a generated CA, secrets in this directory.
+                mode: development
+                listen: { api: "127.0.0.1:\(port)" }
+                tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
+                providers:
+                  hsm:
+                    type: pkcs11
+                    module: \(module)
+                    token: "pkcs11:token=kmsd-dev"
+                    pin: { file: hsm-pin }
+                    profile: softhsm2
+                    profiles_dir: \(profilesDirectory)
+                    sessions: 4
+                keys:
+                  demo: { provider: hsm, allow: ["spiffe://kmsd.dev/storage/*"] }
+                admin:
+                  identities: ["CN=security-admin"]
+                  token_hashes: ["\(hash)"]
+
+                """
+            try Data(yaml.utf8).write(to: directory.appendingPathComponent("kmsd.yaml"))
+            made.append("kmsd.yaml")
+        }
+        return made
+    }
+}

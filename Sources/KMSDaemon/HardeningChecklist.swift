@@ -1,0 +1,83 @@
+import Foundation
+import KMSCore
+
+/// The production hardening checklist: what `kmsd check-config` prints and what production mode enforces. In
+/// production, kmsd refuses to start while any item fails and names every failing item.
+public struct HardeningChecklist: Sendable {
+    public struct Item: Sendable, Equatable {
+        public let title: String
+        public let passed: Bool
+        public let detail: String
+    }
+
+    public let items: [Item]
+    public var violations: [Item] { items.filter { !$0.passed } }
+
+    public init(_ configuration: Configuration) {
+        var items: [Item] = []
+        func check(_ title: String, _ passed: Bool, _ detail: String) { items.append(Item(title: title, passed: passed, detail: detail)) }
+
+        for (name, provider) in configuration.providers.sorted(by: { $0.key < $1.key }) {
+            switch provider {
+            case .inMemory:
+                check("provider \(name) is a real backend", false, "the in-memory provider holds keys in process memory (tests only)")
+            case .pkcs11(let settings):
+                let soft = settings.module.lowercased().contains("softhsm")
+                check("provider \(name) uses a hardware module", !soft,
+                      soft ? "\(settings.module) is SoftHSM, a software token" : settings.module)
+                check("provider \(name) PIN is not written in the file", !Self.isInline(settings.pin),
+                      Self.isInline(settings.pin) ? "give the PIN as {env: NAME} or {file: PATH}" : settings.pin.description)
+            case .vault(let settings):
+                let tls = settings.address.hasPrefix("https://")
+                check("provider \(name) reaches Vault over TLS", tls, settings.address)
+                switch settings.auth {
+                case .token(let source):
+                    check("provider \(name) Vault token is not written in the file", !Self.isInline(source),
+                          Self.isInline(source) ? "give the token as {env: NAME} or {file: PATH}" : source.description)
+                case .appRole(_, let secret):
+                    check("provider \(name) AppRole secret_id is not written in the file", !Self.isInline(secret),
+                          Self.isInline(secret) ? "give the secret_id as {env: NAME} or {file: PATH}" : secret.description)
+                case .tokenFile(let path):
+                    check("provider \(name) token file is private", Self.isPrivate(path), "\(path) must not be readable by group or others")
+                }
+            }
+        }
+        if let tls = configuration.tls {
+            check("TLS listener", true, "\(configuration.listen.host):\(configuration.listen.port)")
+            check("client certificates are required", tls.clientAuth == .required,
+                  tls.clientAuth == .required ? "every connection presents a certificate from \(tls.clientCA)" : "tls.client_auth is optional")
+            check("TLS 1.2 or newer", ["1.2", "1.3"].contains(tls.minimumVersion), "minimum \(tls.minimumVersion)")
+            check("TLS private key is private", Self.isPrivate(tls.key), "\(tls.key) must not be readable by group or others")
+        } else {
+            check("TLS listener", false, "no tls section: the API would listen in plaintext")
+        }
+        let adminAuth = !configuration.admin.identities.isEmpty || !configuration.admin.tokenHashes.isEmpty
+        check("admin API requires authentication", adminAuth,
+              adminAuth ? "\(configuration.admin.identities.count) identity pattern(s), \(configuration.admin.tokenHashes.count) token hash(es)"
+                        : "set admin.identities and/or admin.token_hashes")
+        let wildcard = ["0.0.0.0", "::", "*", ""].contains(configuration.listen.host)
+        check("no wildcard bind (or allow_public_bind set)", !wildcard || configuration.listen.allowPublicBind,
+              wildcard ? "listen.api binds \(configuration.listen.host); set listen.allow_public_bind: true if intended" : configuration.listen.host)
+        let debug = configuration.debug || ["trace", "debug"].contains(configuration.logLevel)
+        check("no debug flags", !debug, debug ? "debug: \(configuration.debug), log_level: \(configuration.logLevel)" : "log_level \(configuration.logLevel)")
+        let openKeys = configuration.keys.values.filter { $0.allow.isEmpty }.map(\.name.rawValue).sorted()
+        check("every key names who may use it", openKeys.isEmpty,
+              openKeys.isEmpty ? "\(configuration.keys.count) key(s)" : "no allow list: \(openKeys.joined(separator: ", "))")
+        self.items = items
+    }
+
+    static func isInline(_ source: Configuration.SecretSource) -> Bool {
+        if case .inline = source { return true }
+        return false
+    }
+
+    static func isPrivate(_ path: String) -> Bool {
+        guard let mode = (try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int else { return false }
+        return mode & 0o077 == 0
+    }
+
+    /// ✅/❌ lines.
+    public var table: String {
+        items.map { "\($0.passed ? "✅" : "❌") \($0.title) — \($0.detail)" }.joined(separator: "\n")
+    }
+}

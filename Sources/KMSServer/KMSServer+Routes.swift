@@ -1,0 +1,192 @@
+import Foundation
+import Hummingbird
+import KMSAPI
+import KMSCore
+import Logging
+
+extension KMSServer {
+    // MARK: - Storage nodes
+
+    func datakey(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        let (key, identity) = try await authorizeKey(request, context)
+        let body = try await decode(DataKeyRequest.self, request, allowed: ["context"])
+        let encryption = try self.context(body.context)
+        let dataKey = try await perform { try await key.provider.generateDataKey(key.name, context: encryption) }
+        logger.info("datakey", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(dataKey.version)"])
+        return try json(DataKeyResponse(
+            key: key.name.rawValue, version: dataKey.version.rawValue,
+            plaintext: dataKey.plaintext.withUnsafeBytes { Data($0).base64EncodedString() },
+            wrapped: Data(dataKey.wrapped).base64EncodedString()))
+    }
+
+    func unwrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        let (key, identity) = try await authorizeKey(request, context)
+        let body = try await decode(UnwrapRequest.self, request, allowed: ["wrapped", "context"])
+        let result = try await unwrapOne(key, body)
+        logger.info("unwrap", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(result.version)"])
+        return try json(result)
+    }
+
+    func rewrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        let (key, identity) = try await authorizeKey(request, context)
+        let body = try await decode(RewrapRequest.self, request, allowed: ["wrapped", "context"])
+        let result = try await rewrapOne(key, UnwrapRequest(wrapped: body.wrapped, context: body.context))
+        logger.info("rewrap", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(result.version)"])
+        return try json(result)
+    }
+
+    func batchUnwrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        let (key, _) = try await authorizeKey(request, context)
+        let body = try await decode(BatchRequest.self, request, allowed: ["items"])
+        try checkBatch(body)
+        var items: [BatchUnwrapResponse.Item] = []
+        for item in body.items {
+            do {
+                items.append(.init(result: try await unwrapOne(key, item)))
+            } catch let error as APIError where error.status != .serviceUnavailable {
+                items.append(.init(error: .init(code: error.code, message: error.message)))
+            }
+        }
+        return try json(BatchUnwrapResponse(items: items))
+    }
+
+    func batchRewrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        let (key, _) = try await authorizeKey(request, context)
+        let body = try await decode(BatchRequest.self, request, allowed: ["items"])
+        try checkBatch(body)
+        var items: [BatchRewrapResponse.Item] = []
+        for item in body.items {
+            do {
+                items.append(.init(result: try await rewrapOne(key, item)))
+            } catch let error as APIError where error.status != .serviceUnavailable {
+                items.append(.init(error: .init(code: error.code, message: error.message)))
+            }
+        }
+        return try json(BatchRewrapResponse(items: items))
+    }
+
+    private func checkBatch(_ body: BatchRequest) throws {
+        guard (1...BatchRequest.maxItems).contains(body.items.count) else {
+            throw APIError(.badRequest, "invalid_input", "a batch holds 1 to \(BatchRequest.maxItems) items")
+        }
+    }
+
+    private func unwrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest) async throws -> UnwrapResponse {
+        let wrapped = try base64(item.wrapped, field: "wrapped")
+        let encryption = try self.context(item.context)
+        let result = try await perform { try await key.provider.unwrap(key.name, wrapped: wrapped, context: encryption) }
+        return UnwrapResponse(key: key.name.rawValue, version: result.version.rawValue,
+                              plaintext: result.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })
+    }
+
+    private func rewrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest) async throws -> RewrapResponse {
+        let wrapped = try base64(item.wrapped, field: "wrapped")
+        let encryption = try self.context(item.context)
+        let result = try await perform { try await key.provider.rewrap(key.name, wrapped: wrapped, context: encryption) }
+        return RewrapResponse(key: key.name.rawValue, version: result.version.rawValue,
+                              wrapped: Data(result.wrapped).base64EncodedString())
+    }
+
+    // MARK: - Administration
+
+    private func adminKey(_ context: KMSRequestContext) throws -> KMSServerPolicy.Key {
+        let nameText = context.parameters.get("name") ?? ""
+        guard let name = try? KeyName(nameText) else {
+            throw APIError(.badRequest, "invalid_input", "'\(nameText.prefix(80))' is not a valid key name")
+        }
+        guard let key = policy.keys[name] else {
+            throw APIError(.notFound, "not_found", "no key named '\(name)' in the configuration")
+        }
+        return key
+    }
+
+    private func body(_ name: KeyName, _ provider: String, _ description: KeyDescription) -> KeyBody {
+        KeyBody(name: name.rawValue, provider: provider, versions: description.versions.map {
+            KeyVersionBody(version: $0.version.rawValue, state: $0.state.rawValue,
+                           createdAt: $0.createdAt.map { $0.formatted(.iso8601) })
+        })
+    }
+
+    func listKeys(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        _ = try await authorizeAdmin(request, context)
+        let entries = policy.keys.values.sorted { $0.name < $1.name }.map {
+            KeyListBody.Entry(name: $0.name.rawValue, provider: $0.providerName)
+        }
+        return try json(KeyListBody(keys: entries))
+    }
+
+    func showKey(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        _ = try await authorizeAdmin(request, context)
+        let key = try adminKey(context)
+        let description = try await perform { try await key.provider.describeKey(key.name) }
+        return try json(body(key.name, key.providerName, description))
+    }
+
+    func createKey(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        let caller = try await authorizeAdmin(request, context)
+        let body = try await decode(CreateKeyRequest.self, request, allowed: ["name", "provider"])
+        guard let name = try? KeyName(body.name) else {
+            throw APIError(.badRequest, "invalid_input", "'\(body.name.prefix(80))' is not a valid key name")
+        }
+        // A key is served only when the configuration names it (that is where its allow list lives).
+        guard let key = policy.keys[name] else {
+            throw APIError(.badRequest, "invalid_input", "add key '\(name)' to the configuration (provider and allow list) first")
+        }
+        if let provider = body.provider, provider != key.providerName {
+            throw APIError(.badRequest, "invalid_input", "key '\(name)' is configured for provider '\(key.providerName)', not '\(provider)'")
+        }
+        let description = try await perform { try await key.provider.createKey(name) }
+        logger.notice("key created", metadata: ["admin": "\(caller)", "key": "\(name)", "provider": "\(key.providerName)"])
+        return try json(self.body(name, key.providerName, description), status: .created)
+    }
+
+    func rotate(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        let caller = try await authorizeAdmin(request, context)
+        let key = try adminKey(context)
+        _ = try await decode([String: String].self, request, allowed: ["reason"])
+        let version = try await perform { try await key.provider.rotateKey(key.name) }
+        logger.notice("key rotated", metadata: ["admin": "\(caller)", "key": "\(key.name)", "version": "\(version.version)"])
+        let description = try await perform { try await key.provider.describeKey(key.name) }
+        return try json(body(key.name, key.providerName, description))
+    }
+
+    func retire(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        let caller = try await authorizeAdmin(request, context)
+        let key = try adminKey(context)
+        guard let number = context.parameters.get("version").flatMap(UInt32.init), let version = try? KeyVersion(number) else {
+            throw APIError(.badRequest, "invalid_input", "the version must be a positive integer")
+        }
+        try await perform { try await key.provider.retireVersion(key.name, version: version) }
+        logger.notice("key version retired", metadata: ["admin": "\(caller)", "key": "\(key.name)", "version": "\(version)"])
+        let description = try await perform { try await key.provider.describeKey(key.name) }
+        return try json(body(key.name, key.providerName, description))
+    }
+
+    func status(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        _ = try await authorizeAdmin(request, context)
+        let providers = await providerHealth()
+        return try json(StatusBody(mode: policy.mode, ready: providers.allSatisfy { $0.state == "ok" }, providers: providers))
+    }
+
+    // MARK: - Health
+
+    func providerHealth() async -> [StatusBody.Provider] {
+        var result: [StatusBody.Provider] = []
+        for (name, provider) in policy.providers.sorted(by: { $0.key < $1.key }) {
+            let health = await provider.health()
+            result.append(StatusBody.Provider(name: name, kind: provider.kind.description, state: health.state.rawValue,
+                                              lastError: health.lastError, details: health.details))
+        }
+        return result
+    }
+
+    /// 200 when every provider is serving; 503 (with `Retry-After`) when any is not.
+    func ready() async throws -> Response {
+        let providers = await providerHealth()
+        guard providers.allSatisfy({ $0.state != "unavailable" }) else {
+            let down = providers.filter { $0.state == "unavailable" }.map(\.name).joined(separator: ", ")
+            throw APIError(.serviceUnavailable, "unavailable", "provider(s) unavailable: \(down)")
+        }
+        return try json(HealthBody(status: "ready"))
+    }
+}

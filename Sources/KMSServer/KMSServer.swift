@@ -1,0 +1,218 @@
+import Foundation
+public import Hummingbird
+import HummingbirdCore
+import KMSAPI
+public import KMSCore
+public import Logging
+public import NIOCore
+import NIOFoundationCompat
+import NIOSSL
+
+/// A request's context: the connection it came on (for the peer certificate) and, once checked, the caller.
+public struct KMSRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
+/// An error answered as `{"error":{"code","message"}}` with its HTTP status; 503 carries `Retry-After`.
+public struct APIError: HTTPResponseError, Sendable {
+    public let status: HTTPResponse.Status
+    public let code: String
+    public let message: String
+
+    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+
+    public init(_ error: KMSError) {
+        let status: HTTPResponse.Status = switch error.code {
+        case .notFound: .notFound
+        case .alreadyExists, .conflict, .versionRetired: .conflict
+        case .forbidden: .forbidden
+        case .invalidInput, .unsupported: .badRequest
+        case .unavailable: .serviceUnavailable
+        default: .internalServerError
+        }
+        self.init(status, error.code.rawValue, error.message)
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
+        if status == .serviceUnavailable || status == .tooManyRequests { headers[.retryAfter] = "1" }
+        let body = (try? JSONEncoder().encode(ErrorBody(code: code, message: message))) ?? Data()
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+}
+
+/// The API v1 routes over a `KMSServerPolicy`. Stateless apart from the rate limiter; safe to share.
+public struct KMSServer: Sendable {
+    public let policy: KMSServerPolicy
+    let limiter: RateLimiter
+    let logger: Logger
+
+    public init(policy: KMSServerPolicy, logger: Logger = Logger(label: "kmsd.api")) {
+        self.policy = policy
+        self.limiter = RateLimiter(ratePerSecond: policy.limits.ratePerSecond, burst: policy.limits.burst)
+        self.logger = logger
+    }
+
+    /// The router with every route of API v1.
+    public func router() -> Router<KMSRequestContext> {
+        let router = Router(context: KMSRequestContext.self)
+        router.get(RouterPath(KMSAPI.Path.live)) { _, _ in try json(HealthBody(status: "ok")) }
+        router.get(RouterPath(KMSAPI.Path.ready)) { _, _ in try await ready() }
+        router.post("/v1/keys/{name}/datakey") { request, context in try await datakey(request, context) }
+        router.post("/v1/keys/{name}/unwrap") { request, context in try await unwrap(request, context) }
+        router.post("/v1/keys/{name}/rewrap") { request, context in try await rewrap(request, context) }
+        router.post("/v1/keys/{name}/unwrap/batch") { request, context in try await batchUnwrap(request, context) }
+        router.post("/v1/keys/{name}/rewrap/batch") { request, context in try await batchRewrap(request, context) }
+        router.get("/v1/admin/keys") { request, context in try await listKeys(request, context) }
+        router.post("/v1/admin/keys") { request, context in try await createKey(request, context) }
+        router.get("/v1/admin/keys/{name}") { request, context in try await showKey(request, context) }
+        router.post("/v1/admin/keys/{name}/rotate") { request, context in try await rotate(request, context) }
+        router.post("/v1/admin/keys/{name}/versions/{version}/retire") { request, context in try await retire(request, context) }
+        router.get("/v1/admin/status") { request, context in try await status(request, context) }
+        return router
+    }
+
+    // MARK: - Authentication and authorization
+
+    /// The verified client certificate's identity, or nil when the connection presented none (plaintext listener
+    /// in development, or `client_auth: optional`).
+    func identity(_ context: KMSRequestContext) async -> ClientIdentity? {
+        guard let certificate = try? await context.channel.nioSSL_peerCertificate().get() else { return nil }
+        return try? ClientIdentity(certificate: certificate)
+    }
+
+    private func rateLimit(_ caller: String) throws {
+        guard limiter.allow(caller) else {
+            logger.warning("request refused: rate limit", metadata: ["security_event": "rate_limited", "identity": "\(caller)"])
+            throw APIError(.tooManyRequests, "rate_limited", "too many requests; slow down")
+        }
+    }
+
+    /// A storage-node request: a certificate identity allowed for the key.
+    func authorizeKey(_ request: Request, _ context: KMSRequestContext) async throws -> (KMSServerPolicy.Key, ClientIdentity) {
+        guard let identity = await identity(context) else {
+            throw APIError(.unauthorized, "unauthenticated", "a client certificate is required")
+        }
+        try rateLimit(identity.description)
+        let nameText = context.parameters.get("name") ?? ""
+        guard let name = try? KeyName(nameText) else {
+            throw APIError(.badRequest, "invalid_input", "'\(nameText.prefix(80))' is not a valid key name")
+        }
+        guard let key = policy.keys[name] else { throw APIError(.notFound, "not_found", "no key named '\(name)'") }
+        guard identity.matches(any: key.allow) else {
+            logger.warning("request refused: not allowed for key", metadata: [
+                "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
+            ])
+            throw APIError(.forbidden, "forbidden", "\(identity) may not use key '\(name)'")
+        }
+        return (key, identity)
+    }
+
+    /// An administrative request: an admin identity, or an admin token (`Authorization: Bearer …`).
+    func authorizeAdmin(_ request: Request, _ context: KMSRequestContext) async throws -> String {
+        let identity = await identity(context)
+        if let identity, identity.matches(any: policy.adminIdentities) {
+            try rateLimit(identity.description)
+            return identity.description
+        }
+        if let header = request.headers[.authorization], header.hasPrefix("Bearer "),
+           policy.isAdminToken(String(header.dropFirst("Bearer ".count)))
+        {
+            try rateLimit("admin-token")
+            return "admin-token"
+        }
+        logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity?.description ?? "<none>")"])
+        if identity == nil && request.headers[.authorization] == nil {
+            throw APIError(.unauthorized, "unauthenticated", "an admin certificate or admin token is required")
+        }
+        throw APIError(.forbidden, "forbidden", "not an administrator")
+    }
+
+    // MARK: - Bodies
+
+    /// Reads at most `maxBodyBytes` and decodes strictly: unknown fields and malformed JSON are 400.
+    func decode<T: Decodable>(_ type: T.Type, _ request: Request, allowed: Set<String>) async throws -> T {
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: policy.limits.maxBodyBytes)
+        } catch {
+            throw APIError(.contentTooLarge, "payload_too_large", "the request body exceeds \(policy.limits.maxBodyBytes) bytes")
+        }
+        let data = Data(buffer: buffer)
+        let object = data.isEmpty ? [String: Any]() : (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+        guard let object else { throw APIError(.badRequest, "invalid_input", "the body is not a JSON object") }
+        if let unknown = Set(object.keys).subtracting(allowed).sorted().first {
+            throw APIError(.badRequest, "invalid_input", "unknown field '\(unknown.prefix(64))'")
+        }
+        do {
+            return try JSONDecoder().decode(T.self, from: data.isEmpty ? Data("{}".utf8) : data)
+        } catch {
+            throw APIError(.badRequest, "invalid_input", "the body does not match the request schema: \(Self.describe(error))")
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): "missing field '\(key.stringValue)'"
+        case DecodingError.typeMismatch(_, let context): "wrong type at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'"
+        case DecodingError.valueNotFound(_, let context): "null at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'"
+        default: "malformed"
+        }
+    }
+
+    func context(_ raw: [String: String]?) throws -> EncryptionContext {
+        do {
+            return try EncryptionContext(raw ?? [:])
+        } catch {
+            throw APIError(error)
+        }
+    }
+
+    func base64(_ text: String, field: String) throws -> [UInt8] {
+        guard let data = Data(base64Encoded: text) else {
+            throw APIError(.badRequest, "invalid_input", "'\(field)' is not valid base64")
+        }
+        return [UInt8](data)
+    }
+
+    func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
+        let data = try JSONEncoder().encode(value)
+        return Response(status: status, headers: [.contentType: "application/json", .cacheControl: "no-store"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// Runs a provider call under the request timeout and turns its errors into API errors.
+    func perform<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let timeout = policy.limits.requestTimeout
+        do {
+            return try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask { try await body() }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let value = first else {
+                    throw KMSError.unavailable("the request did not finish within \(timeout)")
+                }
+                return value
+            }
+        } catch let error as KMSError {
+            if error.code == .unavailable || error.code == .internal {
+                logger.warning("backend error", metadata: ["security_event": "provider_unavailable", "error": "\(error.debugDescription)"])
+            }
+            throw APIError(error)
+        }
+    }
+}
+

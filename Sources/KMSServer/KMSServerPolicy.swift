@@ -1,0 +1,125 @@
+import Crypto
+import Foundation
+public import KMSCore
+import Synchronization
+
+/// Which provider serves each key, who may use it, who may administer, and the request limits: everything the
+/// server needs to decide a request, built by the daemon from the validated configuration.
+public struct KMSServerPolicy: Sendable {
+    public struct Key: Sendable {
+        public let name: KeyName
+        public let providerName: String
+        public let provider: any KeyProvider
+        public let allow: [String]
+
+        public init(name: KeyName, providerName: String, provider: any KeyProvider, allow: [String]) {
+            self.name = name
+            self.providerName = providerName
+            self.provider = provider
+            self.allow = allow
+        }
+    }
+
+    public struct Limits: Sendable {
+        public var maxBodyBytes: Int
+        public var requestTimeout: Duration
+        public var ratePerSecond: Double
+        public var burst: Int
+        public var maxConnections: Int
+
+        public init(maxBodyBytes: Int = 256 * 1024, requestTimeout: Duration = .seconds(10), ratePerSecond: Double = 1000,
+                    burst: Int = 2000, maxConnections: Int = 1024) {
+            self.maxBodyBytes = maxBodyBytes
+            self.requestTimeout = requestTimeout
+            self.ratePerSecond = ratePerSecond
+            self.burst = burst
+            self.maxConnections = maxConnections
+        }
+    }
+
+    public var keys: [KeyName: Key]
+    public var providers: [String: any KeyProvider]
+    public var adminIdentities: [String]
+    /// Lower-case hex SHA-256 of admin tokens.
+    public var adminTokenHashes: [String]
+    public var limits: Limits
+    public var mode: String
+
+    public init(keys: [KeyName: Key], providers: [String: any KeyProvider], adminIdentities: [String],
+                adminTokenHashes: [String], limits: Limits, mode: String) {
+        self.keys = keys
+        self.providers = providers
+        self.adminIdentities = adminIdentities
+        self.adminTokenHashes = adminTokenHashes
+        self.limits = limits
+        self.mode = mode
+    }
+
+    /// Constant-time comparison of the token's SHA-256 with every configured hash.
+    public func isAdminToken(_ token: String) -> Bool {
+        let digest = Array(SHA256.hash(data: Data(token.utf8)))
+        var matched = false
+        for hash in adminTokenHashes {
+            guard let expected = Self.hexBytes(hash), expected.count == digest.count else { continue }
+            var difference: UInt8 = 0
+            for index in digest.indices { difference |= digest[index] ^ expected[index] }
+            matched = matched || difference == 0
+        }
+        return matched
+    }
+
+    static func hexBytes(_ text: String) -> [UInt8]? {
+        let characters = Array(text.utf8)
+        guard characters.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        var index = 0
+        while index < characters.count {
+            guard let high = Self.nibble(characters[index]), let low = Self.nibble(characters[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+            index += 2
+        }
+        return bytes
+    }
+
+    private static func nibble(_ character: UInt8) -> UInt8? {
+        switch character {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): character - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): character - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): character - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
+
+/// Token buckets per caller identity.
+final class RateLimiter: Sendable {
+    private struct Bucket {
+        var tokens: Double
+        var updated: ContinuousClock.Instant
+    }
+
+    private let rate: Double
+    private let burst: Double
+    private let buckets = Mutex<[String: Bucket]>([:])
+
+    init(ratePerSecond: Double, burst: Int) {
+        rate = ratePerSecond
+        self.burst = Double(burst)
+    }
+
+    /// Takes one token for `caller`; false when the bucket is empty.
+    func allow(_ caller: String, now: ContinuousClock.Instant = .now) -> Bool {
+        buckets.withLock { buckets in
+            var bucket = buckets[caller] ?? Bucket(tokens: burst, updated: now)
+            let elapsed = now - bucket.updated
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            bucket.tokens = min(burst, bucket.tokens + seconds * rate)
+            bucket.updated = now
+            let allowed = bucket.tokens >= 1
+            if allowed { bucket.tokens -= 1 }
+            buckets[caller] = bucket
+            if buckets.count > 100_000 { buckets = buckets.filter { $0.value.tokens < burst } }
+            return allowed
+        }
+    }
+}
