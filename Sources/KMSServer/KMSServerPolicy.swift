@@ -68,6 +68,14 @@ public struct KMSServerPolicy: Sendable {
         return matched
     }
 
+    /// Lower-case hex SHA-256 of a token, as `admin.token_hashes` lists it.
+    public static func hexDigest(_ token: String) -> String {
+        SHA256.hash(data: Data(token.utf8)).map { byte in
+            let digits = Array("0123456789abcdef")
+            return String([digits[Int(byte >> 4)], digits[Int(byte & 0x0f)]])
+        }.joined()
+    }
+
     static func hexBytes(_ text: String) -> [UInt8]? {
         let characters = Array(text.utf8)
         guard characters.count % 2 == 0 else { return nil }

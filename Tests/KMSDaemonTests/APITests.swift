@@ -1,0 +1,165 @@
+import AsyncHTTPClient
+import Foundation
+import KMSAPI
+import KMSTestSupport
+import NIOSSL
+import Testing
+
+/// kmsd in process over mutual TLS on loopback, against SoftHSM.
+@Suite("kmsd API over mTLS")
+struct APITests {
+    func with(_ body: (RunningKMSD) async throws -> Void) async throws {
+        let kmsd = try await RunningKMSD.start()
+        do {
+            try await body(kmsd)
+        } catch {
+            await kmsd.stop()
+            throw error
+        }
+        await kmsd.stop()
+    }
+
+    func shutdown(_ clients: HTTPClient...) async {
+        for client in clients { try? await client.shutdown() }
+    }
+
+    @Test func datakeyAndUnwrapRoundTripForAnAllowedNode() async throws {
+        try await with { kmsd in
+            let node = try kmsd.client("node1")
+            let issued = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json(["context": ["table": "t1"]]))
+            #expect(issued.status == 200)
+            let datakey = try JSONDecoder().decode(DataKeyResponse.self, from: issued.body)
+            #expect(datakey.key == "orders")
+            #expect(datakey.version == 1)
+            #expect(Data(base64Encoded: datakey.plaintext)?.count == 32)
+            let unwrapped = try await kmsd.call(node, "POST", "/v1/keys/orders/unwrap",
+                                                body: kmsd.json(["wrapped": datakey.wrapped, "context": ["table": "t1"]]))
+            #expect(unwrapped.status == 200)
+            #expect(try JSONDecoder().decode(UnwrapResponse.self, from: unwrapped.body).plaintext == datakey.plaintext)
+            let rewrapped = try await kmsd.call(node, "POST", "/v1/keys/orders/rewrap",
+                                                body: kmsd.json(["wrapped": datakey.wrapped, "context": ["table": "t1"]]))
+            #expect(rewrapped.status == 200)
+            let batch = try await kmsd.call(node, "POST", "/v1/keys/orders/unwrap/batch", body: kmsd.json(["items": [
+                ["wrapped": datakey.wrapped, "context": ["table": "t1"]], ["wrapped": datakey.wrapped, "context": ["table": "t2"]],
+            ]]))
+            #expect(batch.status == 200)
+            let items = try JSONDecoder().decode(BatchUnwrapResponse.self, from: batch.body).items
+            #expect(items.count == 2)
+            #expect(items[0].result?.plaintext == datakey.plaintext)
+            #expect(items[1].error?.code == "invalid_input")
+            await shutdown(node)
+        }
+    }
+
+    @Test func aNodeNotAllowedForAKeyGets403AndUnknownKeys404() async throws {
+        try await with { kmsd in
+            let node = try kmsd.client("node1")
+            let refused = try await kmsd.call(node, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:]))
+            #expect(refused.status == 403)
+            #expect(refused.errorCode == "forbidden")
+            #expect(try await kmsd.call(node, "POST", "/v1/keys/nosuchkey/datakey", body: kmsd.json([:])).status == 404)
+            // Node 2 may use invoices but not orders; its envelope cannot be replayed through orders.
+            let node2 = try kmsd.client("node2")
+            let invoice = try await kmsd.call(node2, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:]))
+            #expect(invoice.status == 200)
+            let wrapped = try JSONDecoder().decode(DataKeyResponse.self, from: invoice.body).wrapped
+            let replay = try await kmsd.call(node, "POST", "/v1/keys/orders/unwrap", body: kmsd.json(["wrapped": wrapped]))
+            #expect(replay.status == 400)
+            await shutdown(node, node2)
+        }
+    }
+
+    @Test(arguments: ["none", "foreign", "expired", "tls12"])
+    func connectionsWithoutAValidCertificateOrOldTLSAreRefused(_ variant: String) async throws {
+        try await with { kmsd in
+            let client = switch variant {
+            case "none": try kmsd.client(nil)
+            case "tls12": try kmsd.client("node1", maxTLS: .tlsv12)
+            default: try kmsd.client(variant)
+            }
+            var refused = false
+            do {
+                let reply = try await kmsd.call(client, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]), timeout: 3)
+                refused = reply.status == 401 || reply.status == 403
+            } catch {
+                refused = true  // the handshake failed
+            }
+            #expect(refused, "\(variant) was served")
+            // The server is still healthy for a good client.
+            let good = try kmsd.client("node1")
+            #expect(try await kmsd.call(good, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+            await shutdown(client, good)
+        }
+    }
+
+    @Test func adminRoutesNeedAnAdminCertificateOrToken() async throws {
+        try await with { kmsd in
+            let node = try kmsd.client("node1")
+            let admin = try kmsd.client("admin")
+            #expect(try await kmsd.call(node, "GET", "/v1/admin/keys").status == 403)
+            #expect(try await kmsd.call(node, "GET", "/v1/admin/keys", headers: [("Authorization", "Bearer wrong")]).status == 403)
+            let listed = try await kmsd.call(admin, "GET", "/v1/admin/keys")
+            #expect(listed.status == 200)
+            #expect(try JSONDecoder().decode(KeyListBody.self, from: listed.body).keys.map(\.name) == ["invoices", "orders"])
+            // The token alone, from a storage node's connection.
+            let withToken = try await kmsd.call(node, "POST", "/v1/admin/keys/orders/rotate", body: kmsd.json([:]),
+                                                headers: [("Authorization", "Bearer \(kmsd.adminToken)")])
+            #expect(withToken.status == 200)
+            let shown = try await kmsd.call(admin, "GET", "/v1/admin/keys/orders")
+            #expect(try JSONDecoder().decode(KeyBody.self, from: shown.body).versions.map(\.version) == [1, 2])
+            let retired = try await kmsd.call(admin, "POST", "/v1/admin/keys/orders/versions/1/retire", body: kmsd.json([:]))
+            #expect(retired.status == 200)
+            #expect(try JSONDecoder().decode(KeyBody.self, from: retired.body).versions.map(\.state) == ["retired", "active"])
+            #expect(try await kmsd.call(admin, "GET", "/v1/admin/status").status == 200)
+            await shutdown(node, admin)
+        }
+    }
+
+    @Test func badRequestsGetTheDocumented4xxAndTheServerStaysHealthy() async throws {
+        try await with { kmsd in
+            let node = try kmsd.client("node1")
+            let issued = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json(["context": ["a": "b"]]))
+            let wrapped = try JSONDecoder().decode(DataKeyResponse.self, from: issued.body).wrapped
+            let cases: [(String, String, Data, Int, String)] = [
+                ("malformed JSON", "/v1/keys/orders/datakey", Data("{\"context\":".utf8), 400, "invalid_input"),
+                ("unknown field", "/v1/keys/orders/datakey", kmsd.json(["contxt": [:]]), 400, "invalid_input"),
+                ("bad base64", "/v1/keys/orders/unwrap", kmsd.json(["wrapped": "%%%"]), 400, "invalid_input"),
+                ("wrong context", "/v1/keys/orders/unwrap", kmsd.json(["wrapped": wrapped, "context": ["a": "c"]]), 400, "invalid_input"),
+                ("truncated envelope", "/v1/keys/orders/unwrap", kmsd.json(["wrapped": String(wrapped.prefix(20))]), 400, "invalid_input"),
+                ("oversized body", "/v1/keys/orders/datakey", Data(repeating: 0x20, count: 100 * 1024), 413, "payload_too_large"),
+                ("bad key name", "/v1/keys/bad%20name!/datakey", kmsd.json([:]), 400, "invalid_input"),
+                ("wrong type", "/v1/keys/orders/datakey", kmsd.json(["context": ["a": 1]]), 400, "invalid_input"),
+            ]
+            for (label, path, body, status, code) in cases {
+                let reply = try await kmsd.call(node, "POST", path, body: body)
+                #expect(reply.status == status, "\(label): \(reply.status)")
+                #expect(reply.errorCode == code, "\(label): \(String(decoding: reply.body, as: UTF8.self))")
+            }
+            let after = try await kmsd.call(node, "POST", "/v1/keys/orders/unwrap", body: kmsd.json(["wrapped": wrapped, "context": ["a": "b"]]))
+            #expect(after.status == 200)
+            await shutdown(node)
+        }
+    }
+
+    @Test func anUnavailableHSMGives503WithRetryAfterAndReadinessFalseThenRecovers() async throws {
+        try await with { kmsd in
+            let node = try kmsd.client("node1")
+            let admin = try kmsd.client("admin")
+            try kmsd.shim.inject(.down)
+            let refused = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]))
+            #expect(refused.status == 503)
+            #expect(refused.retryAfter == "1")
+            #expect(refused.errorCode == "unavailable")
+            #expect(try await kmsd.call(admin, "GET", "/v1/health/ready").status == 503)
+            try kmsd.shim.clear()
+            var recovered = false
+            for _ in 0..<100 where !recovered {
+                recovered = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200
+                if !recovered { try await Task.sleep(for: .milliseconds(30)) }
+            }
+            #expect(recovered)
+            #expect(try await kmsd.call(admin, "GET", "/v1/health/ready").status == 200)
+            await shutdown(node, admin)
+        }
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+@testable import KMSDaemon
+import Testing
+
+@Suite("Configuration and production mode")
+struct ConfigurationTests {
+    /// A directory with the files a safe production configuration points at.
+    static func files() throws -> URL {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("config-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let pki = try DevPKI()
+        try Data(pki.caPEM.utf8).write(to: directory.appendingPathComponent("ca.pem"))
+        try DevPKI.write(try pki.issue(.server(hosts: ["kms.internal"])), name: "server", to: directory)
+        for name in ["module.so", "crl.pem"] {
+            try Data().write(to: directory.appendingPathComponent(name))
+        }
+        let pin = directory.appendingPathComponent("pin")
+        try Data("1234".utf8).write(to: pin)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pin.path)
+        return directory
+    }
+
+    static let safe = """
+        mode: production
+        listen: { api: "10.0.0.5:8443" }
+        tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, crl: crl.pem, min_version: "1.3" }
+        providers:
+          hsm: { type: pkcs11, module: module.so, token: "pkcs11:token=kms", pin: { file: pin }, profile: thales-luna }
+        keys:
+          orders: { provider: hsm, allow: ["spiffe://prod/storage/*"] }
+        admin: { identities: ["CN=security-*"] }
+        log_level: info
+        """
+
+    func parse(_ yaml: String, in directory: URL) throws -> Configuration {
+        try Configuration.parse(yaml: yaml, source: directory.appendingPathComponent("kmsd.yaml").path)
+    }
+
+    @Test func aSafeProductionConfigurationPasses() throws {
+        let directory = try Self.files()
+        let configuration = try parse(Self.safe, in: directory)
+        let checklist = HardeningChecklist(configuration)
+        #expect(checklist.violations.isEmpty, "\(checklist.table)")
+        try Daemon(configuration).checkMode()
+    }
+
+    @Test(arguments: [
+        ("in-memory provider", "type: pkcs11, module: module.so, token: \"pkcs11:token=kms\", pin: { file: pin }, profile: thales-luna", "type: in-memory", "real backend"),
+        ("SoftHSM module", "module: module.so", "module: libsofthsm2.so", "hardware module"),
+        ("plaintext listener", "tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, crl: crl.pem, min_version: \"1.3\" }\n", "", "TLS listener"),
+        ("optional client certificates", "min_version: \"1.3\" }", "min_version: \"1.3\", client_auth: optional }", "client certificates are required"),
+        ("admin without authentication", "admin: { identities: [\"CN=security-*\"] }", "admin: {}", "admin API requires authentication"),
+        ("inline PIN", "pin: { file: pin }", "pin: \"1234\"", "PIN is not written in the file"),
+        ("wildcard bind", "api: \"10.0.0.5:8443\"", "api: \"0.0.0.0:8443\"", "wildcard bind"),
+        ("debug flags", "log_level: info", "log_level: debug", "no debug flags"),
+    ])
+    func productionRefusesEachUnsafeSetting(label: String, original: String, replacement: String, item: String) throws {
+        let directory = try Self.files()
+        if label == "SoftHSM module" { try Data().write(to: directory.appendingPathComponent("libsofthsm2.so")) }
+        let yaml = Self.safe.replacingOccurrences(of: original, with: replacement)
+        #expect(yaml != Self.safe)
+        let configuration = try parse(yaml, in: directory)
+        let violations = HardeningChecklist(configuration).violations
+        #expect(violations.map(\.title).contains { $0.contains(item) }, "\(label): \(violations.map(\.title))")
+        #expect(throws: ConfigurationError.self) { try Daemon(configuration).checkMode() }
+        // Development mode starts with the same file (it only warns through check-config).
+        var development = configuration
+        development.mode = .development
+        try Daemon(development).checkMode()
+    }
+
+    @Test func secretFilesReadableByOthersAndTLSKeysReadableByOthersAreRefused() throws {
+        let directory = try Self.files()
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: directory.appendingPathComponent("pin").path)
+        #expect(throws: ConfigurationError.self) { try parse(Self.safe, in: directory) }
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: directory.appendingPathComponent("pin").path)
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: directory.appendingPathComponent("server-key.pem").path)
+        let violations = HardeningChecklist(try parse(Self.safe, in: directory)).violations
+        #expect(violations.map(\.title) == ["TLS private key is private"])
+    }
+
+    @Test func everyProblemIsListedWithItsKeyPath() throws {
+        let directory = try Self.files()
+        let yaml = """
+            mode: prod
+            listen: { api: "nowhere" }
+            tls: { cert: missing.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.0" }
+            providers:
+              hsm: { type: pkcs11, module: module.so, token: "token=kms", pin: { env: PIN }, profile: x, sesions: 4 }
+              v: { type: vault-transit, address: "vault:8200" }
+            keys:
+              "bad name!": { provider: hsm }
+              orders: { provider: nowhere, allow: [] }
+            admin: { token_hashes: ["abc"] }
+            colour: blue
+            """
+        do {
+            _ = try parse(yaml, in: directory)
+            Issue.record("accepted")
+        } catch let error as ConfigurationError {
+            let text = error.problems.joined(separator: "\n")
+            for expected in ["mode:", "listen.api:", "tls.cert:", "tls.min_version:", "providers.hsm.token:",
+                             "providers.hsm.sesions: unknown key", "providers.v.address:", "providers.v.auth:",
+                             "keys.bad name!:", "keys.orders.provider:", "admin.token_hashes:", "config.colour: unknown key"] {
+                #expect(text.contains(expected), "missing \(expected) in:\n\(text)")
+            }
+            #expect(!text.contains("1234"))
+        }
+    }
+
+    @Test func environmentOverridesApply() throws {
+        let directory = try Self.files()
+        let yaml = Self.safe.replacingOccurrences(of: "mode: production\n", with: "")
+        let configuration = try Configuration.parse(
+            yaml: yaml, source: directory.appendingPathComponent("kmsd.yaml").path,
+            environment: ["KMSD_PRODUCTION_MODE": "1", "KMSD_LISTEN_API": "127.0.0.1:9000"])
+        #expect(configuration.mode == .production)
+        #expect(configuration.listen.port == 9000)
+    }
+}

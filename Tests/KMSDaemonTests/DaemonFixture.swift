@@ -1,0 +1,136 @@
+import AsyncHTTPClient
+import Foundation
+import KMSAPI
+import KMSCore
+@testable import KMSDaemon
+import KMSServer
+import KMSTestSupport
+import NIOCore
+import NIOSSL
+import NIOHTTP1
+import ServiceLifecycle
+
+/// A kmsd running in process on a free loopback port with mutual TLS, over a SoftHSM token behind the fault shim,
+/// with a dev PKI: storage node 1 may use key `orders`, node 2 may use `invoices`, `CN=security-admin` administers.
+final class RunningKMSD: Sendable {
+    let directory: URL
+    let port: Int
+    let shim: FaultShim
+    let adminToken: String
+    private let task: Task<Void, any Error>
+
+    private init(directory: URL, port: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String) {
+        self.directory = directory
+        self.port = port
+        self.shim = shim
+        self.task = task
+        self.adminToken = adminToken
+    }
+
+    static func pki(in directory: URL) throws -> DevPKI {
+        let pki = try DevPKI()
+        try Data(pki.caPEM.utf8).write(to: directory.appendingPathComponent("ca.pem"))
+        try DevPKI.write(try pki.issue(.server(hosts: ["localhost", "127.0.0.1"])), name: "server", to: directory)
+        try DevPKI.write(try pki.issue(.client(uri: "spiffe://test/storage/node-1", commonName: "node-1")), name: "node1", to: directory)
+        try DevPKI.write(try pki.issue(.client(uri: "spiffe://test/storage/node-2", commonName: "node-2")), name: "node2", to: directory)
+        try DevPKI.write(try pki.issue(.client(uri: nil, commonName: "security-admin")), name: "admin", to: directory)
+        try DevPKI.write(
+            try pki.issue(.client(uri: "spiffe://test/storage/node-1", commonName: "old"), notBefore: Date().addingTimeInterval(-10 * 86400), days: 2),
+            name: "expired", to: directory)
+        let other = try DevPKI(name: "another CA")
+        try DevPKI.write(try other.issue(.client(uri: "spiffe://test/storage/node-1", commonName: "node-1")), name: "foreign", to: directory)
+        return pki
+    }
+
+    static func start(maxBodyBytes: Int = 64 * 1024) async throws -> RunningKMSD {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        _ = try pki(in: directory)
+        let token = try SoftHSMToken.create()
+        let shim = try FaultShim.create()
+        let pinFile = directory.appendingPathComponent("pin")
+        try Data(token.userPIN.utf8).write(to: pinFile)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pinFile.path)
+        let adminToken = "admin-token-\(UUID().uuidString)"
+        let yaml = """
+            mode: development
+            listen: { api: "127.0.0.1:0" }
+            tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
+            providers:
+              hsm: { type: pkcs11, module: \(shim.modulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
+                     profile: softhsm2, profiles_dir: \(profilesDirectory), sessions: 4, call_timeout: 500ms, checkout_wait: 500ms }
+            keys:
+              orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
+              invoices: { provider: hsm, allow: ["spiffe://test/storage/node-2"] }
+            admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
+            limits: { max_body_bytes: \(maxBodyBytes) }
+            """
+        let configuration = try Configuration.parse(yaml: yaml, source: directory.appendingPathComponent("kmsd.yaml").path)
+        let daemon = Daemon(configuration)
+        let providers = try await daemon.startProviders()
+        for provider in providers.values {
+            _ = try await provider.createKey(try KeyName("orders"))
+            _ = try await provider.createKey(try KeyName("invoices"))
+        }
+        let (stream, continuation) = AsyncStream<Int>.makeStream()
+        let app = try daemon.application(policy: daemon.policy(providers)) { continuation.yield($0) }
+        let task = Task {
+            defer { Task { await Daemon.stop(providers) } }
+            try await app.run()
+        }
+        var iterator = stream.makeAsyncIterator()
+        guard let port = await iterator.next() else { throw FixtureError("kmsd did not start") }
+        return RunningKMSD(directory: directory, port: port, shim: shim, task: task, adminToken: adminToken)
+    }
+
+    func stop() async {
+        task.cancel()
+        _ = try? await task.value
+    }
+
+    /// An HTTPS client presenting `identity` (`node1`, `admin`, …; nil = no certificate), trusting the test CA.
+    func client(_ identity: String?, maxTLS: TLSVersion? = nil) throws -> HTTPClient {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("ca.pem").path))
+        if let identity {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("\(identity).pem").path).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: directory.appendingPathComponent("\(identity)-key.pem").path, format: .pem))
+        }
+        if let maxTLS { tls.maximumTLSVersion = maxTLS }
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+    }
+
+    struct Reply {
+        let status: Int
+        let body: Data
+        let retryAfter: String?
+        var json: [String: Any] { (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:] }
+        var errorCode: String? { (json["error"] as? [String: Any])?["code"] as? String }
+    }
+
+    /// One request; throws only when no HTTP answer came (handshake refused, connection closed).
+    func call(_ client: HTTPClient, _ method: String, _ path: String, body: Data? = nil, headers: [(String, String)] = [],
+              timeout: Int64 = 10) async throws -> Reply {
+        var request = HTTPClientRequest(url: "https://localhost:\(port)\(path)")
+        request.method = .init(rawValue: method)
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: body))
+        }
+        let response = try await client.execute(request, timeout: .seconds(timeout))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        return Reply(status: Int(response.status.code), body: Data(bytes.readableBytesView),
+                     retryAfter: response.headers.first(name: "Retry-After"))
+    }
+
+    func json(_ object: [String: Any]) -> Data { (try? JSONSerialization.data(withJSONObject: object)) ?? Data() }
+}
+
+func sha256Hex(_ text: String) -> String {
+    KMSServerPolicy.hexDigest(text)
+}
+
+let profilesDirectory = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("hsm-profiles").path
