@@ -19,6 +19,8 @@ let package = Package(
         .library(name: "KMSProviderVault", targets: ["KMSProviderVault"]),
         .library(name: "KMSAPI", targets: ["KMSAPI"]),
         .executable(name: "kmsd", targets: ["kmsd"]),
+        .executable(name: "kmsctl", targets: ["kmsctl"]),
+        .library(name: "KMSClient", targets: ["KMSClient"]),
         .executable(name: "vault-dev", targets: ["vault-dev"]),
         .executable(name: "kms-bench", targets: ["kms-bench"]),
         .executable(name: "kms-demo", targets: ["kms-demo"]),
@@ -121,6 +123,26 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "KMSClient",
+            dependencies: [
+                "KMSAPI",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "kmsctl",
+            dependencies: [
+                "KMSClient", "KMSAPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The transit-compatible development server (tests and development only; production uses a real Vault).
         .target(
             name: "VaultDev",
@@ -194,7 +216,7 @@ let package = Package(
         .testTarget(
             name: "KMSDaemonTests",
             dependencies: [
-                "KMSDaemon", "KMSServer", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11",
+                "KMSDaemon", "KMSServer", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -163,3 +163,50 @@ struct APITests {
         }
     }
 }
+
+@Suite("kmsctl against kmsd")
+struct KMSCtlTests {
+    func kmsctl(_ kmsd: RunningKMSD, _ arguments: [String]) throws -> (Int32, String) {
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("kmsctl")
+        let process = Process()
+        process.executableURL = executable
+        let directory = kmsd.directory.path
+        process.arguments = ["--server", "https://localhost:\(kmsd.port)", "--ca", "\(directory)/ca.pem",
+                             "--cert", "\(directory)/admin.pem", "--key", "\(directory)/admin-key.pem"] + arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    @Test func rotateThenShowAsJSONAndOldKeysStillUnwrap() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let node = try kmsd.client("node1")
+        let before = try JSONDecoder().decode(
+            DataKeyResponse.self, from: try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).body)
+
+        let (rotated, rotateText) = try kmsctl(kmsd, ["--json", "rotate", "orders", "--reason", "test"])
+        #expect(rotated == 0, "\(rotateText)")
+        let (shown, json) = try kmsctl(kmsd, ["keys", "show", "orders", "--json"])
+        #expect(shown == 0)
+        let body = try JSONDecoder().decode(KeyBody.self, from: Data(json.utf8))
+        #expect(body.versions.map(\.version) == [1, 2])
+        let (listed, table) = try kmsctl(kmsd, ["keys", "list"])
+        #expect(listed == 0)
+        #expect(table.contains("orders") && table.contains("invoices"))
+        let (missing, _) = try kmsctl(kmsd, ["keys", "show", "nope"])
+        #expect(missing == 1)
+
+        let unwrapped = try await kmsd.call(node, "POST", "/v1/keys/orders/unwrap", body: kmsd.json(["wrapped": before.wrapped]))
+        #expect(try JSONDecoder().decode(UnwrapResponse.self, from: unwrapped.body).plaintext == before.plaintext)
+        let after = try JSONDecoder().decode(
+            DataKeyResponse.self, from: try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).body)
+        #expect(after.version == 2)
+        try? await node.shutdown()
+        await kmsd.stop()
+    }
+}
