@@ -38,7 +38,8 @@ public final class HSMExecutor: Sendable {
         try await withCheckedThrowingContinuation { continuation in
             let call = PendingCall(continuation)
             let timer = deadlines.register(deadline: .now + timeout) { [self] in
-                if call.expire() { stuck.add(1, ordering: .relaxed) }
+                // Counted before the caller resumes, so the caller sees its own stuck call.
+                call.expire { stuck.add(1, ordering: .relaxed) }
             }
             let accepted = threadPool.submit { [self] in
                 if call.hasExpired {
@@ -101,15 +102,16 @@ private final class PendingCall<T: Sendable>: Sendable {
         return true
     }
 
-    /// Resumes with `HSMDeadlineExceeded` unless the call already finished. Returns true if it expired the call.
-    func expire() -> Bool {
+    /// Resumes with `HSMDeadlineExceeded` unless the call already finished; `beforeResuming` runs first, only when
+    /// the call is expired.
+    func expire(beforeResuming: () -> Void) {
         let continuation: CheckedContinuation<T, any Error>? = state.withLock { state in
             guard case .waiting(let continuation) = state else { return nil }
             state = .expired
             return continuation
         }
-        guard let continuation else { return false }
+        guard let continuation else { return }
+        beforeResuming()
         continuation.resume(throwing: HSMDeadlineExceeded())
-        return true
     }
 }

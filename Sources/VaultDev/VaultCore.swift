@@ -283,11 +283,13 @@ actor VaultCore {
                 throw VaultError.badRequest("bad value for \(flag) parameter: \(text)")
             }
         }
-        let status = state.sealed ? try code("sealedcode", 503) : try code("activecode", 200)
-        _ = try code("standbycode", 429)
-        _ = try code("uninitcode", 501)
-        _ = try code("perfstandbycode", 473)
-        _ = try code("drsecondarycode", 472)
+        // Every code override is validated, whichever one applies now.
+        let sealedCode = try code("sealedcode", 503)
+        let activeCode = try code("activecode", 200)
+        for (name, fallback) in [("standbycode", 429), ("uninitcode", 501), ("perfstandbycode", 473), ("drsecondarycode", 472)] {
+            _ = try code(name, fallback)
+        }
+        let status = state.sealed ? sealedCode : activeCode
         return .raw([
             "initialized": true, "sealed": .bool(state.sealed), "standby": false, "performance_standby": false,
             "replication_performance_mode": "disabled", "replication_dr_mode": "disabled",
