@@ -11,6 +11,9 @@ import NIOCore
 public import NIOSSL
 import PKCS11
 import ServiceLifecycle
+import SwiftASN1
+import X509
+import Dispatch
 
 /// Wires a validated configuration into running parts: providers, the API server with mutual TLS, and the
 /// lifecycle (graceful shutdown on SIGTERM/SIGINT).
@@ -120,17 +123,60 @@ public struct Daemon: Sendable {
         return configuration
     }
 
+    /// What a reload replaces in a running server.
+    public struct Running: Sendable {
+        public let server: KMSServer
+        public let tls: TLSContextBox?
+    }
+
+    /// The client CA bundle's certificates (for verifying the CRL).
+    static func clientCAs(_ tls: Configuration.TLS) throws -> [Certificate] {
+        let text = try String(contentsOfFile: tls.clientCA, encoding: .utf8)
+        return try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes) }
+    }
+
+    /// The CRL named by `tls.crl`, verified with the client CA; nil without one.
+    static func revocation(_ tls: Configuration.TLS?) throws -> RevocationList? {
+        guard let tls, let crl = tls.crl else { return nil }
+        guard let data = FileManager.default.contents(atPath: crl) else { throw ConfigurationError(["tls.crl: cannot read \(crl)"]) }
+        do {
+            return try RevocationList(data: data, issuers: clientCAs(tls))
+        } catch {
+            throw ConfigurationError(["tls.crl: \(error)"])
+        }
+    }
+
     /// Builds the HTTP application. `onRunning` gets the bound port.
     public func application(
         policy: KMSServerPolicy, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
-    ) throws -> some ApplicationProtocol {
-        let server = KMSServer(policy: policy, logger: Logger(label: "kmsd.api"))
-        let builder: HTTPServerBuilder = try configuration.tls.map { try .tls(.http1(), tlsConfiguration: Self.tlsConfiguration($0)) } ?? .http1()
-        return Application(
+    ) throws -> (some ApplicationProtocol, Running) {
+        let server = KMSServer(policy: policy, revocation: try Self.revocation(configuration.tls), logger: Logger(label: "kmsd.api"))
+        var box: TLSContextBox?
+        let builder: HTTPServerBuilder
+        if let tls = configuration.tls {
+            let context = try TLSContextBox(Self.tlsConfiguration(tls))
+            box = context
+            builder = .http1(tls: context)
+        } else {
+            builder = .http1()
+        }
+        let app = Application(
             router: server.router(), server: builder,
             configuration: .init(address: .hostname(configuration.listen.host, port: configuration.listen.port), serverName: nil),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
+        return (app, Running(server: server, tls: box))
+    }
+
+    /// SIGHUP: reads the configuration file again and applies what can change without a restart — the server
+    /// certificate, the client CA, the CRL, per-key allow lists, admin identities and tokens, limits. Providers and
+    /// listeners stay as they are. A bad file changes nothing and is reported.
+    public func reload(_ running: Running, providers: [String: any KeyProvider]) throws {
+        let fresh = try Configuration.load(path: configuration.source)
+        let reloaded = Daemon(fresh, logger: logger)
+        if let tls = fresh.tls, let box = running.tls { try box.replace(Self.tlsConfiguration(tls)) }
+        running.server.reload(.init(policy: reloaded.policy(providers), revocation: try Self.revocation(fresh.tls)))
+        logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])
     }
 
     /// Runs until SIGTERM or SIGINT; then stops accepting, finishes requests in flight, and closes the providers.
@@ -138,12 +184,24 @@ public struct Daemon: Sendable {
         try checkMode()
         let providers = try await startProviders()
         do {
-            let app = try application(policy: policy(providers)) { [logger, configuration] port in
+            let (app, running) = try application(policy: policy(providers)) { [logger, configuration] port in
                 logger.notice("kmsd serving", metadata: [
                     "address": "\(configuration.listen.host):\(port)", "mode": "\(configuration.mode.rawValue)",
                     "tls": "\(configuration.tls != nil)",
                 ])
             }
+            // SIGHUP reloads certificates, the CRL and access lists without dropping connections.
+            signal(SIGHUP, SIG_IGN)
+            let hangup = DispatchSource.makeSignalSource(signal: SIGHUP)
+            hangup.setEventHandler { [self] in
+                do {
+                    try reload(running, providers: providers)
+                } catch {
+                    logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
+                }
+            }
+            hangup.resume()
+            defer { hangup.cancel() }
             try await app.runService()
         } catch {
             await Self.stop(providers)

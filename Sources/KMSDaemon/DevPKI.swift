@@ -81,6 +81,47 @@ public struct DevPKI: Sendable {
         return Issued(certificatePEM: try certificate.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
     }
 
+    /// A CRL (PEM) signed by this CA, listing `revoked` certificates (PEM), valid for a day.
+    public func revocationList(revoking revoked: [String]) throws -> String {
+        let now = Date()
+        func utc(_ date: Date) throws -> UTCTime {
+            var calendar = Calendar(identifier: .gregorian)
+            calendar.timeZone = TimeZone(identifier: "UTC") ?? .current
+            let c = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: date)
+            return try UTCTime(year: c.year ?? 2000, month: c.month ?? 1, day: c.day ?? 1, hours: c.hour ?? 0,
+                               minutes: c.minute ?? 0, seconds: c.second ?? 0)
+        }
+        let serials = try revoked.map { try Certificate(pemEncoded: $0).serialNumber.bytes }
+        let algorithm: ASN1ObjectIdentifier = [1, 2, 840, 10045, 4, 3, 2]  // ecdsa-with-SHA256
+        var tbs = DER.Serializer()
+        try tbs.appendConstructedNode(identifier: .sequence) { coder in
+            try coder.serialize(1)  // v2
+            try coder.appendConstructedNode(identifier: .sequence) { try $0.serialize(algorithm) }
+            try coder.serialize(caCertificate.subject)
+            try coder.serialize(try utc(now.addingTimeInterval(-60)))
+            try coder.serialize(try utc(now.addingTimeInterval(86400)))
+            if !serials.isEmpty {
+                try coder.appendConstructedNode(identifier: .sequence) { list in
+                    for serial in serials {
+                        try list.appendConstructedNode(identifier: .sequence) { entry in
+                            try entry.serialize(serial)
+                            try entry.serialize(try utc(now.addingTimeInterval(-60)))
+                        }
+                    }
+                }
+            }
+        }
+        let signed = tbs.serializedBytes
+        let signature = try caKey.signature(for: signed).derRepresentation
+        var crl = DER.Serializer()
+        try crl.appendConstructedNode(identifier: .sequence) { coder in
+            coder.serializeRawBytes(signed)
+            try coder.appendConstructedNode(identifier: .sequence) { try $0.serialize(algorithm) }
+            try coder.serialize(ASN1BitString(bytes: ArraySlice(signature)))
+        }
+        return PEMDocument(type: "X509 CRL", derBytes: crl.serializedBytes).pemString
+    }
+
     static func ipv4(_ text: String) -> [UInt8]? {
         let parts = text.split(separator: ".")
         guard parts.count == 4 else { return nil }

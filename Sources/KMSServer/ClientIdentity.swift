@@ -7,8 +7,13 @@ import X509
 /// `dns:<name>`, and the subject common name as `CN=<name>`. Policies match patterns against all of them.
 public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
     public let names: [String]
+    /// The certificate's serial number (big-endian, no leading zeros), for revocation checks.
+    public let serial: [UInt8]
 
-    public init(names: [String]) { self.names = names }
+    public init(names: [String], serial: [UInt8] = []) {
+        self.names = names
+        self.serial = serial
+    }
 
     /// The first URI SAN, else the first DNS SAN, else the CN: how the identity is shown in logs and audit.
     public var description: String { names.first ?? "<anonymous>" }
@@ -33,6 +38,7 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
             }
         }
         names = uris + dns + common
+        serial = Array(parsed.serialNumber.bytes.drop { $0 == 0 })
     }
 
     /// True when any name matches any pattern. `*` matches any run of characters (including none); everything else

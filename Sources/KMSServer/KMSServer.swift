@@ -7,6 +7,7 @@ public import Logging
 public import NIOCore
 import NIOFoundationCompat
 import NIOSSL
+import Synchronization
 
 /// A request's context: the connection it came on (for the peer certificate) and, once checked, the caller.
 public struct KMSRequestContext: RequestContext {
@@ -53,14 +54,32 @@ public struct APIError: HTTPResponseError, Sendable {
 
 /// The API v1 routes over a `KMSServerPolicy`. Stateless apart from the rate limiter; safe to share.
 public struct KMSServer: Sendable {
-    public let policy: KMSServerPolicy
+    /// What a reload (SIGHUP) replaces: the policy (allow lists, admins, limits) and the revocation list.
+    public struct Snapshot: Sendable {
+        public var policy: KMSServerPolicy
+        public var revocation: RevocationList?
+        public init(policy: KMSServerPolicy, revocation: RevocationList? = nil) {
+            self.policy = policy
+            self.revocation = revocation
+        }
+    }
+
+    private let snapshot: Locked<Snapshot>
     let limiter: RateLimiter
     let logger: Logger
 
-    public init(policy: KMSServerPolicy, logger: Logger = Logger(label: "kmsd.api")) {
-        self.policy = policy
+    public init(policy: KMSServerPolicy, revocation: RevocationList? = nil, logger: Logger = Logger(label: "kmsd.api")) {
+        snapshot = Locked(Snapshot(policy: policy, revocation: revocation))
         self.limiter = RateLimiter(ratePerSecond: policy.limits.ratePerSecond, burst: policy.limits.burst)
         self.logger = logger
+    }
+
+    /// The current policy; requests read it once at their start.
+    public var policy: KMSServerPolicy { snapshot.withLock { $0.policy } }
+
+    /// Replaces the policy and revocation list for requests that start from now on.
+    public func reload(_ new: Snapshot) {
+        snapshot.withLock { $0 = new }
     }
 
     /// The router with every route of API v1.
@@ -86,9 +105,17 @@ public struct KMSServer: Sendable {
 
     /// The verified client certificate's identity, or nil when the connection presented none (plaintext listener
     /// in development, or `client_auth: optional`).
-    func identity(_ context: KMSRequestContext) async -> ClientIdentity? {
-        guard let certificate = try? await context.channel.nioSSL_peerCertificate().get() else { return nil }
-        return try? ClientIdentity(certificate: certificate)
+    /// A revoked certificate is refused here (401), after the handshake: the CRL is checked per request, so a reload
+    /// applies to connections that are already open too.
+    func identity(_ context: KMSRequestContext) async throws -> ClientIdentity? {
+        guard let certificate = try? await context.channel.nioSSL_peerCertificate().get(),
+              let identity = try? ClientIdentity(certificate: certificate)
+        else { return nil }
+        if let revocation = snapshot.withLock({ $0.revocation }), revocation.revokedSerials.contains(identity.serial) {
+            logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
+            throw APIError(.unauthorized, "unauthenticated", "the client certificate has been revoked")
+        }
+        return identity
     }
 
     private func rateLimit(_ caller: String) throws {
@@ -100,7 +127,7 @@ public struct KMSServer: Sendable {
 
     /// A storage-node request: a certificate identity allowed for the key.
     func authorizeKey(_ request: Request, _ context: KMSRequestContext) async throws -> (KMSServerPolicy.Key, ClientIdentity) {
-        guard let identity = await identity(context) else {
+        guard let identity = try await identity(context) else {
             throw APIError(.unauthorized, "unauthenticated", "a client certificate is required")
         }
         try rateLimit(identity.description)
@@ -120,7 +147,7 @@ public struct KMSServer: Sendable {
 
     /// An administrative request: an admin identity, or an admin token (`Authorization: Bearer …`).
     func authorizeAdmin(_ request: Request, _ context: KMSRequestContext) async throws -> String {
-        let identity = await identity(context)
+        let identity = try await identity(context)
         if let identity, identity.matches(any: policy.adminIdentities) {
             try rateLimit(identity.description)
             return identity.description
@@ -216,3 +243,10 @@ public struct KMSServer: Sendable {
     }
 }
 
+
+/// A value behind a lock, shared by the requests of a server.
+final class Locked<Value: Sendable>: Sendable {
+    private let storage: Mutex<Value>
+    init(_ value: Value) { storage = Mutex(value) }
+    func withLock<R>(_ body: (inout Value) -> R) -> R { storage.withLock { body(&$0) } }
+}

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import KMSAPI
+import KMSDaemon
 import KMSTestSupport
 import NIOSSL
 import Testing
@@ -207,6 +208,58 @@ struct KMSCtlTests {
             DataKeyResponse.self, from: try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).body)
         #expect(after.version == 2)
         try? await node.shutdown()
+        await kmsd.stop()
+    }
+}
+
+@Suite("Reload (SIGHUP)")
+struct ReloadTests {
+    @Test func aNewCRLAndCAApplyWithoutDroppingGoodClients() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let directory = kmsd.directory
+        // A second CA and a node certificate from it: refused until the CA joins the bundle.
+        let second = try DevPKI(name: "second CA")
+        try DevPKI.write(try second.issue(.client(uri: "spiffe://test/storage/node-1", commonName: "node-1b")), name: "node1b", to: directory)
+        let newcomer = try kmsd.client("node1b")
+        var refusedBefore = false
+        do {
+            refusedBefore = try await kmsd.call(newcomer, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]), timeout: 3).status >= 400
+        } catch {
+            refusedBefore = true
+        }
+        #expect(refusedBefore)
+
+        // A good client with an open keep-alive connection before the reload.
+        let good = try kmsd.client("node2")
+        #expect(try await kmsd.call(good, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:])).status == 200)
+        let revoked = try kmsd.client("node1")
+        #expect(try await kmsd.call(revoked, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+
+        let node1 = try String(contentsOf: directory.appendingPathComponent("node1.pem"), encoding: .utf8)
+        try Data(try kmsd.pki.revocationList(revoking: [node1]).utf8).write(to: directory.appendingPathComponent("crl.pem"))
+        let bundle = try String(contentsOf: directory.appendingPathComponent("ca.pem"), encoding: .utf8) + "\n" + second.caPEM
+        try Data(bundle.utf8).write(to: directory.appendingPathComponent("bundle.pem"))
+        do {
+            try kmsd.reload(clientCA: "bundle.pem", crl: "crl.pem")
+        } catch {
+            Issue.record("reload failed: \(error)")
+            for client in [newcomer, good, revoked] { try? await client.shutdown() }
+            await kmsd.stop()
+            return
+        }
+
+        let refused = try await kmsd.call(revoked, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]))
+        #expect(refused.status == 401)
+        #expect(refused.errorCode == "unauthenticated")
+        #expect(try await kmsd.call(good, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:])).status == 200)
+        let fresh = try kmsd.client("node1b")
+        #expect(try await kmsd.call(fresh, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+
+        // A broken CRL is refused and changes nothing.
+        try Data("not a crl".utf8).write(to: directory.appendingPathComponent("bad.pem"))
+        #expect(throws: (any Error).self) { try kmsd.reload(clientCA: "bundle.pem", crl: "bad.pem") }
+        #expect(try await kmsd.call(revoked, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 401)
+        for client in [newcomer, good, revoked, fresh] { try? await client.shutdown() }
         await kmsd.stop()
     }
 }

@@ -1,6 +1,9 @@
 import Foundation
 @testable import KMSDaemon
+import KMSServer
 import Testing
+import X509
+import SwiftASN1
 
 @Suite("Configuration and production mode")
 struct ConfigurationTests {
@@ -116,5 +119,23 @@ struct ConfigurationTests {
             environment: ["KMSD_PRODUCTION_MODE": "1", "KMSD_LISTEN_API": "127.0.0.1:9000"])
         #expect(configuration.mode == .production)
         #expect(configuration.listen.port == 9000)
+    }
+}
+
+@Suite("Revocation lists")
+struct RevocationListTests {
+    @Test func aCRLFromTheDevPKIListsTheRevokedCertificateAndVerifiesOnlyWithItsCA() throws {
+        let pki = try DevPKI()
+        let revoked = try pki.issue(.client(uri: "spiffe://x/revoked", commonName: "revoked"))
+        let kept = try pki.issue(.client(uri: "spiffe://x/kept", commonName: "kept"))
+        let crl = try pki.revocationList(revoking: [revoked.certificatePEM])
+        let ca = try Certificate(pemEncoded: pki.caPEM)
+        let list = try RevocationList(data: Data(crl.utf8), issuers: [ca])
+        #expect(list.isRevoked(try Certificate(pemEncoded: revoked.certificatePEM)))
+        #expect(!list.isRevoked(try Certificate(pemEncoded: kept.certificatePEM)))
+        #expect(list.nextUpdate != nil)
+        let other = try Certificate(pemEncoded: try DevPKI(name: "other").caPEM)
+        #expect(throws: RevocationList.ParseError.self) { try RevocationList(data: Data(crl.utf8), issuers: [other]) }
+        #expect(throws: (any Error).self) { try RevocationList(data: Data("garbage".utf8), issuers: [ca]) }
     }
 }

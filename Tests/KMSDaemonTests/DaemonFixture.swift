@@ -17,14 +17,32 @@ final class RunningKMSD: Sendable {
     let port: Int
     let shim: FaultShim
     let adminToken: String
+    let pki: DevPKI
     private let task: Task<Void, any Error>
+    private let daemon: Daemon
+    private let running: Daemon.Running
+    private let providers: [String: any KeyProvider]
+    private let yaml: @Sendable (_ clientCA: String, _ crl: String?) -> String
 
-    private init(directory: URL, port: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String) {
+    private init(directory: URL, port: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String, pki: DevPKI,
+                 daemon: Daemon, running: Daemon.Running, providers: [String: any KeyProvider],
+                 yaml: @escaping @Sendable (String, String?) -> String) {
         self.directory = directory
         self.port = port
         self.shim = shim
         self.task = task
         self.adminToken = adminToken
+        self.pki = pki
+        self.daemon = daemon
+        self.running = running
+        self.providers = providers
+        self.yaml = yaml
+    }
+
+    /// Rewrites the configuration file with another client CA bundle and CRL, and reloads as SIGHUP does.
+    func reload(clientCA: String, crl: String?) throws {
+        try Data(yaml(clientCA, crl).utf8).write(to: directory.appendingPathComponent("kmsd.yaml"))
+        try daemon.reload(running, providers: providers)
     }
 
     static func pki(in directory: URL) throws -> DevPKI {
@@ -45,17 +63,18 @@ final class RunningKMSD: Sendable {
     static func start(maxBodyBytes: Int = 64 * 1024) async throws -> RunningKMSD {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        _ = try pki(in: directory)
+        let pki = try pki(in: directory)
         let token = try SoftHSMToken.create()
         let shim = try FaultShim.create()
         let pinFile = directory.appendingPathComponent("pin")
         try Data(token.userPIN.utf8).write(to: pinFile)
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pinFile.path)
         let adminToken = "admin-token-\(UUID().uuidString)"
-        let yaml = """
+        let yaml: @Sendable (String, String?) -> String = { clientCA, crl in
+            """
             mode: development
             listen: { api: "127.0.0.1:0" }
-            tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
+            tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3" }
             providers:
               hsm: { type: pkcs11, module: \(shim.modulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
                      profile: softhsm2, profiles_dir: \(profilesDirectory), sessions: 4, call_timeout: 500ms, checkout_wait: 500ms }
@@ -65,7 +84,10 @@ final class RunningKMSD: Sendable {
             admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
             limits: { max_body_bytes: \(maxBodyBytes) }
             """
-        let configuration = try Configuration.parse(yaml: yaml, source: directory.appendingPathComponent("kmsd.yaml").path)
+        }
+        let file = directory.appendingPathComponent("kmsd.yaml")
+        try Data(yaml("ca.pem", nil).utf8).write(to: file)
+        let configuration = try Configuration.load(path: file.path)
         let daemon = Daemon(configuration)
         let providers = try await daemon.startProviders()
         for provider in providers.values {
@@ -73,14 +95,15 @@ final class RunningKMSD: Sendable {
             _ = try await provider.createKey(try KeyName("invoices"))
         }
         let (stream, continuation) = AsyncStream<Int>.makeStream()
-        let app = try daemon.application(policy: daemon.policy(providers)) { continuation.yield($0) }
+        let (app, running) = try daemon.application(policy: daemon.policy(providers)) { continuation.yield($0) }
         let task = Task {
             defer { Task { await Daemon.stop(providers) } }
             try await app.run()
         }
         var iterator = stream.makeAsyncIterator()
         guard let port = await iterator.next() else { throw FixtureError("kmsd did not start") }
-        return RunningKMSD(directory: directory, port: port, shim: shim, task: task, adminToken: adminToken)
+        return RunningKMSD(directory: directory, port: port, shim: shim, task: task, adminToken: adminToken, pki: pki,
+                           daemon: daemon, running: running, providers: providers, yaml: yaml)
     }
 
     func stop() async {
