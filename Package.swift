@@ -143,6 +143,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // examples/storage-node: how a storage node uses KMSClient (built and run by the tests).
+        .executableTarget(
+            name: "storage-node-example",
+            dependencies: [
+                "KMSClient", "KMSAPI",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "examples/storage-node",
+            swiftSettings: swiftSettings
+        ),
         // The transit-compatible development server (tests and development only; production uses a real Vault).
         .target(
             name: "VaultDev",

@@ -23,9 +23,11 @@ public final class KMSClient: Sendable {
         public var adminToken: String?
         public var timeout: Duration
         public var retries: Int
+        /// Cache unwrapped DEKs in this process (off by default).
+        public var cache: DEKCache.Limits?
 
         public init(server: String, caFile: String, certificateFile: String, keyFile: String, adminToken: String? = nil,
-                    timeout: Duration = .seconds(10), retries: Int = 2) {
+                    timeout: Duration = .seconds(10), retries: Int = 2, cache: DEKCache.Limits? = nil) {
             self.server = server.hasSuffix("/") ? String(server.dropLast()) : server
             self.caFile = caFile
             self.certificateFile = certificateFile
@@ -33,11 +35,14 @@ public final class KMSClient: Sendable {
             self.adminToken = adminToken
             self.timeout = timeout
             self.retries = retries
+            self.cache = cache
         }
     }
 
     public let configuration: Configuration
     private let http: HTTPClient
+    /// The DEK cache, when configured.
+    public let cache: DEKCache?
 
     public init(_ configuration: Configuration) throws {
         self.configuration = configuration
@@ -47,6 +52,7 @@ public final class KMSClient: Sendable {
         tls.certificateChain = try NIOSSLCertificate.fromPEMFile(configuration.certificateFile).map { .certificate($0) }
         tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: configuration.keyFile, format: .pem))
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        cache = configuration.cache.map { DEKCache($0) }
     }
 
     public func shutdown() async {
@@ -59,8 +65,19 @@ public final class KMSClient: Sendable {
         try await send("POST", KMSAPI.Path.datakey(key), DataKeyRequest(context: context))
     }
 
+    /// Unwraps through kmsd, or from the DEK cache when it holds this envelope and context within its limits.
     public func unwrap(_ key: String, wrapped: String, context: [String: String]? = nil) async throws -> UnwrapResponse {
-        try await send("POST", KMSAPI.Path.unwrap(key), UnwrapRequest(wrapped: wrapped, context: context))
+        if let cache, let (plaintext, version) = cache.lookup(key, wrapped, context) {
+            return UnwrapResponse(key: key, version: version, plaintext: Data(plaintext).base64EncodedString())
+        }
+        let response: UnwrapResponse = try await send("POST", KMSAPI.Path.unwrap(key), UnwrapRequest(wrapped: wrapped, context: context))
+        if let cache, var bytes = Data(base64Encoded: response.plaintext).map({ [UInt8]($0) }) {
+            cache.store(key, wrapped, context, plaintext: bytes, version: response.version)
+            bytes.withUnsafeMutableBytes { buffer in
+                if let base = buffer.baseAddress { memset(base, 0, buffer.count) }
+            }
+        }
+        return response
     }
 
     public func rewrap(_ key: String, wrapped: String, context: [String: String]? = nil) async throws -> RewrapResponse {
