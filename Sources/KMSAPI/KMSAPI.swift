@@ -189,10 +189,17 @@ public struct StatusBody: Codable, Sendable, Equatable {
     public var mode: String
     public var ready: Bool
     public var providers: [Provider]
-    public init(mode: String, ready: Bool, providers: [Provider]) {
+    /// Refusals and other security events since start, by kind.
+    public var securityEvents: [String: Int]?
+    public init(mode: String, ready: Bool, providers: [Provider], securityEvents: [String: Int]? = nil) {
         self.mode = mode
         self.ready = ready
         self.providers = providers
+        self.securityEvents = securityEvents
+    }
+    enum CodingKeys: String, CodingKey {
+        case mode, ready, providers
+        case securityEvents = "security_events"
     }
 }
 

@@ -151,15 +151,9 @@ public struct Daemon: Sendable {
         policy: KMSServerPolicy, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> (some ApplicationProtocol, Running) {
         let server = KMSServer(policy: policy, revocation: try Self.revocation(configuration.tls), logger: Logger(label: "kmsd.api"))
-        var box: TLSContextBox?
-        let builder: HTTPServerBuilder
-        if let tls = configuration.tls {
-            let context = try TLSContextBox(Self.tlsConfiguration(tls))
-            box = context
-            builder = .http1(tls: context)
-        } else {
-            builder = .http1()
-        }
+        let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0)) }
+        let limit = ConnectionLimit(maximum: configuration.limits.maxConnections, events: server.events)
+        let builder = HTTPServerBuilder.http1(tls: box, limit: limit)
         let app = Application(
             router: server.router(), server: builder,
             configuration: .init(address: .hostname(configuration.listen.host, port: configuration.listen.port), serverName: nil),

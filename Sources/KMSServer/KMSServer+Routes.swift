@@ -165,7 +165,8 @@ extension KMSServer {
     func status(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         _ = try await authorizeAdmin(request, context)
         let providers = await providerHealth()
-        return try json(StatusBody(mode: policy.mode, ready: providers.allSatisfy { $0.state == "ok" }, providers: providers))
+        return try json(StatusBody(mode: policy.mode, ready: providers.allSatisfy { $0.state == "ok" }, providers: providers,
+                                   securityEvents: events.snapshot))
     }
 
     // MARK: - Health

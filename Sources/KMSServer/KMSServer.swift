@@ -67,6 +67,8 @@ public struct KMSServer: Sendable {
     private let snapshot: Locked<Snapshot>
     let limiter: RateLimiter
     let logger: Logger
+    /// Refusals and other security events, by kind.
+    public let events = SecurityEvents()
 
     public init(policy: KMSServerPolicy, revocation: RevocationList? = nil, logger: Logger = Logger(label: "kmsd.api")) {
         snapshot = Locked(Snapshot(policy: policy, revocation: revocation))
@@ -112,6 +114,7 @@ public struct KMSServer: Sendable {
               let identity = try? ClientIdentity(certificate: certificate)
         else { return nil }
         if let revocation = snapshot.withLock({ $0.revocation }), revocation.revokedSerials.contains(identity.serial) {
+            events.record("revoked_certificate")
             logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
             throw APIError(.unauthorized, "unauthenticated", "the client certificate has been revoked")
         }
@@ -120,6 +123,7 @@ public struct KMSServer: Sendable {
 
     private func rateLimit(_ caller: String) throws {
         guard limiter.allow(caller) else {
+            events.record("rate_limited")
             logger.warning("request refused: rate limit", metadata: ["security_event": "rate_limited", "identity": "\(caller)"])
             throw APIError(.tooManyRequests, "rate_limited", "too many requests; slow down")
         }
@@ -128,6 +132,7 @@ public struct KMSServer: Sendable {
     /// A storage-node request: a certificate identity allowed for the key.
     func authorizeKey(_ request: Request, _ context: KMSRequestContext) async throws -> (KMSServerPolicy.Key, ClientIdentity) {
         guard let identity = try await identity(context) else {
+            events.record("unauthenticated")
             throw APIError(.unauthorized, "unauthenticated", "a client certificate is required")
         }
         try rateLimit(identity.description)
@@ -137,6 +142,7 @@ public struct KMSServer: Sendable {
         }
         guard let key = policy.keys[name] else { throw APIError(.notFound, "not_found", "no key named '\(name)'") }
         guard identity.matches(any: key.allow) else {
+            events.record("forbidden")
             logger.warning("request refused: not allowed for key", metadata: [
                 "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
             ])
@@ -158,6 +164,7 @@ public struct KMSServer: Sendable {
             try rateLimit("admin-token")
             return "admin-token"
         }
+        events.record("forbidden")
         logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity?.description ?? "<none>")"])
         if identity == nil && request.headers[.authorization] == nil {
             throw APIError(.unauthorized, "unauthenticated", "an admin certificate or admin token is required")
@@ -173,6 +180,7 @@ public struct KMSServer: Sendable {
         do {
             buffer = try await request.body.collect(upTo: policy.limits.maxBodyBytes)
         } catch {
+            events.record("payload_too_large")
             throw APIError(.contentTooLarge, "payload_too_large", "the request body exceeds \(policy.limits.maxBodyBytes) bytes")
         }
         let data = Data(buffer: buffer)
@@ -235,6 +243,7 @@ public struct KMSServer: Sendable {
                 return value
             }
         } catch let error as KMSError {
+            if error.code == .unavailable { events.record("provider_unavailable") }
             if error.code == .unavailable || error.code == .internal {
                 logger.warning("backend error", metadata: ["security_event": "provider_unavailable", "error": "\(error.debugDescription)"])
             }

@@ -22,15 +22,23 @@ public final class TLSContextBox: Sendable {
     var current: NIOSSLContext { context.withLock { $0 } }
 }
 
-/// HTTP/1 behind a TLS handler made from the box's current context at each connection.
-struct ReloadableTLSChannel: ServerChildChannel {
+/// HTTP/1, behind a TLS handler made from the box's current context at each connection (when there is a box), with
+/// the connection limit applied first.
+struct LimitedHTTP1Channel: ServerChildChannel {
     typealias Value = HTTP1Channel.Value
     let base: HTTP1Channel
-    let box: TLSContextBox
+    let box: TLSContextBox?
+    let limit: ConnectionLimit
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: box.current))
+        guard limit.admit() else {
+            logger.warning("connection refused: too many connections", metadata: ["security_event": "connection_limit"])
+            channel.close(promise: nil)
+            return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+        }
+        channel.closeFuture.whenComplete { _ in limit.release() }
+        return channel.eventLoop.makeCompletedFuture {
+            if let box { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: box.current)) }
         }.flatMap {
             base.setup(channel: channel, logger: logger)
         }
@@ -42,8 +50,9 @@ struct ReloadableTLSChannel: ServerChildChannel {
 }
 
 extension HTTPServerBuilder {
-    /// HTTP/1 over TLS whose context can be replaced while the server runs.
-    public static func http1(tls box: TLSContextBox) -> HTTPServerBuilder {
-        .init { responder in ReloadableTLSChannel(base: HTTP1Channel(responder: responder), box: box) }
+    /// HTTP/1 (over TLS whose context can be replaced while the server runs, when `tls` is given), at most
+    /// `limit.maximum` connections at once.
+    public static func http1(tls box: TLSContextBox?, limit: ConnectionLimit) -> HTTPServerBuilder {
+        .init { responder in LimitedHTTP1Channel(base: HTTP1Channel(responder: responder), box: box, limit: limit) }
     }
 }

@@ -263,3 +263,45 @@ struct ReloadTests {
         await kmsd.stop()
     }
 }
+
+@Suite("Limits")
+struct LimitTests {
+    @Test func aCallerOverItsRateGets429AndOthersAreUnaffected() async throws {
+        let kmsd = try await RunningKMSD.start(ratePerSecond: 1, burst: 5)
+        let node = try kmsd.client("node1")
+        var statuses: [Int] = []
+        for _ in 0..<8 {
+            statuses.append(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status)
+        }
+        #expect(statuses.prefix(5).allSatisfy { $0 == 200 })
+        #expect(statuses.suffix(3).allSatisfy { $0 == 429 })
+        let limited = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]))
+        #expect(limited.retryAfter == "1")
+        #expect(limited.errorCode == "rate_limited")
+        let other = try kmsd.client("node2")
+        #expect(try await kmsd.call(other, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:])).status == 200)
+        let admin = try kmsd.client("admin")
+        let status = try JSONDecoder().decode(StatusBody.self, from: try await kmsd.call(admin, "GET", "/v1/admin/status").body)
+        #expect((status.securityEvents?["rate_limited"] ?? 0) >= 4)
+        for client in [node, other, admin] { try? await client.shutdown() }
+        await kmsd.stop()
+    }
+
+    @Test func connectionsBeyondTheLimitAreClosed() async throws {
+        let kmsd = try await RunningKMSD.start(maxConnections: 1)
+        let first = try kmsd.client("node1")
+        #expect(try await kmsd.call(first, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        // The first client keeps its connection open (keep-alive); a second one is refused.
+        let second = try kmsd.client("node2")
+        var refused = false
+        do {
+            refused = try await kmsd.call(second, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:]), timeout: 3).status != 200
+        } catch {
+            refused = true
+        }
+        #expect(refused)
+        #expect(try await kmsd.call(first, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        for client in [first, second] { try? await client.shutdown() }
+        await kmsd.stop()
+    }
+}

@@ -60,7 +60,8 @@ final class RunningKMSD: Sendable {
         return pki
     }
 
-    static func start(maxBodyBytes: Int = 64 * 1024) async throws -> RunningKMSD {
+    static func start(maxBodyBytes: Int = 64 * 1024, ratePerSecond: Int = 1000, burst: Int = 2000,
+                      maxConnections: Int = 1024) async throws -> RunningKMSD {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let pki = try pki(in: directory)
@@ -82,7 +83,7 @@ final class RunningKMSD: Sendable {
               orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
               invoices: { provider: hsm, allow: ["spiffe://test/storage/node-2"] }
             admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
-            limits: { max_body_bytes: \(maxBodyBytes) }
+            limits: { max_body_bytes: \(maxBodyBytes), rate_per_second: \(ratePerSecond), burst: \(burst), max_connections: \(maxConnections) }
             """
         }
         let file = directory.appendingPathComponent("kmsd.yaml")
