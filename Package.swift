@@ -23,7 +23,6 @@ let package = Package(
         .library(name: "KMSClient", targets: ["KMSClient"]),
         .executable(name: "vault-dev", targets: ["vault-dev"]),
         .executable(name: "kms-bench", targets: ["kms-bench"]),
-        .executable(name: "kms-demo", targets: ["kms-demo"]),
         .executable(name: "kms-probe", targets: ["kms-probe"]),
         // Loaded by tests with dlopen in front of SoftHSM; never linked into kmsd.
         .library(name: "PKCS11FaultShim", type: .dynamic, targets: ["PKCS11FaultShim"]),
@@ -198,11 +197,6 @@ let package = Package(
                 "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "kms-demo",
-            dependencies: ["KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
