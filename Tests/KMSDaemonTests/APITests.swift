@@ -168,20 +168,10 @@ struct APITests {
 @Suite("kmsctl against kmsd")
 struct KMSCtlTests {
     func kmsctl(_ kmsd: RunningKMSD, _ arguments: [String]) throws -> (Int32, String) {
-        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-            .deletingLastPathComponent().appendingPathComponent("kmsctl")
-        let process = Process()
-        process.executableURL = executable
         let directory = kmsd.directory.path
-        process.arguments = ["--server", "https://localhost:\(kmsd.port)", "--ca", "\(directory)/ca.pem",
-                             "--cert", "\(directory)/admin.pem", "--key", "\(directory)/admin-key.pem"] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, text)
+        return try BuiltExecutable("kmsctl").run(
+            ["--server", "https://localhost:\(kmsd.port)", "--ca", "\(directory)/ca.pem",
+             "--cert", "\(directory)/admin.pem", "--key", "\(directory)/admin-key.pem"] + arguments)
     }
 
     @Test func rotateThenShowAsJSONAndOldKeysStillUnwrap() async throws {

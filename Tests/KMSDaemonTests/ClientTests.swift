@@ -57,23 +57,13 @@ struct ClientTests {
 
     @Test func theStorageNodeExampleReadsItsRecordsBackAfterARestart() async throws {
         let kmsd = try await RunningKMSD.start()
-        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-            .deletingLastPathComponent().appendingPathComponent("storage-node-example")
         let directory = kmsd.directory.path
         let file = "\(directory)/data.kmsfile"
         func run(_ arguments: [String]) throws -> (Int32, String) {
-            let process = Process()
-            process.executableURL = executable
-            process.arguments = ["--server", "https://localhost:\(kmsd.port)", "--ca", "\(directory)/ca.pem",
-                                 "--cert", "\(directory)/node1.pem", "--key", "\(directory)/node1-key.pem",
-                                 "--key-name", "orders", "--file", file] + arguments
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            return (process.terminationStatus, text)
+            try BuiltExecutable("storage-node-example").run(
+                ["--server", "https://localhost:\(kmsd.port)", "--ca", "\(directory)/ca.pem",
+                 "--cert", "\(directory)/node1.pem", "--key", "\(directory)/node1-key.pem",
+                 "--key-name", "orders", "--file", file] + arguments)
         }
         #expect(try run(["write", "first", "record"]).0 == 0)
         #expect(try run(["write", "second record"]).0 == 0)

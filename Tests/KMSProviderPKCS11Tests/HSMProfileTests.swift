@@ -139,9 +139,8 @@ struct HSMProbeTests {
     }
 
     @Test func theCommandExitsZeroOnPassAndOneOnFail() throws {
-        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-            .deletingLastPathComponent().appendingPathComponent("kms-probe")
-        try #require(FileManager.default.isExecutableFile(atPath: executable.path))
+        let probe = BuiltExecutable("kms-probe")
+        try #require(probe.exists)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("probe-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var lacking = try String(contentsOfFile: "\(profilesDirectory)/softhsm2.yaml", encoding: .utf8)
@@ -150,18 +149,8 @@ struct HSMProbeTests {
         try lacking.write(to: directory.appendingPathComponent("lacking.yaml"), atomically: true, encoding: .utf8)
 
         func run(_ profile: String, directory profiles: String) throws -> (Int32, String) {
-            let process = Process()
-            process.executableURL = executable
-            process.arguments = ["--module", token.module.path, "--token", "pkcs11:token=\(token.label)",
-                                 "--profile", profile, "--profiles", profiles, "--pin-env", "PROBE_PIN"]
-            process.environment = ProcessInfo.processInfo.environment.merging(["PROBE_PIN": token.userPIN]) { $1 }
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            return (process.terminationStatus, text)
+            try probe.run(["--module", token.module.path, "--token", "pkcs11:token=\(token.label)", "--profile", profile,
+                           "--profiles", profiles, "--pin-env", "PROBE_PIN"], environment: ["PROBE_PIN": token.userPIN])
         }
         let (passStatus, passText) = try run("softhsm2", directory: profilesDirectory)
         #expect(passStatus == 0, "\(passText)")
