@@ -39,6 +39,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // The PKCS#11 header (Debian's libp11-kit-dev) and a few helpers for what Swift cannot import.
@@ -83,10 +84,21 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "KMSAPI", swiftSettings: swiftSettings),
+        // Rotation planner and scheduler, usage counters and the embedded state store (SQLite through GRDB).
+        .target(
+            name: "KMSRotation",
+            dependencies: [
+                "KMSCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "KMSServer",
             dependencies: [
-                "KMSCore", "KMSAPI",
+                "KMSCore", "KMSAPI", "KMSRotation",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -103,13 +115,14 @@ let package = Package(
         .target(
             name: "KMSDaemon",
             dependencies: [
-                "KMSCore", "KMSAPI", "KMSServer", "KMSProviderPKCS11", "KMSProviderVault", "PKCS11",
+                "KMSCore", "KMSAPI", "KMSServer", "KMSProviderPKCS11", "KMSProviderVault", "PKCS11", "KMSRotation",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -151,6 +164,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "examples/storage-node",
+            exclude: ["README.md"],
             swiftSettings: swiftSettings
         ),
         // The transit-compatible development server (tests and development only; production uses a real Vault).
@@ -221,7 +235,7 @@ let package = Package(
         .testTarget(
             name: "KMSDaemonTests",
             dependencies: [
-                "KMSDaemon", "KMSServer", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient",
+                "KMSDaemon", "KMSServer", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient", "KMSRotation",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -231,6 +245,11 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KMSRotationTests",
+            dependencies: ["KMSRotation", "KMSCore", "KMSProviderPKCS11", "KMSTestSupport", "PKCS11"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

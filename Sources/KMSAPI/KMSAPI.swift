@@ -14,6 +14,8 @@ public enum KMSAPI {
         public static func adminKey(_ key: String) -> String { "/v1/admin/keys/\(key)" }
         public static func adminRotate(_ key: String) -> String { "/v1/admin/keys/\(key)/rotate" }
         public static func adminRetire(_ key: String, _ version: UInt32) -> String { "/v1/admin/keys/\(key)/versions/\(version)/retire" }
+        public static func adminVersions(_ key: String) -> String { "/v1/admin/keys/\(key)/versions" }
+        public static let adminSchedule = "/v1/admin/schedule"
         public static let adminStatus = "/v1/admin/status"
         public static let live = "/v1/health/live"
         public static let ready = "/v1/health/ready"
@@ -221,4 +223,170 @@ public struct ErrorBody: Codable, Sendable, Equatable {
     }
     public var error: Detail
     public init(code: String, message: String) { error = Detail(code: code, message: message) }
+}
+
+// MARK: - Rotation
+
+/// `POST /v1/admin/keys/{name}/rotate`.
+public struct RotateRequest: Codable, Sendable, Equatable {
+    /// Why, for the journal (`kmsctl rotate --reason`).
+    public var reason: String?
+    /// Only say what would happen.
+    public var dryRun: Bool?
+    public init(reason: String? = nil, dryRun: Bool? = nil) {
+        self.reason = reason
+        self.dryRun = dryRun
+    }
+    enum CodingKeys: String, CodingKey {
+        case reason
+        case dryRun = "dry_run"
+    }
+}
+
+public struct RotateResponse: Codable, Sendable, Equatable {
+    public var name: String
+    public var provider: String
+    public var previousVersion: UInt32
+    /// The new version (or, for a dry run, the one a rotation would create).
+    public var version: UInt32
+    public var dryRun: Bool
+    /// When the new version will rotate next, RFC 3339 (nil: only by usage or by hand).
+    public var nextRotationAt: String?
+    /// `period` or `usage`.
+    public var nextRotationReason: String?
+    /// The key's versions after the rotation (before it, for a dry run).
+    public var versions: [KeyVersionBody]
+    public init(name: String, provider: String, previousVersion: UInt32, version: UInt32, dryRun: Bool, nextRotationAt: String?,
+                nextRotationReason: String?, versions: [KeyVersionBody]) {
+        self.name = name
+        self.provider = provider
+        self.previousVersion = previousVersion
+        self.version = version
+        self.dryRun = dryRun
+        self.nextRotationAt = nextRotationAt
+        self.nextRotationReason = nextRotationReason
+        self.versions = versions
+    }
+    enum CodingKeys: String, CodingKey {
+        case name, provider, version, versions
+        case previousVersion = "previous_version"
+        case dryRun = "dry_run"
+        case nextRotationAt = "next_rotation_at"
+        case nextRotationReason = "next_rotation_reason"
+    }
+}
+
+/// `POST /v1/admin/keys/{name}/versions/{n}/retire`.
+public struct RetireRequest: Codable, Sendable, Equatable {
+    /// Retire even though the version unwrapped within the quiet period.
+    public var force: Bool?
+    public init(force: Bool? = nil) { self.force = force }
+}
+
+/// `GET /v1/admin/schedule`.
+public struct ScheduleBody: Codable, Sendable, Equatable {
+    public struct Entry: Codable, Sendable, Equatable {
+        public var key: String
+        public var provider: String
+        public var latestVersion: UInt32?
+        public var latestCreatedAt: String?
+        public var ageSeconds: Int?
+        /// Wraps with the latest version, and the bound that rotates it.
+        public var wraps: UInt64
+        public var maxWraps: UInt64
+        public var periodSeconds: Int?
+        public var nextRotationAt: String?
+        /// `period` or `usage`; nil when only a person rotates it.
+        public var nextRotationReason: String?
+        public var wrapRefused: Bool
+        public var failures: Int
+        public var lastError: String?
+        public var warnings: [String]
+        public init(key: String, provider: String, latestVersion: UInt32?, latestCreatedAt: String?, ageSeconds: Int?, wraps: UInt64,
+                    maxWraps: UInt64, periodSeconds: Int?, nextRotationAt: String?, nextRotationReason: String?, wrapRefused: Bool,
+                    failures: Int, lastError: String?, warnings: [String]) {
+            self.key = key
+            self.provider = provider
+            self.latestVersion = latestVersion
+            self.latestCreatedAt = latestCreatedAt
+            self.ageSeconds = ageSeconds
+            self.wraps = wraps
+            self.maxWraps = maxWraps
+            self.periodSeconds = periodSeconds
+            self.nextRotationAt = nextRotationAt
+            self.nextRotationReason = nextRotationReason
+            self.wrapRefused = wrapRefused
+            self.failures = failures
+            self.lastError = lastError
+            self.warnings = warnings
+        }
+        enum CodingKeys: String, CodingKey {
+            case key, provider, wraps, failures, warnings
+            case latestVersion = "latest_version"
+            case latestCreatedAt = "latest_created_at"
+            case ageSeconds = "age_seconds"
+            case maxWraps = "max_wraps"
+            case periodSeconds = "period_seconds"
+            case nextRotationAt = "next_rotation_at"
+            case nextRotationReason = "next_rotation_reason"
+            case wrapRefused = "wrap_refused"
+            case lastError = "last_error"
+        }
+    }
+    public var keys: [Entry]
+    public init(keys: [Entry]) { self.keys = keys }
+}
+
+/// `GET /v1/admin/keys/{name}/versions`: each version with its counted use.
+public struct VersionsBody: Codable, Sendable, Equatable {
+    public struct Entry: Codable, Sendable, Equatable {
+        public var version: UInt32
+        public var state: String
+        public var createdAt: String?
+        /// The version new wraps use.
+        public var wrapping: Bool
+        public var wraps: UInt64
+        public var unwraps: UInt64
+        public var lastWrapAt: String?
+        public var lastUnwrapAt: String?
+        /// Unwrapped within the retire quiet period: its data still needs rewrapping before it is retired.
+        public var inUse: Bool
+        /// When the quiet period after its last unwrap ends.
+        public var quietAfter: String?
+        public init(version: UInt32, state: String, createdAt: String?, wrapping: Bool, wraps: UInt64, unwraps: UInt64,
+                    lastWrapAt: String?, lastUnwrapAt: String?, inUse: Bool, quietAfter: String?) {
+            self.version = version
+            self.state = state
+            self.createdAt = createdAt
+            self.wrapping = wrapping
+            self.wraps = wraps
+            self.unwraps = unwraps
+            self.lastWrapAt = lastWrapAt
+            self.lastUnwrapAt = lastUnwrapAt
+            self.inUse = inUse
+            self.quietAfter = quietAfter
+        }
+        enum CodingKeys: String, CodingKey {
+            case version, state, wrapping, wraps, unwraps
+            case createdAt = "created_at"
+            case lastWrapAt = "last_wrap_at"
+            case lastUnwrapAt = "last_unwrap_at"
+            case inUse = "in_use"
+            case quietAfter = "quiet_after"
+        }
+    }
+    public var name: String
+    public var provider: String
+    public var retireQuietPeriodSeconds: Int
+    public var versions: [Entry]
+    public init(name: String, provider: String, retireQuietPeriodSeconds: Int, versions: [Entry]) {
+        self.name = name
+        self.provider = provider
+        self.retireQuietPeriodSeconds = retireQuietPeriodSeconds
+        self.versions = versions
+    }
+    enum CodingKeys: String, CodingKey {
+        case name, provider, versions
+        case retireQuietPeriodSeconds = "retire_quiet_period_seconds"
+    }
 }

@@ -95,12 +95,16 @@ public final class KMSClient: Sendable {
     public func createKey(_ key: String, provider: String? = nil) async throws -> KeyBody {
         try await send("POST", KMSAPI.Path.adminKeys, CreateKeyRequest(name: key, provider: provider))
     }
-    public func rotate(_ key: String, reason: String? = nil) async throws -> KeyBody {
-        try await send("POST", KMSAPI.Path.adminRotate(key), reason.map { ["reason": $0] } ?? [:])
+    public func rotate(_ key: String, reason: String? = nil, dryRun: Bool = false) async throws -> RotateResponse {
+        try await send("POST", KMSAPI.Path.adminRotate(key), RotateRequest(reason: reason, dryRun: dryRun ? true : nil))
     }
-    public func retire(_ key: String, version: UInt32) async throws -> KeyBody {
-        try await send("POST", KMSAPI.Path.adminRetire(key, version), [String: String]())
+    public func retire(_ key: String, version: UInt32, force: Bool = false) async throws -> KeyBody {
+        try await send("POST", KMSAPI.Path.adminRetire(key, version), RetireRequest(force: force ? true : nil))
     }
+    public func versions(_ key: String) async throws -> VersionsBody {
+        try await send("GET", KMSAPI.Path.adminVersions(key), Optional<String>.none)
+    }
+    public func schedule() async throws -> ScheduleBody { try await send("GET", KMSAPI.Path.adminSchedule, Optional<String>.none) }
     public func status() async throws -> StatusBody { try await send("GET", KMSAPI.Path.adminStatus, Optional<String>.none) }
 
     // MARK: - Transport

@@ -1,4 +1,5 @@
 public import Foundation
+import KMSRotation
 import KMSCore
 import Yams
 
@@ -111,6 +112,29 @@ struct Reader {
         return fallback
     }
 
+    /// `keys.<name>.rotation`: `{period, notice, max_wraps, max_age, retire_quiet_period}`; all optional.
+    mutating func rotationPolicy(_ value: Any?, _ path: String) -> RotationPolicy {
+        var policy = RotationPolicy()
+        guard let map = map(value, path, known: ["period", "notice", "max_wraps", "max_age", "retire_quiet_period"]) else { return policy }
+        func interval(_ key: String) -> TimeInterval? {
+            guard let value = map[key], !(value is NSNull) else { return nil }
+            if let seconds = value as? Int, seconds > 0 { return TimeInterval(seconds) }
+            if let text = value as? String, let parsed = DurationText.parse(text) { return parsed }
+            problem("\(path).\(key)", "expected a duration such as 30s, 1h, 90d, 2w")
+            return nil
+        }
+        policy.period = interval("period")
+        policy.notice = interval("notice")
+        policy.maxAge = interval("max_age")
+        if let quiet = interval("retire_quiet_period") { policy.retireQuietPeriod = quiet }
+        if let value = map["max_wraps"], !(value is NSNull) {
+            if let wraps = value as? Int, wraps > 0 { policy.maxWraps = UInt64(wraps) }
+            else { problem("\(path).max_wraps", "expected a positive whole number") }
+        }
+        for problem in policy.problems { self.problem(path + "." + problem.prefix { $0 != ":" }, String(problem.drop { $0 != ":" }.dropFirst(2))) }
+        return policy
+    }
+
     static func parseDuration(_ text: String) -> Duration? {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
         for (suffix, factor) in units where text.hasSuffix(suffix) {
@@ -216,10 +240,7 @@ struct Reader {
                 problem("\(path).provider", "no provider named '\(provider)' (configured: \(providersMap.keys.sorted().joined(separator: ", ")))")
             }
             let allow = strings(keyMap, "allow", path)
-            var rotation: [String: String] = [:]
-            if let rotationMap = map(keyMap?["rotation"], "\(path).rotation", known: ["period", "notice", "max_wraps", "max_age", "retire_quiet_period"]) {
-                for (key, value) in rotationMap { rotation[key] = "\(value)" }
-            }
+            let rotation = rotationPolicy(keyMap?["rotation"], "\(path).rotation")
             keys[keyName] = Configuration.Key(name: keyName, provider: provider, allow: allow, rotation: rotation)
         }
 

@@ -1,4 +1,5 @@
 public import KMSCore
+public import KMSRotation
 
 /// kmsd's validated configuration. Made only by `Configuration.load` / `parse`, which read the YAML file, apply
 /// `KMSD_*` environment overrides, and check everything in one step, listing every problem with its key path.
@@ -87,8 +88,8 @@ public struct Configuration: Sendable {
         public var provider: String
         /// Identity patterns allowed to use the key (`*` matches any run of characters).
         public var allow: [String]
-        /// The rotation settings as written, kept for the rotation scheduler.
-        public var rotation: [String: String]
+        /// When the key rotates (period, notice, usage bound, max age) and how retirement is guarded.
+        public var rotation: RotationPolicy
     }
 
     public struct Admin: Sendable {

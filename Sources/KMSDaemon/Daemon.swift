@@ -5,12 +5,14 @@ import HummingbirdTLS
 public import KMSCore
 import KMSProviderPKCS11
 import KMSProviderVault
+public import KMSRotation
 public import KMSServer
 public import Logging
 import NIOCore
 public import NIOSSL
 import PKCS11
 import ServiceLifecycle
+import UnixSignals
 import SwiftASN1
 import X509
 import Dispatch
@@ -96,11 +98,41 @@ public struct Daemon: Sendable {
         }
     }
 
-    public func policy(_ providers: [String: any KeyProvider]) -> KMSServerPolicy {
+    /// The rotation state store's file: `<data_dir>/rotation.sqlite` (`data_dir` defaults to /var/lib/kmsd).
+    public var stateStorePath: String {
+        (configuration.dataDirectory ?? "/var/lib/kmsd") + "/rotation.sqlite"
+    }
+
+    /// The configured keys with their providers and rotation policies.
+    func rotationKeys(_ providers: [String: any KeyProvider]) -> [RotationManager.Key] {
+        configuration.keys.values.compactMap { key in
+            providers[key.provider].map { RotationManager.Key(name: key.name, providerName: key.provider, provider: $0, policy: key.rotation) }
+        }
+    }
+
+    /// Opens the state store and loads the counters. `events` receives rotation events worth counting.
+    public func startRotation(_ providers: [String: any KeyProvider], events: SecurityEvents,
+                              clock: @escaping @Sendable () -> Date = { Date() }) async throws -> RotationManager {
+        let store = try SQLiteStateStore(path: stateStorePath)
+        let manager = RotationManager(
+            keys: rotationKeys(providers), store: store, clock: clock, logger: Logger(label: "kmsd.rotation"),
+            onEvent: { event in
+                switch event.kind {
+                case .wrapRefused, .retireRefused, .rotationFailed: events.record(event.kind.rawValue)
+                case .notice, .rotated, .retired: break
+                }
+            })
+        try await manager.start()
+        return manager
+    }
+
+    /// The server's view of keys: each served through `TrackedProvider`, so use is counted and rotation rules apply.
+    public func policy(_ providers: [String: any KeyProvider], rotation: RotationManager) -> KMSServerPolicy {
         var keys: [KeyName: KMSServerPolicy.Key] = [:]
         for key in configuration.keys.values {
             guard let provider = providers[key.provider] else { continue }
-            keys[key.name] = KMSServerPolicy.Key(name: key.name, providerName: key.provider, provider: provider, allow: key.allow)
+            keys[key.name] = KMSServerPolicy.Key(name: key.name, providerName: key.provider,
+                                                 provider: TrackedProvider(provider, manager: rotation), allow: key.allow)
         }
         let limits = configuration.limits
         return KMSServerPolicy(
@@ -148,9 +180,11 @@ public struct Daemon: Sendable {
 
     /// Builds the HTTP application. `onRunning` gets the bound port.
     public func application(
-        policy: KMSServerPolicy, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+        policy: KMSServerPolicy, rotation: RotationManager, events: SecurityEvents,
+        onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> (some ApplicationProtocol, Running) {
-        let server = KMSServer(policy: policy, revocation: try Self.revocation(configuration.tls), logger: Logger(label: "kmsd.api"))
+        let server = KMSServer(policy: policy, rotation: rotation, revocation: try Self.revocation(configuration.tls), events: events,
+                               logger: Logger(label: "kmsd.api"))
         let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0)) }
         let limit = ConnectionLimit(maximum: configuration.limits.maxConnections, events: server.events)
         let builder = HTTPServerBuilder.http1(tls: box, limit: limit)
@@ -169,7 +203,9 @@ public struct Daemon: Sendable {
         let fresh = try Configuration.load(path: configuration.source)
         let reloaded = Daemon(fresh, logger: logger)
         if let tls = fresh.tls, let box = running.tls { try box.replace(Self.tlsConfiguration(tls)) }
-        running.server.reload(.init(policy: reloaded.policy(providers), revocation: try Self.revocation(fresh.tls)))
+        running.server.rotation.update(keys: reloaded.rotationKeys(providers))
+        running.server.reload(.init(policy: reloaded.policy(providers, rotation: running.server.rotation),
+                                    revocation: try Self.revocation(fresh.tls)))
         logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])
     }
 
@@ -178,7 +214,10 @@ public struct Daemon: Sendable {
         try checkMode()
         let providers = try await startProviders()
         do {
-            let (app, running) = try application(policy: policy(providers)) { [logger, configuration] port in
+            let events = SecurityEvents()
+            let rotation = try await startRotation(providers, events: events)
+            let (app, running) = try application(policy: policy(providers, rotation: rotation), rotation: rotation, events: events) {
+                [logger, configuration] port in
                 logger.notice("kmsd serving", metadata: [
                     "address": "\(configuration.listen.host):\(port)", "mode": "\(configuration.mode.rawValue)",
                     "tls": "\(configuration.tls != nil)",
@@ -196,7 +235,11 @@ public struct Daemon: Sendable {
             }
             hangup.resume()
             defer { hangup.cancel() }
-            try await app.runService()
+            // The API and the rotation scheduler stop together on SIGTERM/SIGINT; the scheduler flushes its counters.
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: app), .init(service: RotationScheduler(rotation))],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
         } catch {
             await Self.stop(providers)
             throw error

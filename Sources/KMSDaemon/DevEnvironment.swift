@@ -57,6 +57,7 @@ public enum DevEnvironment {
                 # kmsd development configuration, written by `kmsd dev-init` (ci/dev). Not for production:
                 # SoftHSM, a generated CA, secrets in this directory.
                 mode: development
+                data_dir: data
                 listen: { api: "127.0.0.1:\(port)" }
                 tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
                 providers:
@@ -69,7 +70,7 @@ public enum DevEnvironment {
                     profiles_dir: \(profilesDirectory)
                     sessions: 4
                 keys:
-                  demo: { provider: hsm, allow: ["spiffe://kmsd.dev/storage/*"] }
+                  demo: { provider: hsm, allow: ["spiffe://kmsd.dev/storage/*"], rotation: { period: 90d, notice: 7d } }
                 admin:
                   identities: ["CN=security-admin"]
                   token_hashes: ["\(hash)"]

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import KMSAPI
 import KMSCore
+import KMSRotation
 import Logging
 
 extension KMSServer {
@@ -136,6 +137,7 @@ extension KMSServer {
             throw APIError(.badRequest, "invalid_input", "key '\(name)' is configured for provider '\(key.providerName)', not '\(provider)'")
         }
         let description = try await perform { try await key.provider.createKey(name) }
+        await rotation.didCreate(name, description: description, actor: caller)
         logger.notice("key created", metadata: ["admin": "\(caller)", "key": "\(name)", "provider": "\(key.providerName)"])
         return try json(self.body(name, key.providerName, description), status: .created)
     }
@@ -143,11 +145,18 @@ extension KMSServer {
     func rotate(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let caller = try await authorizeAdmin(request, context)
         let key = try adminKey(context)
-        _ = try await decode([String: String].self, request, allowed: ["reason"])
-        let version = try await perform { try await key.provider.rotateKey(key.name) }
-        logger.notice("key rotated", metadata: ["admin": "\(caller)", "key": "\(key.name)", "version": "\(version.version)"])
+        let body = try await decode(RotateRequest.self, request, allowed: ["reason", "dry_run"])
+        let reason = "manual" + (body.reason.map { ": \($0.prefix(200))" } ?? "")
+        guard let outcome = try await perform({ [rotation] in
+            try await rotation.rotate(key.name, trigger: reason, actor: caller, dryRun: body.dryRun ?? false)
+        }) else {
+            throw APIError(.conflict, "conflict", "the rotation of '\(key.name)' did not run")
+        }
         let description = try await perform { try await key.provider.describeKey(key.name) }
-        return try json(body(key.name, key.providerName, description))
+        return try json(RotateResponse(
+            name: key.name.rawValue, provider: key.providerName, previousVersion: outcome.previousVersion.rawValue,
+            version: outcome.newVersion.rawValue, dryRun: outcome.dryRun, nextRotationAt: outcome.nextRotationAt.map(Self.time),
+            nextRotationReason: outcome.nextTrigger?.rawValue, versions: self.body(key.name, key.providerName, description).versions))
     }
 
     func retire(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
@@ -156,11 +165,44 @@ extension KMSServer {
         guard let number = context.parameters.get("version").flatMap(UInt32.init), let version = try? KeyVersion(number) else {
             throw APIError(.badRequest, "invalid_input", "the version must be a positive integer")
         }
-        try await perform { try await key.provider.retireVersion(key.name, version: version) }
-        logger.notice("key version retired", metadata: ["admin": "\(caller)", "key": "\(key.name)", "version": "\(version)"])
+        let body = try await decode(RetireRequest.self, request, allowed: ["force"])
+        try await perform { [rotation] in try await rotation.retire(key.name, version: version, force: body.force ?? false, actor: caller) }
         let description = try await perform { try await key.provider.describeKey(key.name) }
-        return try json(body(key.name, key.providerName, description))
+        return try json(self.body(key.name, key.providerName, description))
     }
+
+    func versions(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        _ = try await authorizeAdmin(request, context)
+        let key = try adminKey(context)
+        let (configured, entries) = try await perform { [rotation] in try await rotation.versions(key.name) }
+        return try json(VersionsBody(
+            name: key.name.rawValue, provider: key.providerName,
+            retireQuietPeriodSeconds: Int(configured.policy.retireQuietPeriod), versions: entries.map {
+                VersionsBody.Entry(
+                    version: $0.version.rawValue, state: $0.state.rawValue, createdAt: $0.createdAt.map(Self.time),
+                    wrapping: $0.wrapping, wraps: $0.usage.wraps, unwraps: $0.usage.unwraps,
+                    lastWrapAt: $0.usage.lastWrapAt.map(Self.time), lastUnwrapAt: $0.usage.lastUnwrapAt.map(Self.time),
+                    inUse: $0.inUse, quietAfter: $0.quietAfter.map(Self.time))
+            }))
+    }
+
+    func schedule(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+        _ = try await authorizeAdmin(request, context)
+        let now = rotation.clock()
+        let entries = await rotation.schedule()
+        return try json(ScheduleBody(keys: entries.map { entry in
+            ScheduleBody.Entry(
+                key: entry.key.rawValue, provider: entry.providerName, latestVersion: entry.latestVersion?.rawValue,
+                latestCreatedAt: entry.latestCreatedAt.map(Self.time),
+                ageSeconds: entry.latestCreatedAt.map { Int(now.timeIntervalSince($0)) }, wraps: entry.latestWraps,
+                maxWraps: entry.policy.maxWraps, periodSeconds: entry.policy.period.map { Int($0) },
+                nextRotationAt: entry.plan?.nextRotationAt.map(Self.time), nextRotationReason: entry.plan?.nextTrigger?.rawValue,
+                wrapRefused: entry.plan?.wrapRefused ?? false, failures: entry.failures, lastError: entry.lastError,
+                warnings: entry.warnings)
+        }))
+    }
+
+    static func time(_ date: Date) -> String { date.formatted(.iso8601) }
 
     func status(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         _ = try await authorizeAdmin(request, context)

@@ -3,6 +3,7 @@ public import Hummingbird
 import HummingbirdCore
 import KMSAPI
 public import KMSCore
+public import KMSRotation
 public import Logging
 public import NIOCore
 import NIOFoundationCompat
@@ -68,10 +69,15 @@ public struct KMSServer: Sendable {
     let limiter: RateLimiter
     let logger: Logger
     /// Refusals and other security events, by kind.
-    public let events = SecurityEvents()
+    public let events: SecurityEvents
+    /// Rotation, retirement, schedules and usage counts.
+    public let rotation: RotationManager
 
-    public init(policy: KMSServerPolicy, revocation: RevocationList? = nil, logger: Logger = Logger(label: "kmsd.api")) {
+    public init(policy: KMSServerPolicy, rotation: RotationManager, revocation: RevocationList? = nil,
+                events: SecurityEvents = SecurityEvents(), logger: Logger = Logger(label: "kmsd.api")) {
         snapshot = Locked(Snapshot(policy: policy, revocation: revocation))
+        self.rotation = rotation
+        self.events = events
         self.limiter = RateLimiter(ratePerSecond: policy.limits.ratePerSecond, burst: policy.limits.burst)
         self.logger = logger
     }
@@ -98,7 +104,9 @@ public struct KMSServer: Sendable {
         router.post("/v1/admin/keys") { request, context in try await createKey(request, context) }
         router.get("/v1/admin/keys/{name}") { request, context in try await showKey(request, context) }
         router.post("/v1/admin/keys/{name}/rotate") { request, context in try await rotate(request, context) }
+        router.get("/v1/admin/keys/{name}/versions") { request, context in try await versions(request, context) }
         router.post("/v1/admin/keys/{name}/versions/{version}/retire") { request, context in try await retire(request, context) }
+        router.get(RouterPath(KMSAPI.Path.adminSchedule)) { request, context in try await schedule(request, context) }
         router.get("/v1/admin/status") { request, context in try await status(request, context) }
         return router
     }

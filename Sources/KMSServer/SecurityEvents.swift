@@ -8,7 +8,7 @@ public final class SecurityEvents: Sendable {
 
     public init() {}
 
-    func record(_ kind: String) {
+    public func record(_ kind: String) {
         counts.withLock { $0[kind, default: 0] += 1 }
     }
 

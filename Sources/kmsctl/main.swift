@@ -9,7 +9,7 @@ import KMSClient
 struct KMSCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kmsctl", abstract: "Administer kmsd.",
-        subcommands: [Status.self, Keys.self, Rotate.self, Retire.self])
+        subcommands: [Status.self, Keys.self, Rotate.self, Schedule.self, Versions.self, Retire.self, RewrapPlan.self])
 
     /// Connection options may come before the subcommand (`kmsctl --dev rotate demo`): move them after it, where
     /// the subcommands declare them.
@@ -164,18 +164,132 @@ struct Rotate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create a new version of a key; it wraps from now on.")
     @OptionGroup var connection: Connection
     @Argument var name: String
-    @Option(help: "Why (recorded in kmsd's log).") var reason: String?
+    @Option(help: "Why (recorded in the rotation journal).") var reason: String?
+    @Flag(help: "Show what would happen (the new version number, the schedule after) without rotating.") var dryRun = false
     func run() async throws {
-        try await connection.run { client in try connection.emit(try await client.rotate(name, reason: reason), table) }
+        try await connection.run { client in
+            try connection.emit(try await client.rotate(name, reason: reason, dryRun: dryRun)) { rotation in
+                let next = rotation.nextRotationAt.map { "next rotation \($0) (\(rotation.nextRotationReason ?? "period"))" }
+                    ?? "no scheduled rotation (usage or manual only)"
+                return (rotation.dryRun ? "dry run: would rotate" : "rotated") + " \(rotation.name) from v\(rotation.previousVersion) to v\(rotation.version); \(next)"
+                    + (rotation.dryRun ? "" : "\n" + table(KeyBody(name: rotation.name, provider: rotation.provider, versions: rotation.versions)))
+            }
+        }
+    }
+}
+
+/// Left-aligned columns.
+func columns(_ rows: [[String]]) -> String {
+    guard let width = rows.map(\.count).max() else { return "" }
+    let widths = (0..<width).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
+    return rows.map { row in
+        row.enumerated().map { $0.offset == row.count - 1 ? $0.element : $0.element.padding(toLength: widths[$0.offset] + 2, withPad: " ", startingAt: 0) }
+            .joined()
+    }.joined(separator: "\n")
+}
+
+func age(_ seconds: Int?) -> String {
+    guard let seconds else { return "-" }
+    let units: [(String, Int)] = [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)]
+    for (suffix, size) in units where seconds >= size { return "\(seconds / size)\(suffix)" }
+    return "\(seconds)s"
+}
+
+struct Schedule: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Every key's latest version, its age, and its next rotation and why.")
+    @OptionGroup var connection: Connection
+    func run() async throws {
+        try await connection.run { client in
+            try connection.emit(try await client.schedule()) { schedule in
+                var rows = [["KEY", "PROVIDER", "LATEST", "AGE", "WRAPS", "NEXT ROTATION", "WHY"]]
+                var warnings: [String] = []
+                for entry in schedule.keys {
+                    rows.append([entry.key, entry.provider, entry.latestVersion.map { "v\($0)" } ?? "-", age(entry.ageSeconds),
+                                 "\(entry.wraps)/\(entry.maxWraps)", entry.nextRotationAt ?? "-", entry.nextRotationReason ?? "manual"])
+                    warnings += entry.warnings.map { "warning: \(entry.key): \($0)" }
+                }
+                return ([columns(rows)] + warnings).joined(separator: "\n")
+            }
+        }
+    }
+}
+
+struct Versions: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "A key's versions: created, state, wraps, unwraps, last use.")
+    @OptionGroup var connection: Connection
+    @Argument var name: String
+    func run() async throws {
+        try await connection.run { client in
+            try connection.emit(try await client.versions(name)) { body in
+                var rows = [["VERSION", "STATE", "CREATED", "WRAPS", "UNWRAPS", "LAST WRAP", "LAST UNWRAP"]]
+                for version in body.versions {
+                    rows.append(["v\(version.version)" + (version.wrapping ? "*" : ""), version.state, version.createdAt ?? "-",
+                                 "\(version.wraps)", "\(version.unwraps)", version.lastWrapAt ?? "-", version.lastUnwrapAt ?? "-"])
+                }
+                return "key \(body.name) (provider \(body.provider)); * = wraps new keys\n" + columns(rows)
+            }
+        }
     }
 }
 
 struct Retire: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop a version from wrapping; it keeps unwrapping.")
+    static let configuration = CommandConfiguration(
+        abstract: "Stop a version from wrapping; it keeps unwrapping.",
+        discussion: "Refused while the version was used to unwrap within the key's retire_quiet_period, unless --force.")
     @OptionGroup var connection: Connection
     @Argument var name: String
     @Option(help: "The version to retire.") var version: UInt32
+    @Flag(help: "Retire even though the version unwrapped recently.") var force = false
     func run() async throws {
-        try await connection.run { client in try connection.emit(try await client.retire(name, version: version), table) }
+        try await connection.run { client in try connection.emit(try await client.retire(name, version: version, force: force), table) }
+    }
+}
+
+/// What `kmsctl rewrap-plan` reports, from the versions and their use.
+struct RewrapPlanBody: Encodable {
+    struct Version: Encodable {
+        let version: UInt32
+        let state: String
+        let unwraps: UInt64
+        let lastUnwrapAt: String?
+        let action: String
+        enum CodingKeys: String, CodingKey {
+            case version, state, unwraps, action
+            case lastUnwrapAt = "last_unwrap_at"
+        }
+    }
+    let name: String
+    let wrappingVersion: UInt32?
+    let versions: [Version]
+    enum CodingKeys: String, CodingKey {
+        case name, versions
+        case wrappingVersion = "wrapping_version"
+    }
+}
+
+struct RewrapPlan: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rewrap-plan",
+        abstract: "Which older versions still unwrap data (rewrap it first) and which are quiet enough to retire.")
+    @OptionGroup var connection: Connection
+    @Argument var name: String
+    func run() async throws {
+        try await connection.run { client in
+            let body = try await client.versions(name)
+            let wrapping = body.versions.first { $0.wrapping }?.version
+            let plan = RewrapPlanBody(name: body.name, wrappingVersion: wrapping, versions: body.versions.filter { !$0.wrapping }.map { version in
+                let action = if version.inUse { "rewrap: still unwraps data (quiet after \(version.quietAfter ?? "-"))" }
+                    else if version.state == "retired" { "retired; unwraps only" }
+                    else if version.unwraps == 0 { "retire: never used to unwrap" }
+                    else { "retire: quiet since \(version.lastUnwrapAt ?? "-")" }
+                return .init(version: version.version, state: version.state, unwraps: version.unwraps, lastUnwrapAt: version.lastUnwrapAt, action: action)
+            })
+            try connection.emit(plan) { plan in
+                let header = "key \(plan.name): new data wraps with v\(plan.wrappingVersion.map(String.init) ?? "?"); rewrap data still on the versions below before retiring them (kmsctl retire)"
+                return header + "\n" + columns([["VERSION", "STATE", "UNWRAPS", "LAST UNWRAP", "ACTION"]] + plan.versions.map {
+                    ["v\($0.version)", $0.state, "\($0.unwraps)", $0.lastUnwrapAt ?? "-", $0.action]
+                })
+            }
+        }
     }
 }

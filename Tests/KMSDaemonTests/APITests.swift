@@ -202,6 +202,59 @@ struct KMSCtlTests {
     }
 }
 
+extension KMSCtlTests {
+    @Test func rotationWorkflowDryRunScheduleVersionsRetireAndRewrapPlan() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let node = try kmsd.client("node1")
+        let old = try JSONDecoder().decode(
+            DataKeyResponse.self, from: try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).body)
+
+        let (dryStatus, dryJSON) = try kmsctl(kmsd, ["rotate", "orders", "--dry-run", "--json"])
+        #expect(dryStatus == 0, "\(dryJSON)")
+        let dry = try JSONDecoder().decode(RotateResponse.self, from: Data(dryJSON.utf8))
+        #expect(dry.dryRun && dry.previousVersion == 1 && dry.version == 2 && dry.nextRotationReason == "period")
+        #expect(dry.versions.map(\.version) == [1], "a dry run changes nothing")
+
+        let (rotated, rotatedJSON) = try kmsctl(kmsd, ["rotate", "orders", "--reason", "drill", "--json"])
+        #expect(rotated == 0, "\(rotatedJSON)")
+        let rotation = try JSONDecoder().decode(RotateResponse.self, from: Data(rotatedJSON.utf8))
+        #expect(!rotation.dryRun && rotation.version == 2 && rotation.versions.map(\.version) == [1, 2])
+
+        let (scheduled, scheduleJSON) = try kmsctl(kmsd, ["schedule", "--json"])
+        #expect(scheduled == 0)
+        let schedule = try JSONDecoder().decode(ScheduleBody.self, from: Data(scheduleJSON.utf8))
+        let entry = try #require(schedule.keys.first { $0.key == "orders" })
+        #expect(entry.latestVersion == 2 && entry.periodSeconds == 90 * 86400 && entry.nextRotationReason == "period")
+        #expect(schedule.keys.first { $0.key == "invoices" }?.nextRotationReason == nil)
+        let (_, scheduleTable) = try kmsctl(kmsd, ["schedule"])
+        #expect(scheduleTable.contains("NEXT ROTATION") && scheduleTable.contains("orders"))
+
+        // The old DEK is read again: version 1 is in use, so retiring it is refused until forced.
+        let unwrapped = try await kmsd.call(node, "POST", "/v1/keys/orders/unwrap", body: kmsd.json(["wrapped": old.wrapped]))
+        #expect(unwrapped.status == 200)
+        let (listed, versionsJSON) = try kmsctl(kmsd, ["versions", "orders", "--json"])
+        #expect(listed == 0)
+        let versions = try JSONDecoder().decode(VersionsBody.self, from: Data(versionsJSON.utf8))
+        #expect(versions.versions.map(\.version) == [1, 2])
+        #expect(versions.versions.first?.wraps == 1 && versions.versions.first?.unwraps == 1 && versions.versions.first?.inUse == true)
+        #expect(versions.versions.last?.wrapping == true)
+
+        let (planned, planText) = try kmsctl(kmsd, ["rewrap-plan", "orders"])
+        #expect(planned == 0 && planText.contains("rewrap: still unwraps data"))
+        let (refused, refusal) = try kmsctl(kmsd, ["retire", "orders", "--version", "1"])
+        #expect(refused == 1)
+        #expect(refusal.contains("last used to unwrap"))
+        let (forced, forcedJSON) = try kmsctl(kmsd, ["retire", "orders", "--version", "1", "--force", "--json"])
+        #expect(forced == 0, "\(forcedJSON)")
+        let retired = try JSONDecoder().decode(KeyBody.self, from: Data(forcedJSON.utf8))
+        #expect(retired.versions.first?.state == "retired")
+        // Retired versions still unwrap.
+        #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/unwrap", body: kmsd.json(["wrapped": old.wrapped])).status == 200)
+        try? await node.shutdown()
+        await kmsd.stop()
+    }
+}
+
 @Suite("Reload (SIGHUP)")
 struct ReloadTests {
     @Test func aNewCRLAndCAApplyWithoutDroppingGoodClients() async throws {

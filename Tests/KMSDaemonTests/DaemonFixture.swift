@@ -74,13 +74,14 @@ final class RunningKMSD: Sendable {
         let yaml: @Sendable (String, String?) -> String = { clientCA, crl in
             """
             mode: development
+            data_dir: data
             listen: { api: "127.0.0.1:0" }
             tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3" }
             providers:
               hsm: { type: pkcs11, module: \(shim.modulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
                      profile: softhsm2, profiles_dir: \(profilesDirectory), sessions: 4, call_timeout: 500ms, checkout_wait: 500ms }
             keys:
-              orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
+              orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"], rotation: { period: 90d, notice: 7d } }
               invoices: { provider: hsm, allow: ["spiffe://test/storage/node-2"] }
             admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
             limits: { max_body_bytes: \(maxBodyBytes), rate_per_second: \(ratePerSecond), burst: \(burst), max_connections: \(maxConnections) }
@@ -96,7 +97,11 @@ final class RunningKMSD: Sendable {
             _ = try await provider.createKey(try KeyName("invoices"))
         }
         let (stream, continuation) = AsyncStream<Int>.makeStream()
-        let (app, running) = try daemon.application(policy: daemon.policy(providers)) { continuation.yield($0) }
+        let events = SecurityEvents()
+        let rotation = try await daemon.startRotation(providers, events: events)
+        let (app, running) = try daemon.application(policy: daemon.policy(providers, rotation: rotation), rotation: rotation, events: events) {
+            continuation.yield($0)
+        }
         let task = Task {
             defer { Task { await Daemon.stop(providers) } }
             try await app.run()

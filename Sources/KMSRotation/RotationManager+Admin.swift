@@ -1,0 +1,146 @@
+public import Foundation
+import Logging
+public import KMSCore
+
+extension RotationManager {
+    /// One key's line in `kmsctl schedule`.
+    public struct ScheduleEntry: Sendable {
+        public let key: KeyName
+        public let providerName: String
+        public let latestVersion: KeyVersion?
+        public let latestCreatedAt: Date?
+        public let latestWraps: UInt64
+        public let policy: RotationPolicy
+        public let plan: RotationPlan?
+        /// Consecutive failed rotations and the last error, if rotation is failing.
+        public let failures: Int
+        public let lastError: String?
+        public let nextAttemptAt: Date?
+        /// What needs attention, in words (notice window, failing rotation, wraps refused, backend unreadable).
+        public let warnings: [String]
+    }
+
+    /// Every configured key's schedule, as the backends and the counters say now.
+    public func schedule() async -> [ScheduleEntry] {
+        var entries: [ScheduleEntry] = []
+        for key in configuredKeys {
+            let now = clock()
+            let state = stateSnapshot(key.name)
+            var warnings: [String] = []
+            if state.failures > 0 {
+                warnings.append("rotation failing (\(state.failures) attempt(s)): \(state.lastError ?? "unknown error"); next attempt "
+                                + (state.nextAttemptAt?.formatted(.iso8601) ?? "soon"))
+            }
+            do {
+                let snapshot = try await refresh(key)
+                let plan = snapshot.plan(key.policy, now: now)
+                if plan.inNotice, let due = plan.periodDueAt {
+                    warnings.append("in the notice window: rotates in \(DurationText.format(due.timeIntervalSince(now)))")
+                }
+                if plan.wrapRefused { warnings.append("older than max_age: wrapping is refused until the key rotates") }
+                let wraps = snapshot.usage[snapshot.latest.version.rawValue]?.wraps ?? 0
+                if plan.due == nil && wraps >= key.policy.maxWraps * 9 / 10 {
+                    warnings.append("\(wraps) of \(key.policy.maxWraps) wraps used")
+                }
+                entries.append(ScheduleEntry(
+                    key: key.name, providerName: key.providerName, latestVersion: snapshot.latest.version,
+                    latestCreatedAt: snapshot.latestCreatedAt, latestWraps: wraps, policy: key.policy, plan: plan,
+                    failures: state.failures, lastError: state.lastError, nextAttemptAt: state.nextAttemptAt, warnings: warnings))
+            } catch {
+                warnings.append("cannot read the key from its backend: \(Self.describe(error))")
+                entries.append(ScheduleEntry(
+                    key: key.name, providerName: key.providerName, latestVersion: state.latest, latestCreatedAt: state.latestCreatedAt,
+                    latestWraps: 0, policy: key.policy, plan: nil, failures: state.failures, lastError: state.lastError,
+                    nextAttemptAt: state.nextAttemptAt, warnings: warnings))
+            }
+        }
+        return entries
+    }
+
+    /// One version's line in `kmsctl versions` and `kmsctl rewrap-plan`.
+    public struct VersionEntry: Sendable {
+        public let version: KeyVersion
+        public let state: KeyVersionState
+        public let createdAt: Date?
+        public let usage: VersionUsage
+        /// Whether it is the version new wraps use.
+        public let wrapping: Bool
+        /// Unwrapped within the quiet period: data wrapped with it is still being read and needs rewrapping before
+        /// the version can be retired safely.
+        public let inUse: Bool
+        /// When the quiet period after its last unwrap ends (nil when it never unwrapped).
+        public let quietAfter: Date?
+    }
+
+    /// The key's versions with their counted use, oldest first.
+    public func versions(_ name: KeyName) async throws -> (Key, [VersionEntry]) {
+        let key = try key(name)
+        let snapshot = try await refresh(key)
+        let now = clock()
+        let wrapping = snapshot.description.wrappingVersion?.version
+        let entries = snapshot.description.versions.map { info in
+            let usage = snapshot.usage[info.version.rawValue] ?? VersionUsage()
+            let quietAfter = usage.lastUnwrapAt.map { $0.addingTimeInterval(key.policy.retireQuietPeriod) }
+            return VersionEntry(version: info.version, state: info.state, createdAt: snapshot.createdAt[info.version], usage: usage,
+                                wrapping: info.version == wrapping, inUse: quietAfter.map { $0 > now } ?? false, quietAfter: quietAfter)
+        }
+        return (key, entries)
+    }
+
+    /// Retires `version` of `name`. Refused, with when and how often it was last used, if it unwrapped within the
+    /// key's `retire_quiet_period` — unless `force`.
+    public func retire(_ name: KeyName, version: KeyVersion, force: Bool, actor: String) async throws {
+        let key = try key(name)
+        let now = clock()
+        let usage = ledger.usage(VersionID(name.rawValue, version.rawValue))
+        if !force, let last = usage.lastUnwrapAt, now < last.addingTimeInterval(key.policy.retireQuietPeriod) {
+            let detail = "version \(version.rawValue) of '\(name)' was last used to unwrap at \(last.formatted(.iso8601)) "
+                + "(\(usage.unwraps) unwrap(s) counted); data wrapped with it is still being read. Rewrap that data first "
+                + "(kmsctl rewrap-plan \(name)), wait until \(last.addingTimeInterval(key.policy.retireQuietPeriod).formatted(.iso8601)) "
+                + "(retire_quiet_period \(DurationText.format(key.policy.retireQuietPeriod))), or retire with --force"
+            try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor, reason: "retire",
+                                                 fromVersion: version.rawValue, result: .refused, detail: detail))
+            emitRetire(.retireRefused, name, version, detail)
+            throw KMSError.conflict(detail)
+        }
+        do {
+            try await key.provider.retireVersion(name, version: version)
+        } catch {
+            try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor, reason: "retire",
+                                                 fromVersion: version.rawValue, result: .failed, detail: Self.describe(error)))
+            throw error
+        }
+        let detail = "version \(version.rawValue) of '\(name)' retired by \(actor)" + (force ? " (forced)" : "")
+        try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor, reason: force ? "forced" : "retire",
+                                             fromVersion: version.rawValue, result: .ok, detail: detail))
+        emitRetire(.retired, name, version, detail)
+    }
+
+    private func emitRetire(_ kind: RotationEvent.Kind, _ name: KeyName, _ version: KeyVersion, _ detail: String) {
+        logger.notice("\(detail)", metadata: ["event": "\(kind.rawValue)", "key": "\(name)", "version": "\(version.rawValue)"])
+        onEvent(RotationEvent(kind: kind, key: name.rawValue, version: version.rawValue, detail: detail))
+    }
+
+    /// Records that a key was created (admin API), so its first version's age is known from now.
+    public func didCreate(_ name: KeyName, description: KeyDescription, actor: String) async {
+        let now = clock()
+        for info in description.versions {
+            _ = try? await store.recordVersionCreated(VersionID(name.rawValue, info.version.rawValue), at: info.createdAt ?? now)
+        }
+        try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .create, actor: actor, reason: "create",
+                                             toVersion: description.latestVersion?.rawValue, result: .ok))
+    }
+
+    /// The rotation journal (newest `limit` entries, oldest first).
+    public func journal(_ name: KeyName?, limit: Int = 100) async throws -> [JournalEntry] {
+        try await store.journal(key: name?.rawValue, limit: limit)
+    }
+
+    struct StateSnapshot {
+        let latest: KeyVersion?
+        let latestCreatedAt: Date?
+        let failures: Int
+        let lastError: String?
+        let nextAttemptAt: Date?
+    }
+}

@@ -1,0 +1,99 @@
+public import Foundation
+
+/// One key version's use, as counted by kmsd.
+public struct VersionUsage: Sendable, Equatable, Codable {
+    public var wraps: UInt64
+    public var unwraps: UInt64
+    public var lastWrapAt: Date?
+    public var lastUnwrapAt: Date?
+
+    public init(wraps: UInt64 = 0, unwraps: UInt64 = 0, lastWrapAt: Date? = nil, lastUnwrapAt: Date? = nil) {
+        self.wraps = wraps
+        self.unwraps = unwraps
+        self.lastWrapAt = lastWrapAt
+        self.lastUnwrapAt = lastUnwrapAt
+    }
+
+    /// Adds another count of the same version (sums, and the later of each time).
+    public mutating func add(_ other: VersionUsage) {
+        wraps += other.wraps
+        unwraps += other.unwraps
+        lastWrapAt = [lastWrapAt, other.lastWrapAt].compactMap { $0 }.max()
+        lastUnwrapAt = [lastUnwrapAt, other.lastUnwrapAt].compactMap { $0 }.max()
+    }
+}
+
+/// A key name and version: what usage is counted by.
+public struct VersionID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public let key: String
+    public let version: UInt32
+    public init(_ key: String, _ version: UInt32) {
+        self.key = key
+        self.version = version
+    }
+    public static func < (lhs: VersionID, rhs: VersionID) -> Bool { (lhs.key, lhs.version) < (rhs.key, rhs.version) }
+    public var description: String { "\(key)/v\(version)" }
+}
+
+/// One line of the rotation journal: who did what to which key, when, why, and how it ended.
+public struct JournalEntry: Sendable, Equatable, Codable {
+    public enum Action: String, Sendable, Codable {
+        case create, rotate, retire, notice
+    }
+    public enum Result: String, Sendable, Codable {
+        /// It happened.
+        case ok
+        /// The backend refused or failed; see `detail`.
+        case failed
+        /// kmsd refused it (retire safety, max_age); see `detail`.
+        case refused
+    }
+
+    public var at: Date
+    public var key: String
+    public var action: Action
+    /// `scheduler` or the administrator's identity.
+    public var actor: String
+    /// `period`, `usage`, or the reason a person gave.
+    public var reason: String
+    public var fromVersion: UInt32?
+    public var toVersion: UInt32?
+    public var result: Result
+    /// The error or refusal, without secrets.
+    public var detail: String?
+
+    public init(at: Date, key: String, action: Action, actor: String, reason: String, fromVersion: UInt32? = nil,
+                toVersion: UInt32? = nil, result: Result, detail: String? = nil) {
+        self.at = at
+        self.key = key
+        self.action = action
+        self.actor = actor
+        self.reason = reason
+        self.fromVersion = fromVersion
+        self.toVersion = toVersion
+        self.result = result
+        self.detail = detail
+    }
+}
+
+/// kmsd's own rotation state: usage per version, creation times the backend does not keep, the journal, and leases
+/// that keep two schedulers from rotating the same key at once.
+///
+/// `SQLiteStateStore` is the embedded implementation (one file in the data directory). The protocol is the seam for a
+/// shared database when several replicas run; every method must be safe to call from several processes at once.
+public protocol RotationStateStore: Sendable {
+    /// Adds counts (a flush of the in-memory ledger) in one transaction.
+    func addUsage(_ deltas: [VersionID: VersionUsage]) async throws
+    /// Every version's counted use.
+    func allUsage() async throws -> [VersionID: VersionUsage]
+    /// The recorded creation time of a version, if any.
+    func versionCreated(_ version: VersionID) async throws -> Date?
+    /// Records when `version` was created unless a time is recorded already; returns the recorded time.
+    func recordVersionCreated(_ version: VersionID, at: Date) async throws -> Date
+    func append(_ entry: JournalEntry) async throws
+    /// The newest `limit` entries (of one key when given), oldest first.
+    func journal(key: String?, limit: Int) async throws -> [JournalEntry]
+    /// Takes the lease `name` for `holder` until `now + duration` if it is free, expired, or already `holder`'s.
+    func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool
+    func releaseLease(_ name: String, holder: String) async throws
+}

@@ -1,0 +1,193 @@
+public import Foundation
+import GRDB
+
+/// The embedded state store: one SQLite file (`<data_dir>/rotation.sqlite`), written through GRDB.
+///
+/// Several processes may open the same file (SQLite's file locks serialize their writes; a busy timeout waits for
+/// them). Leases are taken in `IMMEDIATE` transactions, so two schedulers never both see a lease as free.
+public final class SQLiteStateStore: RotationStateStore {
+    public let path: String
+    private let queue: DatabaseQueue
+
+    /// Opens (creating if needed) the store at `path`; the file is readable by its owner only.
+    public init(path: String) throws {
+        self.path = path
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+            var configuration = GRDB.Configuration()
+            configuration.busyMode = .timeout(10)
+            configuration.label = "kmsd.rotation"
+            queue = try DatabaseQueue(path: path, configuration: configuration)
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+            try Self.migrator.migrate(queue)
+        } catch {
+            throw StateStoreError("cannot open the rotation state store at \(path): \(error)")
+        }
+    }
+
+    private static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE usage (
+                    key TEXT NOT NULL, version INTEGER NOT NULL,
+                    wraps INTEGER NOT NULL DEFAULT 0, unwraps INTEGER NOT NULL DEFAULT 0,
+                    last_wrap_at REAL, last_unwrap_at REAL,
+                    PRIMARY KEY (key, version));
+                CREATE TABLE versions (
+                    key TEXT NOT NULL, version INTEGER NOT NULL, created_at REAL NOT NULL,
+                    PRIMARY KEY (key, version));
+                CREATE TABLE journal (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, key TEXT NOT NULL, action TEXT NOT NULL,
+                    actor TEXT NOT NULL, reason TEXT NOT NULL, from_version INTEGER, to_version INTEGER,
+                    result TEXT NOT NULL, detail TEXT);
+                CREATE INDEX journal_key ON journal (key, id);
+                CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
+                """)
+        }
+        return migrator
+    }
+
+    public func addUsage(_ deltas: [VersionID: VersionUsage]) async throws {
+        guard !deltas.isEmpty else { return }
+        try await guarded("add usage") { [queue] in
+            try await queue.write { db in
+                for (id, usage) in deltas {
+                    // max() of SQLite returns NULL when either side is NULL; coalesce picks the side that is not.
+                    try db.execute(sql: """
+                        INSERT INTO usage (key, version, wraps, unwraps, last_wrap_at, last_unwrap_at)
+                        VALUES (?, ?, ?, ?, ?, ?)
+                        ON CONFLICT (key, version) DO UPDATE SET
+                            wraps = wraps + excluded.wraps, unwraps = unwraps + excluded.unwraps,
+                            last_wrap_at = coalesce(max(last_wrap_at, excluded.last_wrap_at), last_wrap_at, excluded.last_wrap_at),
+                            last_unwrap_at = coalesce(max(last_unwrap_at, excluded.last_unwrap_at), last_unwrap_at, excluded.last_unwrap_at)
+                        """, arguments: [id.key, Int64(id.version), Int64(clamping: usage.wraps), Int64(clamping: usage.unwraps),
+                                         usage.lastWrapAt?.timeIntervalSince1970, usage.lastUnwrapAt?.timeIntervalSince1970])
+                }
+            }
+        }
+    }
+
+    public func allUsage() async throws -> [VersionID: VersionUsage] {
+        try await guarded("read usage") { [queue] in
+            try await queue.read { db in
+                var result: [VersionID: VersionUsage] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT key, version, wraps, unwraps, last_wrap_at, last_unwrap_at FROM usage") {
+                    let version: Int64 = row["version"]
+                    let wraps: Int64 = row["wraps"]
+                    let unwraps: Int64 = row["unwraps"]
+                    let lastWrap: Double? = row["last_wrap_at"]
+                    let lastUnwrap: Double? = row["last_unwrap_at"]
+                    result[VersionID(row["key"], UInt32(clamping: version))] = VersionUsage(
+                        wraps: UInt64(clamping: wraps), unwraps: UInt64(clamping: unwraps),
+                        lastWrapAt: lastWrap.map(Date.init(timeIntervalSince1970:)),
+                        lastUnwrapAt: lastUnwrap.map(Date.init(timeIntervalSince1970:)))
+                }
+                return result
+            }
+        }
+    }
+
+    public func versionCreated(_ version: VersionID) async throws -> Date? {
+        try await guarded("read version") { [queue] in
+            try await queue.read { db in
+                try Double.fetchOne(db, sql: "SELECT created_at FROM versions WHERE key = ? AND version = ?",
+                                    arguments: [version.key, Int64(version.version)]).map(Date.init(timeIntervalSince1970:))
+            }
+        }
+    }
+
+    public func recordVersionCreated(_ version: VersionID, at date: Date) async throws -> Date {
+        try await guarded("record version") { [queue] in
+            try await queue.write { db in
+                try db.execute(sql: "INSERT OR IGNORE INTO versions (key, version, created_at) VALUES (?, ?, ?)",
+                               arguments: [version.key, Int64(version.version), date.timeIntervalSince1970])
+                let recorded = try Double.fetchOne(db, sql: "SELECT created_at FROM versions WHERE key = ? AND version = ?",
+                                                   arguments: [version.key, Int64(version.version)])
+                return recorded.map(Date.init(timeIntervalSince1970:)) ?? date
+            }
+        }
+    }
+
+    public func append(_ entry: JournalEntry) async throws {
+        try await guarded("append to the journal") { [queue] in
+            try await queue.write { db in
+                try db.execute(sql: """
+                    INSERT INTO journal (at, key, action, actor, reason, from_version, to_version, result, detail)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """, arguments: [entry.at.timeIntervalSince1970, entry.key, entry.action.rawValue, entry.actor, entry.reason,
+                                     entry.fromVersion.map { Int64($0) }, entry.toVersion.map { Int64($0) }, entry.result.rawValue,
+                                     entry.detail])
+            }
+        }
+    }
+
+    public func journal(key: String?, limit: Int) async throws -> [JournalEntry] {
+        try await guarded("read the journal") { [queue] in
+            try await queue.read { db in
+                let rows = try Row.fetchAll(db, sql: """
+                    SELECT * FROM journal WHERE ? IS NULL OR key = ? ORDER BY id DESC LIMIT ?
+                    """, arguments: [key, key, max(0, limit)])
+                return rows.reversed().map { row in
+                    let at: Double = row["at"]
+                    let action: String = row["action"]
+                    let result: String = row["result"]
+                    let from: Int64? = row["from_version"]
+                    let to: Int64? = row["to_version"]
+                    return JournalEntry(
+                        at: Date(timeIntervalSince1970: at), key: row["key"], action: .init(rawValue: action) ?? .rotate,
+                        actor: row["actor"], reason: row["reason"], fromVersion: from.map { UInt32(clamping: $0) },
+                        toVersion: to.map { UInt32(clamping: $0) }, result: .init(rawValue: result) ?? .failed,
+                        detail: row["detail"])
+                }
+            }
+        }
+    }
+
+    public func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool {
+        try await guarded("take a lease") { [queue] in
+            try await queue.writeWithoutTransaction { db in
+                var acquired = false
+                try db.inTransaction(.immediate) {
+                    let row = try Row.fetchOne(db, sql: "SELECT holder, expires_at FROM leases WHERE name = ?", arguments: [name])
+                    let current: String? = row?["holder"]
+                    let expires: Double? = row?["expires_at"]
+                    if current == nil || current == holder || (expires ?? 0) <= now.timeIntervalSince1970 {
+                        try db.execute(sql: "INSERT OR REPLACE INTO leases (name, holder, expires_at) VALUES (?, ?, ?)",
+                                       arguments: [name, holder, now.timeIntervalSince1970 + duration])
+                        acquired = true
+                    }
+                    return .commit
+                }
+                return acquired
+            }
+        }
+    }
+
+    public func releaseLease(_ name: String, holder: String) async throws {
+        try await guarded("release a lease") { [queue] in
+            try await queue.write { db in
+                try db.execute(sql: "DELETE FROM leases WHERE name = ? AND holder = ?", arguments: [name, holder])
+            }
+        }
+    }
+
+    /// Runs a store operation; SQLite errors become `StateStoreError`s naming what was attempted.
+    private func guarded<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as StateStoreError {
+            throw error
+        } catch {
+            throw StateStoreError("rotation state store (\(path)): cannot \(what): \(error)")
+        }
+    }
+}
+
+/// The state store failed (disk, permissions, corruption). Carries no secrets: the store holds none.
+public struct StateStoreError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,46 @@
+import Foundation
+public import KMSCore
+
+/// A provider as the API serves it: every wrap and unwrap is counted per version, a usage-triggered rotation runs
+/// when the latest version reaches `max_wraps`, and wraps are refused past `max_age` while rotation fails.
+/// Everything else passes through unchanged.
+public struct TrackedProvider: KeyProvider {
+    public let inner: any KeyProvider
+    public let manager: RotationManager
+
+    public init(_ inner: any KeyProvider, manager: RotationManager) {
+        self.inner = inner
+        self.manager = manager
+    }
+
+    public var kind: ProviderKind { inner.kind }
+
+    public func createKey(_ name: KeyName) async throws -> KeyDescription { try await inner.createKey(name) }
+    public func describeKey(_ name: KeyName) async throws -> KeyDescription { try await inner.describeKey(name) }
+    public func listKeys() async throws -> [KeyName] { try await inner.listKeys() }
+
+    public func generateDataKey(_ name: KeyName, context: EncryptionContext) async throws -> DataKey {
+        try manager.checkWrap(name)
+        let dataKey = try await inner.generateDataKey(name, context: context)
+        await manager.didWrap(name, version: dataKey.version)
+        return dataKey
+    }
+
+    public func wrap(_ name: KeyName, plaintext: SecretBytes, context: EncryptionContext, version: KeyVersion?) async throws -> WrappedKey {
+        if version == nil { try manager.checkWrap(name) }
+        let wrapped = try await inner.wrap(name, plaintext: plaintext, context: context, version: version)
+        await manager.didWrap(name, version: wrapped.version)
+        return wrapped
+    }
+
+    public func unwrap(_ name: KeyName, wrapped: [UInt8], context: EncryptionContext) async throws -> UnwrappedKey {
+        let unwrapped = try await inner.unwrap(name, wrapped: wrapped, context: context)
+        manager.didUnwrap(name, version: unwrapped.version)
+        return unwrapped
+    }
+
+    public func rotateKey(_ name: KeyName) async throws -> KeyVersionInfo { try await inner.rotateKey(name) }
+    public func retireVersion(_ name: KeyName, version: KeyVersion) async throws { try await inner.retireVersion(name, version: version) }
+    public func destroyVersion(_ name: KeyName, version: KeyVersion) async throws { try await inner.destroyVersion(name, version: version) }
+    public func health() async -> ProviderHealth { await inner.health() }
+}
