@@ -47,7 +47,9 @@ extension RotationManager {
                     latestCreatedAt: snapshot.latestCreatedAt, latestWraps: wraps, policy: key.policy, plan: plan,
                     failures: state.failures, lastError: state.lastError, nextAttemptAt: state.nextAttemptAt, warnings: warnings))
             } catch {
-                warnings.append("cannot read the key from its backend: \(Self.describe(error))")
+                let notCreated = (error as? KMSError)?.code == .notFound
+                warnings.append(notCreated ? "not created yet (kmsctl keys create \(key.name))"
+                                : "cannot read the key from its backend: \(Self.describe(error))")
                 entries.append(ScheduleEntry(
                     key: key.name, providerName: key.providerName, latestVersion: state.latest, latestCreatedAt: state.latestCreatedAt,
                     latestWraps: 0, policy: key.policy, plan: nil, failures: state.failures, lastError: state.lastError,

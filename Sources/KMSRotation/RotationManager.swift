@@ -148,6 +148,8 @@ public final class RotationManager: Sendable {
             let snapshot: Snapshot
             do {
                 snapshot = try await refresh(key)
+            } catch let error as KMSError where error.code == .notFound {
+                continue  // configured but not created yet: nothing to rotate
             } catch {
                 recordFailure(key.name, error, at: now)
                 continue

@@ -1,6 +1,7 @@
 import Foundation
 @testable import KMSDaemon
 import KMSServer
+import KMSRotation
 import Testing
 import X509
 import SwiftASN1
@@ -109,6 +110,33 @@ struct ConfigurationTests {
             }
             #expect(!text.contains("1234"))
         }
+    }
+
+    @Test func rotationSettingsAreParsedAndCheckedWithTheirKeyPaths() throws {
+        let directory = try Self.files()
+        let good = Self.safe.replacingOccurrences(
+            of: #"orders: { provider: hsm, allow: ["spiffe://prod/storage/*"] }"#,
+            with: #"orders: { provider: hsm, allow: ["spiffe://prod/storage/*"], rotation: { period: 90d, notice: 1w, max_wraps: 1000000, max_age: 120d, retire_quiet_period: 14d } }"#)
+        let policy = try #require(try parse(good, in: directory).keys.values.first?.rotation)
+        #expect(policy.period == 90 * 86400 && policy.notice == 7 * 86400 && policy.maxWraps == 1_000_000)
+        #expect(policy.maxAge == 120 * 86400 && policy.retireQuietPeriod == 14 * 86400)
+        let defaults = try #require(try parse(Self.safe, in: directory).keys.values.first?.rotation)
+        #expect(defaults.period == nil && defaults.maxWraps == RotationPolicy.defaultMaxWraps && defaults.retireQuietPeriod == 7 * 86400)
+
+        let bad = Self.safe.replacingOccurrences(
+            of: #"orders: { provider: hsm, allow: ["spiffe://prod/storage/*"] }"#,
+            with: #"orders: { provider: hsm, allow: ["x"], rotation: { period: soon, notice: 100d, max_wraps: 8589934592, max_age: 1h, every: 2 } }"#)
+        do {
+            _ = try parse(bad.replacingOccurrences(of: "period: soon", with: "period: 90d"), in: directory)
+            Issue.record("accepted")
+        } catch let error as ConfigurationError {
+            let text = error.problems.joined(separator: "\n")
+            for expected in ["keys.orders.rotation.every: unknown key", "keys.orders.rotation.notice: must be shorter than period",
+                             "keys.orders.rotation.max_wraps:", "keys.orders.rotation.max_age: must be longer than period"] {
+                #expect(text.contains(expected), "missing \(expected) in:\n\(text)")
+            }
+        }
+        #expect(throws: ConfigurationError.self) { try parse(bad, in: directory) }
     }
 
     @Test func environmentOverridesApply() throws {
