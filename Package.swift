@@ -208,7 +208,7 @@ let package = Package(
         .executableTarget(
             name: "kms-bench",
             dependencies: [
-                "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport",
+                "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KMSCore
 import KMSProviderPKCS11
+import KMSRotation
 import KMSTestSupport
 import PKCS11
 
@@ -47,6 +48,23 @@ struct HSMBenchmark: AsyncParsableCommand {
         let envelope = try Envelope(parsing: sample.wrapped)
         let raw = try RawLoop(token: token, envelope: envelope, context: context)
 
+        // Usage counting as the daemon does it: TrackedProvider over the same provider, counters flushed every second
+        // to a state store in a temporary directory.
+        let storeDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("kms-bench-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: storeDirectory) }
+        let rotation = RotationManager(
+            keys: [.init(name: name, providerName: "hsm", provider: provider, policy: RotationPolicy())],
+            store: try SQLiteStateStore(path: storeDirectory.appendingPathComponent("rotation.sqlite").path))
+        try await rotation.start()
+        let tracked = TrackedProvider(provider, manager: rotation)
+        let flusher = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                await rotation.flush()
+            }
+        }
+        defer { flusher.cancel() }
+
         var rows: [Row] = []
         let slice = seconds / Double(rounds)
         for n in concurrency {
@@ -64,6 +82,15 @@ struct HSMBenchmark: AsyncParsableCommand {
                     _ = try await provider.unwrap(name, wrapped: sample.wrapped, context: context)
                 }
             })
+            rows.append(try await compare("datakey counted", n, slice) {
+                try await measureProvider(tasks: n, seconds: slice) {
+                    _ = try await provider.generateDataKey(name, context: context)
+                }
+            } provider: {
+                try await measureProvider(tasks: n, seconds: slice) {
+                    _ = try await tracked.generateDataKey(name, context: context)
+                }
+            })
         }
         let stats = provider.poolStatistics
         await provider.shutdown()
@@ -72,13 +99,13 @@ struct HSMBenchmark: AsyncParsableCommand {
 
     /// Alternates raw and provider rounds; reports the median of each and the median of the per-round ratios.
     private func compare(
-        _ operation: String, _ concurrency: Int, _ slice: Double, raw: () throws -> Double,
+        _ operation: String, _ concurrency: Int, _ slice: Double, raw: () async throws -> Double,
         provider: () async throws -> Double
     ) async throws -> Row {
         var raws: [Double] = []
         var providers: [Double] = []
         for _ in 0..<rounds {
-            raws.append(try raw())
+            raws.append(try await raw())
             providers.append(try await provider())
         }
         let ratios = zip(providers, raws).map { $0 / $1 }
@@ -147,6 +174,7 @@ struct HSMBenchmark: AsyncParsableCommand {
         print("raw = one session per thread calling PKCS#11 directly; provider = PKCS11KeyProvider, pool of \(sessions)")
         print("")
         print("ops/s are medians over the rounds; ratio = median of per-round provider/raw (range in brackets)")
+        print("'datakey counted': raw = the provider alone, provider = the same with rotation usage counting (TrackedProvider)")
         print("")
         print(pad("operation", 16) + pad("conc", 6) + pad("raw ops/s", 12) + pad("provider ops/s", 16) + "ratio")
         for row in rows {

@@ -45,6 +45,19 @@ func manager(_ keys: [(KeyName, any KeyProvider, RotationPolicy)], store path: S
         store: try SQLiteStateStore(path: path), clock: clock.function, holder: holder, onEvent: { events.record($0) })
 }
 
+/// A fresh token with the key `orders` (version 1), its provider, and a manual clock; the provider is shut down after.
+func withOrdersKey(_ body: (PKCS11KeyProvider, ManualClock) async throws -> Void) async throws {
+    let provider = try await startProvider(try SoftHSMToken.create())
+    do {
+        _ = try await provider.createKey(orders)
+        try await body(provider, ManualClock())
+    } catch {
+        await provider.shutdown()
+        throw error
+    }
+    await provider.shutdown()
+}
+
 func latest(_ provider: any KeyProvider, _ name: KeyName) async throws -> UInt32? {
     try await provider.describeKey(name).latestVersion?.rawValue
 }
@@ -94,81 +107,75 @@ struct PlannerTests {
 @Suite("Rotation on SoftHSM", .serialized)
 struct RotationTests {
     @Test func periodRotationWithNoticeAndAnUnchangedScheduleAfterRestart() async throws {
-        let token = try SoftHSMToken.create()
-        let provider = try await startProvider(token)
-        defer { Task { await provider.shutdown() } }
-        _ = try await provider.createKey(orders)
-        let clock = ManualClock()
-        let start = clock.now
-        let path = try storePath()
-        let events = EventLog()
-        let policy = RotationPolicy(period: 3600, notice: 600)
-        let first = try manager([(orders, provider, policy)], store: path, clock: clock, events: events)
-        try await first.start()
+        try await withOrdersKey { provider, clock in
+            let start = clock.now
+            let path = try storePath()
+            let events = EventLog()
+            let policy = RotationPolicy(period: 3600, notice: 600)
+            let first = try manager([(orders, provider, policy)], store: path, clock: clock, events: events)
+            try await first.start()
 
-        clock.advance(2999)
-        await first.tick()
-        #expect(try await latest(provider, orders) == 1)
-        #expect(events.count(.notice, key: "orders") == 0)
+            clock.advance(2999)
+            await first.tick()
+            #expect(try await latest(provider, orders) == 1)
+            #expect(events.count(.notice, key: "orders") == 0)
 
-        clock.advance(1)  // created + 1 h − notice
-        await first.tick()
-        #expect(events.count(.notice, key: "orders") == 1)
-        await first.tick()
-        #expect(events.count(.notice, key: "orders") == 1, "one notice per version")
-        #expect(try await latest(provider, orders) == 1)
+            clock.advance(1)  // created + 1 h − notice
+            await first.tick()
+            #expect(events.count(.notice, key: "orders") == 1)
+            await first.tick()
+            #expect(events.count(.notice, key: "orders") == 1, "one notice per version")
+            #expect(try await latest(provider, orders) == 1)
 
-        clock.advance(599)  // one second before the due time
-        await first.tick()
-        #expect(try await latest(provider, orders) == 1)
+            clock.advance(599)  // one second before the due time
+            await first.tick()
+            #expect(try await latest(provider, orders) == 1)
 
-        clock.advance(1)  // created + 1 h
-        await first.tick()
-        #expect(try await latest(provider, orders) == 2)
-        let journal = try await first.journal(orders)
-        #expect(journal.filter { $0.action == .rotate && $0.result == .ok }.map(\.reason) == ["period"])
-        #expect(journal.contains { $0.action == .notice })
-        let before = await first.schedule()
-        #expect(before.first?.plan?.nextRotationAt == start.addingTimeInterval(7200))
+            clock.advance(1)  // created + 1 h
+            await first.tick()
+            #expect(try await latest(provider, orders) == 2)
+            let journal = try await first.journal(orders)
+            #expect(journal.filter { $0.action == .rotate && $0.result == .ok }.map(\.reason) == ["period"])
+            #expect(journal.contains { $0.action == .notice })
+            let before = await first.schedule()
+            #expect(before.first?.plan?.nextRotationAt == start.addingTimeInterval(7200))
 
-        // A restart: a new manager on the same store and backend plans the same.
-        let second = try manager([(orders, provider, policy)], store: path, clock: clock)
-        try await second.start()
-        let after = await second.schedule()
-        #expect(after.first?.plan?.nextRotationAt == start.addingTimeInterval(7200))
-        #expect(after.first?.latestCreatedAt == before.first?.latestCreatedAt)
-        clock.advance(3599)
-        await second.tick()
-        #expect(try await latest(provider, orders) == 2)
-        clock.advance(1)
-        await second.tick()
-        #expect(try await latest(provider, orders) == 3)
+            // A restart: a new manager on the same store and backend plans the same.
+            let second = try manager([(orders, provider, policy)], store: path, clock: clock)
+            try await second.start()
+            let after = await second.schedule()
+            #expect(after.first?.plan?.nextRotationAt == start.addingTimeInterval(7200))
+            #expect(after.first?.latestCreatedAt == before.first?.latestCreatedAt)
+            clock.advance(3599)
+            await second.tick()
+            #expect(try await latest(provider, orders) == 2)
+            clock.advance(1)
+            await second.tick()
+            #expect(try await latest(provider, orders) == 3)
+        }
     }
 
     @Test func theHundredthWrapRotatesAndTheNextUsesTheNewVersion() async throws {
-        let token = try SoftHSMToken.create()
-        let provider = try await startProvider(token)
-        defer { Task { await provider.shutdown() } }
-        _ = try await provider.createKey(orders)
-        let clock = ManualClock()
-        let rotation = try manager([(orders, provider, RotationPolicy(maxWraps: 100))], store: try storePath(), clock: clock)
-        try await rotation.start()
-        let tracked = TrackedProvider(provider, manager: rotation)
-        for index in 1...99 {
-            let key = try await tracked.generateDataKey(orders, context: .empty)
-            #expect(key.version.rawValue == 1, "wrap \(index)")
+        try await withOrdersKey { provider, clock in
+            let rotation = try manager([(orders, provider, RotationPolicy(maxWraps: 100))], store: try storePath(), clock: clock)
+            try await rotation.start()
+            let tracked = TrackedProvider(provider, manager: rotation)
+            for index in 1...99 {
+                let key = try await tracked.generateDataKey(orders, context: .empty)
+                #expect(key.version.rawValue == 1, "wrap \(index)")
+            }
+            #expect(try await latest(provider, orders) == 1)
+            let hundredth = try await tracked.generateDataKey(orders, context: .empty)
+            #expect(hundredth.version.rawValue == 1)
+            #expect(try await latest(provider, orders) == 2)
+            let next = try await tracked.generateDataKey(orders, context: .empty)
+            #expect(next.version.rawValue == 2)
+            // The DEK wrapped by the old version still unwraps.
+            let unwrapped = try await tracked.unwrap(orders, wrapped: hundredth.wrapped, context: .empty)
+            #expect(unwrapped.plaintext == hundredth.plaintext && unwrapped.version.rawValue == 1)
+            let journal = try await rotation.journal(orders)
+            #expect(journal.filter { $0.action == .rotate }.map(\.reason) == ["usage"])
         }
-        #expect(try await latest(provider, orders) == 1)
-        let hundredth = try await tracked.generateDataKey(orders, context: .empty)
-        #expect(hundredth.version.rawValue == 1)
-        #expect(try await latest(provider, orders) == 2)
-        let next = try await tracked.generateDataKey(orders, context: .empty)
-        #expect(next.version.rawValue == 2)
-        // The DEK wrapped by the old version still unwraps.
-        let unwrapped = try await tracked.unwrap(orders, wrapped: hundredth.wrapped, context: .empty)
-        #expect(unwrapped.plaintext == hundredth.plaintext && unwrapped.version.rawValue == 1)
-        let journal = try await rotation.journal(orders)
-        #expect(journal.filter { $0.action == .rotate }.map(\.reason) == ["usage"])
     }
 
     @Test func aFailingRotationIsRetriedAndRecordedWhileOtherKeysRotateAndMaxAgeRefusesWraps() async throws {
@@ -234,96 +241,87 @@ struct RotationTests {
     }
 
     @Test func twoSchedulersOnOneBackendRotateADueKeyOnce() async throws {
-        let token = try SoftHSMToken.create()
-        let provider = try await startProvider(token)
-        defer { Task { await provider.shutdown() } }
-        _ = try await provider.createKey(orders)
-        let clock = ManualClock()
-        let path = try storePath()
-        let policy = RotationPolicy(period: 3600)
-        let one = try manager([(orders, provider, policy)], store: path, clock: clock)
-        let two = try manager([(orders, provider, policy)], store: path, clock: clock)
-        try await one.start()
-        try await two.start()
-        clock.advance(3600)
-        for _ in 0..<3 {
-            async let first: Void = one.tick()
-            async let second: Void = two.tick()
-            _ = await (first, second)
+        try await withOrdersKey { provider, clock in
+            let path = try storePath()
+            let policy = RotationPolicy(period: 3600)
+            let one = try manager([(orders, provider, policy)], store: path, clock: clock)
+            let two = try manager([(orders, provider, policy)], store: path, clock: clock)
+            try await one.start()
+            try await two.start()
+            clock.advance(3600)
+            for _ in 0..<3 {
+                async let first: Void = one.tick()
+                async let second: Void = two.tick()
+                _ = await (first, second)
+            }
+            #expect(try await latest(provider, orders) == 2)
+            let rotations = try await one.journal(orders).filter { $0.action == .rotate }
+            #expect(rotations.count == 1 && rotations.first?.result == .ok)
         }
-        #expect(try await latest(provider, orders) == 2)
-        let rotations = try await one.journal(orders).filter { $0.action == .rotate }
-        #expect(rotations.count == 1 && rotations.first?.result == .ok)
     }
 
     @Test func retireIsRefusedWhileTheVersionStillUnwrapsUnlessForcedOrQuiet() async throws {
-        let token = try SoftHSMToken.create()
-        let provider = try await startProvider(token)
-        defer { Task { await provider.shutdown() } }
-        _ = try await provider.createKey(orders)
-        let clock = ManualClock()
-        let rotation = try manager([(orders, provider, RotationPolicy())], store: try storePath(), clock: clock)
-        try await rotation.start()
-        let tracked = TrackedProvider(provider, manager: rotation)
-        let v1 = try await tracked.generateDataKey(orders, context: .empty)
-        try await rotation.rotate(orders, trigger: "manual", actor: "test")
-        let v2 = try await tracked.generateDataKey(orders, context: .empty)
-        try await rotation.rotate(orders, trigger: "manual", actor: "test")
-        _ = try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty)
-        _ = try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty)
-        _ = try await tracked.unwrap(orders, wrapped: v2.wrapped, context: .empty)
+        try await withOrdersKey { provider, clock in
+            let rotation = try manager([(orders, provider, RotationPolicy())], store: try storePath(), clock: clock)
+            try await rotation.start()
+            let tracked = TrackedProvider(provider, manager: rotation)
+            let v1 = try await tracked.generateDataKey(orders, context: .empty)
+            try await rotation.rotate(orders, trigger: "manual", actor: "test")
+            let v2 = try await tracked.generateDataKey(orders, context: .empty)
+            try await rotation.rotate(orders, trigger: "manual", actor: "test")
+            _ = try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty)
+            _ = try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty)
+            _ = try await tracked.unwrap(orders, wrapped: v2.wrapped, context: .empty)
 
-        do {
-            try await rotation.retire(orders, version: try KeyVersion(1), force: false, actor: "test")
-            Issue.record("retire of a version unwrapped just now succeeded")
-        } catch let error as KMSError {
-            #expect(error.code == .conflict)
-            #expect(error.message.contains("last used to unwrap at") && error.message.contains("2 unwrap(s)"))
+            do {
+                try await rotation.retire(orders, version: try KeyVersion(1), force: false, actor: "test")
+                Issue.record("retire of a version unwrapped just now succeeded")
+            } catch let error as KMSError {
+                #expect(error.code == .conflict)
+                #expect(error.message.contains("last used to unwrap at") && error.message.contains("2 unwrap(s)"))
+            }
+            #expect(try await provider.describeKey(orders).version(try KeyVersion(1))?.state == .active)
+            #expect(try await rotation.journal(orders).last?.result == .refused)
+
+            try await rotation.retire(orders, version: try KeyVersion(1), force: true, actor: "test")
+            #expect(try await provider.describeKey(orders).version(try KeyVersion(1))?.state == .retired)
+
+            clock.advance(RotationPolicy.defaultRetireQuietPeriod - 1)
+            await #expect(throws: KMSError.self) { try await rotation.retire(orders, version: try KeyVersion(2), force: false, actor: "test") }
+            clock.advance(2)
+            try await rotation.retire(orders, version: try KeyVersion(2), force: false, actor: "test")
+            #expect(try await provider.describeKey(orders).version(try KeyVersion(2))?.state == .retired)
+            // A retired version still unwraps.
+            #expect(try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty).plaintext == v1.plaintext)
         }
-        #expect(try await provider.describeKey(orders).version(try KeyVersion(1))?.state == .active)
-        #expect(try await rotation.journal(orders).last?.result == .refused)
-
-        try await rotation.retire(orders, version: try KeyVersion(1), force: true, actor: "test")
-        #expect(try await provider.describeKey(orders).version(try KeyVersion(1))?.state == .retired)
-
-        clock.advance(RotationPolicy.defaultRetireQuietPeriod - 1)
-        await #expect(throws: KMSError.self) { try await rotation.retire(orders, version: try KeyVersion(2), force: false, actor: "test") }
-        clock.advance(2)
-        try await rotation.retire(orders, version: try KeyVersion(2), force: false, actor: "test")
-        #expect(try await provider.describeKey(orders).version(try KeyVersion(2))?.state == .retired)
-        // A retired version still unwraps.
-        #expect(try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty).plaintext == v1.plaintext)
     }
 
     @Test func countersSurviveARestart() async throws {
-        let token = try SoftHSMToken.create()
-        let provider = try await startProvider(token)
-        defer { Task { await provider.shutdown() } }
-        _ = try await provider.createKey(orders)
-        let clock = ManualClock()
-        let path = try storePath()
-        let first = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
-        try await first.start()
-        let tracked = TrackedProvider(provider, manager: first)
-        var wrapped: [[UInt8]] = []
-        for _ in 0..<7 { wrapped.append(try await tracked.generateDataKey(orders, context: .empty).wrapped) }
-        for blob in wrapped.prefix(3) { _ = try await tracked.unwrap(orders, wrapped: blob, context: .empty) }
-        await first.flush()
+        try await withOrdersKey { provider, clock in
+            let path = try storePath()
+            let first = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
+            try await first.start()
+            let tracked = TrackedProvider(provider, manager: first)
+            var wrapped: [[UInt8]] = []
+            for _ in 0..<7 { wrapped.append(try await tracked.generateDataKey(orders, context: .empty).wrapped) }
+            for blob in wrapped.prefix(3) { _ = try await tracked.unwrap(orders, wrapped: blob, context: .empty) }
+            await first.flush()
 
-        let second = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
-        try await second.start()
-        let (_, versions) = try await second.versions(orders)
-        #expect(versions.count == 1)
-        #expect(versions.first?.usage.wraps == 7 && versions.first?.usage.unwraps == 3)
-        #expect(versions.first?.usage.lastUnwrapAt == clock.now && versions.first?.inUse == true)
-        // Counts made after the last flush are what a crash can lose: they are in memory only until the next flush.
-        _ = try await TrackedProvider(provider, manager: second).generateDataKey(orders, context: .empty)
-        let third = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
-        try await third.start()
-        #expect(try await third.versions(orders).1.first?.usage.wraps == 7)
-        await second.flush()
-        let fourth = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
-        try await fourth.start()
-        #expect(try await fourth.versions(orders).1.first?.usage.wraps == 8)
+            let second = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
+            try await second.start()
+            let (_, versions) = try await second.versions(orders)
+            #expect(versions.count == 1)
+            #expect(versions.first?.usage.wraps == 7 && versions.first?.usage.unwraps == 3)
+            #expect(versions.first?.usage.lastUnwrapAt == clock.now && versions.first?.inUse == true)
+            // Counts made after the last flush are what a crash can lose: they are in memory only until the next flush.
+            _ = try await TrackedProvider(provider, manager: second).generateDataKey(orders, context: .empty)
+            let third = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
+            try await third.start()
+            #expect(try await third.versions(orders).1.first?.usage.wraps == 7)
+            await second.flush()
+            let fourth = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
+            try await fourth.start()
+            #expect(try await fourth.versions(orders).1.first?.usage.wraps == 8)
+        }
     }
 }
