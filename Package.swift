@@ -40,6 +40,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // The PKCS#11 header (Debian's libp11-kit-dev) and a few helpers for what Swift cannot import.
@@ -84,6 +86,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "KMSAPI", swiftSettings: swiftSettings),
+        // The hash-chained audit log, checkpoint signing and offline verification.
+        .target(
+            name: "KMSAudit",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Rotation planner and scheduler, usage counters and the embedded state store (SQLite through GRDB).
         .target(
             name: "KMSRotation",
@@ -98,7 +112,9 @@ let package = Package(
         .target(
             name: "KMSServer",
             dependencies: [
-                "KMSCore", "KMSAPI", "KMSRotation",
+                "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -115,7 +131,7 @@ let package = Package(
         .target(
             name: "KMSDaemon",
             dependencies: [
-                "KMSCore", "KMSAPI", "KMSServer", "KMSProviderPKCS11", "KMSProviderVault", "PKCS11", "KMSRotation",
+                "KMSCore", "KMSAPI", "KMSServer", "KMSProviderPKCS11", "KMSProviderVault", "PKCS11", "KMSRotation", "KMSAudit",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -150,7 +166,7 @@ let package = Package(
         .executableTarget(
             name: "kmsctl",
             dependencies: [
-                "KMSClient", "KMSAPI",
+                "KMSClient", "KMSAPI", "KMSAudit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -235,7 +251,8 @@ let package = Package(
         .testTarget(
             name: "KMSDaemonTests",
             dependencies: [
-                "KMSDaemon", "KMSServer", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient", "KMSRotation",
+                "KMSDaemon", "KMSServer", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSAudit",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -245,6 +262,11 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KMSAuditTests",
+            dependencies: ["KMSAudit", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

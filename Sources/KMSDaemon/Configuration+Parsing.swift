@@ -178,7 +178,7 @@ struct Reader {
 
     mutating func configuration(_ root: [String: Any], source: String) -> Configuration? {
         let top = map(root, "config", known: [
-            "mode", "listen", "tls", "providers", "keys", "admin", "limits", "log_level", "debug", "data_dir", "audit",
+            "mode", "listen", "tls", "providers", "keys", "admin", "limits", "log_level", "log_format", "debug", "data_dir", "audit",
         ]) ?? [:]
         let modeText = string(top, "mode", "config") ?? "development"
         let mode = Configuration.Mode(rawValue: modeText)
@@ -194,7 +194,12 @@ struct Reader {
         } else {
             problem("listen.api", "expected host:port, not '\(api)'")
         }
-        let listen = Configuration.Listen(host: host, port: port, allowPublicBind: bool(listenMap, "allow_public_bind", "listen", default: false))
+        var metrics: (host: String, port: Int)?
+        if let text = string(listenMap, "metrics", "listen") {
+            if let address = Self.hostPort(text) { metrics = address } else { problem("listen.metrics", "expected host:port, not '\(text)'") }
+        }
+        let listen = Configuration.Listen(host: host, port: port, allowPublicBind: bool(listenMap, "allow_public_bind", "listen", default: false),
+                                          metrics: metrics)
 
         var tls: Configuration.TLS?
         if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "min_version", "client_auth"]) {
@@ -272,10 +277,54 @@ struct Reader {
         }
         let debug = bool(top, "debug", "config", default: false)
         let dataDirectory = string(top, "data_dir", "config").map(resolve)
+        let logFormat = string(top, "log_format", "config") ?? "text"
+        if !["text", "json"].contains(logFormat) { problem("log_format", "expected text or json") }
+        let audit = self.audit(top["audit"], production: mode == .production, providers: providersMap)
         guard let mode else { return nil }
         return Configuration(
             mode: mode, listen: listen, tls: tls, providers: providers, keys: keys, admin: admin, limits: limits,
-            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, source: source)
+            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, audit: audit, logFormat: logFormat, source: source)
+    }
+
+    static func hostPort(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        return (String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port)
+    }
+
+    /// `audit: {file, max_file_bytes, checkpoint_every, checkpoint_interval, fail_closed, sign, syslog}`.
+    mutating func audit(_ value: Any?, production: Bool, providers: [String: Any]) -> Configuration.Audit? {
+        guard let map = map(value, "audit", known: ["file", "max_file_bytes", "checkpoint_every", "checkpoint_interval", "fail_closed", "sign", "syslog"]) else {
+            return nil
+        }
+        let file = string(map, "file", "audit", required: true).map(resolve) ?? ""
+        var signing: Configuration.Audit.Signing?
+        if let sign = self.map(map["sign"], "audit.sign", known: ["file", "hsm", "label"]) {
+            if let path = string(sign, "file", "audit.sign") {
+                signing = .file(resolve(path))
+            } else if let provider = string(sign, "hsm", "audit.sign") {
+                if providers[provider] == nil { problem("audit.sign.hsm", "no provider named '\(provider)'") }
+                signing = .hsm(provider: provider, label: string(sign, "label", "audit.sign") ?? "kmsd-audit")
+            } else {
+                problem("audit.sign", "expected {file: PATH} or {hsm: PROVIDER, label: LABEL}")
+            }
+        }
+        var syslog: Configuration.Audit.Syslog?
+        if let syslogMap = self.map(map["syslog"], "audit.syslog", known: ["address", "tls", "ca"]) {
+            let address = string(syslogMap, "address", "audit.syslog", required: true) ?? ""
+            if let (host, port) = Self.hostPort(address) {
+                syslog = .init(host: host, port: port, tls: bool(syslogMap, "tls", "audit.syslog", default: false),
+                               caCertificate: string(syslogMap, "ca", "audit.syslog").map(resolve))
+            } else if !address.isEmpty {
+                problem("audit.syslog.address", "expected host:port, not '\(address)'")
+            }
+        }
+        return Configuration.Audit(
+            file: file,
+            maxFileBytes: int(map, "max_file_bytes", "audit", default: 100 << 20, range: 4096...(1 << 40)),
+            checkpointEvery: int(map, "checkpoint_every", "audit", default: 10_000, range: 1...10_000_000),
+            checkpointInterval: duration(map, "checkpoint_interval", "audit", default: .seconds(60)),
+            failClosed: bool(map, "fail_closed", "audit", default: production),
+            signing: signing, syslog: syslog)
     }
 
     mutating func provider(_ value: Any?, _ path: String) -> Configuration.Provider? {

@@ -15,6 +15,31 @@ public struct Configuration: Sendable {
         public var host: String
         public var port: Int
         public var allowPublicBind: Bool
+        /// The Prometheus listener (`listen.metrics`, plain HTTP); nil when not configured.
+        public var metrics: (host: String, port: Int)?
+    }
+
+    /// `audit`: the hash-chained audit log (see docs/audit.md).
+    public struct Audit: Sendable {
+        public enum Signing: Sendable {
+            /// A PEM P-256 private key file (0600).
+            case file(String)
+            /// A P-256 key pair on the token of a PKCS#11 provider, found (or created) by label.
+            case hsm(provider: String, label: String)
+        }
+        public struct Syslog: Sendable {
+            public var host: String
+            public var port: Int
+            public var tls: Bool
+            public var caCertificate: String?
+        }
+        public var file: String
+        public var maxFileBytes: Int
+        public var checkpointEvery: Int
+        public var checkpointInterval: Duration
+        public var failClosed: Bool
+        public var signing: Signing?
+        public var syslog: Syslog?
     }
 
     public struct TLS: Sendable {
@@ -116,6 +141,10 @@ public struct Configuration: Sendable {
     public var logLevel: String
     public var debug: Bool
     public var dataDirectory: String?
+    /// nil: no audit log (refused in production).
+    public var audit: Audit?
+    /// `log_format: json` writes one JSON object per log line.
+    public var logFormat: String
     /// The file the configuration came from (for relative paths and messages).
     public var source: String
 }

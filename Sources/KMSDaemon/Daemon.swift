@@ -6,6 +6,7 @@ public import KMSCore
 import KMSProviderPKCS11
 import KMSProviderVault
 public import KMSRotation
+public import KMSAudit
 public import KMSServer
 public import Logging
 import NIOCore
@@ -111,7 +112,7 @@ public struct Daemon: Sendable {
     }
 
     /// Opens the state store and loads the counters. `events` receives rotation events worth counting.
-    public func startRotation(_ providers: [String: any KeyProvider], events: SecurityEvents,
+    public func startRotation(_ providers: [String: any KeyProvider], events: SecurityEvents, audit: AuditLog? = nil,
                               clock: @escaping @Sendable () -> Date = { Date() }) async throws -> RotationManager {
         let store = try SQLiteStateStore(path: stateStorePath)
         let manager = RotationManager(
@@ -120,6 +121,19 @@ public struct Daemon: Sendable {
                 switch event.kind {
                 case .wrapRefused, .retireRefused, .rotationFailed: events.record(event.kind.rawValue)
                 case .notice, .rotated, .retired: break
+                }
+                // What the scheduler does on its own is audited here; what an API request does is audited with
+                // that request (one record per operation).
+                guard event.actor == "scheduler", let audit else { return }
+                switch event.kind {
+                case .notice, .rotated:
+                    audit.submit(AuditEvent(.admin, event.kind.rawValue, result: .ok, identity: "scheduler", key: event.key,
+                                            version: event.version, detail: event.detail))
+                case .rotationFailed:
+                    audit.submit(AuditEvent(.security, event.kind.rawValue, result: .failed, identity: "scheduler", key: event.key,
+                                            version: event.version, detail: event.detail))
+                case .wrapRefused, .retired, .retireRefused:
+                    break
                 }
             })
         try await manager.start()
@@ -180,11 +194,11 @@ public struct Daemon: Sendable {
 
     /// Builds the HTTP application. `onRunning` gets the bound port.
     public func application(
-        policy: KMSServerPolicy, rotation: RotationManager, events: SecurityEvents,
-        onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+        policy: KMSServerPolicy, rotation: RotationManager, events: SecurityEvents, audit: AuditLog? = nil,
+        metrics: ServerMetrics? = nil, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> (some ApplicationProtocol, Running) {
-        let server = KMSServer(policy: policy, rotation: rotation, revocation: try Self.revocation(configuration.tls), events: events,
-                               logger: Logger(label: "kmsd.api"))
+        let server = KMSServer(policy: policy, rotation: rotation, audit: audit, metrics: metrics,
+                               revocation: try Self.revocation(configuration.tls), events: events, logger: Logger(label: "kmsd.api"))
         let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0)) }
         let limit = ConnectionLimit(maximum: configuration.limits.maxConnections, events: server.events)
         let builder = HTTPServerBuilder.http1(tls: box, limit: limit)
@@ -200,6 +214,16 @@ public struct Daemon: Sendable {
     /// certificate, the client CA, the CRL, per-key allow lists, admin identities and tokens, limits. Providers and
     /// listeners stay as they are. A bad file changes nothing and is reported.
     public func reload(_ running: Running, providers: [String: any KeyProvider]) throws {
+        do {
+            try reloadUnaudited(running, providers: providers)
+            running.server.audit?.submit(AuditEvent(.admin, "reload", result: .ok, identity: "SIGHUP", detail: configuration.source))
+        } catch {
+            running.server.audit?.submit(AuditEvent(.admin, "reload", result: .failed, identity: "SIGHUP", detail: "\(error)".prefix(300).description))
+            throw error
+        }
+    }
+
+    private func reloadUnaudited(_ running: Running, providers: [String: any KeyProvider]) throws {
         let fresh = try Configuration.load(path: configuration.source)
         let reloaded = Daemon(fresh, logger: logger)
         if let tls = fresh.tls, let box = running.tls { try box.replace(Self.tlsConfiguration(tls)) }
@@ -209,15 +233,67 @@ public struct Daemon: Sendable {
         logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])
     }
 
-    /// Runs until SIGTERM or SIGINT; then stops accepting, finishes requests in flight, and closes the providers.
+    /// Opens the audit log (nil when none is configured). Failures to write are counted as security events.
+    public func startAudit(providers: [String: any KeyProvider], events: SecurityEvents) async throws -> AuditLog? {
+        guard let audit = configuration.audit else { return nil }
+        let signer: (any AuditSigner)?
+        switch audit.signing {
+        case .file(let path):
+            signer = try FileAuditSigner(path: path)
+        case .hsm(let provider, let label):
+            guard let pkcs11 = providers[provider] as? PKCS11KeyProvider else {
+                throw ConfigurationError(["audit.sign.hsm: provider '\(provider)' is not a PKCS#11 provider"])
+            }
+            signer = try await pkcs11.auditSigner(label: label)
+        case nil:
+            signer = nil
+        }
+        return try AuditLog(
+            .init(path: audit.file, maxFileBytes: audit.maxFileBytes, checkpointEvery: audit.checkpointEvery,
+                  checkpointInterval: Double(audit.checkpointInterval.components.seconds), failClosed: audit.failClosed, signer: signer),
+            logger: Logger(label: "kmsd.audit"), onFailure: { _ in events.record("audit_write_failed") })
+    }
+
+    /// The metrics listener: `GET /metrics`, Prometheus text, sampled state (providers, audit, keys) refreshed per scrape.
+    public func metricsApplication(_ server: KMSServer, metrics: ServerMetrics, onRunning: @escaping @Sendable (Int) async -> Void = { _ in })
+        -> Application<RouterResponder<BasicRequestContext>>?
+    {
+        guard let address = configuration.listen.metrics else { return nil }
+        let router = Router()
+        router.get("/metrics") { _, _ -> Response in
+            await MetricsSampler.sample(server, into: metrics)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: metrics.text())))
+        }
+        return Application(router: router, configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+                           onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) }, logger: logger)
+    }
+
+    /// Runs until SIGTERM or SIGINT; then stops accepting, finishes requests in flight, writes the audit log's closing
+    /// checkpoint, and closes the providers.
     public func run() async throws {
-        try checkMode()
-        let providers = try await startProviders()
         do {
-            let events = SecurityEvents()
-            let rotation = try await startRotation(providers, events: events)
-            let (app, running) = try application(policy: policy(providers, rotation: rotation), rotation: rotation, events: events) {
-                [logger, configuration] port in
+            try checkMode()
+        } catch {
+            // A refusal to start is a security event: record it where the auditors look, if the log can be opened.
+            if let audit = try? await startAudit(providers: [:], events: SecurityEvents()) {
+                audit.submit(AuditEvent(.security, "start_refused", result: .refused, detail: "\(error)".prefix(300).description))
+                await audit.close()
+            }
+            throw error
+        }
+        let providers = try await startProviders()
+        var auditLog: AuditLog?
+        do {
+            let metrics = ServerMetrics()
+            let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
+            let audit = try await startAudit(providers: providers, events: events)
+            auditLog = audit
+            audit?.submit(AuditEvent(.admin, "start", result: .ok, detail: "mode \(configuration.mode.rawValue), config \(configuration.source)"))
+            let rotation = try await startRotation(providers, events: events, audit: audit)
+            let (app, running) = try application(
+                policy: policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics
+            ) { [logger, configuration] port in
                 logger.notice("kmsd serving", metadata: [
                     "address": "\(configuration.listen.host):\(port)", "mode": "\(configuration.mode.rawValue)",
                     "tls": "\(configuration.tls != nil)",
@@ -235,15 +311,22 @@ public struct Daemon: Sendable {
             }
             hangup.resume()
             defer { hangup.cancel() }
-            // The API and the rotation scheduler stop together on SIGTERM/SIGINT; the scheduler flushes its counters.
-            let group = ServiceGroup(configuration: .init(
-                services: [.init(service: app), .init(service: RotationScheduler(rotation))],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            // The API, metrics, provider watch and rotation scheduler stop together on SIGTERM/SIGINT.
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+                .init(service: app), .init(service: RotationScheduler(rotation)),
+                .init(service: ProviderWatch(providers: providers, audit: audit, metrics: metrics)),
+            ]
+            if let metricsApp = metricsApplication(running.server, metrics: metrics) { services.append(.init(service: metricsApp)) }
+            let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         } catch {
+            auditLog?.submit(AuditEvent(.admin, "stop", result: .failed, detail: "\(error)".prefix(300).description))
+            await auditLog?.close()
             await Self.stop(providers)
             throw error
         }
+        auditLog?.submit(AuditEvent(.admin, "stop", result: .ok))
+        await auditLog?.close()
         await Self.stop(providers)
     }
 }

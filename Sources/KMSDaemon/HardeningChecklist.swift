@@ -63,6 +63,22 @@ public struct HardeningChecklist: Sendable {
         let openKeys = configuration.keys.values.filter { $0.allow.isEmpty }.map(\.name.rawValue).sorted()
         check("every key names who may use it", openKeys.isEmpty,
               openKeys.isEmpty ? "\(configuration.keys.count) key(s)" : "no allow list: \(openKeys.joined(separator: ", "))")
+        if let audit = configuration.audit {
+            check("audit log configured", true, audit.file)
+            check("audit fails closed", audit.failClosed,
+                  audit.failClosed ? "key operations stop when the audit log cannot be written" : "audit.fail_closed is false")
+            switch audit.signing {
+            case .hsm(let provider, let label):
+                check("audit checkpoints are signed", true, "key \(label) on provider \(provider)")
+            case .file(let path):
+                check("audit checkpoints are signed", true, "key file \(path)")
+                check("audit signing key file is private", Self.isPrivate(path), "\(path) must not be readable by group or others")
+            case nil:
+                check("audit checkpoints are signed", false, "set audit.sign ({hsm: PROVIDER} or {file: PATH})")
+            }
+        } else {
+            check("audit log configured", false, "set audit.file: key operations would leave no tamper-evident record")
+        }
         self.items = items
     }
 

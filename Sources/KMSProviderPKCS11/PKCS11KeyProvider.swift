@@ -246,6 +246,12 @@ public final class PKCS11KeyProvider: KeyProvider {
 
     // MARK: - Shared plumbing
 
+    /// Runs `body` with a pooled session under the same deadline, breaker and recovery rules as key operations —
+    /// for kmsd's own objects on the token (the audit signing key).
+    public func withSession<T: Sendable>(_ operation: String, _ body: @escaping @Sendable (PKCS11Session) throws -> T) async throws -> T {
+        try await perform(operation, body)
+    }
+
     /// Reads the key's versions from the token and refreshes the catalog.
     func refresh(_ name: KeyName) async throws -> [KEKRecord] {
         try await perform("describe key") { [self] session in try reload(session, name) }

@@ -120,7 +120,7 @@ extension RotationManager {
 
     private func emitRetire(_ kind: RotationEvent.Kind, _ name: KeyName, _ version: KeyVersion, _ detail: String) {
         logger.notice("\(detail)", metadata: ["event": "\(kind.rawValue)", "key": "\(name)", "version": "\(version.rawValue)"])
-        onEvent(RotationEvent(kind: kind, key: name.rawValue, version: version.rawValue, detail: detail))
+        onEvent(RotationEvent(kind: kind, key: name.rawValue, version: version.rawValue, detail: detail, actor: "admin"))
     }
 
     /// Records that a key was created (admin API), so its first version's age is known from now.

@@ -17,6 +17,8 @@ public struct RotationEvent: Sendable, Equatable {
     public let key: String
     public let version: UInt32?
     public let detail: String
+    /// `scheduler` for what kmsd did on its own; the administrator's identity otherwise.
+    public var actor: String = "scheduler"
 }
 
 /// Rotates keys on schedule, on usage and on request; counts use per version; keeps retirement safe.
@@ -84,6 +86,9 @@ public final class RotationManager: Sendable {
     }
 
     public var configuredKeys: [Key] { keys.withLock { $0.values.sorted { $0.name < $1.name } } }
+
+    /// Counted use of each version of `name` (including counts not yet flushed).
+    public func usage(_ name: KeyName) -> [UInt32: VersionUsage] { ledger.usage(key: name.rawValue) }
 
     /// Loads the stored counters and learns each key's latest version. A backend that is down now is read later.
     public func start() async throws {
@@ -256,7 +261,8 @@ public final class RotationManager: Sendable {
         try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor, reason: trigger,
                                              fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .ok))
         emit(.init(kind: .rotated, key: key.name.rawValue, version: info.version.rawValue,
-                   detail: "'\(key.name)' rotated from \(before.latest.version) to \(info.version) (\(trigger), by \(actor))"), level: .notice)
+                   detail: "'\(key.name)' rotated from \(before.latest.version) to \(info.version) (\(trigger), by \(actor))", actor: actor),
+             level: .notice)
         let plan = RotationPlanner.plan(key.policy, latestCreatedAt: created, latestWraps: 0, now: clock())
         return Outcome(key: key.name, previousVersion: before.latest.version, newVersion: info.version, dryRun: false,
                        nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger)
@@ -268,7 +274,7 @@ public final class RotationManager: Sendable {
         try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor, reason: trigger,
                                              fromVersion: from?.rawValue, result: .failed, detail: detail))
         emit(.init(kind: .rotationFailed, key: key.name.rawValue, version: from?.rawValue,
-                   detail: "rotating '\(key.name)' failed (attempt \(attempts)): \(detail)"), level: .error)
+                   detail: "rotating '\(key.name)' failed (attempt \(attempts)): \(detail)", actor: actor), level: .error)
     }
 
     /// Notes a failure and schedules the retry; returns the number of failures in a row.

@@ -12,7 +12,9 @@ extension KMSServer {
         let (key, identity) = try await authorizeKey(request, context)
         let body = try await decode(DataKeyRequest.self, request, allowed: ["context"])
         let encryption = try self.context(body.context)
+        AuditNote.context(encryption)
         let dataKey = try await perform { try await key.provider.generateDataKey(key.name, context: encryption) }
+        AuditNote.version(dataKey.version)
         logger.info("datakey", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(dataKey.version)"])
         return try json(DataKeyResponse(
             key: key.name.rawValue, version: dataKey.version.rawValue,
@@ -40,6 +42,7 @@ extension KMSServer {
         let (key, _) = try await authorizeKey(request, context)
         let body = try await decode(BatchRequest.self, request, allowed: ["items"])
         try checkBatch(body)
+        AuditNote.items(body.items.count)
         var items: [BatchUnwrapResponse.Item] = []
         for item in body.items {
             do {
@@ -55,6 +58,7 @@ extension KMSServer {
         let (key, _) = try await authorizeKey(request, context)
         let body = try await decode(BatchRequest.self, request, allowed: ["items"])
         try checkBatch(body)
+        AuditNote.items(body.items.count)
         var items: [BatchRewrapResponse.Item] = []
         for item in body.items {
             do {
@@ -75,7 +79,9 @@ extension KMSServer {
     private func unwrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest) async throws -> UnwrapResponse {
         let wrapped = try base64(item.wrapped, field: "wrapped")
         let encryption = try self.context(item.context)
+        AuditNote.context(encryption)
         let result = try await perform { try await key.provider.unwrap(key.name, wrapped: wrapped, context: encryption) }
+        AuditNote.version(result.version)
         return UnwrapResponse(key: key.name.rawValue, version: result.version.rawValue,
                               plaintext: result.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })
     }
@@ -83,7 +89,9 @@ extension KMSServer {
     private func rewrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest) async throws -> RewrapResponse {
         let wrapped = try base64(item.wrapped, field: "wrapped")
         let encryption = try self.context(item.context)
+        AuditNote.context(encryption)
         let result = try await perform { try await key.provider.rewrap(key.name, wrapped: wrapped, context: encryption) }
+        AuditNote.version(result.version)
         return RewrapResponse(key: key.name.rawValue, version: result.version.rawValue,
                               wrapped: Data(result.wrapped).base64EncodedString())
     }
@@ -95,6 +103,7 @@ extension KMSServer {
         guard let name = try? KeyName(nameText) else {
             throw APIError(.badRequest, "invalid_input", "'\(nameText.prefix(80))' is not a valid key name")
         }
+        AuditNote.key(name)
         guard let key = policy.keys[name] else {
             throw APIError(.notFound, "not_found", "no key named '\(name)' in the configuration")
         }
@@ -133,6 +142,7 @@ extension KMSServer {
         guard let key = policy.keys[name] else {
             throw APIError(.badRequest, "invalid_input", "add key '\(name)' to the configuration (provider and allow list) first")
         }
+        AuditNote.key(name)
         if let provider = body.provider, provider != key.providerName {
             throw APIError(.badRequest, "invalid_input", "key '\(name)' is configured for provider '\(key.providerName)', not '\(provider)'")
         }
@@ -147,11 +157,13 @@ extension KMSServer {
         let key = try adminKey(context)
         let body = try await decode(RotateRequest.self, request, allowed: ["reason", "dry_run"])
         let reason = "manual" + (body.reason.map { ": \($0.prefix(200))" } ?? "")
+        AuditNote.detail((body.dryRun == true ? "dry run; " : "") + reason)
         guard let outcome = try await perform({ [rotation] in
             try await rotation.rotate(key.name, trigger: reason, actor: caller, dryRun: body.dryRun ?? false)
         }) else {
             throw APIError(.conflict, "conflict", "the rotation of '\(key.name)' did not run")
         }
+        AuditNote.version(outcome.newVersion)
         let description = try await perform { try await key.provider.describeKey(key.name) }
         return try json(RotateResponse(
             name: key.name.rawValue, provider: key.providerName, previousVersion: outcome.previousVersion.rawValue,
@@ -166,6 +178,8 @@ extension KMSServer {
             throw APIError(.badRequest, "invalid_input", "the version must be a positive integer")
         }
         let body = try await decode(RetireRequest.self, request, allowed: ["force"])
+        AuditNote.version(version)
+        if body.force == true { AuditNote.detail("forced") }
         try await perform { [rotation] in try await rotation.retire(key.name, version: version, force: body.force ?? false, actor: caller) }
         let description = try await perform { try await key.provider.describeKey(key.name) }
         return try json(self.body(key.name, key.providerName, description))

@@ -4,6 +4,7 @@ import HummingbirdCore
 import KMSAPI
 public import KMSCore
 public import KMSRotation
+public import KMSAudit
 public import Logging
 public import NIOCore
 import NIOFoundationCompat
@@ -26,6 +27,8 @@ public struct APIError: HTTPResponseError, Sendable {
     public let status: HTTPResponse.Status
     public let code: String
     public let message: String
+    /// What operators need and clients do not get (a backend's CK_RV, say); audit and logs only. Never secret.
+    public var auditDetail: String?
 
     public init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
         self.status = status
@@ -43,6 +46,7 @@ public struct APIError: HTTPResponseError, Sendable {
         default: .internalServerError
         }
         self.init(status, error.code.rawValue, error.message)
+        auditDetail = error.detail
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
@@ -72,11 +76,16 @@ public struct KMSServer: Sendable {
     public let events: SecurityEvents
     /// Rotation, retirement, schedules and usage counts.
     public let rotation: RotationManager
+    /// The audit log; nil when none is configured (development only).
+    public let audit: AuditLog?
+    public let metrics: ServerMetrics?
 
-    public init(policy: KMSServerPolicy, rotation: RotationManager, revocation: RevocationList? = nil,
-                events: SecurityEvents = SecurityEvents(), logger: Logger = Logger(label: "kmsd.api")) {
+    public init(policy: KMSServerPolicy, rotation: RotationManager, audit: AuditLog? = nil, metrics: ServerMetrics? = nil,
+                revocation: RevocationList? = nil, events: SecurityEvents = SecurityEvents(), logger: Logger = Logger(label: "kmsd.api")) {
         snapshot = Locked(Snapshot(policy: policy, revocation: revocation))
         self.rotation = rotation
+        self.audit = audit
+        self.metrics = metrics
         self.events = events
         self.limiter = RateLimiter(ratePerSecond: policy.limits.ratePerSecond, burst: policy.limits.burst)
         self.logger = logger
@@ -95,19 +104,45 @@ public struct KMSServer: Sendable {
         let router = Router(context: KMSRequestContext.self)
         router.get(RouterPath(KMSAPI.Path.live)) { _, _ in try json(HealthBody(status: "ok")) }
         router.get(RouterPath(KMSAPI.Path.ready)) { _, _ in try await ready() }
-        router.post("/v1/keys/{name}/datakey") { request, context in try await datakey(request, context) }
-        router.post("/v1/keys/{name}/unwrap") { request, context in try await unwrap(request, context) }
-        router.post("/v1/keys/{name}/rewrap") { request, context in try await rewrap(request, context) }
-        router.post("/v1/keys/{name}/unwrap/batch") { request, context in try await batchUnwrap(request, context) }
-        router.post("/v1/keys/{name}/rewrap/batch") { request, context in try await batchRewrap(request, context) }
-        router.get("/v1/admin/keys") { request, context in try await listKeys(request, context) }
-        router.post("/v1/admin/keys") { request, context in try await createKey(request, context) }
-        router.get("/v1/admin/keys/{name}") { request, context in try await showKey(request, context) }
-        router.post("/v1/admin/keys/{name}/rotate") { request, context in try await rotate(request, context) }
-        router.get("/v1/admin/keys/{name}/versions") { request, context in try await versions(request, context) }
-        router.post("/v1/admin/keys/{name}/versions/{version}/retire") { request, context in try await retire(request, context) }
-        router.get(RouterPath(KMSAPI.Path.adminSchedule)) { request, context in try await schedule(request, context) }
-        router.get("/v1/admin/status") { request, context in try await status(request, context) }
+        router.post("/v1/keys/{name}/datakey") { request, context in
+            try await instrumented("datakey", .keyAccess, "datakey") { try await datakey(request, context) }
+        }
+        router.post("/v1/keys/{name}/unwrap") { request, context in
+            try await instrumented("unwrap", .keyAccess, "unwrap") { try await unwrap(request, context) }
+        }
+        router.post("/v1/keys/{name}/rewrap") { request, context in
+            try await instrumented("rewrap", .keyAccess, "rewrap") { try await rewrap(request, context) }
+        }
+        router.post("/v1/keys/{name}/unwrap/batch") { request, context in
+            try await instrumented("unwrap_batch", .keyAccess, "unwrap_batch") { try await batchUnwrap(request, context) }
+        }
+        router.post("/v1/keys/{name}/rewrap/batch") { request, context in
+            try await instrumented("rewrap_batch", .keyAccess, "rewrap_batch") { try await batchRewrap(request, context) }
+        }
+        router.get("/v1/admin/keys") { request, context in
+            try await instrumented("admin_list_keys", .admin, "list_keys") { try await listKeys(request, context) }
+        }
+        router.post("/v1/admin/keys") { request, context in
+            try await instrumented("admin_create_key", .admin, "create_key") { try await createKey(request, context) }
+        }
+        router.get("/v1/admin/keys/{name}") { request, context in
+            try await instrumented("admin_show_key", .admin, "show_key") { try await showKey(request, context) }
+        }
+        router.post("/v1/admin/keys/{name}/rotate") { request, context in
+            try await instrumented("admin_rotate", .admin, "rotate") { try await rotate(request, context) }
+        }
+        router.get("/v1/admin/keys/{name}/versions") { request, context in
+            try await instrumented("admin_versions", .admin, "versions") { try await versions(request, context) }
+        }
+        router.post("/v1/admin/keys/{name}/versions/{version}/retire") { request, context in
+            try await instrumented("admin_retire", .admin, "retire") { try await retire(request, context) }
+        }
+        router.get(RouterPath(KMSAPI.Path.adminSchedule)) { request, context in
+            try await instrumented("admin_schedule", .admin, "schedule") { try await schedule(request, context) }
+        }
+        router.get("/v1/admin/status") { request, context in
+            try await instrumented("admin_status", .admin, "status") { try await status(request, context) }
+        }
         return router
     }
 
@@ -121,6 +156,7 @@ public struct KMSServer: Sendable {
         guard let certificate = try? await context.channel.nioSSL_peerCertificate().get(),
               let identity = try? ClientIdentity(certificate: certificate)
         else { return nil }
+        AuditNote.identity(identity.description)
         if let revocation = snapshot.withLock({ $0.revocation }), revocation.revokedSerials.contains(identity.serial) {
             events.record("revoked_certificate")
             logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
@@ -130,6 +166,7 @@ public struct KMSServer: Sendable {
     }
 
     private func rateLimit(_ caller: String) throws {
+        AuditNote.identity(caller)
         guard limiter.allow(caller) else {
             events.record("rate_limited")
             logger.warning("request refused: rate limit", metadata: ["security_event": "rate_limited", "identity": "\(caller)"])
@@ -148,6 +185,7 @@ public struct KMSServer: Sendable {
         guard let name = try? KeyName(nameText) else {
             throw APIError(.badRequest, "invalid_input", "'\(nameText.prefix(80))' is not a valid key name")
         }
+        AuditNote.key(name)
         guard let key = policy.keys[name] else { throw APIError(.notFound, "not_found", "no key named '\(name)'") }
         guard identity.matches(any: key.allow) else {
             events.record("forbidden")

@@ -3,13 +3,14 @@
 import ArgumentParser
 import Foundation
 import KMSAPI
+import KMSAudit
 import KMSClient
 
 @main
 struct KMSCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kmsctl", abstract: "Administer kmsd.",
-        subcommands: [Status.self, Keys.self, Rotate.self, Schedule.self, Versions.self, Retire.self, RewrapPlan.self])
+        subcommands: [Status.self, Keys.self, Rotate.self, Schedule.self, Versions.self, Retire.self, RewrapPlan.self, Audit.self])
 
     /// Connection options may come before the subcommand (`kmsctl --dev rotate demo`): move them after it, where
     /// the subcommands declare them.
@@ -290,6 +291,58 @@ struct RewrapPlan: AsyncParsableCommand {
                     ["v\($0.version)", $0.state, "\($0.unwraps)", $0.lastUnwrapAt ?? "-", $0.action]
                 })
             }
+        }
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Work with kmsd's audit log (offline).", subcommands: [Verify.self])
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Verify the hash chain and checkpoint signatures of audit files (oldest first); report the first bad record.",
+            discussion: "Exit 0 when valid, 2 when tampered or incomplete, 64 for bad arguments.")
+        @Option(help: "The checkpoint public key (PEM; kmsd writes it to <audit file>.pub.pem).") var publicKey: String?
+        @Flag(help: "Accept a log that does not end with a closing checkpoint (one kmsd is still writing).") var allowOpenTail = false
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "Audit files, oldest first (rotated files are <file>.<seq>).") var files: [String]
+
+        func validate() throws {
+            if files.isEmpty { throw ValidationError("give at least one audit file") }
+        }
+
+        func run() async throws {
+            var pem: String?
+            if let publicKey {
+                guard let data = FileManager.default.contents(atPath: publicKey) else { throw ValidationError("cannot read \(publicKey)") }
+                pem = String(decoding: data, as: UTF8.self)
+            }
+            let verifier: AuditVerifier
+            do {
+                verifier = try AuditVerifier(publicKeyPEM: pem, allowOpenTail: allowOpenTail)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            let report = verifier.verify(files: files)
+            if json {
+                var object: [String: Any] = ["ok": report.ok, "records": report.records, "checkpoints": report.checkpoints,
+                                             "unsigned_tail": report.unsignedTail, "notes": report.notes]
+                if let first = report.firstSeq { object["first_seq"] = first }
+                if let last = report.lastSeq { object["last_seq"] = last }
+                if let problem = report.problem {
+                    object["problem"] = ["file": problem.file, "line": problem.line, "seq": problem.seq.map { Int($0) } as Any, "message": problem.message]
+                }
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                for note in report.notes { print("note: \(note)") }
+                if let problem = report.problem {
+                    print("FAILED: \(problem)")
+                } else {
+                    print("OK: \(report.records) records (seq \(report.firstSeq ?? 0)–\(report.lastSeq ?? 0)), \(report.checkpoints) signed checkpoint(s)")
+                }
+            }
+            if !report.ok { throw ExitCode(2) }
         }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 @testable import KMSDaemon
 import KMSServer
 import KMSRotation
+import KMSAudit
 import Testing
 import X509
 import SwiftASN1
@@ -18,6 +19,7 @@ struct ConfigurationTests {
         for name in ["module.so", "crl.pem"] {
             try Data().write(to: directory.appendingPathComponent(name))
         }
+        try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
         let pin = directory.appendingPathComponent("pin")
         try Data("1234".utf8).write(to: pin)
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pin.path)
@@ -33,6 +35,7 @@ struct ConfigurationTests {
         keys:
           orders: { provider: hsm, allow: ["spiffe://prod/storage/*"] }
         admin: { identities: ["CN=security-*"] }
+        audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }
         log_level: info
         """
 
@@ -57,6 +60,9 @@ struct ConfigurationTests {
         ("inline PIN", "pin: { file: pin }", "pin: \"1234\"", "PIN is not written in the file"),
         ("wildcard bind", "api: \"10.0.0.5:8443\"", "api: \"0.0.0.0:8443\"", "wildcard bind"),
         ("debug flags", "log_level: info", "log_level: debug", "no debug flags"),
+        ("no audit log", "audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }\n", "", "audit log configured"),
+        ("audit not failing closed", "sign: { file: audit-key.pem } }", "sign: { file: audit-key.pem }, fail_closed: false }", "audit fails closed"),
+        ("unsigned audit checkpoints", "audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }", "audit: { file: audit/audit.jsonl }", "audit checkpoints are signed"),
     ])
     func productionRefusesEachUnsafeSetting(label: String, original: String, replacement: String, item: String) throws {
         let directory = try Self.files()

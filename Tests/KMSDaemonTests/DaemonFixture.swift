@@ -4,6 +4,8 @@ import KMSAPI
 import KMSCore
 @testable import KMSDaemon
 import KMSServer
+import KMSAudit
+import Hummingbird
 import KMSTestSupport
 import NIOCore
 import NIOSSL
@@ -15,7 +17,9 @@ import ServiceLifecycle
 final class RunningKMSD: Sendable {
     let directory: URL
     let port: Int
+    let metricsPort: Int
     let shim: FaultShim
+    let audit: AuditLog?
     let adminToken: String
     let pki: DevPKI
     private let task: Task<Void, any Error>
@@ -24,11 +28,13 @@ final class RunningKMSD: Sendable {
     private let providers: [String: any KeyProvider]
     private let yaml: @Sendable (_ clientCA: String, _ crl: String?) -> String
 
-    private init(directory: URL, port: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String, pki: DevPKI,
-                 daemon: Daemon, running: Daemon.Running, providers: [String: any KeyProvider],
+    private init(directory: URL, port: Int, metricsPort: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String, pki: DevPKI,
+                 daemon: Daemon, running: Daemon.Running, providers: [String: any KeyProvider], audit: AuditLog?,
                  yaml: @escaping @Sendable (String, String?) -> String) {
         self.directory = directory
         self.port = port
+        self.metricsPort = metricsPort
+        self.audit = audit
         self.shim = shim
         self.task = task
         self.adminToken = adminToken
@@ -75,7 +81,8 @@ final class RunningKMSD: Sendable {
             """
             mode: development
             data_dir: data
-            listen: { api: "127.0.0.1:0" }
+            listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0" }
+            audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem }, fail_closed: true, checkpoint_every: 500 }
             tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3" }
             providers:
               hsm: { type: pkcs11, module: \(shim.modulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
@@ -88,6 +95,7 @@ final class RunningKMSD: Sendable {
             """
         }
         let file = directory.appendingPathComponent("kmsd.yaml")
+        try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
         try Data(yaml("ca.pem", nil).utf8).write(to: file)
         let configuration = try Configuration.load(path: file.path)
         let daemon = Daemon(configuration)
@@ -97,24 +105,46 @@ final class RunningKMSD: Sendable {
             _ = try await provider.createKey(try KeyName("invoices"))
         }
         let (stream, continuation) = AsyncStream<Int>.makeStream()
-        let events = SecurityEvents()
-        let rotation = try await daemon.startRotation(providers, events: events)
-        let (app, running) = try daemon.application(policy: daemon.policy(providers, rotation: rotation), rotation: rotation, events: events) {
+        let (metricsStream, metricsContinuation) = AsyncStream<Int>.makeStream()
+        let metrics = ServerMetrics()
+        let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
+        let audit = try await daemon.startAudit(providers: providers, events: events)
+        let rotation = try await daemon.startRotation(providers, events: events, audit: audit)
+        let (app, running) = try daemon.application(
+            policy: daemon.policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics
+        ) {
             continuation.yield($0)
         }
+        let metricsApp = daemon.metricsApplication(running.server, metrics: metrics) { metricsContinuation.yield($0) }
         let task = Task {
             defer { Task { await Daemon.stop(providers) } }
-            try await app.run()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await app.run() }
+                if let metricsApp { group.addTask { try await metricsApp.run() } }
+                try await group.next()
+                group.cancelAll()
+            }
         }
         var iterator = stream.makeAsyncIterator()
         guard let port = await iterator.next() else { throw FixtureError("kmsd did not start") }
-        return RunningKMSD(directory: directory, port: port, shim: shim, task: task, adminToken: adminToken, pki: pki,
-                           daemon: daemon, running: running, providers: providers, yaml: yaml)
+        var metricsIterator = metricsStream.makeAsyncIterator()
+        guard let metricsPort = await metricsIterator.next() else { throw FixtureError("the metrics listener did not start") }
+        return RunningKMSD(directory: directory, port: port, metricsPort: metricsPort, shim: shim, task: task, adminToken: adminToken,
+                           pki: pki, daemon: daemon, running: running, providers: providers, audit: audit, yaml: yaml)
     }
 
     func stop() async {
         task.cancel()
         _ = try? await task.value
+        await audit?.close()
+    }
+
+    var auditPath: String { directory.appendingPathComponent("audit/audit.jsonl").path }
+
+    /// The audit records written so far (parsed).
+    func auditRecords() throws -> [[String: Any]] {
+        let text = (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
     }
 
     /// An HTTPS client presenting `identity` (`node1`, `admin`, …; nil = no certificate), trusting the test CA.

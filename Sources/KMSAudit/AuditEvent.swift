@@ -1,0 +1,111 @@
+import Foundation
+
+/// One audited event. The schema is documented in `docs/audit.md`; it never carries key bytes, PINs, tokens or
+/// encryption-context values (only a digest of the context).
+public struct AuditEvent: Sendable, Equatable, Codable {
+    public enum Kind: String, Sendable, Codable {
+        /// Who connected: a missing, unknown or revoked client certificate.
+        case authentication
+        /// A caller refused for a key or the admin API.
+        case authorization
+        /// datakey, unwrap, rewrap (and their batch forms).
+        case keyAccess = "key_access"
+        /// create, rotate, retire, configuration and certificate reloads.
+        case admin
+        /// Provider outages, breaker transitions, HSM errors, rate limits, refusals to start.
+        case security
+        /// A signed checkpoint of the chain (written by the log itself).
+        case checkpoint
+        /// The first record of a file after a size rotation, naming the file before it.
+        case fileStart = "file_start"
+    }
+
+    public enum Result: String, Sendable, Codable {
+        case ok, denied, failed, refused
+    }
+
+    public var kind: Kind
+    public var action: String
+    public var result: Result
+    /// The caller's certificate identity, `admin-token`, or `scheduler`.
+    public var identity: String?
+    public var key: String?
+    public var version: UInt32?
+    /// Lower-case hex SHA-256 of the context's canonical encoding (envelope v1), so equal contexts can be matched
+    /// without recording their values.
+    public var contextDigest: String?
+    /// For batch requests: how many items.
+    public var items: Int?
+    /// A stable error code (`forbidden`, `unavailable`, …) for results other than ok.
+    public var code: String?
+    /// Free text without secrets (an error message, the reason of a rotation, a CK_RV name).
+    public var detail: String?
+
+    public init(_ kind: Kind, _ action: String, result: Result, identity: String? = nil, key: String? = nil,
+                version: UInt32? = nil, contextDigest: String? = nil, items: Int? = nil, code: String? = nil,
+                detail: String? = nil) {
+        self.kind = kind
+        self.action = action
+        self.result = result
+        self.identity = identity
+        self.key = key
+        self.version = version
+        self.contextDigest = contextDigest
+        self.items = items
+        self.code = code
+        self.detail = detail
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case kind = "type"
+        case action, result, identity, key, version, items, code, detail
+        case contextDigest = "context_digest"
+    }
+}
+
+/// What is written: the event plus its place in the chain.
+struct AuditRecord: Encodable {
+    let seq: UInt64
+    let time: String
+    /// Lower-case hex SHA-256 of the previous record's line (without its newline); 64 zeros for the first record.
+    let prev: String
+    let event: AuditEvent
+    /// Checkpoints only.
+    var checkpoint: Checkpoint?
+
+    struct Checkpoint: Encodable {
+        /// Base64 of the raw ECDSA P-256 signature (r‖s, 64 bytes) over SHA-256 of `AuditChain.checkpointMessage`.
+        let signature: String
+        /// The first 16 hex digits of SHA-256 of the public key (DER SubjectPublicKeyInfo).
+        let keyID: String
+        /// The last record of a file or of a run: nothing may follow it in this file.
+        let closing: Bool
+        /// Records in the chain so far (equal to seq).
+        let records: UInt64
+        enum CodingKeys: String, CodingKey {
+            case signature, closing, records
+            case keyID = "key_id"
+        }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        enum Keys: String, CodingKey { case seq, time, prev, checkpoint }
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(seq, forKey: .seq)
+        try container.encode(time, forKey: .time)
+        try container.encode(prev, forKey: .prev)
+        try container.encodeIfPresent(checkpoint, forKey: .checkpoint)
+        try event.encode(to: encoder)
+    }
+}
+
+/// The chain's shared definitions, used by the writer and the verifier.
+public enum AuditChain {
+    public static let genesis = String(repeating: "0", count: 64)
+
+    /// What a checkpoint signs (through SHA-256): the format tag, the checkpoint's sequence number and the hash of
+    /// the record before it, which commits to every earlier record.
+    public static func checkpointMessage(seq: UInt64, prev: String) -> [UInt8] {
+        Array("kmsd-audit-checkpoint-v1\n\(seq)\n\(prev)".utf8)
+    }
+}

@@ -1,0 +1,164 @@
+import Crypto
+import Foundation
+
+/// Verifies audit files offline: the chain (`seq` consecutive, each `prev` the SHA-256 of the line before), the
+/// checkpoint signatures, and that the log ends with a closing checkpoint (otherwise records after the last
+/// checkpoint could have been cut off unseen).
+public struct AuditVerifier {
+    public struct Problem: Sendable, Equatable, CustomStringConvertible {
+        public let file: String
+        public let line: Int
+        /// The record named (its `seq` where it has one).
+        public let seq: UInt64?
+        public let message: String
+        public var description: String { "\(file):\(line)" + (seq.map { " (record seq \($0))" } ?? "") + ": \(message)" }
+    }
+
+    public struct Report: Sendable {
+        public var records = 0
+        public var checkpoints = 0
+        public var firstSeq: UInt64?
+        public var lastSeq: UInt64?
+        /// Records after the last checkpoint (not yet covered by a signature).
+        public var unsignedTail = 0
+        public var problem: Problem?
+        public var notes: [String] = []
+        public var ok: Bool { problem == nil }
+    }
+
+    let publicKey: P256.Signing.PublicKey?
+    let allowOpenTail: Bool
+
+    /// - Parameters:
+    ///   - publicKeyPEM: the key checkpoints must be signed with; without one, signatures are not checked (and the
+    ///     report says so).
+    ///   - allowOpenTail: accept a log that does not end with a closing checkpoint (a live log kmsd is still writing).
+    public init(publicKeyPEM: String?, allowOpenTail: Bool = false) throws {
+        if let publicKeyPEM {
+            do {
+                publicKey = try P256.Signing.PublicKey(pemRepresentation: publicKeyPEM)
+            } catch {
+                throw AuditError("the public key is not a PEM P-256 public key")
+            }
+        } else {
+            publicKey = nil
+        }
+        self.allowOpenTail = allowOpenTail
+    }
+
+    private struct Line {
+        let file: String
+        let number: Int
+        let bytes: ArraySlice<UInt8>
+    }
+
+    /// Verifies `files` as one chain, oldest first.
+    public func verify(files: [String]) -> Report {
+        var report = Report()
+        var lines: [Line] = []
+        for file in files {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                report.problem = Problem(file: file, line: 0, seq: nil, message: "cannot be read")
+                return report
+            }
+            let bytes = [UInt8](data)
+            if !bytes.isEmpty && bytes.last != UInt8(ascii: "\n") {
+                report.problem = Problem(file: file, line: bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).count,
+                                         seq: nil, message: "the last line is incomplete (the file was cut in the middle of a record)")
+                return report
+            }
+            for (index, line) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).dropLast().enumerated() {
+                lines.append(Line(file: file, number: index + 1, bytes: line))
+            }
+        }
+        if publicKey == nil { report.notes.append("no public key given: checkpoint signatures were not checked") }
+
+        // Every line's seq up front, to tell a reordering (the missing seq comes later) from a deletion.
+        let sequence: [UInt64?] = lines.map { line in
+            ((try? JSONSerialization.jsonObject(with: Data(line.bytes))) as? [String: Any]).flatMap { ($0["seq"] as? NSNumber)?.uint64Value }
+        }
+        var previousHash: String?
+        var previousSeq: UInt64?
+        var lastWasClosing = false
+        for (index, line) in lines.enumerated() {
+            func fail(_ message: String, seq: UInt64?) -> Report {
+                var failed = report
+                failed.problem = Problem(file: line.file, line: line.number, seq: seq, message: message)
+                return failed
+            }
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.bytes)) as? [String: Any],
+                  let seq = (object["seq"] as? NSNumber)?.uint64Value, let prev = object["prev"] as? String
+            else {
+                return fail("not an audit record (malformed JSON, or no seq/prev)", seq: nil)
+            }
+            let hash = Self.hex(SHA256.hash(data: line.bytes))
+            if let previousSeq {
+                if seq <= previousSeq {
+                    let earlier = sequence[..<index].contains(seq)
+                    return fail(earlier ? "repeats seq \(seq): a record was inserted"
+                                        : "comes after record seq \(previousSeq): records were reordered", seq: seq)
+                }
+                if seq > previousSeq + 1 {
+                    if let later = sequence[(index + 1)...].firstIndex(of: previousSeq + 1) {
+                        return fail("stands where seq \(previousSeq + 1) should (that record is at \(lines[later].file):\(lines[later].number)): "
+                                    + "records were reordered", seq: seq)
+                    }
+                    let missing = seq - previousSeq == 2 ? "\(previousSeq + 1)" : "\(previousSeq + 1)–\(seq - 1)"
+                    return fail("record(s) seq \(missing) are missing before it: deleted", seq: seq)
+                }
+                if prev != previousHash {
+                    // Which side changed? If this line is intact (the next one chains to it), the one before it was.
+                    let nextChainsHere = index + 1 < lines.count
+                        && (try? JSONSerialization.jsonObject(with: Data(lines[index + 1].bytes)) as? [String: Any])?["prev"] as? String == hash
+                    if nextChainsHere {
+                        let before = lines[index - 1]
+                        var failed = report
+                        failed.problem = Problem(file: before.file, line: before.number, seq: previousSeq,
+                                                 message: "was modified: its hash no longer matches the prev recorded by seq \(seq)")
+                        return failed
+                    }
+                    return fail("does not chain to record seq \(previousSeq) (prev mismatch): modified or inserted", seq: seq)
+                }
+            } else if prev != AuditChain.genesis {
+                report.notes.append("the chain starts at seq \(seq), not at the first record ever written (older files not given)")
+            }
+            report.firstSeq = report.firstSeq ?? seq
+            report.lastSeq = seq
+            report.records += 1
+            report.unsignedTail += 1
+            lastWasClosing = false
+            if object["type"] as? String == "checkpoint" {
+                guard let checkpoint = object["checkpoint"] as? [String: Any], let signatureText = checkpoint["signature"] as? String,
+                      let signatureBytes = Data(base64Encoded: signatureText)
+                else {
+                    return fail("a checkpoint without a signature", seq: seq)
+                }
+                if let publicKey {
+                    let digest = SHA256.hash(data: AuditChain.checkpointMessage(seq: seq, prev: prev))
+                    guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
+                          publicKey.isValidSignature(signature, for: digest)
+                    else {
+                        return fail("the checkpoint signature is not valid for this public key", seq: seq)
+                    }
+                }
+                report.checkpoints += 1
+                report.unsignedTail = 0
+                lastWasClosing = checkpoint["closing"] as? Bool == true
+            }
+            previousSeq = seq
+            previousHash = hash
+        }
+        if let last = lines.last, !lastWasClosing {
+            let message = "the log ends without a closing checkpoint: \(report.unsignedTail) record(s) after the last checkpoint are "
+                + "not covered by a signature, and records after them may have been cut off"
+            if allowOpenTail {
+                report.notes.append(message)
+            } else {
+                report.problem = Problem(file: last.file, line: last.number, seq: report.lastSeq, message: message)
+            }
+        }
+        return report
+    }
+
+    static func hex(_ digest: SHA256Digest) -> String { digest.map { String(format: "%02x", $0) }.joined() }
+}

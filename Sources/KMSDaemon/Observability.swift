@@ -1,0 +1,82 @@
+import Foundation
+import KMSAudit
+import KMSCore
+import KMSRotation
+import KMSServer
+import Logging
+import ServiceLifecycle
+
+/// Fills the sampled gauges before each scrape: provider health and pool sessions, audit queue and fsync latency,
+/// and per key the latest version's age, the seconds to its next rotation and the wraps per version.
+enum MetricsSampler {
+    static func sample(_ server: KMSServer, into metrics: ServerMetrics) async {
+        for (name, provider) in server.policy.providers {
+            let health = await provider.health()
+            let labels = [("provider", name)]
+            metrics.gauge("kmsd_provider_up", labels, health.state == .unavailable ? 0 : 1)
+            metrics.gauge("kmsd_provider_breaker_open", labels, health.details["breaker"] == "open" ? 1 : 0)
+            for (detail, gauge) in [("sessions_open", "kmsd_pool_sessions_open"), ("sessions_idle", "kmsd_pool_sessions_idle"),
+                                    ("sessions_max", "kmsd_pool_sessions_max"), ("waiters", "kmsd_pool_waiters")] {
+                if let value = health.details[detail].flatMap(Double.init) { metrics.gauge(gauge, labels, value) }
+            }
+            if let open = health.details["sessions_open"].flatMap(Double.init), let idle = health.details["sessions_idle"].flatMap(Double.init) {
+                metrics.gauge("kmsd_pool_sessions_in_use", labels, max(0, open - idle))
+            }
+        }
+        if let audit = server.audit {
+            let statistics = audit.statistics
+            metrics.gauge("kmsd_audit_queue_depth", [], Double(statistics.queueDepth))
+            metrics.gauge("kmsd_audit_fsync_seconds_last", [], statistics.lastFsyncSeconds)
+            metrics.gauge("kmsd_audit_records", [], Double(statistics.records))
+            metrics.gauge("kmsd_audit_writable", [], statistics.writable ? 1 : 0)
+            if statistics.batches > 0 {
+                metrics.gauge("kmsd_audit_fsync_seconds_mean", [], statistics.totalFsyncSeconds / Double(statistics.batches))
+            }
+        }
+        let now = server.rotation.clock()
+        for entry in await server.rotation.schedule() {
+            let labels = [("key", entry.key.rawValue)]
+            if let created = entry.latestCreatedAt { metrics.gauge("kmsd_key_latest_version_age_seconds", labels, now.timeIntervalSince(created)) }
+            if let next = entry.plan?.nextRotationAt { metrics.gauge("kmsd_key_seconds_to_next_rotation", labels, next.timeIntervalSince(now)) }
+            if let version = entry.latestVersion { metrics.gauge("kmsd_key_latest_version", labels, Double(version.rawValue)) }
+        }
+        for key in server.rotation.configuredKeys {
+            for (version, usage) in server.rotation.usage(key.name) {
+                let labels = [("key", key.name.rawValue), ("version", String(version))]
+                metrics.gauge("kmsd_key_version_wraps", labels, Double(usage.wraps))
+                metrics.gauge("kmsd_key_version_unwraps", labels, Double(usage.unwraps))
+            }
+        }
+    }
+}
+
+/// Watches every provider's health and audits each change of state (`ok` → `unavailable` when a breaker opens, and
+/// back), with the backend's last error (for PKCS#11 it names the function and CK_RV).
+struct ProviderWatch: Service {
+    let providers: [String: any KeyProvider]
+    let audit: AuditLog?
+    let metrics: ServerMetrics
+    var interval: Duration = .seconds(2)
+    let logger = Logger(label: "kmsd.watch")
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            var states: [String: ProviderHealth.State] = [:]
+            while !Task.isCancelled {
+                for (name, provider) in providers.sorted(by: { $0.key < $1.key }) {
+                    let health = await provider.health()
+                    if let previous = states[name], previous != health.state {
+                        let detail = "provider \(name): \(previous.rawValue) → \(health.state.rawValue)"
+                            + (health.lastError.map { " (\($0.prefix(200)))" } ?? "")
+                        logger.warning("provider state changed", metadata: ["security_event": "provider_state", "provider": "\(name)",
+                                                                            "state": "\(health.state.rawValue)"])
+                        metrics.securityEvent("provider_\(health.state.rawValue)")
+                        audit?.submit(AuditEvent(.security, "provider_state", result: health.state == .ok ? .ok : .failed, detail: detail))
+                    }
+                    states[name] = health.state
+                }
+                try? await Task.sleep(for: interval)
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+import CoreMetrics
+import Foundation
+public import Prometheus
+
+/// kmsd's metrics, kept in a Prometheus registry of their own (no global bootstrap, so several servers can run in one
+/// process) and written through swift-metrics' types. Served as Prometheus text on the metrics listener.
+public final class ServerMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    let factory: PrometheusMetricsFactory
+
+    public init() {
+        registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+            .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
+        ]
+        self.factory = factory
+    }
+
+    /// One answered request: counted by route and status, its latency recorded by route.
+    public func request(route: String, status: Int, duration: Duration) {
+        CoreMetrics.Counter(label: "kmsd_requests_total", dimensions: [("route", route), ("status", String(status))], factory: factory).increment()
+        CoreMetrics.Timer(label: "kmsd_request_duration_seconds", dimensions: [("route", route)], factory: factory)
+            .recordNanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    /// A refusal or other security event, by kind (`forbidden`, `rate_limited`, `audit_unavailable`, …).
+    public func securityEvent(_ kind: String) {
+        CoreMetrics.Counter(label: "kmsd_security_events_total", dimensions: [("kind", kind)], factory: factory).increment()
+    }
+
+    /// Sets a gauge (state sampled when /metrics is read).
+    public func gauge(_ name: String, _ labels: [(String, String)] = [], _ value: Double) {
+        CoreMetrics.Gauge(label: name, dimensions: labels, factory: factory).record(value)
+    }
+
+    /// The Prometheus text exposition.
+    public func text() -> String { registry.emitToString() }
+}

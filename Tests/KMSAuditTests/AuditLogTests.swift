@@ -1,0 +1,205 @@
+import Crypto
+import Foundation
+@testable import KMSAudit
+import Testing
+
+/// A directory of its own for one test's audit files, with a signing key.
+struct AuditFixture {
+    let directory: URL
+    let keyPath: String
+    var logPath: String { directory.appendingPathComponent("audit.jsonl").path }
+    var publicKeyPEM: String { (try? String(contentsOfFile: logPath + ".pub.pem", encoding: .utf8)) ?? "" }
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("audit-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        keyPath = directory.appendingPathComponent("signing-key.pem").path
+        try FileAuditSigner.createIfMissing(path: keyPath)
+    }
+
+    func open(maxFileBytes: Int = 100 << 20, checkpointEvery: Int = 50, failClosed: Bool = true) throws -> AuditLog {
+        try AuditLog(.init(path: logPath, maxFileBytes: maxFileBytes, checkpointEvery: checkpointEvery, failClosed: failClosed,
+                           signer: try FileAuditSigner(path: keyPath)))
+    }
+
+    /// The rotated files (oldest first) and then the current one.
+    var files: [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        let rotated = names.filter { $0.hasPrefix("audit.jsonl.") && !$0.hasSuffix(".pem") }.sorted()
+        return rotated.map { directory.appendingPathComponent($0).path } + [logPath]
+    }
+
+    func verify(_ files: [String]? = nil, allowOpenTail: Bool = false) throws -> AuditVerifier.Report {
+        try AuditVerifier(publicKeyPEM: publicKeyPEM, allowOpenTail: allowOpenTail).verify(files: files ?? self.files)
+    }
+
+    func lines(_ path: String) throws -> [String] {
+        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+    }
+
+    func write(_ lines: [String], to path: String) throws {
+        try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: path))
+    }
+}
+
+func event(_ index: Int) -> AuditEvent {
+    AuditEvent(.keyAccess, "datakey", result: .ok, identity: "spiffe://test/node-\(index % 4)", key: "orders", version: 1,
+               contextDigest: String(repeating: "a", count: 64))
+}
+
+func json(_ line: String) -> [String: Any] {
+    (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:]
+}
+
+@Suite("Audit log", .serialized)
+struct AuditLogTests {
+    @Test func everyRecordChainsAndTheLogVerifiesAcrossFileRotations() async throws {
+        let fixture = try AuditFixture()
+        let log = try fixture.open(maxFileBytes: 8192, checkpointEvery: 25)
+        for index in 0..<300 { try await log.record(event(index)) }
+        await log.close()
+        #expect(fixture.files.count > 3, "the file rotated")
+        let report = try fixture.verify()
+        #expect(report.ok, "\(String(describing: report.problem))")
+        let all = try fixture.files.flatMap { try fixture.lines($0) }.map(json)
+        #expect(all.filter { $0["type"] as? String == "key_access" }.count == 300)
+        #expect(all.map { ($0["seq"] as? NSNumber)?.intValue ?? 0 } == Array(1...all.count))
+        #expect(all.first?["prev"] as? String == AuditChain.genesis)
+        #expect(all.contains { $0["type"] as? String == "file_start" })
+        #expect(report.checkpoints >= 12)
+        // Each file but the current one ends with a closing checkpoint; the current one too, after close.
+        for file in fixture.files {
+            let last = json(try fixture.lines(file).last ?? "")
+            #expect((last["checkpoint"] as? [String: Any])?["closing"] as? Bool == true, "\(file)")
+        }
+        // The documented fields, and nothing else.
+        let record = try #require(all.first { $0["type"] as? String == "key_access" })
+        #expect(Set(record.keys) == ["seq", "time", "prev", "type", "action", "result", "identity", "key", "version", "context_digest"])
+    }
+
+    @Test func aRestartContinuesTheChainAndATornLastLineIsCutOff() async throws {
+        let fixture = try AuditFixture()
+        var log = try fixture.open()
+        for index in 0..<5 { try await log.record(event(index)) }
+        await log.close()
+        // A crash in the middle of a write leaves half a line (never acknowledged).
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: fixture.logPath))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(#"{"seq":7,"prev":"abc","type":"key_ac"#.utf8))
+        try handle.close()
+        log = try fixture.open()
+        for index in 5..<10 { try await log.record(event(index)) }
+        await log.close()
+        let report = try fixture.verify()
+        #expect(report.ok, "\(String(describing: report.problem))")
+        #expect(try fixture.lines(fixture.logPath).map(json).filter { $0["type"] as? String == "key_access" }.count == 10)
+    }
+
+    @Test(arguments: ["modify", "delete", "insert", "reorder", "truncate", "signature"])
+    func tamperingIsDetectedAndTheRecordNamed(_ kind: String) async throws {
+        let fixture = try AuditFixture()
+        let log = try fixture.open(checkpointEvery: 10)
+        for index in 0..<40 { try await log.record(event(index)) }
+        await log.close()
+        #expect(try fixture.verify().ok)
+        var lines = try fixture.lines(fixture.logPath)
+        let target = 20  // 1-based line number
+        let targetSeq = (json(lines[target - 1])["seq"] as? NSNumber)?.uint64Value
+        switch kind {
+        case "modify":
+            lines[target - 1] = lines[target - 1].replacingOccurrences(of: "node-", with: "n0de-")
+        case "delete":
+            lines.remove(at: target - 1)
+        case "insert":
+            lines.insert(lines[target - 1].replacingOccurrences(of: "orders", with: "others"), at: target)
+        case "reorder":
+            lines.swapAt(target - 1, target)
+        case "truncate":
+            lines.removeLast(3)
+        default:
+            let index = try #require(lines.firstIndex { json($0)["type"] as? String == "checkpoint" })
+            let signature = try #require((json(lines[index])["checkpoint"] as? [String: Any])?["signature"] as? String)
+            var bytes = [UInt8](try #require(Data(base64Encoded: signature)))
+            bytes[5] ^= 0x01
+            lines[index] = lines[index].replacingOccurrences(of: signature, with: Data(bytes).base64EncodedString())
+        }
+        try fixture.write(lines, to: fixture.logPath)
+        let report = try fixture.verify()
+        let problem = try #require(report.problem, "\(kind) was not detected")
+        switch kind {
+        case "modify":
+            #expect(problem.line == target && problem.seq == targetSeq && problem.message.contains("modified"))
+        case "delete":
+            #expect(problem.line == target && problem.message.contains("seq \(targetSeq ?? 0)") && problem.message.contains("deleted"))
+        case "insert":
+            #expect(problem.line == target + 1 && problem.message.contains("inserted"))
+        case "reorder":
+            #expect(problem.line == target && problem.message.contains("reordered"))
+        case "truncate":
+            #expect(problem.message.contains("closing checkpoint"))
+        default:
+            #expect(problem.message.contains("signature"))
+        }
+        // The same files pass with the open-tail allowance only for truncation (a live log), never for the others.
+        let lenient = try fixture.verify(allowOpenTail: true)
+        #expect(lenient.ok == (kind == "truncate"))
+    }
+
+    @Test func anUnwritableLogFailsClosedAndRecoversWithAValidChain() async throws {
+        let fixture = try AuditFixture()
+        let log = try fixture.open()
+        try await log.record(event(0))
+        // The file is moved away and a directory put in its place: kmsd cannot open it for writing.
+        let aside = fixture.logPath + ".aside"
+        try FileManager.default.moveItem(atPath: fixture.logPath, toPath: aside)
+        try FileManager.default.createDirectory(atPath: fixture.logPath, withIntermediateDirectories: false)
+        await #expect(throws: AuditError.self) { try await log.record(event(1)) }
+        #expect(!log.statistics.writable && log.statistics.failures >= 1)
+        try FileManager.default.removeItem(atPath: fixture.logPath)
+        try FileManager.default.moveItem(atPath: aside, toPath: fixture.logPath)
+        try await log.record(event(2))
+        #expect(log.statistics.writable)
+        await log.close()
+        #expect(try fixture.verify().ok)
+        let records = try fixture.lines(fixture.logPath).map(json).filter { $0["type"] as? String == "key_access" }
+        #expect(records.map { $0["identity"] as? String } == ["spiffe://test/node-0", "spiffe://test/node-2"])
+    }
+
+    @Test func withoutFailClosedAWriteFailureIsLoggedAndTheCallerGoesOn() async throws {
+        let fixture = try AuditFixture()
+        let log = try fixture.open(failClosed: false)
+        try FileManager.default.removeItem(atPath: fixture.logPath)
+        try FileManager.default.createDirectory(atPath: fixture.logPath, withIntermediateDirectories: false)
+        try await log.record(event(0))
+        #expect(log.statistics.failures == 1)
+        try FileManager.default.removeItem(atPath: fixture.logPath)
+        await log.close()
+    }
+
+    @Test func concurrentRecordsShareFsyncsAndNoneIsLost() async throws {
+        let fixture = try AuditFixture()
+        let log = try fixture.open(checkpointEvery: 1000)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<16 {
+                group.addTask { for index in 0..<250 { try await log.record(event(task * 1000 + index)) } }
+            }
+            try await group.waitForAll()
+        }
+        let statistics = log.statistics
+        await log.close()
+        #expect(statistics.records == 4000)
+        #expect(statistics.batches < 4000, "group commit: \(statistics.batches) fsyncs for 4000 records")
+        let report = try fixture.verify()
+        #expect(report.ok && report.records == 4000 + report.checkpoints)
+    }
+
+    @Test func aWrongPublicKeyFailsVerification() async throws {
+        let fixture = try AuditFixture()
+        let log = try fixture.open()
+        try await log.record(event(0))
+        await log.close()
+        let other = P256.Signing.PrivateKey().publicKey.pemRepresentation
+        let report = try AuditVerifier(publicKeyPEM: other).verify(files: fixture.files)
+        #expect(report.problem?.message.contains("signature") == true)
+    }
+}

@@ -1,0 +1,193 @@
+import AsyncHTTPClient
+import Foundation
+import KMSAPI
+import KMSAudit
+import KMSTestSupport
+import NIOCore
+import NIOHTTP1
+import Testing
+
+extension RunningKMSD {
+    /// Waits until the audit log holds `count` records matching `filter` (refusals are written without waiting).
+    func waitForAudit(_ count: Int, timeout: Double = 5, where filter: ([String: Any]) -> Bool) async throws -> [[String: Any]] {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let matching = try auditRecords().filter(filter)
+            if matching.count >= count || Date() > deadline { return matching }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    func metricsText() async throws -> String {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        defer { Task { try? await client.shutdown() } }
+        let response = try await client.execute(HTTPClientRequest(url: "http://127.0.0.1:\(metricsPort)/metrics"), timeout: .seconds(10))
+        #expect(response.status.code == 200)
+        return String(buffer: try await response.body.collect(upTo: 4 << 20))
+    }
+}
+
+/// Runs `body` and shuts the clients down whatever happens (a client left running aborts the test process).
+func using<T>(_ clients: [HTTPClient], _ body: () async throws -> T) async throws -> T {
+    do {
+        let value = try await body()
+        for client in clients { try? await client.shutdown() }
+        return value
+    } catch {
+        for client in clients { try? await client.shutdown() }
+        throw error
+    }
+}
+
+/// The value of one sample line (`name{labels} value`) in Prometheus text, or nil.
+func sample(_ text: String, _ name: String, _ labels: String) -> Double? {
+    let prefix = labels.isEmpty ? name + " " : "\(name){\(labels)} "
+    return text.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.dropFirst(prefix.count)) }
+}
+
+@Suite("Audit and metrics", .serialized)
+struct ObservabilityTests {
+    @Test func everyAuditedOperationLeavesExactlyOneRecordWithTheDocumentedFields() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let node1 = try kmsd.client("node1")
+        let node2 = try kmsd.client("node2")
+        let admin = try kmsd.client("admin")
+        let body = kmsd.json(["context": ["table": "t1"]])
+        let key = try await using([node1, node2, admin]) {
+            try await exerciseEveryRoute(kmsd, node1: node1, node2: node2, admin: admin, body: body)
+        }
+        try await checkRecords(kmsd, key)
+        await kmsd.stop()
+        let verified = try AuditVerifier(publicKeyPEM: String(contentsOfFile: kmsd.auditPath + ".pub.pem", encoding: .utf8)).verify(files: [kmsd.auditPath])
+        #expect(verified.ok, "\(String(describing: verified.problem))")
+    }
+
+    func exerciseEveryRoute(_ kmsd: RunningKMSD, node1: HTTPClient, node2: HTTPClient, admin: HTTPClient, body: Data) async throws -> DataKeyResponse {
+        let key = try JSONDecoder().decode(DataKeyResponse.self, from: try await kmsd.call(node1, "POST", "/v1/keys/orders/datakey", body: body).body)
+        #expect(try await kmsd.call(node1, "POST", "/v1/keys/orders/unwrap",
+                                    body: kmsd.json(["wrapped": key.wrapped, "context": ["table": "t1"]])).status == 200)
+        #expect(try await kmsd.call(node1, "POST", "/v1/keys/orders/rewrap",
+                                    body: kmsd.json(["wrapped": key.wrapped, "context": ["table": "t1"]])).status == 200)
+        #expect(try await kmsd.call(node1, "POST", "/v1/keys/orders/unwrap/batch",
+                                    body: kmsd.json(["items": [["wrapped": key.wrapped, "context": ["table": "t1"]]]])).status == 200)
+        #expect(try await kmsd.call(node2, "POST", "/v1/keys/orders/datakey", body: body).status == 403)
+        #expect(try await kmsd.call(node1, "POST", "/v1/keys/orders/unwrap", body: kmsd.json(["wrapped": "!!"])).status == 400)
+        #expect(try await kmsd.call(node1, "GET", "/v1/admin/keys", headers: [("Authorization", "Bearer wrong")]).status == 403)
+        #expect(try await kmsd.call(admin, "POST", "/v1/admin/keys/orders/rotate", body: kmsd.json(["reason": "audit test"])).status == 200)
+        #expect(try await kmsd.call(admin, "GET", "/v1/admin/keys", headers: []).status == 200)
+        return key
+    }
+
+    func checkRecords(_ kmsd: RunningKMSD, _ key: DataKeyResponse) async throws {
+        let records = try await kmsd.waitForAudit(9) { ["key_access", "authorization", "authentication", "admin"].contains($0["type"] as? String) }
+        func only(_ type: String, _ action: String, result: String = "ok") -> [[String: Any]] {
+            records.filter { $0["type"] as? String == type && $0["action"] as? String == action && $0["result"] as? String == result }
+        }
+        let datakey = only("key_access", "datakey")
+        #expect(datakey.count == 1)
+        let record = try #require(datakey.first)
+        #expect(record["identity"] as? String == "spiffe://test/storage/node-1")
+        #expect(record["key"] as? String == "orders" && (record["version"] as? NSNumber)?.intValue == 1)
+        #expect((record["context_digest"] as? String)?.count == 64)
+        #expect(Set(record.keys) == ["seq", "time", "prev", "type", "action", "result", "identity", "key", "version", "context_digest"])
+        #expect(only("key_access", "unwrap").count == 1)
+        #expect(only("key_access", "rewrap").count == 1)
+        #expect(only("key_access", "unwrap_batch").first?["items"] as? Int == 1)
+        let denied = only("authorization", "datakey", result: "denied")
+        #expect(denied.count == 1 && denied.first?["identity"] as? String == "spiffe://test/storage/node-2" && denied.first?["code"] as? String == "forbidden")
+        #expect(only("key_access", "unwrap", result: "failed").first?["code"] as? String == "invalid_input")
+        let adminDenied = only("authorization", "list_keys", result: "denied")
+        #expect(adminDenied.count == 1 && adminDenied.first?["identity"] as? String == "spiffe://test/storage/node-1")
+        let rotation = only("admin", "rotate")
+        #expect(rotation.count == 1 && rotation.first?["identity"] as? String == "CN=security-admin")
+        #expect((rotation.first?["version"] as? NSNumber)?.intValue == 2 && (rotation.first?["detail"] as? String)?.contains("audit test") == true)
+        #expect(only("admin", "list_keys").count == 1)
+        // The context's values and the DEK never appear.
+        let text = try String(contentsOfFile: kmsd.auditPath, encoding: .utf8)
+        #expect(!text.contains(key.plaintext) && !text.contains("\"t1\""))
+    }
+
+    @Test func anUnwritableAuditLogRefusesKeyOperationsWhileHealthAndMetricsAnswer() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let node = try kmsd.client("node1")
+        try await using([node]) { try await refuseAndRecover(kmsd, node) }
+        await kmsd.stop()
+        let verified = try AuditVerifier(publicKeyPEM: String(contentsOfFile: kmsd.auditPath + ".pub.pem", encoding: .utf8)).verify(files: [kmsd.auditPath])
+        #expect(verified.ok, "\(String(describing: verified.problem))")
+    }
+
+    func refuseAndRecover(_ kmsd: RunningKMSD, _ node: HTTPClient) async throws {
+        #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        let aside = kmsd.auditPath + ".aside"
+        try FileManager.default.moveItem(atPath: kmsd.auditPath, toPath: aside)
+        try FileManager.default.createDirectory(atPath: kmsd.auditPath, withIntermediateDirectories: false)
+
+        let refused = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]))
+        #expect(refused.status == 503 && refused.errorCode == "audit_unavailable" && refused.retryAfter != nil)
+        #expect(!String(decoding: refused.body, as: UTF8.self).contains("plaintext"))
+        #expect(try await kmsd.call(node, "GET", "/v1/health/live").status == 200)
+        let metrics = try await kmsd.metricsText()
+        #expect(sample(metrics, "kmsd_audit_writable", "") == 0)
+        #expect((sample(metrics, "kmsd_security_events_total", #"kind="audit_unavailable""#) ?? 0) >= 1)
+
+        try FileManager.default.removeItem(atPath: kmsd.auditPath)
+        try FileManager.default.moveItem(atPath: aside, toPath: kmsd.auditPath)
+        #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+    }
+
+    @Test func twentyThousandAuditedRequestsFromSixteenClientsLeaveTwentyThousandRecords() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let clients = try (0..<16).map { _ in try kmsd.client("node1") }
+        let perClient = 1250
+        let failures = try await using(clients) { try await withThrowingTaskGroup(of: Int.self) { group in
+            for client in clients {
+                group.addTask {
+                    var failed = 0
+                    for _ in 0..<perClient {
+                        if try await kmsd.call(client, "POST", "/v1/keys/orders/datakey", body: Data("{}".utf8)).status != 200 { failed += 1 }
+                    }
+                    return failed
+                }
+            }
+            return try await group.reduce(0, +)
+        } }
+        #expect(failures == 0)
+        let statistics = try #require(kmsd.audit?.statistics)
+        await kmsd.stop()
+        let records = try kmsd.auditRecords().filter { $0["type"] as? String == "key_access" && $0["action"] as? String == "datakey" }
+        #expect(records.count == 16 * perClient)
+        let verified = try AuditVerifier(publicKeyPEM: String(contentsOfFile: kmsd.auditPath + ".pub.pem", encoding: .utf8)).verify(files: [kmsd.auditPath])
+        #expect(verified.ok, "\(String(describing: verified.problem))")
+        #expect(statistics.batches < statistics.records, "group commit: \(statistics.batches) fsyncs for \(statistics.records) records")
+    }
+
+    @Test func metricsAreValidPrometheusTextAndCountersMove() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let node = try kmsd.client("node1")
+        let other = try kmsd.client("node2")
+        try await using([node, other]) { try await moveCounters(kmsd, node, other) }
+        await kmsd.stop()
+    }
+
+    func moveCounters(_ kmsd: RunningKMSD, _ node: HTTPClient, _ other: HTTPClient) async throws {
+        let before = try await kmsd.metricsText()
+        let datakeys = sample(before, "kmsd_requests_total", #"route="datakey",status="200""#) ?? 0
+        for _ in 0..<3 { #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200) }
+        #expect(try await kmsd.call(other, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 403)
+        let after = try await kmsd.metricsText()
+        #expect(sample(after, "kmsd_requests_total", #"route="datakey",status="200""#) == datakeys + 3)
+        #expect(sample(after, "kmsd_requests_total", #"route="datakey",status="403""#) == 1)
+        #expect(sample(after, "kmsd_security_events_total", #"kind="forbidden""#) == 1)
+        #expect(sample(after, "kmsd_provider_up", #"provider="hsm""#) == 1)
+        #expect(sample(after, "kmsd_key_latest_version", #"key="orders""#) == 1)
+        #expect((sample(after, "kmsd_key_seconds_to_next_rotation", #"key="orders""#) ?? 0) > 89 * 86400)
+        #expect(sample(after, "kmsd_key_version_wraps", #"key="orders",version="1""#) == 3)
+        #expect(after.contains("kmsd_request_duration_seconds_bucket{route=\"datakey\""))
+        #expect(sample(after, "kmsd_audit_writable", "") == 1)
+        // Every line is a comment or `name{labels} value`.
+        let samplePattern = /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? -?[0-9.eE+-]+|NaN|[+-]Inf$/
+        for line in after.split(separator: "\n") where !line.isEmpty {
+            #expect(line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") || line.wholeMatch(of: samplePattern) != nil, "\(line)")
+        }
+    }
+}
