@@ -316,7 +316,10 @@ public struct Daemon: Sendable {
                 .init(service: app), .init(service: RotationScheduler(rotation)),
                 .init(service: ProviderWatch(providers: providers, audit: audit, metrics: metrics)),
             ]
-            if let metricsApp = metricsApplication(running.server, metrics: metrics) { services.append(.init(service: metricsApp)) }
+            let metricsApp = metricsApplication(running.server, metrics: metrics) { [logger, configuration] port in
+                logger.notice("metrics serving", metadata: ["address": "\(configuration.listen.metrics?.host ?? ""):\(port)"])
+            }
+            if let metricsApp { services.append(.init(service: metricsApp)) }
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         } catch {

@@ -26,4 +26,18 @@ public struct BuiltExecutable: Sendable {
         process.waitUntilExit()
         return (process.terminationStatus, text)
     }
+
+    /// Starts the executable in the background with standard output and error going to `log`.
+    public func start(_ arguments: [String], environment: [String: String] = [:], log: URL) throws -> Process {
+        guard FileManager.default.createFile(atPath: log.path, contents: nil) else { throw FixtureError("cannot create \(log.path)") }
+        let process = Process()
+        process.executableURL = url
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        return process
+    }
 }

@@ -24,9 +24,11 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         do {
             let configuration = try Configuration.load(path: options.config)
+            let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
             LoggingSystem.bootstrap { label in
+                if configuration.logFormat == "json" { return JSONLogHandler(label: label, level: level) }
                 var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+                handler.logLevel = level
                 return handler
             }
             try await Daemon(configuration).run()

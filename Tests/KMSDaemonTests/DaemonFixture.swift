@@ -67,7 +67,7 @@ final class RunningKMSD: Sendable {
     }
 
     static func start(maxBodyBytes: Int = 64 * 1024, ratePerSecond: Int = 1000, burst: Int = 2000,
-                      maxConnections: Int = 1024) async throws -> RunningKMSD {
+                      maxConnections: Int = 1024, auditSigning: String = "{ file: audit-key.pem }") async throws -> RunningKMSD {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let pki = try pki(in: directory)
@@ -82,7 +82,7 @@ final class RunningKMSD: Sendable {
             mode: development
             data_dir: data
             listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0" }
-            audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem }, fail_closed: true, checkpoint_every: 500 }
+            audit: { file: audit/audit.jsonl, sign: \(auditSigning), fail_closed: true, checkpoint_every: 500 }
             tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3" }
             providers:
               hsm: { type: pkcs11, module: \(shim.modulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
@@ -117,7 +117,6 @@ final class RunningKMSD: Sendable {
         }
         let metricsApp = daemon.metricsApplication(running.server, metrics: metrics) { metricsContinuation.yield($0) }
         let task = Task {
-            defer { Task { await Daemon.stop(providers) } }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await app.run() }
                 if let metricsApp { group.addTask { try await metricsApp.run() } }
@@ -133,10 +132,12 @@ final class RunningKMSD: Sendable {
                            pki: pki, daemon: daemon, running: running, providers: providers, audit: audit, yaml: yaml)
     }
 
+    /// Stops as kmsd does: the listeners, then the audit log (its closing checkpoint may need the HSM), then the providers.
     func stop() async {
         task.cancel()
         _ = try? await task.value
         await audit?.close()
+        await Daemon.stop(providers)
     }
 
     var auditPath: String { directory.appendingPathComponent("audit/audit.jsonl").path }

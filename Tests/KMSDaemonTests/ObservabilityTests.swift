@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Crypto
 import Foundation
 import KMSAPI
 import KMSAudit
@@ -189,5 +190,24 @@ struct ObservabilityTests {
         for line in after.split(separator: "\n") where !line.isEmpty {
             #expect(line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") || line.wholeMatch(of: samplePattern) != nil, "\(line)")
         }
+    }
+
+    @Test func checkpointsSignedByAKeyPairOnTheTokenVerifyWithTheExportedPublicKey() async throws {
+        let kmsd = try await RunningKMSD.start(auditSigning: "{ hsm: hsm, label: kmsd-audit-test }")
+        let node = try kmsd.client("node1")
+        let statuses = try await using([node]) {
+            var statuses: [Int] = []
+            for _ in 0..<5 { statuses.append(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status) }
+            return statuses
+        }
+        #expect(statuses == [200, 200, 200, 200, 200])
+        await kmsd.stop()
+        let publicKey = try String(contentsOfFile: kmsd.auditPath + ".pub.pem", encoding: .utf8)
+        let report = try AuditVerifier(publicKeyPEM: publicKey).verify(files: [kmsd.auditPath])
+        #expect(report.ok && report.checkpoints >= 1, "\(String(describing: report.problem))")
+        // A different key does not verify it.
+        let other = try String(contentsOfFile: kmsd.directory.appendingPathComponent("audit-key.pem").path, encoding: .utf8)
+        let otherPublic = try P256.Signing.PrivateKey(pemRepresentation: other).publicKey.pemRepresentation
+        #expect(try AuditVerifier(publicKeyPEM: otherPublic).verify(files: [kmsd.auditPath]).problem?.message.contains("signature") == true)
     }
 }

@@ -1,0 +1,121 @@
+import AsyncHTTPClient
+import Foundation
+import KMSAPI
+import KMSAudit
+import KMSTestSupport
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import Testing
+
+/// kmsd as operators run it: its own process, configured from a file, stopped with SIGTERM.
+@Suite("kmsd as a process", .serialized)
+struct ProcessTests {
+    @Test func aFullRunLeavesNoSecretInTheLogsOrTheAuditLogAndTheAuditLogVerifies() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-process-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        _ = try RunningKMSD.pki(in: directory)
+        let token = try SoftHSMToken.create()
+        let pin = directory.appendingPathComponent("pin")
+        try Data(token.userPIN.utf8).write(to: pin)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pin.path)
+        let adminToken = "admin-token-\(UUID().uuidString)"
+        try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
+        let yaml = """
+            mode: development
+            data_dir: data
+            log_level: debug
+            log_format: json
+            listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0" }
+            tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
+            providers:
+              hsm: { type: pkcs11, module: \(SoftHSMToken.defaultModulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
+                     profile: softhsm2, profiles_dir: \(profilesDirectory) }
+            keys:
+              orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
+            admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
+            audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }
+            """
+        let config = directory.appendingPathComponent("kmsd.yaml")
+        try Data(yaml.utf8).write(to: config)
+        let log = directory.appendingPathComponent("kmsd.log")
+        let process = try BuiltExecutable("kmsd").start(["serve", "--config", config.path], log: log)
+        defer { if process.isRunning { process.terminate() } }
+
+        // The API's port, from the log line that says kmsd is serving.
+        var port: Int?
+        for _ in 0..<200 where port == nil {
+            try await Task.sleep(for: .milliseconds(50))
+            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            port = text.split(separator: "\n").first { $0.contains("kmsd serving") }
+                .flatMap { $0.firstMatch(of: /127\.0\.0\.1:([0-9]+)/) }.flatMap { Int($0.1) }
+            #expect(process.isRunning, "kmsd exited: \(text)")
+        }
+        let apiPort = try #require(port)
+        var secrets = [token.userPIN, token.securityOfficerPIN, adminToken]
+
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("ca.pem").path))
+        func client(_ name: String) throws -> HTTPClient {
+            var configuration = tls
+            configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("\(name).pem").path).map { .certificate($0) }
+            configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: directory.appendingPathComponent("\(name)-key.pem").path, format: .pem))
+            return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: configuration))
+        }
+        let node = try client("node1")
+        let admin = try client("admin")
+        func call(_ client: HTTPClient, _ method: HTTPMethod, _ path: String, _ body: [String: Any]? = nil,
+                  bearer: String? = nil) async throws -> (Int, [String: Any]) {
+            var request = HTTPClientRequest(url: "https://localhost:\(apiPort)\(path)")
+            request.method = method
+            if let bearer { request.headers.add(name: "Authorization", value: "Bearer \(bearer)") }
+            if let body { request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body))) }
+            let response = try await client.execute(request, timeout: .seconds(10))
+            let data = Data(try await response.body.collect(upTo: 1 << 20).readableBytesView)
+            return (Int(response.status.code), (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:])
+        }
+        let statuses = try await using([node, admin]) {
+            var statuses: [Int] = []
+            statuses.append(try await call(admin, .POST, "/v1/admin/keys", ["name": "orders"]).0)
+            for index in 0..<3 {
+                let (status, key) = try await call(node, .POST, "/v1/keys/orders/datakey", ["context": ["tenant": "t\(index)"]])
+                statuses.append(status)
+                let plaintext = try #require(key["plaintext"] as? String)
+                secrets.append(plaintext)
+                secrets.append(Data(base64Encoded: plaintext).map { $0.map { String(format: "%02x", $0) }.joined() } ?? plaintext)
+                let wrapped = try #require(key["wrapped"] as? String)
+                statuses.append(try await call(node, .POST, "/v1/keys/orders/unwrap", ["wrapped": wrapped, "context": ["tenant": "t\(index)"]]).0)
+                statuses.append(try await call(node, .POST, "/v1/keys/orders/rewrap", ["wrapped": wrapped, "context": ["tenant": "t\(index)"]]).0)
+            }
+            // A storage node's certificate with the admin token is an administrator; with another token it is not.
+            statuses.append(try await call(node, .GET, "/v1/admin/status", bearer: adminToken).0)
+            statuses.append(try await call(node, .GET, "/v1/admin/status", bearer: "not-the-token").0)
+            statuses.append(try await call(admin, .POST, "/v1/admin/keys/orders/rotate", ["reason": "drill"]).0)
+            return statuses
+        }
+        #expect(statuses == [201] + Array(repeating: 200, count: 9) + [200, 403, 200])
+
+        process.terminate()  // SIGTERM
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+
+        let logText = try String(contentsOf: log, encoding: .utf8)
+        let auditPath = directory.appendingPathComponent("audit/audit.jsonl").path
+        let auditText = try String(contentsOfFile: auditPath, encoding: .utf8)
+        #expect(logText.contains("kmsd serving") && auditText.contains("\"key_access\""))
+        for secret in secrets {
+            #expect(!logText.contains(secret), "a secret is in the log")
+            #expect(!auditText.contains(secret), "a secret is in the audit log")
+        }
+        // log_format json: every line is a JSON object.
+        for line in logText.split(separator: "\n") {
+            #expect((try? JSONSerialization.jsonObject(with: Data(line.utf8))) is [String: Any], "\(line.prefix(200))")
+        }
+        // kmsctl verifies the log kmsd closed on SIGTERM.
+        let (verified, output) = try BuiltExecutable("kmsctl").run(["audit", "verify", "--public-key", auditPath + ".pub.pem", auditPath])
+        #expect(verified == 0 && output.contains("OK:"), "\(output)")
+        let records = auditText.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+        #expect(records.filter { $0["type"] as? String == "key_access" }.count == 9)
+        #expect(records.contains { $0["action"] as? String == "start" } && records.contains { $0["action"] as? String == "stop" })
+    }
+}
