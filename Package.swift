@@ -42,6 +42,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // The PKCS#11 header (Debian's libp11-kit-dev) and a few helpers for what Swift cannot import.
@@ -114,6 +115,7 @@ let package = Package(
             dependencies: [
                 "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -224,7 +226,12 @@ let package = Package(
         .executableTarget(
             name: "kms-bench",
             dependencies: [
-                "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation",
+                "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSDaemon", "KMSAudit",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -25,9 +25,12 @@ public final class AuditLog: Sendable {
         public var checkpointInterval: TimeInterval
         public var failClosed: Bool
         public var signer: (any AuditSigner)?
+        /// A best-effort copy of each durable record to syslog.
+        public var syslog: SyslogForwarder?
 
         public init(path: String, maxFileBytes: Int = 100 << 20, checkpointEvery: Int = 10_000, checkpointInterval: TimeInterval = 60,
-                    failClosed: Bool, signer: (any AuditSigner)?) {
+                    failClosed: Bool, signer: (any AuditSigner)?, syslog: SyslogForwarder? = nil) {
+            self.syslog = syslog
             self.path = path
             self.maxFileBytes = maxFileBytes
             self.checkpointEvery = checkpointEvery
@@ -129,6 +132,7 @@ public final class AuditLog: Sendable {
                 continuation.resume()
             }
         }
+        await configuration.syslog?.shutdown()
     }
 }
 
@@ -189,7 +193,7 @@ final class Writer: @unchecked Sendable {
     // MARK: - Committing
 
     private func commit(_ batch: [AuditLog.Pending]) {
-        let started = ContinuousClock.now
+        copies = []
         do {
             try ensureOpen()
             var seq = self.seq
@@ -202,8 +206,15 @@ final class Writer: @unchecked Sendable {
             var since = sinceCheckpoint + batch.count
             if let signer = configuration.signer,
                since >= configuration.checkpointEvery || Date().timeIntervalSince(lastCheckpointAt) >= configuration.checkpointInterval {
-                append(try checkpoint(signer, seq: seq + 1, prev: prev, closing: false), to: &bytes, seq: &seq, prev: &prev)
-                since = 0
+                // A signer that cannot sign now (the HSM is down) delays the checkpoint; the records still go out,
+                // chained, and the next checkpoint covers them.
+                do {
+                    append(try checkpoint(signer, seq: seq + 1, prev: prev, closing: false), to: &bytes, seq: &seq, prev: &prev)
+                    since = 0
+                } catch {
+                    logger.warning("audit checkpoint not signed; retrying with the next batch", metadata: ["error": "\(error)"])
+                    onFailure("checkpoint: \(error)")
+                }
             }
             try write(bytes)
             let synced = ContinuousClock.now
@@ -223,6 +234,7 @@ final class Writer: @unchecked Sendable {
                 state.statistics.writable = true
             }
             for pending in batch { pending.waiter?.resume() }
+            forwardCopies()
             if fileBytes >= configuration.maxFileBytes { rotateFile() }
         } catch {
             closeFile()
@@ -245,7 +257,17 @@ final class Writer: @unchecked Sendable {
                 }
             }
         }
-        _ = started
+    }
+
+    /// Lines of the batch being committed, for the syslog copy once they are durable.
+    private var copies: [(line: [UInt8], type: String, time: String)] = []
+
+    /// Sends the lines just made durable to syslog.
+    private func forwardCopies() {
+        if let syslog = configuration.syslog {
+            for copy in copies { syslog.send(copy.line, type: copy.type, time: copy.time) }
+        }
+        copies = []
     }
 
     private func append(_ record: AuditRecord, to bytes: inout [UInt8], seq: inout UInt64, prev: inout String) {
@@ -255,6 +277,7 @@ final class Writer: @unchecked Sendable {
             ?? Array(#"{"seq":\#(record.seq),"prev":"\#(record.prev)","type":"security","action":"encode_failed","result":"failed"}"#.utf8)
         seq = record.seq
         prev = Self.hex(SHA256.hash(data: line))
+        if configuration.syslog != nil { copies.append((line, record.event.kind.rawValue, record.time)) }
         bytes += line
         bytes.append(UInt8(ascii: "\n"))
     }
@@ -372,6 +395,7 @@ final class Writer: @unchecked Sendable {
     /// Size rotation: a closing checkpoint ends the file, which is renamed `<path>.<seq>`; the new file starts with a
     /// `file_start` record that continues the chain and names the file before it.
     private func rotateFile() {
+        copies = []
         do {
             var bytes: [UInt8] = []
             var seq = self.seq
@@ -384,6 +408,7 @@ final class Writer: @unchecked Sendable {
                 self.prev = prev
                 sinceCheckpoint = 0
                 lastCheckpointAt = Date()
+                forwardCopies()
             }
             let archived = configuration.path + "." + String(format: "%012llu", seq)
             guard rename(configuration.path, archived) == 0 else {
@@ -400,6 +425,7 @@ final class Writer: @unchecked Sendable {
             self.seq = seq
             self.prev = prev
             fileBytes = bytes.count
+            forwardCopies()
             logger.notice("audit log rotated", metadata: ["archived": "\(archived)"])
         } catch {
             closeFile()
@@ -410,6 +436,7 @@ final class Writer: @unchecked Sendable {
 
     /// The closing checkpoint, then the file is closed and `close()` returns.
     private func finish() {
+        copies = []
         if let signer = configuration.signer, fd >= 0 || (try? ensureOpen()) != nil {
             var bytes: [UInt8] = []
             var seq = self.seq
@@ -419,6 +446,7 @@ final class Writer: @unchecked Sendable {
                 if (try? write(bytes)) != nil, fsync(fd) == 0 {
                     self.seq = seq
                     self.prev = prev
+                    forwardCopies()
                 }
             }
         }

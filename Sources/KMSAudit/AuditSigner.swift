@@ -20,8 +20,9 @@ public enum AuditKeys {
     }
 }
 
-/// A signing key in a PEM file (development, or where no HSM is available). The file must be readable by its owner
-/// only; production mode refuses a file signer unless the configuration says so explicitly.
+/// A signing key in a PEM file (development, or where no HSM is available). The production checklist requires the
+/// file to be readable by its owner only; an HSM-held key (`sign: {hsm: …}`) is stronger, since whoever can read the
+/// file can forge checkpoints.
 public struct FileAuditSigner: AuditSigner {
     private let key: P256.Signing.PrivateKey
     public let publicKeyPEM: String

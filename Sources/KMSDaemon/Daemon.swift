@@ -201,7 +201,11 @@ public struct Daemon: Sendable {
                                revocation: try Self.revocation(configuration.tls), events: events, logger: Logger(label: "kmsd.api"))
         let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0)) }
         let limit = ConnectionLimit(maximum: configuration.limits.maxConnections, events: server.events)
-        let builder = HTTPServerBuilder.http1(tls: box, limit: limit)
+        let builder = HTTPServerBuilder.http1(tls: box, limit: limit) { [events, audit] peer, error in
+            events.record("tls_handshake_failed")
+            audit?.submit(AuditEvent(.authentication, "tls_handshake", result: .denied, identity: nil, code: "handshake_failed",
+                                     detail: "peer \(peer): \(error)"))
+        }
         let app = Application(
             router: server.router(), server: builder,
             configuration: .init(address: .hostname(configuration.listen.host, port: configuration.listen.port), serverName: nil),
@@ -226,6 +230,8 @@ public struct Daemon: Sendable {
     private func reloadUnaudited(_ running: Running, providers: [String: any KeyProvider]) throws {
         let fresh = try Configuration.load(path: configuration.source)
         let reloaded = Daemon(fresh, logger: logger)
+        // A reload must not weaken what production mode refused at start.
+        try reloaded.checkMode()
         if let tls = fresh.tls, let box = running.tls { try box.replace(Self.tlsConfiguration(tls)) }
         running.server.rotation.update(keys: reloaded.rotationKeys(providers))
         running.server.reload(.init(policy: reloaded.policy(providers, rotation: running.server.rotation),
@@ -248,9 +254,22 @@ public struct Daemon: Sendable {
         case nil:
             signer = nil
         }
+        var forwarder: SyslogForwarder?
+        if let syslog = audit.syslog {
+            var tls: TLSConfiguration?
+            if syslog.tls {
+                var client = TLSConfiguration.makeClientConfiguration()
+                if let ca = syslog.caCertificate { client.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
+                tls = client
+            }
+            forwarder = SyslogForwarder(.init(host: syslog.host, port: syslog.port, tls: tls), logger: Logger(label: "kmsd.audit.syslog"),
+                                        onDrop: { _ in events.record("syslog_dropped") })
+            forwarder?.start()
+        }
         return try AuditLog(
             .init(path: audit.file, maxFileBytes: audit.maxFileBytes, checkpointEvery: audit.checkpointEvery,
-                  checkpointInterval: Double(audit.checkpointInterval.components.seconds), failClosed: audit.failClosed, signer: signer),
+                  checkpointInterval: Double(audit.checkpointInterval.components.seconds), failClosed: audit.failClosed, signer: signer,
+                  syslog: forwarder),
             logger: Logger(label: "kmsd.audit"), onFailure: { _ in events.record("audit_write_failed") })
     }
 

@@ -1,5 +1,6 @@
 import Crypto
 public import Foundation
+import KMSAudit
 
 /// `kmsd dev-init`: the files `ci/dev` runs kmsd with — a development PKI, a SoftHSM configuration and PIN, an admin
 /// token, and `kmsd.yaml`. Files that exist are kept, so running it twice reuses the directory.
@@ -45,6 +46,10 @@ public enum DevEnvironment {
                 .write(to: directory.appendingPathComponent("softhsm2.conf"))
             made.append("softhsm2.conf")
         }
+        if !files.fileExists(atPath: path("audit-signing-key.pem")) {
+            try FileAuditSigner.createIfMissing(path: path("audit-signing-key.pem"))
+            made.append("audit-signing-key.pem")
+        }
         if !files.fileExists(atPath: path("admin-token")) {
             let token = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.base64EncodedString()
             try writeSecret("admin-token", token + "\n")
@@ -58,7 +63,8 @@ public enum DevEnvironment {
                 # SoftHSM, a generated CA, secrets in this directory.
                 mode: development
                 data_dir: data
-                listen: { api: "127.0.0.1:\(port)" }
+                listen: { api: "127.0.0.1:\(port)", metrics: "127.0.0.1:\(port + 1021)" }
+                audit: { file: audit/audit.jsonl, sign: { file: audit-signing-key.pem } }
                 tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
                 providers:
                   hsm:

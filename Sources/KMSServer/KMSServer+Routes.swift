@@ -3,6 +3,7 @@ import Hummingbird
 import KMSAPI
 import KMSCore
 import KMSRotation
+import KMSAudit
 import Logging
 
 extension KMSServer {
@@ -239,6 +240,9 @@ extension KMSServer {
 
     /// 200 when every provider is serving; 503 (with `Retry-After`) when any is not.
     func ready() async throws -> Response {
+        if let audit, !audit.statistics.writable {
+            throw APIError(.serviceUnavailable, "unavailable", "the audit log cannot be written")
+        }
         let providers = await providerHealth()
         guard providers.allSatisfy({ $0.state != "unavailable" }) else {
             let down = providers.filter { $0.state == "unavailable" }.map(\.name).joined(separator: ", ")

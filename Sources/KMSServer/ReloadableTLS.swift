@@ -1,6 +1,7 @@
 public import HummingbirdCore
 import Logging
 import NIOCore
+import NIOTLS
 public import NIOSSL
 import Synchronization
 
@@ -29,6 +30,7 @@ struct LimitedHTTP1Channel: ServerChildChannel {
     let base: HTTP1Channel
     let box: TLSContextBox?
     let limit: ConnectionLimit
+    let onHandshakeFailure: @Sendable (_ peer: String, _ error: String) -> Void
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         guard limit.admit() else {
@@ -38,7 +40,10 @@ struct LimitedHTTP1Channel: ServerChildChannel {
         }
         channel.closeFuture.whenComplete { _ in limit.release() }
         return channel.eventLoop.makeCompletedFuture {
-            if let box { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: box.current)) }
+            if let box {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: box.current))
+                try channel.pipeline.syncOperations.addHandler(HandshakeObserver(onFailure: onHandshakeFailure))
+            }
         }.flatMap {
             base.setup(channel: channel, logger: logger)
         }
@@ -52,7 +57,49 @@ struct LimitedHTTP1Channel: ServerChildChannel {
 extension HTTPServerBuilder {
     /// HTTP/1 (over TLS whose context can be replaced while the server runs, when `tls` is given), at most
     /// `limit.maximum` connections at once.
-    public static func http1(tls box: TLSContextBox?, limit: ConnectionLimit) -> HTTPServerBuilder {
-        .init { responder in LimitedHTTP1Channel(base: HTTP1Channel(responder: responder), box: box, limit: limit) }
+    /// `onHandshakeFailure` hears of every TLS handshake that failed (no or bad client certificate, old protocol).
+    public static func http1(tls box: TLSContextBox?, limit: ConnectionLimit,
+                             onHandshakeFailure: @escaping @Sendable (_ peer: String, _ error: String) -> Void = { _, _ in }) -> HTTPServerBuilder {
+        .init { responder in
+            LimitedHTTP1Channel(base: HTTP1Channel(responder: responder), box: box, limit: limit, onHandshakeFailure: onHandshakeFailure)
+        }
+    }
+}
+
+/// Sits behind the TLS handler and reports an error that arrives before the handshake completed: the client was
+/// refused during the handshake (it never reaches a route, so this is the only place to see it).
+final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    let onFailure: @Sendable (String, String) -> Void
+    private var completed = false
+    private var reported = false
+
+    init(onFailure: @escaping @Sendable (String, String) -> Void) {
+        self.onFailure = onFailure
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            completed = true
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        report(context, String("\(error)".prefix(300)))
+        context.fireErrorCaught(error)
+    }
+
+    /// Some refusals (an old protocol version) end the connection without an error reaching this handler.
+    func channelInactive(context: ChannelHandlerContext) {
+        report(context, "the connection closed before the TLS handshake completed")
+        context.fireChannelInactive()
+    }
+
+    private func report(_ context: ChannelHandlerContext, _ error: String) {
+        guard !completed && !reported else { return }
+        reported = true
+        onFailure(context.remoteAddress?.ipAddress ?? "unknown", error)
     }
 }

@@ -10,6 +10,11 @@ public struct BuiltExecutable: Sendable {
             .appendingPathComponent(name)
     }
 
+    /// An executable at a given path.
+    public init(url: URL) {
+        self.url = url
+    }
+
     public var exists: Bool { FileManager.default.isExecutableFile(atPath: url.path) }
 
     /// Runs to completion; returns the exit status and standard output and error together.

@@ -2,6 +2,10 @@ import Crypto
 import Foundation
 @testable import KMSAudit
 import Testing
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A directory of its own for one test's audit files, with a signing key.
 struct AuditFixture {
@@ -201,5 +205,82 @@ struct AuditLogTests {
         let other = P256.Signing.PrivateKey().publicKey.pemRepresentation
         let report = try AuditVerifier(publicKeyPEM: other).verify(files: fixture.files)
         #expect(report.problem?.message.contains("signature") == true)
+    }
+}
+
+/// A TCP listener on 127.0.0.1 that keeps every byte it receives (a stand-in syslog collector: real sockets, no TLS).
+final class Collector: Sendable {
+    final class Received: Sendable {
+        let bytes = Mutex<[UInt8]>([])
+    }
+
+    let port: Int
+    private let received = Received()
+    private let listener: Int32
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 4) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard fd >= 0, bound else { throw AuditError("cannot listen") }
+        listener = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+        let received = received
+        Thread {
+            let connection = accept(fd, nil, nil)
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while connection >= 0 {
+                let count = read(connection, &buffer, buffer.count)
+                if count <= 0 { break }
+                received.bytes.withLock { $0 += buffer[..<count] }
+            }
+        }.start()
+    }
+
+    /// The octet-counted frames received so far.
+    var frames: [String] {
+        var bytes = received.bytes.withLock { $0 }[...]
+        var frames: [String] = []
+        while let space = bytes.firstIndex(of: UInt8(ascii: " ")), let length = Int(String(decoding: bytes[..<space], as: UTF8.self)),
+              bytes.count >= space - bytes.startIndex + 1 + length {
+            let start = space + 1
+            frames.append(String(decoding: bytes[start..<(start + length)], as: UTF8.self))
+            bytes = bytes[(start + length)...]
+        }
+        return frames
+    }
+
+    deinit { close(listener) }
+}
+
+@Suite("Syslog copy")
+struct SyslogTests {
+    @Test func eachDurableRecordIsSentAsAnRFC5424MessageWithOctetCounting() async throws {
+        let collector = try Collector()
+        let forwarder = SyslogForwarder(.init(host: "127.0.0.1", port: collector.port, tls: nil))
+        forwarder.start()
+        let fixture = try AuditFixture()
+        let log = try AuditLog(.init(path: fixture.logPath, failClosed: true, signer: try FileAuditSigner(path: fixture.keyPath), syslog: forwarder))
+        for index in 0..<5 { try await log.record(event(index)) }
+        await log.close()
+        var frames: [String] = []
+        for _ in 0..<100 where frames.count < 6 {
+            try await Task.sleep(for: .milliseconds(20))
+            frames = collector.frames
+        }
+        let lines = try fixture.lines(fixture.logPath)
+        #expect(frames.count == lines.count, "\(frames.count) frames for \(lines.count) records")
+        for (frame, line) in zip(frames, lines) {
+            #expect(frame.hasPrefix("<109>1 ") && frame.hasSuffix(line), "\(frame.prefix(120))")
+        }
+        #expect(frames.first?.contains(" kmsd ") == true && frames.first?.contains(" key_access - ") == true)
     }
 }

@@ -127,6 +127,7 @@ struct ObservabilityTests {
         #expect(refused.status == 503 && refused.errorCode == "audit_unavailable" && refused.retryAfter != nil)
         #expect(!String(decoding: refused.body, as: UTF8.self).contains("plaintext"))
         #expect(try await kmsd.call(node, "GET", "/v1/health/live").status == 200)
+        #expect(try await kmsd.call(node, "GET", "/v1/health/ready").status == 503)
         let metrics = try await kmsd.metricsText()
         #expect(sample(metrics, "kmsd_audit_writable", "") == 0)
         #expect((sample(metrics, "kmsd_security_events_total", #"kind="audit_unavailable""#) ?? 0) >= 1)
@@ -134,6 +135,7 @@ struct ObservabilityTests {
         try FileManager.default.removeItem(atPath: kmsd.auditPath)
         try FileManager.default.moveItem(atPath: aside, toPath: kmsd.auditPath)
         #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        #expect(try await kmsd.call(node, "GET", "/v1/health/ready").status == 200)
     }
 
     @Test func twentyThousandAuditedRequestsFromSixteenClientsLeaveTwentyThousandRecords() async throws {
