@@ -101,7 +101,7 @@ struct EndToEndBenchmark: AsyncParsableCommand {
                 keys:
                   bench: { provider: hsm, allow: ["spiffe://bench/storage/*"] }
                 admin: { identities: ["CN=security-admin"] }
-                limits: { rate_per_second: 10000000, burst: 10000000, max_connections: 4096 }
+                limits: { rate_per_second: 1000000, burst: 1000000, max_connections: 4096 }
                 \(audit)
                 """
             let config = directory.appendingPathComponent("kmsd-\(port).yaml")
@@ -114,20 +114,28 @@ struct EndToEndBenchmark: AsyncParsableCommand {
             let node = try client("node", directory, pool: largest)
             let admin = try client("admin", directory, pool: 1)
             let base = "https://localhost:\(port)"
-            let ready = try await waitReady(node, base, process)
-            let readySeconds = (ContinuousClock.now - started).seconds
-            _ = try await call(admin, base + "/v1/admin/keys", #"{"name":"bench"}"#)
-            let context = #"{"context":{"cluster":"bench","table":"t"}}"#
-            if envelope == nil {
-                let (_, body) = try await call(node, base + "/v1/keys/bench/datakey", context)
-                let wrapped = (try JSONSerialization.jsonObject(with: body) as? [String: Any])?["wrapped"] as? String
-                envelope = wrapped.flatMap { Data(base64Encoded: $0) }.map(Array.init)
-            }
-            guard ready, let wrapped = envelope else { throw FixtureError("kmsd did not become ready or gave no datakey") }
-            let unwrapBody = #"{"wrapped":"\#(Data(wrapped).base64EncodedString())","context":{"cluster":"bench","table":"t"}}"#
-            for n in connections {
-                measurements.append(try await measure("datakey", n, variant, node, base + "/v1/keys/bench/datakey", context))
-                measurements.append(try await measure("unwrap", n, variant, node, base + "/v1/keys/bench/unwrap", unwrapBody))
+            var readySeconds = 0.0
+            do {
+                let ready = try await waitReady(node, base, process)
+                readySeconds = (ContinuousClock.now - started).seconds
+                _ = try await call(admin, base + "/v1/admin/keys", #"{"name":"bench"}"#)
+                let context = #"{"context":{"cluster":"bench","table":"t"}}"#
+                if envelope == nil {
+                    let (_, body) = try await call(node, base + "/v1/keys/bench/datakey", context)
+                    let wrapped = (try JSONSerialization.jsonObject(with: body) as? [String: Any])?["wrapped"] as? String
+                    envelope = wrapped.flatMap { Data(base64Encoded: $0) }.map(Array.init)
+                }
+                guard ready, let wrapped = envelope else { throw FixtureError("kmsd did not become ready or gave no datakey") }
+                let unwrapBody = #"{"wrapped":"\#(Data(wrapped).base64EncodedString())","context":{"cluster":"bench","table":"t"}}"#
+                for n in connections {
+                    measurements.append(try await measure("datakey", n, variant, node, base + "/v1/keys/bench/datakey", context))
+                    measurements.append(try await measure("unwrap", n, variant, node, base + "/v1/keys/bench/unwrap", unwrapBody))
+                }
+            } catch {
+                try? await node.shutdown()
+                try? await admin.shutdown()
+                let log = (try? String(contentsOf: directory.appendingPathComponent("kmsd-\(port).log"), encoding: .utf8)) ?? ""
+                throw FixtureError("\(variant): \(error)\nkmsd log:\n\(log.suffix(2000))")
             }
             try? await node.shutdown()
             try? await admin.shutdown()
