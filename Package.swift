@@ -236,6 +236,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libFuzzer targets (ci/fuzz builds them with -sanitize=fuzzer); normal builds replay the committed corpus.
+        .target(name: "FuzzSupport", swiftSettings: swiftSettings),
+        .executableTarget(name: "fuzz-envelope", dependencies: ["KMSCore", "FuzzSupport"], swiftSettings: swiftSettings),
+        .executableTarget(name: "fuzz-pkcs11-uri", dependencies: ["PKCS11", "FuzzSupport"], swiftSettings: swiftSettings),
+        .executableTarget(name: "fuzz-api-request", dependencies: ["KMSAPI", "KMSCore", "FuzzSupport"], swiftSettings: swiftSettings),
+        .executableTarget(name: "fuzz-config", dependencies: ["KMSDaemon", "FuzzSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "PKCS11Tests",
             dependencies: ["PKCS11", "CPKCS11", "KMSTestSupport"],

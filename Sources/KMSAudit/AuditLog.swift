@@ -72,12 +72,14 @@ public final class AuditLog: Sendable {
 
     public let configuration: Configuration
     private let core = Core()
+    private let logger: Logger
 
     /// Opens (creating) the file, recovers the chain from its last line, writes the public key beside it
     /// (`<path>.pub.pem`), and starts the writer thread. Throws if the file cannot be opened now.
     public init(_ configuration: Configuration, logger: Logger = Logger(label: "kmsd.audit"),
                 onFailure: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.configuration = configuration
+        self.logger = logger
         let writer = try Writer(configuration, core: core, logger: logger, onFailure: onFailure)
         if let signer = configuration.signer {
             let publicKey = configuration.path + ".pub.pem"
@@ -133,6 +135,12 @@ public final class AuditLog: Sendable {
             }
         }
         await configuration.syslog?.shutdown()
+        let statistics = statistics
+        logger.notice("audit log closed", metadata: [
+            "records": "\(statistics.records)", "batches": "\(statistics.batches)", "largest_batch": "\(statistics.largestBatch)",
+            "mean_fsync_ms": "\(statistics.batches > 0 ? statistics.totalFsyncSeconds / Double(statistics.batches) * 1000 : 0)",
+            "write_failures": "\(statistics.failures)",
+        ])
     }
 }
 
@@ -148,18 +156,12 @@ final class Writer: @unchecked Sendable {
     private var fileBytes = 0
     private var sinceCheckpoint = 0
     private var lastCheckpointAt = Date()
-    private let encoder: JSONEncoder
-    private let timeFormat: ISO8601DateFormatter
 
     init(_ configuration: AuditLog.Configuration, core: AuditLog.Core, logger: Logger, onFailure: @escaping @Sendable (String) -> Void) throws {
         self.configuration = configuration
         self.core = core
         self.logger = logger
         self.onFailure = onFailure
-        encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        timeFormat = ISO8601DateFormatter()
-        timeFormat.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let directory = URL(fileURLWithPath: configuration.path).deletingLastPathComponent().path
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try open()
@@ -200,7 +202,7 @@ final class Writer: @unchecked Sendable {
             var prev = self.prev
             var bytes: [UInt8] = []
             for pending in batch {
-                append(AuditRecord(seq: seq + 1, time: timeFormat.string(from: Date()), prev: prev, event: pending.event), to: &bytes,
+                append(AuditRecord(seq: seq + 1, time: AuditTime.now(), prev: prev, event: pending.event), to: &bytes,
                        seq: &seq, prev: &prev)
             }
             var since = sinceCheckpoint + batch.count
@@ -271,10 +273,7 @@ final class Writer: @unchecked Sendable {
     }
 
     private func append(_ record: AuditRecord, to bytes: inout [UInt8], seq: inout UInt64, prev: inout String) {
-        // Encoding plain strings, numbers and optionals cannot fail; a failure would be a programming error, so it
-        // is written as a record that says so rather than crashing the daemon.
-        let line = (try? encoder.encode(record)).map(Array.init)
-            ?? Array(#"{"seq":\#(record.seq),"prev":"\#(record.prev)","type":"security","action":"encode_failed","result":"failed"}"#.utf8)
+        let line = record.jsonLine
         seq = record.seq
         prev = Self.hex(SHA256.hash(data: line))
         if configuration.syslog != nil { copies.append((line, record.event.kind.rawValue, record.time)) }
@@ -285,7 +284,7 @@ final class Writer: @unchecked Sendable {
     private func checkpoint(_ signer: any AuditSigner, seq: UInt64, prev: String, closing: Bool) throws -> AuditRecord {
         let digest = SHA256.hash(data: AuditChain.checkpointMessage(seq: seq, prev: prev))
         let signature = try signer.sign(digest: digest)
-        var record = AuditRecord(seq: seq, time: timeFormat.string(from: Date()), prev: prev,
+        var record = AuditRecord(seq: seq, time: AuditTime.now(), prev: prev,
                                  event: AuditEvent(.checkpoint, closing ? "close" : "checkpoint", result: .ok))
         record.checkpoint = .init(signature: Data(signature).base64EncodedString(), keyID: signer.keyID, closing: closing, records: seq)
         return record
@@ -417,7 +416,7 @@ final class Writer: @unchecked Sendable {
             closeFile()
             try open()
             bytes = []
-            append(AuditRecord(seq: seq + 1, time: timeFormat.string(from: Date()), prev: prev,
+            append(AuditRecord(seq: seq + 1, time: AuditTime.now(), prev: prev,
                                event: AuditEvent(.fileStart, "rotate", result: .ok, detail: URL(fileURLWithPath: archived).lastPathComponent)),
                    to: &bytes, seq: &seq, prev: &prev)
             try write(bytes)

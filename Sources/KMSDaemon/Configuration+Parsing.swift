@@ -202,7 +202,7 @@ struct Reader {
                                           metrics: metrics)
 
         var tls: Configuration.TLS?
-        if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "min_version", "client_auth"]) {
+        if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "min_version", "client_auth", "ciphers"]) {
             let certificate = string(tlsMap, "cert", "tls", required: true).map(resolve)
             let key = string(tlsMap, "key", "tls", required: true).map(resolve)
             let clientCA = string(tlsMap, "client_ca", "tls", required: true).map(resolve)
@@ -217,7 +217,8 @@ struct Reader {
             if clientAuth == nil { problem("tls.client_auth", "expected required or optional") }
             if let certificate, let key, let clientCA {
                 tls = Configuration.TLS(certificate: certificate, key: key, clientCA: clientCA, crl: crl,
-                                        minimumVersion: version, clientAuth: clientAuth ?? .required)
+                                        minimumVersion: version, clientAuth: clientAuth ?? .required,
+                                        ciphers: string(tlsMap, "ciphers", "tls") ?? Configuration.TLS.defaultCiphers)
             }
         }
 

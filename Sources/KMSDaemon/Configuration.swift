@@ -43,6 +43,8 @@ public struct Configuration: Sendable {
     }
 
     public struct TLS: Sendable {
+        /// ECDHE key exchange with AES-GCM or ChaCha20-Poly1305 only: forward secrecy and AEAD, no CBC.
+        public static let defaultCiphers = "ECDHE+AESGCM:ECDHE+CHACHA20"
         public enum ClientAuth: String, Sendable { case required, optional }
         public var certificate: String
         public var key: String
@@ -51,6 +53,8 @@ public struct Configuration: Sendable {
         /// "1.2" or "1.3" (older versions are refused by the parser).
         public var minimumVersion: String
         public var clientAuth: ClientAuth
+        /// TLS 1.2 cipher suites (OpenSSL syntax); TLS 1.3's are all AEAD and fixed.
+        public var ciphers: String
     }
 
     /// Where a secret comes from. `inline` exists only so production mode can name it as a violation.

@@ -166,6 +166,7 @@ public struct Daemon: Sendable {
         configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(tls.clientCA))
         configuration.certificateVerification = tls.clientAuth == .required ? .noHostnameVerification : .optionalVerification
         configuration.minimumTLSVersion = tls.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
+        configuration.cipherSuites = tls.ciphers
         return configuration
     }
 

@@ -239,7 +239,7 @@ public final class PKCS11KeyProvider: KeyProvider {
             lastErrorAt: probe == nil ? state.lastErrorAt : Date(), lastSuccessAt: state.lastSuccessAt,
             details: details.merging([
                 "sessions_max": "\(stats.maxSessions)", "sessions_open": "\(stats.open)",
-                "sessions_idle": "\(stats.idle)", "sessions_lost": "\(stats.lost)",
+                "sessions_idle": "\(stats.idle)", "sessions_lost": "\(stats.lost)", "waiters": "\(stats.waiters)",
                 "stuck_calls": "\(stats.stuckCalls)",
             ]) { $1 })
     }

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 public import NIOSSL
 import SwiftASN1
 import X509
@@ -9,11 +9,19 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
     public let names: [String]
     /// The certificate's serial number (big-endian, no leading zeros), for revocation checks.
     public let serial: [UInt8]
+    /// The certificate's validity period (checked on every request too: a TLS session resumed from a ticket skips
+    /// the handshake's check).
+    public let notBefore: Date
+    public let notAfter: Date
 
-    public init(names: [String], serial: [UInt8] = []) {
+    public init(names: [String], serial: [UInt8] = [], notBefore: Date = .distantPast, notAfter: Date = .distantFuture) {
         self.names = names
         self.serial = serial
+        self.notBefore = notBefore
+        self.notAfter = notAfter
     }
+
+    public func isValid(at date: Date) -> Bool { notBefore <= date && date <= notAfter }
 
     /// The first URI SAN, else the first DNS SAN, else the CN: how the identity is shown in logs and audit.
     public var description: String { names.first ?? "<anonymous>" }
@@ -39,6 +47,8 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
         }
         names = uris + dns + common
         serial = Array(parsed.serialNumber.bytes.drop { $0 == 0 })
+        notBefore = parsed.notValidBefore
+        notAfter = parsed.notValidAfter
     }
 
     /// True when any name matches any pattern. `*` matches any run of characters (including none); everything else

@@ -157,6 +157,10 @@ public struct KMSServer: Sendable {
               let identity = try? ClientIdentity(certificate: certificate)
         else { return nil }
         AuditNote.identity(identity.description)
+        guard identity.isValid(at: Date()) else {
+            events.record("expired_certificate")
+            throw APIError(.unauthorized, "unauthenticated", "the client certificate is not valid now (expired or not yet valid)")
+        }
         if let revocation = snapshot.withLock({ $0.revocation }), revocation.revokedSerials.contains(identity.serial) {
             events.record("revoked_certificate")
             logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
@@ -229,25 +233,10 @@ public struct KMSServer: Sendable {
             events.record("payload_too_large")
             throw APIError(.contentTooLarge, "payload_too_large", "the request body exceeds \(policy.limits.maxBodyBytes) bytes")
         }
-        let data = Data(buffer: buffer)
-        let object = data.isEmpty ? [String: Any]() : (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
-        guard let object else { throw APIError(.badRequest, "invalid_input", "the body is not a JSON object") }
-        if let unknown = Set(object.keys).subtracting(allowed).sorted().first {
-            throw APIError(.badRequest, "invalid_input", "unknown field '\(unknown.prefix(64))'")
-        }
         do {
-            return try JSONDecoder().decode(T.self, from: data.isEmpty ? Data("{}".utf8) : data)
+            return try StrictJSON.decode(T.self, from: Data(buffer: buffer), allowed: allowed)
         } catch {
-            throw APIError(.badRequest, "invalid_input", "the body does not match the request schema: \(Self.describe(error))")
-        }
-    }
-
-    static func describe(_ error: any Error) -> String {
-        switch error {
-        case DecodingError.keyNotFound(let key, _): "missing field '\(key.stringValue)'"
-        case DecodingError.typeMismatch(_, let context): "wrong type at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'"
-        case DecodingError.valueNotFound(_, let context): "null at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'"
-        default: "malformed"
+            throw APIError(.badRequest, "invalid_input", error.description)
         }
     }
 

@@ -65,90 +65,42 @@ struct EndToEndBenchmark: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let token = try SoftHSMToken.create()
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kms-bench-e2e-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let pki = try DevPKI()
-        try Data(pki.caPEM.utf8).write(to: directory.appendingPathComponent("ca.pem"))
-        try DevPKI.write(try pki.issue(.server(hosts: ["localhost", "127.0.0.1"])), name: "server", to: directory)
-        try DevPKI.write(try pki.issue(.client(uri: "spiffe://bench/storage/node", commonName: "node")), name: "node", to: directory)
-        try DevPKI.write(try pki.issue(.client(uri: nil, commonName: "security-admin")), name: "admin", to: directory)
-        let pin = directory.appendingPathComponent("pin")
-        try Data(token.userPIN.utf8).write(to: pin)
-        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pin.path)
-        try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
-        let executable = kmsd ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-            .appendingPathComponent("kmsd").path
-        let profiles = URL(fileURLWithPath: executable).deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("hsm-profiles").path
-
+        let setup = try BenchSetup(kmsd: kmsd, sessions: sessions)
+        defer { setup.remove() }
         var measurements: [Measurement] = []
         var runs: [Run] = []
         var envelope: [UInt8]?
+        let context = #"{"context":{"cluster":"bench","table":"t"}}"#
         for variant in ["no audit", "audit"] {
-            let port = try Self.freePort()
-            let audit = variant == "audit" ? "audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem }, fail_closed: true }\n" : ""
-            let yaml = """
-                mode: development
-                data_dir: data-\(variant == "audit" ? "a" : "n")
-                log_level: warning
-                listen: { api: "127.0.0.1:\(port)" }
-                tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
-                providers:
-                  hsm: { type: pkcs11, module: \(token.module.path), token: "pkcs11:token=\(token.label)", pin: { file: pin },
-                         profile: softhsm2, profiles_dir: \(profiles), sessions: \(sessions) }
-                keys:
-                  bench: { provider: hsm, allow: ["spiffe://bench/storage/*"] }
-                admin: { identities: ["CN=security-admin"] }
-                limits: { rate_per_second: 1000000, burst: 1000000, max_connections: 4096 }
-                \(audit)
-                """
-            let config = directory.appendingPathComponent("kmsd-\(port).yaml")
-            try Data(yaml.utf8).write(to: config)
-            let started = ContinuousClock.now
-            let process = try BuiltExecutable(url: URL(fileURLWithPath: executable))
-                .start(["serve", "--config", config.path], log: directory.appendingPathComponent("kmsd-\(port).log"))
-            defer { if process.isRunning { process.terminate() } }
-            let largest = connections.max() ?? 1
-            let node = try client("node", directory, pool: largest)
-            let admin = try client("admin", directory, pool: 1)
-            let base = "https://localhost:\(port)"
-            var readySeconds = 0.0
+            let kmsd = try await setup.start(audit: variant == "audit", name: variant == "audit" ? "audit" : "plain",
+                                             pool: connections.max() ?? 1)
             do {
-                let ready = try await waitReady(node, base, process)
-                readySeconds = (ContinuousClock.now - started).seconds
-                _ = try await call(admin, base + "/v1/admin/keys", #"{"name":"bench"}"#)
-                let context = #"{"context":{"cluster":"bench","table":"t"}}"#
                 if envelope == nil {
-                    let (_, body) = try await call(node, base + "/v1/keys/bench/datakey", context)
+                    let (_, body) = try await kmsd.post(kmsd.node, "/v1/keys/bench/datakey", context)
                     let wrapped = (try JSONSerialization.jsonObject(with: body) as? [String: Any])?["wrapped"] as? String
                     envelope = wrapped.flatMap { Data(base64Encoded: $0) }.map(Array.init)
                 }
-                guard ready, let wrapped = envelope else { throw FixtureError("kmsd did not become ready or gave no datakey") }
+                guard let wrapped = envelope else { throw FixtureError("kmsd gave no datakey") }
                 let unwrapBody = #"{"wrapped":"\#(Data(wrapped).base64EncodedString())","context":{"cluster":"bench","table":"t"}}"#
                 for n in connections {
-                    measurements.append(try await measure("datakey", n, variant, node, base + "/v1/keys/bench/datakey", context))
-                    measurements.append(try await measure("unwrap", n, variant, node, base + "/v1/keys/bench/unwrap", unwrapBody))
+                    measurements.append(try await measure("datakey", n, variant, kmsd, "/v1/keys/bench/datakey", context))
+                    measurements.append(try await measure("unwrap", n, variant, kmsd, "/v1/keys/bench/unwrap", unwrapBody))
                 }
             } catch {
-                try? await node.shutdown()
-                try? await admin.shutdown()
-                let log = (try? String(contentsOf: directory.appendingPathComponent("kmsd-\(port).log"), encoding: .utf8)) ?? ""
-                throw FixtureError("\(variant): \(error)\nkmsd log:\n\(log.suffix(2000))")
+                await kmsd.stop()
+                throw error
             }
-            try? await node.shutdown()
-            try? await admin.shutdown()
-            let rss = Self.peakRSS(process.processIdentifier)
-            process.terminate()
-            process.waitUntilExit()
-            let records = variant == "audit"
-                ? (try? String(contentsOf: directory.appendingPathComponent("audit/audit.jsonl"), encoding: .utf8))?.split(separator: "\n").count
-                : nil
-            runs.append(Run(variant: variant, readySeconds: readySeconds, peakRSSMegabytes: rss, auditRecords: records))
+            let rss = kmsd.peakRSSMegabytes
+            await kmsd.stop()
+            for line in ((try? String(contentsOf: kmsd.log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(3) {
+                print("kmsd \(variant) log: \(line.prefix(300))")
+            }
+            let records = kmsd.auditFile.flatMap { try? String(contentsOf: $0, encoding: .utf8) }?.split(separator: "\n").count
+            runs.append(Run(variant: variant, readySeconds: kmsd.readySeconds, peakRSSMegabytes: rss, auditRecords: records))
         }
 
         // The raw limit on the same token, at the same concurrency (this process logs in once; sessions share it).
+        let token = setup.token
         let session = try token.module.openSession(token.slot)
         try Array(token.userPIN.utf8).withUnsafeBytes { try session.login(pin: $0) }
         defer { try? session.close() }
@@ -163,80 +115,14 @@ struct EndToEndBenchmark: AsyncParsableCommand {
 
     // MARK: - Load
 
-    private func client(_ name: String, _ directory: URL, pool: Int) throws -> HTTPClient {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("ca.pem").path))
-        tls.certificateChain = try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("\(name).pem").path).map { .certificate($0) }
-        tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: directory.appendingPathComponent("\(name)-key.pem").path, format: .pem))
-        var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
-        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: pool)
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-    }
-
-    private func call(_ client: HTTPClient, _ url: String, _ body: String) async throws -> (Int, Data) {
-        var request = HTTPClientRequest(url: url)
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(string: body))
-        let response = try await client.execute(request, timeout: .seconds(10))
-        let bytes = try await response.body.collect(upTo: 1 << 20)
-        return (Int(response.status.code), Data(bytes.readableBytesView))
-    }
-
-    private func waitReady(_ client: HTTPClient, _ base: String, _ process: Process) async throws -> Bool {
-        let deadline = ContinuousClock.now + .seconds(30)
-        while ContinuousClock.now < deadline && process.isRunning {
-            if let response = try? await client.execute(HTTPClientRequest(url: base + "/v1/health/ready"), timeout: .seconds(1)),
-               response.status == .ok {
-                return true
-            }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-        return false
-    }
-
-    private func measure(_ operation: String, _ n: Int, _ variant: String, _ client: HTTPClient, _ url: String, _ body: String)
+    private func measure(_ operation: String, _ n: Int, _ variant: String, _ kmsd: LaunchedKMSD, _ path: String, _ body: String)
         async throws -> Measurement
     {
-        // Warm-up: open the connections.
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<n { group.addTask { _ = try await call(client, url, body) } }
-            try await group.waitForAll()
-        }
-        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        let start = ContinuousClock.now
-        let results = try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int, Int).self) { group in
-            for _ in 0..<n {
-                group.addTask {
-                    var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
-                    var count = 0
-                    var errors = 0
-                    while ContinuousClock.now < end {
-                        let began = ContinuousClock.now
-                        let status = (try? await call(client, url, body).0) ?? 0
-                        let micros = (ContinuousClock.now - began).seconds * 1_000_000
-                        _ = histogram.record(UInt64(max(1, micros)))
-                        if status == 200 { count += 1 } else { errors += 1 }
-                    }
-                    return (histogram, count, errors)
-                }
-            }
-            var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
-            var count = 0
-            var errors = 0
-            for try await (histogram, done, failed) in group {
-                merged.add(histogram)
-                count += done
-                errors += failed
-            }
-            return (merged, count, errors)
-        }
-        let elapsed = (ContinuousClock.now - start).seconds
-        let histogram = results.0
+        let result = try await Load.closedLoop(kmsd, path, body, connections: n, seconds: seconds)
         return Measurement(
-            operation: operation, connections: n, variant: variant, opsPerSecond: Double(results.1) / elapsed,
-            p50Ms: Double(histogram.valueAtPercentile(50)) / 1000, p90Ms: Double(histogram.valueAtPercentile(90)) / 1000,
-            p99Ms: Double(histogram.valueAtPercentile(99)) / 1000, maxMs: Double(histogram.max) / 1000, errors: results.2)
+            operation: operation, connections: n, variant: variant, opsPerSecond: result.opsPerSecond,
+            p50Ms: result.percentile(50), p90Ms: result.percentile(90), p99Ms: result.percentile(99), maxMs: result.maxMs,
+            errors: result.errors)
     }
 
     // MARK: - Report
@@ -290,31 +176,5 @@ struct EndToEndBenchmark: AsyncParsableCommand {
 
     private func pad(_ text: String, _ width: Int) -> String {
         text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
-    }
-
-    // MARK: - Process facts
-
-    static func peakRSS(_ pid: Int32) -> Double {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kilobytes = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-        else { return 0 }
-        return kilobytes / 1024
-    }
-
-    /// A port nothing listens on now (bound to 0 and released).
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw FixtureError("socket failed") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard ok else { throw FixtureError("cannot find a free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

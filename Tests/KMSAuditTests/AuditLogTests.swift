@@ -284,3 +284,24 @@ struct SyslogTests {
         #expect(frames.first?.contains(" kmsd ") == true && frames.first?.contains(" key_access - ") == true)
     }
 }
+
+@Suite("Audit record encoding")
+struct AuditRecordEncodingTests {
+    @Test(arguments: [
+        AuditEvent(.keyAccess, "datakey", result: .ok, identity: "spiffe://a/b", key: "orders", version: 3, contextDigest: "ab"),
+        AuditEvent(.security, "provider_state", result: .failed, detail: "quote \" backslash \\ newline \n tab \t bell \u{07} bs \u{08} ff \u{0C} é ✓ /slash"),
+        AuditEvent(.authorization, "unwrap_batch", result: .denied, identity: "CN=x", items: 12, code: "forbidden"),
+    ])
+    func theHandWrittenLineIsWhatJSONEncoderWrites(_ event: AuditEvent) throws {
+        var record = AuditRecord(seq: 42, time: AuditTime.now(), prev: AuditChain.genesis, event: event)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        #expect(String(decoding: record.jsonLine, as: UTF8.self) == String(decoding: try encoder.encode(record), as: UTF8.self))
+        record.checkpoint = .init(signature: "c2ln", keyID: "0123456789abcdef", closing: true, records: 42)
+        #expect(String(decoding: record.jsonLine, as: UTF8.self) == String(decoding: try encoder.encode(record), as: UTF8.self))
+    }
+
+    @Test func timesAreRFC3339WithMilliseconds() {
+        #expect(AuditTime.now().wholeMatch(of: /[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z/) != nil)
+    }
+}

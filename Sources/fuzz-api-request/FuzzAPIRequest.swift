@@ -1,0 +1,34 @@
+// libFuzzer target: API request decoding as the server does it (strict JSON, then the fields' own validation: key
+// names, encryption context, base64). See fuzz-envelope for how it is built and replayed.
+import Foundation
+import KMSAPI
+import KMSCore
+import FuzzSupport
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzAPIRequest(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
+    let data = Data(UnsafeBufferPointer(start: start, count: count))
+    if let request = try? StrictJSON.decode(DataKeyRequest.self, from: data, allowed: ["context"]) {
+        _ = try? EncryptionContext(request.context ?? [:])
+    }
+    if let request = try? StrictJSON.decode(UnwrapRequest.self, from: data, allowed: ["wrapped", "context"]) {
+        _ = try? EncryptionContext(request.context ?? [:])
+        if let bytes = Data(base64Encoded: request.wrapped) { _ = try? Envelope(parsing: bytes) }
+    }
+    if let batch = try? StrictJSON.decode(BatchRequest.self, from: data, allowed: ["items"]) {
+        for item in batch.items.prefix(BatchRequest.maxItems) { _ = try? EncryptionContext(item.context ?? [:]) }
+    }
+    if let request = try? StrictJSON.decode(CreateKeyRequest.self, from: data, allowed: ["name", "provider"]) {
+        _ = try? KeyName(request.name)
+    }
+    _ = try? StrictJSON.decode(RotateRequest.self, from: data, allowed: ["reason", "dry_run"])
+    _ = try? StrictJSON.decode(RetireRequest.self, from: data, allowed: ["force"])
+    return 0
+}
+
+#if !FUZZING
+@main
+struct Replay {
+    static func main() throws { try replayCorpus(fuzzAPIRequest) }
+}
+#endif

@@ -1,0 +1,83 @@
+import AsyncHTTPClient
+import Foundation
+import Histogram
+
+/// Load against a running kmsd: closed loop (each connection sends its next request when the last one answers) or
+/// open loop at a fixed rate, with latencies in an HdrHistogram (microseconds).
+enum Load {
+    struct Result {
+        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+        var ok = 0
+        var errors = 0
+        var seconds = 0.0
+        var opsPerSecond: Double { seconds > 0 ? Double(ok) / seconds : 0 }
+        func percentile(_ value: Double) -> Double { Double(histogram.valueAtPercentile(value)) / 1000 }
+        var maxMs: Double { Double(histogram.max) / 1000 }
+
+        mutating func merge(_ other: Result) {
+            histogram.add(other.histogram)
+            ok += other.ok
+            errors += other.errors
+        }
+    }
+
+    static func closedLoop(_ kmsd: LaunchedKMSD, _ path: String, _ body: String, connections: Int, seconds: Double) async throws -> Result {
+        // Warm-up: open the connections.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<connections { group.addTask { _ = try await kmsd.post(kmsd.node, path, body) } }
+            try await group.waitForAll()
+        }
+        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        let start = ContinuousClock.now
+        var total = try await withThrowingTaskGroup(of: Result.self) { group in
+            for _ in 0..<connections {
+                group.addTask {
+                    var result = Result()
+                    while ContinuousClock.now < end { await once(kmsd, path, body, into: &result) }
+                    return result
+                }
+            }
+            var total = Result()
+            for try await result in group { total.merge(result) }
+            return total
+        }
+        total.seconds = (ContinuousClock.now - start).seconds
+        return total
+    }
+
+    /// `rate` requests per second spread over `connections` workers, each sending on its own schedule; a worker that
+    /// falls behind sends at once (latency then includes the wait, so overload shows).
+    static func openLoop(_ kmsd: LaunchedKMSD, _ path: String, _ body: String, connections: Int, rate: Double, seconds: Double) async -> Result {
+        let interval = Duration.seconds(Double(connections) / rate)
+        let start = ContinuousClock.now
+        let end = start + .milliseconds(Int(seconds * 1000))
+        var total = await withTaskGroup(of: Result.self) { group in
+            for worker in 0..<connections {
+                group.addTask {
+                    var result = Result()
+                    var next = start + interval * (Double(worker) / Double(connections))
+                    while next < end {
+                        if next > ContinuousClock.now { try? await Task.sleep(until: next, clock: .continuous) }
+                        await once(kmsd, path, body, into: &result)
+                        next += interval
+                    }
+                    return result
+                }
+            }
+            var total = Result()
+            for await result in group { total.merge(result) }
+            return total
+        }
+        total.seconds = (ContinuousClock.now - start).seconds
+        return total
+    }
+
+    private static func once(_ kmsd: LaunchedKMSD, _ path: String, _ body: String, into result: inout Result) async {
+        let began = ContinuousClock.now
+        let status = (try? await kmsd.post(kmsd.node, path, body).0) ?? 0
+        let elapsed = ContinuousClock.now - began
+        let micros = Double(elapsed.components.seconds) * 1_000_000 + Double(elapsed.components.attoseconds) / 1e12
+        _ = result.histogram.record(UInt64(max(1, micros)))
+        if status == 200 { result.ok += 1 } else { result.errors += 1 }
+    }
+}
