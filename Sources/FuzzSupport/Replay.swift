@@ -1,8 +1,30 @@
 import Foundation
 
-/// Runs a fuzz target over files (or every file in directories) given on the command line: the corpus as a
-/// regression test, without libFuzzer. A crash is a failure, as it would be under the fuzzer.
-public func replayCorpus(_ target: (UnsafePointer<UInt8>, Int) -> CInt) throws {
+/// The signature of a libFuzzer target (`LLVMFuzzerTestOneInput`).
+public typealias FuzzTarget = @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+
+#if FUZZING
+@_silgen_name("LLVMFuzzerRunDriver")
+private func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+    _ callback: FuzzTarget
+) -> CInt
+#endif
+
+/// The entry point of every fuzz executable. Built by ci/fuzz (`-sanitize=fuzzer -DFUZZING`), it hands the command
+/// line to libFuzzer; in a normal build it replays the files (or directories) named on the command line — the
+/// committed corpus as a regression test. A crash is a failure either way.
+public func fuzzMain(_ target: FuzzTarget) throws {
+    #if FUZZING
+    var argc = CommandLine.argc
+    var argv = CommandLine.unsafeArgv
+    exit(LLVMFuzzerRunDriver(&argc, &argv, target))
+    #else
+    try replayCorpus(target)
+    #endif
+}
+
+func replayCorpus(_ target: FuzzTarget) throws {
     var files: [String] = []
     for argument in CommandLine.arguments.dropFirst() {
         var isDirectory: ObjCBool = false
@@ -17,11 +39,8 @@ public func replayCorpus(_ target: (UnsafePointer<UInt8>, Int) -> CInt) throws {
         }
     }
     for file in files {
-        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file))) + [0]  // never an empty buffer
-        _ = bytes.withUnsafeBufferPointer { buffer -> CInt in
-            guard let base = buffer.baseAddress else { return 0 }
-            return target(base, buffer.count - 1)
-        }
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+        _ = bytes.withUnsafeBufferPointer { target($0.baseAddress, $0.count) }
     }
     print("replayed \(files.count) input(s)")
 }

@@ -375,8 +375,9 @@ final class Writer: @unchecked Sendable {
     private func write(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { buffer in
-                Glibc.write(fd, buffer.baseAddress!.advanced(by: offset), buffer.count - offset)
+            let written = bytes.withUnsafeBytes { buffer -> Int in
+                guard let base = buffer.baseAddress else { return 0 }
+                return Glibc.write(fd, base.advanced(by: offset), buffer.count - offset)
             }
             if written < 0 {
                 if errno == EINTR { continue }

@@ -1,6 +1,7 @@
 public import Foundation
 import KMSRotation
 import KMSCore
+import KMSProviderPKCS11
 import Yams
 
 extension Configuration {
@@ -18,7 +19,7 @@ extension Configuration {
     public static func parse(yaml: String, source: String, environment: [String: String] = [:]) throws -> Configuration {
         let document: Any?
         do {
-            document = try Yams.load(yaml: yaml)
+            document = try PlainYAML.load(yaml)
         } catch {
             throw ConfigurationError(["\(source): not valid YAML: \(error)"])
         }

@@ -15,7 +15,7 @@ extension HSMProfile {
         func invalid(_ message: String) -> KMSError { .invalidInput("HSM profile \(source): \(message)") }
         let document: Any?
         do {
-            document = try Yams.load(yaml: yaml)
+            document = try PlainYAML.load(yaml)
         } catch {
             throw invalid("not valid YAML (\(error))")
         }

@@ -29,6 +29,8 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
     public var pinValue: String?
     /// `x-` attributes, path and query, in order of appearance.
     public var vendorAttributes: [(name: String, value: String)] = []
+    /// Vendor (`x-`) attributes of the query section, kept apart so printing the URI puts them back there.
+    public var vendorQueryAttributes: [(name: String, value: String)] = []
 
     public init() {}
 
@@ -126,7 +128,7 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         case "pin-value": pinValue = try Self.text(raw, name)
         default:
             guard name.hasPrefix("x-") else { throw PKCS11URIError("unknown query attribute \"\(name)\"") }
-            vendorAttributes.append((name, try Self.text(raw, name)))
+            vendorQueryAttributes.append((name, try Self.text(raw, name)))
         }
     }
 
@@ -201,6 +203,7 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         if let pinSource { query.append("pin-source=\(Self.encode(Array(pinSource.utf8)))") }
         if pinValue != nil { query.append("pin-value=<redacted>") }
         for (name, value) in vendorAttributes { path.append("\(name)=\(Self.encode(Array(value.utf8)))") }
+        for (name, value) in vendorQueryAttributes { query.append("\(name)=\(Self.encode(Array(value.utf8)))") }
         return "pkcs11:" + path.joined(separator: ";") + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
     }
 

@@ -5,8 +5,8 @@ import KMSAPI
 import KMSCore
 import FuzzSupport
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzAPIRequest(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
+let fuzzAPIRequest: FuzzTarget = { start, count in
+    guard let start else { return 0 }
     let data = Data(UnsafeBufferPointer(start: start, count: count))
     if let request = try? StrictJSON.decode(DataKeyRequest.self, from: data, allowed: ["context"]) {
         _ = try? EncryptionContext(request.context ?? [:])
@@ -26,9 +26,11 @@ public func fuzzAPIRequest(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt 
     return 0
 }
 
-#if !FUZZING
+/// libFuzzer's own `main` (linked under -sanitize=fuzzer) calls this.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzAPIRequest(data, size) }
+
 @main
-struct Replay {
-    static func main() throws { try replayCorpus(fuzzAPIRequest) }
+struct Fuzz {
+    static func main() throws { try fuzzMain(fuzzAPIRequest) }
 }
-#endif

@@ -4,16 +4,18 @@ import Foundation
 import KMSDaemon
 import FuzzSupport
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzConfiguration(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
+let fuzzConfiguration: FuzzTarget = { start, count in
+    guard let start else { return 0 }
     let text = String(decoding: UnsafeBufferPointer(start: start, count: count), as: UTF8.self)
     _ = try? Configuration.parse(yaml: text, source: "/nonexistent-kmsd-fuzz/kmsd.yaml")
     return 0
 }
 
-#if !FUZZING
+/// libFuzzer's own `main` (linked under -sanitize=fuzzer) calls this.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzConfiguration(data, size) }
+
 @main
-struct Replay {
-    static func main() throws { try replayCorpus(fuzzConfiguration) }
+struct Fuzz {
+    static func main() throws { try fuzzMain(fuzzConfiguration) }
 }
-#endif

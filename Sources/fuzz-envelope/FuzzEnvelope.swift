@@ -1,10 +1,10 @@
-// libFuzzer target: the envelope parser. Built by ci/fuzz with -sanitize=fuzzer (FUZZING defined); in a normal build
-// it replays the files named on its command line, so the committed corpus runs in ci/test.
+// libFuzzer target: the envelope parser. Built by ci/fuzz with -sanitize=fuzzer (FUZZING defined), libFuzzer drives it;
+// in a normal build it replays the files named on its command line, so the committed corpus runs in ci/test.
 import KMSCore
 import FuzzSupport
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzEnvelope(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
+let fuzzEnvelope: FuzzTarget = { start, count in
+    guard let start else { return 0 }
     let bytes = Array(UnsafeBufferPointer(start: start, count: count))
     guard let envelope = try? Envelope(parsing: bytes) else { return 0 }
     // What parses must serialize back to the same bytes.
@@ -12,9 +12,11 @@ public func fuzzEnvelope(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
     return 0
 }
 
-#if !FUZZING
+/// libFuzzer's own `main` (linked under -sanitize=fuzzer) calls this.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzEnvelope(data, size) }
+
 @main
-struct Replay {
-    static func main() throws { try replayCorpus(fuzzEnvelope) }
+struct Fuzz {
+    static func main() throws { try fuzzMain(fuzzEnvelope) }
 }
-#endif

@@ -2,8 +2,8 @@
 import PKCS11
 import FuzzSupport
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzPKCS11URI(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
+let fuzzPKCS11URI: FuzzTarget = { start, count in
+    guard let start else { return 0 }
     let text = String(decoding: UnsafeBufferPointer(start: start, count: count), as: UTF8.self)
     guard let uri = try? PKCS11URI(parsing: text) else { return 0 }
     // A parsed URI printed and parsed again is the same URI.
@@ -12,9 +12,11 @@ public func fuzzPKCS11URI(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
     return 0
 }
 
-#if !FUZZING
+/// libFuzzer's own `main` (linked under -sanitize=fuzzer) calls this.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzPKCS11URI(data, size) }
+
 @main
-struct Replay {
-    static func main() throws { try replayCorpus(fuzzPKCS11URI) }
+struct Fuzz {
+    static func main() throws { try fuzzMain(fuzzPKCS11URI) }
 }
-#endif

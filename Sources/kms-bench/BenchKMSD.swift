@@ -40,8 +40,29 @@ struct BenchSetup {
 
     func remove() { try? FileManager.default.removeItem(at: directory) }
 
+    /// Starts vault-dev (from this build) and writes its root token to `vault-token` (0600) for kmsd's config.
+    func startVaultDev() throws -> VaultDevProcess {
+        let server = try VaultDevProcess.start(executable: URL(fileURLWithPath: executable).deletingLastPathComponent()
+            .appendingPathComponent("vault-dev").path, directory: directory)
+        let tokenFile = directory.appendingPathComponent("vault-token")
+        try Data(server.token.utf8).write(to: tokenFile)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: tokenFile.path)
+        return server
+    }
+
+    private var defaultProviders: String {
+        """
+        providers:
+          hsm: { type: pkcs11, module: \(token.module.path), token: "pkcs11:token=\(token.label)", pin: { file: pin },
+                 profile: softhsm2, profiles_dir: \(profiles), sessions: \(sessions) }
+        keys:
+          bench: { provider: hsm, allow: ["spiffe://bench/storage/*"] }
+        """
+    }
+
     /// Starts kmsd; returns once it is ready (or throws with its log).
-    func start(audit: Bool, name: String, pool: Int) async throws -> LaunchedKMSD {
+    /// `providersAndKeys` replaces the default single SoftHSM provider and key `bench`; `keys` are created at start.
+    func start(audit: Bool, name: String, pool: Int, providersAndKeys: String? = nil, keys: [String] = ["bench"]) async throws -> LaunchedKMSD {
         let port = try freePort()
         let auditSection = audit ? "audit: { file: audit-\(name)/audit.jsonl, sign: { file: audit-key.pem }, fail_closed: true }\n" : ""
         let yaml = """
@@ -50,11 +71,7 @@ struct BenchSetup {
             log_level: notice
             listen: { api: "127.0.0.1:\(port)" }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
-            providers:
-              hsm: { type: pkcs11, module: \(token.module.path), token: "pkcs11:token=\(token.label)", pin: { file: pin },
-                     profile: softhsm2, profiles_dir: \(profiles), sessions: \(sessions) }
-            keys:
-              bench: { provider: hsm, allow: ["spiffe://bench/storage/*"] }
+            \(providersAndKeys ?? defaultProviders)
             admin: { identities: ["CN=security-admin"] }
             limits: { rate_per_second: 1000000, burst: 1000000, max_connections: 4096 }
             \(auditSection)
@@ -69,8 +86,10 @@ struct BenchSetup {
         do {
             guard try await kmsd.waitReady() else { throw FixtureError("kmsd did not become ready") }
             kmsd.readySeconds = (ContinuousClock.now - started).seconds
-            let (status, _) = try await kmsd.post(kmsd.admin, "/v1/admin/keys", #"{"name":"bench"}"#)
-            guard status == 201 || status == 409 else { throw FixtureError("creating the key gave HTTP \(status)") }
+            for key in keys {
+                let (status, _) = try await kmsd.post(kmsd.admin, "/v1/admin/keys", #"{"name":"\#(key)"}"#)
+                guard status == 201 || status == 409 else { throw FixtureError("creating the key \(key) gave HTTP \(status)") }
+            }
             return kmsd
         } catch {
             await kmsd.stop()

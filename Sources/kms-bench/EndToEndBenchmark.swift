@@ -24,6 +24,8 @@ struct EndToEndBenchmark: AsyncParsableCommand {
     @Option(help: "The kmsd executable (default: next to kms-bench).") var kmsd: String?
     @Option(help: "kmsd's HSM session pool size.") var sessions: Int = 8
     @Flag(help: "Print JSON instead of tables.") var json = false
+    @Flag(inversion: .prefixedNo, help: "Also measure a key in vault-dev (through kmsd, and vault-dev's transit API directly as its limit).")
+    var vault = true
 
     func validate() throws {
         guard seconds > 0, !connections.isEmpty, connections.allSatisfy({ $0 >= 1 && $0 <= 1024 }), sessions >= 1 else {
@@ -99,13 +101,66 @@ struct EndToEndBenchmark: AsyncParsableCommand {
             runs.append(Run(variant: variant, readySeconds: kmsd.readySeconds, peakRSSMegabytes: rss, auditRecords: records))
         }
 
+        var limits: [String: Double] = [:]
+        if vault {
+            let server = try setup.startVaultDev()
+            defer { server.stop() }
+            let providers = """
+                providers:
+                  vault: { type: vault-transit, address: "\(server.address)", auth: { token_file: vault-token } }
+                keys:
+                  vbench: { provider: vault, allow: ["spiffe://bench/storage/*"] }
+                """
+            let kmsd = try await setup.start(audit: false, name: "vault", pool: connections.max() ?? 1, providersAndKeys: providers, keys: ["vbench"])
+            do {
+                let (_, body) = try await kmsd.post(kmsd.node, "/v1/keys/vbench/datakey", context)
+                guard let wrapped = (try JSONSerialization.jsonObject(with: body) as? [String: Any])?["wrapped"] as? String else {
+                    throw FixtureError("kmsd gave no datakey for the Vault key")
+                }
+                let unwrapBody = #"{"wrapped":"\#(wrapped)","context":{"cluster":"bench","table":"t"}}"#
+                for n in connections {
+                    measurements.append(try await measure("datakey", n, "vault", kmsd, "/v1/keys/vbench/datakey", context))
+                    measurements.append(try await measure("unwrap", n, "vault", kmsd, "/v1/keys/vbench/unwrap", unwrapBody))
+                }
+            } catch {
+                await kmsd.stop()
+                throw error
+            }
+            runs.append(Run(variant: "vault", readySeconds: kmsd.readySeconds, peakRSSMegabytes: kmsd.peakRSSMegabytes, auditRecords: nil))
+            await kmsd.stop()
+            // vault-dev's own limit: transit encrypt (with associated data, as kmsd sends it) and decrypt, directly.
+            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(
+                connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: connections.max() ?? 1)))
+            do {
+                let plaintext = Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+                let aad = Data("kmsd-bench".utf8).base64EncodedString()
+                let encrypt = #"{"plaintext":"\#(plaintext)","associated_data":"\#(aad)"}"#
+                let (_, encrypted) = try await server.post(client, "transit/encrypt/vbench", encrypt)
+                guard let ciphertext = ((try JSONSerialization.jsonObject(with: encrypted) as? [String: Any])?["data"] as? [String: Any])?["ciphertext"] as? String else {
+                    throw FixtureError("vault-dev gave no ciphertext")
+                }
+                let decrypt = #"{"ciphertext":"\#(ciphertext)","associated_data":"\#(aad)"}"#
+                for n in connections {
+                    limits["vault datakey \(n)"] = try await Load.closedLoop(connections: n, seconds: seconds) {
+                        (try? await server.post(client, "transit/encrypt/vbench", encrypt).0) ?? 0
+                    }.opsPerSecond
+                    limits["vault unwrap \(n)"] = try await Load.closedLoop(connections: n, seconds: seconds) {
+                        (try? await server.post(client, "transit/decrypt/vbench", decrypt).0) ?? 0
+                    }.opsPerSecond
+                }
+            } catch {
+                try? await client.shutdown()
+                throw error
+            }
+            try? await client.shutdown()
+        }
+
         // The raw limit on the same token, at the same concurrency (this process logs in once; sessions share it).
         let token = setup.token
         let session = try token.module.openSession(token.slot)
         try Array(token.userPIN.utf8).withUnsafeBytes { try session.login(pin: $0) }
         defer { try? session.close() }
         let raw = try RawLoop(token: token, envelope: try Envelope(parsing: envelope ?? []), context: ["cluster": "bench", "table": "t"])
-        var limits: [String: Double] = [:]
         for n in connections {
             limits["datakey \(n)"] = try raw.measure(threads: n, seconds: seconds, operation: .wrap)
             limits["unwrap \(n)"] = try raw.measure(threads: n, seconds: seconds, operation: .unwrap)
@@ -146,12 +201,13 @@ struct EndToEndBenchmark: AsyncParsableCommand {
             return
         }
         print("kms-bench e2e: kmsd (separate process) on one SoftHSM token, mTLS keep-alive, \(seconds) s per measurement")
-        print("raw = the PKCS#11 loop on the same token with as many threads as connections (the limit)")
+        print("raw = the PKCS#11 loop on the same token with as many threads as connections (the limit); for the vault rows,")
+        print("      vault-dev's transit encrypt/decrypt called directly with as many connections")
         print("")
         print(pad("operation", 10) + pad("conns", 7) + pad("raw ops/s", 11) + pad("variant", 10) + pad("ops/s", 9) + pad("÷raw", 7)
             + pad("p50 ms", 8) + pad("p90 ms", 8) + pad("p99 ms", 8) + pad("max ms", 9) + "errors")
         for measurement in measurements {
-            let limit = limits["\(measurement.operation) \(measurement.connections)"] ?? 0
+            let limit = limits[(measurement.variant == "vault" ? "vault " : "") + "\(measurement.operation) \(measurement.connections)"] ?? 0
             print(pad(measurement.operation, 10) + pad("\(measurement.connections)", 7) + pad(String(format: "%.0f", limit), 11)
                 + pad(measurement.variant, 10) + pad(String(format: "%.0f", measurement.opsPerSecond), 9)
                 + pad(String(format: "%.2f", limit > 0 ? measurement.opsPerSecond / limit : 0), 7)

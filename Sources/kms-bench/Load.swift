@@ -22,23 +22,27 @@ enum Load {
     }
 
     static func closedLoop(_ kmsd: LaunchedKMSD, _ path: String, _ body: String, connections: Int, seconds: Double) async throws -> Result {
+        try await closedLoop(connections: connections, seconds: seconds) { (try? await kmsd.post(kmsd.node, path, body).0) ?? 0 }
+    }
+
+    /// Each of `connections` tasks calls `send` (which returns an HTTP status) again as soon as it returns.
+    static func closedLoop(connections: Int, seconds: Double, _ send: @escaping @Sendable () async -> Int) async throws -> Result {
         // Warm-up: open the connections.
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<connections { group.addTask { _ = try await kmsd.post(kmsd.node, path, body) } }
-            try await group.waitForAll()
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<connections { group.addTask { _ = await send() } }
         }
         let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         let start = ContinuousClock.now
-        var total = try await withThrowingTaskGroup(of: Result.self) { group in
+        var total = await withTaskGroup(of: Result.self) { group in
             for _ in 0..<connections {
                 group.addTask {
                     var result = Result()
-                    while ContinuousClock.now < end { await once(kmsd, path, body, into: &result) }
+                    while ContinuousClock.now < end { await once(send, into: &result) }
                     return result
                 }
             }
             var total = Result()
-            for try await result in group { total.merge(result) }
+            for await result in group { total.merge(result) }
             return total
         }
         total.seconds = (ContinuousClock.now - start).seconds
@@ -58,7 +62,7 @@ enum Load {
                     var next = start + interval * (Double(worker) / Double(connections))
                     while next < end {
                         if next > ContinuousClock.now { try? await Task.sleep(until: next, clock: .continuous) }
-                        await once(kmsd, path, body, into: &result)
+                        await once({ (try? await kmsd.post(kmsd.node, path, body).0) ?? 0 }, into: &result)
                         next += interval
                     }
                     return result
@@ -72,9 +76,9 @@ enum Load {
         return total
     }
 
-    private static func once(_ kmsd: LaunchedKMSD, _ path: String, _ body: String, into result: inout Result) async {
+    private static func once(_ send: () async -> Int, into result: inout Result) async {
         let began = ContinuousClock.now
-        let status = (try? await kmsd.post(kmsd.node, path, body).0) ?? 0
+        let status = await send()
         let elapsed = ContinuousClock.now - began
         let micros = Double(elapsed.components.seconds) * 1_000_000 + Double(elapsed.components.attoseconds) / 1e12
         _ = result.histogram.record(UInt64(max(1, micros)))

@@ -145,6 +145,24 @@ struct ConfigurationTests {
         #expect(throws: ConfigurationError.self) { try parse(bad, in: directory) }
     }
 
+    /// Found by ci/fuzz: both used to stop the process inside Yams.
+    @Test func yamlThatCrashedTheParserIsAClearError() throws {
+        let directory = try Self.files()
+        do {
+            _ = try parse("{{}}", in: directory)
+            Issue.record("accepted")
+        } catch let error as ConfigurationError {
+            #expect(error.description.contains("mapping key must be plain text"))
+        }
+        #expect(throws: ConfigurationError.self) { try parse("4:4:44:4:4:44:44:4:4:4:4:4", in: directory) }
+        do {
+            _ = try parse("mode: development\nmode: production\n", in: directory)
+            Issue.record("accepted a repeated key")
+        } catch let error as ConfigurationError {
+            #expect(error.description.contains("duplicated key"))
+        }
+    }
+
     @Test func environmentOverridesApply() throws {
         let directory = try Self.files()
         let yaml = Self.safe.replacingOccurrences(of: "mode: production\n", with: "")
