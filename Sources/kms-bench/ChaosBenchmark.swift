@@ -17,8 +17,10 @@ struct ChaosBenchmark: AsyncParsableCommand {
     @Option(help: "Connections driving load.") var connections: Int = 16
     @Option(help: "The kmsd executable (default: next to kms-bench).") var kmsd: String?
 
-    /// kmsd's per-call deadlines in this run (config: call_timeout / checkout_wait for the HSM, request_timeout for Vault).
-    static let hsmDeadline = 0.5
+    /// The longest a request may take before kmsd refuses it, from this run's configuration: for the HSM, a wait of at
+    /// most `checkout_wait` (0.5 s) for a session plus at most `call_timeout` (0.5 s) for the call; for Vault,
+    /// `request_timeout` (1 s).
+    static let hsmDeadline = 1.0
     static let vaultDeadline = 1.0
 
     struct Record {
@@ -117,7 +119,9 @@ struct ChaosBenchmark: AsyncParsableCommand {
         await load.value
 
         let records = recorder.records.withLock { $0 }
-        print("kms-bench chaos: \(connections) connections (half per key), kmsd deadlines: HSM \(Self.hsmDeadline) s, Vault \(Self.vaultDeadline) s")
+        print("kms-bench chaos: \(connections) connections (half per key); request deadlines: HSM \(Self.hsmDeadline) s "
+            + "(checkout_wait 0.5 s + call_timeout 0.5 s), Vault \(Self.vaultDeadline) s (request_timeout)")
+        print("passes when: other = 0, slowest 503 ≤ deadline + 0.1 s, first success ≤ 2 s after the fault ends")
         print("")
         print(pad("phase", 24) + pad("key", 10) + pad("ok", 8) + pad("503", 8) + pad("other", 7) + pad("slowest 503", 13) + "first success after")
         var failures = 0
