@@ -47,6 +47,8 @@ let package = Package(
     targets: [
         // The PKCS#11 header (Debian's libp11-kit-dev) and a few helpers for what Swift cannot import.
         .target(name: "CPKCS11"),
+        // One BoringSSL call swift-nio-ssl does not offer (no TLS session tickets).
+        .target(name: "CTLSOptions"),
         // A pass-through PKCS#11 module that injects faults on command (tests only).
         .target(name: "PKCS11FaultShim", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .target(
@@ -113,7 +115,7 @@ let package = Package(
         .target(
             name: "KMSServer",
             dependencies: [
-                "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit",
+                "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", "CTLSOptions",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -2,6 +2,7 @@ public import HummingbirdCore
 import Logging
 import NIOCore
 import NIOTLS
+import CTLSOptions
 public import NIOSSL
 import Synchronization
 
@@ -11,16 +12,38 @@ public final class TLSContextBox: Sendable {
     private let context: Mutex<NIOSSLContext>
 
     public init(_ configuration: TLSConfiguration) throws {
-        context = Mutex(try NIOSSLContext(configuration: configuration))
+        context = Mutex(try Self.makeContext(configuration))
     }
 
     /// Builds the new context first, so a bad file leaves the old one in place.
     public func replace(_ configuration: TLSConfiguration) throws {
-        let fresh = try NIOSSLContext(configuration: configuration)
+        let fresh = try Self.makeContext(configuration)
         context.withLock { $0 = fresh }
     }
 
+    /// A server context that issues no session tickets. A resumed session would skip the handshake's client
+    /// certificate checks, so kmsd turns resumption off. swift-nio-ssl 2.37 has no setting for it: the context's
+    /// `SSL_CTX` is read from its stored property and `SSL_OP_NO_TICKET` set through BoringSSL directly. If a future
+    /// swift-nio-ssl stores it differently, kmsd refuses to start rather than serve with tickets (ci/tls-matrix and the test
+    /// `noTLSSessionTicketsAreIssued` check that none are issued).
+    static func makeContext(_ configuration: TLSConfiguration) throws -> NIOSSLContext {
+        let context = try NIOSSLContext(configuration: configuration)
+        guard let handle = Mirror(reflecting: context).children.first(where: { $0.label == "sslContext" })?.value as? OpaquePointer else {
+            throw TLSSetupError("cannot turn off TLS session tickets: swift-nio-ssl's context no longer exposes its SSL_CTX")
+        }
+        guard kmsd_ssl_ctx_disable_tickets(UnsafeMutableRawPointer(handle)) & 0x4000 != 0 else {
+            throw TLSSetupError("cannot turn off TLS session tickets")
+        }
+        return context
+    }
+
     var current: NIOSSLContext { context.withLock { $0 } }
+}
+
+/// The server's TLS context could not be made as kmsd requires.
+public struct TLSSetupError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// HTTP/1, behind a TLS handler made from the box's current context at each connection (when there is a box), with

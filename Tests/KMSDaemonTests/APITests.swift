@@ -96,6 +96,31 @@ struct APITests {
         }
     }
 
+    /// A resumed TLS session would skip the handshake's certificate checks; kmsd issues no tickets (openssl shows
+    /// every handshake message with -msg).
+    @Test func noTLSSessionTicketsAreIssued() async throws {
+        try await with { kmsd in
+            let directory = kmsd.directory.path
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+            process.arguments = ["s_client", "-connect", "127.0.0.1:\(kmsd.port)", "-tls1_3", "-msg", "-ign_eof",
+                                 "-CAfile", "\(directory)/ca.pem", "-cert", "\(directory)/node1.pem", "-key", "\(directory)/node1-key.pem"]
+            let input = Pipe()
+            let output = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            input.fileHandleForWriting.write(Data("GET /v1/health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8))
+            try await Task.sleep(for: .seconds(1))
+            try input.fileHandleForWriting.close()
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(text.contains("HTTP/1.1 200"), "\(text.suffix(500))")
+            #expect(!text.contains("NewSessionTicket"))
+        }
+    }
+
     @Test func adminRoutesNeedAnAdminCertificateOrToken() async throws {
         try await with { kmsd in
             let node = try kmsd.client("node1")

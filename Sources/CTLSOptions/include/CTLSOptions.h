@@ -1,0 +1,11 @@
+#ifndef KMSD_CTLSOPTIONS_H
+#define KMSD_CTLSOPTIONS_H
+
+#include <stdint.h>
+
+/// Sets SSL_OP_NO_TICKET on a swift-nio-ssl context's SSL_CTX: the server issues no TLS session tickets (in TLS 1.3
+/// BoringSSL then sends no NewSessionTicket), so every connection does a full handshake with certificate checks.
+/// Returns the context's options afterwards.
+uint32_t kmsd_ssl_ctx_disable_tickets(void *ssl_ctx);
+
+#endif
