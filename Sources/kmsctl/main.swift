@@ -1,5 +1,5 @@
-// kmsctl: administration of kmsd. Exit status: 0 success, 1 kmsd refused (4xx), 3 kmsd or its backend unavailable
-// (503 or unreachable), 4 anything else; 64 for bad arguments.
+// kmsctl: administration of kmsd. Exit status: 0 success, 1 kmsd refused (4xx), 2 `audit verify` found the log
+// tampered or incomplete, 3 kmsd or its backend unavailable (503 or unreachable), 4 anything else; 64 for bad arguments.
 import ArgumentParser
 import Foundation
 import KMSAPI
