@@ -170,7 +170,7 @@ let package = Package(
         .executableTarget(
             name: "kmsctl",
             dependencies: [
-                "KMSClient", "KMSAPI", "KMSAudit",
+                "KMSClient", "KMSAPI", "KMSAudit", "KMSCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -104,48 +104,33 @@ struct Reader {
         return list.compactMap { $0 as? String }
     }
 
-    /// `1s`, `500ms`, `2m`, `1h`, `90d`, or a number of seconds.
+    /// `500ms`, `1s`, `5m`, `1h`, `90d`, `2w`, or a number of seconds; nil when absent (a bad value is a problem).
+    mutating func seconds(_ map: [String: Any]?, _ key: String, _ path: String) -> TimeInterval? {
+        guard let value = map?[key], !(value is NSNull) else { return nil }
+        if let seconds = value as? Int, seconds > 0 { return TimeInterval(seconds) }
+        if let text = value as? String, let parsed = DurationText.parse(text) { return parsed }
+        problem("\(path).\(key)", "expected a duration such as 500ms, 1s, 5m, 1h, 90d, 2w")
+        return nil
+    }
+
     mutating func duration(_ map: [String: Any]?, _ key: String, _ path: String, default fallback: Duration) -> Duration {
-        guard let value = map?[key], !(value is NSNull) else { return fallback }
-        if let seconds = value as? Int, seconds > 0 { return .seconds(seconds) }
-        if let text = value as? String, let parsed = Self.parseDuration(text) { return parsed }
-        problem("\(path).\(key)", "expected a duration such as 500ms, 1s, 5m, 1h, 90d")
-        return fallback
+        seconds(map, key, path).map { .milliseconds(Int64(($0 * 1000).rounded())) } ?? fallback
     }
 
     /// `keys.<name>.rotation`: `{period, notice, max_wraps, max_age, retire_quiet_period}`; all optional.
     mutating func rotationPolicy(_ value: Any?, _ path: String) -> RotationPolicy {
         var policy = RotationPolicy()
         guard let map = map(value, path, known: ["period", "notice", "max_wraps", "max_age", "retire_quiet_period"]) else { return policy }
-        func interval(_ key: String) -> TimeInterval? {
-            guard let value = map[key], !(value is NSNull) else { return nil }
-            if let seconds = value as? Int, seconds > 0 { return TimeInterval(seconds) }
-            if let text = value as? String, let parsed = DurationText.parse(text) { return parsed }
-            problem("\(path).\(key)", "expected a duration such as 30s, 1h, 90d, 2w")
-            return nil
-        }
-        policy.period = interval("period")
-        policy.notice = interval("notice")
-        policy.maxAge = interval("max_age")
-        if let quiet = interval("retire_quiet_period") { policy.retireQuietPeriod = quiet }
+        policy.period = seconds(map, "period", path)
+        policy.notice = seconds(map, "notice", path)
+        policy.maxAge = seconds(map, "max_age", path)
+        if let quiet = seconds(map, "retire_quiet_period", path) { policy.retireQuietPeriod = quiet }
         if let value = map["max_wraps"], !(value is NSNull) {
             if let wraps = value as? Int, wraps > 0 { policy.maxWraps = UInt64(wraps) }
             else { problem("\(path).max_wraps", "expected a positive whole number") }
         }
         for problem in policy.problems { self.problem(path + "." + problem.prefix { $0 != ":" }, String(problem.drop { $0 != ":" }.dropFirst(2))) }
         return policy
-    }
-
-    static func parseDuration(_ text: String) -> Duration? {
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
-        for (suffix, factor) in units where text.hasSuffix(suffix) {
-            let number = text.dropLast(suffix.count)
-            // "ms" must not be read as minutes of "…m" followed by "s".
-            if suffix == "s" && number.hasSuffix("m") { continue }
-            guard let value = Double(number), value > 0 else { return nil }
-            return .milliseconds(Int64((value * factor * 1000).rounded()))
-        }
-        return nil
     }
 
     /// A secret: `{env: NAME}`, `{file: PATH}` (not readable by group or others), or inline text (refused in

@@ -4,6 +4,7 @@ import ArgumentParser
 import Foundation
 import KMSAPI
 import KMSAudit
+import KMSCore
 import KMSClient
 
 @main
@@ -189,13 +190,6 @@ func columns(_ rows: [[String]]) -> String {
     }.joined(separator: "\n")
 }
 
-func age(_ seconds: Int?) -> String {
-    guard let seconds else { return "-" }
-    let units: [(String, Int)] = [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)]
-    for (suffix, size) in units where seconds >= size { return "\(seconds / size)\(suffix)" }
-    return "\(seconds)s"
-}
-
 struct Schedule: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Every key's latest version, its age, and its next rotation and why.")
     @OptionGroup var connection: Connection
@@ -205,7 +199,7 @@ struct Schedule: AsyncParsableCommand {
                 var rows = [["KEY", "PROVIDER", "LATEST", "AGE", "WRAPS", "NEXT ROTATION", "WHY"]]
                 var warnings: [String] = []
                 for entry in schedule.keys {
-                    rows.append([entry.key, entry.provider, entry.latestVersion.map { "v\($0)" } ?? "-", age(entry.ageSeconds),
+                    rows.append([entry.key, entry.provider, entry.latestVersion.map { "v\($0)" } ?? "-", entry.ageSeconds.map { DurationText.format(TimeInterval($0)) } ?? "-",
                                  "\(entry.wraps)/\(entry.maxWraps)", entry.nextRotationAt ?? "-", entry.nextRotationReason ?? "manual"])
                     warnings += entry.warnings.map { "warning: \(entry.key): \($0)" }
                 }
