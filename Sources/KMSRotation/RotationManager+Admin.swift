@@ -20,43 +20,50 @@ extension RotationManager {
         public let warnings: [String]
     }
 
-    /// Every configured key's schedule, as the backends and the counters say now.
-    public func schedule() async -> [ScheduleEntry] {
+    /// Every configured key's schedule. With `readBackend` each key is read from its backend first (the admin API);
+    /// without, it is what this process last learned (metrics scrapes, which must not load the backends).
+    public func schedule(readBackend: Bool = true) async -> [ScheduleEntry] {
         var entries: [ScheduleEntry] = []
         for key in configuredKeys {
-            let now = clock()
-            let state = stateSnapshot(key.name)
-            var warnings: [String] = []
-            if state.failures > 0 {
-                warnings.append("rotation failing (\(state.failures) attempt(s)): \(state.lastError ?? "unknown error"); next attempt "
-                                + (state.nextAttemptAt?.formatted(.iso8601) ?? "soon"))
-            }
-            do {
-                let snapshot = try await refresh(key)
-                let plan = snapshot.plan(key.policy, now: now)
-                if plan.inNotice, let due = plan.periodDueAt {
-                    warnings.append("in the notice window: rotates in \(DurationText.format(due.timeIntervalSince(now)))")
+            var problem: String?
+            if readBackend {
+                do {
+                    _ = try await refresh(key)
+                } catch {
+                    problem = (error as? KMSError)?.code == .notFound ? "not created yet (kmsctl keys create \(key.name))"
+                        : "cannot read the key from its backend: \(Self.describe(error))"
                 }
-                if plan.wrapRefused { warnings.append("older than max_age: wrapping is refused until the key rotates") }
-                let wraps = snapshot.usage[snapshot.latest.version.rawValue]?.wraps ?? 0
-                if plan.due == nil && wraps >= key.policy.maxWraps * 9 / 10 {
-                    warnings.append("\(wraps) of \(key.policy.maxWraps) wraps used")
-                }
-                entries.append(ScheduleEntry(
-                    key: key.name, providerName: key.providerName, latestVersion: snapshot.latest.version,
-                    latestCreatedAt: snapshot.latestCreatedAt, latestWraps: wraps, policy: key.policy, plan: plan,
-                    failures: state.failures, lastError: state.lastError, nextAttemptAt: state.nextAttemptAt, warnings: warnings))
-            } catch {
-                let notCreated = (error as? KMSError)?.code == .notFound
-                warnings.append(notCreated ? "not created yet (kmsctl keys create \(key.name))"
-                                : "cannot read the key from its backend: \(Self.describe(error))")
-                entries.append(ScheduleEntry(
-                    key: key.name, providerName: key.providerName, latestVersion: state.latest, latestCreatedAt: state.latestCreatedAt,
-                    latestWraps: 0, policy: key.policy, plan: nil, failures: state.failures, lastError: state.lastError,
-                    nextAttemptAt: state.nextAttemptAt, warnings: warnings))
             }
+            entries.append(scheduleEntry(key, state(key.name), problem: problem, now: clock()))
         }
         return entries
+    }
+
+    private func scheduleEntry(_ key: Key, _ state: KeyState, problem: String?, now: Date) -> ScheduleEntry {
+        var warnings: [String] = []
+        if state.failures > 0 {
+            warnings.append("rotation failing (\(state.failures) attempt(s)): \(state.lastError ?? "unknown error"); next attempt "
+                            + (state.nextAttemptAt?.formatted(.iso8601) ?? "soon"))
+        }
+        if let problem { warnings.append(problem) }
+        var plan: RotationPlan?
+        var wraps: UInt64 = 0
+        if let latest = state.latest, let created = state.latestCreatedAt {
+            wraps = ledger.usage(VersionID(key.name.rawValue, latest.rawValue)).wraps
+            let planned = RotationPlanner.plan(key.policy, latestCreatedAt: created, latestWraps: wraps, now: now)
+            if planned.inNotice, let due = planned.periodDueAt {
+                warnings.append("in the notice window: rotates in \(DurationText.format(due.timeIntervalSince(now)))")
+            }
+            if planned.wrapRefused { warnings.append("older than max_age: wrapping is refused until the key rotates") }
+            if planned.due == nil && wraps >= key.policy.maxWraps * 9 / 10 {
+                warnings.append("\(wraps) of \(key.policy.maxWraps) wraps used")
+            }
+            plan = planned
+        }
+        return ScheduleEntry(
+            key: key.name, providerName: key.providerName, latestVersion: state.latest, latestCreatedAt: state.latestCreatedAt,
+            latestWraps: wraps, policy: key.policy, plan: plan, failures: state.failures, lastError: state.lastError,
+            nextAttemptAt: state.nextAttemptAt, warnings: warnings)
     }
 
     /// One version's line in `kmsctl versions` and `kmsctl rewrap-plan`.
@@ -127,7 +134,7 @@ extension RotationManager {
     public func didCreate(_ name: KeyName, description: KeyDescription, actor: String) async {
         let now = clock()
         for info in description.versions {
-            _ = try? await store.recordVersionCreated(VersionID(name.rawValue, info.version.rawValue), at: info.createdAt ?? now)
+            _ = try? await creationTime(VersionID(name.rawValue, info.version.rawValue), backend: info.createdAt)
         }
         try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .create, actor: actor, reason: "create",
                                              toVersion: description.latestVersion?.rawValue, result: .ok))
@@ -136,13 +143,5 @@ extension RotationManager {
     /// The rotation journal (newest `limit` entries, oldest first).
     public func journal(_ name: KeyName?, limit: Int = 100) async throws -> [JournalEntry] {
         try await store.journal(key: name?.rawValue, limit: limit)
-    }
-
-    struct StateSnapshot {
-        let latest: KeyVersion?
-        let latestCreatedAt: Date?
-        let failures: Int
-        let lastError: String?
-        let nextAttemptAt: Date?
     }
 }

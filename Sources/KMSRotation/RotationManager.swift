@@ -47,7 +47,6 @@ public final class RotationManager: Sendable {
         var failures = 0
         var nextAttemptAt: Date?
         var lastError: String?
-        var lastErrorAt: Date?
         var noticedVersion: KeyVersion?
     }
 
@@ -60,6 +59,8 @@ public final class RotationManager: Sendable {
     let onEvent: @Sendable (RotationEvent) -> Void
     private let keys: Mutex<[KeyName: Key]>
     private let states = Mutex<[KeyName: KeyState]>([:])
+    /// Creation times as recorded in the store; they never change once recorded, so each is read or written once.
+    private let creationTimes = Mutex<[VersionID: Date]>([:])
     private let locks = KeyLocks()
     /// How long a rotation lease lasts (longer than any backend call's deadline).
     let leaseDuration: TimeInterval = 120
@@ -246,7 +247,7 @@ public final class RotationManager: Sendable {
             try await journalFailure(key, trigger: trigger, actor: actor, from: before.latest.version, error: error, at: now)
             throw error
         }
-        let created = try await store.recordVersionCreated(VersionID(key.name.rawValue, info.version.rawValue), at: info.createdAt ?? clock())
+        let created = try await creationTime(VersionID(key.name.rawValue, info.version.rawValue), backend: info.createdAt)
         states.withLock { states in
             var state = states[key.name, default: KeyState()]
             if state.latest.map({ $0 < info.version }) ?? true {
@@ -285,7 +286,6 @@ public final class RotationManager: Sendable {
             state.failures += 1
             state.nextAttemptAt = now.addingTimeInterval(RotationPlanner.retryDelay(afterFailures: state.failures))
             state.lastError = Self.describe(error)
-            state.lastErrorAt = now
             states[name] = state
             return state.failures
         }
@@ -303,10 +303,18 @@ public final class RotationManager: Sendable {
         onEvent(event)
     }
 
-    func stateSnapshot(_ name: KeyName) -> StateSnapshot {
-        let state = states.withLock { $0[name] } ?? KeyState()
-        return StateSnapshot(latest: state.latest, latestCreatedAt: state.latestCreatedAt, failures: state.failures,
-                             lastError: state.lastError, nextAttemptAt: state.nextAttemptAt)
+    func state(_ name: KeyName) -> KeyState {
+        states.withLock { $0[name] } ?? KeyState()
+    }
+
+    /// When `version` was created: the backend's time if it keeps one, else the time recorded in the store (by this
+    /// kmsd or another replica sharing it) — or now, recorded, for a version nobody recorded yet.
+    func creationTime(_ version: VersionID, backend: Date?) async throws -> Date {
+        if let backend { return backend }
+        if let cached = creationTimes.withLock({ $0[version] }) { return cached }
+        let recorded = try await store.recordVersionCreated(version, at: clock())
+        creationTimes.withLock { $0[version] = recorded }
+        return recorded
     }
 
     // MARK: - Reading the backend
@@ -315,10 +323,10 @@ public final class RotationManager: Sendable {
     struct Snapshot {
         let description: KeyDescription
         let latest: KeyVersionInfo
+        let latestCreatedAt: Date
         let createdAt: [KeyVersion: Date]
         let usage: [UInt32: VersionUsage]
 
-        var latestCreatedAt: Date { createdAt[latest.version] ?? Date() }
         func plan(_ policy: RotationPolicy, now: Date) -> RotationPlan {
             RotationPlanner.plan(policy, latestCreatedAt: latestCreatedAt, latestWraps: usage[latest.version.rawValue]?.wraps ?? 0, now: now)
         }
@@ -331,21 +339,15 @@ public final class RotationManager: Sendable {
         guard let latest = description.versions.last else { throw KMSError.notFound("key '\(key.name)' has no versions") }
         var created: [KeyVersion: Date] = [:]
         for info in description.versions {
-            let id = VersionID(key.name.rawValue, info.version.rawValue)
-            if let backend = info.createdAt {
-                created[info.version] = backend
-            } else if let recorded = try await store.versionCreated(id) {
-                created[info.version] = recorded
-            } else {
-                created[info.version] = try await store.recordVersionCreated(id, at: clock())
-            }
+            created[info.version] = try await creationTime(VersionID(key.name.rawValue, info.version.rawValue), backend: info.createdAt)
         }
-        let snapshot = Snapshot(description: description, latest: latest, createdAt: created, usage: ledger.usage(key: key.name.rawValue))
+        let latestCreatedAt = created[latest.version] ?? clock()
         states.withLock { states in
             states[key.name, default: KeyState()].latest = latest.version
-            states[key.name, default: KeyState()].latestCreatedAt = created[latest.version]
+            states[key.name, default: KeyState()].latestCreatedAt = latestCreatedAt
         }
-        return snapshot
+        return Snapshot(description: description, latest: latest, latestCreatedAt: latestCreatedAt, createdAt: created,
+                        usage: ledger.usage(key: key.name.rawValue))
     }
 }
 

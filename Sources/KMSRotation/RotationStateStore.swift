@@ -86,8 +86,6 @@ public protocol RotationStateStore: Sendable {
     func addUsage(_ deltas: [VersionID: VersionUsage]) async throws
     /// Every version's counted use.
     func allUsage() async throws -> [VersionID: VersionUsage]
-    /// The recorded creation time of a version, if any.
-    func versionCreated(_ version: VersionID) async throws -> Date?
     /// Records when `version` was created unless a time is recorded already; returns the recorded time.
     func recordVersionCreated(_ version: VersionID, at: Date) async throws -> Date
     func append(_ entry: JournalEntry) async throws

@@ -90,15 +90,6 @@ public final class SQLiteStateStore: RotationStateStore {
         }
     }
 
-    public func versionCreated(_ version: VersionID) async throws -> Date? {
-        try await guarded("read version") { [queue] in
-            try await queue.read { db in
-                try Double.fetchOne(db, sql: "SELECT created_at FROM versions WHERE key = ? AND version = ?",
-                                    arguments: [version.key, Int64(version.version)]).map(Date.init(timeIntervalSince1970:))
-            }
-        }
-    }
-
     public func recordVersionCreated(_ version: VersionID, at date: Date) async throws -> Date {
         try await guarded("record version") { [queue] in
             try await queue.write { db in

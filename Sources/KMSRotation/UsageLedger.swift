@@ -44,8 +44,6 @@ final class UsageLedger: Sendable {
         }
     }
 
-    var pendingCount: Int { state.withLock { $0.pending.count } }
-
     /// Takes the counts not yet stored.
     func drain() -> [VersionID: VersionUsage] {
         state.withLock { state in
