@@ -12,7 +12,7 @@ public import Logging
 import NIOCore
 public import NIOSSL
 import PKCS11
-import ServiceLifecycle
+public import ServiceLifecycle
 import UnixSignals
 import SwiftASN1
 import X509
@@ -305,26 +305,21 @@ public struct Daemon: Sendable {
         let providers = try await startProviders()
         var auditLog: AuditLog?
         do {
-            let metrics = ServerMetrics()
-            let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
-            let audit = try await startAudit(providers: providers, events: events)
-            auditLog = audit
-            audit?.submit(AuditEvent(.admin, "start", result: .ok, detail: "mode \(configuration.mode.rawValue), config \(configuration.source)"))
-            let rotation = try await startRotation(providers, events: events, audit: audit)
-            let (app, running) = try application(
-                policy: policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics
-            ) { [logger, configuration] port in
+            let parts = try await assemble(providers: providers) { [logger, configuration] port in
                 logger.notice("kmsd serving", metadata: [
                     "address": "\(configuration.listen.host):\(port)", "mode": "\(configuration.mode.rawValue)",
                     "tls": "\(configuration.tls != nil)",
                 ])
+            } onMetricsRunning: { [logger, configuration] port in
+                logger.notice("metrics serving", metadata: ["address": "\(configuration.listen.metrics?.host ?? ""):\(port)"])
             }
+            auditLog = parts.audit
             // SIGHUP reloads certificates, the CRL and access lists without dropping connections.
             signal(SIGHUP, SIG_IGN)
             let hangup = DispatchSource.makeSignalSource(signal: SIGHUP)
             hangup.setEventHandler { [self] in
                 do {
-                    try reload(running, providers: providers)
+                    try reload(parts.running, providers: providers)
                 } catch {
                     logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
                 }
@@ -332,15 +327,8 @@ public struct Daemon: Sendable {
             hangup.resume()
             defer { hangup.cancel() }
             // The API, metrics, provider watch and rotation scheduler stop together on SIGTERM/SIGINT.
-            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-                .init(service: app), .init(service: RotationScheduler(rotation)),
-                .init(service: ProviderWatch(providers: providers, audit: audit, metrics: metrics)),
-            ]
-            let metricsApp = metricsApplication(running.server, metrics: metrics) { [logger, configuration] port in
-                logger.notice("metrics serving", metadata: ["address": "\(configuration.listen.metrics?.host ?? ""):\(port)"])
-            }
-            if let metricsApp { services.append(.init(service: metricsApp)) }
-            let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            let group = ServiceGroup(configuration: .init(
+                services: parts.services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         } catch {
             auditLog?.submit(AuditEvent(.admin, "stop", result: .failed, detail: "\(error)".prefix(300).description))
@@ -351,5 +339,34 @@ public struct Daemon: Sendable {
         auditLog?.submit(AuditEvent(.admin, "stop", result: .ok))
         await auditLog?.close()
         await Self.stop(providers)
+    }
+
+    /// What kmsd runs once its providers are up, wired together: the audit log, the rotation manager, and the
+    /// services (API, metrics listener, rotation scheduler, provider watch). `run()` and the tests' in-process kmsd
+    /// both start from this.
+    public struct Parts: Sendable {
+        public let running: Running
+        public let audit: AuditLog?
+        public let rotation: RotationManager
+        public let services: [any Service]
+    }
+
+    public func assemble(
+        providers: [String: any KeyProvider], onAPIRunning: @escaping @Sendable (Int) async -> Void = { _ in },
+        onMetricsRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) async throws -> Parts {
+        let metrics = ServerMetrics()
+        let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
+        let audit = try await startAudit(providers: providers, events: events)
+        audit?.submit(AuditEvent(.admin, "start", result: .ok, detail: "mode \(configuration.mode.rawValue), config \(configuration.source)"))
+        let rotation = try await startRotation(providers, events: events, audit: audit)
+        let (app, running) = try application(
+            policy: policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics,
+            onRunning: onAPIRunning)
+        let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
+        await watch.poll()  // the provider gauges exist from the first scrape
+        var services: [any Service] = [app, RotationScheduler(rotation), watch]
+        if let metricsApp = metricsApplication(running.server, metrics: metrics, onRunning: onMetricsRunning) { services.append(metricsApp) }
+        return Parts(running: running, audit: audit, rotation: rotation, services: services)
     }
 }

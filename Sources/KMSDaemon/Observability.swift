@@ -5,24 +5,13 @@ import KMSRotation
 import KMSServer
 import Logging
 import ServiceLifecycle
+import Synchronization
 
-/// Fills the sampled gauges before each scrape: provider health and pool sessions, audit queue and fsync latency,
-/// and per key the latest version's age, the seconds to its next rotation and the wraps per version.
+/// Fills the gauges that are read from kmsd's own state when /metrics is scraped: the audit log's queue and fsync,
+/// and per key the latest version's age, the seconds to its next rotation and the wraps per version. Nothing here
+/// calls a backend (provider gauges come from `ProviderWatch`, which polls anyway).
 enum MetricsSampler {
     static func sample(_ server: KMSServer, into metrics: ServerMetrics) async {
-        for (name, provider) in server.policy.providers {
-            let health = await provider.health()
-            let labels = [("provider", name)]
-            metrics.gauge("kmsd_provider_up", labels, health.state == .unavailable ? 0 : 1)
-            metrics.gauge("kmsd_provider_breaker_open", labels, health.details["breaker"] == "open" ? 1 : 0)
-            for (detail, gauge) in [("sessions_open", "kmsd_pool_sessions_open"), ("sessions_idle", "kmsd_pool_sessions_idle"),
-                                    ("sessions_max", "kmsd_pool_sessions_max"), ("waiters", "kmsd_pool_waiters")] {
-                if let value = health.details[detail].flatMap(Double.init) { metrics.gauge(gauge, labels, value) }
-            }
-            if let open = health.details["sessions_open"].flatMap(Double.init), let idle = health.details["sessions_idle"].flatMap(Double.init) {
-                metrics.gauge("kmsd_pool_sessions_in_use", labels, max(0, open - idle))
-            }
-        }
         if let audit = server.audit {
             let statistics = audit.statistics
             metrics.gauge("kmsd_audit_queue_depth", [], Double(statistics.queueDepth))
@@ -34,15 +23,13 @@ enum MetricsSampler {
             }
         }
         let now = server.rotation.clock()
-        for entry in await server.rotation.schedule() {
+        for entry in await server.rotation.schedule(readBackend: false) {
             let labels = [("key", entry.key.rawValue)]
             if let created = entry.latestCreatedAt { metrics.gauge("kmsd_key_latest_version_age_seconds", labels, now.timeIntervalSince(created)) }
             if let next = entry.plan?.nextRotationAt { metrics.gauge("kmsd_key_seconds_to_next_rotation", labels, next.timeIntervalSince(now)) }
             if let version = entry.latestVersion { metrics.gauge("kmsd_key_latest_version", labels, Double(version.rawValue)) }
-        }
-        for key in server.rotation.configuredKeys {
-            for (version, usage) in server.rotation.usage(key.name) {
-                let labels = [("key", key.name.rawValue), ("version", String(version))]
+            for (version, usage) in server.rotation.usage(entry.key) {
+                let labels = [("key", entry.key.rawValue), ("version", String(version))]
                 metrics.gauge("kmsd_key_version_wraps", labels, Double(usage.wraps))
                 metrics.gauge("kmsd_key_version_unwraps", labels, Double(usage.unwraps))
             }
@@ -50,33 +37,56 @@ enum MetricsSampler {
     }
 }
 
-/// Watches every provider's health and audits each change of state (`ok` → `unavailable` when a breaker opens, and
-/// back), with the backend's last error (for PKCS#11 it names the function and CK_RV).
-struct ProviderWatch: Service {
+/// Polls every provider's health: sets the provider and session-pool gauges, and audits each change of state (`ok` →
+/// `unavailable` when a breaker opens, and back) with the backend's last error (for PKCS#11 it names the function and
+/// CK_RV).
+final class ProviderWatch: Service, Sendable {
     let providers: [String: any KeyProvider]
     let audit: AuditLog?
     let metrics: ServerMetrics
-    var interval: Duration = .seconds(2)
-    let logger = Logger(label: "kmsd.watch")
+    let interval: Duration
+    private let states = Mutex<[String: ProviderHealth.State]>([:])
+    private let logger = Logger(label: "kmsd.watch")
+
+    init(providers: [String: any KeyProvider], audit: AuditLog?, metrics: ServerMetrics, interval: Duration = .seconds(2)) {
+        self.providers = providers
+        self.audit = audit
+        self.metrics = metrics
+        self.interval = interval
+    }
 
     func run() async throws {
-        await cancelWhenGracefulShutdown {
-            var states: [String: ProviderHealth.State] = [:]
+        await cancelWhenGracefulShutdown { [self] in
             while !Task.isCancelled {
-                for (name, provider) in providers.sorted(by: { $0.key < $1.key }) {
-                    let health = await provider.health()
-                    if let previous = states[name], previous != health.state {
-                        let detail = "provider \(name): \(previous.rawValue) → \(health.state.rawValue)"
-                            + (health.lastError.map { " (\($0.prefix(200)))" } ?? "")
-                        logger.warning("provider state changed", metadata: ["security_event": "provider_state", "provider": "\(name)",
-                                                                            "state": "\(health.state.rawValue)"])
-                        metrics.securityEvent("provider_\(health.state.rawValue)")
-                        audit?.submit(AuditEvent(.security, "provider_state", result: health.state == .ok ? .ok : .failed, detail: detail))
-                    }
-                    states[name] = health.state
-                }
+                await poll()
                 try? await Task.sleep(for: interval)
             }
+        }
+    }
+
+    /// One look at every provider.
+    func poll() async {
+        for (name, provider) in providers.sorted(by: { $0.key < $1.key }) {
+            let health = await provider.health()
+            let labels = [("provider", name)]
+            metrics.gauge("kmsd_provider_up", labels, health.state == .unavailable ? 0 : 1)
+            metrics.gauge("kmsd_provider_breaker_open", labels, health.details["breaker"] == "open" ? 1 : 0)
+            for (detail, gauge) in [("sessions_open", "kmsd_pool_sessions_open"), ("sessions_idle", "kmsd_pool_sessions_idle"),
+                                    ("sessions_max", "kmsd_pool_sessions_max"), ("waiters", "kmsd_pool_waiters")] {
+                if let value = health.details[detail].flatMap(Double.init) { metrics.gauge(gauge, labels, value) }
+            }
+            if let open = health.details["sessions_open"].flatMap(Double.init), let idle = health.details["sessions_idle"].flatMap(Double.init) {
+                metrics.gauge("kmsd_pool_sessions_in_use", labels, max(0, open - idle))
+            }
+            let previous = states.withLock { states in
+                defer { states[name] = health.state }
+                return states[name]
+            }
+            guard let previous, previous != health.state else { continue }
+            let detail = "provider \(name): \(previous.rawValue) → \(health.state.rawValue)" + (health.lastError.map { " (\($0.prefix(200)))" } ?? "")
+            logger.warning("provider state changed", metadata: ["provider": "\(name)", "state": "\(health.state.rawValue)"])
+            metrics.count("kmsd_provider_state_changes_total", [("provider", name), ("state", health.state.rawValue)])
+            audit?.submit(AuditEvent(.security, "provider_state", result: health.state == .ok ? .ok : .failed, detail: detail))
         }
     }
 }

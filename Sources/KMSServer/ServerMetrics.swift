@@ -27,7 +27,12 @@ public final class ServerMetrics: Sendable {
 
     /// A refusal or other security event, by kind (`forbidden`, `rate_limited`, `audit_unavailable`, …).
     public func securityEvent(_ kind: String) {
-        CoreMetrics.Counter(label: "kmsd_security_events_total", dimensions: [("kind", kind)], factory: factory).increment()
+        count("kmsd_security_events_total", [("kind", kind)])
+    }
+
+    /// Counts one occurrence of a labelled event.
+    public func count(_ name: String, _ labels: [(String, String)]) {
+        CoreMetrics.Counter(label: name, dimensions: labels, factory: factory).increment()
     }
 
     /// Sets a gauge (state sampled when /metrics is read).

@@ -11,6 +11,7 @@ import NIOCore
 import NIOSSL
 import NIOHTTP1
 import ServiceLifecycle
+import Logging
 
 /// A kmsd running in process on a free loopback port with mutual TLS, over a SoftHSM token behind the fault shim,
 /// with a dev PKI: storage node 1 may use key `orders`, node 2 may use `invoices`, `CN=security-admin` administers.
@@ -106,30 +107,19 @@ final class RunningKMSD: Sendable {
         }
         let (stream, continuation) = AsyncStream<Int>.makeStream()
         let (metricsStream, metricsContinuation) = AsyncStream<Int>.makeStream()
-        let metrics = ServerMetrics()
-        let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
-        let audit = try await daemon.startAudit(providers: providers, events: events)
-        let rotation = try await daemon.startRotation(providers, events: events, audit: audit)
-        let (app, running) = try daemon.application(
-            policy: daemon.policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics
-        ) {
-            continuation.yield($0)
+        let parts = try await daemon.assemble(providers: providers) { continuation.yield($0) } onMetricsRunning: {
+            metricsContinuation.yield($0)
         }
-        let metricsApp = daemon.metricsApplication(running.server, metrics: metrics) { metricsContinuation.yield($0) }
         let task = Task {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await app.run() }
-                if let metricsApp { group.addTask { try await metricsApp.run() } }
-                try await group.next()
-                group.cancelAll()
-            }
+            try await ServiceGroup(configuration: .init(services: parts.services.map { .init(service: $0) }, logger: Logger(label: "kmsd.test")))
+                .run()
         }
         var iterator = stream.makeAsyncIterator()
         guard let port = await iterator.next() else { throw FixtureError("kmsd did not start") }
         var metricsIterator = metricsStream.makeAsyncIterator()
         guard let metricsPort = await metricsIterator.next() else { throw FixtureError("the metrics listener did not start") }
         return RunningKMSD(directory: directory, port: port, metricsPort: metricsPort, shim: shim, task: task, adminToken: adminToken,
-                           pki: pki, daemon: daemon, running: running, providers: providers, audit: audit, yaml: yaml)
+                           pki: pki, daemon: daemon, running: parts.running, providers: providers, audit: parts.audit, yaml: yaml)
     }
 
     /// Stops as kmsd does: the listeners, then the audit log (its closing checkpoint may need the HSM), then the providers.
