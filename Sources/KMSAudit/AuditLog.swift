@@ -25,7 +25,7 @@ public final class AuditLog: Sendable {
         public var checkpointInterval: TimeInterval
         public var failClosed: Bool
         public var signer: (any AuditSigner)?
-        /// A best-effort copy of each durable record to syslog.
+        /// A best-effort copy of each durable record to syslog; the log starts it and shuts it down.
         public var syslog: SyslogForwarder?
 
         public init(path: String, maxFileBytes: Int = 100 << 20, checkpointEvery: Int = 10_000, checkpointInterval: TimeInterval = 60,
@@ -88,6 +88,7 @@ public final class AuditLog: Sendable {
                 throw AuditError("cannot write the audit public key \(publicKey)")
             }
         }
+        configuration.syslog?.start()
         let thread = Thread { writer.run() }
         thread.name = "kmsd-audit"
         thread.start()
@@ -97,25 +98,27 @@ public final class AuditLog: Sendable {
     /// fails closed, or after `close`.
     public func record(_ event: AuditEvent) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let accepted = core.state.withLock { state in
-                guard !state.closing else { return false }
-                state.queue.append(Pending(event: event, waiter: continuation))
-                state.statistics.queueDepth = state.queue.count
-                return true
+            if !enqueue(Pending(event: event, waiter: continuation)) {
+                continuation.resume(throwing: AuditError("the audit log is closed"))
             }
-            if accepted { core.wake.signal() } else { continuation.resume(throwing: AuditError("the audit log is closed")) }
         }
     }
 
     /// Appends `event` without waiting (security events about requests that are refused anyway).
     public func submit(_ event: AuditEvent) {
+        _ = enqueue(Pending(event: event, waiter: nil))
+    }
+
+    /// Queues for the writer thread; false once the log is closing.
+    private func enqueue(_ pending: Pending) -> Bool {
         let accepted = core.state.withLock { state in
             guard !state.closing else { return false }
-            state.queue.append(Pending(event: event, waiter: nil))
+            state.queue.append(pending)
             state.statistics.queueDepth = state.queue.count
             return true
         }
         if accepted { core.wake.signal() }
+        return accepted
     }
 
     public var statistics: Statistics { core.state.withLock { $0.statistics } }

@@ -50,6 +50,17 @@ public struct AuditVerifier {
         let file: String
         let number: Int
         let bytes: ArraySlice<UInt8>
+        /// The parsed record (nil when the line is not JSON), its `seq` and `prev`.
+        let object: [String: Any]?
+        var seq: UInt64? { (object?["seq"] as? NSNumber)?.uint64Value }
+        var prev: String? { object?["prev"] as? String }
+
+        init(file: String, number: Int, bytes: ArraySlice<UInt8>) {
+            self.file = file
+            self.number = number
+            self.bytes = bytes
+            object = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any]
+        }
     }
 
     /// Verifies `files` as one chain, oldest first.
@@ -73,10 +84,8 @@ public struct AuditVerifier {
         }
         if publicKey == nil { report.notes.append("no public key given: checkpoint signatures were not checked") }
 
-        // Every line's seq up front, to tell a reordering (the missing seq comes later) from a deletion.
-        let sequence: [UInt64?] = lines.map { line in
-            ((try? JSONSerialization.jsonObject(with: Data(line.bytes))) as? [String: Any]).flatMap { ($0["seq"] as? NSNumber)?.uint64Value }
-        }
+        // Every line's seq up front (each line is parsed once, above), to tell a reordering from a deletion.
+        let sequence = lines.map(\.seq)
         var previousHash: String?
         var previousSeq: UInt64?
         var lastWasClosing = false
@@ -86,9 +95,7 @@ public struct AuditVerifier {
                 failed.problem = Problem(file: line.file, line: line.number, seq: seq, message: message)
                 return failed
             }
-            guard let object = try? JSONSerialization.jsonObject(with: Data(line.bytes)) as? [String: Any],
-                  let seq = (object["seq"] as? NSNumber)?.uint64Value, let prev = object["prev"] as? String
-            else {
+            guard let object = line.object, let seq = line.seq, let prev = line.prev else {
                 return fail("not an audit record (malformed JSON, or no seq/prev)", seq: nil)
             }
             let hash = Self.hex(SHA256.hash(data: line.bytes))
@@ -108,8 +115,7 @@ public struct AuditVerifier {
                 }
                 if prev != previousHash {
                     // Which side changed? If this line is intact (the next one chains to it), the one before it was.
-                    let nextChainsHere = index + 1 < lines.count
-                        && (try? JSONSerialization.jsonObject(with: Data(lines[index + 1].bytes)) as? [String: Any])?["prev"] as? String == hash
+                    let nextChainsHere = index + 1 < lines.count && lines[index + 1].prev == hash
                     if nextChainsHere {
                         let before = lines[index - 1]
                         var failed = report

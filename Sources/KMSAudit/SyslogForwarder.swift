@@ -57,6 +57,7 @@ public final class SyslogForwarder: Sendable {
     /// Starts delivering in the background until `shutdown`.
     public func start() {
         task.withLock { task in
+            guard task == nil else { return }
             task = Task { [self] in await run() }
         }
     }

@@ -265,7 +265,6 @@ public struct Daemon: Sendable {
             }
             forwarder = SyslogForwarder(.init(host: syslog.host, port: syslog.port, tls: tls), logger: Logger(label: "kmsd.audit.syslog"),
                                         onDrop: { _ in events.record("syslog_dropped") })
-            forwarder?.start()
         }
         return try AuditLog(
             .init(path: audit.file, maxFileBytes: audit.maxFileBytes, checkpointEvery: audit.checkpointEvery,

@@ -266,7 +266,6 @@ struct SyslogTests {
     @Test func eachDurableRecordIsSentAsAnRFC5424MessageWithOctetCounting() async throws {
         let collector = try Collector()
         let forwarder = SyslogForwarder(.init(host: "127.0.0.1", port: collector.port, tls: nil))
-        forwarder.start()
         let fixture = try AuditFixture()
         let log = try AuditLog(.init(path: fixture.logPath, failClosed: true, signer: try FileAuditSigner(path: fixture.keyPath), syslog: forwarder))
         for index in 0..<5 { try await log.record(event(index)) }
