@@ -183,6 +183,8 @@ public final class RotationManager: Sendable {
         /// The plan for the new version.
         public let nextRotationAt: Date?
         public let nextTrigger: RotationPlan.Trigger?
+        /// The key after the rotation (before it, for a dry run).
+        public let description: KeyDescription
     }
 
     /// Rotates `name` now. `expecting` (scheduler and usage triggers) skips the rotation when the latest version is no
@@ -196,7 +198,7 @@ public final class RotationManager: Sendable {
             let next = try snapshot.latest.version.next()
             let plan = RotationPlanner.plan(key.policy, latestCreatedAt: clock(), latestWraps: 0, now: clock())
             return Outcome(key: name, previousVersion: snapshot.latest.version, newVersion: next, dryRun: true,
-                           nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger)
+                           nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger, description: snapshot.description)
         }
         await locks.lock(name)
         do {
@@ -265,8 +267,9 @@ public final class RotationManager: Sendable {
                    detail: "'\(key.name)' rotated from \(before.latest.version) to \(info.version) (\(trigger), by \(actor))", actor: actor),
              level: .notice)
         let plan = RotationPlanner.plan(key.policy, latestCreatedAt: created, latestWraps: 0, now: clock())
+        let after = KeyDescription(name: key.name, provider: before.description.provider, versions: before.description.versions + [info])
         return Outcome(key: key.name, previousVersion: before.latest.version, newVersion: info.version, dryRun: false,
-                       nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger)
+                       nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger, description: after)
     }
 
     private func journalFailure(_ key: Key, trigger: String, actor: String, from: KeyVersion?, error: any Error, at now: Date) async throws {

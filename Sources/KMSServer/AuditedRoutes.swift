@@ -34,8 +34,9 @@ extension KMSServer {
     /// Runs a route with its audit record and its metrics: a success is answered only after its record is durable
     /// (503 `audit_unavailable` if the log fails closed); a refusal or failure is recorded as what it was
     /// (authentication, authorization, security) without waiting. Exactly one record per request.
-    func instrumented(_ route: String, _ kind: AuditEvent.Kind, _ action: String,
-                      _ handler: () async throws -> Response) async throws -> Response {
+    /// The route's metrics label is the action, with `admin_` in front for admin routes.
+    func instrumented(_ kind: AuditEvent.Kind, _ action: String, _ handler: () async throws -> Response) async throws -> Response {
+        let route = kind == .admin ? "admin_" + action : action
         let started = ContinuousClock.now
         let note = AuditNote(kind, action)
         do {

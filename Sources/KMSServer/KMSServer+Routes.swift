@@ -114,7 +114,7 @@ extension KMSServer {
     private func body(_ name: KeyName, _ provider: String, _ description: KeyDescription) -> KeyBody {
         KeyBody(name: name.rawValue, provider: provider, versions: description.versions.map {
             KeyVersionBody(version: $0.version.rawValue, state: $0.state.rawValue,
-                           createdAt: $0.createdAt.map { $0.formatted(.iso8601) })
+                           createdAt: $0.createdAt.map(Self.time))
         })
     }
 
@@ -165,11 +165,10 @@ extension KMSServer {
             throw APIError(.conflict, "conflict", "the rotation of '\(key.name)' did not run")
         }
         AuditNote.version(outcome.newVersion)
-        let description = try await perform { try await key.provider.describeKey(key.name) }
         return try json(RotateResponse(
             name: key.name.rawValue, provider: key.providerName, previousVersion: outcome.previousVersion.rawValue,
             version: outcome.newVersion.rawValue, dryRun: outcome.dryRun, nextRotationAt: outcome.nextRotationAt.map(Self.time),
-            nextRotationReason: outcome.nextTrigger?.rawValue, versions: self.body(key.name, key.providerName, description).versions))
+            nextRotationReason: outcome.nextTrigger?.rawValue, versions: self.body(key.name, key.providerName, outcome.description).versions))
     }
 
     func retire(_ request: Request, _ context: KMSRequestContext) async throws -> Response {

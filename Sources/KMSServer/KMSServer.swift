@@ -105,43 +105,43 @@ public struct KMSServer: Sendable {
         router.get(RouterPath(KMSAPI.Path.live)) { _, _ in try json(HealthBody(status: "ok")) }
         router.get(RouterPath(KMSAPI.Path.ready)) { _, _ in try await ready() }
         router.post("/v1/keys/{name}/datakey") { request, context in
-            try await instrumented("datakey", .keyAccess, "datakey") { try await datakey(request, context) }
+            try await instrumented(.keyAccess, "datakey") { try await datakey(request, context) }
         }
         router.post("/v1/keys/{name}/unwrap") { request, context in
-            try await instrumented("unwrap", .keyAccess, "unwrap") { try await unwrap(request, context) }
+            try await instrumented(.keyAccess, "unwrap") { try await unwrap(request, context) }
         }
         router.post("/v1/keys/{name}/rewrap") { request, context in
-            try await instrumented("rewrap", .keyAccess, "rewrap") { try await rewrap(request, context) }
+            try await instrumented(.keyAccess, "rewrap") { try await rewrap(request, context) }
         }
         router.post("/v1/keys/{name}/unwrap/batch") { request, context in
-            try await instrumented("unwrap_batch", .keyAccess, "unwrap_batch") { try await batchUnwrap(request, context) }
+            try await instrumented(.keyAccess, "unwrap_batch") { try await batchUnwrap(request, context) }
         }
         router.post("/v1/keys/{name}/rewrap/batch") { request, context in
-            try await instrumented("rewrap_batch", .keyAccess, "rewrap_batch") { try await batchRewrap(request, context) }
+            try await instrumented(.keyAccess, "rewrap_batch") { try await batchRewrap(request, context) }
         }
         router.get("/v1/admin/keys") { request, context in
-            try await instrumented("admin_list_keys", .admin, "list_keys") { try await listKeys(request, context) }
+            try await instrumented(.admin, "list_keys") { try await listKeys(request, context) }
         }
         router.post("/v1/admin/keys") { request, context in
-            try await instrumented("admin_create_key", .admin, "create_key") { try await createKey(request, context) }
+            try await instrumented(.admin, "create_key") { try await createKey(request, context) }
         }
         router.get("/v1/admin/keys/{name}") { request, context in
-            try await instrumented("admin_show_key", .admin, "show_key") { try await showKey(request, context) }
+            try await instrumented(.admin, "show_key") { try await showKey(request, context) }
         }
         router.post("/v1/admin/keys/{name}/rotate") { request, context in
-            try await instrumented("admin_rotate", .admin, "rotate") { try await rotate(request, context) }
+            try await instrumented(.admin, "rotate") { try await rotate(request, context) }
         }
         router.get("/v1/admin/keys/{name}/versions") { request, context in
-            try await instrumented("admin_versions", .admin, "versions") { try await versions(request, context) }
+            try await instrumented(.admin, "versions") { try await versions(request, context) }
         }
         router.post("/v1/admin/keys/{name}/versions/{version}/retire") { request, context in
-            try await instrumented("admin_retire", .admin, "retire") { try await retire(request, context) }
+            try await instrumented(.admin, "retire") { try await retire(request, context) }
         }
         router.get(RouterPath(KMSAPI.Path.adminSchedule)) { request, context in
-            try await instrumented("admin_schedule", .admin, "schedule") { try await schedule(request, context) }
+            try await instrumented(.admin, "schedule") { try await schedule(request, context) }
         }
         router.get("/v1/admin/status") { request, context in
-            try await instrumented("admin_status", .admin, "status") { try await status(request, context) }
+            try await instrumented(.admin, "status") { try await status(request, context) }
         }
         return router
     }

@@ -187,9 +187,10 @@ struct VaultDevProcess {
         return VaultDevProcess(process: process, address: address, token: token, unsealKey: unseal)
     }
 
-    func seal() async throws { try await call("POST", "sys/seal", nil) }
+    func seal() async throws { try await expectSuccess("sys/seal", "{}") }
+    func unseal() async throws { try await expectSuccess("sys/unseal", #"{"key":"\#(unsealKey)"}"#) }
 
-    /// A transit call with the root token; returns the status and body.
+    /// A call with the root token; returns the status and body.
     func post(_ client: HTTPClient, _ path: String, _ body: String) async throws -> (Int, Data) {
         var request = HTTPClientRequest(url: "\(address)/v1/\(path)")
         request.method = .POST
@@ -199,15 +200,10 @@ struct VaultDevProcess {
         let bytes = try await response.body.collect(upTo: 1 << 20)
         return (Int(response.status.code), Data(bytes.readableBytesView))
     }
-    func unseal() async throws { try await call("POST", "sys/unseal", #"{"key":"\#(unsealKey)"}"#) }
 
-    private func call(_ method: String, _ path: String, _ body: String?) async throws {
-        var request = HTTPClientRequest(url: "\(address)/v1/\(path)")
-        request.method = HTTPMethod(rawValue: method)
-        request.headers.add(name: "X-Vault-Token", value: token)
-        if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
-        guard (200..<300).contains(response.status.code) else { throw FixtureError("vault-dev \(path): HTTP \(response.status.code)") }
+    private func expectSuccess(_ path: String, _ body: String) async throws {
+        let (status, _) = try await post(HTTPClient.shared, path, body)
+        guard (200..<300).contains(status) else { throw FixtureError("vault-dev \(path): HTTP \(status)") }
     }
 
     func stop() {

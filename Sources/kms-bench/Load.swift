@@ -32,15 +32,18 @@ enum Load {
             for _ in 0..<connections { group.addTask { _ = await send() } }
         }
         let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        return await workers(connections) { _ in
+            var result = Result()
+            while ContinuousClock.now < end { await once(send, into: &result) }
+            return result
+        }
+    }
+
+    /// Runs `count` workers concurrently and merges their results; `seconds` is the wall time they took.
+    private static func workers(_ count: Int, _ body: @escaping @Sendable (Int) async -> Result) async -> Result {
         let start = ContinuousClock.now
         var total = await withTaskGroup(of: Result.self) { group in
-            for _ in 0..<connections {
-                group.addTask {
-                    var result = Result()
-                    while ContinuousClock.now < end { await once(send, into: &result) }
-                    return result
-                }
-            }
+            for worker in 0..<count { group.addTask { await body(worker) } }
             var total = Result()
             for await result in group { total.merge(result) }
             return total
@@ -55,33 +58,22 @@ enum Load {
         let interval = Duration.seconds(Double(connections) / rate)
         let start = ContinuousClock.now
         let end = start + .milliseconds(Int(seconds * 1000))
-        var total = await withTaskGroup(of: Result.self) { group in
-            for worker in 0..<connections {
-                group.addTask {
-                    var result = Result()
-                    var next = start + interval * (Double(worker) / Double(connections))
-                    while next < end {
-                        if next > ContinuousClock.now { try? await Task.sleep(until: next, clock: .continuous) }
-                        await once({ (try? await kmsd.post(kmsd.node, path, body).0) ?? 0 }, into: &result)
-                        next += interval
-                    }
-                    return result
-                }
+        return await workers(connections) { worker in
+            var result = Result()
+            var next = start + interval * (Double(worker) / Double(connections))
+            while next < end {
+                if next > ContinuousClock.now { try? await Task.sleep(until: next, clock: .continuous) }
+                await once({ (try? await kmsd.post(kmsd.node, path, body).0) ?? 0 }, into: &result)
+                next += interval
             }
-            var total = Result()
-            for await result in group { total.merge(result) }
-            return total
+            return result
         }
-        total.seconds = (ContinuousClock.now - start).seconds
-        return total
     }
 
     private static func once(_ send: () async -> Int, into result: inout Result) async {
         let began = ContinuousClock.now
         let status = await send()
-        let elapsed = ContinuousClock.now - began
-        let micros = Double(elapsed.components.seconds) * 1_000_000 + Double(elapsed.components.attoseconds) / 1e12
-        _ = result.histogram.record(UInt64(max(1, micros)))
+        _ = result.histogram.record(UInt64(max(1, (ContinuousClock.now - began).seconds * 1_000_000)))
         if status == 200 { result.ok += 1 } else { result.errors += 1 }
     }
 }
