@@ -74,17 +74,22 @@ struct AuditRecord: Encodable {
     var checkpoint: Checkpoint?
 
     struct Checkpoint: Encodable {
-        /// Base64 of the raw ECDSA P-256 signature (r‖s, 64 bytes) over SHA-256 of `AuditChain.checkpointMessage`.
-        let signature: String
+        /// Base64 of the raw ECDSA P-256 signature (r‖s, 64 bytes) over SHA-256 of `AuditChain.checkpointMessageV2`
+        /// (v1 checkpoints, written before kmsd 0.3: of `AuditChain.checkpointMessage`). Empty while the record is
+        /// being hashed for its own signature.
+        var signature: String
         /// The first 16 hex digits of SHA-256 of the public key (DER SubjectPublicKeyInfo).
         let keyID: String
         /// The last record of a file or of a run: nothing may follow it in this file.
         let closing: Bool
         /// Records in the chain so far (equal to seq).
         let records: UInt64
+        /// The checkpoint format: 2 signs the whole record (`AuditChain.checkpointMessageV2`); absent in v1.
+        var version: Int? = 2
         enum CodingKeys: String, CodingKey {
             case signature, closing, records
             case keyID = "key_id"
+            case version = "v"
         }
     }
 
@@ -105,7 +110,41 @@ public enum AuditChain {
 
     /// What a checkpoint signs (through SHA-256): the format tag, the checkpoint's sequence number and the hash of
     /// the record before it, which commits to every earlier record.
+    /// v1 checkpoints only: written by earlier versions, still verified (and reported as v1). The signature does
+    /// not cover `closing`, so a v1 log cut after a periodic checkpoint whose `closing` was flipped would verify.
     public static func checkpointMessage(seq: UInt64, prev: String) -> [UInt8] {
         Array("kmsd-audit-checkpoint-v1\n\(seq)\n\(prev)".utf8)
+    }
+
+    /// What a v2 checkpoint signs (through SHA-256): every field a verifier relies on — the sequence number, the hash
+    /// of the record before it, `closing`, `records`, `key_id`, the time — and the SHA-256 of the checkpoint's own
+    /// line written with an empty signature, which covers every other byte of the record. The tag differs from v1's,
+    /// so a v2 signature can never be passed off as a v1 one.
+    public static func checkpointMessageV2(seq: UInt64, prev: String, unsignedLineHash: String, closing: Bool, records: UInt64,
+                                           keyID: String, time: String) -> [UInt8] {
+        Array("kmsd-audit-checkpoint-v2\n\(seq)\n\(prev)\n\(unsignedLineHash)\n\(closing)\n\(records)\n\(keyID)\n\(time)".utf8)
+    }
+
+    /// A checkpoint line with its signature's value removed (`"signature":""`), as it was hashed for signing; nil
+    /// when the line does not hold exactly one `"signature":"…"` (base64 has no quotes, and quotes inside other
+    /// values are escaped, so a well-formed line holds exactly one).
+    public static func unsignedCheckpointLine(_ line: some Collection<UInt8>) -> [UInt8]? {
+        let bytes = Array(line)
+        let marker = Array(#""signature":""#.utf8)
+        var found: Int?
+        var index = 0
+        while index + marker.count <= bytes.count {
+            if bytes[index] == marker[0] && Array(bytes[index..<(index + marker.count)]) == marker {
+                guard found == nil else { return nil }
+                found = index
+                index += marker.count
+            } else {
+                index += 1
+            }
+        }
+        guard let start = found else { return nil }
+        let valueStart = start + marker.count
+        guard let end = bytes[valueStart...].firstIndex(of: UInt8(ascii: "\"")) else { return nil }
+        return Array(bytes[..<valueStart]) + Array(bytes[end...])
     }
 }

@@ -27,10 +27,19 @@ public final class AuditLog: Sendable {
         public var signer: (any AuditSigner)?
         /// A best-effort copy of each durable record to syslog; the log starts it and shuts it down.
         public var syslog: SyslogForwarder?
+        /// Records waiting for the writer, at most. Beyond it `record` throws at once (the caller refuses its operation:
+        /// fail closed) and `submit` drops the event (counted in `Statistics.dropped`): memory stays bounded whatever
+        /// the load or however slow the disk.
+        public var maxQueue: Int
+        /// Rotated files (`<path>.<seq>`) to keep, newest first; older ones are deleted after each rotation. nil keeps all.
+        public var keepFiles: Int?
 
         public init(path: String, maxFileBytes: Int = 100 << 20, checkpointEvery: Int = 10_000, checkpointInterval: TimeInterval = 60,
-                    failClosed: Bool, signer: (any AuditSigner)?, syslog: SyslogForwarder? = nil) {
+                    failClosed: Bool, signer: (any AuditSigner)?, syslog: SyslogForwarder? = nil, maxQueue: Int = 10_000,
+                    keepFiles: Int? = nil) {
             self.syslog = syslog
+            self.maxQueue = maxQueue
+            self.keepFiles = keepFiles
             self.path = path
             self.maxFileBytes = maxFileBytes
             self.checkpointEvery = checkpointEvery
@@ -48,6 +57,8 @@ public final class AuditLog: Sendable {
         public var totalFsyncSeconds: Double = 0
         public var failures: UInt64 = 0
         public var queueDepth = 0
+        /// Events refused because the queue was full (`record` callers got an error; `submit`ted events were lost).
+        public var refused: UInt64 = 0
         /// False from a failed write until the next successful one.
         public var writable = true
         public var lastError: String?
@@ -98,8 +109,10 @@ public final class AuditLog: Sendable {
     /// fails closed, or after `close`.
     public func record(_ event: AuditEvent) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            if !enqueue(Pending(event: event, waiter: continuation)) {
-                continuation.resume(throwing: AuditError("the audit log is closed"))
+            switch enqueue(Pending(event: event, waiter: continuation)) {
+            case .queued: break
+            case .closed: continuation.resume(throwing: AuditError("the audit log is closed"))
+            case .full: continuation.resume(throwing: AuditError("the audit queue is full (\(configuration.maxQueue) records waiting)"))
             }
         }
     }
@@ -109,16 +122,22 @@ public final class AuditLog: Sendable {
         _ = enqueue(Pending(event: event, waiter: nil))
     }
 
-    /// Queues for the writer thread; false once the log is closing.
-    private func enqueue(_ pending: Pending) -> Bool {
-        let accepted = core.state.withLock { state in
-            guard !state.closing else { return false }
+    private enum Enqueued { case queued, closed, full }
+
+    /// Queues for the writer thread, unless the log is closing or `maxQueue` events are already waiting.
+    private func enqueue(_ pending: Pending) -> Enqueued {
+        let outcome = core.state.withLock { state -> Enqueued in
+            guard !state.closing else { return .closed }
+            guard state.queue.count < configuration.maxQueue else {
+                state.statistics.refused += 1
+                return .full
+            }
             state.queue.append(pending)
             state.statistics.queueDepth = state.queue.count
-            return true
+            return .queued
         }
-        if accepted { core.wake.signal() }
-        return accepted
+        if outcome == .queued { core.wake.signal() }
+        return outcome
     }
 
     public var statistics: Statistics { core.state.withLock { $0.statistics } }
@@ -284,12 +303,18 @@ final class Writer: @unchecked Sendable {
         bytes.append(UInt8(ascii: "\n"))
     }
 
+    /// A v2 checkpoint: the record is written with an empty signature, hashed, and the signature over
+    /// `AuditChain.checkpointMessageV2` (which includes that hash) put in its place.
     private func checkpoint(_ signer: any AuditSigner, seq: UInt64, prev: String, closing: Bool) throws -> AuditRecord {
-        let digest = SHA256.hash(data: AuditChain.checkpointMessage(seq: seq, prev: prev))
-        let signature = try signer.sign(digest: digest)
-        var record = AuditRecord(seq: seq, time: AuditTime.now(), prev: prev,
+        let time = AuditTime.now()
+        var record = AuditRecord(seq: seq, time: time, prev: prev,
                                  event: AuditEvent(.checkpoint, closing ? "close" : "checkpoint", result: .ok))
-        record.checkpoint = .init(signature: Data(signature).base64EncodedString(), keyID: signer.keyID, closing: closing, records: seq)
+        let keyID = signer.keyID
+        record.checkpoint = .init(signature: "", keyID: keyID, closing: closing, records: seq)
+        let unsignedHash = Self.hex(SHA256.hash(data: record.jsonLine))
+        let message = AuditChain.checkpointMessageV2(seq: seq, prev: prev, unsignedLineHash: unsignedHash, closing: closing,
+                                                     records: seq, keyID: keyID, time: time)
+        record.checkpoint?.signature = Data(try signer.sign(digest: SHA256.hash(data: message))).base64EncodedString()
         return record
     }
 
@@ -430,10 +455,30 @@ final class Writer: @unchecked Sendable {
             fileBytes = bytes.count
             forwardCopies()
             logger.notice("audit log rotated", metadata: ["archived": "\(archived)"])
+            if let keep = configuration.keepFiles { pruneRotatedFiles(keeping: keep) }
         } catch {
             closeFile()
             logger.error("audit log rotation failed; the next write retries", metadata: ["error": "\(error)"])
             onFailure("\(error)")
+        }
+    }
+
+    /// Deletes the oldest rotated files (`<path>.<12-digit seq>`) beyond `keep`. Their names sort by seq.
+    private func pruneRotatedFiles(keeping keep: Int) {
+        let url = URL(fileURLWithPath: configuration.path)
+        let directory = url.deletingLastPathComponent().path
+        let prefix = url.lastPathComponent + "."
+        let rotated = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { name in
+            let suffix = name.dropFirst(prefix.count)
+            return name.hasPrefix(prefix) && suffix.count == 12 && suffix.allSatisfy(\.isASCII) && suffix.allSatisfy(\.isNumber)
+        }.sorted()
+        for name in rotated.dropLast(keep) {
+            let path = directory + "/" + name
+            if unlink(path) == 0 {
+                logger.notice("rotated audit file deleted (audit.keep_files)", metadata: ["file": "\(path)"])
+            } else {
+                logger.warning("cannot delete a rotated audit file", metadata: ["file": "\(path)", "error": "\(String(cString: strerror(errno)))"])
+            }
         }
     }
 

@@ -36,6 +36,7 @@ extension AuditRecord {
             Self.string(checkpoint.keyID, into: &out)
             out += Array(#","records":\#(checkpoint.records),"signature":"#.utf8)
             Self.string(checkpoint.signature, into: &out)
+            if let version = checkpoint.version { out += Array(#","v":\#(version)"#.utf8) }
             out.append(UInt8(ascii: "}"))
         }
         string("code", event.code)

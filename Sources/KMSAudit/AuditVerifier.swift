@@ -21,29 +21,39 @@ public struct AuditVerifier {
         public var lastSeq: UInt64?
         /// Records after the last checkpoint (not yet covered by a signature).
         public var unsignedTail = 0
+        /// Checkpoints in the v1 format (signing only seq and prev), written by kmsd before checkpoint v2.
+        public var v1Checkpoints = 0
+        /// False when no public key was given: the chain was checked, the signatures were not.
+        public var signaturesChecked = false
         public var problem: Problem?
         public var notes: [String] = []
         public var ok: Bool { problem == nil }
     }
 
     let publicKey: P256.Signing.PublicKey?
+    let publicKeyID: String?
     let allowOpenTail: Bool
+    let expectedLastSeq: UInt64?
 
     /// - Parameters:
     ///   - publicKeyPEM: the key checkpoints must be signed with; without one, signatures are not checked (and the
     ///     report says so).
     ///   - allowOpenTail: accept a log that does not end with a closing checkpoint (a live log kmsd is still writing).
-    public init(publicKeyPEM: String?, allowOpenTail: Bool = false) throws {
+    ///   - expectedLastSeq: the `seq` the log must end at (an operator's pin of the end, from a copy kept elsewhere).
+    public init(publicKeyPEM: String?, allowOpenTail: Bool = false, expectedLastSeq: UInt64? = nil) throws {
         if let publicKeyPEM {
             do {
                 publicKey = try P256.Signing.PublicKey(pemRepresentation: publicKeyPEM)
             } catch {
                 throw AuditError("the public key is not a PEM P-256 public key")
             }
+            publicKeyID = AuditKeys.keyID(publicKeyPEM: publicKeyPEM)
         } else {
             publicKey = nil
+            publicKeyID = nil
         }
         self.allowOpenTail = allowOpenTail
+        self.expectedLastSeq = expectedLastSeq
     }
 
     private struct Line {
@@ -83,6 +93,8 @@ public struct AuditVerifier {
             }
         }
         if publicKey == nil { report.notes.append("no public key given: checkpoint signatures were not checked") }
+        report.signaturesChecked = publicKey != nil
+        var seenV2 = false
 
         // Every line's seq up front (each line is parsed once, above), to tell a reordering from a deletion.
         let sequence = lines.map(\.seq)
@@ -139,13 +151,43 @@ public struct AuditVerifier {
                 else {
                     return fail("a checkpoint without a signature", seq: seq)
                 }
-                if let publicKey {
-                    let digest = SHA256.hash(data: AuditChain.checkpointMessage(seq: seq, prev: prev))
-                    guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
-                          publicKey.isValidSignature(signature, for: digest)
-                    else {
-                        return fail("the checkpoint signature is not valid for this public key", seq: seq)
+                switch checkpoint["v"] {
+                case nil:
+                    // kmsd never goes back to v1 once it writes v2: a v1 checkpoint after a v2 one was not written by it.
+                    if seenV2 { return fail("a v1 checkpoint after v2 checkpoints (kmsd never writes one): forged", seq: seq) }
+                    if let publicKey {
+                        let digest = SHA256.hash(data: AuditChain.checkpointMessage(seq: seq, prev: prev))
+                        guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
+                              publicKey.isValidSignature(signature, for: digest)
+                        else {
+                            return fail("the checkpoint signature is not valid for this public key", seq: seq)
+                        }
                     }
+                    report.v1Checkpoints += 1
+                case let version as NSNumber where version.intValue == 2 && !(version is Bool):
+                    seenV2 = true
+                    guard let closing = checkpoint["closing"] as? Bool, let records = (checkpoint["records"] as? NSNumber)?.uint64Value,
+                          let keyID = checkpoint["key_id"] as? String, let time = object["time"] as? String,
+                          let unsigned = AuditChain.unsignedCheckpointLine(line.bytes)
+                    else {
+                        return fail("a v2 checkpoint without closing, records, key_id or time", seq: seq)
+                    }
+                    if records != seq { return fail("a checkpoint whose records (\(records)) is not its seq", seq: seq) }
+                    if let publicKey, let publicKeyID {
+                        if keyID != publicKeyID {
+                            return fail("the checkpoint signature is by key \(keyID), not by the given public key (\(publicKeyID))", seq: seq)
+                        }
+                        let message = AuditChain.checkpointMessageV2(
+                            seq: seq, prev: prev, unsignedLineHash: Self.hex(SHA256.hash(data: unsigned)), closing: closing,
+                            records: records, keyID: keyID, time: time)
+                        guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
+                              publicKey.isValidSignature(signature, for: SHA256.hash(data: message))
+                        else {
+                            return fail("the checkpoint signature is not valid for this public key (or the checkpoint was modified)", seq: seq)
+                        }
+                    }
+                default:
+                    return fail("a checkpoint of an unknown format version", seq: seq)
                 }
                 report.checkpoints += 1
                 report.unsignedTail = 0
@@ -153,6 +195,17 @@ public struct AuditVerifier {
             }
             previousSeq = seq
             previousHash = hash
+        }
+        if report.v1Checkpoints > 0 {
+            report.notes.append("\(report.v1Checkpoints) checkpoint(s) are v1 (written before checkpoint v2): their signatures cover "
+                                + "seq and prev only, not closing")
+        }
+        if let expectedLastSeq, report.lastSeq != expectedLastSeq {
+            let lastSeq = report.lastSeq.map(String.init) ?? "none"
+            report.problem = Problem(file: lines.last?.file ?? files.last ?? "", line: lines.last?.number ?? 0, seq: report.lastSeq,
+                                     message: "the log ends at seq \(lastSeq), not at the expected seq \(expectedLastSeq)"
+                                        + ((report.lastSeq ?? 0) < expectedLastSeq ? ": records were cut off" : ""))
+            return report
         }
         if let last = lines.last, !lastWasClosing {
             let message = "the log ends without a closing checkpoint: \(report.unsignedTail) record(s) after the last checkpoint are "

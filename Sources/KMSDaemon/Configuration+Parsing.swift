@@ -107,9 +107,11 @@ struct Reader {
     /// `500ms`, `1s`, `5m`, `1h`, `90d`, `2w`, or a number of seconds; nil when absent (a bad value is a problem).
     mutating func seconds(_ map: [String: Any]?, _ key: String, _ path: String) -> TimeInterval? {
         guard let value = map?[key], !(value is NSNull) else { return nil }
-        if let seconds = value as? Int, seconds > 0 { return TimeInterval(seconds) }
-        if let text = value as? String, let parsed = DurationText.parse(text) { return parsed }
-        problem("\(path).\(key)", "expected a duration such as 500ms, 1s, 5m, 1h, 90d, 2w")
+        // At most about 100 years: a typo such as 1e300s is refused here rather than overflowing a Duration later.
+        let longest: TimeInterval = 100 * 366 * 86400
+        if let seconds = value as? Int, seconds > 0, TimeInterval(seconds) <= longest { return TimeInterval(seconds) }
+        if let text = value as? String, let parsed = DurationText.parse(text), parsed.isFinite, parsed <= longest { return parsed }
+        problem("\(path).\(key)", "expected a duration such as 500ms, 1s, 5m, 1h, 90d, 2w (at most 100 years)")
         return nil
     }
 
@@ -170,7 +172,7 @@ struct Reader {
         let mode = Configuration.Mode(rawValue: modeText)
         if mode == nil { problem("mode", "expected development or production, not '\(modeText)'") }
 
-        let listenMap = map(top["listen"], "listen", known: ["api", "metrics", "allow_public_bind"])
+        let listenMap = map(top["listen"], "listen", known: ["api", "metrics", "allow_public_bind", "allow_public_metrics"])
         let api = string(listenMap, "api", "listen") ?? "127.0.0.1:8443"
         var host = "127.0.0.1"
         var port = 8443
@@ -185,7 +187,7 @@ struct Reader {
             if let address = Self.hostPort(text) { metrics = address } else { problem("listen.metrics", "expected host:port, not '\(text)'") }
         }
         let listen = Configuration.Listen(host: host, port: port, allowPublicBind: bool(listenMap, "allow_public_bind", "listen", default: false),
-                                          metrics: metrics)
+                                          metrics: metrics, allowPublicMetrics: bool(listenMap, "allow_public_metrics", "listen", default: false))
 
         var tls: Configuration.TLS?
         if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "min_version", "client_auth", "ciphers"]) {
@@ -243,7 +245,11 @@ struct Reader {
         }
         let admin = Configuration.Admin(identities: strings(adminMap, "identities", "admin"), tokenHashes: tokenHashes)
 
-        let limitsMap = map(top["limits"], "limits", known: ["max_connections", "max_body_bytes", "request_timeout", "rate_per_second", "burst"])
+        let limitsMap = map(top["limits"], "limits", known: [
+            "max_connections", "max_body_bytes", "request_timeout", "rate_per_second", "burst", "max_connections_per_source",
+            "max_unauthenticated", "max_unauthenticated_per_source", "handshake_timeout", "idle_timeout", "max_connection_age",
+            "metrics_max_connections",
+        ])
         let rate: Double
         if let value = limitsMap?["rate_per_second"] as? Double, value > 0 { rate = value }
         else if let value = limitsMap?["rate_per_second"] as? Int, value > 0 { rate = Double(value) }
@@ -251,8 +257,21 @@ struct Reader {
             if limitsMap?["rate_per_second"] != nil { problem("limits.rate_per_second", "expected a positive number") }
             rate = 1000
         }
+        let maxConnections = int(limitsMap, "max_connections", "limits", default: 1024, range: 1...1_000_000)
+        let perSource = int(limitsMap, "max_connections_per_source", "limits", default: min(64, maxConnections), range: 1...maxConnections)
+        // Unauthenticated peers get at most a quarter of the slots by default, so storage nodes always find room.
+        let unauthenticated = int(limitsMap, "max_unauthenticated", "limits", default: max(1, maxConnections / 4), range: 1...maxConnections)
+        let unauthenticatedPerSource = int(limitsMap, "max_unauthenticated_per_source", "limits",
+                                           default: min(16, perSource, unauthenticated), range: 1...max(1, min(perSource, unauthenticated)))
         let limits = Configuration.Limits(
-            maxConnections: int(limitsMap, "max_connections", "limits", default: 1024, range: 1...1_000_000),
+            maxConnections: maxConnections,
+            maxConnectionsPerSource: perSource,
+            maxUnauthenticated: unauthenticated,
+            maxUnauthenticatedPerSource: unauthenticatedPerSource,
+            handshakeTimeout: duration(limitsMap, "handshake_timeout", "limits", default: .seconds(10)),
+            idleTimeout: duration(limitsMap, "idle_timeout", "limits", default: .seconds(60)),
+            maxConnectionAge: duration(limitsMap, "max_connection_age", "limits", default: .seconds(3600)),
+            metricsMaxConnections: int(limitsMap, "metrics_max_connections", "limits", default: 16, range: 1...1024),
             maxBodyBytes: int(limitsMap, "max_body_bytes", "limits", default: 256 * 1024, range: 1024...64 * 1024 * 1024),
             requestTimeout: duration(limitsMap, "request_timeout", "limits", default: .seconds(10)),
             ratePerSecond: rate,
@@ -280,7 +299,10 @@ struct Reader {
 
     /// `audit: {file, max_file_bytes, checkpoint_every, checkpoint_interval, fail_closed, sign, syslog}`.
     mutating func audit(_ value: Any?, production: Bool, providers: [String: Any]) -> Configuration.Audit? {
-        guard let map = map(value, "audit", known: ["file", "max_file_bytes", "checkpoint_every", "checkpoint_interval", "fail_closed", "sign", "syslog"]) else {
+        guard let map = map(value, "audit", known: [
+            "file", "max_file_bytes", "checkpoint_every", "checkpoint_interval", "fail_closed", "sign", "syslog", "max_queue", "keep_files",
+            "handshake_summary_interval",
+        ]) else {
             return nil
         }
         let file = string(map, "file", "audit", required: true).map(resolve) ?? ""
@@ -311,7 +333,10 @@ struct Reader {
             checkpointEvery: int(map, "checkpoint_every", "audit", default: 10_000, range: 1...10_000_000),
             checkpointInterval: duration(map, "checkpoint_interval", "audit", default: .seconds(60)),
             failClosed: bool(map, "fail_closed", "audit", default: production),
-            signing: signing, syslog: syslog)
+            signing: signing, syslog: syslog,
+            maxQueue: int(map, "max_queue", "audit", default: 10_000, range: 16...1_000_000),
+            keepFiles: map["keep_files"].flatMap { $0 is NSNull ? nil : int(map, "keep_files", "audit", default: 0, range: 1...1_000_000) },
+            handshakeSummaryInterval: duration(map, "handshake_summary_interval", "audit", default: .seconds(10)))
     }
 
     mutating func provider(_ value: Any?, _ path: String) -> Configuration.Provider? {

@@ -17,6 +17,8 @@ public struct Configuration: Sendable {
         public var allowPublicBind: Bool
         /// The Prometheus listener (`listen.metrics`, plain HTTP); nil when not configured.
         public var metrics: (host: String, port: Int)?
+        /// `listen.allow_public_metrics`: the metrics listener may bind a non-loopback address in production.
+        public var allowPublicMetrics: Bool
     }
 
     /// `audit`: the hash-chained audit log (see docs/audit.md).
@@ -40,6 +42,12 @@ public struct Configuration: Sendable {
         public var failClosed: Bool
         public var signing: Signing?
         public var syslog: Syslog?
+        /// Records waiting for the writer, at most; beyond it key operations get 503 `audit_unavailable`.
+        public var maxQueue: Int
+        /// Rotated audit files to keep (nil: keep all).
+        public var keepFiles: Int?
+        /// Failed TLS handshakes are summarized per source address over this interval: one record each.
+        public var handshakeSummaryInterval: Duration
     }
 
     public struct TLS: Sendable {
@@ -129,6 +137,19 @@ public struct Configuration: Sendable {
 
     public struct Limits: Sendable {
         public var maxConnections: Int
+        /// Open connections from one source address, at most.
+        public var maxConnectionsPerSource: Int
+        /// Connections without a completed, client-authenticated TLS handshake, at most: in all and per source address.
+        public var maxUnauthenticated: Int
+        public var maxUnauthenticatedPerSource: Int
+        /// From accept to a completed TLS handshake.
+        public var handshakeTimeout: Duration
+        /// A keep-alive connection with no request in progress is closed after this long.
+        public var idleTimeout: Duration
+        /// A connection is closed after its request in progress once it is this old (reloads reach every connection).
+        public var maxConnectionAge: Duration
+        /// Open connections to the metrics listener, at most.
+        public var metricsMaxConnections: Int
         public var maxBodyBytes: Int
         public var requestTimeout: Duration
         public var ratePerSecond: Double

@@ -18,6 +18,14 @@ import SwiftASN1
 import X509
 import Dispatch
 
+/// Writes the failed-handshake summaries every interval, and once more at shutdown.
+struct HandshakeSummaryService: Service {
+    let failures: HandshakeFailures
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await failures.run() }
+    }
+}
+
 /// Wires a validated configuration into running parts: providers, the API server with mutual TLS, and the
 /// lifecycle (graceful shutdown on SIGTERM/SIGINT).
 public struct Daemon: Sendable {
@@ -167,6 +175,9 @@ public struct Daemon: Sendable {
         configuration.certificateVerification = tls.clientAuth == .required ? .noHostnameVerification : .optionalVerification
         configuration.minimumTLSVersion = tls.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
         configuration.cipherSuites = tls.ciphers
+        // Closing a connection (idle timeout, maximum age) sends close_notify and waits for the peer's; a peer that
+        // never answers holds its slot at most this long.
+        configuration.shutdownTimeout = .seconds(1)
         return configuration
     }
 
@@ -174,6 +185,9 @@ public struct Daemon: Sendable {
     public struct Running: Sendable {
         public let server: KMSServer
         public let tls: TLSContextBox?
+        /// The API listener's open connections.
+        public let connections: ConnectionLimit
+        public let handshakeFailures: HandshakeFailures
     }
 
     /// The client CA bundle's certificates (for verifying the CRL).
@@ -201,18 +215,28 @@ public struct Daemon: Sendable {
         let server = KMSServer(policy: policy, rotation: rotation, audit: audit, metrics: metrics,
                                revocation: try Self.revocation(configuration.tls), events: events, logger: Logger(label: "kmsd.api"))
         let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0)) }
-        let limit = ConnectionLimit(maximum: configuration.limits.maxConnections, events: server.events)
-        let builder = HTTPServerBuilder.http1(tls: box, limit: limit) { [events, audit] peer, error in
-            events.record("tls_handshake_failed")
-            audit?.submit(AuditEvent(.authentication, "tls_handshake", result: .denied, identity: nil, code: "handshake_failed",
-                                     detail: "peer \(peer): \(error)"))
+        let limit = ConnectionLimit(connectionPolicy(authenticates: box != nil), events: server.events)
+        let handshakeFailures = HandshakeFailures(audit: audit, events: events,
+                                                  interval: configuration.audit?.handshakeSummaryInterval ?? .seconds(10))
+        let builder = HTTPServerBuilder.http1(tls: box, limit: limit) { peer, error in
+            handshakeFailures.record(source: peer, error: error)
         }
         let app = Application(
             router: server.router(), server: builder,
             configuration: .init(address: .hostname(configuration.listen.host, port: configuration.listen.port), serverName: nil),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
-        return (app, Running(server: server, tls: box))
+        return (app, Running(server: server, tls: box, connections: limit, handshakeFailures: handshakeFailures))
+    }
+
+    /// The API listener's connection caps and deadlines (`limits.*`).
+    func connectionPolicy(authenticates: Bool) -> ConnectionPolicy {
+        let limits = configuration.limits
+        return ConnectionPolicy(
+            maxConnections: limits.maxConnections, maxPerSource: limits.maxConnectionsPerSource,
+            maxUnauthenticated: limits.maxUnauthenticated, maxUnauthenticatedPerSource: limits.maxUnauthenticatedPerSource,
+            handshakeTimeout: limits.handshakeTimeout, idleTimeout: limits.idleTimeout, maxAge: limits.maxConnectionAge,
+            authenticates: authenticates)
     }
 
     /// SIGHUP: reads the configuration file again and applies what can change without a restart — the server
@@ -269,22 +293,31 @@ public struct Daemon: Sendable {
         return try AuditLog(
             .init(path: audit.file, maxFileBytes: audit.maxFileBytes, checkpointEvery: audit.checkpointEvery,
                   checkpointInterval: Double(audit.checkpointInterval.components.seconds), failClosed: audit.failClosed, signer: signer,
-                  syslog: forwarder),
+                  syslog: forwarder, maxQueue: audit.maxQueue, keepFiles: audit.keepFiles),
             logger: Logger(label: "kmsd.audit"), onFailure: { _ in events.record("audit_write_failed") })
     }
 
     /// The metrics listener: `GET /metrics`, Prometheus text, sampled state (providers, audit, keys) refreshed per scrape.
-    public func metricsApplication(_ server: KMSServer, metrics: ServerMetrics, onRunning: @escaping @Sendable (Int) async -> Void = { _ in })
+    /// It has the API's deadlines and a small connection cap of its own (`limits.metrics_max_connections`), so a
+    /// scraper gone wrong cannot take connections from anything else, nor the other way round.
+    public func metricsApplication(_ server: KMSServer, metrics: ServerMetrics, connections: ConnectionLimit? = nil, onRunning: @escaping @Sendable (Int) async -> Void = { _ in })
         -> Application<RouterResponder<BasicRequestContext>>?
     {
         guard let address = configuration.listen.metrics else { return nil }
+        let cap = configuration.limits.metricsMaxConnections
+        var policy = connectionPolicy(authenticates: false)
+        policy.maxConnections = cap
+        policy.maxPerSource = cap
+        policy.maxUnauthenticated = cap
+        policy.maxUnauthenticatedPerSource = cap
         let router = Router()
         router.get("/metrics") { _, _ -> Response in
-            await MetricsSampler.sample(server, into: metrics)
+            await MetricsSampler.sample(server, connections: connections, into: metrics)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(string: metrics.text())))
         }
-        return Application(router: router, configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+        return Application(router: router, server: .http1(tls: nil, limit: ConnectionLimit(policy, events: server.events)),
+                           configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
                            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) }, logger: logger)
     }
 
@@ -364,8 +397,8 @@ public struct Daemon: Sendable {
             onRunning: onAPIRunning)
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape
-        var services: [any Service] = [app, RotationScheduler(rotation), watch]
-        if let metricsApp = metricsApplication(running.server, metrics: metrics, onRunning: onMetricsRunning) { services.append(metricsApp) }
+        var services: [any Service] = [app, RotationScheduler(rotation), watch, HandshakeSummaryService(failures: running.handshakeFailures)]
+        if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
         return Parts(running: running, audit: audit, rotation: rotation, services: services)
     }
 }

@@ -13,6 +13,19 @@ public struct HardeningChecklist: Sendable {
     public let items: [Item]
     public var violations: [Item] { items.filter { !$0.passed } }
 
+    /// The entries of an OpenSSL cipher string that may add something other than ECDHE key exchange with an AEAD
+    /// (AES-GCM or ChaCha20-Poly1305). Removals (`!X`, `-X`) and `@STRENGTH`-style directives add nothing.
+    static func weakCipherEntries(_ ciphers: String) -> [String] {
+        ciphers.split(whereSeparator: { ":, ".contains($0) }).map(String.init).filter { entry in
+            if entry.hasPrefix("!") || entry.hasPrefix("-") || entry.hasPrefix("@") { return false }
+            let upper = entry.uppercased().trimmingCharacters(in: CharacterSet(charactersIn: "+"))
+            let ecdhe = upper.contains("ECDHE")
+            let aead = upper.contains("GCM") || upper.contains("CHACHA20")
+            let weak = ["CBC", "SHA1", "RC4", "DES", "NULL", "EXPORT", "MD5", "ANULL", "ALL", "DEFAULT", "COMPLEMENTOF"].contains { upper.contains($0) }
+            return !(ecdhe && aead) || weak
+        }
+    }
+
     public init(_ configuration: Configuration) {
         var items: [Item] = []
         func check(_ title: String, _ passed: Bool, _ detail: String) { items.append(Item(title: title, passed: passed, detail: detail)) }
@@ -48,6 +61,10 @@ public struct HardeningChecklist: Sendable {
                   tls.clientAuth == .required ? "every connection presents a certificate from \(tls.clientCA)" : "tls.client_auth is optional")
             check("TLS 1.2 or newer", ["1.2", "1.3"].contains(tls.minimumVersion), "minimum \(tls.minimumVersion)")
             check("TLS private key is private", Self.isPrivate(tls.key), "\(tls.key) must not be readable by group or others")
+            let weak = Self.weakCipherEntries(tls.ciphers)
+            check("TLS 1.2 ciphers are ECDHE with AEAD", tls.minimumVersion == "1.3" || weak.isEmpty,
+                  weak.isEmpty || tls.minimumVersion == "1.3" ? tls.ciphers
+                               : "tls.ciphers admits more than ECDHE with AES-GCM or ChaCha20-Poly1305: \(weak.joined(separator: ":"))")
         } else {
             check("TLS listener", false, "no tls section: the API would listen in plaintext")
         }
@@ -58,6 +75,12 @@ public struct HardeningChecklist: Sendable {
         let wildcard = ["0.0.0.0", "::", "*", ""].contains(configuration.listen.host)
         check("no wildcard bind (or allow_public_bind set)", !wildcard || configuration.listen.allowPublicBind,
               wildcard ? "listen.api binds \(configuration.listen.host); set listen.allow_public_bind: true if intended" : configuration.listen.host)
+        if let metrics = configuration.listen.metrics {
+            let loopback = metrics.host == "localhost" || metrics.host == "::1" || metrics.host.hasPrefix("127.")
+            check("metrics listener on loopback (or allow_public_metrics set)", loopback || configuration.listen.allowPublicMetrics,
+                  loopback ? "\(metrics.host):\(metrics.port)"
+                           : "listen.metrics binds \(metrics.host) (plain HTTP, no authentication); set listen.allow_public_metrics: true if intended")
+        }
         let debug = configuration.debug || ["trace", "debug"].contains(configuration.logLevel)
         check("no debug flags", !debug, debug ? "debug: \(configuration.debug), log_level: \(configuration.logLevel)" : "log_level \(configuration.logLevel)")
         let openKeys = configuration.keys.values.filter { $0.allow.isEmpty }.map(\.name.rawValue).sorted()

@@ -11,12 +11,18 @@ import Synchronization
 /// and per key the latest version's age, the seconds to its next rotation and the wraps per version. Nothing here
 /// calls a backend (provider gauges come from `ProviderWatch`, which polls anyway).
 enum MetricsSampler {
-    static func sample(_ server: KMSServer, into metrics: ServerMetrics) async {
+    static func sample(_ server: KMSServer, connections: ConnectionLimit? = nil, into metrics: ServerMetrics) async {
+        if let connections {
+            metrics.gauge("kmsd_connections_open", [], Double(connections.current))
+            metrics.gauge("kmsd_connections_unauthenticated", [], Double(connections.currentUnauthenticated))
+            metrics.gauge("kmsd_connection_sources", [], Double(connections.sources))
+        }
         if let audit = server.audit {
             let statistics = audit.statistics
             metrics.gauge("kmsd_audit_queue_depth", [], Double(statistics.queueDepth))
             metrics.gauge("kmsd_audit_fsync_seconds_last", [], statistics.lastFsyncSeconds)
             metrics.gauge("kmsd_audit_records", [], Double(statistics.records))
+            metrics.gauge("kmsd_audit_refused", [], Double(statistics.refused))
             metrics.gauge("kmsd_audit_writable", [], statistics.writable ? 1 : 0)
             if statistics.batches > 0 {
                 metrics.gauge("kmsd_audit_fsync_seconds_mean", [], statistics.totalFsyncSeconds / Double(statistics.batches))

@@ -21,11 +21,12 @@ public final class TLSContextBox: Sendable {
         context.withLock { $0 = fresh }
     }
 
-    /// A server context that issues no session tickets. A resumed session would skip the handshake's client
-    /// certificate checks, so kmsd turns resumption off. swift-nio-ssl 2.37 has no setting for it: the context's
-    /// `SSL_CTX` is read from its stored property and `SSL_OP_NO_TICKET` set through BoringSSL directly. If a future
-    /// swift-nio-ssl stores it differently, kmsd refuses to start rather than serve with tickets (ci/tls-matrix and the test
-    /// `noTLSSessionTicketsAreIssued` check that none are issued).
+    /// A server context that resumes no session: no session tickets (TLS 1.3 and 1.2) and no session cache (TLS 1.2
+    /// resumption by session ID). A resumed session would skip the handshake's client certificate checks, so kmsd
+    /// turns resumption off. swift-nio-ssl 2.37 has no setting for it: the context's `SSL_CTX` is read from its stored
+    /// property and `SSL_OP_NO_TICKET` and `SSL_SESS_CACHE_OFF` set through BoringSSL directly. If a future
+    /// swift-nio-ssl stores it differently, kmsd refuses to start rather than serve with resumption (ci/tls-matrix and
+    /// the test `noTLSSessionTicketsAreIssued` check that no session is resumed).
     static func makeContext(_ configuration: TLSConfiguration) throws -> NIOSSLContext {
         let context = try NIOSSLContext(configuration: configuration)
         guard let handle = Mirror(reflecting: context).children.first(where: { $0.label == "sslContext" })?.value as? OpaquePointer else {
@@ -33,6 +34,9 @@ public final class TLSContextBox: Sendable {
         }
         guard kmsd_ssl_ctx_disable_tickets(UnsafeMutableRawPointer(handle)) & 0x4000 != 0 else {
             throw TLSSetupError("cannot turn off TLS session tickets")
+        }
+        guard kmsd_ssl_ctx_disable_session_cache(UnsafeMutableRawPointer(handle)) == 0 else {
+            throw TLSSetupError("cannot turn off the TLS session cache")
         }
         return context
     }
@@ -47,7 +51,7 @@ public struct TLSSetupError: Error, CustomStringConvertible, Sendable {
 }
 
 /// HTTP/1, behind a TLS handler made from the box's current context at each connection (when there is a box), with
-/// the connection limit applied first.
+/// the connection caps and deadlines of a `ConnectionLimit` applied first.
 struct LimitedHTTP1Channel: ServerChildChannel {
     typealias Value = HTTP1Channel.Value
     let base: HTTP1Channel
@@ -56,16 +60,19 @@ struct LimitedHTTP1Channel: ServerChildChannel {
     let onHandshakeFailure: @Sendable (_ peer: String, _ error: String) -> Void
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        guard limit.admit() else {
-            logger.warning("connection refused: too many connections", metadata: ["security_event": "connection_limit"])
-            channel.close(promise: nil)
+        // No log line for a refused connection: an unauthenticated peer must not be able to write to disk per attempt.
+        // The refusal is counted (security events, metrics).
+        guard let ticket = limit.guardConnection(channel) else {
             return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
         }
-        channel.closeFuture.whenComplete { _ in limit.release() }
+        let handshakeTimeout = limit.policy.handshakeTimeout
         return channel.eventLoop.makeCompletedFuture {
             if let box {
                 try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: box.current))
-                try channel.pipeline.syncOperations.addHandler(HandshakeObserver(onFailure: onHandshakeFailure))
+                try channel.pipeline.syncOperations.addHandler(
+                    HandshakeObserver(ticket: ticket, handshakeTimeout: handshakeTimeout, onFailure: onHandshakeFailure))
+            } else {
+                try channel.pipeline.syncOperations.addHandler(FirstByteObserver(ticket: ticket))
             }
         }.flatMap {
             base.setup(channel: channel, logger: logger)
@@ -78,32 +85,41 @@ struct LimitedHTTP1Channel: ServerChildChannel {
 }
 
 extension HTTPServerBuilder {
-    /// HTTP/1 (over TLS whose context can be replaced while the server runs, when `tls` is given), at most
-    /// `limit.maximum` connections at once.
-    /// `onHandshakeFailure` hears of every TLS handshake that failed (no or bad client certificate, old protocol).
+    /// HTTP/1 (over TLS whose context can be replaced while the server runs, when `tls` is given), within the caps and
+    /// deadlines of `limit` (its idle timeout is Hummingbird's).
+    /// `onHandshakeFailure` hears of every TLS handshake that failed (no or bad client certificate, old protocol, the
+    /// handshake deadline).
     public static func http1(tls box: TLSContextBox?, limit: ConnectionLimit,
                              onHandshakeFailure: @escaping @Sendable (_ peer: String, _ error: String) -> Void = { _, _ in }) -> HTTPServerBuilder {
         .init { responder in
-            LimitedHTTP1Channel(base: HTTP1Channel(responder: responder), box: box, limit: limit, onHandshakeFailure: onHandshakeFailure)
+            LimitedHTTP1Channel(base: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: TimeAmount(limit.policy.idleTimeout))),
+                                box: box, limit: limit, onHandshakeFailure: onHandshakeFailure)
         }
     }
 }
 
-/// Sits behind the TLS handler and reports an error that arrives before the handshake completed: the client was
-/// refused during the handshake (it never reaches a route, so this is the only place to see it).
+/// Sits behind the TLS handler: marks the connection established (and authenticated when a client certificate was
+/// verified) when the handshake completes, and reports an error that arrives before then: the client was refused
+/// during the handshake, or did not finish it in time (it never reaches a route, so this is the only place to see it).
 final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
+    let ticket: ConnectionTicket
+    let handshakeTimeout: Duration
     let onFailure: @Sendable (String, String) -> Void
     private var completed = false
     private var reported = false
 
-    init(onFailure: @escaping @Sendable (String, String) -> Void) {
+    init(ticket: ConnectionTicket, handshakeTimeout: Duration, onFailure: @escaping @Sendable (String, String) -> Void) {
+        self.ticket = ticket
+        self.handshakeTimeout = handshakeTimeout
         self.onFailure = onFailure
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
             completed = true
+            let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
+            ticket.establish(authenticated: certificate != nil)
             context.pipeline.syncOperations.removeHandler(self, promise: nil)
         }
         context.fireUserInboundEventTriggered(event)
@@ -116,13 +132,13 @@ final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Some refusals (an old protocol version) end the connection without an error reaching this handler.
     func channelInactive(context: ChannelHandlerContext) {
-        report(context, "the connection closed before the TLS handshake completed")
+        report(context, ticket.timedOut ? "no TLS handshake within \(handshakeTimeout)" : "the connection closed before the TLS handshake completed")
         context.fireChannelInactive()
     }
 
     private func report(_ context: ChannelHandlerContext, _ error: String) {
         guard !completed && !reported else { return }
         reported = true
-        onFailure(context.remoteAddress?.ipAddress ?? "unknown", error)
+        onFailure(ticket.source, error)
     }
 }

@@ -19,31 +19,3 @@ public final class SecurityEvents: Sendable {
 
     public var snapshot: [String: Int] { counts.withLock { $0 } }
 }
-
-/// Caps concurrent connections: one over the limit is closed as soon as it is accepted.
-public final class ConnectionLimit: Sendable {
-    public let maximum: Int
-    private let open = Atomic<Int>(0)
-    let events: SecurityEvents
-
-    public init(maximum: Int, events: SecurityEvents) {
-        self.maximum = maximum
-        self.events = events
-    }
-
-    public var current: Int { open.load(ordering: .relaxed) }
-
-    /// Counts the connection; false when it is over the limit (the caller closes it).
-    func admit() -> Bool {
-        if open.add(1, ordering: .relaxed).newValue > maximum {
-            open.subtract(1, ordering: .relaxed)
-            events.record("connection_limit")
-            return false
-        }
-        return true
-    }
-
-    func release() {
-        open.subtract(1, ordering: .relaxed)
-    }
-}

@@ -295,14 +295,22 @@ struct Audit: AsyncParsableCommand {
     struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Verify the hash chain and checkpoint signatures of audit files (oldest first); report the first bad record.",
-            discussion: "Exit 0 when valid, 2 when tampered or incomplete, 64 for bad arguments.")
+            discussion: """
+                Exit 0 when valid, 2 when tampered or incomplete (or when no --public-key was given and --no-signatures \
+                was not: the signatures were then not checked), 64 for bad arguments. Keep the public key somewhere the \
+                log's writer cannot change it: whoever can replace both can forge the log.
+                """)
         @Option(help: "The checkpoint public key (PEM; kmsd writes it to <audit file>.pub.pem).") var publicKey: String?
+        @Flag(help: "Check the chain only, not the checkpoint signatures (without it, a missing --public-key is a failure).")
+        var noSignatures = false
+        @Option(help: "The seq the log must end at (a value kept elsewhere); any other end is a failure.") var expectLastSeq: UInt64?
         @Flag(help: "Accept a log that does not end with a closing checkpoint (one kmsd is still writing).") var allowOpenTail = false
         @Flag(help: "Print JSON.") var json = false
         @Argument(help: "Audit files, oldest first (rotated files are <file>.<seq>).") var files: [String]
 
         func validate() throws {
             if files.isEmpty { throw ValidationError("give at least one audit file") }
+            if noSignatures && publicKey != nil { throw ValidationError("--no-signatures and --public-key exclude each other") }
         }
 
         func run() async throws {
@@ -313,14 +321,17 @@ struct Audit: AsyncParsableCommand {
             }
             let verifier: AuditVerifier
             do {
-                verifier = try AuditVerifier(publicKeyPEM: pem, allowOpenTail: allowOpenTail)
+                verifier = try AuditVerifier(publicKeyPEM: pem, allowOpenTail: allowOpenTail, expectedLastSeq: expectLastSeq)
             } catch {
                 throw ValidationError("\(error)")
             }
             let report = verifier.verify(files: files)
+            // Without a key nothing proves the checkpoints are kmsd's: that is not "verified" unless asked for.
+            let unsignedRefused = !report.signaturesChecked && !noSignatures
             if json {
-                var object: [String: Any] = ["ok": report.ok, "records": report.records, "checkpoints": report.checkpoints,
-                                             "unsigned_tail": report.unsignedTail, "notes": report.notes]
+                var object: [String: Any] = ["ok": report.ok && !unsignedRefused, "records": report.records, "checkpoints": report.checkpoints,
+                                             "unsigned_tail": report.unsignedTail, "notes": report.notes,
+                                             "signatures_checked": report.signaturesChecked, "v1_checkpoints": report.v1Checkpoints]
                 if let first = report.firstSeq { object["first_seq"] = first }
                 if let last = report.lastSeq { object["last_seq"] = last }
                 if let problem = report.problem {
@@ -332,11 +343,15 @@ struct Audit: AsyncParsableCommand {
                 for note in report.notes { print("note: \(note)") }
                 if let problem = report.problem {
                     print("FAILED: \(problem)")
+                } else if unsignedRefused {
+                    print("NOT VERIFIED: the chain of \(report.records) records is intact, but no --public-key was given, so the "
+                          + "checkpoint signatures were not checked (give --public-key, or --no-signatures to accept a chain-only check)")
                 } else {
-                    print("OK: \(report.records) records (seq \(report.firstSeq ?? 0)–\(report.lastSeq ?? 0)), \(report.checkpoints) signed checkpoint(s)")
+                    let signed = report.signaturesChecked ? "signed checkpoint(s)" : "checkpoint(s), signatures not checked (--no-signatures)"
+                    print("OK: \(report.records) records (seq \(report.firstSeq ?? 0)–\(report.lastSeq ?? 0)), \(report.checkpoints) \(signed)")
                 }
             }
-            if !report.ok { throw ExitCode(2) }
+            if !report.ok || unsignedRefused { throw ExitCode(2) }
         }
     }
 }

@@ -149,6 +149,104 @@ struct AuditLogTests {
         #expect(lenient.ok == (kind == "truncate"))
     }
 
+    /// A log cut right after a periodic checkpoint, whose `closing` is flipped to true, must not pass as a complete
+    /// log: checkpoint v2 signs `closing` (v1 signed seq and prev only, and this verified).
+    @Test func aLogCutAfterAPeriodicCheckpointWithClosingFlippedFailsVerification() async throws {
+        let fixture = try AuditFixture()
+        let log = try fixture.open(checkpointEvery: 10)
+        for index in 0..<40 { try await log.record(event(index)) }
+        await log.close()
+        var lines = try fixture.lines(fixture.logPath)
+        let periodic = try #require(lines.firstIndex { json($0)["type"] as? String == "checkpoint" })
+        #expect(lines[periodic].contains(#""closing":false"#) && lines[periodic].contains(#""v":2"#))
+        lines = Array(lines[...periodic])
+        lines[periodic] = lines[periodic].replacingOccurrences(of: #""closing":false"#, with: #""closing":true"#)
+        try fixture.write(lines, to: fixture.logPath)
+        let report = try fixture.verify()
+        #expect(report.problem?.seq == (json(lines[periodic])["seq"] as? NSNumber)?.uint64Value)
+        #expect(report.problem?.message.contains("signature") == true, "\(String(describing: report.problem))")
+        // Cut there without the flip, the log is incomplete (no closing checkpoint), which is reported too.
+        lines[periodic] = lines[periodic].replacingOccurrences(of: #""closing":true"#, with: #""closing":false"#)
+        try fixture.write(lines, to: fixture.logPath)
+        #expect(try fixture.verify().problem?.message.contains("closing checkpoint") == true)
+        // Dropping the format version to pass the checkpoint off as v1 fails too: its signature is over the v2 message.
+        lines[periodic] = lines[periodic].replacingOccurrences(of: #""closing":false"#, with: #""closing":true"#)
+            .replacingOccurrences(of: #","v":2"#, with: "")
+        try fixture.write(lines, to: fixture.logPath)
+        #expect(try fixture.verify().problem?.message.contains("signature") == true)
+    }
+
+    /// Checkpoints written before v2 (signing seq and prev only) still verify, and the report says they are v1.
+    @Test func v1CheckpointsStillVerifyAndAreReportedAsV1() throws {
+        let fixture = try AuditFixture()
+        let signer = try FileAuditSigner(path: fixture.keyPath)
+        var bytes: [UInt8] = []
+        var prev = AuditChain.genesis
+        for seq in UInt64(1)...3 {
+            var record = AuditRecord(seq: seq, time: "2026-01-01T00:00:0\(seq).000Z", prev: prev, event: event(Int(seq)))
+            if seq == 3 {
+                record = AuditRecord(seq: seq, time: "2026-01-01T00:00:03.000Z", prev: prev, event: AuditEvent(.checkpoint, "close", result: .ok))
+                let signature = try signer.sign(digest: SHA256.hash(data: AuditChain.checkpointMessage(seq: seq, prev: prev)))
+                record.checkpoint = .init(signature: Data(signature).base64EncodedString(), keyID: signer.keyID, closing: true, records: seq,
+                                          version: nil)
+            }
+            let line = record.jsonLine
+            prev = SHA256.hash(data: line).map { String(format: "%02x", $0) }.joined()
+            bytes += line + [UInt8(ascii: "\n")]
+        }
+        try Data(bytes).write(to: URL(fileURLWithPath: fixture.logPath))
+        let report = try AuditVerifier(publicKeyPEM: signer.publicKeyPEM).verify(files: [fixture.logPath])
+        #expect(report.ok && report.checkpoints == 1 && report.v1Checkpoints == 1)
+        #expect(report.notes.contains { $0.contains("v1") })
+    }
+
+    @Test func anExpectedLastSeqPinsTheEndOfTheLog() async throws {
+        let fixture = try AuditFixture()
+        let log = try fixture.open(checkpointEvery: 10)
+        for index in 0..<15 { try await log.record(event(index)) }
+        await log.close()
+        let last = try #require(try fixture.verify().lastSeq)
+        #expect(try AuditVerifier(publicKeyPEM: fixture.publicKeyPEM, expectedLastSeq: last).verify(files: fixture.files).ok)
+        let cut = try AuditVerifier(publicKeyPEM: fixture.publicKeyPEM, expectedLastSeq: last + 5).verify(files: fixture.files)
+        #expect(cut.problem?.message.contains("cut off") == true)
+    }
+
+    /// The queue is bounded: while the writer is stuck (here in a checkpoint signature that does not return),
+    /// `record` beyond `maxQueue` fails at once (the API answers 503 `audit_unavailable`) and `submit` drops.
+    @Test func aFullQueueRefusesAtOnceInsteadOfGrowing() async throws {
+        let fixture = try AuditFixture()
+        let signer = BlockingSigner(try FileAuditSigner(path: fixture.keyPath))
+        let log = try AuditLog(.init(path: fixture.logPath, checkpointEvery: 1, failClosed: true, signer: signer, maxQueue: 16))
+        let first = Task { try await log.record(event(0)) }
+        for _ in 0..<200 where !signer.entered { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(signer.entered, "the writer did not reach the signer")
+        let waiting = (1...16).map { index in Task { try await log.record(event(index)) } }
+        for _ in 0..<200 where log.statistics.queueDepth < 16 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(log.statistics.queueDepth == 16)
+        await #expect { try await log.record(event(99)) } throws: { ($0 as? AuditError)?.description.contains("full") == true }
+        log.submit(event(100))
+        #expect(log.statistics.refused == 2 && log.statistics.queueDepth == 16)
+        signer.release()
+        try await first.value
+        for task in waiting { try await task.value }
+        await log.close()
+        let report = try fixture.verify()
+        #expect(report.ok && report.records - report.checkpoints == 17)
+    }
+
+    @Test func rotatedFilesBeyondKeepFilesAreDeleted() async throws {
+        let fixture = try AuditFixture()
+        let log = try AuditLog(.init(path: fixture.logPath, maxFileBytes: 4096, checkpointEvery: 10, failClosed: true,
+                                     signer: try FileAuditSigner(path: fixture.keyPath), keepFiles: 2))
+        for index in 0..<200 { try await log.record(event(index)) }
+        await log.close()
+        let files = fixture.files
+        #expect(files.count == 3, "\(files.map { URL(fileURLWithPath: $0).lastPathComponent })")
+        // What is kept still verifies as a chain (starting after the deleted files, which the report notes).
+        let report = try fixture.verify()
+        #expect(report.ok && report.notes.contains { $0.contains("older files not given") })
+    }
+
     @Test func anUnwritableLogFailsClosedAndRecoversWithAValidChain() async throws {
         let fixture = try AuditFixture()
         let log = try fixture.open()
@@ -205,6 +303,34 @@ struct AuditLogTests {
         let other = P256.Signing.PrivateKey().publicKey.pemRepresentation
         let report = try AuditVerifier(publicKeyPEM: other).verify(files: fixture.files)
         #expect(report.problem?.message.contains("signature") == true)
+    }
+}
+
+/// A signer that blocks in `sign` until released: a writer stuck on a slow HSM or disk.
+final class BlockingSigner: AuditSigner, Sendable {
+    let base: FileAuditSigner
+    private let gate = DispatchSemaphore(value: 0)
+    private let state = Mutex((entered: false, released: false))
+
+    init(_ base: FileAuditSigner) {
+        self.base = base
+    }
+
+    var publicKeyPEM: String { base.publicKeyPEM }
+    var entered: Bool { state.withLock { $0.entered } }
+
+    func sign(digest: SHA256Digest) throws -> [UInt8] {
+        let wait = state.withLock { state -> Bool in
+            state.entered = true
+            return !state.released
+        }
+        if wait { gate.wait() }
+        return try base.sign(digest: digest)
+    }
+
+    func release() {
+        state.withLock { $0.released = true }
+        gate.signal()
     }
 }
 

@@ -63,6 +63,8 @@ struct ConfigurationTests {
         ("no audit log", "audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }\n", "", "audit log configured"),
         ("audit not failing closed", "sign: { file: audit-key.pem } }", "sign: { file: audit-key.pem }, fail_closed: false }", "audit fails closed"),
         ("unsigned audit checkpoints", "audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }", "audit: { file: audit/audit.jsonl }", "audit checkpoints are signed"),
+        ("weak TLS 1.2 ciphers", "min_version: \"1.3\" }", "min_version: \"1.2\", ciphers: \"ECDHE+AESGCM:AES256-SHA\" }", "ciphers are ECDHE with AEAD"),
+        ("public metrics listener", "api: \"10.0.0.5:8443\"", "api: \"10.0.0.5:8443\", metrics: \"0.0.0.0:9464\"", "metrics listener on loopback"),
     ])
     func productionRefusesEachUnsafeSetting(label: String, original: String, replacement: String, item: String) throws {
         let directory = try Self.files()
@@ -77,6 +79,38 @@ struct ConfigurationTests {
         var development = configuration
         development.mode = .development
         try Daemon(development).checkMode()
+    }
+
+    @Test func aPublicMetricsListenerPassesOnlyWhenAllowedExplicitly() throws {
+        let directory = try Self.files()
+        let yaml = Self.safe.replacingOccurrences(of: "api: \"10.0.0.5:8443\"", with: "api: \"10.0.0.5:8443\", metrics: \"10.0.0.5:9464\", allow_public_metrics: true")
+        #expect(HardeningChecklist(try parse(yaml, in: directory)).violations.isEmpty)
+        let loopback = Self.safe.replacingOccurrences(of: "api: \"10.0.0.5:8443\"", with: "api: \"10.0.0.5:8443\", metrics: \"127.0.0.1:9464\"")
+        #expect(HardeningChecklist(try parse(loopback, in: directory)).violations.isEmpty)
+    }
+
+    /// Numbers too large for kmsd's types are configuration errors, never a trap (a SIGHUP with such a typo would
+    /// otherwise kill a running kmsd).
+    @Test(arguments: [
+        "limits: { request_timeout: 1e300s }", "limits: { idle_timeout: 1e300w }", "limits: { handshake_timeout: 99999999999999999d }",
+        "limits: { max_connection_age: 1e20s }", "limits: { max_connections: 99999999999999 }", "limits: { burst: 10000000000000 }",
+        "audit: { file: a.jsonl, checkpoint_interval: 1e300s }", "audit: { file: a.jsonl, max_queue: 1000000000000 }",
+    ])
+    func overflowingNumbersAreErrorsNotTraps(_ line: String) throws {
+        let directory = try Self.files()
+        let yaml = Self.safe.replacingOccurrences(of: "log_level: info", with: "log_level: info\n" + line)
+            .replacingOccurrences(of: "audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }\n", with: line.hasPrefix("audit") ? "" : "audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }\n")
+        #expect(throws: ConfigurationError.self) { try parse(yaml, in: directory) }
+    }
+
+    @Test func connectionLimitsHaveSafeDefaultsAndAreChecked() throws {
+        let directory = try Self.files()
+        let limits = try parse(Self.safe, in: directory).limits
+        #expect(limits.maxConnections == 1024 && limits.maxConnectionsPerSource == 64)
+        #expect(limits.maxUnauthenticated == 256 && limits.maxUnauthenticatedPerSource == 16)
+        #expect(limits.handshakeTimeout == .seconds(10) && limits.idleTimeout == .seconds(60) && limits.maxConnectionAge == .seconds(3600))
+        let tooMany = Self.safe + "\nlimits: { max_connections: 100, max_unauthenticated: 200 }"
+        #expect(throws: ConfigurationError.self) { try parse(tooMany, in: directory) }
     }
 
     @Test func secretFilesReadableByOthersAndTLSKeysReadableByOthersAreRefused() throws {

@@ -67,8 +67,10 @@ final class RunningKMSD: Sendable {
         return pki
     }
 
+    /// `limits` and `audit` add keys to those sections (", handshake_timeout: 1s", say).
     static func start(maxBodyBytes: Int = 64 * 1024, ratePerSecond: Int = 1000, burst: Int = 2000,
-                      maxConnections: Int = 1024, auditSigning: String = "{ file: audit-key.pem }") async throws -> RunningKMSD {
+                      maxConnections: Int = 1024, auditSigning: String = "{ file: audit-key.pem }",
+                      limits: String = "", audit auditExtra: String = "") async throws -> RunningKMSD {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let pki = try pki(in: directory)
@@ -83,7 +85,7 @@ final class RunningKMSD: Sendable {
             mode: development
             data_dir: data
             listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0" }
-            audit: { file: audit/audit.jsonl, sign: \(auditSigning), fail_closed: true, checkpoint_every: 500 }
+            audit: { file: audit/audit.jsonl, sign: \(auditSigning), fail_closed: true, checkpoint_every: 500\(auditExtra) }
             tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3" }
             providers:
               hsm: { type: pkcs11, module: \(shim.modulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
@@ -92,7 +94,7 @@ final class RunningKMSD: Sendable {
               orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"], rotation: { period: 90d, notice: 7d } }
               invoices: { provider: hsm, allow: ["spiffe://test/storage/node-2"] }
             admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
-            limits: { max_body_bytes: \(maxBodyBytes), rate_per_second: \(ratePerSecond), burst: \(burst), max_connections: \(maxConnections) }
+            limits: { max_body_bytes: \(maxBodyBytes), rate_per_second: \(ratePerSecond), burst: \(burst), max_connections: \(maxConnections)\(limits) }
             """
         }
         let file = directory.appendingPathComponent("kmsd.yaml")
@@ -131,6 +133,10 @@ final class RunningKMSD: Sendable {
     }
 
     var auditPath: String { directory.appendingPathComponent("audit/audit.jsonl").path }
+
+    /// The API listener's open connections.
+    var connections: ConnectionLimit { running.connections }
+    var securityEvents: [String: Int] { running.server.events.snapshot }
 
     /// The audit records written so far (parsed).
     func auditRecords() throws -> [[String: Any]] {
@@ -175,6 +181,39 @@ final class RunningKMSD: Sendable {
     }
 
     func json(_ object: [String: Any]) -> Data { (try? JSONSerialization.data(withJSONObject: object)) ?? Data() }
+}
+
+/// kmsd as operators run it: its own process, from a configuration file in `directory`, found serving by its log.
+struct KMSDProcess {
+    let process: Process
+    let log: URL
+    let port: Int
+
+    static func start(directory: URL, yaml: String) async throws -> KMSDProcess {
+        let config = directory.appendingPathComponent("kmsd.yaml")
+        try Data(yaml.utf8).write(to: config)
+        let log = directory.appendingPathComponent("kmsd.log")
+        let process = try BuiltExecutable("kmsd").start(["serve", "--config", config.path], log: log)
+        // The API's port, from the log line that says kmsd is serving.
+        for _ in 0..<200 {
+            try await Task.sleep(for: .milliseconds(50))
+            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            if let port = text.split(separator: "\n").first(where: { $0.contains("kmsd serving") })
+                .flatMap({ $0.firstMatch(of: /127\.0\.0\.1:([0-9]+)/) }).flatMap({ Int($0.1) }) {
+                return KMSDProcess(process: process, log: log, port: port)
+            }
+            guard process.isRunning else { throw FixtureError("kmsd exited: \(text)") }
+        }
+        process.terminate()
+        throw FixtureError("kmsd did not start serving")
+    }
+
+    /// SIGTERM, and the exit status.
+    func stop() -> Int32 {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
 }
 
 func sha256Hex(_ text: String) -> String {

@@ -36,22 +36,11 @@ struct ProcessTests {
             admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
             audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }
             """
-        let config = directory.appendingPathComponent("kmsd.yaml")
-        try Data(yaml.utf8).write(to: config)
-        let log = directory.appendingPathComponent("kmsd.log")
-        let process = try BuiltExecutable("kmsd").start(["serve", "--config", config.path], log: log)
+        let kmsd = try await KMSDProcess.start(directory: directory, yaml: yaml)
+        let process = kmsd.process
         defer { if process.isRunning { process.terminate() } }
-
-        // The API's port, from the log line that says kmsd is serving.
-        var port: Int?
-        for _ in 0..<200 where port == nil {
-            try await Task.sleep(for: .milliseconds(50))
-            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-            port = text.split(separator: "\n").first { $0.contains("kmsd serving") }
-                .flatMap { $0.firstMatch(of: /127\.0\.0\.1:([0-9]+)/) }.flatMap { Int($0.1) }
-            #expect(process.isRunning, "kmsd exited: \(text)")
-        }
-        let apiPort = try #require(port)
+        let apiPort = kmsd.port
+        let log = kmsd.log
         var secrets = [token.userPIN, token.securityOfficerPIN, adminToken]
 
         var tls = TLSConfiguration.makeClientConfiguration()

@@ -8,4 +8,8 @@
 /// Returns the context's options afterwards.
 uint32_t kmsd_ssl_ctx_disable_tickets(void *ssl_ctx);
 
+/// Turns the server's session cache off (SSL_SESS_CACHE_OFF): no TLS 1.2 resumption by session ID either. Returns
+/// the cache mode afterwards (0 when off).
+int kmsd_ssl_ctx_disable_session_cache(void *ssl_ctx);
+
 #endif

@@ -1,0 +1,246 @@
+import AsyncHTTPClient
+import NIOCore
+import NIOSSL
+import NIOHTTP1
+import Foundation
+import KMSAudit
+import KMSServer
+import KMSTestSupport
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A TCP connection from a chosen loopback address that sends nothing: what a hostile peer without a certificate
+/// can do cheaply.
+struct RawTCP {
+    let descriptor: Int32
+
+    init(port: Int, from source: String = "127.0.0.1") throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw FixtureError("socket: \(String(cString: strerror(errno)))") }
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, source, &local.sin_addr)
+        var remote = sockaddr_in()
+        remote.sin_family = sa_family_t(AF_INET)
+        remote.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr)
+        let bound = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let connected = withUnsafePointer(to: &remote) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, connected == 0 else {
+            let message = String(cString: strerror(errno))
+            Glibc.close(fd)
+            throw FixtureError("connect from \(source): \(message)")
+        }
+        descriptor = fd
+    }
+
+    /// Whether the server closed the connection within `seconds` (end of stream or reset).
+    func closedByPeer(within seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&entry, 1, Int32(max(1, deadline.timeIntervalSinceNow * 1000)))
+            guard ready > 0 else { continue }
+            var byte: UInt8 = 0
+            let read = recv(descriptor, &byte, 1, Int32(MSG_DONTWAIT))
+            if read == 0 || (read < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { return true }
+        }
+        return false
+    }
+
+    func close() { Glibc.close(descriptor) }
+}
+
+/// What a peer without a certificate can do to kmsd's listeners, and what it must not achieve.
+@Suite("Hardening: hostile peers", .serialized)
+struct HardeningTests {
+    @Test func aPeerThatNeverCompletesAHandshakeIsClosedAtTheDeadline() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", handshake_timeout: 1s")
+        let silent = try RawTCP(port: kmsd.port)
+        defer { silent.close() }
+        #expect(silent.closedByPeer(within: 5), "a connection that sent nothing was still open 5 s after a 1 s handshake deadline")
+        #expect(kmsd.securityEvents["handshake_timeout", default: 0] >= 1)
+        await kmsd.stop()
+    }
+
+    @Test func anIdleKeepAliveConnectionIsClosedAfterTheIdleTimeout() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", idle_timeout: 1s")
+        let node = try kmsd.client("node1")
+        #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        #expect(kmsd.connections.current == 1)
+        // Closed at about 1 s: close_notify, then at most the TLS shutdown timeout (1 s) for the peer's answer.
+        var current = 1
+        for _ in 0..<80 where current > 0 {
+            try await Task.sleep(for: .milliseconds(100))
+            current = kmsd.connections.current
+        }
+        #expect(current == 0, "the idle keep-alive connection is still open")
+        // The client notices and opens a new connection for its next request.
+        #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        try? await node.shutdown()
+        await kmsd.stop()
+    }
+
+    /// A connection in steady use is still closed once it reaches its maximum age (after the request in progress), so
+    /// that a reloaded CA or CRL reaches it; the client reconnects and no request fails.
+    @Test func aBusyConnectionIsRecycledAtItsMaximumAge() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", max_connection_age: 1s, idle_timeout: 30s")
+        let node = try kmsd.client("node1")
+        var statuses: [Int] = []
+        let end = ContinuousClock.now + .seconds(3.5)
+        while ContinuousClock.now < end {
+            statuses.append(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status)
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(statuses.allSatisfy { $0 == 200 } && statuses.count > 10)
+        #expect(kmsd.connections.admitted >= 3, "\(kmsd.connections.admitted) connection(s) for 3.5 s of requests with a 1 s maximum age")
+        try? await node.shutdown()
+        await kmsd.stop()
+    }
+
+    /// One address holding many idle connections gets at most its unauthenticated share; a storage node on another
+    /// address is served throughout.
+    @Test func oneAddressCannotTakeTheSlotsOfAnother() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", handshake_timeout: 60s")
+        var held: [RawTCP] = []
+        defer { held.forEach { $0.close() } }
+        for _ in 0..<200 { held.append(try RawTCP(port: kmsd.port, from: "127.0.0.2")) }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(kmsd.connections.current <= 16, "\(kmsd.connections.current) connections open from one address without a certificate")
+        #expect(kmsd.securityEvents["unauthenticated_connection_limit", default: 0] >= 150)
+        let node = try kmsd.client("node1")
+        for _ in 0..<10 {
+            #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        }
+        try? await node.shutdown()
+        await kmsd.stop()
+    }
+
+    /// Failed handshakes are counted one by one but audited as one summary per source address per interval.
+    @Test func failedHandshakesAreSummarizedPerSourceNotAuditedOneByOne() async throws {
+        let kmsd = try await RunningKMSD.start(audit: ", handshake_summary_interval: 1s")
+        let before = try kmsd.auditRecords().count
+        for _ in 0..<300 { try RawTCP(port: kmsd.port, from: "127.0.0.3").close() }
+        // A client with a certificate from another CA fails its handshake too.
+        let foreign = try kmsd.client("foreign")
+        _ = try? await kmsd.call(foreign, "GET", "/v1/health/live", timeout: 3)
+        try? await foreign.shutdown()
+        var summaries: [[String: Any]] = []
+        var failures = 0
+        for _ in 0..<40 {
+            try await Task.sleep(for: .milliseconds(250))
+            summaries = try kmsd.auditRecords().filter { $0["action"] as? String == "tls_handshake" }
+            failures = kmsd.securityEvents["tls_handshake_failed", default: 0]
+            if failures > 0 && summaries.compactMap({ $0["items"] as? Int }).reduce(0, +) == failures { break }
+        }
+        // Each of the 300 connections either failed its handshake or was refused by the per-address cap first.
+        #expect(failures + kmsd.securityEvents["unauthenticated_connection_limit", default: 0] >= 300, "\(failures) failed handshakes counted")
+        #expect(summaries.compactMap { $0["items"] as? Int }.reduce(0, +) == failures, "every failure is in a summary")
+        #expect(summaries.count <= 10, "\(summaries.count) summary records for \(failures) failures")
+        #expect(summaries.contains { ($0["detail"] as? String)?.contains("from 127.0.0.3") == true })
+        #expect(try kmsd.auditRecords().count - before <= 12)
+        await kmsd.stop()
+    }
+}
+
+/// The attacks of the hardening review against kmsd as operators run it (its own process, default limits).
+@Suite("Hardening: attacks on kmsd as a process", .serialized)
+struct AttackTests {
+    @Test func idleAndHandshakeFloodsNeitherStopServiceNorFillTheDisksAndACutLogDoesNotVerify() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-attack-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        _ = try RunningKMSD.pki(in: directory)
+        let token = try SoftHSMToken.create()
+        let pin = directory.appendingPathComponent("pin")
+        try Data(token.userPIN.utf8).write(to: pin)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pin.path)
+        try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
+        let kmsd = try await KMSDProcess.start(directory: directory, yaml: """
+            mode: development
+            data_dir: data
+            listen: { api: "127.0.0.1:0" }
+            tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
+            providers:
+              hsm: { type: pkcs11, module: \(SoftHSMToken.defaultModulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
+                     profile: softhsm2, profiles_dir: \(profilesDirectory) }
+            keys:
+              orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
+            admin: { identities: ["CN=security-*"] }
+            audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem }, checkpoint_every: 20, handshake_summary_interval: 5s }
+            """)
+        defer { _ = kmsd.stop() }
+        let auditPath = directory.appendingPathComponent("audit/audit.jsonl").path
+        func auditLines() -> [Substring] { ((try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? "").split(separator: "\n") }
+        func logBytes() -> Int { (try? FileManager.default.attributesOfItem(atPath: kmsd.log.path)[.size] as? Int) ?? 0 }
+
+        func client(_ name: String) throws -> HTTPClient {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("ca.pem").path))
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("\(name).pem").path).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: directory.appendingPathComponent("\(name)-key.pem").path, format: .pem))
+            return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        }
+        func post(_ client: HTTPClient, _ path: String, _ body: String) async throws -> Int {
+            var request = HTTPClientRequest(url: "https://localhost:\(kmsd.port)\(path)")
+            request.method = .POST
+            request.body = .bytes(ByteBuffer(string: body))
+            let response = try await client.execute(request, timeout: .seconds(10))
+            _ = try await response.body.collect(upTo: 1 << 16)
+            return Int(response.status.code)
+        }
+        let node = try client("node1")
+        let admin = try client("admin")
+        #expect(try await post(admin, "/v1/admin/keys", #"{"name":"orders"}"#) == 201)
+        try? await admin.shutdown()
+        func datakey() async throws -> Int { try await post(node, "/v1/keys/orders/datakey", "{}") }
+
+        // 2,000 idle TCP connections from one address, held while a storage node asks for 100 data keys.
+        var logBefore = logBytes()
+        var held: [RawTCP] = []
+        for _ in 0..<2000 { held.append(try RawTCP(port: kmsd.port, from: "127.0.0.2")) }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(logBytes() - logBefore < 1024, "kmsd's log grew by \(logBytes() - logBefore) bytes for 2,000 idle connections")
+        var statuses: [Int] = []
+        for _ in 0..<100 { statuses.append(try await datakey()) }
+        #expect(statuses.allSatisfy { $0 == 200 }, "\(statuses.filter { $0 != 200 }.count) of 100 data keys failed while 2,000 idle connections were held")
+        held.forEach { $0.close() }
+
+        // 5,000 bare connect + close: counted, summarized, not one audit record each.
+        let auditBefore = auditLines().count
+        logBefore = logBytes()
+        let flood = ContinuousClock.now
+        for _ in 0..<5000 { try RawTCP(port: kmsd.port, from: "127.0.0.4").close() }
+        let floodSeconds = (ContinuousClock.now - flood).components.seconds
+        try await Task.sleep(for: .seconds(6))
+        let added = auditLines().dropFirst(auditBefore)
+        // One summary per 5 s interval that saw failures (plus a checkpoint every 20 records).
+        #expect(added.count <= Int(floodSeconds) / 5 + 4, "the audit log grew by \(added.count) records for 5,000 failed handshakes in \(floodSeconds) s")
+        #expect(added.allSatisfy { $0.contains("\"tls_handshake\"") || $0.contains("\"checkpoint\"") })
+        #expect(logBytes() - logBefore < 1024, "kmsd's log grew by \(logBytes() - logBefore) bytes for 5,000 failed handshakes")
+        try? await node.shutdown()
+        #expect(kmsd.stop() == 0)
+
+        // The closed log verifies with the key; without it, kmsctl does not call it verified.
+        let kmsctl = BuiltExecutable("kmsctl")
+        let publicKey = auditPath + ".pub.pem"
+        let verified = try kmsctl.run(["audit", "verify", "--public-key", publicKey, auditPath])
+        #expect(verified.status == 0, "\(verified.output)")
+        let unsigned = try kmsctl.run(["audit", "verify", auditPath])
+        #expect(unsigned.status == 2 && unsigned.output.contains("NOT VERIFIED"), "\(unsigned.output)")
+        #expect(try kmsctl.run(["audit", "verify", "--no-signatures", auditPath]).status == 0)
+
+        // Cut after a periodic checkpoint and flip its `closing`: verification fails.
+        var lines = auditLines().map(String.init)
+        let periodic = try #require(lines.firstIndex { $0.contains(#""closing":false"#) })
+        lines = Array(lines[...periodic])
+        lines[periodic] = lines[periodic].replacingOccurrences(of: #""closing":false"#, with: #""closing":true"#)
+        let cut = directory.appendingPathComponent("cut.jsonl").path
+        try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: cut))
+        let forged = try kmsctl.run(["audit", "verify", "--public-key", publicKey, cut])
+        #expect(forged.status == 2 && forged.output.contains("FAILED"), "\(forged.output)")
+    }
+}
