@@ -137,6 +137,8 @@ final class RunningKMSD: Sendable {
     /// The API listener's open connections.
     var connections: ConnectionLimit { running.connections }
     var securityEvents: [String: Int] { running.server.events.snapshot }
+    /// Writes the failed-handshake summaries now rather than at the end of the interval.
+    func flushHandshakeFailures() { running.handshakeFailures.flush() }
 
     /// The audit records written so far (parsed).
     func auditRecords() throws -> [[String: Any]] {
@@ -188,6 +190,19 @@ struct KMSDProcess {
     let process: Process
     let log: URL
     let port: Int
+
+    /// A new directory with the test PKI, a PIN file (0600) for a fresh SoftHSM token, and an audit signing key.
+    static func prepare(_ name: String) throws -> (directory: URL, token: SoftHSMToken) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(name)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        _ = try RunningKMSD.pki(in: directory)
+        let token = try SoftHSMToken.create()
+        let pin = directory.appendingPathComponent("pin")
+        try Data(token.userPIN.utf8).write(to: pin)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pin.path)
+        try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
+        return (directory, token)
+    }
 
     static func start(directory: URL, yaml: String) async throws -> KMSDProcess {
         let config = directory.appendingPathComponent("kmsd.yaml")

@@ -151,14 +151,7 @@ struct HardeningTests {
 @Suite("Hardening: attacks on kmsd as a process", .serialized)
 struct AttackTests {
     @Test func idleAndHandshakeFloodsNeitherStopServiceNorFillTheDisksAndACutLogDoesNotVerify() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-attack-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        _ = try RunningKMSD.pki(in: directory)
-        let token = try SoftHSMToken.create()
-        let pin = directory.appendingPathComponent("pin")
-        try Data(token.userPIN.utf8).write(to: pin)
-        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pin.path)
-        try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
+        let (directory, token) = try KMSDProcess.prepare("attack")
         let kmsd = try await KMSDProcess.start(directory: directory, yaml: """
             mode: development
             data_dir: data

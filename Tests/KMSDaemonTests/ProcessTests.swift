@@ -12,15 +12,8 @@ import Testing
 @Suite("kmsd as a process", .serialized)
 struct ProcessTests {
     @Test func aFullRunLeavesNoSecretInTheLogsOrTheAuditLogAndTheAuditLogVerifies() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-process-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        _ = try RunningKMSD.pki(in: directory)
-        let token = try SoftHSMToken.create()
-        let pin = directory.appendingPathComponent("pin")
-        try Data(token.userPIN.utf8).write(to: pin)
-        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pin.path)
+        let (directory, token) = try KMSDProcess.prepare("process")
         let adminToken = "admin-token-\(UUID().uuidString)"
-        try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
         let yaml = """
             mode: development
             data_dir: data
