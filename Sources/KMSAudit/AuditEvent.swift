@@ -108,10 +108,9 @@ struct AuditRecord: Encodable {
 public enum AuditChain {
     public static let genesis = String(repeating: "0", count: 64)
 
-    /// What a checkpoint signs (through SHA-256): the format tag, the checkpoint's sequence number and the hash of
-    /// the record before it, which commits to every earlier record.
-    /// v1 checkpoints only: written by earlier versions, still verified (and reported as v1). The signature does
-    /// not cover `closing`, so a v1 log cut after a periodic checkpoint whose `closing` was flipped would verify.
+    /// What a v1 checkpoint signed (through SHA-256): the format tag, its sequence number and the hash of the record
+    /// before it. Written by earlier versions; still verified (and reported as v1). It does not cover `closing`, so a
+    /// v1 log cut after a periodic checkpoint whose `closing` was flipped would verify.
     public static func checkpointMessage(seq: UInt64, prev: String) -> [UInt8] {
         Array("kmsd-audit-checkpoint-v1\n\(seq)\n\(prev)".utf8)
     }
@@ -130,21 +129,10 @@ public enum AuditChain {
     /// values are escaped, so a well-formed line holds exactly one).
     public static func unsignedCheckpointLine(_ line: some Collection<UInt8>) -> [UInt8]? {
         let bytes = Array(line)
-        let marker = Array(#""signature":""#.utf8)
-        var found: Int?
-        var index = 0
-        while index + marker.count <= bytes.count {
-            if bytes[index] == marker[0] && Array(bytes[index..<(index + marker.count)]) == marker {
-                guard found == nil else { return nil }
-                found = index
-                index += marker.count
-            } else {
-                index += 1
-            }
-        }
-        guard let start = found else { return nil }
-        let valueStart = start + marker.count
-        guard let end = bytes[valueStart...].firstIndex(of: UInt8(ascii: "\"")) else { return nil }
+        let markers = bytes.ranges(of: Array(#""signature":""#.utf8))
+        guard markers.count == 1, let valueStart = markers.first?.upperBound,
+              let end = bytes[valueStart...].firstIndex(of: UInt8(ascii: "\""))
+        else { return nil }
         return Array(bytes[..<valueStart]) + Array(bytes[end...])
     }
 }

@@ -28,7 +28,7 @@ public final class AuditLog: Sendable {
         /// A best-effort copy of each durable record to syslog; the log starts it and shuts it down.
         public var syslog: SyslogForwarder?
         /// Records waiting for the writer, at most. Beyond it `record` throws at once (the caller refuses its operation:
-        /// fail closed) and `submit` drops the event (counted in `Statistics.dropped`): memory stays bounded whatever
+        /// fail closed) and `submit` drops the event (both counted in `Statistics.refused`): memory stays bounded whatever
         /// the load or however slow the disk.
         public var maxQueue: Int
         /// Rotated files (`<path>.<seq>`) to keep, newest first; older ones are deleted after each rotation. nil keeps all.

@@ -86,6 +86,12 @@ struct Reader {
         return number
     }
 
+    /// An integer in `range`, or nil when the key is absent (a bad value is a problem).
+    mutating func optionalInt(_ map: [String: Any]?, _ key: String, _ path: String, range: ClosedRange<Int>) -> Int? {
+        guard let value = map?[key], !(value is NSNull) else { return nil }
+        return int(map, key, path, default: range.lowerBound, range: range)
+    }
+
     mutating func bool(_ map: [String: Any]?, _ key: String, _ path: String, default fallback: Bool) -> Bool {
         guard let value = map?[key], !(value is NSNull) else { return fallback }
         guard let flag = value as? Bool else {
@@ -335,7 +341,7 @@ struct Reader {
             failClosed: bool(map, "fail_closed", "audit", default: production),
             signing: signing, syslog: syslog,
             maxQueue: int(map, "max_queue", "audit", default: 10_000, range: 16...1_000_000),
-            keepFiles: map["keep_files"].flatMap { $0 is NSNull ? nil : int(map, "keep_files", "audit", default: 0, range: 1...1_000_000) },
+            keepFiles: optionalInt(map, "keep_files", "audit", range: 1...1_000_000),
             handshakeSummaryInterval: duration(map, "handshake_summary_interval", "audit", default: .seconds(10)))
     }
 

@@ -216,7 +216,7 @@ public struct Daemon: Sendable {
                                revocation: try Self.revocation(configuration.tls), events: events, logger: Logger(label: "kmsd.api"))
         let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0)) }
         let limit = ConnectionLimit(connectionPolicy(authenticates: box != nil), events: server.events)
-        let handshakeFailures = HandshakeFailures(audit: audit, events: events,
+        let handshakeFailures = HandshakeFailures(audit: audit, events: server.events,
                                                   interval: configuration.audit?.handshakeSummaryInterval ?? .seconds(10))
         let builder = HTTPServerBuilder.http1(tls: box, limit: limit) { peer, error in
             handshakeFailures.record(source: peer, error: error)

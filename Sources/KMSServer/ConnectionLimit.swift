@@ -134,7 +134,6 @@ final class ConnectionTicket: Sendable {
         self.source = source
     }
 
-    var isEstablished: Bool { state.withLock { $0.established } }
     /// The handshake deadline closed the connection.
     var timedOut: Bool { state.withLock { $0.timedOut } }
 
@@ -184,17 +183,15 @@ extension ConnectionLimit {
             channel.close(promise: nil)
         }
         // At its maximum age a connection is asked to quiesce: Hummingbird closes it once the request in progress
-        // (if any) is answered. One that does not close by itself is closed an idle timeout later.
+        // (if any) is answered. One that does not close by itself is closed an idle timeout later (that second timer
+        // exists only for connections that reach their maximum age).
         let aged = channel.eventLoop.scheduleTask(in: TimeAmount(policy.maxAge)) {
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
-        }
-        let expired = channel.eventLoop.scheduleTask(in: TimeAmount(policy.maxAge + policy.idleTimeout)) {
-            channel.close(promise: nil)
+            channel.eventLoop.scheduleTask(in: TimeAmount(policy.idleTimeout)) { channel.close(promise: nil) }
         }
         channel.closeFuture.whenComplete { _ in
             handshake.cancel()
             aged.cancel()
-            expired.cancel()
             ticket.release()
         }
         return ticket

@@ -1,4 +1,5 @@
 public import KMSAudit
+import KMSCore
 import Synchronization
 
 /// Failed TLS handshakes, summarized. Each one is counted at once (`tls_handshake_failed`, a security event and
@@ -14,7 +15,6 @@ public final class HandshakeFailures: Sendable {
     private struct State {
         var bySource: [String: Entry] = [:]
         var others = Entry()
-        var othersSources = 0
     }
     private let state = Mutex(State())
     private let audit: AuditLog?
@@ -39,25 +39,23 @@ public final class HandshakeFailures: Sendable {
             } else {
                 state.others.count += 1
                 state.others.lastError = error
-                state.othersSources += 1
             }
         }
     }
 
     /// Writes one summary record per source address seen since the last flush, and starts a new interval.
     public func flush() {
-        let (sources, others, othersSources) = state.withLock { state in
+        let (sources, others) = state.withLock { state in
             defer { state = State() }
-            return (state.bySource, state.others, state.othersSources)
+            return (state.bySource, state.others)
         }
         guard let audit else { return }
-        let seconds = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
-        let period = seconds.rounded() == seconds ? "\(Int(seconds)) s" : "\(seconds) s"
+        let period = DurationText.format(Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18)
         for (source, entry) in sources.sorted(by: { $0.key < $1.key }) {
             audit.submit(summary(entry, from: "from \(source)", period: period))
         }
         if others.count > 0 {
-            audit.submit(summary(others, from: "from other addresses (more than \(maxSources) in one interval; \(othersSources) failures)", period: period))
+            audit.submit(summary(others, from: "from other addresses (more than \(maxSources) in one interval)", period: period))
         }
     }
 

@@ -111,6 +111,12 @@ struct ConfigurationTests {
         #expect(limits.handshakeTimeout == .seconds(10) && limits.idleTimeout == .seconds(60) && limits.maxConnectionAge == .seconds(3600))
         let tooMany = Self.safe + "\nlimits: { max_connections: 100, max_unauthenticated: 200 }"
         #expect(throws: ConfigurationError.self) { try parse(tooMany, in: directory) }
+        // Rotated audit files are all kept unless audit.keep_files says otherwise.
+        #expect(try parse(Self.safe, in: directory).audit?.keepFiles == nil)
+        let keep = Self.safe.replacingOccurrences(of: "sign: { file: audit-key.pem } }", with: "sign: { file: audit-key.pem }, keep_files: 3 }")
+        #expect(try parse(keep, in: directory).audit?.keepFiles == 3)
+        let none = Self.safe.replacingOccurrences(of: "sign: { file: audit-key.pem } }", with: "sign: { file: audit-key.pem }, keep_files: 0 }")
+        #expect(throws: ConfigurationError.self) { try parse(none, in: directory) }
     }
 
     @Test func secretFilesReadableByOthersAndTLSKeysReadableByOthersAreRefused() throws {

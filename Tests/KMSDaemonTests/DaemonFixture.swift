@@ -204,6 +204,18 @@ struct KMSDProcess {
         return (directory, token)
     }
 
+    /// The configuration's `providers` (SoftHSM `token` as `hsm`, PIN in the file `pin`) and `keys` (`orders`, for
+    /// node-1) sections.
+    static func hsmAndOrdersKey(_ token: SoftHSMToken) -> String {
+        """
+        providers:
+          hsm: { type: pkcs11, module: \(SoftHSMToken.defaultModulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
+                 profile: softhsm2, profiles_dir: \(profilesDirectory) }
+        keys:
+          orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
+        """
+    }
+
     static func start(directory: URL, yaml: String) async throws -> KMSDProcess {
         let config = directory.appendingPathComponent("kmsd.yaml")
         try Data(yaml.utf8).write(to: config)

@@ -157,11 +157,7 @@ struct AttackTests {
             data_dir: data
             listen: { api: "127.0.0.1:0" }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
-            providers:
-              hsm: { type: pkcs11, module: \(SoftHSMToken.defaultModulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
-                     profile: softhsm2, profiles_dir: \(profilesDirectory) }
-            keys:
-              orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
+            \(KMSDProcess.hsmAndOrdersKey(token))
             admin: { identities: ["CN=security-*"] }
             audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem }, checkpoint_every: 20, handshake_summary_interval: 5s }
             """)

@@ -21,11 +21,7 @@ struct ProcessTests {
             log_format: json
             listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0" }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
-            providers:
-              hsm: { type: pkcs11, module: \(SoftHSMToken.defaultModulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
-                     profile: softhsm2, profiles_dir: \(profilesDirectory) }
-            keys:
-              orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
+            \(KMSDProcess.hsmAndOrdersKey(token))
             admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
             audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }
             """
