@@ -87,7 +87,7 @@ struct APITests {
             }
             #expect(refused, "\(variant) was served")
             // The refused handshake is audited as an authentication failure, in the summary written each interval.
-            kmsd.flushHandshakeFailures()
+            try await kmsd.flushHandshakeFailures()
             let audited = try await kmsd.waitForAudit(1) { $0["type"] as? String == "authentication" && $0["action"] as? String == "tls_handshake" }
             #expect(!audited.isEmpty && audited.allSatisfy { $0["result"] as? String == "denied" && ($0["items"] as? Int ?? 0) >= 1 },
                     "\(variant): \(audited.count)")

@@ -137,8 +137,14 @@ final class RunningKMSD: Sendable {
     /// The API listener's open connections.
     var connections: ConnectionLimit { running.connections }
     var securityEvents: [String: Int] { running.server.events.snapshot }
-    /// Writes the failed-handshake summaries now rather than at the end of the interval.
-    func flushHandshakeFailures() { running.handshakeFailures.flush() }
+    /// Writes the failed-handshake summaries now rather than at the end of the interval, once `count` failures have
+    /// been counted (the server hears of a failure a moment after the client does; up to 5 s).
+    func flushHandshakeFailures(once count: Int = 1) async throws {
+        for _ in 0..<250 where securityEvents["tls_handshake_failed", default: 0] < count {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        running.handshakeFailures.flush()
+    }
 
     /// The audit records written so far (parsed).
     func auditRecords() throws -> [[String: Any]] {
