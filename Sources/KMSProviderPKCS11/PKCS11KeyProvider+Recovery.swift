@@ -1,5 +1,5 @@
 import Foundation
-import KMSCore
+public import KMSCore
 import Logging
 import PKCS11
 import Synchronization
@@ -24,13 +24,18 @@ struct RecoveryState: Sendable {
     struct Outage: Sendable {
         let since: Date
         let cause: String
+        /// The token refused the PIN (on any login, or while reconnecting): nothing logs in again until a reload
+        /// brings a different PIN.
+        var pinRefused = false
+        /// The outage began as a device loss (the pool is suspended and needs a reconnect, not just a login).
+        var deviceLost = true
         var attempts = 0
         var lastAttemptError: String?
     }
 }
 
-/// Lets the session pool, created before the provider, report device loss to it.
-final class DeviceLossRelay: Sendable {
+/// Lets the session pool, created before the provider, report device loss or a refused PIN to it.
+final class PKCS11ErrorRelay: Sendable {
     private let handler = Mutex<(@Sendable (PKCS11Error) -> Void)?>(nil)
 
     func connect(_ handler: @escaping @Sendable (PKCS11Error) -> Void) { self.handler.withLock { $0 = handler } }
@@ -59,9 +64,59 @@ extension PKCS11KeyProvider {
         recovery.withLock { $0.reconnectTask = task }
     }
 
+    /// The token refused the PIN: open the breaker with that reason. No reconnect loop is started — logging in
+    /// again with the same PIN could only lock the token.
+    func pinRejected(_ error: PKCS11Error) {
+        let opened = recovery.withLock { state in
+            if state.down != nil {
+                state.down?.pinRefused = true
+                return false
+            }
+            guard !state.stopped else { return false }
+            state.down = RecoveryState.Outage(since: Date(), cause: error.description, pinRefused: true, deviceLost: false)
+            state.outages += 1
+            return true
+        }
+        if opened {
+            logger.critical("the HSM refused kmsd's PIN; refusing requests, no login is tried again until the PIN changes and kmsd is reloaded",
+                            metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// A PIN read again at reload. If it differs and the breaker is open because the token refused the old one,
+    /// kmsd tries the new PIN once: a login (or a whole reconnect, if the device had been lost too).
+    public func replacePIN(_ pin: SecretBytes) {
+        guard pool.replacePIN(pin) else { return }
+        guard let outage = recovery.withLock({ $0.down }), outage.pinRefused else { return }
+        logger.notice("the HSM PIN changed; trying it once")
+        if outage.deviceLost {
+            recovery.withLock { $0.down?.pinRefused = false }
+            let task = Task { [self] in await reconnectLoop() }
+            recovery.withLock { $0.reconnectTask = task }
+            return
+        }
+        Task { [self] in
+            do {
+                try await pool.loginNow()
+                recovery.withLock { state in
+                    state.down = nil
+                    state.lastRecoveredAt = Date()
+                }
+                logger.notice("HSM login succeeded with the new PIN")
+            } catch {
+                logger.error("HSM login with the new PIN failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
     /// Fails fast while the breaker is open.
     func checkBreaker() throws {
         if let outage = recovery.withLock({ $0.down }) {
+            if outage.pinRefused {
+                throw KMSError.unavailable(
+                    "the HSM refused kmsd's PIN; no login is tried again until the PIN changes and kmsd is reloaded",
+                    detail: outage.cause)
+            }
             throw KMSError.unavailable("the HSM is unavailable; kmsd is reconnecting", detail: outage.cause)
         }
     }
@@ -97,12 +152,11 @@ extension PKCS11KeyProvider {
                     "down_for": "\(String(format: "%.3f", Date().timeIntervalSince(outage?.since ?? Date()))) s",
                 ])
                 return
-            } catch let error as PKCS11Error
-                where [PKCS11ReturnValue.pinIncorrect, PKCS11ReturnValue.pinLocked].contains(error.returnValue)
-            {
+            } catch let error as PKCS11Error where error.rejectsPIN {
                 // Retrying a rejected PIN in a loop would lock the token: stay down and say so.
                 recovery.withLock { state in
-                    state.down?.lastAttemptError = "\(error) (not retried: restart kmsd with the right PIN)"
+                    state.down?.pinRefused = true
+                    state.down?.lastAttemptError = "\(error) (not retried: correct the PIN and reload or restart kmsd)"
                     state.reconnectTask = nil
                 }
                 logger.critical("HSM reconnect stopped: the token rejected the PIN", metadata: ["error": "\(error)"])

@@ -27,7 +27,7 @@ public final class PKCS11KeyProvider: KeyProvider {
     let logger: Logger
     private let healthState = Mutex(HealthState())
     let recovery = Mutex(RecoveryState())
-    private let deviceLoss: DeviceLossRelay
+    private let deviceLoss: PKCS11ErrorRelay
 
     struct HealthState {
         var lastError: String?
@@ -36,7 +36,7 @@ public final class PKCS11KeyProvider: KeyProvider {
     }
 
     private init(configuration: PKCS11ProviderConfiguration, tokenInfo: TokenInfo, pool: SessionPool,
-                 executor: HSMExecutor, deviceLoss: DeviceLossRelay, logger: Logger) {
+                 executor: HSMExecutor, deviceLoss: PKCS11ErrorRelay, logger: Logger) {
         self.configuration = configuration
         self.deviceLoss = deviceLoss
         self.tokenInfo = tokenInfo
@@ -70,14 +70,16 @@ public final class PKCS11KeyProvider: KeyProvider {
             // One session of the token's allowance is the anchor.
             if let limit = token.maxReadWriteSessionCount { sessions = min(sessions, max(1, limit - 1)) }
             if let limit = configuration.profile.maxSessions { sessions = min(sessions, max(1, limit - 1)) }
-            let deviceLoss = DeviceLossRelay()
+            let deviceLoss = PKCS11ErrorRelay()
+            let pinRelay = PKCS11ErrorRelay()
             let pool = SessionPool(
                 module: module, slot: slot, pin: configuration.pin,
                 configuration: .init(
                     maxSessions: sessions, maxWaiters: configuration.maxWaiters,
                     checkoutWait: configuration.checkoutWait, callTimeout: configuration.callTimeout,
                     loginEachSession: configuration.profile.login == .perSession),
-                executor: executor, logger: logger, onDeviceLoss: { deviceLoss.report($0) })
+                executor: executor, logger: logger, onDeviceLoss: { deviceLoss.report($0) },
+                onPINRejected: { pinRelay.report($0) })
             try await pool.start()
             logger.info("PKCS#11 provider started", metadata: [
                 "token": "\(token.label)", "serial": "\(token.serialNumber)", "sessions": "\(sessions)",
@@ -87,6 +89,7 @@ public final class PKCS11KeyProvider: KeyProvider {
                 configuration: configuration, tokenInfo: token, pool: pool, executor: executor, deviceLoss: deviceLoss,
                 logger: logger)
             deviceLoss.connect { [weak provider] error in provider?.deviceLost(error) }
+            pinRelay.connect { [weak provider] error in provider?.pinRejected(error) }
             return provider
         } catch {
             await executor.shutdown()
@@ -108,6 +111,8 @@ public final class PKCS11KeyProvider: KeyProvider {
             return .unavailable("HSM login failed: the PIN is incorrect", detail: error.description)
         case let error as PKCS11Error where error.returnValue == PKCS11ReturnValue.pinLocked:
             return .unavailable("HSM login failed: the PIN is locked", detail: error.description)
+        case let error as PKCS11Error where error.rejectsPIN:
+            return .unavailable("HSM login failed: the PIN has expired", detail: error.description)
         case is HSMDeadlineExceeded:
             return .unavailable("the HSM did not answer in time while starting")
         default:
@@ -218,6 +223,7 @@ public final class PKCS11KeyProvider: KeyProvider {
             details["down_since"] = outage.since.formatted(.iso8601)
             details["reconnect_attempts"] = "\(outage.attempts)"
             if let error = outage.lastAttemptError { details["reconnect_error"] = error }
+            if outage.pinRefused { details["pin_refused"] = "true" }
             let state = healthState.withLock { $0 }
             return ProviderHealth(
                 state: .unavailable, lastError: outage.cause, lastErrorAt: outage.since,

@@ -56,23 +56,32 @@ final class SessionPool: Sendable {
     private let currentSlot: Mutex<SlotID>
     var slot: SlotID { currentSlot.withLock { $0 } }
     let configuration: Configuration
-    private let pin: SecretBytes
+    /// The PIN, and the token's refusal of it once one happened: while `rejected` is set, no `C_Login` is made with
+    /// any session (request path, re-login, reconnect) until `replacePIN` brings a different PIN.
+    private let credential: Mutex<Credential>
+    private struct Credential {
+        var pin: SecretBytes
+        var rejected: PKCS11Error?
+    }
     private let executor: HSMExecutor
     private let logger: Logger
     private let state: Mutex<State>
     /// The anchor session; guarded by its own lock, held only on executor threads while (re)logging in.
     private let anchor = Mutex<PKCS11Session?>(nil)
     private let onDeviceLoss: @Sendable (PKCS11Error) -> Void
+    private let onPINRejected: @Sendable (PKCS11Error) -> Void
     /// Closes scheduled but not yet done; they use the library too, so reconnecting waits for them.
     private let pendingCloses = Atomic<Int>(0)
 
     init(
         module: PKCS11Module, slot: SlotID, pin: SecretBytes, configuration: Configuration, executor: HSMExecutor,
-        logger: Logger, onDeviceLoss: @escaping @Sendable (PKCS11Error) -> Void = { _ in }
+        logger: Logger, onDeviceLoss: @escaping @Sendable (PKCS11Error) -> Void = { _ in },
+        onPINRejected: @escaping @Sendable (PKCS11Error) -> Void = { _ in }
     ) {
+        self.onPINRejected = onPINRejected
         self.module = module
         self.currentSlot = Mutex(slot)
-        self.pin = pin
+        self.credential = Mutex(Credential(pin: pin))
         self.configuration = configuration
         self.executor = executor
         self.logger = logger
@@ -236,7 +245,7 @@ final class SessionPool: Sendable {
                     if configuration.loginEachSession {
                         try ensureLoggedIn()
                         do {
-                            try pin.withUnsafeBytes { try session.login(pin: $0) }
+                            try login(session)
                         } catch let error as PKCS11Error where error.returnValue == PKCS11ReturnValue.userAlreadyLoggedIn {
                             // Logged in through the application-wide state after all.
                         }
@@ -274,6 +283,8 @@ final class SessionPool: Sendable {
         switch error {
         case is HSMDeadlineExceeded:
             return KMSError.unavailable("the HSM did not answer in time", detail: "opening a session overran its deadline")
+        case let error as PKCS11Error where error.rejectsPIN:
+            return Self.pinRefusal(error)
         case let error as PKCS11Error:
             return KMSError.unavailable("cannot open an HSM session", detail: error.description)
         default:
@@ -332,6 +343,8 @@ final class SessionPool: Sendable {
             })
         } catch is HSMDeadlineExceeded {
             throw KMSError.unavailable("the HSM did not answer in time", detail: "re-login overran its deadline")
+        } catch let error as PKCS11Error where error.rejectsPIN {
+            throw Self.pinRefusal(error)
         } catch let error as PKCS11Error {
             logger.error("HSM login failed", metadata: ["error": "\(error)"])
             if error.isDeviceGone { onDeviceLoss(error) }
@@ -379,7 +392,7 @@ final class SessionPool: Sendable {
             if let current = anchor {
                 do {
                     if try current.info().isUserLoggedIn { return .stillLoggedIn }
-                    try pin.withUnsafeBytes { try current.login(pin: $0) }
+                    try login(current)
                     return .loggedInAgain
                 } catch let error as PKCS11Error where error.isSessionInvalid {
                     // The anchor is gone (e.g. every session was closed under us): open a new one. Its old handle is
@@ -389,7 +402,7 @@ final class SessionPool: Sendable {
             }
             let fresh = try module.openSession(slot)
             do {
-                try pin.withUnsafeBytes { try fresh.login(pin: $0) }
+                try login(fresh)
             } catch {
                 try? fresh.close()
                 throw error
@@ -397,5 +410,52 @@ final class SessionPool: Sendable {
             anchor = fresh
             return hadAnchor ? .anchorReplaced : .firstLogin
         }
+    }
+
+    // MARK: - The PIN
+
+    /// Logs `session` in, unless the token has already refused this PIN. A refusal (`CKR_PIN_INCORRECT`, `_LOCKED`,
+    /// `_EXPIRED`) is latched before it is thrown, so no other thread logs in with the same PIN after it.
+    private func login(_ session: PKCS11Session) throws {
+        let refused: PKCS11Error? = try credential.withLock { credential in
+            if let rejected = credential.rejected { throw rejected }
+            do {
+                try credential.pin.withUnsafeBytes { try session.login(pin: $0) }
+                return nil
+            } catch let error as PKCS11Error where error.rejectsPIN {
+                credential.rejected = error
+                return error
+            }
+        }
+        if let refused {
+            // Outside the lock: the provider opens its breaker.
+            onPINRejected(refused)
+            throw refused
+        }
+    }
+
+    /// The token's refusal of the current PIN, if it refused it.
+    var pinRejection: PKCS11Error? { credential.withLock { $0.rejected } }
+
+    /// A PIN read again (SIGHUP). A different PIN clears the latch, so the next login tries it once; the same PIN
+    /// changes nothing. Returns whether the PIN changed.
+    func replacePIN(_ pin: SecretBytes) -> Bool {
+        credential.withLock { credential in
+            guard credential.pin != pin else { return false }
+            credential.pin = pin
+            credential.rejected = nil
+            return true
+        }
+    }
+
+    /// Logs in now (after a new PIN), on an executor thread.
+    func loginNow() async throws {
+        try await relogin()
+    }
+
+    static func pinRefusal(_ error: PKCS11Error) -> KMSError {
+        KMSError.unavailable(
+            "the HSM refused kmsd's PIN; no login is tried again until the PIN changes and kmsd is reloaded",
+            detail: error.description)
     }
 }

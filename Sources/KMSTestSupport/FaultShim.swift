@@ -49,6 +49,8 @@ public struct FaultShim: Sendable {
         public var sessionsOpen = 0
         public var initializeCalls = 0
         public var finalizeCalls = 0
+        /// Every `C_Login` that reached the shim, whatever it answered.
+        public var loginCalls = 0
     }
 
     /// The built shim library: `KMSD_FAULT_SHIM_LIBRARY`, or `libPKCS11FaultShim.so` next to the running executable
@@ -95,6 +97,7 @@ public struct FaultShim: Sendable {
             case "sessions_open": status.sessionsOpen = value
             case "initialize_calls": status.initializeCalls = value
             case "finalize_calls": status.finalizeCalls = value
+            case "login_calls": status.loginCalls = value
             default: break
             }
         }

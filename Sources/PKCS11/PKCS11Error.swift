@@ -34,6 +34,12 @@ public struct PKCS11Error: Error, Sendable, Hashable, CustomStringConvertible {
     /// The login state was lost (for example every session of the application was closed): log in again and retry.
     public var requiresLogin: Bool { returnValue == CKR_USER_NOT_LOGGED_IN }
 
+    /// The token refused the PIN itself (wrong, locked or expired). Logging in again with the same PIN can only move
+    /// the token toward locking it, so nothing may retry.
+    public var rejectsPIN: Bool {
+        returnValue == CKR_PIN_INCORRECT || returnValue == CKR_PIN_LOCKED || returnValue == CKR_PIN_EXPIRED
+    }
+
     /// The device, token or library state is gone: quiesce, finalize, initialize and reconnect.
     public var isDeviceGone: Bool {
         switch returnValue {

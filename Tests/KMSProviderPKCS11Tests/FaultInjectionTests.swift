@@ -180,6 +180,72 @@ struct FaultInjectionTests {
         await provider.shutdown()
     }
 
+    @Test func oneRefusedPINStopsEveryFurtherLoginUntilTheProviderGetsADifferentPIN() async throws {
+        let provider = try await start()
+        _ = try await provider.createKey(orders)
+        let before = try await provider.generateDataKey(orders, context: [:])
+        // The login is lost, and the token answers the next login with a wrong-PIN refusal (once).
+        try shim.inject(.dropLogin, .fail(function: "C_Login", value: PKCS11ReturnValue.pinIncorrect, count: 1))
+        #expect(await errorCode { _ = try await provider.generateDataKey(orders, context: [:]) } == .unavailable)
+        let loginsAfterRefusal = try shim.status().loginCalls
+        #expect(loginsAfterRefusal >= 1)
+        #expect(try shim.status().faultsInjected == 1)
+
+        // A thousand requests, wraps and unwraps, concurrently: every one refused at once, not one more C_Login.
+        let codes = await withTaskGroup(of: KMSError.Code?.self) { group in
+            for index in 0..<1_000 {
+                group.addTask {
+                    await errorCode {
+                        if index.isMultiple(of: 2) {
+                            _ = try await provider.generateDataKey(orders, context: [:])
+                        } else {
+                            _ = try await provider.unwrap(orders, wrapped: before.wrapped, context: [:])
+                        }
+                    }
+                }
+            }
+            return await group.reduce(into: [KMSError.Code?]()) { $0.append($1) }
+        }
+        #expect(codes.count == 1_000)
+        #expect(codes.allSatisfy { $0 == .unavailable })
+        #expect(try shim.status().loginCalls == loginsAfterRefusal)
+        let health = await provider.health()
+        #expect(health.state == .unavailable)
+        #expect(health.details["pin_refused"] == "true")
+        #expect(health.lastError?.contains("CKR_PIN_INCORRECT") == true)
+
+        // The same PIN again (a reload that changed nothing) tries nothing.
+        provider.replacePIN(token.pin)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try shim.status().loginCalls == loginsAfterRefusal)
+
+        // A different PIN is tried exactly once; SoftHSM refuses it, and nothing is tried after that either.
+        provider.replacePIN(SecretBytes(utf8: "not-the-pin"))
+        try await waitUntil { try shim.status().loginCalls == loginsAfterRefusal + 1 }
+        for _ in 0..<50 {
+            #expect(await errorCode { _ = try await provider.generateDataKey(orders, context: [:]) } == .unavailable)
+        }
+        #expect(try shim.status().loginCalls == loginsAfterRefusal + 1)
+
+        // The right PIN: one login, and the provider serves again without a restart.
+        provider.replacePIN(token.pin)
+        try await waitUntil { await errorCode({ _ = try await provider.generateDataKey(orders, context: [:]) }) == nil }
+        let unwrapped = try await provider.unwrap(orders, wrapped: before.wrapped, context: [:])
+        #expect(unwrapped.plaintext == before.plaintext)
+        #expect(await provider.health().state == .ok)
+        await provider.shutdown()
+    }
+
+    /// Polls `condition` every 20 ms for up to 5 s; fails the test if it never holds.
+    func waitUntil(_ condition: () async throws -> Bool, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .seconds(5) {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("condition never held within 5 s", sourceLocation: sourceLocation)
+    }
+
     @Test func noSlotsThenNoTokenKeepTheBreakerOpenUntilTheHSMIsBack() async throws {
         let provider = try await start()
         _ = try await provider.createKey(orders)
