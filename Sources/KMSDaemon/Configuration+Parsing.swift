@@ -26,8 +26,16 @@ extension Configuration {
         guard var root = document as? [String: Any] else {
             throw ConfigurationError(["\(source): expected a mapping at the top level"])
         }
-        if let mode = environment["KMSD_MODE"] { root["mode"] = mode }
-        if let flag = environment["KMSD_PRODUCTION_MODE"], ["1", "true", "yes"].contains(flag.lowercased()) { root["mode"] = "production" }
+        // The environment may raise the mode, never lower it: a stray KMSD_MODE=development in a unit file must not
+        // switch off the production checks that the file asks for.
+        var environmentMode = environment["KMSD_MODE"]
+        if let flag = environment["KMSD_PRODUCTION_MODE"], ["1", "true", "yes"].contains(flag.lowercased()) { environmentMode = "production" }
+        if let mode = environmentMode {
+            if (root["mode"] as? String) == Configuration.Mode.production.rawValue, mode != Configuration.Mode.production.rawValue {
+                throw ConfigurationError(["mode: the file says production and KMSD_MODE says '\(mode)'; the environment may raise the mode, never lower it"])
+            }
+            root["mode"] = mode
+        }
         if let api = environment["KMSD_LISTEN_API"] {
             var listen = root["listen"] as? [String: Any] ?? [:]
             listen["api"] = api

@@ -46,6 +46,17 @@ public struct Daemon: Sendable {
         }
     }
 
+    /// Whether `fresh` may replace the running configuration at a reload. One-way: a reload never lowers the mode
+    /// kmsd started in, and never lets through what production mode refuses at start.
+    public func checkReplacement(by fresh: Configuration) throws {
+        if configuration.mode == .production, fresh.mode != .production {
+            throw ConfigurationError([
+                "mode: kmsd runs in production mode and a reload cannot lower it to \(fresh.mode.rawValue); restart kmsd to change the mode",
+            ])
+        }
+        try Daemon(fresh, logger: logger).checkMode()
+    }
+
     /// Reads a secret from its source. Errors name the source, never the value.
     static func read(_ source: Configuration.SecretSource, environment: [String: String]) throws -> SecretBytes {
         switch source {
@@ -254,14 +265,34 @@ public struct Daemon: Sendable {
 
     private func reloadUnaudited(_ running: Running, providers: [String: any KeyProvider]) throws {
         let fresh = try Configuration.load(path: configuration.source)
+        try checkReplacement(by: fresh)
         let reloaded = Daemon(fresh, logger: logger)
-        // A reload must not weaken what production mode refused at start.
-        try reloaded.checkMode()
-        if let tls = fresh.tls, let box = running.tls { try box.replace(Self.tlsConfiguration(tls)) }
-        running.server.rotation.update(keys: reloaded.rotationKeys(providers))
-        running.server.reload(.init(policy: reloaded.policy(providers, rotation: running.server.rotation),
-                                    revocation: try Self.revocation(fresh.tls)))
+        // Build and check every part first; swap only when all of them are ready, so a failure changes nothing.
+        if running.tls != nil, fresh.tls == nil {
+            throw ConfigurationError(["tls: a reload cannot turn TLS off on a running listener; restart kmsd to change it"])
+        }
+        let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0)) }
+        let revocation = try Self.revocation(fresh.tls)
+        let pins = try reloaded.providerPINs(providers)
+        let keys = reloaded.rotationKeys(providers)
+        let snapshot = KMSServer.Snapshot(policy: reloaded.policy(providers, rotation: running.server.rotation), revocation: revocation)
+
+        if let context, let box = running.tls { box.install(context) }
+        running.server.rotation.update(keys: keys)
+        running.server.reload(snapshot)
+        for (provider, pin) in pins { provider.replacePIN(pin) }
         logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])
+    }
+
+    /// The PIN of every running PKCS#11 provider, read again from its source (a SIGHUP after correcting a PIN lets a
+    /// provider whose PIN the token refused try the new one, once).
+    func providerPINs(_ providers: [String: any KeyProvider], environment: [String: String] = ProcessInfo.processInfo.environment)
+        throws -> [(PKCS11KeyProvider, SecretBytes)]
+    {
+        try configuration.providers.sorted(by: { $0.key < $1.key }).compactMap { name, provider in
+            guard case .pkcs11(let settings) = provider, let running = providers[name] as? PKCS11KeyProvider else { return nil }
+            return (running, try Self.read(settings.pin, environment: environment))
+        }
     }
 
     /// Opens the audit log (nil when none is configured). Failures to write are counted as security events.

@@ -17,7 +17,11 @@ public final class TLSContextBox: Sendable {
 
     /// Builds the new context first, so a bad file leaves the old one in place.
     public func replace(_ configuration: TLSConfiguration) throws {
-        let fresh = try Self.makeContext(configuration)
+        install(try Self.makeContext(configuration))
+    }
+
+    /// Swaps in a context built (and checked) beforehand: a reload builds every part first and swaps them together.
+    public func install(_ fresh: NIOSSLContext) {
         context.withLock { $0 = fresh }
     }
 
@@ -27,7 +31,7 @@ public final class TLSContextBox: Sendable {
     /// property and `SSL_OP_NO_TICKET` and `SSL_SESS_CACHE_OFF` set through BoringSSL directly. If a future
     /// swift-nio-ssl stores it differently, kmsd refuses to start rather than serve with resumption (ci/tls-matrix and
     /// the test `noTLSSessionTicketsAreIssued` check that no session is resumed).
-    static func makeContext(_ configuration: TLSConfiguration) throws -> NIOSSLContext {
+    public static func makeContext(_ configuration: TLSConfiguration) throws -> NIOSSLContext {
         let context = try NIOSSLContext(configuration: configuration)
         guard let handle = Mirror(reflecting: context).children.first(where: { $0.label == "sslContext" })?.value as? OpaquePointer else {
             throw TLSSetupError("cannot turn off TLS session tickets: swift-nio-ssl's context no longer exposes its SSL_CTX")

@@ -312,6 +312,22 @@ struct ReloadTests {
         try Data(try kmsd.pki.revocationList(revoking: [node1]).utf8).write(to: directory.appendingPathComponent("crl.pem"))
         let bundle = try String(contentsOf: directory.appendingPathComponent("ca.pem"), encoding: .utf8) + "\n" + second.caPEM
         try Data(bundle.utf8).write(to: directory.appendingPathComponent("bundle.pem"))
+
+        // A reload whose CRL does not verify changes nothing at all: not the CA bundle either (the new CA's node stays
+        // refused on a fresh connection).
+        try Data("not a crl".utf8).write(to: directory.appendingPathComponent("bad.pem"))
+        #expect(throws: (any Error).self) { try kmsd.reload(clientCA: "bundle.pem", crl: "bad.pem") }
+        let stillOutside = try kmsd.client("node1b")
+        var refusedAfterFailedReload = false
+        do {
+            refusedAfterFailedReload = try await kmsd.call(stillOutside, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]), timeout: 3).status >= 400
+        } catch {
+            refusedAfterFailedReload = true
+        }
+        try? await stillOutside.shutdown()
+        #expect(refusedAfterFailedReload)
+        #expect(try await kmsd.call(revoked, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+
         do {
             try kmsd.reload(clientCA: "bundle.pem", crl: "crl.pem")
         } catch {
@@ -329,7 +345,6 @@ struct ReloadTests {
         #expect(try await kmsd.call(fresh, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
 
         // A broken CRL is refused and changes nothing.
-        try Data("not a crl".utf8).write(to: directory.appendingPathComponent("bad.pem"))
         #expect(throws: (any Error).self) { try kmsd.reload(clientCA: "bundle.pem", crl: "bad.pem") }
         #expect(try await kmsd.call(revoked, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 401)
         for client in [newcomer, good, revoked, fresh] { try? await client.shutdown() }

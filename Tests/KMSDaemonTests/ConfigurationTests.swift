@@ -212,6 +212,36 @@ struct ConfigurationTests {
         #expect(configuration.mode == .production)
         #expect(configuration.listen.port == 9000)
     }
+
+    @Test func theModeIsOneWayTheEnvironmentAndAReloadMayRaiseItNeverLowerIt() throws {
+        let directory = try Self.files()
+        let source = directory.appendingPathComponent("kmsd.yaml").path
+        for environment in [["KMSD_MODE": "development"], ["KMSD_MODE": "anything"]] {
+            do {
+                _ = try Configuration.parse(yaml: Self.safe, source: source, environment: environment)
+                Issue.record("the environment lowered production mode: \(environment)")
+            } catch let error as ConfigurationError {
+                #expect(error.description.contains("never lower"))
+            }
+        }
+        #expect(try Configuration.parse(yaml: Self.safe, source: source, environment: ["KMSD_MODE": "production"]).mode == .production)
+
+        let running = Daemon(try parse(Self.safe, in: directory))
+        try running.checkReplacement(by: try parse(Self.safe, in: directory))
+        let lowered = try parse(Self.safe.replacingOccurrences(of: "mode: production", with: "mode: development"), in: directory)
+        do {
+            try running.checkReplacement(by: lowered)
+            Issue.record("a reload lowered production mode")
+        } catch let error as ConfigurationError {
+            #expect(error.description.contains("cannot lower"))
+        }
+        let weakened = try parse(Self.safe.replacingOccurrences(of: "pin: { file: pin }", with: "pin: \"1234\""), in: directory)
+        #expect(throws: ConfigurationError.self) { try running.checkReplacement(by: weakened) }
+        // A development kmsd may be reloaded into either mode (the production one must pass the checklist).
+        let development = Daemon(lowered)
+        try development.checkReplacement(by: lowered)
+        try development.checkReplacement(by: try parse(Self.safe, in: directory))
+    }
 }
 
 @Suite("Revocation lists")
