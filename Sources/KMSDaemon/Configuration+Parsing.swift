@@ -204,11 +204,13 @@ struct Reader {
                                           metrics: metrics, allowPublicMetrics: bool(listenMap, "allow_public_metrics", "listen", default: false))
 
         var tls: Configuration.TLS?
-        if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "min_version", "client_auth", "ciphers"]) {
+        if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "crl_refresh", "crl_grace", "min_version", "client_auth", "ciphers"]) {
             let certificate = string(tlsMap, "cert", "tls", required: true).map(resolve)
             let key = string(tlsMap, "key", "tls", required: true).map(resolve)
             let clientCA = string(tlsMap, "client_ca", "tls", required: true).map(resolve)
-            let crl = string(tlsMap, "crl", "tls").map(resolve)
+            let crlText = string(tlsMap, "crl", "tls")
+            let crlDisabled = crlText == "none"
+            let crl = crlDisabled ? nil : crlText.map(resolve)
             for (name, file) in [("cert", certificate), ("key", key), ("client_ca", clientCA), ("crl", crl)] {
                 if let file, !FileManager.default.fileExists(atPath: file) { problem("tls.\(name)", "the file \(file) does not exist") }
             }
@@ -221,6 +223,9 @@ struct Reader {
                 tls = Configuration.TLS(certificate: certificate, key: key, clientCA: clientCA, crl: crl,
                                         minimumVersion: version, clientAuth: clientAuth ?? .required,
                                         ciphers: string(tlsMap, "ciphers", "tls") ?? Configuration.TLS.defaultCiphers)
+                tls?.crlDisabled = crlDisabled
+                tls?.crlRefresh = duration(tlsMap, "crl_refresh", "tls", default: .seconds(300))
+                tls?.crlGrace = duration(tlsMap, "crl_grace", "tls", default: .seconds(3600))
             }
         }
 

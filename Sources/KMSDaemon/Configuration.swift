@@ -58,6 +58,13 @@ public struct Configuration: Sendable {
         public var key: String
         public var clientCA: String
         public var crl: String?
+        /// `tls.crl: none`: the operator chose to run without a CRL (production shows it as ⚠ instead of ❌).
+        public var crlDisabled = false
+        /// How often the CRL file is read again on its own (`tls.crl_refresh`, default 5 min), besides SIGHUP.
+        public var crlRefresh: Duration = .seconds(300)
+        /// How long past its `nextUpdate` a CRL is still trusted (`tls.crl_grace`, default 1 h); after that, requests
+        /// from certificates of its CA get 401 `revocation_unavailable`.
+        public var crlGrace: Duration = .seconds(3600)
         /// "1.2" or "1.3" (older versions are refused by the parser).
         public var minimumVersion: String
         public var clientAuth: ClientAuth

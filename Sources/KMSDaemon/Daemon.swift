@@ -199,6 +199,8 @@ public struct Daemon: Sendable {
         /// The API listener's open connections.
         public let connections: ConnectionLimit
         public let handshakeFailures: HandshakeFailures
+        /// Reads the CRL file again every `tls.crl_refresh`.
+        public let revocationRefresh: RevocationRefresh
     }
 
     /// The client CA bundle's certificates (for verifying the CRL).
@@ -224,7 +226,8 @@ public struct Daemon: Sendable {
         metrics: ServerMetrics? = nil, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> (some ApplicationProtocol, Running) {
         let server = KMSServer(policy: policy, rotation: rotation, audit: audit, metrics: metrics,
-                               revocation: try Self.revocation(configuration.tls), events: events, logger: Logger(label: "kmsd.api"))
+                               revocation: try Self.revocation(configuration.tls), revocationGrace: configuration.tls?.crlGrace ?? .seconds(3600),
+                               events: events, logger: Logger(label: "kmsd.api"))
         let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0)) }
         let limit = ConnectionLimit(connectionPolicy(authenticates: box != nil), events: server.events)
         let handshakeFailures = HandshakeFailures(audit: audit, events: server.events,
@@ -237,7 +240,8 @@ public struct Daemon: Sendable {
             configuration: .init(address: .hostname(configuration.listen.host, port: configuration.listen.port), serverName: nil),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
-        return (app, Running(server: server, tls: box, connections: limit, handshakeFailures: handshakeFailures))
+        let refresh = RevocationRefresh(tls: configuration.tls, server: server, logger: Logger(label: "kmsd.crl"))
+        return (app, Running(server: server, tls: box, connections: limit, handshakeFailures: handshakeFailures, revocationRefresh: refresh))
     }
 
     /// The API listener's connection caps and deadlines (`limits.*`).
@@ -273,13 +277,16 @@ public struct Daemon: Sendable {
         }
         let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0)) }
         let revocation = try Self.revocation(fresh.tls)
+        try running.server.checkNotRollback(revocation)
         let pins = try reloaded.providerPINs(providers)
         let keys = reloaded.rotationKeys(providers)
-        let snapshot = KMSServer.Snapshot(policy: reloaded.policy(providers, rotation: running.server.rotation), revocation: revocation)
+        let snapshot = KMSServer.Snapshot(policy: reloaded.policy(providers, rotation: running.server.rotation), revocation: revocation,
+                                          revocationGrace: fresh.tls?.crlGrace ?? .seconds(3600))
 
         if let context, let box = running.tls { box.install(context) }
         running.server.rotation.update(keys: keys)
         running.server.reload(snapshot)
+        running.revocationRefresh.update(fresh.tls)
         for (provider, pin) in pins { provider.replacePIN(pin) }
         logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])
     }
@@ -428,7 +435,9 @@ public struct Daemon: Sendable {
             onRunning: onAPIRunning)
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape
-        var services: [any Service] = [app, RotationScheduler(rotation), watch, HandshakeSummaryService(failures: running.handshakeFailures)]
+        var services: [any Service] = [
+            app, RotationScheduler(rotation), watch, HandshakeSummaryService(failures: running.handshakeFailures), running.revocationRefresh,
+        ]
         if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
         return Parts(running: running, audit: audit, rotation: rotation, services: services)
     }

@@ -82,7 +82,9 @@ public struct DevPKI: Sendable {
     }
 
     /// A CRL (PEM) signed by this CA, listing `revoked` certificates (PEM), valid for a day.
-    public func revocationList(revoking revoked: [String]) throws -> String {
+    /// A CRL revoking `revoked` (PEM certificates), issued at `thisUpdate` (default a minute ago), next due at
+    /// `nextUpdate` (default in a day).
+    public func revocationList(revoking revoked: [String], thisUpdate: Date? = nil, nextUpdate: Date? = nil) throws -> String {
         let now = Date()
         func utc(_ date: Date) throws -> UTCTime {
             var calendar = Calendar(identifier: .gregorian)
@@ -98,8 +100,8 @@ public struct DevPKI: Sendable {
             try coder.serialize(1)  // v2
             try coder.appendConstructedNode(identifier: .sequence) { try $0.serialize(algorithm) }
             try coder.serialize(caCertificate.subject)
-            try coder.serialize(try utc(now.addingTimeInterval(-60)))
-            try coder.serialize(try utc(now.addingTimeInterval(86400)))
+            try coder.serialize(try utc(thisUpdate ?? now.addingTimeInterval(-60)))
+            try coder.serialize(try utc(nextUpdate ?? now.addingTimeInterval(86400)))
             if !serials.isEmpty {
                 try coder.appendConstructedNode(identifier: .sequence) { list in
                     for serial in serials {

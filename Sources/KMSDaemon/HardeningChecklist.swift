@@ -8,6 +8,8 @@ public struct HardeningChecklist: Sendable {
         public let title: String
         public let passed: Bool
         public let detail: String
+        /// Passes, but is a choice the operator made against the default (shown as ⚠).
+        public var warning = false
     }
 
     public let items: [Item]
@@ -28,7 +30,9 @@ public struct HardeningChecklist: Sendable {
 
     public init(_ configuration: Configuration) {
         var items: [Item] = []
-        func check(_ title: String, _ passed: Bool, _ detail: String) { items.append(Item(title: title, passed: passed, detail: detail)) }
+        func check(_ title: String, _ passed: Bool, _ detail: String, warning: Bool = false) {
+            items.append(Item(title: title, passed: passed, detail: detail, warning: warning))
+        }
 
         for (name, provider) in configuration.providers.sorted(by: { $0.key < $1.key }) {
             switch provider {
@@ -61,6 +65,13 @@ public struct HardeningChecklist: Sendable {
                   tls.clientAuth == .required ? "every connection presents a certificate from \(tls.clientCA)" : "tls.client_auth is optional")
             check("TLS 1.2 or newer", ["1.2", "1.3"].contains(tls.minimumVersion), "minimum \(tls.minimumVersion)")
             check("TLS private key is private", Self.isPrivate(tls.key), "\(tls.key) must not be readable by group or others")
+            if let crl = tls.crl {
+                check("client certificates are checked against a CRL", true, crl)
+            } else {
+                check("client certificates are checked against a CRL", tls.crlDisabled,
+                      tls.crlDisabled ? "tls.crl: none — revoked certificates are not refused" : "set tls.crl (or tls.crl: none explicitly)",
+                      warning: tls.crlDisabled)
+            }
             let weak = Self.weakCipherEntries(tls.ciphers)
             check("TLS 1.2 ciphers are ECDHE with AEAD", tls.minimumVersion == "1.3" || weak.isEmpty,
                   weak.isEmpty || tls.minimumVersion == "1.3" ? tls.ciphers
@@ -117,6 +128,6 @@ public struct HardeningChecklist: Sendable {
 
     /// ✅/❌ lines.
     public var table: String {
-        items.map { "\($0.passed ? "✅" : "❌") \($0.title) — \($0.detail)" }.joined(separator: "\n")
+        items.map { "\($0.passed ? ($0.warning ? "⚠️" : "✅") : "❌") \($0.title) — \($0.detail)" }.joined(separator: "\n")
     }
 }

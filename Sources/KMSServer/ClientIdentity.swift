@@ -1,7 +1,7 @@
 public import Foundation
 public import NIOSSL
 import SwiftASN1
-import X509
+public import X509
 
 /// Who is calling, from the verified client certificate: every URI SAN (e.g. a SPIFFE ID), every DNS SAN as
 /// `dns:<name>`, and the subject common name as `CN=<name>`. Policies match patterns against all of them.
@@ -9,14 +9,18 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
     public let names: [String]
     /// The certificate's serial number (big-endian, no leading zeros), for revocation checks.
     public let serial: [UInt8]
+    /// The issuing CA's name: a CRL speaks only for certificates its issuer signed.
+    public let issuer: DistinguishedName?
     /// The certificate's validity period (checked on every request too: a TLS session resumed from a ticket skips
     /// the handshake's check).
     public let notBefore: Date
     public let notAfter: Date
 
-    public init(names: [String], serial: [UInt8] = [], notBefore: Date = .distantPast, notAfter: Date = .distantFuture) {
+    public init(names: [String], serial: [UInt8] = [], issuer: DistinguishedName? = nil, notBefore: Date = .distantPast,
+                notAfter: Date = .distantFuture) {
         self.names = names
         self.serial = serial
+        self.issuer = issuer
         self.notBefore = notBefore
         self.notAfter = notAfter
     }
@@ -47,6 +51,7 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
         }
         names = uris + dns + common
         serial = Array(parsed.serialNumber.bytes.drop { $0 == 0 })
+        issuer = parsed.issuer
         notBefore = parsed.notValidBefore
         notAfter = parsed.notValidAfter
     }

@@ -242,6 +242,9 @@ extension KMSServer {
         if let audit, !audit.statistics.writable {
             throw APIError(.serviceUnavailable, "unavailable", "the audit log cannot be written")
         }
+        if let problem = revocationProblem() {
+            throw APIError(.serviceUnavailable, "revocation_unavailable", problem)
+        }
         let providers = await providerHealth()
         guard providers.allSatisfy({ $0.state != "unavailable" }) else {
             let down = providers.filter { $0.state == "unavailable" }.map(\.name).joined(separator: ", ")

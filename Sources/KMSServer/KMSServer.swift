@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 public import Hummingbird
 import HummingbirdCore
 import KMSAPI
@@ -63,9 +63,22 @@ public struct KMSServer: Sendable {
     public struct Snapshot: Sendable {
         public var policy: KMSServerPolicy
         public var revocation: RevocationList?
-        public init(policy: KMSServerPolicy, revocation: RevocationList? = nil) {
+        /// How long past its `nextUpdate` the CRL is still trusted.
+        public var revocationGrace: Duration
+        public init(policy: KMSServerPolicy, revocation: RevocationList? = nil, revocationGrace: Duration = .seconds(3600)) {
             self.policy = policy
             self.revocation = revocation
+            self.revocationGrace = revocationGrace
+        }
+    }
+
+    /// A CRL older than the one in force (by `thisUpdate`, same issuer): an attacker who can write the CRL file, or a
+    /// stale copy from a backup, must not bring revoked certificates back.
+    public struct RevocationRollback: Error, CustomStringConvertible {
+        public let inForce: Date
+        public let offered: Date
+        public var description: String {
+            "tls.crl: the CRL was issued at \(offered.formatted(.iso8601)), before the one in force (\(inForce.formatted(.iso8601))); refused as a rollback"
         }
     }
 
@@ -81,8 +94,9 @@ public struct KMSServer: Sendable {
     public let metrics: ServerMetrics?
 
     public init(policy: KMSServerPolicy, rotation: RotationManager, audit: AuditLog? = nil, metrics: ServerMetrics? = nil,
-                revocation: RevocationList? = nil, events: SecurityEvents = SecurityEvents(), logger: Logger = Logger(label: "kmsd.api")) {
-        snapshot = Locked(Snapshot(policy: policy, revocation: revocation))
+                revocation: RevocationList? = nil, revocationGrace: Duration = .seconds(3600), events: SecurityEvents = SecurityEvents(),
+                logger: Logger = Logger(label: "kmsd.api")) {
+        snapshot = Locked(Snapshot(policy: policy, revocation: revocation, revocationGrace: revocationGrace))
         self.rotation = rotation
         self.audit = audit
         self.metrics = metrics
@@ -94,9 +108,47 @@ public struct KMSServer: Sendable {
     /// The current policy; requests read it once at their start.
     public var policy: KMSServerPolicy { snapshot.withLock { $0.policy } }
 
-    /// Replaces the policy and revocation list for requests that start from now on.
+    /// Replaces the policy and revocation list for requests that start from now on. Check the list with
+    /// `checkNotRollback` first (a reload builds and checks every part before it swaps any).
     public func reload(_ new: Snapshot) {
         snapshot.withLock { $0 = new }
+    }
+
+    /// The revocation list in force.
+    public var revocation: RevocationList? { snapshot.withLock { $0.revocation } }
+
+    /// Throws `RevocationRollback` if `offered` is older than the list in force for the same CA.
+    public func checkNotRollback(_ offered: RevocationList?) throws {
+        try Self.checkNotRollback(offered, inForce: revocation)
+    }
+
+    static func checkNotRollback(_ offered: RevocationList?, inForce: RevocationList?) throws(RevocationRollback) {
+        guard let offered, let inForce, offered.issuer == inForce.issuer, offered.thisUpdate < inForce.thisUpdate else { return }
+        throw RevocationRollback(inForce: inForce.thisUpdate, offered: offered.thisUpdate)
+    }
+
+    /// The periodic CRL refresh: installs `fresh` unless it is a rollback. Returns false when the list in force was
+    /// issued at the same time (nothing new).
+    @discardableResult
+    public func replaceRevocation(_ fresh: RevocationList) throws -> Bool {
+        let outcome: Result<Bool, RevocationRollback> = snapshot.withLock { snapshot in
+            do throws(RevocationRollback) {
+                try Self.checkNotRollback(fresh, inForce: snapshot.revocation)
+            } catch {
+                return .failure(error)
+            }
+            if let current = snapshot.revocation, current.issuer == fresh.issuer, current.thisUpdate == fresh.thisUpdate { return .success(false) }
+            snapshot.revocation = fresh
+            return .success(true)
+        }
+        return try outcome.get()
+    }
+
+    /// Why revocation cannot be checked now (the CRL is past `nextUpdate` plus the grace), or nil.
+    public func revocationProblem(at now: Date = Date()) -> String? {
+        let (list, grace) = snapshot.withLock { ($0.revocation, $0.revocationGrace) }
+        guard let list, list.isStale(at: now, grace: grace), let nextUpdate = list.nextUpdate else { return nil }
+        return "the CRL expired at \(nextUpdate.formatted(.iso8601)) (grace \(DurationText.format(Double(grace.components.seconds)))) and no newer one was loaded"
     }
 
     /// The router with every route of API v1.
@@ -161,7 +213,17 @@ public struct KMSServer: Sendable {
             events.record("expired_certificate")
             throw APIError(.unauthorized, "unauthenticated", "the client certificate is not valid now (expired or not yet valid)")
         }
-        if let revocation = snapshot.withLock({ $0.revocation }), revocation.revokedSerials.contains(identity.serial) {
+        let (revocation, grace) = snapshot.withLock { ($0.revocation, $0.revocationGrace) }
+        if let revocation, revocation.covers(issuer: identity.issuer), revocation.isStale(at: Date(), grace: grace) {
+            events.record("revocation_unavailable")
+            logger.warning("request refused: the CRL is stale", metadata: [
+                "security_event": "revocation_unavailable", "identity": "\(identity)",
+                "next_update": "\(revocation.nextUpdate?.formatted(.iso8601) ?? "")",
+            ])
+            throw APIError(.unauthorized, "revocation_unavailable",
+                           "kmsd cannot tell whether the client certificate is revoked: the CA's revocation list has expired")
+        }
+        if let revocation, revocation.isRevoked(serial: identity.serial, issuer: identity.issuer) {
             events.record("revoked_certificate")
             logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
             throw APIError(.unauthorized, "unauthenticated", "the client certificate has been revoked")

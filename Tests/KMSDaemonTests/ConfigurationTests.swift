@@ -213,6 +213,24 @@ struct ConfigurationTests {
         #expect(configuration.listen.port == 9000)
     }
 
+    @Test func productionRequiresACRLUnlessNoneIsWrittenExplicitly() throws {
+        let directory = try Self.files()
+        let without = try parse(Self.safe.replacingOccurrences(of: "crl: crl.pem, ", with: ""), in: directory)
+        let missing = HardeningChecklist(without).violations.map(\.title)
+        #expect(missing.contains("client certificates are checked against a CRL"))
+        let none = try parse(Self.safe.replacingOccurrences(of: "crl: crl.pem, ", with: "crl: none, "), in: directory)
+        let checklist = HardeningChecklist(none)
+        #expect(checklist.violations.isEmpty, "\(checklist.table)")
+        #expect(checklist.table.contains("⚠️ client certificates are checked against a CRL — tls.crl: none"))
+        #expect(none.tls?.crl == nil)
+        let tuned = try parse(Self.safe.replacingOccurrences(of: "crl: crl.pem, ", with: "crl: crl.pem, crl_refresh: 1m, crl_grace: 2h, "), in: directory)
+        #expect(tuned.tls?.crlRefresh == .seconds(60))
+        #expect(tuned.tls?.crlGrace == .seconds(7200))
+        #expect(throws: ConfigurationError.self) {
+            try parse(Self.safe.replacingOccurrences(of: "crl: crl.pem, ", with: "crl: crl.pem, crl_grace: forever, "), in: directory)
+        }
+    }
+
     @Test func theModeIsOneWayTheEnvironmentAndAReloadMayRaiseItNeverLowerIt() throws {
         let directory = try Self.files()
         let source = directory.appendingPathComponent("kmsd.yaml").path
@@ -256,6 +274,14 @@ struct RevocationListTests {
         #expect(list.isRevoked(try Certificate(pemEncoded: revoked.certificatePEM)))
         #expect(!list.isRevoked(try Certificate(pemEncoded: kept.certificatePEM)))
         #expect(list.nextUpdate != nil)
+        #expect(list.thisUpdate < Date())
+        // Matched by issuer and serial: the same serial from another CA is not revoked by this CA's list.
+        let revokedCertificate = try Certificate(pemEncoded: revoked.certificatePEM)
+        #expect(list.isRevoked(serial: Array(revokedCertificate.serialNumber.bytes), issuer: ca.subject))
+        #expect(!list.isRevoked(serial: Array(revokedCertificate.serialNumber.bytes), issuer: try Certificate(pemEncoded: try DevPKI(name: "other").caPEM).subject))
+        #expect(!list.isStale(at: Date(), grace: .seconds(0)))
+        #expect(list.isStale(at: Date().addingTimeInterval(86400 + 3601), grace: .seconds(3600)))
+        #expect(!list.isStale(at: Date().addingTimeInterval(86400 + 3500), grace: .seconds(3600)))
         let other = try Certificate(pemEncoded: try DevPKI(name: "other").caPEM)
         #expect(throws: RevocationList.ParseError.self) { try RevocationList(data: Data(crl.utf8), issuers: [other]) }
         #expect(throws: (any Error).self) { try RevocationList(data: Data("garbage".utf8), issuers: [ca]) }

@@ -70,7 +70,8 @@ final class RunningKMSD: Sendable {
     /// `limits` and `audit` add keys to those sections (", handshake_timeout: 1s", say).
     static func start(maxBodyBytes: Int = 64 * 1024, ratePerSecond: Int = 1000, burst: Int = 2000,
                       maxConnections: Int = 1024, auditSigning: String = "{ file: audit-key.pem }",
-                      limits: String = "", audit auditExtra: String = "") async throws -> RunningKMSD {
+                      limits: String = "", audit auditExtra: String = "", withCRL: Bool = false,
+                      tls tlsExtra: String = "") async throws -> RunningKMSD {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let pki = try pki(in: directory)
@@ -86,7 +87,7 @@ final class RunningKMSD: Sendable {
             data_dir: data
             listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0" }
             audit: { file: audit/audit.jsonl, sign: \(auditSigning), fail_closed: true, checkpoint_every: 500\(auditExtra) }
-            tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3" }
+            tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3"\(tlsExtra) }
             providers:
               hsm: { type: pkcs11, module: \(shim.modulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
                      profile: softhsm2, profiles_dir: \(profilesDirectory), sessions: 4, call_timeout: 500ms, checkout_wait: 500ms }
@@ -99,7 +100,10 @@ final class RunningKMSD: Sendable {
         }
         let file = directory.appendingPathComponent("kmsd.yaml")
         try FileAuditSigner.createIfMissing(path: directory.appendingPathComponent("audit-key.pem").path)
-        try Data(yaml("ca.pem", nil).utf8).write(to: file)
+        if withCRL {
+            try Data(try pki.revocationList(revoking: []).utf8).write(to: directory.appendingPathComponent("crl.pem"))
+        }
+        try Data(yaml("ca.pem", withCRL ? "crl.pem" : nil).utf8).write(to: file)
         let configuration = try Configuration.load(path: file.path)
         let daemon = Daemon(configuration)
         let providers = try await daemon.startProviders()

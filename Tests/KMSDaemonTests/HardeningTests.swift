@@ -4,6 +4,7 @@ import NIOSSL
 import NIOHTTP1
 import Foundation
 import KMSAudit
+import KMSDaemon
 import KMSServer
 import KMSTestSupport
 import Testing
@@ -120,6 +121,65 @@ struct HardeningTests {
             #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
         }
         try? await node.shutdown()
+        await kmsd.stop()
+    }
+
+    /// The CRL file is read again on its own; an older list is refused as a rollback; a list past its nextUpdate
+    /// plus the grace fails closed for every certificate of its CA, and readiness says why.
+    @Test func theCRLIsReReadOnItsOwnRefusedWhenOlderAndFailsClosedWhenStale() async throws {
+        let kmsd = try await RunningKMSD.start(withCRL: true, tls: ", crl_refresh: 200ms, crl_grace: 1s")
+        let crl = kmsd.directory.appendingPathComponent("crl.pem")
+        let node1 = try kmsd.client("node1")
+        let node2 = try kmsd.client("node2")
+        #expect(try await kmsd.call(node1, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+
+        // A newer list revoking node-1, written in place: no SIGHUP.
+        let node1PEM = try String(contentsOf: kmsd.directory.appendingPathComponent("node1.pem"), encoding: .utf8)
+        try Data(try kmsd.pki.revocationList(revoking: [node1PEM], thisUpdate: Date().addingTimeInterval(-30)).utf8).write(to: crl)
+        var status = 0
+        for _ in 0..<50 {
+            status = try await kmsd.call(node1, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status
+            if status == 401 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(status == 401, "the refreshed CRL did not apply")
+
+        // An older list that does not revoke node-1 (a restored backup, say) is refused.
+        try Data(try kmsd.pki.revocationList(revoking: [], thisUpdate: Date().addingTimeInterval(-3600)).utf8).write(to: crl)
+        for _ in 0..<50 where kmsd.securityEvents["crl_rollback", default: 0] == 0 { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(kmsd.securityEvents["crl_rollback", default: 0] >= 1)
+        let stillRevoked = try await kmsd.call(node1, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]))
+        #expect(stillRevoked.status == 401)
+        #expect(stillRevoked.errorCode == "unauthenticated")
+        #expect(try await kmsd.call(node2, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:])).status == 200)
+
+        // A list whose nextUpdate passed more than the grace ago: nobody of that CA is served, readiness says why.
+        try Data(try kmsd.pki.revocationList(revoking: [], thisUpdate: Date().addingTimeInterval(-20),
+                                              nextUpdate: Date().addingTimeInterval(-5)).utf8).write(to: crl)
+        var stale: (status: Int, errorCode: String?) = (0, nil)
+        for _ in 0..<50 {
+            let response = try await kmsd.call(node2, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:]))
+            stale = (response.status, response.errorCode)
+            if stale.status == 401 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(stale.status == 401)
+        #expect(stale.errorCode == "revocation_unavailable")
+        let ready = try await kmsd.call(node2, "GET", "/v1/health/ready")
+        #expect(ready.status == 503)
+        #expect(ready.errorCode == "revocation_unavailable")
+        #expect(kmsd.securityEvents["revocation_unavailable", default: 0] >= 1)
+
+        // A fresh list brings service back without a restart.
+        try Data(try kmsd.pki.revocationList(revoking: [node1PEM], thisUpdate: Date()).utf8).write(to: crl)
+        for _ in 0..<50 {
+            status = try await kmsd.call(node2, "POST", "/v1/keys/invoices/datakey", body: kmsd.json([:])).status
+            if status == 200 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(status == 200)
+        #expect(try await kmsd.call(node2, "GET", "/v1/health/ready").status == 200)
+        for client in [node1, node2] { try? await client.shutdown() }
         await kmsd.stop()
     }
 
