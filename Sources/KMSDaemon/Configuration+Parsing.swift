@@ -2,6 +2,7 @@ public import Foundation
 import KMSRotation
 import KMSCore
 import KMSProviderPKCS11
+import KMSServer
 import Yams
 
 extension Configuration {
@@ -44,8 +45,10 @@ extension Configuration {
         if let level = environment["KMSD_LOG_LEVEL"] { root["log_level"] = level }
         if let directory = environment["KMSD_DATA_DIR"] { root["data_dir"] = directory }
         var reader = Reader(base: URL(fileURLWithPath: source).deletingLastPathComponent().path)
-        let configuration = reader.configuration(root, source: source)
-        guard reader.problems.isEmpty, let configuration else { throw ConfigurationError(reader.problems) }
+        guard reader.problems.isEmpty, var configuration = reader.configuration(root, source: source), reader.problems.isEmpty else {
+            throw ConfigurationError(reader.problems)
+        }
+        configuration.warnings = reader.warnings
         return configuration
     }
 }
@@ -54,8 +57,25 @@ extension Configuration {
 struct Reader {
     let base: String
     var problems: [String] = []
+    /// Accepted, but worth an operator's attention (old spellings): logged at start, printed by check-config.
+    var warnings: [String] = []
 
     mutating func problem(_ path: String, _ message: String) { problems.append("\(path): \(message)") }
+
+    /// A list of identity patterns, each typed (`uri:`, `dns:`, `cn:`). Old spellings (`CN=…`, a bare URI) are read
+    /// with a deprecation warning, since their `*` now stays within one segment.
+    mutating func identityPatterns(_ map: [String: Any]?, _ key: String, _ path: String) -> [String] {
+        strings(map, key, path).compactMap { text in
+            guard let (pattern, renamed) = ClientIdentity.typedPattern(text) else {
+                problem("\(path).\(key)", "'\(text.prefix(80))' names no kind: write uri:…, dns:… or cn:… (e.g. uri:spiffe://prod/storage/*)")
+                return nil
+            }
+            if renamed {
+                warnings.append("\(path).\(key): '\(text)' is an old spelling, read as '\(pattern)'; write it so (note: * matches within one segment, ** across)")
+            }
+            return pattern
+        }
+    }
 
     /// Relative paths are relative to the configuration file's directory.
     func resolve(_ path: String) -> String {
@@ -204,7 +224,7 @@ struct Reader {
                                           metrics: metrics, allowPublicMetrics: bool(listenMap, "allow_public_metrics", "listen", default: false))
 
         var tls: Configuration.TLS?
-        if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "crl_refresh", "crl_grace", "min_version", "client_auth", "ciphers"]) {
+        if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "crl_refresh", "crl_grace", "min_version", "client_auth", "ciphers", "identity"]) {
             let certificate = string(tlsMap, "cert", "tls", required: true).map(resolve)
             let key = string(tlsMap, "key", "tls", required: true).map(resolve)
             let clientCA = string(tlsMap, "client_ca", "tls", required: true).map(resolve)
@@ -224,6 +244,12 @@ struct Reader {
                                         minimumVersion: version, clientAuth: clientAuth ?? .required,
                                         ciphers: string(tlsMap, "ciphers", "tls") ?? Configuration.TLS.defaultCiphers)
                 tls?.crlDisabled = crlDisabled
+                let identityText = string(tlsMap, "identity", "tls") ?? "names"
+                if let identity = ClientIdentity.Mode(rawValue: identityText) {
+                    tls?.identity = identity
+                } else {
+                    problem("tls.identity", "expected names or spiffe, not '\(identityText.prefix(40))'")
+                }
                 tls?.crlRefresh = duration(tlsMap, "crl_refresh", "tls", default: .seconds(300))
                 tls?.crlGrace = duration(tlsMap, "crl_grace", "tls", default: .seconds(3600))
             }
@@ -252,17 +278,22 @@ struct Reader {
             if !provider.isEmpty && providers[provider] == nil && providersMap[provider] == nil {
                 problem("\(path).provider", "no provider named '\(provider)' (configured: \(providersMap.keys.sorted().joined(separator: ", ")))")
             }
-            let allow = strings(keyMap, "allow", path)
+            let allow = identityPatterns(keyMap, "allow", path)
             let rotation = rotationPolicy(keyMap?["rotation"], "\(path).rotation")
             keys[keyName] = Configuration.Key(name: keyName, provider: provider, allow: allow, rotation: rotation)
         }
 
-        let adminMap = map(top["admin"], "admin", known: ["identities", "token_hashes"])
+        let adminMap = map(top["admin"], "admin", known: ["identities", "token_hashes", "client_ca"])
         let tokenHashes = strings(adminMap, "token_hashes", "admin").map { $0.lowercased() }
         for hash in tokenHashes where hash.count != 64 || !hash.allSatisfy(\.isHexDigit) {
             problem("admin.token_hashes", "'\(hash.prefix(12))…' is not a hex SHA-256 (64 hex digits)")
         }
-        let admin = Configuration.Admin(identities: strings(adminMap, "identities", "admin"), tokenHashes: tokenHashes)
+        var admin = Configuration.Admin(identities: identityPatterns(adminMap, "identities", "admin"), tokenHashes: tokenHashes)
+        if let clientCA = string(adminMap, "client_ca", "admin").map(resolve) {
+            if !FileManager.default.fileExists(atPath: clientCA) { problem("admin.client_ca", "the file \(clientCA) does not exist") }
+            if top["tls"] == nil { problem("admin.client_ca", "needs a tls section (admin certificates are checked in the TLS handshake)") }
+            admin.clientCA = clientCA
+        }
 
         let limitsMap = map(top["limits"], "limits", known: [
             "max_connections", "max_body_bytes", "request_timeout", "rate_per_second", "burst", "max_connections_per_source",

@@ -1,5 +1,6 @@
 public import KMSCore
 public import KMSRotation
+public import KMSServer
 
 /// kmsd's validated configuration. Made only by `Configuration.load` / `parse`, which read the YAML file, apply
 /// `KMSD_*` environment overrides, and check everything in one step, listing every problem with its key path.
@@ -60,6 +61,8 @@ public struct Configuration: Sendable {
         public var crl: String?
         /// `tls.crl: none`: the operator chose to run without a CRL (production shows it as ⚠ instead of ❌).
         public var crlDisabled = false
+        /// `tls.identity`: every typed name of the certificate (`names`, default), or its one SPIFFE ID (`spiffe`).
+        public var identity: ClientIdentity.Mode = .names
         /// How often the CRL file is read again on its own (`tls.crl_refresh`, default 5 min), besides SIGHUP.
         public var crlRefresh: Duration = .seconds(300)
         /// How long past its `nextUpdate` a CRL is still trusted (`tls.crl_grace`, default 1 h); after that, requests
@@ -137,9 +140,13 @@ public struct Configuration: Sendable {
     }
 
     public struct Admin: Sendable {
+        /// Typed identity patterns (`uri:`, `dns:`, `cn:`).
         public var identities: [String]
         /// Lower-case hex SHA-256 of each admin token.
         public var tokenHashes: [String]
+        /// `admin.client_ca`: when set, admin identities count only on certificates issued by these CAs, and storage
+        /// nodes only on certificates issued by `tls.client_ca`. Both bundles are trusted in the handshake.
+        public var clientCA: String?
     }
 
     public struct Limits: Sendable {
@@ -179,6 +186,8 @@ public struct Configuration: Sendable {
     public var logFormat: String
     /// The file the configuration came from (for relative paths and messages).
     public var source: String
+    /// Accepted but deprecated settings (old identity spellings), for the log at start and `check-config`.
+    public var warnings: [String] = []
 }
 
 /// Every problem found in a configuration, each with its key path.

@@ -160,7 +160,7 @@ public struct Daemon: Sendable {
     }
 
     /// The server's view of keys: each served through `TrackedProvider`, so use is counted and rotation rules apply.
-    public func policy(_ providers: [String: any KeyProvider], rotation: RotationManager) -> KMSServerPolicy {
+    public func policy(_ providers: [String: any KeyProvider], rotation: RotationManager) throws -> KMSServerPolicy {
         var keys: [KeyName: KMSServerPolicy.Key] = [:]
         for key in configuration.keys.values {
             guard let provider = providers[key.provider] else { continue }
@@ -168,21 +168,35 @@ public struct Daemon: Sendable {
                                                  provider: TrackedProvider(provider, manager: rotation), allow: key.allow)
         }
         let limits = configuration.limits
-        return KMSServerPolicy(
+        var policy = KMSServerPolicy(
             keys: keys, providers: providers, adminIdentities: configuration.admin.identities,
             adminTokenHashes: configuration.admin.tokenHashes,
             limits: .init(maxBodyBytes: limits.maxBodyBytes, requestTimeout: limits.requestTimeout,
                           ratePerSecond: limits.ratePerSecond, burst: limits.burst, maxConnections: limits.maxConnections),
             mode: configuration.mode.rawValue)
+        policy.identityMode = configuration.tls?.identity ?? .names
+        if let adminCA = configuration.admin.clientCA, let tls = configuration.tls {
+            let admins = try Self.subjects(adminCA, key: "admin.client_ca")
+            let nodes = try Self.subjects(tls.clientCA, key: "tls.client_ca")
+            if let shared = admins.first(where: { nodes.contains($0) }) {
+                throw ConfigurationError(["admin.client_ca: the CA \(shared) is also in tls.client_ca; the two bundles must name different CAs"])
+            }
+            policy.adminIssuers = admins
+            policy.nodeIssuers = nodes
+        }
+        return policy
     }
 
     /// The server's TLS: its certificate and key, client certificates from `client_ca` required (or optional), the
     /// configured minimum version.
-    public static func tlsConfiguration(_ tls: Configuration.TLS) throws -> TLSConfiguration {
+    public static func tlsConfiguration(_ tls: Configuration.TLS, adminCA: String? = nil) throws -> TLSConfiguration {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key, format: .pem)))
-        configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(tls.clientCA))
+        // Admin certificates from `admin.client_ca` pass the handshake too; which CA issued a certificate is then
+        // checked per request (`KMSServerPolicy.adminIssuers`, `nodeIssuers`).
+        configuration.trustRoots = .certificates(
+            try NIOSSLCertificate.fromPEMFile(tls.clientCA) + (try adminCA.map { try NIOSSLCertificate.fromPEMFile($0) } ?? []))
         configuration.certificateVerification = tls.clientAuth == .required ? .noHostnameVerification : .optionalVerification
         configuration.minimumTLSVersion = tls.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
         configuration.cipherSuites = tls.ciphers
@@ -201,6 +215,16 @@ public struct Daemon: Sendable {
         public let handshakeFailures: HandshakeFailures
         /// Reads the CRL file again every `tls.crl_refresh`.
         public let revocationRefresh: RevocationRefresh
+    }
+
+    /// The subject names of the CAs in a PEM bundle.
+    static func subjects(_ path: String, key: String) throws -> [DistinguishedName] {
+        do {
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            return try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes).subject }
+        } catch {
+            throw ConfigurationError(["\(key): cannot read the CA certificates in \(path): \(error)"])
+        }
     }
 
     /// The client CA bundle's certificates (for verifying the CRL).
@@ -228,7 +252,7 @@ public struct Daemon: Sendable {
         let server = KMSServer(policy: policy, rotation: rotation, audit: audit, metrics: metrics,
                                revocation: try Self.revocation(configuration.tls), revocationGrace: configuration.tls?.crlGrace ?? .seconds(3600),
                                events: events, logger: Logger(label: "kmsd.api"))
-        let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0)) }
+        let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0, adminCA: configuration.admin.clientCA)) }
         let limit = ConnectionLimit(connectionPolicy(authenticates: box != nil), events: server.events)
         let handshakeFailures = HandshakeFailures(audit: audit, events: server.events,
                                                   interval: configuration.audit?.handshakeSummaryInterval ?? .seconds(10))
@@ -275,12 +299,12 @@ public struct Daemon: Sendable {
         if running.tls != nil, fresh.tls == nil {
             throw ConfigurationError(["tls: a reload cannot turn TLS off on a running listener; restart kmsd to change it"])
         }
-        let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0)) }
+        let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA)) }
         let revocation = try Self.revocation(fresh.tls)
         try running.server.checkNotRollback(revocation)
         let pins = try reloaded.providerPINs(providers)
         let keys = reloaded.rotationKeys(providers)
-        let snapshot = KMSServer.Snapshot(policy: reloaded.policy(providers, rotation: running.server.rotation), revocation: revocation,
+        let snapshot = KMSServer.Snapshot(policy: try reloaded.policy(providers, rotation: running.server.rotation), revocation: revocation,
                                           revocationGrace: fresh.tls?.crlGrace ?? .seconds(3600))
 
         if let context, let box = running.tls { box.install(context) }
@@ -362,6 +386,7 @@ public struct Daemon: Sendable {
     /// Runs until SIGTERM or SIGINT; then stops accepting, finishes requests in flight, writes the audit log's closing
     /// checkpoint, and closes the providers.
     public func run() async throws {
+        for warning in configuration.warnings { logger.warning("configuration: \(warning)") }
         do {
             try checkMode()
         } catch {
@@ -431,7 +456,7 @@ public struct Daemon: Sendable {
         audit?.submit(AuditEvent(.admin, "start", result: .ok, detail: "mode \(configuration.mode.rawValue), config \(configuration.source)"))
         let rotation = try await startRotation(providers, events: events, audit: audit)
         let (app, running) = try application(
-            policy: policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics,
+            policy: try policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics,
             onRunning: onAPIRunning)
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape

@@ -76,9 +76,9 @@ public enum DevEnvironment {
                     profiles_dir: \(profilesDirectory)
                     sessions: 4
                 keys:
-                  demo: { provider: hsm, allow: ["spiffe://kmsd.dev/storage/*"], rotation: { period: 90d, notice: 7d } }
+                  demo: { provider: hsm, allow: ["uri:spiffe://kmsd.dev/storage/*"], rotation: { period: 90d, notice: 7d } }
                 admin:
-                  identities: ["CN=security-admin"]
+                  identities: ["cn:security-admin"]
                   token_hashes: ["\(hash)"]
 
                 """

@@ -15,6 +15,8 @@ public struct DevPKI: Sendable {
         case server(hosts: [String])
         /// A client with a URI SAN (e.g. a SPIFFE ID) and a common name.
         case client(uri: String?, commonName: String)
+        /// A client with any number of URI and DNS SANs (tests of identity rules).
+        case clientNames(uris: [String], dns: [String], commonName: String)
     }
 
     let caKey: P256.Signing.PrivateKey
@@ -65,6 +67,10 @@ public struct DevPKI: Sendable {
         case .client(let uri, let commonName):
             name = try DistinguishedName { CommonName(commonName) }
             if let uri { sans.append(.uniformResourceIdentifier(uri)) }
+            usage = try ExtendedKeyUsage([.clientAuth])
+        case .clientNames(let uris, let dns, let commonName):
+            name = try DistinguishedName { CommonName(commonName) }
+            sans = uris.map { .uniformResourceIdentifier($0) } + dns.map { .dnsName($0) }
             usage = try ExtendedKeyUsage([.clientAuth])
         }
         let certificate = try Certificate(

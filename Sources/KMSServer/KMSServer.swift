@@ -205,9 +205,17 @@ public struct KMSServer: Sendable {
     /// A revoked certificate is refused here (401), after the handshake: the CRL is checked per request, so a reload
     /// applies to connections that are already open too.
     func identity(_ context: KMSRequestContext) async throws -> ClientIdentity? {
-        guard let certificate = try? await context.channel.nioSSL_peerCertificate().get(),
-              let identity = try? ClientIdentity(certificate: certificate)
-        else { return nil }
+        guard let certificate = try? await context.channel.nioSSL_peerCertificate().get() else { return nil }
+        let identity: ClientIdentity
+        do {
+            identity = try ClientIdentity(certificate: certificate, mode: policy.identityMode)
+        } catch let refusal as ClientIdentity.Refusal {
+            events.record("invalid_identity")
+            logger.warning("request refused: no usable identity", metadata: ["security_event": "invalid_identity", "reason": "\(refusal)"])
+            throw APIError(.unauthorized, "unauthenticated", refusal.description)
+        } catch {
+            return nil
+        }
         AuditNote.identity(identity.description)
         guard identity.isValid(at: Date()) else {
             events.record("expired_certificate")
@@ -252,8 +260,10 @@ public struct KMSServer: Sendable {
             throw APIError(.badRequest, "invalid_input", "'\(nameText.prefix(80))' is not a valid key name")
         }
         AuditNote.key(name)
+        let policy = policy
         guard let key = policy.keys[name] else { throw APIError(.notFound, "not_found", "no key named '\(name)'") }
-        guard identity.matches(any: key.allow) else {
+        let issuerAdmitted = policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true
+        guard issuerAdmitted, identity.matches(any: key.allow) else {
             events.record("forbidden")
             logger.warning("request refused: not allowed for key", metadata: [
                 "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
@@ -266,7 +276,9 @@ public struct KMSServer: Sendable {
     /// An administrative request: an admin identity, or an admin token (`Authorization: Bearer …`).
     func authorizeAdmin(_ request: Request, _ context: KMSRequestContext) async throws -> String {
         let identity = try await identity(context)
-        if let identity, identity.matches(any: policy.adminIdentities) {
+        let policy = policy
+        let issuerAdmitted = policy.adminIssuers.map { issuers in issuers.contains { $0 == identity?.issuer } } ?? true
+        if let identity, issuerAdmitted, identity.matches(any: policy.adminIdentities) {
             try rateLimit(identity.description)
             return identity.description
         }
@@ -276,6 +288,8 @@ public struct KMSServer: Sendable {
             try rateLimit("admin-token")
             return "admin-token"
         }
+        // A failed attempt spends the caller's budget as a successful one does, so guessing tokens is as slow as using them.
+        try rateLimit(identity?.description ?? "admin-unauthenticated")
         events.record("forbidden")
         logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity?.description ?? "<none>")"])
         if identity == nil && request.headers[.authorization] == nil {

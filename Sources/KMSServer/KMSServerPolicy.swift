@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 public import KMSCore
 import Synchronization
+public import X509
 
 /// Which provider serves each key, who may use it, who may administer, and the request limits: everything the
 /// server needs to decide a request, built by the daemon from the validated configuration.
@@ -44,6 +45,12 @@ public struct KMSServerPolicy: Sendable {
     public var adminTokenHashes: [String]
     public var limits: Limits
     public var mode: String
+    /// How a certificate's names become its identity (`tls.identity`).
+    public var identityMode: ClientIdentity.Mode = .names
+    /// With `admin.client_ca`: the CAs whose certificates may administer, and those whose certificates may use keys.
+    /// Nil: any CA the handshake trusts, for both.
+    public var adminIssuers: [DistinguishedName]?
+    public var nodeIssuers: [DistinguishedName]?
 
     public init(keys: [KeyName: Key], providers: [String: any KeyProvider], adminIdentities: [String],
                 adminTokenHashes: [String], limits: Limits, mode: String) {

@@ -56,7 +56,7 @@ struct BenchSetup {
           hsm: { type: pkcs11, module: \(token.module.path), token: "pkcs11:token=\(token.label)", pin: { file: pin },
                  profile: softhsm2, profiles_dir: \(profiles), sessions: \(sessions) }
         keys:
-          bench: { provider: hsm, allow: ["spiffe://bench/storage/*"] }
+          bench: { provider: hsm, allow: ["uri:spiffe://bench/storage/*"] }
         """
     }
 
@@ -72,7 +72,7 @@ struct BenchSetup {
             listen: { api: "127.0.0.1:\(port)" }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
             \(providersAndKeys ?? defaultProviders)
-            admin: { identities: ["CN=security-admin"] }
+            admin: { identities: ["cn:security-admin"] }
             limits: { rate_per_second: 1000000, burst: 1000000, max_connections: 4096 }
             \(auditSection)
             """

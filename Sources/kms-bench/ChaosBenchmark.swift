@@ -50,8 +50,8 @@ struct ChaosBenchmark: AsyncParsableCommand {
                      profile: softhsm2, profiles_dir: \(setup.profiles), sessions: 8, call_timeout: 500ms, checkout_wait: 500ms }
               vault: { type: vault-transit, address: "\(vault.address)", auth: { token_file: vault-token }, request_timeout: 1s }
             keys:
-              hsmkey: { provider: hsm, allow: ["spiffe://bench/storage/*"] }
-              vaultkey: { provider: vault, allow: ["spiffe://bench/storage/*"] }
+              hsmkey: { provider: hsm, allow: ["uri:spiffe://bench/storage/*"] }
+              vaultkey: { provider: vault, allow: ["uri:spiffe://bench/storage/*"] }
             """
         let kmsd = try await setup.start(audit: false, name: "chaos", pool: connections, providersAndKeys: extra, keys: ["hsmkey", "vaultkey"])
         do {

@@ -109,7 +109,7 @@ struct EndToEndBenchmark: AsyncParsableCommand {
                 providers:
                   vault: { type: vault-transit, address: "\(server.address)", auth: { token_file: vault-token } }
                 keys:
-                  vbench: { provider: vault, allow: ["spiffe://bench/storage/*"] }
+                  vbench: { provider: vault, allow: ["uri:spiffe://bench/storage/*"] }
                 """
             let kmsd = try await setup.start(audit: false, name: "vault", pool: connections.max() ?? 1, providersAndKeys: providers, keys: ["vbench"])
             do {

@@ -56,6 +56,7 @@ struct CheckConfig: AsyncParsableCommand {
         let checklist = HardeningChecklist(configuration)
         print("configuration \(options.config): valid, mode \(configuration.mode.rawValue)")
         print(checklist.table)
+        for warning in configuration.warnings { print("⚠️ \(warning)") }
         if configuration.mode == .production && !checklist.violations.isEmpty {
             print("\(checklist.violations.count) item(s) fail: kmsd refuses to start in production mode")
             throw ExitCode(1)

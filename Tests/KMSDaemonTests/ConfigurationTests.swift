@@ -33,8 +33,8 @@ struct ConfigurationTests {
         providers:
           hsm: { type: pkcs11, module: module.so, token: "pkcs11:token=kms", pin: { file: pin }, profile: thales-luna }
         keys:
-          orders: { provider: hsm, allow: ["spiffe://prod/storage/*"] }
-        admin: { identities: ["CN=security-*"] }
+          orders: { provider: hsm, allow: ["uri:spiffe://prod/storage/*"] }
+        admin: { identities: ["cn:security-*"] }
         audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }
         log_level: info
         """
@@ -56,7 +56,7 @@ struct ConfigurationTests {
         ("SoftHSM module", "module: module.so", "module: libsofthsm2.so", "hardware module"),
         ("plaintext listener", "tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, crl: crl.pem, min_version: \"1.3\" }\n", "", "TLS listener"),
         ("optional client certificates", "min_version: \"1.3\" }", "min_version: \"1.3\", client_auth: optional }", "client certificates are required"),
-        ("admin without authentication", "admin: { identities: [\"CN=security-*\"] }", "admin: {}", "admin API requires authentication"),
+        ("admin without authentication", "admin: { identities: [\"cn:security-*\"] }", "admin: {}", "admin API requires authentication"),
         ("inline PIN", "pin: { file: pin }", "pin: \"1234\"", "PIN is not written in the file"),
         ("wildcard bind", "api: \"10.0.0.5:8443\"", "api: \"0.0.0.0:8443\"", "wildcard bind"),
         ("debug flags", "log_level: info", "log_level: debug", "no debug flags"),
@@ -161,8 +161,8 @@ struct ConfigurationTests {
     @Test func rotationSettingsAreParsedAndCheckedWithTheirKeyPaths() throws {
         let directory = try Self.files()
         let good = Self.safe.replacingOccurrences(
-            of: #"orders: { provider: hsm, allow: ["spiffe://prod/storage/*"] }"#,
-            with: #"orders: { provider: hsm, allow: ["spiffe://prod/storage/*"], rotation: { period: 90d, notice: 1w, max_wraps: 1000000, max_age: 120d, retire_quiet_period: 14d } }"#)
+            of: #"orders: { provider: hsm, allow: ["uri:spiffe://prod/storage/*"] }"#,
+            with: #"orders: { provider: hsm, allow: ["uri:spiffe://prod/storage/*"], rotation: { period: 90d, notice: 1w, max_wraps: 1000000, max_age: 120d, retire_quiet_period: 14d } }"#)
         let policy = try #require(try parse(good, in: directory).keys.values.first?.rotation)
         #expect(policy.period == 90 * 86400 && policy.notice == 7 * 86400 && policy.maxWraps == 1_000_000)
         #expect(policy.maxAge == 120 * 86400 && policy.retireQuietPeriod == 14 * 86400)
@@ -170,7 +170,7 @@ struct ConfigurationTests {
         #expect(defaults.period == nil && defaults.maxWraps == RotationPolicy.defaultMaxWraps && defaults.retireQuietPeriod == 7 * 86400)
 
         let bad = Self.safe.replacingOccurrences(
-            of: #"orders: { provider: hsm, allow: ["spiffe://prod/storage/*"] }"#,
+            of: #"orders: { provider: hsm, allow: ["uri:spiffe://prod/storage/*"] }"#,
             with: #"orders: { provider: hsm, allow: ["x"], rotation: { period: soon, notice: 100d, max_wraps: 8589934592, max_age: 1h, every: 2 } }"#)
         do {
             _ = try parse(bad.replacingOccurrences(of: "period: soon", with: "period: 90d"), in: directory)

@@ -64,6 +64,14 @@ final class RunningKMSD: Sendable {
             name: "expired", to: directory)
         let other = try DevPKI(name: "another CA")
         try DevPKI.write(try other.issue(.client(uri: "spiffe://test/storage/node-1", commonName: "node-1")), name: "foreign", to: directory)
+        // Identity confusions: a URI SAN that reads like a common name, two URI SANs, and an admin CA of its own.
+        try DevPKI.write(try pki.issue(.client(uri: "CN=security-x", commonName: "node-9")), name: "confused", to: directory)
+        try DevPKI.write(try pki.issue(.clientNames(uris: ["spiffe://test/storage/node-1", "spiffe://test/storage/node-2"], dns: [],
+                                                    commonName: "node-1")), name: "twouris", to: directory)
+        let admins = try DevPKI(name: "kmsd admin CA")
+        try Data(admins.caPEM.utf8).write(to: directory.appendingPathComponent("admin-ca.pem"))
+        try DevPKI.write(try admins.issue(.client(uri: nil, commonName: "security-admin2")), name: "admin2", to: directory)
+        try DevPKI.write(try admins.issue(.client(uri: "spiffe://test/storage/node-1", commonName: "security-node")), name: "adminnode", to: directory)
         return pki
     }
 
@@ -71,7 +79,7 @@ final class RunningKMSD: Sendable {
     static func start(maxBodyBytes: Int = 64 * 1024, ratePerSecond: Int = 1000, burst: Int = 2000,
                       maxConnections: Int = 1024, auditSigning: String = "{ file: audit-key.pem }",
                       limits: String = "", audit auditExtra: String = "", withCRL: Bool = false,
-                      tls tlsExtra: String = "") async throws -> RunningKMSD {
+                      tls tlsExtra: String = "", admin adminExtra: String = "") async throws -> RunningKMSD {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let pki = try pki(in: directory)
@@ -92,9 +100,9 @@ final class RunningKMSD: Sendable {
               hsm: { type: pkcs11, module: \(shim.modulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
                      profile: softhsm2, profiles_dir: \(profilesDirectory), sessions: 4, call_timeout: 500ms, checkout_wait: 500ms }
             keys:
-              orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"], rotation: { period: 90d, notice: 7d } }
-              invoices: { provider: hsm, allow: ["spiffe://test/storage/node-2"] }
-            admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
+              orders: { provider: hsm, allow: ["uri:spiffe://test/storage/node-1"], rotation: { period: 90d, notice: 7d } }
+              invoices: { provider: hsm, allow: ["uri:spiffe://test/storage/node-2"] }
+            admin: { identities: ["cn:security-*"], token_hashes: ["\(sha256Hex(adminToken))"]\(adminExtra) }
             limits: { max_body_bytes: \(maxBodyBytes), rate_per_second: \(ratePerSecond), burst: \(burst), max_connections: \(maxConnections)\(limits) }
             """
         }
@@ -222,7 +230,7 @@ struct KMSDProcess {
           hsm: { type: pkcs11, module: \(SoftHSMToken.defaultModulePath), token: "pkcs11:token=\(token.label)", pin: { file: pin },
                  profile: softhsm2, profiles_dir: \(profilesDirectory) }
         keys:
-          orders: { provider: hsm, allow: ["spiffe://test/storage/node-1"] }
+          orders: { provider: hsm, allow: ["uri:spiffe://test/storage/node-1"] }
         """
     }
 

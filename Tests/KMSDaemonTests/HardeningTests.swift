@@ -211,6 +211,133 @@ struct HardeningTests {
 }
 
 /// The attacks of the hardening review against kmsd as operators run it (its own process, default limits).
+@Suite("Hardening: identity names are typed")
+struct IdentityNameTests {
+    func identity(_ subject: DevPKI.Subject, mode: ClientIdentity.Mode = .names) throws -> ClientIdentity {
+        let issued = try DevPKI().issue(subject)
+        return try ClientIdentity(certificate: try NIOSSLCertificate(bytes: Array(issued.certificatePEM.utf8), format: .pem), mode: mode)
+    }
+
+    @Test func namesAreTypedAndPatternsMatchOnlyTheirOwnKind() throws {
+        let confused = try identity(.client(uri: "CN=security-x", commonName: "node-9"))
+        #expect(confused.names == ["uri:CN=security-x", "cn:node-9"])
+        #expect(!confused.matches(any: ["cn:security-*"]))
+        let dnsNamed = try identity(.clientNames(uris: [], dns: ["security-x"], commonName: "node-9"))
+        #expect(!dnsNamed.matches(any: ["cn:security-*"]))
+        #expect(dnsNamed.matches(any: ["dns:security-*"]))
+        let admin = try identity(.client(uri: nil, commonName: "security-admin"))
+        #expect(admin.matches(any: ["cn:security-*"]))
+        #expect(admin.description == "cn:security-admin")
+    }
+
+    @Test func oneStarStaysInOneSegmentTwoStarsCross() {
+        let cases: [(String, String, Bool)] = [
+            ("uri:spiffe://prod/storage/*", "uri:spiffe://prod/storage/db-1", true),
+            ("uri:spiffe://prod/storage/*", "uri:spiffe://prod/storage/db-1/admin", false),
+            ("uri:spiffe://prod/storage/*", "uri:spiffe://prod/storage/", true),
+            ("uri:spiffe://prod/**", "uri:spiffe://prod/storage/db-1/admin", true),
+            ("uri:spiffe://prod/*/db-1", "uri:spiffe://prod/storage/db-1", true),
+            ("uri:spiffe://prod/*", "uri:spiffe://prod.evil/x", false),
+            ("uri:spiffe://prod/storage/db-1.eu", "uri:spiffe://prod/storage/db-1.eu", true),
+            ("uri:spiffe://prod/storage/*", "uri:spiffe://prod/storage/db-1.eu", true),
+            ("dns:*.db.internal", "dns:a.db.internal", true),
+            ("dns:*.db.internal", "dns:a.b.db.internal", false),
+            ("dns:**.db.internal", "dns:a.b.db.internal", true),
+            ("cn:security-*", "cn:security-admin", true),
+            ("cn:security-*", "cn:security-admin.evil", false),
+            ("cn:security-*", "uri:security-admin", false),
+            ("cn:security-*", "cn:security-admin", true),
+            ("uri:*", "uri:", true),
+            ("uri:a*b*c*d*e*f*g*h*i*j*k", "uri:" + String(repeating: "a", count: 200), false),
+        ]
+        for (pattern, name, expected) in cases {
+            #expect(ClientIdentity.matches(pattern, name) == expected, "\(pattern) vs \(name)")
+        }
+    }
+
+    @Test func oldSpellingsAreReadWithAWarningAndKindlessPatternsRefused() throws {
+        let directory = try ConfigurationTests.files()
+        let old = ConfigurationTests.safe
+            .replacingOccurrences(of: "uri:spiffe://prod/storage/*", with: "spiffe://prod/storage/*")
+            .replacingOccurrences(of: "cn:security-*", with: "CN=security-*")
+        let configuration = try Configuration.parse(yaml: old, source: directory.appendingPathComponent("kmsd.yaml").path)
+        #expect(configuration.keys.values.first?.allow == ["uri:spiffe://prod/storage/*"])
+        #expect(configuration.admin.identities == ["cn:security-*"])
+        #expect(configuration.warnings.count == 2)
+        #expect(configuration.warnings.allSatisfy { $0.contains("old spelling") })
+        let kindless = ConfigurationTests.safe.replacingOccurrences(of: "uri:spiffe://prod/storage/*", with: "storage-*")
+        do {
+            _ = try Configuration.parse(yaml: kindless, source: directory.appendingPathComponent("kmsd.yaml").path)
+            Issue.record("a pattern without a kind was accepted")
+        } catch let error as ConfigurationError {
+            #expect(error.description.contains("keys.orders.allow"))
+        }
+        let spiffe = ConfigurationTests.safe.replacingOccurrences(of: "min_version: \"1.3\"", with: "min_version: \"1.3\", identity: spiffe")
+        #expect(try Configuration.parse(yaml: spiffe, source: directory.appendingPathComponent("kmsd.yaml").path).tls?.identity == .spiffe)
+    }
+
+    @Test func spiffeModeTakesExactlyOneSPIFFEIDAndNothingElse() throws {
+        let one = try identity(.client(uri: "spiffe://prod/storage/db-1", commonName: "security-admin"), mode: .spiffe)
+        #expect(one.names == ["uri:spiffe://prod/storage/db-1"])
+        #expect(!one.matches(any: ["cn:security-*"]))
+        #expect(throws: ClientIdentity.Refusal.self) {
+            try identity(.clientNames(uris: ["spiffe://prod/a", "spiffe://prod/b"], dns: [], commonName: "x"), mode: .spiffe)
+        }
+        #expect(throws: ClientIdentity.Refusal.self) { try identity(.client(uri: nil, commonName: "x"), mode: .spiffe) }
+        #expect(throws: ClientIdentity.Refusal.self) { try identity(.client(uri: "https://prod/a", commonName: "x"), mode: .spiffe) }
+    }
+
+    /// Against a running kmsd: the confusions are refused end to end.
+    @Test func confusedCertificatesAreRefusedByARunningKMSD() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let confused = try kmsd.client("confused")
+        #expect(try await kmsd.call(confused, "GET", "/v1/admin/status").status == 403)
+        let admin = try kmsd.client("admin")
+        #expect(try await kmsd.call(admin, "GET", "/v1/admin/status").status == 200)
+        for client in [confused, admin] { try? await client.shutdown() }
+        await kmsd.stop()
+
+        let spiffe = try await RunningKMSD.start(tls: ", identity: spiffe")
+        let two = try spiffe.client("twouris")
+        let refused = try await spiffe.call(two, "POST", "/v1/keys/orders/datakey", body: spiffe.json([:]))
+        #expect(refused.status == 401)
+        #expect(spiffe.securityEvents["invalid_identity", default: 0] >= 1)
+        let node1 = try spiffe.client("node1")
+        #expect(try await spiffe.call(node1, "POST", "/v1/keys/orders/datakey", body: spiffe.json([:])).status == 200)
+        for client in [two, node1] { try? await client.shutdown() }
+        await spiffe.stop()
+    }
+
+    @Test func aSeparateAdminCAAdministersAndNothingElse() async throws {
+        let kmsd = try await RunningKMSD.start(admin: ", client_ca: admin-ca.pem")
+        let admin2 = try kmsd.client("admin2")
+        #expect(try await kmsd.call(admin2, "GET", "/v1/admin/status").status == 200)
+        // The node CA's certificate named like an admin no longer administers.
+        let oldAdmin = try kmsd.client("admin")
+        #expect(try await kmsd.call(oldAdmin, "GET", "/v1/admin/status").status == 403)
+        // The admin CA's certificate named like a storage node does not get that node's keys.
+        let adminNode = try kmsd.client("adminnode")
+        #expect(try await kmsd.call(adminNode, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 403)
+        let node1 = try kmsd.client("node1")
+        #expect(try await kmsd.call(node1, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        for client in [admin2, oldAdmin, adminNode, node1] { try? await client.shutdown() }
+        await kmsd.stop()
+    }
+
+    @Test func failedAdminAttemptsAreRateLimited() async throws {
+        let kmsd = try await RunningKMSD.start(ratePerSecond: 1, burst: 3)
+        let node = try kmsd.client("node1")
+        var statuses: [Int] = []
+        for _ in 0..<8 {
+            statuses.append(try await kmsd.call(node, "GET", "/v1/admin/status", headers: [("Authorization", "Bearer guess")]).status)
+        }
+        #expect(statuses.prefix(3).allSatisfy { $0 == 403 })
+        #expect(statuses.contains(429), "\(statuses)")
+        try? await node.shutdown()
+        await kmsd.stop()
+    }
+}
+
 @Suite("Hardening: attacks on kmsd as a process", .serialized)
 struct AttackTests {
     @Test func idleAndHandshakeFloodsNeitherStopServiceNorFillTheDisksAndACutLogDoesNotVerify() async throws {
@@ -221,7 +348,7 @@ struct AttackTests {
             listen: { api: "127.0.0.1:0" }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
             \(KMSDProcess.hsmAndOrdersKey(token))
-            admin: { identities: ["CN=security-*"] }
+            admin: { identities: ["cn:security-*"] }
             audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem }, checkpoint_every: 20, handshake_summary_interval: 5s }
             """)
         defer { _ = kmsd.stop() }

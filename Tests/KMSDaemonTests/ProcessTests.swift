@@ -22,7 +22,7 @@ struct ProcessTests {
             listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0" }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
             \(KMSDProcess.hsmAndOrdersKey(token))
-            admin: { identities: ["CN=security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
+            admin: { identities: ["cn:security-*"], token_hashes: ["\(sha256Hex(adminToken))"] }
             audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }
             """
         let kmsd = try await KMSDProcess.start(directory: directory, yaml: yaml)
