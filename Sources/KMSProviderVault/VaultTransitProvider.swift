@@ -140,8 +140,9 @@ public final class VaultTransitProvider: KeyProvider {
 
     private func escaped(_ name: KeyName) -> String { "\(configuration.mount)/keys/\(name.rawValue)" }
 
-    /// The error for a 4xx response to a key operation.
-    private func requestError(_ response: VaultResponse, _ name: KeyName, operation: String) -> KMSError {
+    /// The error for a 4xx response to a key operation. Vault's own text never becomes the client's message (it can
+    /// name mounts, paths and policies); it goes to the log and the error's operator detail.
+    func requestError(_ response: VaultResponse, _ name: KeyName, operation: String) -> KMSError {
         let text = response.errorText
         if response.status == 404 || text.contains("encryption key not found") || text.contains("key not found")
             || text.contains("no existing key named") || text.contains("invalid key name")
@@ -149,7 +150,7 @@ public final class VaultTransitProvider: KeyProvider {
             return .notFound("key '\(name)' does not exist in Vault")
         }
         if text.contains("cipher: message authentication failed") {
-            return .invalidInput("the wrapped key failed authentication: wrong context, wrong key or tampered data")
+            return .authenticationFailed()
         }
         if text.contains("disallowed by policy") {
             return .notFound("that version of key '\(name)' has been destroyed (below Vault's min_decryption_version)")
@@ -157,7 +158,8 @@ public final class VaultTransitProvider: KeyProvider {
         if text.contains("less than the minimum encryption key version") {
             return .versionRetired("that version of key '\(name)' is retired: it unwraps but no longer wraps")
         }
-        return .invalidInput("Vault refused to \(operation): \(text)")
+        logger.notice("Vault refused a request", metadata: ["operation": "\(operation)", "status": "\(response.status)", "error": "\(text)"])
+        return .invalidInput("Vault refused to \(operation)", detail: "HTTP \(response.status): \(text)")
     }
 
     // MARK: - Keys

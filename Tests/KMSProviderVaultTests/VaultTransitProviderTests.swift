@@ -43,6 +43,19 @@ struct VaultDevFormatTests {
 
 @Suite("VaultTransitProvider against vault-dev")
 struct VaultTransitProviderTests {
+    @Test func vaultsErrorTextNeverBecomesTheClientsMessage() async throws {
+        let vault = try await InProcessVaultDev.start()
+        let provider = try VaultTransitProvider(vault.configuration())
+        let secret = "1 error occurred: permission denied on transit/keys/orders-internal (policy kmsd-prod)"
+        let error = provider.requestError(
+            VaultResponse(status: 400, body: ["errors": .array([.string(secret)])]), try KeyName("orders"), operation: "wrap")
+        #expect(error.code == .invalidInput)
+        #expect(!error.message.contains("orders-internal") && !error.message.contains("policy"))
+        #expect(error.detail?.contains(secret) == true)
+        await provider.shutdown()
+        await vault.stop()
+    }
+
     @Test func appRoleTokenIsRenewedAndReplacedAfterRevocation() async throws {
         let vault = try await InProcessVaultDev.start()
         let (roleID, secretID) = try await vault.appRole("kmsd", ttl: "3s", maxTTL: "60s")
