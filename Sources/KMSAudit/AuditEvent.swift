@@ -38,12 +38,15 @@ public struct AuditEvent: Sendable, Equatable, Codable {
     public var items: Int?
     /// A stable error code (`forbidden`, `unavailable`, …) for results other than ok.
     public var code: String?
+    /// For batch requests: each item in order, so an investigation can tell which DEKs were unwrapped.
+    public var outcomes: [ItemOutcome]?
     /// Free text without secrets (an error message, the reason of a rotation, a CK_RV name).
     public var detail: String?
 
     public init(_ kind: Kind, _ action: String, result: Result, identity: String? = nil, key: String? = nil,
                 version: UInt32? = nil, contextDigest: String? = nil, items: Int? = nil, code: String? = nil,
-                detail: String? = nil) {
+                detail: String? = nil, outcomes: [ItemOutcome]? = nil) {
+        self.outcomes = outcomes
         self.kind = kind
         self.action = action
         self.result = result
@@ -58,8 +61,30 @@ public struct AuditEvent: Sendable, Equatable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case kind = "type"
-        case action, result, identity, key, version, items, code, detail
+        case action, result, identity, key, version, items, code, detail, outcomes
         case contextDigest = "context_digest"
+    }
+
+    /// One item of a batch: `ok`; `denied` (the wrapped key failed authentication: wrong context, wrong key or
+    /// tampered data — what probing looks like); or `failed` with its code. The version is the envelope's, read
+    /// before the unwrap, so a failed item still says which version it named.
+    public struct ItemOutcome: Sendable, Equatable, Codable {
+        public var result: Result
+        public var version: UInt32?
+        public var contextDigest: String?
+        public var code: String?
+
+        public init(result: Result = .ok, version: UInt32? = nil, contextDigest: String? = nil, code: String? = nil) {
+            self.result = result
+            self.version = version
+            self.contextDigest = contextDigest
+            self.code = code
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case result, version, code
+            case contextDigest = "context_digest"
+        }
     }
 }
 

@@ -26,8 +26,8 @@ extension AuditRecord {
             key(name)
             out += Array(String(value).utf8)
         }
-        // Keys in sorted order: action, checkpoint, code, context_digest, detail, identity, items, key, prev, result,
-        // seq, time, type, version.
+        // Keys in sorted order: action, checkpoint, code, context_digest, detail, identity, items, key, outcomes, prev,
+        // result, seq, time, type, version.
         string("action", event.action)
         if let checkpoint {
             key("checkpoint")
@@ -45,6 +45,33 @@ extension AuditRecord {
         string("identity", event.identity)
         if let items = event.items { number("items", UInt64(clamping: items)) }
         string("key", event.key)
+        if let outcomes = event.outcomes {
+            key("outcomes")
+            out.append(UInt8(ascii: "["))
+            for (index, outcome) in outcomes.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                // Keys in sorted order: code, context_digest, result, version.
+                var fields: [(String, [UInt8])] = []
+                func quoted(_ text: String) -> [UInt8] {
+                    var bytes: [UInt8] = []
+                    Self.string(text, into: &bytes)
+                    return bytes
+                }
+                if let code = outcome.code { fields.append(("code", quoted(code))) }
+                if let digest = outcome.contextDigest { fields.append(("context_digest", quoted(digest))) }
+                fields.append(("result", quoted(outcome.result.rawValue)))
+                if let version = outcome.version { fields.append(("version", Array(String(version).utf8))) }
+                out.append(UInt8(ascii: "{"))
+                for (position, field) in fields.enumerated() {
+                    if position > 0 { out.append(UInt8(ascii: ",")) }
+                    Self.string(field.0, into: &out)
+                    out.append(UInt8(ascii: ":"))
+                    out += field.1
+                }
+                out.append(UInt8(ascii: "}"))
+            }
+            out.append(UInt8(ascii: "]"))
+        }
         string("prev", prev)
         string("result", event.result.rawValue)
         number("seq", seq)

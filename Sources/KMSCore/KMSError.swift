@@ -68,6 +68,14 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
 
     public static func == (lhs: KMSError, rhs: KMSError) -> Bool { lhs.code == rhs.code }
 
+    /// The client's message when a wrapped key fails its AEAD check, the same from every provider.
+    public static let authenticationFailureMessage = "the wrapped key failed authentication: wrong context, wrong key or tampered data"
+
+    /// A wrapped key that failed its AEAD check: wrong context, wrong key or tampered data.
+    public static func authenticationFailed(detail: String? = nil) -> KMSError {
+        .invalidInput(authenticationFailureMessage, detail: detail)
+    }
+
     public var description: String { "\(code): \(message)" }
     public var debugDescription: String { detail.map { "\(code): \(message) [\($0)]" } ?? description }
 }

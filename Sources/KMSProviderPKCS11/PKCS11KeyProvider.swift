@@ -297,8 +297,7 @@ public final class PKCS11KeyProvider: KeyProvider {
             return error
         case let error as PKCS11Error where error.function == "C_Decrypt"
             && configuration.profile.badTagReturnValues.contains(error.returnValue):
-            return .invalidInput("the wrapped key failed authentication: wrong context, wrong key or tampered data",
-                                 detail: error.description)
+            return .authenticationFailed(detail: error.description)
         case let error as PKCS11Error where error.isKeyFunctionNotPermitted:
             return .versionRetired("the key version no longer wraps", detail: error.description)
         case let error as PKCS11Error:

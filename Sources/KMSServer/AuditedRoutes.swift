@@ -25,8 +25,20 @@ final class AuditNote: Sendable {
     static func detail(_ detail: String) { current?.update { $0.detail = String(detail.prefix(300)) } }
     static func context(_ context: EncryptionContext) {
         guard current != nil else { return }
-        let digest = SHA256.hash(data: context.canonicalEncoding).map { String(format: "%02x", $0) }.joined()
+        let digest = digest(context)
         current?.update { $0.contextDigest = digest }
+    }
+    /// Lower-case hex SHA-256 of the context's canonical encoding.
+    static func digest(_ context: EncryptionContext) -> String {
+        SHA256.hash(data: context.canonicalEncoding).map { String(format: "%02x", $0) }.joined()
+    }
+    /// A batch: its items' outcomes, and no request-wide version or context (items differ).
+    static func outcomes(_ outcomes: [AuditEvent.ItemOutcome]) {
+        current?.update { event in
+            event.outcomes = outcomes
+            event.version = nil
+            event.contextDigest = nil
+        }
     }
 }
 

@@ -26,7 +26,8 @@ extension KMSServer {
     func unwrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (key, identity) = try await authorizeKey(request, context)
         let body = try await decode(UnwrapRequest.self, request, allowed: ["wrapped", "context"])
-        let result = try await unwrapOne(key, body)
+        var outcome = AuditEvent.ItemOutcome()
+        let result = try await unwrapOne(key, body, &outcome)
         logger.info("unwrap", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(result.version)"])
         return try json(result)
     }
@@ -34,7 +35,8 @@ extension KMSServer {
     func rewrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (key, identity) = try await authorizeKey(request, context)
         let body = try await decode(RewrapRequest.self, request, allowed: ["wrapped", "context"])
-        let result = try await rewrapOne(key, UnwrapRequest(wrapped: body.wrapped, context: body.context))
+        var outcome = AuditEvent.ItemOutcome()
+        let result = try await rewrapOne(key, UnwrapRequest(wrapped: body.wrapped, context: body.context), &outcome)
         logger.info("rewrap", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(result.version)"])
         return try json(result)
     }
@@ -44,15 +46,8 @@ extension KMSServer {
         let body = try await decode(BatchRequest.self, request, allowed: ["items"])
         try checkBatch(body)
         AuditNote.items(body.items.count)
-        var items: [BatchUnwrapResponse.Item] = []
-        for item in body.items {
-            do {
-                items.append(.init(result: try await unwrapOne(key, item)))
-            } catch let error as APIError where error.status != .serviceUnavailable {
-                items.append(.init(error: .init(code: error.code, message: error.message)))
-            }
-        }
-        return try json(BatchUnwrapResponse(items: items))
+        let items = try await eachItem(body.items) { item, outcome in try await unwrapOne(key, item, &outcome) }
+        return try json(BatchUnwrapResponse(items: items.map { .init(result: $0, error: $1) }))
     }
 
     func batchRewrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
@@ -60,15 +55,40 @@ extension KMSServer {
         let body = try await decode(BatchRequest.self, request, allowed: ["items"])
         try checkBatch(body)
         AuditNote.items(body.items.count)
-        var items: [BatchRewrapResponse.Item] = []
-        for item in body.items {
+        let items = try await eachItem(body.items) { item, outcome in try await rewrapOne(key, item, &outcome) }
+        return try json(BatchRewrapResponse(items: items.map { .init(result: $0, error: $1) }))
+    }
+
+    /// Runs `operation` on every item in order, answering each with its result or its error, and notes each item's
+    /// outcome for the audit record (kept current after every item, so a batch cut short by a 503 still says which
+    /// items ran). A 503 ends the batch: the backend is down for all of them.
+    private func eachItem<Result: Sendable>(
+        _ items: [UnwrapRequest],
+        _ operation: (UnwrapRequest, inout AuditEvent.ItemOutcome) async throws -> Result
+    ) async throws -> [(Result?, ErrorBody.Detail?)] {
+        var answers: [(Result?, ErrorBody.Detail?)] = []
+        var outcomes: [AuditEvent.ItemOutcome] = []
+        for item in items {
+            var outcome = AuditEvent.ItemOutcome()
             do {
-                items.append(.init(result: try await rewrapOne(key, item)))
+                let result = try await operation(item, &outcome)
+                answers.append((result, nil))
+                outcomes.append(outcome)
             } catch let error as APIError where error.status != .serviceUnavailable {
-                items.append(.init(error: .init(code: error.code, message: error.message)))
+                outcome.result = error.isAuthenticationFailure ? .denied : .failed
+                outcome.code = error.code
+                outcomes.append(outcome)
+                answers.append((nil, ErrorBody.Detail(code: error.code, message: error.message)))
+            } catch {
+                outcome.result = .failed
+                outcome.code = (error as? APIError)?.code
+                outcomes.append(outcome)
+                AuditNote.outcomes(outcomes)
+                throw error
             }
+            AuditNote.outcomes(outcomes)
         }
-        return try json(BatchRewrapResponse(items: items))
+        return answers
     }
 
     private func checkBatch(_ body: BatchRequest) throws {
@@ -77,22 +97,30 @@ extension KMSServer {
         }
     }
 
-    private func unwrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest) async throws -> UnwrapResponse {
+    /// Decodes one item's wrapped key and context, filling in what the audit record shows of it.
+    private func itemInput(_ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) throws -> ([UInt8], EncryptionContext) {
         let wrapped = try base64(item.wrapped, field: "wrapped")
+        if let envelope = try? Envelope(parsing: wrapped) { outcome.version = envelope.header.version.rawValue }
         let encryption = try self.context(item.context)
+        outcome.contextDigest = AuditNote.digest(encryption)
         AuditNote.context(encryption)
+        return (wrapped, encryption)
+    }
+
+    private func unwrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) async throws -> UnwrapResponse {
+        let (wrapped, encryption) = try itemInput(item, &outcome)
         let result = try await perform { try await key.provider.unwrap(key.name, wrapped: wrapped, context: encryption) }
         AuditNote.version(result.version)
+        outcome.version = result.version.rawValue
         return UnwrapResponse(key: key.name.rawValue, version: result.version.rawValue,
                               plaintext: result.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })
     }
 
-    private func rewrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest) async throws -> RewrapResponse {
-        let wrapped = try base64(item.wrapped, field: "wrapped")
-        let encryption = try self.context(item.context)
-        AuditNote.context(encryption)
+    private func rewrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) async throws -> RewrapResponse {
+        let (wrapped, encryption) = try itemInput(item, &outcome)
         let result = try await perform { try await key.provider.rewrap(key.name, wrapped: wrapped, context: encryption) }
         AuditNote.version(result.version)
+        outcome.version = result.version.rawValue
         return RewrapResponse(key: key.name.rawValue, version: result.version.rawValue,
                               wrapped: Data(result.wrapped).base64EncodedString())
     }

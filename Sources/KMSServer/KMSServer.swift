@@ -36,6 +36,9 @@ public struct APIError: HTTPResponseError, Sendable {
         self.message = message
     }
 
+    /// A wrapped key that failed its AEAD check (wrong context, wrong key or tampered data).
+    public var isAuthenticationFailure: Bool { code == "invalid_input" && message == KMSError.authenticationFailureMessage }
+
     public init(_ error: KMSError) {
         let status: HTTPResponse.Status = switch error.code {
         case .notFound: .notFound
@@ -355,6 +358,8 @@ public struct KMSServer: Sendable {
             }
         } catch let error as KMSError {
             if error.code == .unavailable { events.record("provider_unavailable") }
+            // Wrong context, wrong key or tampered data: one probe, counted as a security event (per batch item too).
+            if error.message == KMSError.authenticationFailureMessage { events.record("unwrap_authentication_failed") }
             if error.code == .unavailable || error.code == .internal {
                 logger.warning("backend error", metadata: ["security_event": "provider_unavailable", "error": "\(error.debugDescription)"])
             }

@@ -416,6 +416,10 @@ struct AuditRecordEncodingTests {
         AuditEvent(.keyAccess, "datakey", result: .ok, identity: "spiffe://a/b", key: "orders", version: 3, contextDigest: "ab"),
         AuditEvent(.security, "provider_state", result: .failed, detail: "quote \" backslash \\ newline \n tab \t bell \u{07} bs \u{08} ff \u{0C} é ✓ /slash"),
         AuditEvent(.authorization, "unwrap_batch", result: .denied, identity: "CN=x", items: 12, code: "forbidden"),
+        AuditEvent(.keyAccess, "unwrap_batch", result: .ok, identity: "uri:spiffe://a/b", key: "orders", items: 3, outcomes: [
+            .init(result: .ok, version: 2, contextDigest: "ab"), .init(result: .denied, version: 1, contextDigest: "cd", code: "invalid_input"),
+            .init(result: .failed, code: "invalid \"input\""),
+        ]),
     ])
     func theHandWrittenLineIsWhatJSONEncoderWrites(_ event: AuditEvent) throws {
         var record = AuditRecord(seq: 42, time: AuditTime.now(), prev: AuditChain.genesis, event: event)

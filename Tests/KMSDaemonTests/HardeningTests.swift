@@ -3,6 +3,7 @@ import NIOCore
 import NIOSSL
 import NIOHTTP1
 import Foundation
+import KMSAPI
 import KMSAudit
 import KMSDaemon
 import KMSServer
@@ -181,6 +182,39 @@ struct HardeningTests {
         #expect(try await kmsd.call(node2, "GET", "/v1/health/ready").status == 200)
         for client in [node1, node2] { try? await client.shutdown() }
         await kmsd.stop()
+    }
+
+    /// A batch's audit record lists every item: its version, its context digest and its result, so an investigation
+    /// can tell which DEKs a stolen identity unwrapped; an item that fails authentication counts as a security event.
+    @Test func batchRecordsListEveryItemWithVersionContextAndResult() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let node = try kmsd.client("node1")
+        let key = try JSONDecoder().decode(DataKeyResponse.self, from: try await kmsd.call(
+            node, "POST", "/v1/keys/orders/datakey", body: kmsd.json(["context": ["table": "t1"]])).body)
+        let batch = try await kmsd.call(node, "POST", "/v1/keys/orders/unwrap/batch", body: kmsd.json(["items": [
+            ["wrapped": key.wrapped, "context": ["table": "t1"]],
+            ["wrapped": key.wrapped, "context": ["table": "t2"]],
+            ["wrapped": "!!"],
+        ]]))
+        #expect(batch.status == 200)
+        let records = try await kmsd.waitForAudit(1) { $0["action"] as? String == "unwrap_batch" }
+        let record = try #require(records.first)
+        #expect(record["version"] == nil && record["context_digest"] == nil)
+        let outcomes = try #require(record["outcomes"] as? [[String: Any]])
+        #expect(outcomes.count == 3)
+        #expect(outcomes.map { $0["result"] as? String } == ["ok", "denied", "failed"])
+        #expect(outcomes.prefix(2).allSatisfy { ($0["version"] as? NSNumber)?.intValue == 1 })
+        let digests = outcomes.prefix(2).compactMap { $0["context_digest"] as? String }
+        #expect(digests.count == 2 && digests[0] != digests[1] && digests.allSatisfy { $0.count == 64 })
+        #expect(outcomes[1]["code"] as? String == "invalid_input")
+        #expect(outcomes[2]["code"] as? String == "invalid_input")
+        #expect(outcomes[2]["version"] == nil)
+        #expect(kmsd.securityEvents["unwrap_authentication_failed", default: 0] == 1)
+        try? await node.shutdown()
+        await kmsd.stop()
+        let verified = try AuditVerifier(publicKeyPEM: String(contentsOfFile: kmsd.auditPath + ".pub.pem", encoding: .utf8))
+            .verify(files: [kmsd.auditPath])
+        #expect(verified.ok, "\(String(describing: verified.problem))")
     }
 
     /// Failed handshakes are counted one by one but audited as one summary per source address per interval.
