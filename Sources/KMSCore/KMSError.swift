@@ -16,6 +16,7 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
             case conflict = "conflict"
             case unsupported = "unsupported"
             case `internal` = "internal"
+            case rotationRequired = "rotation_required"
         }
 
         private let base: Base
@@ -42,6 +43,9 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
         public static let unsupported = Code(.unsupported)
         /// A bug or an unexpected backend answer.
         public static let `internal` = Code(.internal)
+        /// The version reached its usage bound (`max_wraps`) and the key has not rotated yet: wrapping waits for the
+        /// rotation, unwrapping continues. Retry later.
+        public static let rotationRequired = Code(.rotationRequired)
     }
 
     public let code: Code
@@ -65,6 +69,7 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
     public static func conflict(_ message: String, detail: String? = nil) -> KMSError { .init(.conflict, message, detail: detail) }
     public static func unsupported(_ message: String, detail: String? = nil) -> KMSError { .init(.unsupported, message, detail: detail) }
     public static func `internal`(_ message: String, detail: String? = nil) -> KMSError { .init(.internal, message, detail: detail) }
+    public static func rotationRequired(_ message: String, detail: String? = nil) -> KMSError { .init(.rotationRequired, message, detail: detail) }
 
     public static func == (lhs: KMSError, rhs: KMSError) -> Bool { lhs.code == rhs.code }
 

@@ -138,7 +138,7 @@ public struct Daemon: Sendable {
             keys: rotationKeys(providers), store: store, clock: clock, logger: Logger(label: "kmsd.rotation"),
             onEvent: { event in
                 switch event.kind {
-                case .wrapRefused, .retireRefused, .rotationFailed: events.record(event.kind.rawValue)
+                case .wrapRefused, .wrapLimitReached, .retireRefused, .rotationFailed: events.record(event.kind.rawValue)
                 case .notice, .rotated, .retired: break
                 }
                 // What the scheduler does on its own is audited here; what an API request does is audited with
@@ -151,7 +151,7 @@ public struct Daemon: Sendable {
                 case .rotationFailed:
                     audit.submit(AuditEvent(.security, event.kind.rawValue, result: .failed, identity: "scheduler", key: event.key,
                                             version: event.version, detail: event.detail))
-                case .wrapRefused, .retired, .retireRefused:
+                case .wrapRefused, .wrapLimitReached, .retired, .retireRefused:
                     break
                 }
             })

@@ -10,6 +10,7 @@ public struct RotationEvent: Sendable, Equatable {
         case rotated
         case rotationFailed = "rotation_failed"
         case wrapRefused = "wrap_refused_max_age"
+        case wrapLimitReached = "wrap_refused_max_wraps"
         case retired
         case retireRefused = "retire_refused"
     }
@@ -114,11 +115,19 @@ public final class RotationManager: Sendable {
 
     // MARK: - Request path
 
-    /// Refuses to wrap with a latest version past `max_age` (rotation has kept failing). Unwrapping is never refused.
+    /// Refuses to wrap with a latest version that has used up `max_wraps` or is past `max_age` (rotation has not
+    /// succeeded). Unwrapping is never refused.
+    ///
+    /// `max_wraps` is a hard limit: the wrap that reaches it rotates (`didWrap`), and wraps that start while the
+    /// version is at its limit are refused with `rotation_required`. Wraps already past this check when the limit is
+    /// reached still finish, so a version can exceed `max_wraps` by at most the number of wraps in flight at that
+    /// moment (bounded by the HSM sessions and request concurrency; documented in docs/rotation.md).
     public func checkWrap(_ name: KeyName) throws {
-        guard let key = keys.withLock({ $0[name] }), let maxAge = key.policy.maxAge else { return }
+        guard let key = keys.withLock({ $0[name] }) else { return }
         let state = states.withLock { $0[name] }
-        guard let state, let latest = state.latest, let created = state.latestCreatedAt else { return }
+        guard let state, let latest = state.latest else { return }
+        try checkWrapCount(name, version: latest, policy: key.policy, lastError: state.lastError)
+        guard let maxAge = key.policy.maxAge, let created = state.latestCreatedAt else { return }
         let now = clock()
         guard now >= created.addingTimeInterval(maxAge) else { return }
         let detail = "version \(latest.rawValue) of '\(name)' is older than max_age (\(DurationText.format(maxAge))) and has not been "
@@ -126,6 +135,23 @@ public final class RotationManager: Sendable {
             + "unwrapping continues"
         emit(.init(kind: .wrapRefused, key: name.rawValue, version: latest.rawValue, detail: detail), level: .warning)
         throw KMSError.unavailable(detail)
+    }
+
+    /// Refuses a wrap with an explicitly chosen version that has used up `max_wraps`.
+    public func checkWrap(_ name: KeyName, version: KeyVersion) throws {
+        guard let key = keys.withLock({ $0[name] }) else { return }
+        try checkWrapCount(name, version: version, policy: key.policy, lastError: states.withLock { $0[name]?.lastError })
+    }
+
+    private func checkWrapCount(_ name: KeyName, version: KeyVersion, policy: RotationPolicy, lastError: String?) throws {
+        let wraps = ledger.usage(VersionID(name.rawValue, version.rawValue)).wraps
+        guard wraps >= policy.maxWraps else { return }
+        let detail = "version \(version.rawValue) of '\(name)' has wrapped \(wraps) secrets, its max_wraps of \(policy.maxWraps), and the key "
+            + "has not rotated yet\(lastError.map { " (last rotation error: \($0))" } ?? ""); wrapping waits for the rotation, "
+            + "unwrapping continues"
+        emit(.init(kind: .wrapLimitReached, key: name.rawValue, version: version.rawValue, detail: detail), level: .warning)
+        throw KMSError.rotationRequired("version \(version.rawValue) of '\(name)' reached max_wraps and the key has not rotated yet; "
+                                        + "wrapping waits for the rotation, unwrapping continues", detail: detail)
     }
 
     /// Counts a wrap. When the latest version reaches `max_wraps`, rotates before returning, so the next wrap uses the

@@ -2,7 +2,8 @@ import Foundation
 public import KMSCore
 
 /// A provider as the API serves it: every wrap and unwrap is counted per version, a usage-triggered rotation runs
-/// when the latest version reaches `max_wraps`, and wraps are refused past `max_age` while rotation fails.
+/// when the latest version reaches `max_wraps`, and wraps are refused at `max_wraps` or past `max_age` while rotation
+/// fails.
 /// Everything else passes through unchanged.
 public struct TrackedProvider: KeyProvider {
     public let inner: any KeyProvider
@@ -27,7 +28,7 @@ public struct TrackedProvider: KeyProvider {
     }
 
     public func wrap(_ name: KeyName, plaintext: SecretBytes, context: EncryptionContext, version: KeyVersion?) async throws -> WrappedKey {
-        if version == nil { try manager.checkWrap(name) }
+        if let version { try manager.checkWrap(name, version: version) } else { try manager.checkWrap(name) }
         let wrapped = try await inner.wrap(name, plaintext: plaintext, context: context, version: version)
         await manager.didWrap(name, version: wrapped.version)
         return wrapped

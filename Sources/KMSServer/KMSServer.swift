@@ -45,7 +45,7 @@ public struct APIError: HTTPResponseError, Sendable {
         case .alreadyExists, .conflict, .versionRetired: .conflict
         case .forbidden: .forbidden
         case .invalidInput, .unsupported: .badRequest
-        case .unavailable: .serviceUnavailable
+        case .unavailable, .rotationRequired: .serviceUnavailable
         default: .internalServerError
         }
         self.init(status, error.code.rawValue, error.message)

@@ -178,6 +178,52 @@ struct RotationTests {
         }
     }
 
+    @Test func maxWrapsIsAHardLimitWhileRotationFails() async throws {
+        let shim = try FaultShim.create()
+        let provider = try await startProvider(try SoftHSMToken.create(), module: shim.modulePath)
+        defer { Task { await provider.shutdown() } }
+        _ = try await provider.createKey(orders)
+        let clock = ManualClock()
+        let events = EventLog()
+        let rotation = try manager([(orders, provider, RotationPolicy(maxWraps: 5))], store: try storePath(), clock: clock, events: events)
+        try await rotation.start()
+        let tracked = TrackedProvider(provider, manager: rotation)
+        // The token cannot create the next version: the usage rotation fails.
+        try shim.inject(.fail(function: "C_GenerateKey", value: 0x6))
+        var wrapped: [DataKey] = []
+        for _ in 1...5 { wrapped.append(try await tracked.generateDataKey(orders, context: .empty)) }
+        #expect(wrapped.allSatisfy { $0.version.rawValue == 1 })
+        #expect(try await latest(provider, orders) == 1)
+        #expect(events.count(.rotationFailed, key: "orders") == 1)
+
+        // The sixth wrap, and a wrap naming the version, and a rewrap: refused, 503 rotation_required.
+        for attempt in 0..<3 {
+            do {
+                switch attempt {
+                case 0: _ = try await tracked.generateDataKey(orders, context: .empty)
+                case 1: _ = try await tracked.wrap(orders, plaintext: SecretBytes.random(count: 32), context: .empty, version: .first)
+                default: _ = try await tracked.rewrap(orders, wrapped: wrapped[0].wrapped, context: .empty)
+                }
+                Issue.record("wrap \(attempt) past max_wraps succeeded")
+            } catch let error as KMSError {
+                #expect(error.code == .rotationRequired)
+                #expect(error.message.contains("max_wraps") && error.message.contains("unwrapping continues"))
+            }
+        }
+        #expect(events.count(.wrapLimitReached, key: "orders") == 3)
+        #expect(rotation.usage(orders)[1]?.wraps == 5, "no wrap past the limit")
+        // Unwrapping continues.
+        let unwrapped = try await tracked.unwrap(orders, wrapped: wrapped[4].wrapped, context: .empty)
+        #expect(unwrapped.plaintext == wrapped[4].plaintext)
+
+        // The token recovers: the retried rotation succeeds and wrapping resumes on version 2.
+        try shim.clear()
+        clock.advance(10)
+        await rotation.tick()
+        #expect(try await latest(provider, orders) == 2)
+        #expect(try await tracked.generateDataKey(orders, context: .empty).version.rawValue == 2)
+    }
+
     @Test func aFailingRotationIsRetriedAndRecordedWhileOtherKeysRotateAndMaxAgeRefusesWraps() async throws {
         let shim = try FaultShim.create()
         let failingToken = try SoftHSMToken.create()
