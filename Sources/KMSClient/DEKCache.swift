@@ -41,16 +41,34 @@ public final class DEKCache: Sendable {
 
     public let limits: Limits
     private let clock: @Sendable () -> ContinuousClock.Instant
-    private let state = Mutex<(entries: [String: Entry], tick: UInt64)>(([:], 0))
+    private let state = Mutex<(entries: [[UInt8]: Entry], tick: UInt64)>(([:], 0))
 
     public init(_ limits: Limits = Limits(), clock: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
         self.limits = limits
         self.clock = clock
     }
 
-    static func key(_ name: String, _ wrapped: String, _ context: [String: String]?) -> String {
-        let canonical = (context ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key.count):\($0.key)=\($0.value.count):\($0.value)" }
-        return "\(name)\u{0}\(wrapped)\u{0}" + canonical.joined(separator: "\u{0}")
+    /// The cache key, from the exact UTF-8 bytes of every part, as kmsd binds a context (its canonical encoding is
+    /// byte-exact). Swift's `String` equality treats canonically equivalent text as equal (NFC "é" equals NFD
+    /// "e\u{301}"), so a key built from `String`s would hand out a DEK for a context kmsd would refuse.
+    static func key(_ name: String, _ wrapped: String, _ context: [String: String]?) -> [UInt8] {
+        func field(_ text: String, into out: inout [UInt8]) {
+            let bytes = Array(text.utf8)
+            withUnsafeBytes(of: UInt32(bytes.count).bigEndian) { out += $0 }
+            out += bytes
+        }
+        var out: [UInt8] = []
+        field(name, into: &out)
+        field(wrapped, into: &out)
+        let pairs = (context ?? [:]).map { (Array($0.key.utf8), Array($0.value.utf8)) }
+            .sorted { $0.0.lexicographicallyPrecedes($1.0) || ($0.0 == $1.0 && $0.1.lexicographicallyPrecedes($1.1)) }
+        for (key, value) in pairs {
+            withUnsafeBytes(of: UInt32(key.count).bigEndian) { out += $0 }
+            out += key
+            withUnsafeBytes(of: UInt32(value.count).bigEndian) { out += $0 }
+            out += value
+        }
+        return out
     }
 
     /// The cached DEK (plaintext bytes, version), if present, within its TTL and uses; counts a use.

@@ -55,6 +55,19 @@ struct ClientTests {
         #expect(cache.lookup("k", "c", nil) == nil)
     }
 
+    @Test func cacheComparesContextsByTheirBytesAsKMSDDoes() throws {
+        let cache = DEKCache()
+        let composed = "caf\u{E9}"            // NFC
+        let decomposed = "cafe\u{301}"        // NFD: equal as Swift Strings, different bytes
+        #expect(composed == decomposed)
+        cache.store("k", "w", ["table": composed], plaintext: [7], version: 1)
+        #expect(cache.lookup("k", "w", ["table": decomposed]) == nil, "kmsd would refuse this context; the cache must not answer it")
+        #expect(cache.lookup("k", "w", ["table": composed])?.0 == [7])
+        // Field boundaries are length-prefixed: moving a character between key and value is another context.
+        cache.store("k", "w", ["ab": "c"], plaintext: [8], version: 1)
+        #expect(cache.lookup("k", "w", ["a": "bc"]) == nil)
+    }
+
     @Test func theStorageNodeExampleReadsItsRecordsBackAfterARestart() async throws {
         let kmsd = try await RunningKMSD.start()
         let directory = kmsd.directory.path
