@@ -181,16 +181,20 @@ public final class PKCS11KeyProvider: KeyProvider {
             try await perform("retire version") { [self] session in
                 let existing = try KEKStore.load(session, only: name)
                 guard !existing.isEmpty else { throw KMSError.notFound("key '\(name)' does not exist") }
-                guard let record = existing.first(where: { $0.version == version }) else {
-                    throw KMSError.notFound("key '\(name)' has no version \(version.rawValue)")
-                }
-                if record.state == .retired { return }
+                // Every object carrying this version number: a token can hold two (a restored backup, two writers
+                // that rotated at once), and retiring only the first found would leave the other wrapping.
+                let matching = existing.filter { $0.version == version }
+                guard !matching.isEmpty else { throw KMSError.notFound("key '\(name)' has no version \(version.rawValue)") }
+                let active = matching.filter { $0.state == .active }
+                if active.isEmpty { return }
                 if existing.last(where: { $0.state == .active })?.version == version {
                     throw KMSError.conflict("\(version) is the version '\(name)' wraps with; rotate the key before retiring it")
                 }
-                try session.setAttributes([.encrypt(false)], of: record.handle)
+                for record in active { try session.setAttributes([.encrypt(false)], of: record.handle) }
                 _ = try reload(session, name)
-                logger.notice("key version retired", metadata: ["key": "\(name)", "version": "\(version)"])
+                logger.notice("key version retired", metadata: [
+                    "key": "\(name)", "version": "\(version)", "objects": "\(matching.count)",
+                ])
             }
         }
     }
@@ -199,15 +203,20 @@ public final class PKCS11KeyProvider: KeyProvider {
         try await admin.run {
             try await perform("destroy version") { [self] session in
                 let existing = try KEKStore.load(session, only: name)
-                guard let record = existing.first(where: { $0.version == version }) else {
-                    throw KMSError.notFound("key '\(name)' has no version \(version.rawValue)")
+                // Every object carrying this version number, or none: all of them must be retired first.
+                let matching = existing.filter { $0.version == version }
+                guard !matching.isEmpty else { throw KMSError.notFound("key '\(name)' has no version \(version.rawValue)") }
+                let stillActive = matching.filter { $0.state == .active }.count
+                guard stillActive == 0 else {
+                    throw KMSError.conflict(matching.count == 1
+                        ? "retire \(version) of '\(name)' before destroying it"
+                        : "retire \(version) of '\(name)' before destroying it (\(matching.count) token objects carry it, \(stillActive) still wrap)")
                 }
-                guard record.state == .retired else {
-                    throw KMSError.conflict("retire \(version) of '\(name)' before destroying it")
-                }
-                try session.destroyObject(record.handle)
+                for record in matching { try session.destroyObject(record.handle) }
                 catalog.withLock { $0.replace(name, with: existing.filter { $0.version != version }, at: .now) }
-                logger.warning("key version destroyed", metadata: ["key": "\(name)", "version": "\(version)"])
+                logger.warning("key version destroyed", metadata: [
+                    "key": "\(name)", "version": "\(version)", "objects": "\(matching.count)",
+                ])
             }
         }
     }

@@ -139,6 +139,59 @@ struct PKCS11KeyProviderTests {
         }
     }
 
+    /// Two token objects with one version number (a restored backup, two writers rotating at once): retire and
+    /// destroy act on both, never on the first found only.
+    @Test func retireAndDestroyActOnEveryObjectOfADuplicatedVersion() async throws {
+        try await withProvider(on: token) { provider in
+            _ = try await provider.createKey(orders)
+            let first = try await provider.generateDataKey(orders, context: .empty)
+            // A second kmsd/orders/v1 with its own CKA_ID, made beside kmsd.
+            let session = try inspectionSession(token)
+            defer { try? session.close() }
+            _ = try session.generateKey(mechanism: MechanismType.aesKeyGen, template: [
+                .class(.secretKey), .keyType(.aes), .valueLength(32), .token(true), .private(true), .sensitive(true),
+                .extractable(false), .modifiable(true), .encrypt(true), .decrypt(true), .label("kmsd/orders/v1"),
+                .id(try session.generateRandom(count: 16)),
+            ])
+            #expect(try session.findObjects([.label("kmsd/orders/v1")]).count == 2)
+            _ = try await provider.rotateKey(orders)
+
+            try await provider.retireVersion(orders, version: .first)
+            let objects = try session.findObjects([.label("kmsd/orders/v1")])
+            #expect(objects.count == 2)
+            for object in objects { #expect(try !session.boolAttribute(AttributeType.encrypt, of: object)) }
+            #expect(try await provider.unwrap(orders, wrapped: first.wrapped, context: .empty).plaintext == first.plaintext)
+
+            try await provider.destroyVersion(orders, version: .first)
+            #expect(try session.findObjects([.label("kmsd/orders/v1")]).isEmpty)
+            #expect(await errorCode { _ = try await provider.unwrap(orders, wrapped: first.wrapped, context: .empty) } == .notFound)
+        }
+    }
+
+    @Test func aDuplicatedVersionWithOneObjectStillWrappingIsNotDestroyed() async throws {
+        try await withProvider(on: token) { provider in
+            _ = try await provider.createKey(orders)
+            _ = try await provider.rotateKey(orders)
+            try await provider.retireVersion(orders, version: .first)
+            // A second v1 appears afterwards, able to wrap.
+            let session = try inspectionSession(token)
+            defer { try? session.close() }
+            _ = try session.generateKey(mechanism: MechanismType.aesKeyGen, template: [
+                .class(.secretKey), .keyType(.aes), .valueLength(32), .token(true), .private(true), .sensitive(true),
+                .extractable(false), .modifiable(true), .encrypt(true), .decrypt(true), .label("kmsd/orders/v1"),
+                .id(try session.generateRandom(count: 16)),
+            ])
+            do {
+                try await provider.destroyVersion(orders, version: .first)
+                Issue.record("destroyed a version one of whose objects still wraps")
+            } catch let error as KMSError {
+                #expect(error.code == .conflict)
+                #expect(error.message.contains("2 token objects carry it, 1 still wrap"))
+            }
+            #expect(try session.findObjects([.label("kmsd/orders/v1")]).count == 2)
+        }
+    }
+
     @Test func destroyNeedsRetirementAndIsFinal() async throws {
         try await withProvider(on: token) { provider in
             _ = try await provider.createKey(orders)
