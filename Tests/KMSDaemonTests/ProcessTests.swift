@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import Testing
+import Glibc
 
 /// kmsd as operators run it: its own process, configured from a file, stopped with SIGTERM.
 @Suite("kmsd as a process", .serialized)
@@ -95,5 +96,42 @@ struct ProcessTests {
         let records = auditText.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
         #expect(records.filter { $0["type"] as? String == "key_access" }.count == 9)
         #expect(records.contains { $0["action"] as? String == "start" } && records.contains { $0["action"] as? String == "stop" })
+    }
+
+    /// A SIGHUP with a typo that overflows (a duration of 1e300 s, a cap beyond Int) is a failed reload: kmsd keeps
+    /// serving with the running configuration, and a corrected file then reloads.
+    @Test func aReloadWithAnOverflowingValueIsRefusedAndKMSDKeepsRunning() async throws {
+        let (directory, token) = try KMSDProcess.prepare("sighup")
+        let yaml = """
+            mode: development
+            data_dir: data
+            listen: { api: "127.0.0.1:0" }
+            tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
+            \(KMSDProcess.hsmAndOrdersKey(token))
+            admin: { identities: ["cn:security-*"] }
+            """
+        let kmsd = try await KMSDProcess.start(directory: directory, yaml: yaml)
+        defer { _ = kmsd.stop() }
+        let config = directory.appendingPathComponent("kmsd.yaml")
+        func logText() -> String { (try? String(contentsOf: kmsd.log, encoding: .utf8)) ?? "" }
+        func waitFor(_ text: String, count: Int) async throws -> Bool {
+            for _ in 0..<100 {
+                if logText().components(separatedBy: text).count - 1 >= count { return true }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            return false
+        }
+        for (index, typo) in ["limits: { request_timeout: 1e300s }", "limits: { max_connections: 99999999999999999999 }",
+                              "limits: { burst: 10000000000000 }"].enumerated() {
+            try Data((yaml + "\n" + typo).utf8).write(to: config)
+            kill(kmsd.process.processIdentifier, SIGHUP)
+            #expect(try await waitFor("reload failed", count: index + 1), "no refusal logged for \(typo)")
+            #expect(kmsd.process.isRunning, "kmsd died on \(typo)")
+        }
+        try Data((yaml + "\nlimits: { request_timeout: 5s }").utf8).write(to: config)
+        kill(kmsd.process.processIdentifier, SIGHUP)
+        #expect(try await waitFor("configuration reloaded", count: 1))
+        #expect(kmsd.process.isRunning)
+        #expect(kmsd.stop() == 0)
     }
 }
