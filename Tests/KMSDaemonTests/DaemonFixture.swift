@@ -234,6 +234,20 @@ struct KMSDProcess {
         """
     }
 
+    /// A development configuration on loopback with mutual TLS, the SoftHSM provider, key `orders` and the admin
+    /// pattern `cn:security-*`; `extra` adds top-level lines (an `audit` section, say).
+    static func basicYAML(_ token: SoftHSMToken, _ extra: String = "") -> String {
+        """
+        mode: development
+        data_dir: data
+        listen: { api: "127.0.0.1:0" }
+        tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
+        \(hsmAndOrdersKey(token))
+        admin: { identities: ["cn:security-*"] }
+        \(extra)
+        """
+    }
+
     static func start(directory: URL, yaml: String) async throws -> KMSDProcess {
         let config = directory.appendingPathComponent("kmsd.yaml")
         try Data(yaml.utf8).write(to: config)

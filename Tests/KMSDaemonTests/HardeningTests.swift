@@ -376,15 +376,9 @@ struct IdentityNameTests {
 struct AttackTests {
     @Test func idleAndHandshakeFloodsNeitherStopServiceNorFillTheDisksAndACutLogDoesNotVerify() async throws {
         let (directory, token) = try KMSDProcess.prepare("attack")
-        let kmsd = try await KMSDProcess.start(directory: directory, yaml: """
-            mode: development
-            data_dir: data
-            listen: { api: "127.0.0.1:0" }
-            tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
-            \(KMSDProcess.hsmAndOrdersKey(token))
-            admin: { identities: ["cn:security-*"] }
+        let kmsd = try await KMSDProcess.start(directory: directory, yaml: KMSDProcess.basicYAML(token, """
             audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem }, checkpoint_every: 20, handshake_summary_interval: 5s }
-            """)
+            """))
         defer { _ = kmsd.stop() }
         let auditPath = directory.appendingPathComponent("audit/audit.jsonl").path
         func auditLines() -> [Substring] { ((try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? "").split(separator: "\n") }

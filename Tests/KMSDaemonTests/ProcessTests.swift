@@ -102,14 +102,7 @@ struct ProcessTests {
     /// serving with the running configuration, and a corrected file then reloads.
     @Test func aReloadWithAnOverflowingValueIsRefusedAndKMSDKeepsRunning() async throws {
         let (directory, token) = try KMSDProcess.prepare("sighup")
-        let yaml = """
-            mode: development
-            data_dir: data
-            listen: { api: "127.0.0.1:0" }
-            tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
-            \(KMSDProcess.hsmAndOrdersKey(token))
-            admin: { identities: ["cn:security-*"] }
-            """
+        let yaml = KMSDProcess.basicYAML(token)
         let kmsd = try await KMSDProcess.start(directory: directory, yaml: yaml)
         defer { _ = kmsd.stop() }
         let config = directory.appendingPathComponent("kmsd.yaml")

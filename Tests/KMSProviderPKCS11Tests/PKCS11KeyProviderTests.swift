@@ -139,20 +139,24 @@ struct PKCS11KeyProviderTests {
         }
     }
 
+    /// A second `kmsd/orders/v1` object with its own CKA_ID, able to wrap, made beside kmsd.
+    func plantSecondVersionOne(_ session: PKCS11Session) throws {
+        _ = try session.generateKey(mechanism: MechanismType.aesKeyGen, template: [
+            .class(.secretKey), .keyType(.aes), .valueLength(32), .token(true), .private(true), .sensitive(true),
+            .extractable(false), .modifiable(true), .encrypt(true), .decrypt(true), .label("kmsd/orders/v1"),
+            .id(try session.generateRandom(count: 16)),
+        ])
+    }
+
     /// Two token objects with one version number (a restored backup, two writers rotating at once): retire and
     /// destroy act on both, never on the first found only.
     @Test func retireAndDestroyActOnEveryObjectOfADuplicatedVersion() async throws {
         try await withProvider(on: token) { provider in
             _ = try await provider.createKey(orders)
             let first = try await provider.generateDataKey(orders, context: .empty)
-            // A second kmsd/orders/v1 with its own CKA_ID, made beside kmsd.
             let session = try inspectionSession(token)
             defer { try? session.close() }
-            _ = try session.generateKey(mechanism: MechanismType.aesKeyGen, template: [
-                .class(.secretKey), .keyType(.aes), .valueLength(32), .token(true), .private(true), .sensitive(true),
-                .extractable(false), .modifiable(true), .encrypt(true), .decrypt(true), .label("kmsd/orders/v1"),
-                .id(try session.generateRandom(count: 16)),
-            ])
+            try plantSecondVersionOne(session)
             #expect(try session.findObjects([.label("kmsd/orders/v1")]).count == 2)
             _ = try await provider.rotateKey(orders)
 
@@ -176,11 +180,7 @@ struct PKCS11KeyProviderTests {
             // A second v1 appears afterwards, able to wrap.
             let session = try inspectionSession(token)
             defer { try? session.close() }
-            _ = try session.generateKey(mechanism: MechanismType.aesKeyGen, template: [
-                .class(.secretKey), .keyType(.aes), .valueLength(32), .token(true), .private(true), .sensitive(true),
-                .extractable(false), .modifiable(true), .encrypt(true), .decrypt(true), .label("kmsd/orders/v1"),
-                .id(try session.generateRandom(count: 16)),
-            ])
+            try plantSecondVersionOne(session)
             do {
                 try await provider.destroyVersion(orders, version: .first)
                 Issue.record("destroyed a version one of whose objects still wraps")
