@@ -170,7 +170,8 @@ let package = Package(
         .executableTarget(
             name: "kmsctl",
             dependencies: [
-                "KMSClient", "KMSAPI", "KMSAudit", "KMSCore",
+                "KMSClient", "KMSAPI", "KMSAudit", "KMSCore", "KMSDaemon",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

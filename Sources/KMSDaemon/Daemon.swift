@@ -73,11 +73,33 @@ public struct Daemon: Sendable {
         }
     }
 
-    /// Starts every configured provider. On failure, stops those already started.
-    public func startProviders(environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> [String: any KeyProvider] {
+    /// The audit checkpoint public key (PEM), read from the token named by `audit.sign: {hsm: …}`; nothing is created
+    /// and only that provider is started. `kmsctl audit verify --public-key-from-hsm` uses it.
+    public func auditPublicKeyFromHSM() async throws -> String {
+        guard case .hsm(let providerName, let label)? = configuration.audit?.signing else {
+            throw ConfigurationError(["audit.sign: \(configuration.source) does not sign audit checkpoints with a key on an HSM ({hsm: …})"])
+        }
+        let providers = try await startProviders(only: [providerName])
+        do {
+            guard let pkcs11 = providers[providerName] as? PKCS11KeyProvider else {
+                throw ConfigurationError(["audit.sign.hsm: provider '\(providerName)' is not a PKCS#11 provider"])
+            }
+            let pem = try await PKCS11AuditSigner.existingPublicKeyPEM(pkcs11, label: label)
+            await Self.stop(providers)
+            return pem
+        } catch {
+            await Self.stop(providers)
+            throw error
+        }
+    }
+
+    /// Starts every configured provider (or those named in `only`). On failure, stops those already started.
+    public func startProviders(only: Set<String>? = nil, environment: [String: String] = ProcessInfo.processInfo.environment)
+        async throws -> [String: any KeyProvider]
+    {
         var started: [String: any KeyProvider] = [:]
         do {
-            for (name, provider) in configuration.providers.sorted(by: { $0.key < $1.key }) {
+            for (name, provider) in configuration.providers.sorted(by: { $0.key < $1.key }) where only?.contains(name) ?? true {
                 switch provider {
                 case .pkcs11(let settings):
                     let profile = try HSMProfile.load(settings.profile, directory: settings.profilesDirectory)

@@ -42,13 +42,27 @@ final class PKCS11AuditSigner: AuditSigner {
                                   .extractable(false), .sign(true), .label(label), .id(id)])
             return (id, try session.attribute(AttributeType.ecPoint, of: publicKey))
         }
-        let publicKey: P256.Signing.PublicKey
+        return PKCS11AuditSigner(provider: provider, keyID: id, publicKeyPEM: try publicKeyPEM(point: point, label: label))
+    }
+
+    /// The public key of the audit key pair `label`, read from the token; nothing is created. For
+    /// `kmsctl audit verify --public-key-from-hsm`.
+    static func existingPublicKeyPEM(_ provider: PKCS11KeyProvider, label: String) async throws -> String {
+        let point = try await provider.withSession("read the audit public key") { session -> [UInt8] in
+            let found = try session.findObjects([.class(.publicKey), .keyType(.ec), .label(label)], limit: 2)
+            guard let key = found.first else { throw KMSError.notFound("the token has no audit public key labelled '\(label)'") }
+            guard found.count == 1 else { throw KMSError.conflict("the token has more than one public key labelled '\(label)'") }
+            return try session.attribute(AttributeType.ecPoint, of: key)
+        }
+        return try publicKeyPEM(point: point, label: label)
+    }
+
+    private static func publicKeyPEM(point: [UInt8], label: String) throws -> String {
         do {
-            publicKey = try P256.Signing.PublicKey(x963Representation: unwrapOctetString(point))
+            return try P256.Signing.PublicKey(x963Representation: unwrapOctetString(point)).pemRepresentation
         } catch {
             throw KMSError.unsupported("the audit key '\(label)' on the token is not a P-256 key")
         }
-        return PKCS11AuditSigner(provider: provider, keyID: id, publicKeyPEM: publicKey.pemRepresentation)
     }
 
     /// `CKA_EC_POINT` is a DER OCTET STRING around the uncompressed point (some tokens return the bare point).

@@ -6,6 +6,8 @@ import KMSAPI
 import KMSAudit
 import KMSCore
 import KMSClient
+import KMSDaemon
+import Logging
 
 @main
 struct KMSCtl: AsyncParsableCommand {
@@ -301,6 +303,10 @@ struct Audit: AsyncParsableCommand {
                 log's writer cannot change it: whoever can replace both can forge the log.
                 """)
         @Option(help: "The checkpoint public key (PEM; kmsd writes it to <audit file>.pub.pem).") var publicKey: String?
+        @Option(help: ArgumentHelp(
+            "Read the checkpoint public key from the HSM instead: the kmsd configuration file whose audit.sign is {hsm: …}.",
+            discussion: "Needs that provider's module, token and PIN, as kmsd has them. Nothing is created on the token."))
+        var publicKeyFromHSM: String?
         @Flag(help: "Check the chain only, not the checkpoint signatures (without it, a missing --public-key is a failure).")
         var noSignatures = false
         @Option(help: "The seq the log must end at (a value kept elsewhere); any other end is a failure.") var expectLastSeq: UInt64?
@@ -310,7 +316,9 @@ struct Audit: AsyncParsableCommand {
 
         func validate() throws {
             if files.isEmpty { throw ValidationError("give at least one audit file") }
-            if noSignatures && publicKey != nil { throw ValidationError("--no-signatures and --public-key exclude each other") }
+            let keys = [publicKey, publicKeyFromHSM].compactMap { $0 }.count
+            if keys > 1 { throw ValidationError("--public-key and --public-key-from-hsm exclude each other") }
+            if noSignatures && keys > 0 { throw ValidationError("--no-signatures excludes --public-key and --public-key-from-hsm") }
         }
 
         func run() async throws {
@@ -318,6 +326,16 @@ struct Audit: AsyncParsableCommand {
             if let publicKey {
                 guard let data = FileManager.default.contents(atPath: publicKey) else { throw ValidationError("cannot read \(publicKey)") }
                 pem = String(decoding: data, as: UTF8.self)
+            }
+            if let configurationFile = publicKeyFromHSM {
+                do {
+                    var logger = Logger(label: "kmsctl")
+                    logger.logLevel = .error
+                    pem = try await Daemon(try Configuration.load(path: configurationFile), logger: logger).auditPublicKeyFromHSM()
+                } catch {
+                    print("cannot read the audit public key from the HSM: \(error)")
+                    throw ExitCode(64)
+                }
             }
             let verifier: AuditVerifier
             do {
@@ -344,7 +362,7 @@ struct Audit: AsyncParsableCommand {
                 if let problem = report.problem {
                     print("FAILED: \(problem)")
                 } else if unsignedRefused {
-                    print("NOT VERIFIED: the chain of \(report.records) records is intact, but no --public-key was given, so the "
+                    print("NOT VERIFIED: the chain of \(report.records) records is intact, but no public key was given, so the "
                           + "checkpoint signatures were not checked (give --public-key, or --no-signatures to accept a chain-only check)")
                 } else {
                     let signed = report.signaturesChecked ? "signed checkpoint(s)" : "checkpoint(s), signatures not checked (--no-signatures)"

@@ -211,5 +211,23 @@ struct ObservabilityTests {
         let other = try String(contentsOfFile: kmsd.directory.appendingPathComponent("audit-key.pem").path, encoding: .utf8)
         let otherPublic = try P256.Signing.PrivateKey(pemRepresentation: other).publicKey.pemRepresentation
         #expect(try AuditVerifier(publicKeyPEM: otherPublic).verify(files: [kmsd.auditPath]).problem?.message.contains("signature") == true)
+
+        // kmsctl reads the public key from the token itself, without the exported file.
+        let configuration = kmsd.directory.appendingPathComponent("kmsd.yaml").path
+        let kmsctl = BuiltExecutable("kmsctl")
+        let fromHSM = try kmsctl.run(["audit", "verify", "--public-key-from-hsm", configuration, kmsd.auditPath])
+        #expect(fromHSM.status == 0, "\(fromHSM.output)")
+        #expect(fromHSM.output.contains("OK:") && fromHSM.output.contains("signed checkpoint"))
+        let both = try kmsctl.run(["audit", "verify", "--public-key-from-hsm", configuration, "--no-signatures", kmsd.auditPath])
+        #expect(both.status == 64)
+    }
+
+    @Test func aPublicKeyFromTheHSMNeedsAnHSMSigningKey() async throws {
+        let kmsd = try await RunningKMSD.start()
+        await kmsd.stop()
+        let configuration = kmsd.directory.appendingPathComponent("kmsd.yaml").path
+        let result = try BuiltExecutable("kmsctl").run(["audit", "verify", "--public-key-from-hsm", configuration, kmsd.auditPath])
+        #expect(result.status == 64)
+        #expect(result.output.contains("does not sign audit checkpoints with a key on an HSM"))
     }
 }
