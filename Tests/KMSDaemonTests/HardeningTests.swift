@@ -184,6 +184,41 @@ struct HardeningTests {
         await kmsd.stop()
     }
 
+    /// A PIN the token refused is not tried again until a reload brings another one from the PIN file.
+    @Test func aRefusedPINWaitsForAReloadWithADifferentPIN() async throws {
+        let kmsd = try await RunningKMSD.start()
+        let node = try kmsd.client("node1")
+        let pinFile = kmsd.directory.appendingPathComponent("pin")
+        let rightPIN = try String(contentsOf: pinFile, encoding: .utf8)
+        try kmsd.shim.inject(.dropLogin, .fail(function: "C_Login", value: 0xA0, count: 1))  // CKR_PIN_INCORRECT
+        #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 503)
+        let logins = try kmsd.shim.status().loginCalls
+        for _ in 0..<20 { #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 503) }
+        // A reload with the PIN unchanged tries nothing.
+        try kmsd.reload(clientCA: "ca.pem", crl: nil)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try kmsd.shim.status().loginCalls == logins)
+        // A wrong PIN in the file: tried once, refused by the token, and not again.
+        try Data("999999".utf8).write(to: pinFile)
+        try kmsd.reload(clientCA: "ca.pem", crl: nil)
+        for _ in 0..<50 where try kmsd.shim.status().loginCalls == logins { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(try kmsd.shim.status().loginCalls == logins + 1)
+        #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 503)
+        // The right PIN again: one login and service resumes, no restart.
+        try Data(rightPIN.utf8).write(to: pinFile)
+        try kmsd.reload(clientCA: "ca.pem", crl: nil)
+        var status = 0
+        for _ in 0..<50 {
+            status = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status
+            if status == 200 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(status == 200)
+        #expect(try kmsd.shim.status().loginCalls == logins + 2)
+        try? await node.shutdown()
+        await kmsd.stop()
+    }
+
     /// A batch's audit record lists every item: its version, its context digest and its result, so an investigation
     /// can tell which DEKs a stolen identity unwrapped; an item that fails authentication counts as a security event.
     @Test func batchRecordsListEveryItemWithVersionContextAndResult() async throws {
