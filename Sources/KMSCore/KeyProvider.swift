@@ -109,6 +109,20 @@ public protocol KeyProvider: Sendable {
 
     /// The backend's state, without blocking on it for long.
     func health() async -> ProviderHealth
+
+    // MARK: Lifecycle
+
+    /// Releases what the provider holds (sessions, threads, connections). Called once, at shutdown; calls after it
+    /// fail.
+    func shutdown() async
+
+    /// The provider's login secret, read again from its source at a reload (SIGHUP). A provider that logs in with one
+    /// (the PKCS#11 PIN) uses it for its next login; the default ignores it.
+    func reloadCredential(_ credential: SecretBytes)
+}
+
+extension KeyProvider {
+    public func reloadCredential(_ credential: SecretBytes) {}
 }
 
 extension KeyProvider {

@@ -1,21 +1,16 @@
-public import Foundation
+import Foundation
 public import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
 public import KMSCore
-import KMSProviderPKCS11
-import KMSProviderVault
 public import KMSRotation
 public import KMSAudit
 public import KMSServer
 public import Logging
 import NIOCore
-public import NIOSSL
-import PKCS11
+import NIOSSL
 public import ServiceLifecycle
 import UnixSignals
-import SwiftASN1
-import X509
 import Dispatch
 
 /// Writes the failed-handshake summaries every interval, and once more at shutdown.
@@ -57,177 +52,6 @@ public struct Daemon: Sendable {
         try Daemon(fresh, logger: logger).checkMode()
     }
 
-    /// Reads a secret from its source. Errors name the source, never the value.
-    static func read(_ source: Configuration.SecretSource, environment: [String: String]) throws -> SecretBytes {
-        switch source {
-        case .inline(let secret):
-            return secret
-        case .environment(let name):
-            guard let value = environment[name], !value.isEmpty else { throw ConfigurationError(["the environment variable \(name) is not set"]) }
-            return SecretBytes(utf8: value)
-        case .file(let path):
-            guard let data = FileManager.default.contents(atPath: path) else { throw ConfigurationError(["cannot read the secret file \(path)"]) }
-            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !text.isEmpty else { throw ConfigurationError(["the secret file \(path) is empty"]) }
-            return SecretBytes(utf8: text)
-        }
-    }
-
-    /// The audit checkpoint public key (PEM), read from the token named by `audit.sign: {hsm: …}`; nothing is created
-    /// and only that provider is started. `kmsctl audit verify --public-key-from-hsm` uses it.
-    public func auditPublicKeyFromHSM() async throws -> String {
-        guard case .hsm(let providerName, let label)? = configuration.audit?.signing else {
-            throw ConfigurationError(["audit.sign: \(configuration.source) does not sign audit checkpoints with a key on an HSM ({hsm: …})"])
-        }
-        let providers = try await startProviders(only: [providerName])
-        do {
-            guard let pkcs11 = providers[providerName] as? PKCS11KeyProvider else {
-                throw ConfigurationError(["audit.sign.hsm: provider '\(providerName)' is not a PKCS#11 provider"])
-            }
-            let pem = try await PKCS11AuditSigner.existingPublicKeyPEM(pkcs11, label: label)
-            await Self.stop(providers)
-            return pem
-        } catch {
-            await Self.stop(providers)
-            throw error
-        }
-    }
-
-    /// Starts every configured provider (or those named in `only`). On failure, stops those already started.
-    public func startProviders(only: Set<String>? = nil, environment: [String: String] = ProcessInfo.processInfo.environment)
-        async throws -> [String: any KeyProvider]
-    {
-        var started: [String: any KeyProvider] = [:]
-        do {
-            for (name, provider) in configuration.providers.sorted(by: { $0.key < $1.key }) where only?.contains(name) ?? true {
-                switch provider {
-                case .pkcs11(let settings):
-                    let profile = try HSMProfile.load(settings.profile, directory: settings.profilesDirectory)
-                    let uri = try PKCS11URI(parsing: settings.token)
-                    let pkcs11 = try await PKCS11KeyProvider.start(PKCS11ProviderConfiguration(
-                        modulePath: settings.module, token: uri, pin: try Self.read(settings.pin, environment: environment),
-                        profile: profile, maxSessions: settings.sessions, checkoutWait: settings.checkoutWait,
-                        callTimeout: settings.callTimeout), logger: Logger(label: "kmsd.provider.\(name)"))
-                    started[name] = pkcs11
-                case .vault(let settings):
-                    let auth: VaultProviderConfiguration.Authentication
-                    switch settings.auth {
-                    case .token(let source): auth = .token(try Self.read(source, environment: environment))
-                    case .tokenFile(let path): auth = .tokenFile(path)
-                    case .appRole(let roleID, let secret):
-                        auth = .appRole(roleID: roleID, secretID: try Self.read(secret, environment: environment))
-                    }
-                    started[name] = try VaultTransitProvider(VaultProviderConfiguration(
-                        address: settings.address, mount: settings.mount, namespace: settings.namespace,
-                        caCertificateFile: settings.caCertificate, authentication: auth,
-                        requestTimeout: settings.requestTimeout), logger: Logger(label: "kmsd.provider.\(name)"))
-                case .inMemory:
-                    throw ConfigurationError(["providers.\(name): the in-memory provider exists only inside kmsd's tests"])
-                }
-                logger.info("provider started", metadata: ["provider": "\(name)", "type": "\(provider.kind)"])
-            }
-        } catch {
-            await Self.stop(started)
-            throw error
-        }
-        return started
-    }
-
-    static func stop(_ providers: [String: any KeyProvider]) async {
-        for provider in providers.values {
-            if let pkcs11 = provider as? PKCS11KeyProvider { await pkcs11.shutdown() }
-            if let vault = provider as? VaultTransitProvider { await vault.shutdown() }
-        }
-    }
-
-    /// The rotation state store's file: `<data_dir>/rotation.sqlite` (`data_dir` defaults to /var/lib/kmsd).
-    public var stateStorePath: String {
-        (configuration.dataDirectory ?? "/var/lib/kmsd") + "/rotation.sqlite"
-    }
-
-    /// The configured keys with their providers and rotation policies.
-    func rotationKeys(_ providers: [String: any KeyProvider]) -> [RotationManager.Key] {
-        configuration.keys.values.compactMap { key in
-            providers[key.provider].map { RotationManager.Key(name: key.name, providerName: key.provider, provider: $0, policy: key.rotation) }
-        }
-    }
-
-    /// Opens the state store and loads the counters. `events` receives rotation events worth counting.
-    public func startRotation(_ providers: [String: any KeyProvider], events: SecurityEvents, audit: AuditLog? = nil,
-                              clock: @escaping @Sendable () -> Date = { Date() }) async throws -> RotationManager {
-        let store = try SQLiteStateStore(path: stateStorePath)
-        let manager = RotationManager(
-            keys: rotationKeys(providers), store: store, clock: clock, logger: Logger(label: "kmsd.rotation"),
-            onEvent: { event in
-                switch event.kind {
-                case .wrapRefused, .wrapLimitReached, .retireRefused, .rotationFailed: events.record(event.kind.rawValue)
-                case .notice, .rotated, .retired: break
-                }
-                // What the scheduler does on its own is audited here; what an API request does is audited with
-                // that request (one record per operation).
-                guard event.actor == "scheduler", let audit else { return }
-                switch event.kind {
-                case .notice, .rotated:
-                    audit.submit(AuditEvent(.admin, event.kind.rawValue, result: .ok, identity: "scheduler", key: event.key,
-                                            version: event.version, detail: event.detail))
-                case .rotationFailed:
-                    audit.submit(AuditEvent(.security, event.kind.rawValue, result: .failed, identity: "scheduler", key: event.key,
-                                            version: event.version, detail: event.detail))
-                case .wrapRefused, .wrapLimitReached, .retired, .retireRefused:
-                    break
-                }
-            })
-        try await manager.start()
-        return manager
-    }
-
-    /// The server's view of keys: each served through `TrackedProvider`, so use is counted and rotation rules apply.
-    public func policy(_ providers: [String: any KeyProvider], rotation: RotationManager) throws -> KMSServerPolicy {
-        var keys: [KeyName: KMSServerPolicy.Key] = [:]
-        for key in configuration.keys.values {
-            guard let provider = providers[key.provider] else { continue }
-            keys[key.name] = KMSServerPolicy.Key(name: key.name, providerName: key.provider,
-                                                 provider: TrackedProvider(provider, manager: rotation), allow: key.allow)
-        }
-        let limits = configuration.limits
-        var policy = KMSServerPolicy(
-            keys: keys, providers: providers, adminIdentities: configuration.admin.identities,
-            adminTokenHashes: configuration.admin.tokenHashes,
-            limits: .init(maxBodyBytes: limits.maxBodyBytes, requestTimeout: limits.requestTimeout,
-                          ratePerSecond: limits.ratePerSecond, burst: limits.burst, maxConnections: limits.maxConnections),
-            mode: configuration.mode.rawValue)
-        policy.identityMode = configuration.tls?.identity ?? .names
-        if let adminCA = configuration.admin.clientCA, let tls = configuration.tls {
-            let admins = try Self.subjects(adminCA, key: "admin.client_ca")
-            let nodes = try Self.subjects(tls.clientCA, key: "tls.client_ca")
-            if let shared = admins.first(where: { nodes.contains($0) }) {
-                throw ConfigurationError(["admin.client_ca: the CA \(shared) is also in tls.client_ca; the two bundles must name different CAs"])
-            }
-            policy.adminIssuers = admins
-            policy.nodeIssuers = nodes
-        }
-        return policy
-    }
-
-    /// The server's TLS: its certificate and key, client certificates from `client_ca` required (or optional), the
-    /// configured minimum version.
-    public static func tlsConfiguration(_ tls: Configuration.TLS, adminCA: String? = nil) throws -> TLSConfiguration {
-        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
-        var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key, format: .pem)))
-        // Admin certificates from `admin.client_ca` pass the handshake too; which CA issued a certificate is then
-        // checked per request (`KMSServerPolicy.adminIssuers`, `nodeIssuers`).
-        configuration.trustRoots = .certificates(
-            try NIOSSLCertificate.fromPEMFile(tls.clientCA) + (try adminCA.map { try NIOSSLCertificate.fromPEMFile($0) } ?? []))
-        configuration.certificateVerification = tls.clientAuth == .required ? .noHostnameVerification : .optionalVerification
-        configuration.minimumTLSVersion = tls.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
-        configuration.cipherSuites = tls.ciphers
-        // Closing a connection (idle timeout, maximum age) sends close_notify and waits for the peer's; a peer that
-        // never answers holds its slot at most this long.
-        configuration.shutdownTimeout = .seconds(1)
-        return configuration
-    }
-
     /// What a reload replaces in a running server.
     public struct Running: Sendable {
         public let server: KMSServer
@@ -237,33 +61,6 @@ public struct Daemon: Sendable {
         public let handshakeFailures: HandshakeFailures
         /// Reads the CRL file again every `tls.crl_refresh`.
         public let revocationRefresh: RevocationRefresh
-    }
-
-    /// The subject names of the CAs in a PEM bundle.
-    static func subjects(_ path: String, key: String) throws -> [DistinguishedName] {
-        do {
-            let text = try String(contentsOfFile: path, encoding: .utf8)
-            return try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes).subject }
-        } catch {
-            throw ConfigurationError(["\(key): cannot read the CA certificates in \(path): \(error)"])
-        }
-    }
-
-    /// The client CA bundle's certificates (for verifying the CRL).
-    static func clientCAs(_ tls: Configuration.TLS) throws -> [Certificate] {
-        let text = try String(contentsOfFile: tls.clientCA, encoding: .utf8)
-        return try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes) }
-    }
-
-    /// The CRL named by `tls.crl`, verified with the client CA; nil without one.
-    static func revocation(_ tls: Configuration.TLS?) throws -> RevocationList? {
-        guard let tls, let crl = tls.crl else { return nil }
-        guard let data = FileManager.default.contents(atPath: crl) else { throw ConfigurationError(["tls.crl: cannot read \(crl)"]) }
-        do {
-            return try RevocationList(data: data, issuers: clientCAs(tls))
-        } catch {
-            throw ConfigurationError(["tls.crl: \(error)"])
-        }
     }
 
     /// Builds the HTTP application. `onRunning` gets the bound port.
@@ -298,87 +95,6 @@ public struct Daemon: Sendable {
             maxUnauthenticated: limits.maxUnauthenticated, maxUnauthenticatedPerSource: limits.maxUnauthenticatedPerSource,
             handshakeTimeout: limits.handshakeTimeout, idleTimeout: limits.idleTimeout, maxAge: limits.maxConnectionAge,
             authenticates: authenticates)
-    }
-
-    /// SIGHUP: reads the configuration file again and applies what can change without a restart — the server
-    /// certificate, the client CA, the CRL, per-key allow lists, admin identities and tokens, limits. Providers and
-    /// listeners stay as they are. A bad file changes nothing and is reported.
-    public func reload(_ running: Running, providers: [String: any KeyProvider]) throws {
-        do {
-            try reloadUnaudited(running, providers: providers)
-            running.server.audit?.submit(AuditEvent(.admin, "reload", result: .ok, identity: "SIGHUP", detail: configuration.source))
-        } catch {
-            running.server.audit?.submit(AuditEvent(.admin, "reload", result: .failed, identity: "SIGHUP", detail: "\(error)".prefix(300).description))
-            throw error
-        }
-    }
-
-    private func reloadUnaudited(_ running: Running, providers: [String: any KeyProvider]) throws {
-        let fresh = try Configuration.load(path: configuration.source)
-        try checkReplacement(by: fresh)
-        let reloaded = Daemon(fresh, logger: logger)
-        // Build and check every part first; swap only when all of them are ready, so a failure changes nothing.
-        if running.tls != nil, fresh.tls == nil {
-            throw ConfigurationError(["tls: a reload cannot turn TLS off on a running listener; restart kmsd to change it"])
-        }
-        let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA)) }
-        let revocation = try Self.revocation(fresh.tls)
-        try running.server.checkNotRollback(revocation)
-        let pins = try reloaded.providerPINs(providers)
-        let keys = reloaded.rotationKeys(providers)
-        let snapshot = KMSServer.Snapshot(policy: try reloaded.policy(providers, rotation: running.server.rotation), revocation: revocation,
-                                          revocationGrace: fresh.tls?.crlGrace ?? .seconds(3600))
-
-        if let context, let box = running.tls { box.install(context) }
-        running.server.rotation.update(keys: keys)
-        running.server.reload(snapshot)
-        running.revocationRefresh.update(fresh.tls)
-        for (provider, pin) in pins { provider.replacePIN(pin) }
-        logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])
-    }
-
-    /// The PIN of every running PKCS#11 provider, read again from its source (a SIGHUP after correcting a PIN lets a
-    /// provider whose PIN the token refused try the new one, once).
-    func providerPINs(_ providers: [String: any KeyProvider], environment: [String: String] = ProcessInfo.processInfo.environment)
-        throws -> [(PKCS11KeyProvider, SecretBytes)]
-    {
-        try configuration.providers.sorted(by: { $0.key < $1.key }).compactMap { name, provider in
-            guard case .pkcs11(let settings) = provider, let running = providers[name] as? PKCS11KeyProvider else { return nil }
-            return (running, try Self.read(settings.pin, environment: environment))
-        }
-    }
-
-    /// Opens the audit log (nil when none is configured). Failures to write are counted as security events.
-    public func startAudit(providers: [String: any KeyProvider], events: SecurityEvents) async throws -> AuditLog? {
-        guard let audit = configuration.audit else { return nil }
-        let signer: (any AuditSigner)?
-        switch audit.signing {
-        case .file(let path):
-            signer = try FileAuditSigner(path: path)
-        case .hsm(let provider, let label):
-            guard let pkcs11 = providers[provider] as? PKCS11KeyProvider else {
-                throw ConfigurationError(["audit.sign.hsm: provider '\(provider)' is not a PKCS#11 provider"])
-            }
-            signer = try await pkcs11.auditSigner(label: label)
-        case nil:
-            signer = nil
-        }
-        var forwarder: SyslogForwarder?
-        if let syslog = audit.syslog {
-            var tls: TLSConfiguration?
-            if syslog.tls {
-                var client = TLSConfiguration.makeClientConfiguration()
-                if let ca = syslog.caCertificate { client.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
-                tls = client
-            }
-            forwarder = SyslogForwarder(.init(host: syslog.host, port: syslog.port, tls: tls), logger: Logger(label: "kmsd.audit.syslog"),
-                                        onDrop: { _ in events.record("syslog_dropped") })
-        }
-        return try AuditLog(
-            .init(path: audit.file, maxFileBytes: audit.maxFileBytes, checkpointEvery: audit.checkpointEvery,
-                  checkpointInterval: Double(audit.checkpointInterval.components.seconds), failClosed: audit.failClosed, signer: signer,
-                  syslog: forwarder, maxQueue: audit.maxQueue, keepFiles: audit.keepFiles),
-            logger: Logger(label: "kmsd.audit"), onFailure: { _ in events.record("audit_write_failed") })
     }
 
     /// The metrics listener: `GET /metrics`, Prometheus text, sampled state (providers, audit, keys) refreshed per scrape.

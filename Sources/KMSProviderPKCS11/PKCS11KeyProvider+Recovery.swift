@@ -85,7 +85,7 @@ extension PKCS11KeyProvider {
 
     /// A PIN read again at reload. If it differs and the breaker is open because the token refused the old one,
     /// kmsd tries the new PIN once: a login (or a whole reconnect, if the device had been lost too).
-    public func replacePIN(_ pin: SecretBytes) {
+    public func reloadCredential(_ pin: SecretBytes) {
         guard pool.replacePIN(pin) else { return }
         guard let outage = recovery.withLock({ $0.down }), outage.pinRefused else { return }
         logger.notice("the HSM PIN changed; trying it once")

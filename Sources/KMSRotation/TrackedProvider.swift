@@ -44,4 +44,6 @@ public struct TrackedProvider: KeyProvider {
     public func retireVersion(_ name: KeyName, version: KeyVersion) async throws { try await inner.retireVersion(name, version: version) }
     public func destroyVersion(_ name: KeyName, version: KeyVersion) async throws { try await inner.destroyVersion(name, version: version) }
     public func health() async -> ProviderHealth { await inner.health() }
+    public func shutdown() async { await inner.shutdown() }
+    public func reloadCredential(_ credential: SecretBytes) { inner.reloadCredential(credential) }
 }

@@ -215,12 +215,12 @@ struct FaultInjectionTests {
         #expect(health.lastError?.contains("CKR_PIN_INCORRECT") == true)
 
         // The same PIN again (a reload that changed nothing) tries nothing.
-        provider.replacePIN(token.pin)
+        provider.reloadCredential(token.pin)
         try await Task.sleep(for: .milliseconds(200))
         #expect(try shim.status().loginCalls == loginsAfterRefusal)
 
         // A different PIN is tried exactly once; SoftHSM refuses it, and nothing is tried after that either.
-        provider.replacePIN(SecretBytes(utf8: "not-the-pin"))
+        provider.reloadCredential(SecretBytes(utf8: "not-the-pin"))
         try await waitUntil { try shim.status().loginCalls == loginsAfterRefusal + 1 }
         for _ in 0..<50 {
             #expect(await errorCode { _ = try await provider.generateDataKey(orders, context: [:]) } == .unavailable)
@@ -228,7 +228,7 @@ struct FaultInjectionTests {
         #expect(try shim.status().loginCalls == loginsAfterRefusal + 1)
 
         // The right PIN: one login, and the provider serves again without a restart.
-        provider.replacePIN(token.pin)
+        provider.reloadCredential(token.pin)
         try await waitUntil { await errorCode({ _ = try await provider.generateDataKey(orders, context: [:]) }) == nil }
         let unwrapped = try await provider.unwrap(orders, wrapped: before.wrapped, context: [:])
         #expect(unwrapped.plaintext == before.plaintext)

@@ -1,0 +1,46 @@
+import Foundation
+import KMSAudit
+public import KMSCore
+import KMSRotation
+import KMSServer
+import Logging
+
+/// SIGHUP: build and check every part of the new configuration, then swap them in.
+extension Daemon {
+    /// SIGHUP: reads the configuration file again and applies what can change without a restart — the server
+    /// certificate, the client CA, the CRL, per-key allow lists, admin identities and tokens, limits. Providers and
+    /// listeners stay as they are. A bad file changes nothing and is reported.
+    public func reload(_ running: Running, providers: [String: any KeyProvider]) throws {
+        do {
+            try reloadUnaudited(running, providers: providers)
+            running.server.audit?.submit(AuditEvent(.admin, "reload", result: .ok, identity: "SIGHUP", detail: configuration.source))
+        } catch {
+            running.server.audit?.submit(AuditEvent(.admin, "reload", result: .failed, identity: "SIGHUP", detail: "\(error)".prefix(300).description))
+            throw error
+        }
+    }
+
+    private func reloadUnaudited(_ running: Running, providers: [String: any KeyProvider]) throws {
+        let fresh = try Configuration.load(path: configuration.source)
+        try checkReplacement(by: fresh)
+        let reloaded = Daemon(fresh, logger: logger)
+        // Build and check every part first; swap only when all of them are ready, so a failure changes nothing.
+        if running.tls != nil, fresh.tls == nil {
+            throw ConfigurationError(["tls: a reload cannot turn TLS off on a running listener; restart kmsd to change it"])
+        }
+        let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA)) }
+        let revocation = try Self.revocation(fresh.tls)
+        try running.server.checkNotRollback(revocation)
+        let pins = try reloaded.providerPINs(providers)
+        let keys = reloaded.rotationKeys(providers)
+        let snapshot = KMSServer.Snapshot(policy: try reloaded.policy(providers, rotation: running.server.rotation), revocation: revocation,
+                                          revocationGrace: fresh.tls?.crlGrace ?? .seconds(3600))
+
+        if let context, let box = running.tls { box.install(context) }
+        running.server.rotation.update(keys: keys)
+        running.server.reload(snapshot)
+        running.revocationRefresh.update(fresh.tls)
+        for (provider, pin) in pins { provider.reloadCredential(pin) }
+        logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])
+    }
+}

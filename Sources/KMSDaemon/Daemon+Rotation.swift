@@ -1,0 +1,80 @@
+public import Foundation
+public import KMSAudit
+public import KMSCore
+public import KMSRotation
+public import KMSServer
+import Logging
+import X509
+
+/// The rotation manager and the server's policy: the state store, the rotation-event → audit mapping, and each key
+/// served through `TrackedProvider`.
+extension Daemon {
+    /// The rotation state store's file: `<data_dir>/rotation.sqlite` (`data_dir` defaults to /var/lib/kmsd).
+    public var stateStorePath: String {
+        (configuration.dataDirectory ?? "/var/lib/kmsd") + "/rotation.sqlite"
+    }
+
+    /// The configured keys with their providers and rotation policies.
+    func rotationKeys(_ providers: [String: any KeyProvider]) -> [RotationManager.Key] {
+        configuration.keys.values.compactMap { key in
+            providers[key.provider].map { RotationManager.Key(name: key.name, providerName: key.provider, provider: $0, policy: key.rotation) }
+        }
+    }
+
+    /// Opens the state store and loads the counters. `events` receives rotation events worth counting.
+    public func startRotation(_ providers: [String: any KeyProvider], events: SecurityEvents, audit: AuditLog? = nil,
+                              clock: @escaping @Sendable () -> Date = { Date() }) async throws -> RotationManager {
+        let store = try SQLiteStateStore(path: stateStorePath)
+        let manager = RotationManager(
+            keys: rotationKeys(providers), store: store, clock: clock, logger: Logger(label: "kmsd.rotation"),
+            onEvent: { event in
+                switch event.kind {
+                case .wrapRefused, .wrapLimitReached, .retireRefused, .rotationFailed: events.record(event.kind.rawValue)
+                case .notice, .rotated, .retired: break
+                }
+                // What the scheduler does on its own is audited here; what an API request does is audited with
+                // that request (one record per operation).
+                guard event.actor == "scheduler", let audit else { return }
+                switch event.kind {
+                case .notice, .rotated:
+                    audit.submit(AuditEvent(.admin, event.kind.rawValue, result: .ok, identity: "scheduler", key: event.key,
+                                            version: event.version, detail: event.detail))
+                case .rotationFailed:
+                    audit.submit(AuditEvent(.security, event.kind.rawValue, result: .failed, identity: "scheduler", key: event.key,
+                                            version: event.version, detail: event.detail))
+                case .wrapRefused, .wrapLimitReached, .retired, .retireRefused:
+                    break
+                }
+            })
+        try await manager.start()
+        return manager
+    }
+
+    /// The server's view of keys: each served through `TrackedProvider`, so use is counted and rotation rules apply.
+    public func policy(_ providers: [String: any KeyProvider], rotation: RotationManager) throws -> KMSServerPolicy {
+        var keys: [KeyName: KMSServerPolicy.Key] = [:]
+        for key in configuration.keys.values {
+            guard let provider = providers[key.provider] else { continue }
+            keys[key.name] = KMSServerPolicy.Key(name: key.name, providerName: key.provider,
+                                                 provider: TrackedProvider(provider, manager: rotation), allow: key.allow)
+        }
+        let limits = configuration.limits
+        var policy = KMSServerPolicy(
+            keys: keys, providers: providers, adminIdentities: configuration.admin.identities,
+            adminTokenHashes: configuration.admin.tokenHashes,
+            limits: .init(maxBodyBytes: limits.maxBodyBytes, requestTimeout: limits.requestTimeout,
+                          ratePerSecond: limits.ratePerSecond, burst: limits.burst, maxConnections: limits.maxConnections),
+            mode: configuration.mode.rawValue)
+        policy.identityMode = configuration.tls?.identity ?? .names
+        if let adminCA = configuration.admin.clientCA, let tls = configuration.tls {
+            let admins = try Self.subjects(adminCA, key: "admin.client_ca")
+            let nodes = try Self.subjects(tls.clientCA, key: "tls.client_ca")
+            if let shared = admins.first(where: { nodes.contains($0) }) {
+                throw ConfigurationError(["admin.client_ca: the CA \(shared) is also in tls.client_ca; the two bundles must name different CAs"])
+            }
+            policy.adminIssuers = admins
+            policy.nodeIssuers = nodes
+        }
+        return policy
+    }
+}
