@@ -115,10 +115,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The operations under every front end: policy, limits, provider calls, audit records; no wire protocol.
+        .target(
+            name: "KMSService",
+            dependencies: [
+                "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "KMSServer",
             dependencies: [
-                "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", "CTLSOptions",
+                "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", "KMSService", "CTLSOptions",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -138,7 +150,7 @@ let package = Package(
         .target(
             name: "KMSDaemon",
             dependencies: [
-                "KMSCore", "KMSAPI", "KMSServer", "KMSProviderPKCS11", "KMSProviderVault", "PKCS11", "KMSRotation", "KMSAudit",
+                "KMSCore", "KMSAPI", "KMSServer", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "PKCS11", "KMSRotation", "KMSAudit",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -270,7 +282,7 @@ let package = Package(
         .testTarget(
             name: "KMSDaemonTests",
             dependencies: [
-                "KMSDaemon", "KMSServer", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSAudit",
+                "KMSDaemon", "KMSServer", "KMSService", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSAudit",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

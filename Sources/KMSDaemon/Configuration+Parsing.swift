@@ -3,6 +3,7 @@ import KMSRotation
 import KMSCore
 import KMSProviderPKCS11
 import KMSServer
+import KMSService
 import Yams
 
 extension Configuration {

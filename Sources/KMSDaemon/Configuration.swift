@@ -1,6 +1,6 @@
 public import KMSCore
 public import KMSRotation
-public import KMSServer
+public import KMSService
 
 /// kmsd's validated configuration. Made only by `Configuration.load` / `parse`, which read the YAML file, apply
 /// `KMSD_*` environment overrides, and check everything in one step, listing every problem with its key path.

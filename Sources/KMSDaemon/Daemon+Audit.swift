@@ -2,7 +2,8 @@ import Foundation
 public import KMSAudit
 public import KMSCore
 import KMSProviderPKCS11
-public import KMSServer
+import KMSServer
+public import KMSService
 import Logging
 import NIOSSL
 

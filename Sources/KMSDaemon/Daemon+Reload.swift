@@ -3,6 +3,7 @@ import KMSAudit
 public import KMSCore
 import KMSRotation
 import KMSServer
+import KMSService
 import Logging
 
 /// SIGHUP: build and check every part of the new configuration, then swap them in.

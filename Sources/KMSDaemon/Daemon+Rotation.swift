@@ -2,7 +2,8 @@ public import Foundation
 public import KMSAudit
 public import KMSCore
 public import KMSRotation
-public import KMSServer
+import KMSServer
+public import KMSService
 import Logging
 import X509
 

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import KMSServer
+import KMSService
 public import NIOSSL
 import SwiftASN1
 import X509

@@ -6,6 +6,7 @@ public import KMSCore
 public import KMSRotation
 public import KMSAudit
 public import KMSServer
+public import KMSService
 public import Logging
 import NIOCore
 import NIOSSL

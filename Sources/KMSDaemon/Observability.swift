@@ -3,6 +3,7 @@ import KMSAudit
 import KMSCore
 import KMSRotation
 import KMSServer
+import KMSService
 import Logging
 import ServiceLifecycle
 import Synchronization

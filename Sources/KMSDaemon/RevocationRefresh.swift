@@ -1,5 +1,6 @@
 import Foundation
 import KMSServer
+import KMSService
 import Logging
 public import ServiceLifecycle
 import Synchronization

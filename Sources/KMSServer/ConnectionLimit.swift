@@ -1,4 +1,5 @@
 import NIOCore
+public import KMSService
 import Synchronization
 
 /// What one listener allows its connections: how many at once (in all, per source address, and before they have

@@ -1,5 +1,6 @@
 public import KMSAudit
 import KMSCore
+public import KMSService
 import Synchronization
 
 /// Failed TLS handshakes, summarized. Each one is counted at once (`tls_handshake_failed`, a security event and

@@ -1,6 +1,7 @@
 import Foundation
 @testable import KMSDaemon
 import KMSServer
+import KMSService
 import KMSRotation
 import KMSAudit
 import Testing

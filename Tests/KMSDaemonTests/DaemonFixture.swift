@@ -4,6 +4,7 @@ import KMSAPI
 import KMSCore
 @testable import KMSDaemon
 import KMSServer
+import KMSService
 import KMSAudit
 import Hummingbird
 import KMSTestSupport

@@ -7,8 +7,11 @@ import KMSAPI
 import KMSAudit
 import KMSDaemon
 import KMSServer
+import KMSService
 import KMSTestSupport
 import Testing
+import SwiftASN1
+import X509
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -284,7 +287,7 @@ struct HardeningTests {
 struct IdentityNameTests {
     func identity(_ subject: DevPKI.Subject, mode: ClientIdentity.Mode = .names) throws -> ClientIdentity {
         let issued = try DevPKI().issue(subject)
-        return try ClientIdentity(certificate: try NIOSSLCertificate(bytes: Array(issued.certificatePEM.utf8), format: .pem), mode: mode)
+        return try ClientIdentity(certificate: try Certificate(pemEncoded: issued.certificatePEM), mode: mode)
     }
 
     @Test func namesAreTypedAndPatternsMatchOnlyTheirOwnKind() throws {

@@ -1,6 +1,4 @@
 public import Foundation
-public import NIOSSL
-import SwiftASN1
 public import X509
 
 /// Who is calling, from the verified client certificate. Every name is typed by where it came from, and a pattern
@@ -72,8 +70,8 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
     /// and audit records, in the same spelling as the patterns that match it.
     public var description: String { names.first ?? "<anonymous>" }
 
-    public init(certificate: NIOSSLCertificate, mode: Mode = .names) throws {
-        let parsed = try Certificate(derEncoded: try certificate.toDERBytes())
+    /// The identity of a parsed certificate (the handshake has verified its chain).
+    public init(certificate parsed: Certificate, mode: Mode = .names) throws {
         var uris: [String] = []
         var dns: [String] = []
         if let names = try parsed.extensions.subjectAlternativeNames {

@@ -1,0 +1,102 @@
+import Crypto
+import Foundation
+public import KMSAudit
+import KMSCore
+import Synchronization
+
+/// What one operation will leave in the audit log, filled in as the operation learns it (caller, key, version,
+/// context digest, batch outcomes). Carried in a task-local so the service and its helpers can add to it without
+/// passing it along.
+final class AuditNote: Sendable {
+    @TaskLocal static var current: AuditNote?
+    private let state: Mutex<AuditEvent>
+
+    init(_ kind: AuditEvent.Kind, _ action: String) {
+        state = Mutex(AuditEvent(kind, action, result: .ok))
+    }
+
+    var event: AuditEvent { state.withLock { $0 } }
+    func update(_ body: (inout AuditEvent) -> Void) { state.withLock { body(&$0) } }
+
+    static func identity(_ identity: String) { current?.update { $0.identity = identity } }
+    static func key(_ key: KeyName) { current?.update { $0.key = key.rawValue } }
+    static func version(_ version: KeyVersion) { current?.update { $0.version = version.rawValue } }
+    static func items(_ count: Int) { current?.update { $0.items = count } }
+    static func detail(_ detail: String) { current?.update { $0.detail = String(detail.prefix(300)) } }
+    static func context(_ context: EncryptionContext) {
+        guard current != nil else { return }
+        let digest = digest(context)
+        current?.update { $0.contextDigest = digest }
+    }
+    /// Lower-case hex SHA-256 of the context's canonical encoding.
+    static func digest(_ context: EncryptionContext) -> String {
+        SHA256.hash(data: context.canonicalEncoding).map { String(format: "%02x", $0) }.joined()
+    }
+    /// A batch: its items' outcomes, and no request-wide version or context (items differ).
+    static func outcomes(_ outcomes: [AuditEvent.ItemOutcome]) {
+        current?.update { event in
+            event.outcomes = outcomes
+            event.version = nil
+            event.contextDigest = nil
+        }
+    }
+}
+
+extension KMSService {
+    /// Runs one operation with its audit record: a success is returned only after its record is durable
+    /// (`audit_unavailable` if the log fails closed); a refusal or failure is recorded as what it was
+    /// (authentication, authorization, security) without waiting. Exactly one record per operation: an operation
+    /// called inside a scope a front end opened (around its own decoding) joins that scope.
+    public func audited<T>(_ kind: AuditEvent.Kind, _ action: String, _ body: () async throws -> T) async throws(ServiceError) -> T {
+        if AuditNote.current != nil {
+            do {
+                return try await body()
+            } catch {
+                throw Self.classified(error)
+            }
+        }
+        let note = AuditNote(kind, action)
+        do {
+            let value = try await AuditNote.$current.withValue(note) { try await body() }
+            if let audit {
+                do {
+                    try await audit.record(note.event)
+                } catch {
+                    events.record("audit_unavailable")
+                    throw ServiceError(.unavailable, "audit_unavailable", "the audit log cannot be written; key operations are refused until it can")
+                }
+            }
+            return value
+        } catch {
+            let serviceError = Self.classified(error)
+            if let audit, serviceError.code != "audit_unavailable" {
+                var event = note.event
+                switch serviceError.kind {
+                case .unauthenticated:
+                    event.kind = .authentication
+                    event.result = .denied
+                case .forbidden:
+                    event.kind = .authorization
+                    event.result = .denied
+                case .rateLimited, .unavailable:
+                    event.kind = .security
+                    event.result = .refused
+                default:
+                    event.result = .failed
+                }
+                event.code = serviceError.code
+                event.detail = String((serviceError.detail.map { "\(serviceError.message) [\($0)]" } ?? serviceError.message).prefix(300))
+                audit.submit(event)
+            }
+            throw serviceError
+        }
+    }
+
+    static func classified(_ error: any Error) -> ServiceError {
+        switch error {
+        case let error as ServiceError: error
+        case let error as KMSError: ServiceError(error)
+        default: ServiceError(.internal, "internal", "internal error")
+        }
+    }
+}

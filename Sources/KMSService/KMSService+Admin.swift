@@ -1,0 +1,163 @@
+public import Foundation
+public import KMSAPI
+import KMSAudit
+public import KMSCore
+public import KMSRotation
+import Logging
+
+/// The administrative operations: an admin certificate identity or an admin token, checked before the front end is
+/// asked for the request's input.
+extension KMSService {
+    /// The configured keys with their providers, by name.
+    public func listKeys(_ caller: Caller) async throws(ServiceError) -> [KMSServerPolicy.Key] {
+        try await audited(.admin, "list_keys") {
+            let policy = policy
+            _ = try authorizeAdmin(caller, policy: policy)
+            return policy.keys.values.sorted { $0.name < $1.name }
+        }
+    }
+
+    public func describeKey(_ caller: Caller, key nameText: String) async throws(ServiceError) -> (KMSServerPolicy.Key, KeyDescription) {
+        try await audited(.admin, "show_key") {
+            let policy = policy
+            _ = try authorizeAdmin(caller, policy: policy)
+            let key = try adminKey(nameText, policy: policy)
+            return (key, try await perform { try await key.provider.describeKey(key.name) })
+        }
+    }
+
+    /// Creates version 1 of a key the configuration names (that is where its allow list lives).
+    public func createKey(_ caller: Caller, input: () async throws -> CreateKeyRequest) async throws(ServiceError)
+        -> (KMSServerPolicy.Key, KeyDescription)
+    {
+        try await audited(.admin, "create_key") {
+            let policy = policy
+            let actor = try authorizeAdmin(caller, policy: policy)
+            let body = try await input()
+            guard let name = try? KeyName(body.name) else {
+                throw ServiceError(.badRequest, "invalid_input", "'\(body.name.prefix(80))' is not a valid key name")
+            }
+            guard let key = policy.keys[name] else {
+                throw ServiceError(.badRequest, "invalid_input", "add key '\(name)' to the configuration (provider and allow list) first")
+            }
+            AuditNote.key(name)
+            if let provider = body.provider, provider != key.providerName {
+                throw ServiceError(.badRequest, "invalid_input", "key '\(name)' is configured for provider '\(key.providerName)', not '\(provider)'")
+            }
+            let description = try await perform { try await key.provider.createKey(name) }
+            await rotation.didCreate(name, description: description, actor: actor)
+            logger.notice("key created", metadata: ["admin": "\(actor)", "key": "\(name)", "provider": "\(key.providerName)"])
+            return (key, description)
+        }
+    }
+
+    public func rotate(_ caller: Caller, key nameText: String, input: () async throws -> RotateRequest) async throws(ServiceError)
+        -> (KMSServerPolicy.Key, RotationManager.Outcome)
+    {
+        try await audited(.admin, "rotate") {
+            let policy = policy
+            let actor = try authorizeAdmin(caller, policy: policy)
+            let key = try adminKey(nameText, policy: policy)
+            let body = try await input()
+            let reason = "manual" + (body.reason.map { ": \($0.prefix(200))" } ?? "")
+            AuditNote.detail((body.dryRun == true ? "dry run; " : "") + reason)
+            guard let outcome = try await perform({ [rotation] in
+                try await rotation.rotate(key.name, trigger: reason, actor: actor, dryRun: body.dryRun ?? false)
+            }) else {
+                throw ServiceError(.conflict, "conflict", "the rotation of '\(key.name)' did not run")
+            }
+            AuditNote.version(outcome.newVersion)
+            return (key, outcome)
+        }
+    }
+
+    /// Retires `versionText` of the key; returns the key's versions afterwards.
+    public func retire(_ caller: Caller, key nameText: String, version versionText: String?, input: () async throws -> RetireRequest)
+        async throws(ServiceError) -> (KMSServerPolicy.Key, KeyDescription)
+    {
+        try await audited(.admin, "retire") {
+            let policy = policy
+            let actor = try authorizeAdmin(caller, policy: policy)
+            let key = try adminKey(nameText, policy: policy)
+            guard let number = versionText.flatMap(UInt32.init), let version = try? KeyVersion(number) else {
+                throw ServiceError(.badRequest, "invalid_input", "the version must be a positive integer")
+            }
+            let body = try await input()
+            AuditNote.version(version)
+            if body.force == true { AuditNote.detail("forced") }
+            try await perform { [rotation] in try await rotation.retire(key.name, version: version, force: body.force ?? false, actor: actor) }
+            return (key, try await perform { try await key.provider.describeKey(key.name) })
+        }
+    }
+
+    public func versions(_ caller: Caller, key nameText: String) async throws(ServiceError)
+        -> (KMSServerPolicy.Key, RotationManager.Key, [RotationManager.VersionEntry])
+    {
+        try await audited(.admin, "versions") {
+            let policy = policy
+            _ = try authorizeAdmin(caller, policy: policy)
+            let key = try adminKey(nameText, policy: policy)
+            let (configured, entries) = try await perform { [rotation] in try await rotation.versions(key.name) }
+            return (key, configured, entries)
+        }
+    }
+
+    /// Every key's rotation schedule, and the time it was computed at.
+    public func schedule(_ caller: Caller) async throws(ServiceError) -> (Date, [RotationManager.ScheduleEntry]) {
+        try await audited(.admin, "schedule") {
+            _ = try authorizeAdmin(caller, policy: policy)
+            let now = rotation.clock()
+            return (now, await rotation.schedule())
+        }
+    }
+
+    /// One provider's state, for status and readiness.
+    public struct ProviderStatus: Sendable {
+        public let name: String
+        public let kind: ProviderKind
+        public let health: ProviderHealth
+    }
+
+    /// The mode, every provider's state and the security event counts.
+    public func status(_ caller: Caller) async throws(ServiceError) -> (mode: String, providers: [ProviderStatus], events: [String: Int]) {
+        try await audited(.admin, "status") {
+            let policy = policy
+            _ = try authorizeAdmin(caller, policy: policy)
+            return (policy.mode, await providerHealth(), events.snapshot)
+        }
+    }
+
+    public func providerHealth() async -> [ProviderStatus] {
+        var result: [ProviderStatus] = []
+        for (name, provider) in policy.providers.sorted(by: { $0.key < $1.key }) {
+            result.append(ProviderStatus(name: name, kind: provider.kind, health: await provider.health()))
+        }
+        return result
+    }
+
+    /// Throws when kmsd cannot serve: the audit log cannot be written, revocation cannot be checked, or a provider
+    /// is unavailable.
+    public func checkReady() async throws(ServiceError) {
+        if let audit, !audit.statistics.writable {
+            throw ServiceError(.unavailable, "unavailable", "the audit log cannot be written")
+        }
+        if let problem = revocationProblem() {
+            throw ServiceError(.unavailable, "revocation_unavailable", problem)
+        }
+        let down = await providerHealth().filter { $0.health.state == .unavailable }.map(\.name)
+        guard down.isEmpty else {
+            throw ServiceError(.unavailable, "unavailable", "provider(s) unavailable: \(down.joined(separator: ", "))")
+        }
+    }
+
+    private func adminKey(_ nameText: String, policy: KMSServerPolicy) throws(ServiceError) -> KMSServerPolicy.Key {
+        guard let name = try? KeyName(nameText) else {
+            throw ServiceError(.badRequest, "invalid_input", "'\(nameText.prefix(80))' is not a valid key name")
+        }
+        AuditNote.key(name)
+        guard let key = policy.keys[name] else {
+            throw ServiceError(.notFound, "not_found", "no key named '\(name)' in the configuration")
+        }
+        return key
+    }
+}

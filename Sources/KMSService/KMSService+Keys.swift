@@ -1,0 +1,154 @@
+public import KMSAPI
+import KMSAudit
+public import KMSCore
+import Logging
+
+/// The storage-node operations. Each authorizes the caller for the key before it asks the front end for the
+/// request's input (`input`), so an unauthorized caller's body is never read.
+extension KMSService {
+    /// A new DEK under the key's wrapping version, bound to the context.
+    public func dataKey(_ caller: Caller, key nameText: String, input: () async throws -> DataKeyRequest) async throws(ServiceError)
+        -> (KeyName, DataKey)
+    {
+        try await audited(.keyAccess, "datakey") {
+            let policy = policy
+            let (key, identity) = try authorizeKey(caller, nameText, policy: policy)
+            let encryption = try context(try await input().context)
+            AuditNote.context(encryption)
+            let dataKey = try await perform { try await key.provider.generateDataKey(key.name, context: encryption) }
+            AuditNote.version(dataKey.version)
+            logger.info("datakey", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(dataKey.version)"])
+            return (key.name, dataKey)
+        }
+    }
+
+    public func unwrap(_ caller: Caller, key nameText: String, input: () async throws -> UnwrapRequest) async throws(ServiceError)
+        -> (KeyName, UnwrappedKey)
+    {
+        try await single("unwrap", caller, nameText, input, version: \.version) { key, item, outcome in
+            try await unwrapOne(key, item, &outcome)
+        }
+    }
+
+    /// Unwraps and wraps again under the wrapping version, keeping the context.
+    public func rewrap(_ caller: Caller, key nameText: String, input: () async throws -> UnwrapRequest) async throws(ServiceError)
+        -> (KeyName, WrappedKey)
+    {
+        try await single("rewrap", caller, nameText, input, version: \.version) { key, item, outcome in
+            try await rewrapOne(key, item, &outcome)
+        }
+    }
+
+    /// One answer per item, in order: its result or its error. A backend outage ends the batch with that error.
+    public func unwrapBatch(_ caller: Caller, key nameText: String, input: () async throws -> BatchRequest) async throws(ServiceError)
+        -> (KeyName, [(UnwrappedKey?, ServiceError?)])
+    {
+        try await batch("unwrap_batch", caller, nameText, input) { key, item, outcome in try await unwrapOne(key, item, &outcome) }
+    }
+
+    public func rewrapBatch(_ caller: Caller, key nameText: String, input: () async throws -> BatchRequest) async throws(ServiceError)
+        -> (KeyName, [(WrappedKey?, ServiceError?)])
+    {
+        try await batch("rewrap_batch", caller, nameText, input) { key, item, outcome in try await rewrapOne(key, item, &outcome) }
+    }
+
+    private typealias ItemOperation<Result> = (KMSServerPolicy.Key, UnwrapRequest, inout AuditEvent.ItemOutcome) async throws -> Result
+
+    private func single<Result>(
+        _ action: String, _ caller: Caller, _ nameText: String, _ input: () async throws -> UnwrapRequest,
+        version: (Result) -> KeyVersion, _ operation: ItemOperation<Result>
+    ) async throws(ServiceError) -> (KeyName, Result) {
+        try await audited(.keyAccess, action) {
+            let (key, identity) = try authorizeKey(caller, nameText, policy: policy)
+            var outcome = AuditEvent.ItemOutcome()
+            let result = try await operation(key, try await input(), &outcome)
+            logger.info("\(action)", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(version(result))"])
+            return (key.name, result)
+        }
+    }
+
+    private func batch<Result: Sendable>(
+        _ action: String, _ caller: Caller, _ nameText: String, _ input: () async throws -> BatchRequest,
+        _ operation: ItemOperation<Result>
+    ) async throws(ServiceError) -> (KeyName, [(Result?, ServiceError?)]) {
+        try await audited(.keyAccess, action) {
+            let (key, _) = try authorizeKey(caller, nameText, policy: policy)
+            let items = try checkBatch(try await input())
+            return (key.name, try await eachItem(items) { item, outcome in try await operation(key, item, &outcome) })
+        }
+    }
+
+    private func checkBatch(_ body: BatchRequest) throws(ServiceError) -> [UnwrapRequest] {
+        guard (1...BatchRequest.maxItems).contains(body.items.count) else {
+            throw ServiceError(.badRequest, "invalid_input", "a batch holds 1 to \(BatchRequest.maxItems) items")
+        }
+        AuditNote.items(body.items.count)
+        return body.items
+    }
+
+    /// Runs `operation` on every item in order, answering each with its result or its error, and notes each item's
+    /// outcome for the audit record (kept current after every item, so a batch cut short by an outage still says
+    /// which items ran). An unavailable backend ends the batch: it is down for all of them.
+    private func eachItem<Result: Sendable>(
+        _ items: [UnwrapRequest],
+        _ operation: (UnwrapRequest, inout AuditEvent.ItemOutcome) async throws -> Result
+    ) async throws -> [(Result?, ServiceError?)] {
+        var answers: [(Result?, ServiceError?)] = []
+        var outcomes: [AuditEvent.ItemOutcome] = []
+        for item in items {
+            var outcome = AuditEvent.ItemOutcome()
+            do {
+                let result = try await operation(item, &outcome)
+                answers.append((result, nil))
+                outcomes.append(outcome)
+            } catch {
+                let serviceError = Self.classified(error)
+                outcome.result = serviceError.isAuthenticationFailure ? .denied : .failed
+                outcome.code = serviceError.code
+                outcomes.append(outcome)
+                if serviceError.kind == .unavailable {
+                    AuditNote.outcomes(outcomes)
+                    throw serviceError
+                }
+                answers.append((nil, serviceError))
+            }
+            AuditNote.outcomes(outcomes)
+        }
+        return answers
+    }
+
+    /// Decodes one item's wrapped key and context, filling in what the audit record shows of it.
+    private func itemInput(_ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) throws(ServiceError) -> ([UInt8], EncryptionContext) {
+        let wrapped = try base64(item.wrapped, field: "wrapped")
+        if let envelope = try? Envelope(parsing: wrapped) { outcome.version = envelope.header.version.rawValue }
+        let encryption = try context(item.context)
+        outcome.contextDigest = AuditNote.digest(encryption)
+        AuditNote.context(encryption)
+        return (wrapped, encryption)
+    }
+
+    private func unwrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) async throws -> UnwrappedKey {
+        try await itemCall(key, item, &outcome, version: { $0.version }) { provider, name, wrapped, context in
+            try await provider.unwrap(name, wrapped: wrapped, context: context)
+        }
+    }
+
+    private func rewrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) async throws -> WrappedKey {
+        try await itemCall(key, item, &outcome, version: { $0.version }) { provider, name, wrapped, context in
+            try await provider.rewrap(name, wrapped: wrapped, context: context)
+        }
+    }
+
+    /// One item's provider call under the deadline, with its version noted for the audit record.
+    private func itemCall<Result: Sendable>(
+        _ key: KMSServerPolicy.Key, _ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome, version: (Result) -> KeyVersion,
+        _ call: @escaping @Sendable (any KeyProvider, KeyName, [UInt8], EncryptionContext) async throws -> Result
+    ) async throws -> Result {
+        let (wrapped, encryption) = try itemInput(item, &outcome)
+        let (provider, name) = (key.provider, key.name)
+        let result = try await perform { try await call(provider, name, wrapped, encryption) }
+        AuditNote.version(version(result))
+        outcome.version = version(result).rawValue
+        return result
+    }
+}
