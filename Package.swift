@@ -207,6 +207,7 @@ let package = Package(
         .target(
             name: "VaultDev",
             dependencies: [
+                "KMSCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),

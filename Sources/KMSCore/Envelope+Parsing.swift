@@ -89,3 +89,17 @@ private struct ByteReader {
         return UInt32(b[0]) << 24 | UInt32(b[1]) << 16 | UInt32(b[2]) << 8 | UInt32(b[3])
     }
 }
+
+extension Envelope {
+    /// Parses `bytes` and checks what every provider checks before it unwraps: the envelope was made by a `provider`
+    /// key (`backend` names it for the message, "an HSM key") and for key `name`, not moved from another key.
+    public init(parsing bytes: [UInt8], madeBy provider: ProviderKind, backend: String, for name: KeyName) throws(KMSError) {
+        self = try Envelope(parsing: bytes)
+        guard header.provider == provider else {
+            throw KMSError.invalidInput("the wrapped key was made by the \(header.provider) provider, not by \(backend)")
+        }
+        guard header.keyName == name else {
+            throw KMSError.invalidInput("the wrapped key belongs to key '\(header.keyName)', not '\(name)'")
+        }
+    }
+}

@@ -36,14 +36,8 @@ extension PKCS11KeyProvider {
     }
 
     public func unwrap(_ name: KeyName, wrapped: [UInt8], context: EncryptionContext) async throws -> UnwrappedKey {
-        let envelope = try Envelope(parsing: wrapped)
+        let envelope = try Envelope(parsing: wrapped, madeBy: .pkcs11, backend: "an HSM key", for: name)
         let header = envelope.header
-        guard header.provider == .pkcs11 else {
-            throw KMSError.invalidInput("the wrapped key was made by the \(header.provider) provider, not by an HSM key")
-        }
-        guard header.keyName == name else {
-            throw KMSError.invalidInput("the wrapped key belongs to key '\(header.keyName)', not '\(name)'")
-        }
         let cached = catalog.withLock { $0.record(id: header.keyID) }
             .flatMap { $0.name == name && $0.version == header.version ? $0 : nil }
         let profile = configuration.profile

@@ -10,7 +10,7 @@ import NIOSSL
 /// A Vault response with its status and parsed JSON body.
 struct VaultResponse: Sendable {
     let status: Int
-    let body: [String: VaultJSON]
+    let body: [String: JSONValue]
 
     /// `errors` of an error body, joined.
     var errorText: String {
@@ -18,44 +18,8 @@ struct VaultResponse: Sendable {
         return errors.compactMap(\.string).joined(separator: "; ")
     }
 
-    var data: [String: VaultJSON]? { body["data"]?.object }
-    var auth: [String: VaultJSON]? { body["auth"]?.object }
-}
-
-/// A JSON value as Vault sends it.
-enum VaultJSON: Sendable, Equatable, Decodable {
-    case null
-    case bool(Bool)
-    case number(Double)
-    case string(String)
-    case array([VaultJSON])
-    case object([String: VaultJSON])
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .number(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([VaultJSON].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: VaultJSON].self))
-        }
-    }
-
-    var string: String? { if case .string(let value) = self { value } else { nil } }
-    var object: [String: VaultJSON]? { if case .object(let value) = self { value } else { nil } }
-    var bool: Bool? { if case .bool(let value) = self { value } else { nil } }
-    var int: Int? {
-        if case .number(let value) = self, value == value.rounded(), abs(value) < 1e15 { return Int(value) }
-        if case .string(let text) = self { return Int(text) }
-        return nil
-    }
+    var data: [String: JSONValue]? { body["data"]?.object }
+    var auth: [String: JSONValue]? { body["auth"]?.object }
 }
 
 /// Why a request got no usable answer from Vault. Turned into `KMSError` by the provider; never contains a token.
@@ -138,7 +102,7 @@ final class VaultClient: Sendable {
         guard contentType.lowercased().hasPrefix("application/json") else {
             throw VaultTransportError.malformed("HTTP \(status) with content type '\(contentType)', expected application/json")
         }
-        guard let json = try? JSONDecoder().decode(VaultJSON.self, from: Data(buffer: bytes)) else {
+        guard let json = try? JSONDecoder().decode(JSONValue.self, from: Data(buffer: bytes)) else {
             throw VaultTransportError.malformed("HTTP \(status) with a body that is not valid JSON")
         }
         guard case .object(let object) = json else {

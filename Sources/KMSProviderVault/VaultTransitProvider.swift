@@ -327,14 +327,8 @@ public final class VaultTransitProvider: KeyProvider {
     }
 
     public func unwrap(_ name: KeyName, wrapped: [UInt8], context: EncryptionContext) async throws -> UnwrappedKey {
-        let envelope = try Envelope(parsing: wrapped)
+        let envelope = try Envelope(parsing: wrapped, madeBy: .vaultTransit, backend: "a Vault key", for: name)
         let header = envelope.header
-        guard header.provider == .vaultTransit else {
-            throw KMSError.invalidInput("the wrapped key was made by the \(header.provider) provider, not by a Vault key")
-        }
-        guard header.keyName == name else {
-            throw KMSError.invalidInput("the wrapped key belongs to key '\(header.keyName)', not '\(name)'")
-        }
         guard envelope.iv.count == 12 else { throw KMSError.invalidInput("a Vault envelope carries a 12-byte nonce") }
         let aad = header.additionalData(context: context)
         let ciphertext = "vault:v\(header.version.rawValue):" + Data(envelope.iv + envelope.ciphertext).base64EncodedString()

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KMSCore
 
 /// One transit key (type aes256-gcm96) with its versions, as Vault keeps it.
 struct TransitKey: Codable, Sendable {

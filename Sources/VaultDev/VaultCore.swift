@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KMSCore
 
 /// The whole server state: seal, tokens, AppRole roles and transit mounts. Requests are handled one at a time (an
 /// actor); state is written to the state file, when there is one, after every change.

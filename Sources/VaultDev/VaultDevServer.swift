@@ -1,4 +1,5 @@
 import Foundation
+import KMSCore
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore

@@ -1,4 +1,5 @@
 import Foundation
+import KMSCore
 
 /// An error the way Vault reports it: an HTTP status and `{"errors":[…]}`.
 struct VaultError: Error {

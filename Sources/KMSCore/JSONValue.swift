@@ -1,8 +1,8 @@
 import Foundation
 
-/// A JSON document with the types kept apart (a `true` is never a `1`), for Vault's loosely typed parameters and for
-/// building responses.
-enum JSONValue: Sendable, Equatable, Codable {
+/// A JSON document with the types kept apart (a `true` is never a `1`): Vault's responses as the Vault provider reads
+/// them, Vault's loosely typed parameters as vault-dev reads them, and responses built by hand.
+public enum JSONValue: Sendable, Equatable, Codable {
     case null
     case bool(Bool)
     case int(Int)
@@ -11,7 +11,7 @@ enum JSONValue: Sendable, Equatable, Codable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    init(from decoder: any Decoder) throws {
+    public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         if container.decodeNil() {
             self = .null
@@ -30,7 +30,7 @@ enum JSONValue: Sendable, Equatable, Codable {
         }
     }
 
-    func encode(to encoder: any Encoder) throws {
+    public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         switch self {
         case .null: try container.encodeNil()
@@ -43,18 +43,18 @@ enum JSONValue: Sendable, Equatable, Codable {
         }
     }
 
-    static func parse(_ bytes: [UInt8]) -> JSONValue? {
+    public static func parse(_ bytes: [UInt8]) -> JSONValue? {
         try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
     }
 
-    func serialized() -> [UInt8] {
+    public func serialized() -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return (try? [UInt8](encoder.encode(self))) ?? Array("{}".utf8)
     }
 
     /// How Vault's error messages print a value.
-    var display: String {
+    public var display: String {
         switch self {
         case .null: "<nil>"
         case .bool(let value): "\(value)"
@@ -69,17 +69,33 @@ enum JSONValue: Sendable, Equatable, Codable {
 extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral,
     ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral, ExpressibleByNilLiteral
 {
-    init(stringLiteral value: String) { self = .string(value) }
-    init(integerLiteral value: Int) { self = .int(value) }
-    init(booleanLiteral value: Bool) { self = .bool(value) }
-    init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
-    init(dictionaryLiteral elements: (String, JSONValue)...) {
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int) { self = .int(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
         self = .object(Dictionary(elements, uniquingKeysWith: { $1 }))
     }
-    init(nilLiteral: ()) { self = .null }
+    public init(nilLiteral: ()) { self = .null }
 }
 
 extension JSONValue {
-    init(_ value: String?) { self = value.map { .string($0) } ?? .null }
-    init(_ values: [String]) { self = .array(values.map { .string($0) }) }
+    public init(_ value: String?) { self = value.map { .string($0) } ?? .null }
+    public init(_ values: [String]) { self = .array(values.map { .string($0) }) }
+}
+
+extension JSONValue {
+    public var string: String? { if case .string(let value) = self { value } else { nil } }
+    public var object: [String: JSONValue]? { if case .object(let value) = self { value } else { nil } }
+    public var array: [JSONValue]? { if case .array(let value) = self { value } else { nil } }
+    public var bool: Bool? { if case .bool(let value) = self { value } else { nil } }
+    /// An integer, also from a whole-numbered double or a decimal string (Vault writes versions both ways).
+    public var int: Int? {
+        switch self {
+        case .int(let value): return value
+        case .double(let value) where value == value.rounded() && abs(value) < 1e15: return Int(value)
+        case .string(let text): return Int(text)
+        default: return nil
+        }
+    }
 }
