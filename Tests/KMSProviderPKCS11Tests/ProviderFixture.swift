@@ -27,18 +27,6 @@ func configuration(
         checkoutWait: checkoutWait, callTimeout: callTimeout)
 }
 
-/// The KMSError code `body` throws, or nil if it succeeds.
-func errorCode(_ body: () async throws -> Void) async -> KMSError.Code? {
-    do {
-        try await body()
-        return nil
-    } catch let error as KMSError {
-        return error.code
-    } catch {
-        return .internal
-    }
-}
-
 /// A logged-in session of our own on the token, to look at the objects the provider made.
 func inspectionSession(_ token: SoftHSMToken) throws -> PKCS11Session {
     let session = try token.module.openSession(token.slot)

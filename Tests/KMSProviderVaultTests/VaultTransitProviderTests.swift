@@ -3,22 +3,11 @@ import Hummingbird
 import KMSCore
 @testable import KMSProviderVault
 import Synchronization
+import KMSTestSupport
 import Testing
 @testable import VaultDev
 
 let orders = try! KeyName("orders")
-
-/// The KMSError code `body` throws, or nil if it succeeds.
-func errorCode(_ body: () async throws -> Void) async -> KMSError.Code? {
-    do {
-        try await body()
-        return nil
-    } catch let error as KMSError {
-        return error.code
-    } catch {
-        return .internal
-    }
-}
 
 @Suite("vault-dev ciphertext format")
 struct VaultDevFormatTests {
