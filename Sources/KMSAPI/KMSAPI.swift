@@ -4,7 +4,12 @@
 public enum KMSAPI {
     public static let version = "v1"
 
+    /// Every route's path. The server registers its routes from these with the placeholders below, so the server
+    /// and the clients cannot disagree on a path.
     public enum Path {
+        /// The path parameters, as the server's router names them.
+        public static let keyParameter = "{name}"
+        public static let versionParameter = "{version}"
         public static func datakey(_ key: String) -> String { "/v1/keys/\(key)/datakey" }
         public static func unwrap(_ key: String) -> String { "/v1/keys/\(key)/unwrap" }
         public static func rewrap(_ key: String) -> String { "/v1/keys/\(key)/rewrap" }
@@ -13,7 +18,8 @@ public enum KMSAPI {
         public static let adminKeys = "/v1/admin/keys"
         public static func adminKey(_ key: String) -> String { "/v1/admin/keys/\(key)" }
         public static func adminRotate(_ key: String) -> String { "/v1/admin/keys/\(key)/rotate" }
-        public static func adminRetire(_ key: String, _ version: UInt32) -> String { "/v1/admin/keys/\(key)/versions/\(version)/retire" }
+        public static func adminRetire(_ key: String, _ version: UInt32) -> String { adminRetire(key, version: "\(version)") }
+        public static func adminRetire(_ key: String, version: String) -> String { "/v1/admin/keys/\(key)/versions/\(version)/retire" }
         public static func adminVersions(_ key: String) -> String { "/v1/admin/keys/\(key)/versions" }
         public static let adminSchedule = "/v1/admin/schedule"
         public static let adminStatus = "/v1/admin/status"
@@ -24,9 +30,10 @@ public enum KMSAPI {
 
 // MARK: - Storage-node operations
 
-public struct DataKeyRequest: Codable, Sendable, Equatable {
+public struct DataKeyRequest: StrictRequest, Codable, Sendable, Equatable {
     public var context: [String: String]?
     public init(context: [String: String]? = nil) { self.context = context }
+    public enum CodingKeys: String, CodingKey, CaseIterable { case context }
 }
 
 public struct DataKeyResponse: Codable, Sendable, Equatable {
@@ -44,13 +51,14 @@ public struct DataKeyResponse: Codable, Sendable, Equatable {
     }
 }
 
-public struct UnwrapRequest: Codable, Sendable, Equatable {
+public struct UnwrapRequest: StrictRequest, Codable, Sendable, Equatable {
     public var wrapped: String
     public var context: [String: String]?
     public init(wrapped: String, context: [String: String]? = nil) {
         self.wrapped = wrapped
         self.context = context
     }
+    public enum CodingKeys: String, CodingKey, CaseIterable { case wrapped, context }
 }
 
 public struct UnwrapResponse: Codable, Sendable, Equatable {
@@ -64,13 +72,14 @@ public struct UnwrapResponse: Codable, Sendable, Equatable {
     }
 }
 
-public struct RewrapRequest: Codable, Sendable, Equatable {
+public struct RewrapRequest: StrictRequest, Codable, Sendable, Equatable {
     public var wrapped: String
     public var context: [String: String]?
     public init(wrapped: String, context: [String: String]? = nil) {
         self.wrapped = wrapped
         self.context = context
     }
+    public enum CodingKeys: String, CodingKey, CaseIterable { case wrapped, context }
 }
 
 public struct RewrapResponse: Codable, Sendable, Equatable {
@@ -85,10 +94,11 @@ public struct RewrapResponse: Codable, Sendable, Equatable {
 }
 
 /// Batch unwrap or rewrap: up to `BatchRequest.maxItems` items, answered in order, each with a result or an error.
-public struct BatchRequest: Codable, Sendable, Equatable {
+public struct BatchRequest: StrictRequest, Codable, Sendable, Equatable {
     public static let maxItems = 256
     public var items: [UnwrapRequest]
     public init(items: [UnwrapRequest]) { self.items = items }
+    public enum CodingKeys: String, CodingKey, CaseIterable { case items }
 }
 
 public struct BatchUnwrapResponse: Codable, Sendable, Equatable {
@@ -119,7 +129,7 @@ public struct BatchRewrapResponse: Codable, Sendable, Equatable {
 
 // MARK: - Administration
 
-public struct CreateKeyRequest: Codable, Sendable, Equatable {
+public struct CreateKeyRequest: StrictRequest, Codable, Sendable, Equatable {
     public var name: String
     /// The configured provider to create it in; the key's configured provider when omitted.
     public var provider: String?
@@ -127,6 +137,7 @@ public struct CreateKeyRequest: Codable, Sendable, Equatable {
         self.name = name
         self.provider = provider
     }
+    public enum CodingKeys: String, CodingKey, CaseIterable { case name, provider }
 }
 
 public struct KeyVersionBody: Codable, Sendable, Equatable {
@@ -228,7 +239,7 @@ public struct ErrorBody: Codable, Sendable, Equatable {
 // MARK: - Rotation
 
 /// `POST /v1/admin/keys/{name}/rotate`.
-public struct RotateRequest: Codable, Sendable, Equatable {
+public struct RotateRequest: StrictRequest, Codable, Sendable, Equatable {
     /// Why, for the journal (`kmsctl rotate --reason`).
     public var reason: String?
     /// Only say what would happen.
@@ -237,7 +248,7 @@ public struct RotateRequest: Codable, Sendable, Equatable {
         self.reason = reason
         self.dryRun = dryRun
     }
-    enum CodingKeys: String, CodingKey {
+    public enum CodingKeys: String, CodingKey, CaseIterable {
         case reason
         case dryRun = "dry_run"
     }
@@ -277,10 +288,11 @@ public struct RotateResponse: Codable, Sendable, Equatable {
 }
 
 /// `POST /v1/admin/keys/{name}/versions/{n}/retire`.
-public struct RetireRequest: Codable, Sendable, Equatable {
+public struct RetireRequest: StrictRequest, Codable, Sendable, Equatable {
     /// Retire even though the version unwrapped within the quiet period.
     public var force: Bool?
     public init(force: Bool? = nil) { self.force = force }
+    public enum CodingKeys: String, CodingKey, CaseIterable { case force }
 }
 
 /// `GET /v1/admin/schedule`.

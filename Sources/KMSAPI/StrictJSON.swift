@@ -18,6 +18,11 @@ public enum StrictJSON {
         }
     }
 
+    /// A request type: its fields are its `CodingKeys`.
+    public static func decode<T: StrictRequest>(_ type: T.Type, from data: Data) throws(Failure) -> T {
+        try decode(type, from: data, allowed: T.fields)
+    }
+
     public static func decode<T: Decodable>(_ type: T.Type, from data: Data, allowed: Set<String>) throws(Failure) -> T {
         let object = data.isEmpty ? [String: Any]() : (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
         guard let object else { throw .notAnObject }
@@ -41,4 +46,14 @@ public enum StrictJSON {
     private static func path(_ context: DecodingError.Context) -> String {
         String(context.codingPath.map(\.stringValue).joined(separator: ".").prefix(128))
     }
+}
+
+/// A request body kmsd decodes strictly: the fields it accepts are exactly its `CodingKeys`, so the list cannot drift
+/// from the type.
+public protocol StrictRequest: Decodable {
+    associatedtype CodingKeys: CodingKey & CaseIterable
+}
+
+extension StrictRequest {
+    public static var fields: Set<String> { Set(CodingKeys.allCases.map(\.stringValue)) }
 }

@@ -12,7 +12,7 @@ extension KMSServer {
 
     func datakey(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (name, dataKey) = try await service.dataKey(try await caller(request, context), key: keyName(context)) {
-            try await decode(DataKeyRequest.self, request, allowed: ["context"])
+            try await decode(DataKeyRequest.self, request)
         }
         return try json(DataKeyResponse(
             key: name.rawValue, version: dataKey.version.rawValue,
@@ -22,14 +22,14 @@ extension KMSServer {
 
     func unwrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (name, result) = try await service.unwrap(try await caller(request, context), key: keyName(context)) {
-            try await decode(UnwrapRequest.self, request, allowed: ["wrapped", "context"])
+            try await decode(UnwrapRequest.self, request)
         }
         return try json(Self.unwrapResponse(name, result))
     }
 
     func rewrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (name, result) = try await service.rewrap(try await caller(request, context), key: keyName(context)) {
-            let body = try await decode(RewrapRequest.self, request, allowed: ["wrapped", "context"])
+            let body = try await decode(RewrapRequest.self, request)
             return UnwrapRequest(wrapped: body.wrapped, context: body.context)
         }
         return try json(Self.rewrapResponse(name, result))
@@ -37,7 +37,7 @@ extension KMSServer {
 
     func batchUnwrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (name, answers) = try await service.unwrapBatch(try await caller(request, context), key: keyName(context)) {
-            try await decode(BatchRequest.self, request, allowed: ["items"])
+            try await decode(BatchRequest.self, request)
         }
         return try json(BatchUnwrapResponse(items: answers.map { result, error in
             .init(result: result.map { Self.unwrapResponse(name, $0) }, error: error.map(Self.errorDetail))
@@ -46,7 +46,7 @@ extension KMSServer {
 
     func batchRewrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (name, answers) = try await service.rewrapBatch(try await caller(request, context), key: keyName(context)) {
-            try await decode(BatchRequest.self, request, allowed: ["items"])
+            try await decode(BatchRequest.self, request)
         }
         return try json(BatchRewrapResponse(items: answers.map { result, error in
             .init(result: result.map { Self.rewrapResponse(name, $0) }, error: error.map(Self.errorDetail))
@@ -89,14 +89,14 @@ extension KMSServer {
 
     func createKey(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (key, description) = try await service.createKey(try await caller(request, context)) {
-            try await decode(CreateKeyRequest.self, request, allowed: ["name", "provider"])
+            try await decode(CreateKeyRequest.self, request)
         }
         return try json(body(key.name, key.providerName, description), status: .created)
     }
 
     func rotate(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
         let (key, outcome) = try await service.rotate(try await caller(request, context), key: keyName(context)) {
-            try await decode(RotateRequest.self, request, allowed: ["reason", "dry_run"])
+            try await decode(RotateRequest.self, request)
         }
         return try json(RotateResponse(
             name: key.name.rawValue, provider: key.providerName, previousVersion: outcome.previousVersion.rawValue,
@@ -108,7 +108,7 @@ extension KMSServer {
         let (key, description) = try await service.retire(
             try await caller(request, context), key: keyName(context), version: context.parameters.get("version")
         ) {
-            try await decode(RetireRequest.self, request, allowed: ["force"])
+            try await decode(RetireRequest.self, request)
         }
         return try json(body(key.name, key.providerName, description))
     }

@@ -102,45 +102,46 @@ public struct KMSServer: Sendable {
     /// The router with every route of API v1.
     public func router() -> Router<KMSRequestContext> {
         let router = Router(context: KMSRequestContext.self)
+        let name = KMSAPI.Path.keyParameter
         router.get(RouterPath(KMSAPI.Path.live)) { _, _ in try json(HealthBody(status: "ok")) }
         router.get(RouterPath(KMSAPI.Path.ready)) { _, _ in try await ready() }
-        router.post("/v1/keys/{name}/datakey") { request, context in
+        router.post(RouterPath(KMSAPI.Path.datakey(name))) { request, context in
             try await instrumented(.keyAccess, "datakey") { try await datakey(request, context) }
         }
-        router.post("/v1/keys/{name}/unwrap") { request, context in
+        router.post(RouterPath(KMSAPI.Path.unwrap(name))) { request, context in
             try await instrumented(.keyAccess, "unwrap") { try await unwrap(request, context) }
         }
-        router.post("/v1/keys/{name}/rewrap") { request, context in
+        router.post(RouterPath(KMSAPI.Path.rewrap(name))) { request, context in
             try await instrumented(.keyAccess, "rewrap") { try await rewrap(request, context) }
         }
-        router.post("/v1/keys/{name}/unwrap/batch") { request, context in
+        router.post(RouterPath(KMSAPI.Path.batchUnwrap(name))) { request, context in
             try await instrumented(.keyAccess, "unwrap_batch") { try await batchUnwrap(request, context) }
         }
-        router.post("/v1/keys/{name}/rewrap/batch") { request, context in
+        router.post(RouterPath(KMSAPI.Path.batchRewrap(name))) { request, context in
             try await instrumented(.keyAccess, "rewrap_batch") { try await batchRewrap(request, context) }
         }
-        router.get("/v1/admin/keys") { request, context in
+        router.get(RouterPath(KMSAPI.Path.adminKeys)) { request, context in
             try await instrumented(.admin, "list_keys") { try await listKeys(request, context) }
         }
-        router.post("/v1/admin/keys") { request, context in
+        router.post(RouterPath(KMSAPI.Path.adminKeys)) { request, context in
             try await instrumented(.admin, "create_key") { try await createKey(request, context) }
         }
-        router.get("/v1/admin/keys/{name}") { request, context in
+        router.get(RouterPath(KMSAPI.Path.adminKey(name))) { request, context in
             try await instrumented(.admin, "show_key") { try await showKey(request, context) }
         }
-        router.post("/v1/admin/keys/{name}/rotate") { request, context in
+        router.post(RouterPath(KMSAPI.Path.adminRotate(name))) { request, context in
             try await instrumented(.admin, "rotate") { try await rotate(request, context) }
         }
-        router.get("/v1/admin/keys/{name}/versions") { request, context in
+        router.get(RouterPath(KMSAPI.Path.adminVersions(name))) { request, context in
             try await instrumented(.admin, "versions") { try await versions(request, context) }
         }
-        router.post("/v1/admin/keys/{name}/versions/{version}/retire") { request, context in
+        router.post(RouterPath(KMSAPI.Path.adminRetire(name, version: KMSAPI.Path.versionParameter))) { request, context in
             try await instrumented(.admin, "retire") { try await retire(request, context) }
         }
         router.get(RouterPath(KMSAPI.Path.adminSchedule)) { request, context in
             try await instrumented(.admin, "schedule") { try await schedule(request, context) }
         }
-        router.get("/v1/admin/status") { request, context in
+        router.get(RouterPath(KMSAPI.Path.adminStatus)) { request, context in
             try await instrumented(.admin, "status") { try await status(request, context) }
         }
         return router
@@ -164,7 +165,7 @@ public struct KMSServer: Sendable {
     // MARK: - Bodies
 
     /// Reads at most `maxBodyBytes` and decodes strictly: unknown fields and malformed JSON are 400.
-    func decode<T: Decodable>(_ type: T.Type, _ request: Request, allowed: Set<String>) async throws -> T {
+    func decode<T: StrictRequest>(_ type: T.Type, _ request: Request) async throws -> T {
         let limit = policy.limits.maxBodyBytes
         let buffer: ByteBuffer
         do {
@@ -174,7 +175,7 @@ public struct KMSServer: Sendable {
             throw APIError(.contentTooLarge, "payload_too_large", "the request body exceeds \(limit) bytes")
         }
         do {
-            return try StrictJSON.decode(T.self, from: Data(buffer: buffer), allowed: allowed)
+            return try StrictJSON.decode(T.self, from: Data(buffer: buffer))
         } catch {
             throw APIError(.badRequest, "invalid_input", error.description)
         }

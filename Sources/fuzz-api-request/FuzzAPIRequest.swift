@@ -8,21 +8,21 @@ import FuzzSupport
 let fuzzAPIRequest: FuzzTarget = { start, count in
     guard let start else { return 0 }
     let data = Data(UnsafeBufferPointer(start: start, count: count))
-    if let request = try? StrictJSON.decode(DataKeyRequest.self, from: data, allowed: ["context"]) {
+    if let request = try? StrictJSON.decode(DataKeyRequest.self, from: data) {
         _ = try? EncryptionContext(request.context ?? [:])
     }
-    if let request = try? StrictJSON.decode(UnwrapRequest.self, from: data, allowed: ["wrapped", "context"]) {
+    if let request = try? StrictJSON.decode(UnwrapRequest.self, from: data) {
         _ = try? EncryptionContext(request.context ?? [:])
         if let bytes = Data(base64Encoded: request.wrapped) { _ = try? Envelope(parsing: bytes) }
     }
-    if let batch = try? StrictJSON.decode(BatchRequest.self, from: data, allowed: ["items"]) {
+    if let batch = try? StrictJSON.decode(BatchRequest.self, from: data) {
         for item in batch.items.prefix(BatchRequest.maxItems) { _ = try? EncryptionContext(item.context ?? [:]) }
     }
-    if let request = try? StrictJSON.decode(CreateKeyRequest.self, from: data, allowed: ["name", "provider"]) {
+    if let request = try? StrictJSON.decode(CreateKeyRequest.self, from: data) {
         _ = try? KeyName(request.name)
     }
-    _ = try? StrictJSON.decode(RotateRequest.self, from: data, allowed: ["reason", "dry_run"])
-    _ = try? StrictJSON.decode(RetireRequest.self, from: data, allowed: ["force"])
+    _ = try? StrictJSON.decode(RotateRequest.self, from: data)
+    _ = try? StrictJSON.decode(RetireRequest.self, from: data)
     return 0
 }
 

@@ -55,6 +55,21 @@ struct ClientTests {
         #expect(cache.lookup("k", "c", nil) == nil)
     }
 
+    /// The fields the server accepts come from each request type's CodingKeys, and the client's paths are the ones
+    /// the server registers (both from KMSAPI).
+    @Test func requestFieldsComeFromCodingKeysAndPathsFromOneTable() throws {
+        #expect(DataKeyRequest.fields == ["context"])
+        #expect(UnwrapRequest.fields == ["wrapped", "context"])
+        #expect(RotateRequest.fields == ["reason", "dry_run"])
+        #expect(RetireRequest.fields == ["force"])
+        #expect(throws: StrictJSON.Failure.unknownField("dryRun")) {
+            try StrictJSON.decode(RotateRequest.self, from: Data(#"{"dryRun": true}"#.utf8))
+        }
+        #expect(try StrictJSON.decode(RotateRequest.self, from: Data(#"{"dry_run": true}"#.utf8)).dryRun == true)
+        #expect(KMSAPI.Path.adminRetire("orders", 3) == KMSAPI.Path.adminRetire("orders", version: "3"))
+        #expect(KMSAPI.Path.datakey(KMSAPI.Path.keyParameter) == "/v1/keys/{name}/datakey")
+    }
+
     @Test func cacheComparesContextsByTheirBytesAsKMSDDoes() throws {
         let cache = DEKCache()
         let composed = "caf\u{E9}"            // NFC
