@@ -55,20 +55,49 @@ public struct ProviderHealth: Sendable, Equatable {
         case unavailable
     }
 
+    /// A provider's circuit breaker: open while it refuses at once instead of calling the backend.
+    public enum Breaker: String, Sendable, Codable {
+        case closed, open
+    }
+
+    /// A session pool's counts (PKCS#11).
+    public struct Sessions: Sendable, Equatable {
+        public var max: Int
+        public var open: Int
+        public var idle: Int
+        /// Leased to a call now.
+        public var busy: Int { Swift.max(0, open - idle) }
+        /// Callers waiting for a session.
+        public var waiters: Int
+        public init(max: Int, open: Int, idle: Int, waiters: Int) {
+            self.max = max
+            self.open = open
+            self.idle = idle
+            self.waiters = waiters
+        }
+    }
+
     public let state: State
     /// The last backend error, without secrets.
     public let lastError: String?
     public let lastErrorAt: Date?
     public let lastSuccessAt: Date?
-    /// Provider-specific facts (pool sizes, breaker state, token label, …).
+    /// The breaker's state, for providers that have one.
+    public let breaker: Breaker?
+    /// The session pool's counts, for providers that have one.
+    public let sessions: Sessions?
+    /// Provider-specific facts for people (token label, address, reconnect attempts, …); metrics and readiness read
+    /// the typed fields, never these.
     public let details: [String: String]
 
     public init(state: State, lastError: String? = nil, lastErrorAt: Date? = nil, lastSuccessAt: Date? = nil,
-                details: [String: String] = [:]) {
+                breaker: Breaker? = nil, sessions: Sessions? = nil, details: [String: String] = [:]) {
         self.state = state
         self.lastError = lastError
         self.lastErrorAt = lastErrorAt
         self.lastSuccessAt = lastSuccessAt
+        self.breaker = breaker
+        self.sessions = sessions
         self.details = details
     }
 }

@@ -77,13 +77,13 @@ final class ProviderWatch: Service, Sendable {
             let health = await provider.health()
             let labels = [("provider", name)]
             metrics.gauge("kmsd_provider_up", labels, health.state == .unavailable ? 0 : 1)
-            metrics.gauge("kmsd_provider_breaker_open", labels, health.details["breaker"] == "open" ? 1 : 0)
-            for (detail, gauge) in [("sessions_open", "kmsd_pool_sessions_open"), ("sessions_idle", "kmsd_pool_sessions_idle"),
-                                    ("sessions_max", "kmsd_pool_sessions_max"), ("waiters", "kmsd_pool_waiters")] {
-                if let value = health.details[detail].flatMap(Double.init) { metrics.gauge(gauge, labels, value) }
-            }
-            if let open = health.details["sessions_open"].flatMap(Double.init), let idle = health.details["sessions_idle"].flatMap(Double.init) {
-                metrics.gauge("kmsd_pool_sessions_in_use", labels, max(0, open - idle))
+            metrics.gauge("kmsd_provider_breaker_open", labels, health.breaker == .open ? 1 : 0)
+            if let sessions = health.sessions {
+                metrics.gauge("kmsd_pool_sessions_open", labels, Double(sessions.open))
+                metrics.gauge("kmsd_pool_sessions_idle", labels, Double(sessions.idle))
+                metrics.gauge("kmsd_pool_sessions_max", labels, Double(sessions.max))
+                metrics.gauge("kmsd_pool_waiters", labels, Double(sessions.waiters))
+                metrics.gauge("kmsd_pool_sessions_in_use", labels, Double(sessions.busy))
             }
             let previous = states.withLock { states in
                 defer { states[name] = health.state }

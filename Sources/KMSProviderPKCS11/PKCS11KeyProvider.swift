@@ -236,7 +236,7 @@ public final class PKCS11KeyProvider: KeyProvider {
             let state = healthState.withLock { $0 }
             return ProviderHealth(
                 state: .unavailable, lastError: outage.cause, lastErrorAt: outage.since,
-                lastSuccessAt: state.lastSuccessAt, details: details)
+                lastSuccessAt: state.lastSuccessAt, breaker: .open, details: details)
         }
         let probe: String?
         do {
@@ -251,7 +251,8 @@ public final class PKCS11KeyProvider: KeyProvider {
         let stats = poolStatistics
         return ProviderHealth(
             state: probe == nil ? .ok : .unavailable, lastError: probe ?? state.lastError,
-            lastErrorAt: probe == nil ? state.lastErrorAt : Date(), lastSuccessAt: state.lastSuccessAt,
+            lastErrorAt: probe == nil ? state.lastErrorAt : Date(), lastSuccessAt: state.lastSuccessAt, breaker: .closed,
+            sessions: .init(max: stats.maxSessions, open: stats.open, idle: stats.idle, waiters: stats.waiters),
             details: details.merging([
                 "sessions_max": "\(stats.maxSessions)", "sessions_open": "\(stats.open)",
                 "sessions_idle": "\(stats.idle)", "sessions_lost": "\(stats.lost)", "waiters": "\(stats.waiters)",

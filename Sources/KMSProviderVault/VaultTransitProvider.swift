@@ -366,8 +366,8 @@ public final class VaultTransitProvider: KeyProvider {
 
     public func health() async -> ProviderHealth {
         let snapshot = state.withLock { ($0.lastError, $0.lastErrorAt, $0.lastSuccessAt, $0.openUntil) }
-        var details = ["address": configuration.address, "mount": configuration.mount,
-                       "breaker": (snapshot.3.map { $0 > .now } ?? false) ? "open" : "closed"]
+        let breaker: ProviderHealth.Breaker = (snapshot.3.map { $0 > .now } ?? false) ? .open : .closed
+        var details = ["address": configuration.address, "mount": configuration.mount, "breaker": breaker.rawValue]
         do {
             let response = try await client.send(.GET, "sys/health", token: nil)
             details["vault_status"] = "\(response.status)"
@@ -376,10 +376,10 @@ public final class VaultTransitProvider: KeyProvider {
             return ProviderHealth(
                 state: healthy ? .ok : .unavailable,
                 lastError: healthy ? snapshot.0 : "Vault health HTTP \(response.status)",
-                lastErrorAt: healthy ? snapshot.1 : Date(), lastSuccessAt: snapshot.2, details: details)
+                lastErrorAt: healthy ? snapshot.1 : Date(), lastSuccessAt: snapshot.2, breaker: breaker, details: details)
         } catch {
             return ProviderHealth(state: .unavailable, lastError: "\(error)", lastErrorAt: Date(),
-                                  lastSuccessAt: snapshot.2, details: details)
+                                  lastSuccessAt: snapshot.2, breaker: breaker, details: details)
         }
     }
 }

@@ -212,6 +212,7 @@ struct FaultInjectionTests {
         let health = await provider.health()
         #expect(health.state == .unavailable)
         #expect(health.details["pin_refused"] == "true")
+        #expect(health.breaker == .open)
         #expect(health.lastError?.contains("CKR_PIN_INCORRECT") == true)
 
         // The same PIN again (a reload that changed nothing) tries nothing.
@@ -232,7 +233,9 @@ struct FaultInjectionTests {
         try await waitUntil { await errorCode({ _ = try await provider.generateDataKey(orders, context: [:]) }) == nil }
         let unwrapped = try await provider.unwrap(orders, wrapped: before.wrapped, context: [:])
         #expect(unwrapped.plaintext == before.plaintext)
-        #expect(await provider.health().state == .ok)
+        let healthy = await provider.health()
+        #expect(healthy.state == .ok && healthy.breaker == .closed)
+        #expect(healthy.sessions.map { $0.max >= 1 && $0.open >= 1 && $0.busy == 0 } == true)
         await provider.shutdown()
     }
 
