@@ -35,7 +35,7 @@ extension Daemon {
                 }
                 // What the scheduler does on its own is audited here; what an API request does is audited with
                 // that request (one record per operation).
-                guard event.actor == "scheduler", let audit else { return }
+                guard event.actor == .scheduler, let audit else { return }
                 switch event.kind {
                 case .notice, .rotated:
                     audit.submit(AuditEvent(.admin, event.kind.rawValue, result: .ok, identity: "scheduler", key: event.key,

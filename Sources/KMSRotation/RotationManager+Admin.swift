@@ -98,7 +98,7 @@ extension RotationManager {
 
     /// Retires `version` of `name`. Refused, with when and how often it was last used, if it unwrapped within the
     /// key's `retire_quiet_period` — unless `force`.
-    public func retire(_ name: KeyName, version: KeyVersion, force: Bool, actor: String) async throws {
+    public func retire(_ name: KeyName, version: KeyVersion, force: Bool, actor: RotationActor) async throws {
         let key = try key(name)
         let now = clock()
         let usage = ledger.usage(VersionID(name.rawValue, version.rawValue))
@@ -107,36 +107,36 @@ extension RotationManager {
                 + "(\(usage.unwraps) unwrap(s) counted); data wrapped with it is still being read. Rewrap that data first "
                 + "(kmsctl rewrap-plan \(name)), wait until \(last.addingTimeInterval(key.policy.retireQuietPeriod).formatted(.iso8601)) "
                 + "(retire_quiet_period \(DurationText.format(key.policy.retireQuietPeriod))), or retire with --force"
-            try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor, reason: "retire",
+            try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor.description, reason: "retire",
                                                  fromVersion: version.rawValue, result: .refused, detail: detail))
-            emitRetire(.retireRefused, name, version, detail)
+            emitRetire(.retireRefused, name, version, detail, actor)
             throw KMSError.conflict(detail)
         }
         do {
             try await key.provider.retireVersion(name, version: version)
         } catch {
-            try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor, reason: "retire",
+            try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor.description, reason: "retire",
                                                  fromVersion: version.rawValue, result: .failed, detail: Self.describe(error)))
             throw error
         }
         let detail = "version \(version.rawValue) of '\(name)' retired by \(actor)" + (force ? " (forced)" : "")
-        try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor, reason: force ? "forced" : "retire",
+        try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor.description, reason: force ? "forced" : "retire",
                                              fromVersion: version.rawValue, result: .ok, detail: detail))
-        emitRetire(.retired, name, version, detail)
+        emitRetire(.retired, name, version, detail, actor)
     }
 
-    private func emitRetire(_ kind: RotationEvent.Kind, _ name: KeyName, _ version: KeyVersion, _ detail: String) {
+    private func emitRetire(_ kind: RotationEvent.Kind, _ name: KeyName, _ version: KeyVersion, _ detail: String, _ actor: RotationActor) {
         logger.notice("\(detail)", metadata: ["event": "\(kind.rawValue)", "key": "\(name)", "version": "\(version.rawValue)"])
-        onEvent(RotationEvent(kind: kind, key: name.rawValue, version: version.rawValue, detail: detail, actor: "admin"))
+        onEvent(RotationEvent(kind: kind, key: name.rawValue, version: version.rawValue, detail: detail, actor: actor))
     }
 
     /// Records that a key was created (admin API), so its first version's age is known from now.
-    public func didCreate(_ name: KeyName, description: KeyDescription, actor: String) async {
+    public func didCreate(_ name: KeyName, description: KeyDescription, actor: RotationActor) async {
         let now = clock()
         for info in description.versions {
             _ = try? await creationTime(VersionID(name.rawValue, info.version.rawValue), backend: info.createdAt)
         }
-        try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .create, actor: actor, reason: "create",
+        try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .create, actor: actor.description, reason: "create",
                                              toVersion: description.latestVersion?.rawValue, result: .ok))
     }
 

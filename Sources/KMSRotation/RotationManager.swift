@@ -18,8 +18,48 @@ public struct RotationEvent: Sendable, Equatable {
     public let key: String
     public let version: UInt32?
     public let detail: String
-    /// `scheduler` for what kmsd did on its own; the administrator's identity otherwise.
-    public var actor: String = "scheduler"
+    /// The scheduler for what kmsd did on its own; the administrator otherwise.
+    public var actor: RotationActor = .scheduler
+}
+
+/// Why a rotation runs. Its `description` is what the journal's `reason` records.
+public enum RotationTrigger: Sendable, Equatable, CustomStringConvertible {
+    /// The latest version reached the key's `period`.
+    case period
+    /// The latest version reached `max_wraps`.
+    case usage
+    /// An administrator asked (`kmsctl rotate`), with an optional reason.
+    case manual(reason: String?)
+
+    public var description: String {
+        switch self {
+        case .period: "period"
+        case .usage: "usage"
+        case .manual(let reason): "manual" + (reason.map { ": \($0)" } ?? "")
+        }
+    }
+
+    init(_ planned: RotationPlan.Trigger) {
+        switch planned {
+        case .period: self = .period
+        case .usage: self = .usage
+        }
+    }
+}
+
+/// Who acts on a key. Its `description` is what the journal's `actor` records.
+public enum RotationActor: Sendable, Equatable, CustomStringConvertible {
+    /// kmsd on its own (schedule, usage, notices).
+    case scheduler
+    /// An administrator: a certificate identity or `admin-token`.
+    case administrator(String)
+
+    public var description: String {
+        switch self {
+        case .scheduler: "scheduler"
+        case .administrator(let name): name
+        }
+    }
 }
 
 /// Rotates keys on schedule, on usage and on request; counts use per version; keeps retirement safe.
@@ -162,7 +202,7 @@ public final class RotationManager: Sendable {
         let state = states.withLock { $0[name] }
         if let latest = state?.latest, latest > version { return }
         if let next = state?.nextAttemptAt, next > clock() { return }
-        _ = try? await rotate(name, trigger: "usage", actor: "scheduler", expecting: version)
+        _ = try? await rotate(name, trigger: .usage, actor: .scheduler, expecting: version)
     }
 
     public func didUnwrap(_ name: KeyName, version: KeyVersion) {
@@ -190,12 +230,12 @@ public final class RotationManager: Sendable {
             if plan.inNotice, states.withLock({ $0[key.name]?.noticedVersion }) != snapshot.latest.version {
                 states.withLock { $0[key.name, default: KeyState()].noticedVersion = snapshot.latest.version }
                 let detail = "'\(key.name)' rotates at \(plan.periodDueAt?.formatted(.iso8601) ?? "?") (period)"
-                try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .notice, actor: "scheduler",
+                try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .notice, actor: RotationActor.scheduler.description,
                                                      reason: "period", fromVersion: snapshot.latest.version.rawValue, result: .ok, detail: detail))
                 emit(.init(kind: .notice, key: key.name.rawValue, version: snapshot.latest.version.rawValue, detail: detail), level: .warning)
             }
             if let trigger = plan.due {
-                _ = try? await rotate(key.name, trigger: trigger.rawValue, actor: "scheduler", expecting: snapshot.latest.version)
+                _ = try? await rotate(key.name, trigger: RotationTrigger(trigger), actor: .scheduler, expecting: snapshot.latest.version)
             }
         }
     }
@@ -216,7 +256,7 @@ public final class RotationManager: Sendable {
     /// Rotates `name` now. `expecting` (scheduler and usage triggers) skips the rotation when the latest version is no
     /// longer that one — another replica or request already rotated. Manual rotations always rotate.
     @discardableResult
-    public func rotate(_ name: KeyName, trigger: String, actor: String, dryRun: Bool = false,
+    public func rotate(_ name: KeyName, trigger: RotationTrigger, actor: RotationActor, dryRun: Bool = false,
                        expecting: KeyVersion? = nil) async throws -> Outcome? {
         let key = try key(name)
         if dryRun {
@@ -237,7 +277,7 @@ public final class RotationManager: Sendable {
         }
     }
 
-    private func rotateLocked(_ key: Key, trigger: String, actor: String, expecting: KeyVersion?) async throws -> Outcome? {
+    private func rotateLocked(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?) async throws -> Outcome? {
         let name = key.name
         let lease = "rotate/\(name.rawValue)"
         guard try await store.acquireLease(lease, holder: holder, now: clock(), duration: leaseDuration) else {
@@ -254,7 +294,7 @@ public final class RotationManager: Sendable {
         }
     }
 
-    private func rotateHoldingLease(_ key: Key, trigger: String, actor: String, expecting: KeyVersion?) async throws -> Outcome? {
+    private func rotateHoldingLease(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?) async throws -> Outcome? {
         let now = clock()
         let before: Snapshot
         do {
@@ -266,7 +306,7 @@ public final class RotationManager: Sendable {
         if let expecting {
             // Re-plan on what the backend says now: someone may have rotated since this rotation was planned.
             guard before.latest.version == expecting else { return nil }
-            if trigger != "usage" && before.plan(key.policy, now: now).due == nil { return nil }
+            if trigger != .usage && before.plan(key.policy, now: now).due == nil { return nil }
         }
         let info: KeyVersionInfo
         do {
@@ -287,7 +327,7 @@ public final class RotationManager: Sendable {
             state.lastError = nil
             states[key.name] = state
         }
-        try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor, reason: trigger,
+        try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
                                              fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .ok))
         emit(.init(kind: .rotated, key: key.name.rawValue, version: info.version.rawValue,
                    detail: "'\(key.name)' rotated from \(before.latest.version) to \(info.version) (\(trigger), by \(actor))", actor: actor),
@@ -298,10 +338,10 @@ public final class RotationManager: Sendable {
                        nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger, description: after)
     }
 
-    private func journalFailure(_ key: Key, trigger: String, actor: String, from: KeyVersion?, error: any Error, at now: Date) async throws {
+    private func journalFailure(_ key: Key, trigger: RotationTrigger, actor: RotationActor, from: KeyVersion?, error: any Error, at now: Date) async throws {
         let attempts = recordFailure(key.name, error, at: now)
         let detail = Self.describe(error)
-        try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor, reason: trigger,
+        try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
                                              fromVersion: from?.rawValue, result: .failed, detail: detail))
         emit(.init(kind: .rotationFailed, key: key.name.rawValue, version: from?.rawValue,
                    detail: "rotating '\(key.name)' failed (attempt \(attempts)): \(detail)", actor: actor), level: .error)

@@ -45,7 +45,7 @@ extension KMSService {
                 throw ServiceError(.badRequest, "invalid_input", "key '\(name)' is configured for provider '\(key.providerName)', not '\(provider)'")
             }
             let description = try await perform { try await key.provider.createKey(name) }
-            await rotation.didCreate(name, description: description, actor: actor)
+            await rotation.didCreate(name, description: description, actor: .administrator(actor))
             logger.notice("key created", metadata: ["admin": "\(actor)", "key": "\(name)", "provider": "\(key.providerName)"])
             return (key, description)
         }
@@ -59,10 +59,10 @@ extension KMSService {
             let actor = try authorizeAdmin(caller, policy: policy)
             let key = try adminKey(nameText, policy: policy)
             let body = try await input()
-            let reason = "manual" + (body.reason.map { ": \($0.prefix(200))" } ?? "")
-            AuditNote.detail((body.dryRun == true ? "dry run; " : "") + reason)
+            let trigger = RotationTrigger.manual(reason: body.reason.map { String($0.prefix(200)) })
+            AuditNote.detail((body.dryRun == true ? "dry run; " : "") + trigger.description)
             guard let outcome = try await perform({ [rotation] in
-                try await rotation.rotate(key.name, trigger: reason, actor: actor, dryRun: body.dryRun ?? false)
+                try await rotation.rotate(key.name, trigger: trigger, actor: .administrator(actor), dryRun: body.dryRun ?? false)
             }) else {
                 throw ServiceError(.conflict, "conflict", "the rotation of '\(key.name)' did not run")
             }
@@ -85,7 +85,7 @@ extension KMSService {
             let body = try await input()
             AuditNote.version(version)
             if body.force == true { AuditNote.detail("forced") }
-            try await perform { [rotation] in try await rotation.retire(key.name, version: version, force: body.force ?? false, actor: actor) }
+            try await perform { [rotation] in try await rotation.retire(key.name, version: version, force: body.force ?? false, actor: .administrator(actor)) }
             return (key, try await perform { try await key.provider.describeKey(key.name) })
         }
     }

@@ -312,15 +312,15 @@ struct RotationTests {
             try await rotation.start()
             let tracked = TrackedProvider(provider, manager: rotation)
             let v1 = try await tracked.generateDataKey(orders, context: .empty)
-            try await rotation.rotate(orders, trigger: "manual", actor: "test")
+            try await rotation.rotate(orders, trigger: .manual(reason: nil), actor: .administrator("test"))
             let v2 = try await tracked.generateDataKey(orders, context: .empty)
-            try await rotation.rotate(orders, trigger: "manual", actor: "test")
+            try await rotation.rotate(orders, trigger: .manual(reason: nil), actor: .administrator("test"))
             _ = try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty)
             _ = try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty)
             _ = try await tracked.unwrap(orders, wrapped: v2.wrapped, context: .empty)
 
             do {
-                try await rotation.retire(orders, version: try KeyVersion(1), force: false, actor: "test")
+                try await rotation.retire(orders, version: try KeyVersion(1), force: false, actor: .administrator("test"))
                 Issue.record("retire of a version unwrapped just now succeeded")
             } catch let error as KMSError {
                 #expect(error.code == .conflict)
@@ -329,13 +329,13 @@ struct RotationTests {
             #expect(try await provider.describeKey(orders).version(try KeyVersion(1))?.state == .active)
             #expect(try await rotation.journal(orders).last?.result == .refused)
 
-            try await rotation.retire(orders, version: try KeyVersion(1), force: true, actor: "test")
+            try await rotation.retire(orders, version: try KeyVersion(1), force: true, actor: .administrator("test"))
             #expect(try await provider.describeKey(orders).version(try KeyVersion(1))?.state == .retired)
 
             clock.advance(RotationPolicy.defaultRetireQuietPeriod - 1)
-            await #expect(throws: KMSError.self) { try await rotation.retire(orders, version: try KeyVersion(2), force: false, actor: "test") }
+            await #expect(throws: KMSError.self) { try await rotation.retire(orders, version: try KeyVersion(2), force: false, actor: .administrator("test")) }
             clock.advance(2)
-            try await rotation.retire(orders, version: try KeyVersion(2), force: false, actor: "test")
+            try await rotation.retire(orders, version: try KeyVersion(2), force: false, actor: .administrator("test"))
             #expect(try await provider.describeKey(orders).version(try KeyVersion(2))?.state == .retired)
             // A retired version still unwraps.
             #expect(try await tracked.unwrap(orders, wrapped: v1.wrapped, context: .empty).plaintext == v1.plaintext)
