@@ -17,6 +17,11 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
             case unsupported = "unsupported"
             case `internal` = "internal"
             case rotationRequired = "rotation_required"
+            case unauthenticated = "unauthenticated"
+            case rateLimited = "rate_limited"
+            case payloadTooLarge = "payload_too_large"
+            case auditUnavailable = "audit_unavailable"
+            case revocationUnavailable = "revocation_unavailable"
         }
 
         private let base: Base
@@ -46,6 +51,19 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
         /// The version reached its usage bound (`max_wraps`) and the key has not rotated yet: wrapping waits for the
         /// rotation, unwrapping continues. Retry later.
         public static let rotationRequired = Code(.rotationRequired)
+
+        // Codes only the service layer answers with (the front ends' error bodies use the same values).
+
+        /// No usable client identity: no certificate, an expired or revoked one, or no admin credential.
+        public static let unauthenticated = Code(.unauthenticated)
+        /// The caller's request rate is over its limit.
+        public static let rateLimited = Code(.rateLimited)
+        /// The request body exceeds `limits.max_body_bytes`.
+        public static let payloadTooLarge = Code(.payloadTooLarge)
+        /// The audit log cannot take the operation's record; key operations are refused until it can.
+        public static let auditUnavailable = Code(.auditUnavailable)
+        /// The CRL for the caller's CA is past its `nextUpdate` plus the grace.
+        public static let revocationUnavailable = Code(.revocationUnavailable)
     }
 
     public let code: Code

@@ -65,7 +65,7 @@ extension KMSServer {
     }
 
     private static func errorDetail(_ error: ServiceError) -> ErrorBody.Detail {
-        ErrorBody.Detail(code: error.code, message: error.message)
+        ErrorBody.Detail(code: error.code.rawValue, message: error.message)
     }
 
     // MARK: - Administration

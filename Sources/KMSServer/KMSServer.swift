@@ -2,7 +2,7 @@ public import Foundation
 public import Hummingbird
 import HummingbirdCore
 import KMSAPI
-import KMSCore
+public import KMSCore
 public import KMSRotation
 public import KMSAudit
 public import KMSService
@@ -30,7 +30,7 @@ public typealias APIError = ServiceError
 
 extension ServiceError: HTTPResponseError {
     /// An error of this front end's own (the body, the path), by its HTTP status.
-    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
+    public init(_ status: HTTPResponse.Status, _ code: KMSError.Code, _ message: String) {
         let kind: Kind = switch status {
         case .unauthorized: .unauthenticated
         case .forbidden: .forbidden
@@ -62,7 +62,7 @@ extension ServiceError: HTTPResponseError {
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
         if status == .serviceUnavailable || status == .tooManyRequests { headers[.retryAfter] = "1" }
-        let body = (try? JSONEncoder().encode(ErrorBody(code: code, message: message))) ?? Data()
+        let body = (try? JSONEncoder().encode(ErrorBody(code: code.rawValue, message: message))) ?? Data()
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 }
@@ -172,12 +172,12 @@ public struct KMSServer: Sendable {
             buffer = try await request.body.collect(upTo: limit)
         } catch {
             events.record("payload_too_large")
-            throw APIError(.contentTooLarge, "payload_too_large", "the request body exceeds \(limit) bytes")
+            throw APIError(.contentTooLarge, .payloadTooLarge, "the request body exceeds \(limit) bytes")
         }
         do {
             return try StrictJSON.decode(T.self, from: Data(buffer: buffer))
         } catch {
-            throw APIError(.badRequest, "invalid_input", error.description)
+            throw APIError(.badRequest, .invalidInput, error.description)
         }
     }
 

@@ -63,13 +63,13 @@ extension KMSService {
                     try await audit.record(note.event)
                 } catch {
                     events.record("audit_unavailable")
-                    throw ServiceError(.unavailable, "audit_unavailable", "the audit log cannot be written; key operations are refused until it can")
+                    throw ServiceError(.unavailable, .auditUnavailable, "the audit log cannot be written; key operations are refused until it can")
                 }
             }
             return value
         } catch {
             let serviceError = Self.classified(error)
-            if let audit, serviceError.code != "audit_unavailable" {
+            if let audit, serviceError.code != .auditUnavailable {
                 var event = note.event
                 switch serviceError.kind {
                 case .unauthenticated:
@@ -84,7 +84,7 @@ extension KMSService {
                 default:
                     event.result = .failed
                 }
-                event.code = serviceError.code
+                event.code = serviceError.code.rawValue
                 event.detail = String((serviceError.detail.map { "\(serviceError.message) [\($0)]" } ?? serviceError.message).prefix(300))
                 audit.submit(event)
             }
@@ -96,7 +96,7 @@ extension KMSService {
         switch error {
         case let error as ServiceError: error
         case let error as KMSError: ServiceError(error)
-        default: ServiceError(.internal, "internal", "internal error")
+        default: ServiceError(.internal, .internal, "internal error")
         }
     }
 }

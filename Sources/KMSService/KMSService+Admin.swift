@@ -35,14 +35,14 @@ extension KMSService {
             let actor = try authorizeAdmin(caller, policy: policy)
             let body = try await input()
             guard let name = try? KeyName(body.name) else {
-                throw ServiceError(.badRequest, "invalid_input", "'\(body.name.prefix(80))' is not a valid key name")
+                throw ServiceError(.badRequest, .invalidInput, "'\(body.name.prefix(80))' is not a valid key name")
             }
             guard let key = policy.keys[name] else {
-                throw ServiceError(.badRequest, "invalid_input", "add key '\(name)' to the configuration (provider and allow list) first")
+                throw ServiceError(.badRequest, .invalidInput, "add key '\(name)' to the configuration (provider and allow list) first")
             }
             AuditNote.key(name)
             if let provider = body.provider, provider != key.providerName {
-                throw ServiceError(.badRequest, "invalid_input", "key '\(name)' is configured for provider '\(key.providerName)', not '\(provider)'")
+                throw ServiceError(.badRequest, .invalidInput, "key '\(name)' is configured for provider '\(key.providerName)', not '\(provider)'")
             }
             let description = try await perform { try await key.provider.createKey(name) }
             await rotation.didCreate(name, description: description, actor: .administrator(actor))
@@ -64,7 +64,7 @@ extension KMSService {
             guard let outcome = try await perform({ [rotation] in
                 try await rotation.rotate(key.name, trigger: trigger, actor: .administrator(actor), dryRun: body.dryRun ?? false)
             }) else {
-                throw ServiceError(.conflict, "conflict", "the rotation of '\(key.name)' did not run")
+                throw ServiceError(.conflict, .conflict, "the rotation of '\(key.name)' did not run")
             }
             AuditNote.version(outcome.newVersion)
             return (key, outcome)
@@ -80,7 +80,7 @@ extension KMSService {
             let actor = try authorizeAdmin(caller, policy: policy)
             let key = try adminKey(nameText, policy: policy)
             guard let number = versionText.flatMap(UInt32.init), let version = try? KeyVersion(number) else {
-                throw ServiceError(.badRequest, "invalid_input", "the version must be a positive integer")
+                throw ServiceError(.badRequest, .invalidInput, "the version must be a positive integer")
             }
             let body = try await input()
             AuditNote.version(version)
@@ -139,24 +139,24 @@ extension KMSService {
     /// is unavailable.
     public func checkReady() async throws(ServiceError) {
         if let audit, !audit.statistics.writable {
-            throw ServiceError(.unavailable, "unavailable", "the audit log cannot be written")
+            throw ServiceError(.unavailable, .unavailable, "the audit log cannot be written")
         }
         if let problem = revocationProblem() {
-            throw ServiceError(.unavailable, "revocation_unavailable", problem)
+            throw ServiceError(.unavailable, .revocationUnavailable, problem)
         }
         let down = await providerHealth().filter { $0.health.state == .unavailable }.map(\.name)
         guard down.isEmpty else {
-            throw ServiceError(.unavailable, "unavailable", "provider(s) unavailable: \(down.joined(separator: ", "))")
+            throw ServiceError(.unavailable, .unavailable, "provider(s) unavailable: \(down.joined(separator: ", "))")
         }
     }
 
     private func adminKey(_ nameText: String, policy: KMSServerPolicy) throws(ServiceError) -> KMSServerPolicy.Key {
         guard let name = try? KeyName(nameText) else {
-            throw ServiceError(.badRequest, "invalid_input", "'\(nameText.prefix(80))' is not a valid key name")
+            throw ServiceError(.badRequest, .invalidInput, "'\(nameText.prefix(80))' is not a valid key name")
         }
         AuditNote.key(name)
         guard let key = policy.keys[name] else {
-            throw ServiceError(.notFound, "not_found", "no key named '\(name)' in the configuration")
+            throw ServiceError(.notFound, .notFound, "no key named '\(name)' in the configuration")
         }
         return key
     }

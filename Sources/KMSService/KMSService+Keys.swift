@@ -80,7 +80,7 @@ extension KMSService {
 
     private func checkBatch(_ body: BatchRequest) throws(ServiceError) -> [UnwrapRequest] {
         guard (1...BatchRequest.maxItems).contains(body.items.count) else {
-            throw ServiceError(.badRequest, "invalid_input", "a batch holds 1 to \(BatchRequest.maxItems) items")
+            throw ServiceError(.badRequest, .invalidInput, "a batch holds 1 to \(BatchRequest.maxItems) items")
         }
         AuditNote.items(body.items.count)
         return body.items
@@ -104,7 +104,7 @@ extension KMSService {
             } catch {
                 let serviceError = Self.classified(error)
                 outcome.result = serviceError.isAuthenticationFailure ? .denied : .failed
-                outcome.code = serviceError.code
+                outcome.code = serviceError.code.rawValue
                 outcomes.append(outcome)
                 if serviceError.kind == .unavailable {
                     AuditNote.outcomes(outcomes)

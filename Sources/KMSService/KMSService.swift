@@ -131,14 +131,14 @@ public final class KMSService: Sendable {
         } catch let refusal as ClientIdentity.Refusal {
             events.record("invalid_identity")
             logger.warning("request refused: no usable identity", metadata: ["security_event": "invalid_identity", "reason": "\(refusal)"])
-            throw ServiceError(.unauthenticated, "unauthenticated", refusal.description)
+            throw ServiceError(.unauthenticated, .unauthenticated, refusal.description)
         } catch {
             return nil
         }
         AuditNote.identity(identity.description)
         guard identity.isValid(at: Date()) else {
             events.record("expired_certificate")
-            throw ServiceError(.unauthenticated, "unauthenticated", "the client certificate is not valid now (expired or not yet valid)")
+            throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate is not valid now (expired or not yet valid)")
         }
         let (revocation, grace) = snapshot.withLock { ($0.revocation, $0.revocationGrace) }
         if let revocation, revocation.covers(issuer: identity.issuer), revocation.isStale(at: Date(), grace: grace) {
@@ -147,13 +147,13 @@ public final class KMSService: Sendable {
                 "security_event": "revocation_unavailable", "identity": "\(identity)",
                 "next_update": "\(revocation.nextUpdate?.formatted(.iso8601) ?? "")",
             ])
-            throw ServiceError(.unauthenticated, "revocation_unavailable",
+            throw ServiceError(.unauthenticated, .revocationUnavailable,
                                "kmsd cannot tell whether the client certificate is revoked: the CA's revocation list has expired")
         }
         if let revocation, revocation.isRevoked(serial: identity.serial, issuer: identity.issuer) {
             events.record("revoked_certificate")
             logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
-            throw ServiceError(.unauthenticated, "unauthenticated", "the client certificate has been revoked")
+            throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate has been revoked")
         }
         return identity
     }
@@ -165,7 +165,7 @@ public final class KMSService: Sendable {
         guard limiter.allow(caller) else {
             events.record("rate_limited")
             logger.warning("request refused: rate limit", metadata: ["security_event": "rate_limited", "identity": "\(caller)"])
-            throw ServiceError(.rateLimited, "rate_limited", "too many requests; slow down")
+            throw ServiceError(.rateLimited, .rateLimited, "too many requests; slow down")
         }
     }
 
@@ -173,21 +173,21 @@ public final class KMSService: Sendable {
     func authorizeKey(_ caller: Caller, _ nameText: String, policy: KMSServerPolicy) throws(ServiceError) -> (KMSServerPolicy.Key, ClientIdentity) {
         guard let identity = caller.identity else {
             events.record("unauthenticated")
-            throw ServiceError(.unauthenticated, "unauthenticated", "a client certificate is required")
+            throw ServiceError(.unauthenticated, .unauthenticated, "a client certificate is required")
         }
         try rateLimit(identity.description)
         guard let name = try? KeyName(nameText) else {
-            throw ServiceError(.badRequest, "invalid_input", "'\(nameText.prefix(80))' is not a valid key name")
+            throw ServiceError(.badRequest, .invalidInput, "'\(nameText.prefix(80))' is not a valid key name")
         }
         AuditNote.key(name)
-        guard let key = policy.keys[name] else { throw ServiceError(.notFound, "not_found", "no key named '\(name)'") }
+        guard let key = policy.keys[name] else { throw ServiceError(.notFound, .notFound, "no key named '\(name)'") }
         let issuerAdmitted = policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true
         guard issuerAdmitted, identity.matches(any: key.allow) else {
             events.record("forbidden")
             logger.warning("request refused: not allowed for key", metadata: [
                 "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
             ])
-            throw ServiceError(.forbidden, "forbidden", "\(identity) may not use key '\(name)'")
+            throw ServiceError(.forbidden, .forbidden, "\(identity) may not use key '\(name)'")
         }
         return (key, identity)
     }
@@ -209,9 +209,9 @@ public final class KMSService: Sendable {
         events.record("forbidden")
         logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity?.description ?? "<none>")"])
         if identity == nil && caller.bearerToken == nil {
-            throw ServiceError(.unauthenticated, "unauthenticated", "an admin certificate or admin token is required")
+            throw ServiceError(.unauthenticated, .unauthenticated, "an admin certificate or admin token is required")
         }
-        throw ServiceError(.forbidden, "forbidden", "not an administrator")
+        throw ServiceError(.forbidden, .forbidden, "not an administrator")
     }
 
     // MARK: - Backend calls
@@ -253,7 +253,7 @@ public final class KMSService: Sendable {
 
     func base64(_ text: String, field: String) throws(ServiceError) -> [UInt8] {
         guard let data = Data(base64Encoded: text) else {
-            throw ServiceError(.badRequest, "invalid_input", "'\(field)' is not valid base64")
+            throw ServiceError(.badRequest, .invalidInput, "'\(field)' is not valid base64")
         }
         return [UInt8](data)
     }

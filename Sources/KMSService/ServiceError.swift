@@ -19,12 +19,13 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
     }
 
     public let kind: Kind
-    public let code: String
+    /// The stable code, shared with `KMSError`'s codes.
+    public let code: KMSError.Code
     public let message: String
     /// What operators need and callers do not get (a backend's CK_RV, say); audit and logs only.
     public var detail: String?
 
-    public init(_ kind: Kind, _ code: String, _ message: String, detail: String? = nil) {
+    public init(_ kind: Kind, _ code: KMSError.Code, _ message: String, detail: String? = nil) {
         self.kind = kind
         self.code = code
         self.message = message
@@ -41,11 +42,11 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
         case .unavailable, .rotationRequired: .unavailable
         default: .internal
         }
-        self.init(kind, error.code.rawValue, error.message, detail: error.detail)
+        self.init(kind, error.code, error.message, detail: error.detail)
     }
 
     public var description: String { "\(code): \(message)" }
 
     /// A wrapped key that failed its AEAD check (wrong context, wrong key or tampered data).
-    public var isAuthenticationFailure: Bool { code == "invalid_input" && message == KMSError.authenticationFailureMessage }
+    public var isAuthenticationFailure: Bool { code == .invalidInput && message == KMSError.authenticationFailureMessage }
 }
