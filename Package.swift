@@ -261,6 +261,12 @@ let package = Package(
         .executableTarget(name: "fuzz-pkcs11-uri", dependencies: ["PKCS11", "FuzzSupport"], swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-api-request", dependencies: ["KMSAPI", "KMSCore", "FuzzSupport"], swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-config", dependencies: ["KMSDaemon", "FuzzSupport"], swiftSettings: swiftSettings),
+        // The service layer over an in-memory provider: no HSM, no HTTP.
+        .testTarget(
+            name: "KMSServiceTests",
+            dependencies: ["KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "PKCS11Tests",
             dependencies: ["PKCS11", "CPKCS11", "KMSTestSupport"],

@@ -1,0 +1,198 @@
+import Foundation
+import KMSAPI
+import KMSAudit
+import KMSCore
+import KMSRotation
+import KMSService
+import KMSTestSupport
+import Synchronization
+import Testing
+
+let orders = try! KeyName("orders")
+let node1 = ClientIdentity(names: ["uri:spiffe://test/storage/node-1"])
+let node2 = ClientIdentity(names: ["uri:spiffe://test/storage/node-2"])
+let admin = ClientIdentity(names: ["cn:security-admin"])
+
+/// The service over an in-memory provider: no HSM, no HTTP, its own directory for the state store and audit log.
+struct ServiceFixture {
+    let provider: InMemoryKeyProvider
+    let service: KMSService
+    let auditPath: String
+
+    static func make(maxWraps: UInt64 = 1_000_000, ratePerSecond: Double = 1000, burst: Int = 2000,
+                     requestTimeout: Duration = .seconds(5)) async throws -> ServiceFixture {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("service-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let provider = InMemoryKeyProvider()
+        _ = try await provider.createKey(orders)
+        let rotation = RotationManager(
+            keys: [.init(name: orders, providerName: "memory", provider: provider, policy: RotationPolicy(maxWraps: maxWraps))],
+            store: try SQLiteStateStore(path: directory.appendingPathComponent("rotation.sqlite").path))
+        try await rotation.start()
+        let auditPath = directory.appendingPathComponent("audit.jsonl").path
+        let audit = try AuditLog(.init(path: auditPath, failClosed: true, signer: nil))
+        let policy = KMSServerPolicy(
+            keys: [orders: .init(name: orders, providerName: "memory", provider: TrackedProvider(provider, manager: rotation),
+                                 allow: ["uri:spiffe://test/storage/node-1"])],
+            providers: ["memory": provider], adminIdentities: ["cn:security-*"],
+            adminTokenHashes: [KMSServerPolicy.hexDigest("admin-token")],
+            limits: .init(requestTimeout: requestTimeout, ratePerSecond: ratePerSecond, burst: burst), mode: "development")
+        return ServiceFixture(provider: provider, service: KMSService(policy: policy, rotation: rotation, audit: audit), auditPath: auditPath)
+    }
+
+    /// The audit records so far, waiting up to 2 s for at least `count` (refusals are submitted, not awaited).
+    func records(atLeast count: Int = 0) async throws -> [[String: Any]] {
+        for _ in 0..<100 {
+            let text = (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? ""
+            let records = text.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+            if records.count >= count { return records }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("fewer than \(count) audit records")
+        return []
+    }
+}
+
+/// Whether a closure ran (the service must not read a refused caller's body).
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
+}
+
+func serviceError(_ body: () async throws -> Void) async -> ServiceError? {
+    do {
+        try await body()
+        return nil
+    } catch let error as ServiceError {
+        return error
+    } catch {
+        Issue.record("not a ServiceError: \(error)")
+        return nil
+    }
+}
+
+/// The service layer's guarantees, which every front end inherits: authorization before input, usage limits, the
+/// deadline, and exactly one audit record per operation. No HSM and no HTTP: these run anywhere, in parallel.
+@Suite("KMSService without an HSM")
+struct KMSServiceTests {
+    @Test func anAllowedNodeGetsADataKeyThatUnwrapsAndExactlyOneDurableRecord() async throws {
+        let fixture = try await ServiceFixture.make()
+        let context = ["table": "t1"]
+        let (name, dataKey) = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest(context: context) }
+        #expect(name == orders && dataKey.version == .first)
+        // The success record is durable when the call returns.
+        let records = try await fixture.records()
+        #expect(records.count == 1)
+        #expect(records.first?["action"] as? String == "datakey" && records.first?["result"] as? String == "ok")
+        #expect(records.first?["identity"] as? String == "uri:spiffe://test/storage/node-1")
+        #expect((records.first?["context_digest"] as? String)?.count == 64)
+        let wrapped = Data(dataKey.wrapped).base64EncodedString()
+        let (_, unwrapped) = try await fixture.service.unwrap(.init(identity: node1), key: "orders") {
+            UnwrapRequest(wrapped: wrapped, context: context)
+        }
+        #expect(unwrapped.plaintext == dataKey.plaintext)
+    }
+
+    @Test func aCallerNotAllowedIsRefusedBeforeItsInputIsReadOrTheBackendIsCalled() async throws {
+        let fixture = try await ServiceFixture.make()
+        let calls = fixture.provider.callCount
+        let read = Flag()
+        let error = await serviceError {
+            _ = try await fixture.service.dataKey(.init(identity: node2), key: "orders") {
+                read.set()
+                return DataKeyRequest()
+            }
+        }
+        #expect(error?.kind == .forbidden && error?.code == .forbidden)
+        #expect(!read.isSet, "the body of a refused caller was read")
+        #expect(fixture.provider.callCount == calls)
+        let records = try await fixture.records(atLeast: 1)
+        #expect(records.first?["type"] as? String == "authorization" && records.first?["result"] as? String == "denied")
+        #expect(await serviceError { _ = try await fixture.service.dataKey(.init(identity: nil), key: "orders") { DataKeyRequest() } }?.kind
+                == .unauthenticated)
+        #expect(fixture.service.events.snapshot["forbidden"] == 1)
+    }
+
+    @Test func aWrongContextIsAnAuthenticationFailureCountedAsASecurityEvent() async throws {
+        let fixture = try await ServiceFixture.make()
+        let (_, dataKey) = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest(context: ["t": "1"]) }
+        let wrapped = Data(dataKey.wrapped).base64EncodedString()
+        let error = await serviceError {
+            _ = try await fixture.service.unwrap(.init(identity: node1), key: "orders") { UnwrapRequest(wrapped: wrapped, context: ["t": "2"]) }
+        }
+        #expect(error?.kind == .badRequest && error?.isAuthenticationFailure == true)
+        #expect(fixture.service.events.snapshot["unwrap_authentication_failed"] == 1)
+    }
+
+    @Test func batchItemsAreAnsweredAndAuditedOneByOne() async throws {
+        let fixture = try await ServiceFixture.make()
+        let (_, dataKey) = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest(context: ["t": "1"]) }
+        let wrapped = Data(dataKey.wrapped).base64EncodedString()
+        let (_, answers) = try await fixture.service.unwrapBatch(.init(identity: node1), key: "orders") {
+            BatchRequest(items: [.init(wrapped: wrapped, context: ["t": "1"]), .init(wrapped: wrapped, context: ["t": "2"]),
+                                 .init(wrapped: "!!")])
+        }
+        #expect(answers.map { $0.0 != nil } == [true, false, false])
+        #expect(answers.compactMap { $0.1?.code } == [.invalidInput, .invalidInput])
+        let batch = try await fixture.records(atLeast: 2).first { $0["action"] as? String == "unwrap_batch" }
+        let outcomes = try #require(batch?["outcomes"] as? [[String: Any]])
+        #expect(outcomes.map { $0["result"] as? String } == ["ok", "denied", "failed"])
+    }
+
+    @Test func failedAdminAttemptsSpendTheRateBudget() async throws {
+        let fixture = try await ServiceFixture.make(ratePerSecond: 0.001, burst: 2)
+        var kinds: [ServiceError.Kind?] = []
+        for _ in 0..<3 {
+            kinds.append(await serviceError { _ = try await fixture.service.listKeys(.init(identity: node1, bearerToken: "guess")) }?.kind)
+        }
+        #expect(kinds == [.forbidden, .forbidden, .rateLimited])
+        let keys = try await fixture.service.listKeys(.init(identity: admin))
+        #expect(keys.map(\.name) == [orders])
+        let byToken = try await fixture.service.listKeys(.init(identity: nil, bearerToken: "admin-token"))
+        #expect(byToken.count == 1)
+    }
+
+    @Test func maxWrapsIsAHardLimitWhileRotationFails() async throws {
+        let fixture = try await ServiceFixture.make(maxWraps: 3)
+        fixture.provider.faults.rotationFails = true
+        var wrapped: [String] = []
+        for _ in 0..<3 {
+            let (_, dataKey) = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest() }
+            wrapped.append(Data(dataKey.wrapped).base64EncodedString())
+        }
+        let refused = await serviceError { _ = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest() } }
+        #expect(refused?.code == .rotationRequired && refused?.kind == .unavailable)
+        let (_, unwrapped) = try await fixture.service.unwrap(.init(identity: node1), key: "orders") { UnwrapRequest(wrapped: wrapped[2]) }
+        #expect(unwrapped.version == .first)
+    }
+
+    @Test func aBackendPastTheDeadlineIsUnavailableAtTheDeadline() async throws {
+        let fixture = try await ServiceFixture.make(requestTimeout: .milliseconds(100))
+        fixture.provider.faults.delay = .seconds(2)
+        let started = ContinuousClock.now
+        let error = await serviceError { _ = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest() } }
+        #expect(error?.kind == .unavailable)
+        #expect(ContinuousClock.now - started < .seconds(1))
+        #expect(fixture.service.events.snapshot["provider_unavailable"] == 1)
+    }
+
+    @Test func anOperationJoinsTheScopeAFrontEndOpenedExactlyOneRecord() async throws {
+        let fixture = try await ServiceFixture.make()
+        _ = try await fixture.service.audited(.keyAccess, "datakey") {
+            try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest() }
+        }
+        // A front end's own refusal inside its scope (a body that does not decode) is recorded once, as that operation.
+        let error = await serviceError {
+            _ = try await fixture.service.audited(.keyAccess, "unwrap") {
+                try await fixture.service.unwrap(.init(identity: node1), key: "orders") {
+                    throw ServiceError(.badRequest, .invalidInput, "the body is not a JSON object")
+                }
+            }
+        }
+        #expect(error?.code == .invalidInput)
+        let records = try await fixture.records(atLeast: 2)
+        #expect(records.map { $0["action"] as? String } == ["datakey", "unwrap"])
+        #expect(records.last?["result"] as? String == "failed")
+    }
+}
