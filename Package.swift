@@ -161,10 +161,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Development only: the dev PKI and `kmsd dev-init`'s files. The daemon's request path never imports it; the kmsd
+        // executable links it for dev-init, tests and benchmarks for their fixtures.
+        .target(
+            name: "KMSDev",
+            dependencies: [
+                "KMSAudit",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "kmsd",
             dependencies: [
-                "KMSDaemon", "KMSCore",
+                "KMSDaemon", "KMSCore", "KMSDev",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -245,7 +257,7 @@ let package = Package(
         .executableTarget(
             name: "kms-bench",
             dependencies: [
-                "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSDaemon", "KMSAudit",
+                "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSDaemon", "KMSAudit", "KMSDev",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -289,7 +301,7 @@ let package = Package(
         .testTarget(
             name: "KMSDaemonTests",
             dependencies: [
-                "KMSDaemon", "KMSServer", "KMSService", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSAudit",
+                "KMSDaemon", "KMSDev", "KMSServer", "KMSService", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSAudit",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -438,10 +438,10 @@ struct Reader {
                 caCertificate: string(map, "ca", path).map(resolve), auth: auth,
                 requestTimeout: duration(map, "request_timeout", path, default: .seconds(5))))
         case "in-memory":
-            _ = self.map(raw, path, known: ["type"])
-            return .inMemory
+            problem("\(path).type", "the in-memory provider exists only in kmsd's tests (KMSTestSupport): keys in process memory are lost on restart; use pkcs11 or vault-transit")
+            return nil
         case let other:
-            problem("\(path).type", "expected pkcs11, vault-transit or in-memory, not '\(other ?? "nothing")'")
+            problem("\(path).type", "expected pkcs11 or vault-transit, not '\(other ?? "nothing")'")
             return nil
         }
     }

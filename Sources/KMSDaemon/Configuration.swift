@@ -93,14 +93,11 @@ public struct Configuration: Sendable {
     public enum Provider: Sendable {
         case pkcs11(PKCS11Settings)
         case vault(VaultSettings)
-        /// Tests and development only; production mode refuses it.
-        case inMemory
 
         public var kind: String {
             switch self {
             case .pkcs11: "pkcs11"
             case .vault: "vault-transit"
-            case .inMemory: "in-memory"
             }
         }
     }

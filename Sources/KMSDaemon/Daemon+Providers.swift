@@ -72,8 +72,6 @@ extension Daemon {
                         address: settings.address, mount: settings.mount, namespace: settings.namespace,
                         caCertificateFile: settings.caCertificate, authentication: auth,
                         requestTimeout: settings.requestTimeout), logger: Logger(label: "kmsd.provider.\(name)"))
-                case .inMemory:
-                    throw ConfigurationError(["providers.\(name): the in-memory provider exists only inside kmsd's tests"])
                 }
                 logger.info("provider started", metadata: ["provider": "\(name)", "type": "\(provider.kind)"])
             }

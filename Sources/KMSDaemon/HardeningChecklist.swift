@@ -36,8 +36,6 @@ public struct HardeningChecklist: Sendable {
 
         for (name, provider) in configuration.providers.sorted(by: { $0.key < $1.key }) {
             switch provider {
-            case .inMemory:
-                check("provider \(name) is a real backend", false, "the in-memory provider holds keys in process memory (tests only)")
             case .pkcs11(let settings):
                 let soft = settings.module.lowercased().contains("softhsm")
                 check("provider \(name) uses a hardware module", !soft,

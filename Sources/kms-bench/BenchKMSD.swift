@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import KMSAudit
 import KMSDaemon
+import KMSDev
 import KMSTestSupport
 import NIOCore
 import NIOHTTP1

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import KMSDaemon
+import KMSDev
 import Logging
 
 @main

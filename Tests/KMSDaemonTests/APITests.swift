@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import KMSAPI
 import KMSDaemon
+import KMSDev
 import KMSTestSupport
 import NIOSSL
 import Testing

@@ -1,5 +1,6 @@
 import Foundation
 @testable import KMSDaemon
+import KMSDev
 import KMSServer
 import KMSService
 import KMSRotation
@@ -53,7 +54,6 @@ struct ConfigurationTests {
     }
 
     @Test(arguments: [
-        ("in-memory provider", "type: pkcs11, module: module.so, token: \"pkcs11:token=kms\", pin: { file: pin }, profile: thales-luna", "type: in-memory", "real backend"),
         ("SoftHSM module", "module: module.so", "module: libsofthsm2.so", "hardware module"),
         ("plaintext listener", "tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, crl: crl.pem, min_version: \"1.3\" }\n", "", "TLS listener"),
         ("optional client certificates", "min_version: \"1.3\" }", "min_version: \"1.3\", client_auth: optional }", "client certificates are required"),
@@ -212,6 +212,20 @@ struct ConfigurationTests {
             environment: ["KMSD_PRODUCTION_MODE": "1", "KMSD_LISTEN_API": "127.0.0.1:9000"])
         #expect(configuration.mode == .production)
         #expect(configuration.listen.port == 9000)
+    }
+
+    @Test func theInMemoryProviderIsNotAConfigurationChoice() throws {
+        let directory = try Self.files()
+        let yaml = Self.safe.replacingOccurrences(
+            of: "type: pkcs11, module: module.so, token: \"pkcs11:token=kms\", pin: { file: pin }, profile: thales-luna", with: "type: in-memory")
+        for mode in ["production", "development"] {
+            do {
+                _ = try parse(yaml.replacingOccurrences(of: "mode: production", with: "mode: \(mode)"), in: directory)
+                Issue.record("in-memory accepted in \(mode) mode")
+            } catch let error as ConfigurationError {
+                #expect(error.description.contains("providers.hsm.type") && error.description.contains("only in kmsd's tests"))
+            }
+        }
     }
 
     @Test func productionRequiresACRLUnlessNoneIsWrittenExplicitly() throws {

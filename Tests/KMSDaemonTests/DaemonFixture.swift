@@ -3,6 +3,7 @@ import Foundation
 import KMSAPI
 import KMSCore
 @testable import KMSDaemon
+import KMSDev
 import KMSServer
 import KMSService
 import KMSAudit

@@ -6,6 +6,7 @@ import Foundation
 import KMSAPI
 import KMSAudit
 import KMSDaemon
+import KMSDev
 import KMSServer
 import KMSService
 import KMSTestSupport
