@@ -34,7 +34,8 @@ struct RecoveryState: Sendable {
     }
 }
 
-/// Lets the session pool, created before the provider, report device loss or a refused PIN to it.
+/// Lets the session pool, created before the provider, report device loss or a refused PIN to it
+/// (`PKCS11KeyProvider.poolReported`).
 final class PKCS11ErrorRelay: Sendable {
     private let handler = Mutex<(@Sendable (PKCS11Error) -> Void)?>(nil)
 
@@ -49,6 +50,11 @@ struct ReconnectFailure: Error, CustomStringConvertible {
 }
 
 extension PKCS11KeyProvider {
+    /// What the session pool reports: a refused PIN, or a lost device.
+    func poolReported(_ error: PKCS11Error) {
+        if error.rejectsPIN { pinRejected(error) } else { deviceLost(error) }
+    }
+
     /// Opens the breaker (once per outage) and starts reconnecting.
     func deviceLost(_ error: PKCS11Error) {
         let opened = recovery.withLock { state in
@@ -97,7 +103,7 @@ extension PKCS11KeyProvider {
         }
         Task { [self] in
             do {
-                try await pool.loginNow()
+                try await pool.relogin()
                 recovery.withLock { state in
                     state.down = nil
                     state.lastRecoveredAt = Date()
@@ -112,11 +118,7 @@ extension PKCS11KeyProvider {
     /// Fails fast while the breaker is open.
     func checkBreaker() throws {
         if let outage = recovery.withLock({ $0.down }) {
-            if outage.pinRefused {
-                throw KMSError.unavailable(
-                    "the HSM refused kmsd's PIN; no login is tried again until the PIN changes and kmsd is reloaded",
-                    detail: outage.cause)
-            }
+            if outage.pinRefused { throw KMSError.unavailable(SessionPool.pinRefusalMessage, detail: outage.cause) }
             throw KMSError.unavailable("the HSM is unavailable; kmsd is reconnecting", detail: outage.cause)
         }
     }

@@ -71,7 +71,6 @@ public final class PKCS11KeyProvider: KeyProvider {
             if let limit = token.maxReadWriteSessionCount { sessions = min(sessions, max(1, limit - 1)) }
             if let limit = configuration.profile.maxSessions { sessions = min(sessions, max(1, limit - 1)) }
             let deviceLoss = PKCS11ErrorRelay()
-            let pinRelay = PKCS11ErrorRelay()
             let pool = SessionPool(
                 module: module, slot: slot, pin: configuration.pin,
                 configuration: .init(
@@ -79,7 +78,7 @@ public final class PKCS11KeyProvider: KeyProvider {
                     checkoutWait: configuration.checkoutWait, callTimeout: configuration.callTimeout,
                     loginEachSession: configuration.profile.login == .perSession),
                 executor: executor, logger: logger, onDeviceLoss: { deviceLoss.report($0) },
-                onPINRejected: { pinRelay.report($0) })
+                onPINRejected: { deviceLoss.report($0) })
             try await pool.start()
             logger.info("PKCS#11 provider started", metadata: [
                 "token": "\(token.label)", "serial": "\(token.serialNumber)", "sessions": "\(sessions)",
@@ -88,8 +87,7 @@ public final class PKCS11KeyProvider: KeyProvider {
             let provider = PKCS11KeyProvider(
                 configuration: configuration, tokenInfo: token, pool: pool, executor: executor, deviceLoss: deviceLoss,
                 logger: logger)
-            deviceLoss.connect { [weak provider] error in provider?.deviceLost(error) }
-            pinRelay.connect { [weak provider] error in provider?.pinRejected(error) }
+            deviceLoss.connect { [weak provider] error in provider?.poolReported(error) }
             return provider
         } catch {
             await executor.shutdown()

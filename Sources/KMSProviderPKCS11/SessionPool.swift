@@ -332,8 +332,8 @@ final class SessionPool: Sendable {
 
     // MARK: - Login
 
-    /// Re-establishes the anchor session and the login, on an executor thread.
-    private func relogin() async throws {
+    /// Re-establishes the anchor session and the login, on an executor thread (also after a new PIN).
+    func relogin() async throws {
         do {
             let outcome = try await executor.run(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() }
             perform(state.withLock { state in
@@ -434,9 +434,6 @@ final class SessionPool: Sendable {
         }
     }
 
-    /// The token's refusal of the current PIN, if it refused it.
-    var pinRejection: PKCS11Error? { credential.withLock { $0.rejected } }
-
     /// A PIN read again (SIGHUP). A different PIN clears the latch, so the next login tries it once; the same PIN
     /// changes nothing. Returns whether the PIN changed.
     func replacePIN(_ pin: SecretBytes) -> Bool {
@@ -448,14 +445,10 @@ final class SessionPool: Sendable {
         }
     }
 
-    /// Logs in now (after a new PIN), on an executor thread.
-    func loginNow() async throws {
-        try await relogin()
-    }
+    /// What a caller is told while the token refuses kmsd's PIN (the pool's logins and the provider's breaker).
+    static let pinRefusalMessage = "the HSM refused kmsd's PIN; no login is tried again until the PIN changes and kmsd is reloaded"
 
     static func pinRefusal(_ error: PKCS11Error) -> KMSError {
-        KMSError.unavailable(
-            "the HSM refused kmsd's PIN; no login is tried again until the PIN changes and kmsd is reloaded",
-            detail: error.description)
+        KMSError.unavailable(pinRefusalMessage, detail: error.description)
     }
 }
