@@ -46,7 +46,7 @@ extension Configuration {
         if let level = environment["KMSD_LOG_LEVEL"] { root["log_level"] = level }
         if let directory = environment["KMSD_DATA_DIR"] { root["data_dir"] = directory }
         var reader = Reader(base: URL(fileURLWithPath: source).deletingLastPathComponent().path)
-        guard reader.problems.isEmpty, var configuration = reader.configuration(root, source: source), reader.problems.isEmpty else {
+        guard var configuration = reader.configuration(root, source: source), reader.problems.isEmpty else {
             throw ConfigurationError(reader.problems)
         }
         configuration.warnings = reader.warnings

@@ -68,8 +68,8 @@ extension Daemon {
             mode: configuration.mode.rawValue)
         policy.identityMode = configuration.tls?.identity ?? .names
         if let adminCA = configuration.admin.clientCA, let tls = configuration.tls {
-            let admins = try Self.subjects(adminCA, key: "admin.client_ca")
-            let nodes = try Self.subjects(tls.clientCA, key: "tls.client_ca")
+            let admins = try Self.certificates(adminCA, key: "admin.client_ca").map(\.subject)
+            let nodes = try Self.certificates(tls.clientCA, key: "tls.client_ca").map(\.subject)
             if let shared = admins.first(where: { nodes.contains($0) }) {
                 throw ConfigurationError(["admin.client_ca: the CA \(shared) is also in tls.client_ca; the two bundles must name different CAs"])
             }

@@ -27,20 +27,14 @@ extension Daemon {
         return configuration
     }
 
-    /// The subject names of the CAs in a PEM bundle.
-    static func subjects(_ path: String, key: String) throws -> [DistinguishedName] {
+    /// The certificates of a PEM CA bundle (`key` names the setting in errors).
+    static func certificates(_ path: String, key: String) throws -> [Certificate] {
         do {
             let text = try String(contentsOfFile: path, encoding: .utf8)
-            return try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes).subject }
+            return try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes) }
         } catch {
             throw ConfigurationError(["\(key): cannot read the CA certificates in \(path): \(error)"])
         }
-    }
-
-    /// The client CA bundle's certificates (for verifying the CRL).
-    static func clientCAs(_ tls: Configuration.TLS) throws -> [Certificate] {
-        let text = try String(contentsOfFile: tls.clientCA, encoding: .utf8)
-        return try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes) }
     }
 
     /// The CRL named by `tls.crl`, verified with the client CA; nil without one.
@@ -48,7 +42,7 @@ extension Daemon {
         guard let tls, let crl = tls.crl else { return nil }
         guard let data = FileManager.default.contents(atPath: crl) else { throw ConfigurationError(["tls.crl: cannot read \(crl)"]) }
         do {
-            return try RevocationList(data: data, issuers: clientCAs(tls))
+            return try RevocationList(data: data, issuers: certificates(tls.clientCA, key: "tls.client_ca"))
         } catch {
             throw ConfigurationError(["tls.crl: \(error)"])
         }

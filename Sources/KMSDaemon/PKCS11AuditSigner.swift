@@ -26,7 +26,7 @@ final class PKCS11AuditSigner: AuditSigner {
 
     static func load(_ provider: PKCS11KeyProvider, label: String) async throws -> PKCS11AuditSigner {
         let (id, point) = try await provider.withSession("audit signing key") { session -> ([UInt8], [UInt8]) in
-            if let existing = try session.findObjects([.class(.publicKey), .keyType(.ec), .label(label)], limit: 2).first {
+            if let existing = try publicKey(session, label: label) {
                 let id = try session.attribute(AttributeType.id, of: existing)
                 guard try session.findObjects([.class(.privateKey), .id(id)], limit: 1).first != nil else {
                     throw KMSError.notFound("the token has the public key '\(label)' but not its private key")
@@ -49,12 +49,20 @@ final class PKCS11AuditSigner: AuditSigner {
     /// `kmsctl audit verify --public-key-from-hsm`.
     static func existingPublicKeyPEM(_ provider: PKCS11KeyProvider, label: String) async throws -> String {
         let point = try await provider.withSession("read the audit public key") { session -> [UInt8] in
-            let found = try session.findObjects([.class(.publicKey), .keyType(.ec), .label(label)], limit: 2)
-            guard let key = found.first else { throw KMSError.notFound("the token has no audit public key labelled '\(label)'") }
-            guard found.count == 1 else { throw KMSError.conflict("the token has more than one public key labelled '\(label)'") }
+            guard let key = try publicKey(session, label: label) else {
+                throw KMSError.notFound("the token has no audit public key labelled '\(label)'")
+            }
             return try session.attribute(AttributeType.ecPoint, of: key)
         }
         return try publicKeyPEM(point: point, label: label)
+    }
+
+    /// The audit public key labelled `label`, or nil. Two with one label are refused: the signer and a verifier must
+    /// never pick different ones.
+    private static func publicKey(_ session: PKCS11Session, label: String) throws -> ObjectHandle? {
+        let found = try session.findObjects([.class(.publicKey), .keyType(.ec), .label(label)], limit: 2)
+        guard found.count <= 1 else { throw KMSError.conflict("the token has more than one public key labelled '\(label)'") }
+        return found.first
     }
 
     private static func publicKeyPEM(point: [UInt8], label: String) throws -> String {
