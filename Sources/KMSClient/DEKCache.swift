@@ -52,21 +52,17 @@ public final class DEKCache: Sendable {
     /// byte-exact). Swift's `String` equality treats canonically equivalent text as equal (NFC "é" equals NFD
     /// "e\u{301}"), so a key built from `String`s would hand out a DEK for a context kmsd would refuse.
     static func key(_ name: String, _ wrapped: String, _ context: [String: String]?) -> [UInt8] {
-        func field(_ text: String, into out: inout [UInt8]) {
-            let bytes = Array(text.utf8)
+        var out: [UInt8] = []
+        func field(_ bytes: [UInt8]) {
             withUnsafeBytes(of: UInt32(bytes.count).bigEndian) { out += $0 }
             out += bytes
         }
-        var out: [UInt8] = []
-        field(name, into: &out)
-        field(wrapped, into: &out)
-        let pairs = (context ?? [:]).map { (Array($0.key.utf8), Array($0.value.utf8)) }
-            .sorted { $0.0.lexicographicallyPrecedes($1.0) || ($0.0 == $1.0 && $0.1.lexicographicallyPrecedes($1.1)) }
-        for (key, value) in pairs {
-            withUnsafeBytes(of: UInt32(key.count).bigEndian) { out += $0 }
-            out += key
-            withUnsafeBytes(of: UInt32(value.count).bigEndian) { out += $0 }
-            out += value
+        field(Array(name.utf8))
+        field(Array(wrapped.utf8))
+        // Keys are unique as bytes too (two Strings that differ only in normalization are one dictionary key).
+        for (key, value) in (context ?? [:]).map({ (Array($0.key.utf8), Array($0.value.utf8)) }).sorted(by: { $0.0.lexicographicallyPrecedes($1.0) }) {
+            field(key)
+            field(value)
         }
         return out
     }

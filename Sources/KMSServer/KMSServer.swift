@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import Hummingbird
 import HummingbirdCore
 import KMSAPI
@@ -89,15 +89,12 @@ public struct KMSServer: Sendable {
     public var rotation: RotationManager { service.rotation }
     public var audit: AuditLog? { service.audit }
     public var policy: KMSServerPolicy { service.policy }
-    var logger: Logger { service.logger }
 
     /// Replaces the policy and revocation list for requests that start from now on.
     public func reload(_ new: Snapshot) { service.reload(new) }
-    public var revocation: RevocationList? { service.revocation }
     public func checkNotRollback(_ offered: RevocationList?) throws { try service.checkNotRollback(offered) }
     @discardableResult
     public func replaceRevocation(_ fresh: RevocationList) throws -> Bool { try service.replaceRevocation(fresh) }
-    public func revocationProblem(at now: Date = Date()) -> String? { service.revocationProblem(at: now) }
 
     /// The router with every route of API v1.
     public func router() -> Router<KMSRequestContext> {

@@ -25,9 +25,9 @@ final class AuditNote: Sendable {
     static func detail(_ detail: String) { current?.update { $0.detail = String(detail.prefix(300)) } }
     static func context(_ context: EncryptionContext) {
         guard current != nil else { return }
-        let digest = digest(context)
-        current?.update { $0.contextDigest = digest }
+        contextDigest(digest(context))
     }
+    static func contextDigest(_ digest: String) { current?.update { $0.contextDigest = digest } }
     /// Lower-case hex SHA-256 of the context's canonical encoding.
     static func digest(_ context: EncryptionContext) -> String {
         SHA256.hash(data: context.canonicalEncoding).map { String(format: "%02x", $0) }.joined()

@@ -122,8 +122,9 @@ extension KMSService {
         let wrapped = try base64(item.wrapped, field: "wrapped")
         if let envelope = try? Envelope(parsing: wrapped) { outcome.version = envelope.header.version.rawValue }
         let encryption = try context(item.context)
-        outcome.contextDigest = AuditNote.digest(encryption)
-        AuditNote.context(encryption)
+        let digest = AuditNote.digest(encryption)
+        outcome.contextDigest = digest
+        AuditNote.contextDigest(digest)
         return (wrapped, encryption)
     }
 
