@@ -64,7 +64,7 @@ extension Daemon {
             keys: keys, providers: providers, adminIdentities: configuration.admin.identities,
             adminTokenHashes: configuration.admin.tokenHashes,
             limits: .init(maxBodyBytes: limits.maxBodyBytes, requestTimeout: limits.requestTimeout,
-                          ratePerSecond: limits.ratePerSecond, burst: limits.burst, maxConnections: limits.maxConnections),
+                          ratePerSecond: limits.ratePerSecond, burst: limits.burst),
             mode: configuration.mode.rawValue)
         policy.identityMode = configuration.tls?.identity ?? .names
         if let adminCA = configuration.admin.clientCA, let tls = configuration.tls {

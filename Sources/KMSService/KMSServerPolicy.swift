@@ -26,15 +26,13 @@ public struct KMSServerPolicy: Sendable {
         public var requestTimeout: Duration
         public var ratePerSecond: Double
         public var burst: Int
-        public var maxConnections: Int
 
         public init(maxBodyBytes: Int = 256 * 1024, requestTimeout: Duration = .seconds(10), ratePerSecond: Double = 1000,
-                    burst: Int = 2000, maxConnections: Int = 1024) {
+                    burst: Int = 2000) {
             self.maxBodyBytes = maxBodyBytes
             self.requestTimeout = requestTimeout
             self.ratePerSecond = ratePerSecond
             self.burst = burst
-            self.maxConnections = maxConnections
         }
     }
 
