@@ -67,14 +67,20 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The YAML reader for kmsd's own files: the configuration and HSM profiles.
+        .target(
+            name: "KMSYAML",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "KMSProviderPKCS11",
             dependencies: [
-                "KMSCore", "PKCS11",
+                "KMSCore", "PKCS11", "KMSYAML",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -96,6 +102,7 @@ let package = Package(
         .target(
             name: "KMSAudit",
             dependencies: [
+                "KMSCore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -150,8 +157,7 @@ let package = Package(
         .target(
             name: "KMSDaemon",
             dependencies: [
-                "KMSCore", "KMSAPI", "KMSServer", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "PKCS11", "KMSRotation", "KMSAudit",
-                .product(name: "Yams", package: "Yams"),
+                "KMSCore", "KMSAPI", "KMSServer", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation", "KMSAudit", "KMSYAML",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -316,7 +322,7 @@ let package = Package(
         ),
         .testTarget(
             name: "KMSAuditTests",
-            dependencies: ["KMSAudit", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["KMSAudit", "KMSCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,5 +1,6 @@
 import Crypto
 public import Foundation
+public import KMSCore
 public import Logging
 import Synchronization
 #if canImport(Glibc)

@@ -1,12 +1,9 @@
 public import Crypto
 import Foundation
+public import KMSCore
 
-/// Signs checkpoints: ECDSA P-256 over a SHA-256 digest, returning the raw signature (r‖s, 64 bytes).
-public protocol AuditSigner: Sendable {
-    /// The public key as PEM (SubjectPublicKeyInfo), for verifiers.
-    var publicKeyPEM: String { get }
-    func sign(digest: SHA256Digest) throws -> [UInt8]
-}
+// `AuditSigner` itself lives in KMSCore, so a provider can hold the signing key (`AuditSigningKeyHolder`) without
+// depending on the audit log.
 
 extension AuditSigner {
     /// The first 16 hex digits of SHA-256 of the public key's DER.

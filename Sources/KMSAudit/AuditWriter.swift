@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KMSCore
 import Logging
 import Synchronization
 

@@ -1,10 +1,9 @@
 public import Foundation
 import KMSRotation
 import KMSCore
-import KMSProviderPKCS11
+import KMSYAML
 import KMSServer
 import KMSService
-import Yams
 
 extension Configuration {
     /// Reads `path`, applies `KMSD_*` overrides from `environment`, validates. Throws `ConfigurationError` listing

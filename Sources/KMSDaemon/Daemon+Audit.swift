@@ -1,7 +1,6 @@
 import Foundation
 public import KMSAudit
 public import KMSCore
-import KMSProviderPKCS11
 import KMSServer
 public import KMSService
 import Logging
@@ -9,6 +8,14 @@ import NIOSSL
 
 /// The audit log and its syslog copy.
 extension Daemon {
+    /// The provider `audit.sign: {hsm: …}` names, as a holder of the audit key pair.
+    static func signingKeyHolder(_ name: String, in providers: [String: any KeyProvider]) throws -> any AuditSigningKeyHolder {
+        guard let holder = providers[name] as? any AuditSigningKeyHolder else {
+            throw ConfigurationError(["audit.sign.hsm: provider '\(name)' cannot hold a signing key (only a PKCS#11 provider can)"])
+        }
+        return holder
+    }
+
     /// Opens the audit log (nil when none is configured). Failures to write are counted as security events.
     public func startAudit(providers: [String: any KeyProvider], events: SecurityEvents) async throws -> AuditLog? {
         guard let audit = configuration.audit else { return nil }
@@ -17,10 +24,7 @@ extension Daemon {
         case .file(let path):
             signer = try FileAuditSigner(path: path)
         case .hsm(let provider, let label):
-            guard let pkcs11 = providers[provider] as? PKCS11KeyProvider else {
-                throw ConfigurationError(["audit.sign.hsm: provider '\(provider)' is not a PKCS#11 provider"])
-            }
-            signer = try await pkcs11.auditSigner(label: label)
+            signer = try await Self.signingKeyHolder(provider, in: providers).auditSigner(label: label)
         case nil:
             signer = nil
         }

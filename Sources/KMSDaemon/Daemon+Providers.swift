@@ -3,7 +3,6 @@ public import KMSCore
 import KMSProviderPKCS11
 import KMSProviderVault
 import Logging
-import PKCS11
 
 /// Provider construction and lifecycle: secrets read from their sources, start (all or some), stop, and the secrets
 /// read again at a reload.
@@ -32,10 +31,7 @@ extension Daemon {
         }
         let providers = try await startProviders(only: [providerName])
         do {
-            guard let pkcs11 = providers[providerName] as? PKCS11KeyProvider else {
-                throw ConfigurationError(["audit.sign.hsm: provider '\(providerName)' is not a PKCS#11 provider"])
-            }
-            let pem = try await PKCS11AuditSigner.existingPublicKeyPEM(pkcs11, label: label)
+            let pem = try await Self.signingKeyHolder(providerName, in: providers).auditPublicKeyPEM(label: label)
             await Self.stop(providers)
             return pem
         } catch {
@@ -54,9 +50,8 @@ extension Daemon {
                 switch provider {
                 case .pkcs11(let settings):
                     let profile = try HSMProfile.load(settings.profile, directory: settings.profilesDirectory)
-                    let uri = try PKCS11URI(parsing: settings.token)
                     let pkcs11 = try await PKCS11KeyProvider.start(PKCS11ProviderConfiguration(
-                        modulePath: settings.module, token: uri, pin: try Self.read(settings.pin, environment: environment),
+                        modulePath: settings.module, tokenURI: settings.token, pin: try Self.read(settings.pin, environment: environment),
                         profile: profile, maxSessions: settings.sessions, checkoutWait: settings.checkoutWait,
                         callTimeout: settings.callTimeout), logger: Logger(label: "kmsd.provider.\(name)"))
                     started[name] = pkcs11

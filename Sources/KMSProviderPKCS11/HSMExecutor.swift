@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Synchronization
 
@@ -36,28 +37,54 @@ public final class HSMExecutor: Sendable {
         _ body: @escaping @Sendable () throws -> T
     ) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            let call = PendingCall(continuation)
-            let timer = deadlines.register(deadline: .now + timeout) { [self] in
-                // Counted before the caller resumes, so the caller sees its own stuck call.
-                call.expire { stuck.add(1, ordering: .relaxed) }
+            submit(PendingCall { continuation.resume(with: $0) }, timeout: timeout, whenOverrunEnds: whenOverrunEnds, body)
+        }
+    }
+
+    /// `run` for a caller on a thread of its own that may block (the audit writer), never for the cooperative pool:
+    /// the calling thread waits for the result or the deadline, with the same deadline and overrun rules, and no task
+    /// is involved.
+    public func runBlocking<T: Sendable>(
+        timeout: Duration,
+        whenOverrunEnds: @escaping @Sendable (Result<T, any Error>?) -> Void = { _ in },
+        _ body: @escaping @Sendable () throws -> T
+    ) throws -> T {
+        let outcome = Mutex<Result<T, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        submit(PendingCall { result in
+            outcome.withLock { $0 = result }
+            done.signal()
+        }, timeout: timeout, whenOverrunEnds: whenOverrunEnds, body)
+        done.wait()
+        // A PendingCall resumes exactly once, before the signal, so the outcome is set here.
+        guard let result = outcome.withLock({ $0 }) else { throw HSMExecutorShutDown() }
+        return try result.get()
+    }
+
+    private func submit<T: Sendable>(
+        _ call: PendingCall<T>, timeout: Duration, whenOverrunEnds: @escaping @Sendable (Result<T, any Error>?) -> Void,
+        _ body: @escaping @Sendable () throws -> T
+    ) {
+        let timer = deadlines.register(deadline: .now + timeout) { [self] in
+            // Counted before the caller resumes, so the caller sees its own stuck call.
+            call.expire { stuck.add(1, ordering: .relaxed) }
+        }
+        let accepted = threadPool.submit { [self] in
+            if call.hasExpired {
+                whenOverrunEnds(nil)
+                stuck.subtract(1, ordering: .relaxed)
+                return
             }
-            let accepted = threadPool.submit { [self] in
-                if call.hasExpired {
-                    whenOverrunEnds(nil)
-                    stuck.subtract(1, ordering: .relaxed)
-                    return
-                }
-                let result = Result { try body() }
-                deadlines.cancel(timer)
-                if !call.finish(result) {
-                    whenOverrunEnds(result)
-                    stuck.subtract(1, ordering: .relaxed)
-                }
+            let result = Result { try body() }
+            deadlines.cancel(timer)
+            if !call.finish(result) {
+                whenOverrunEnds(result)
+                stuck.subtract(1, ordering: .relaxed)
             }
-            if !accepted {
-                deadlines.cancel(timer)
-                _ = call.finish(.failure(HSMExecutorShutDown()))
-            }
+        }
+        if !accepted {
+            deadlines.cancel(timer)
+            _ = call.finish(.failure(HSMExecutorShutDown()))
         }
     }
 }
@@ -72,18 +99,20 @@ public struct HSMExecutorShutDown: Error, Sendable, CustomStringConvertible {
     public var description: String { "HSM executor is shut down" }
 }
 
-/// One call's continuation, resumed exactly once: by the result or by the deadline, whichever comes first.
+/// One call's waiter, resumed exactly once: by the result or by the deadline, whichever comes first.
 private final class PendingCall<T: Sendable>: Sendable {
+    typealias Resume = @Sendable (Result<T, any Error>) -> Void
+
     private enum State {
-        case waiting(CheckedContinuation<T, any Error>)
+        case waiting(Resume)
         case finished
         case expired
     }
 
     private let state: Mutex<State>
 
-    init(_ continuation: CheckedContinuation<T, any Error>) {
-        state = Mutex(.waiting(continuation))
+    init(_ resume: @escaping Resume) {
+        state = Mutex(.waiting(resume))
     }
 
     var hasExpired: Bool {
@@ -92,26 +121,26 @@ private final class PendingCall<T: Sendable>: Sendable {
 
     /// Resumes with `result` unless the deadline already fired. Returns false if it had.
     func finish(_ result: Result<T, any Error>) -> Bool {
-        let continuation: CheckedContinuation<T, any Error>? = state.withLock { state in
-            guard case .waiting(let continuation) = state else { return nil }
+        let resume: Resume? = state.withLock { state in
+            guard case .waiting(let resume) = state else { return nil }
             state = .finished
-            return continuation
+            return resume
         }
-        guard let continuation else { return false }
-        continuation.resume(with: result)
+        guard let resume else { return false }
+        resume(result)
         return true
     }
 
     /// Resumes with `HSMDeadlineExceeded` unless the call already finished; `beforeResuming` runs first, only when
     /// the call is expired.
     func expire(beforeResuming: () -> Void) {
-        let continuation: CheckedContinuation<T, any Error>? = state.withLock { state in
-            guard case .waiting(let continuation) = state else { return nil }
+        let resume: Resume? = state.withLock { state in
+            guard case .waiting(let resume) = state else { return nil }
             state = .expired
-            return continuation
+            return resume
         }
-        guard let continuation else { return }
+        guard let resume else { return }
         beforeResuming()
-        continuation.resume(throwing: HSMDeadlineExceeded())
+        resume(.failure(HSMDeadlineExceeded()))
     }
 }

@@ -1,7 +1,7 @@
 import Foundation
 import KMSCore
+import KMSYAML
 import PKCS11
-import Yams
 
 extension HSMProfile {
     /// The keys a profile file may contain; anything else is a mistake and is reported.

@@ -260,11 +260,6 @@ public final class PKCS11KeyProvider: KeyProvider {
 
     // MARK: - Shared plumbing
 
-    /// Runs `body` with a pooled session under the same deadline, breaker and recovery rules as key operations —
-    /// for kmsd's own objects on the token (the audit signing key).
-    public func withSession<T: Sendable>(_ operation: String, _ body: @escaping @Sendable (PKCS11Session) throws -> T) async throws -> T {
-        try await perform(operation, body)
-    }
 
     /// Reads the key's versions from the token and refreshes the catalog.
     func refresh(_ name: KeyName) async throws -> [KEKRecord] {
@@ -283,20 +278,37 @@ public final class PKCS11KeyProvider: KeyProvider {
         // While the breaker is open, refuse at once; the outage was logged when it began.
         try checkBreaker()
         do {
-            let value = try await pool.withSession(body)
-            healthState.withLock { $0.lastSuccessAt = Date() }
-            return value
+            return succeeded(try await pool.withSession(body))
         } catch {
-            let mapped = map(error, operation)
-            if mapped.code == .unavailable || mapped.code == .internal {
-                healthState.withLock {
-                    $0.lastError = mapped.debugDescription
-                    $0.lastErrorAt = Date()
-                }
-                logger.warning("HSM operation failed", metadata: ["operation": "\(operation)", "error": "\(mapped.debugDescription)"])
-            }
-            throw mapped
+            throw failed(error, operation)
         }
+    }
+
+    /// `perform` for a caller on a thread of its own that may block (the audit writer): no task, same rules.
+    func performBlocking<T: Sendable>(_ operation: String, _ body: @escaping @Sendable (PKCS11Session) throws -> T) throws -> T {
+        try checkBreaker()
+        do {
+            return succeeded(try pool.withSessionBlocking(body))
+        } catch {
+            throw failed(error, operation)
+        }
+    }
+
+    private func succeeded<T>(_ value: T) -> T {
+        healthState.withLock { $0.lastSuccessAt = Date() }
+        return value
+    }
+
+    private func failed(_ error: any Error, _ operation: String) -> KMSError {
+        let mapped = map(error, operation)
+        if mapped.code == .unavailable || mapped.code == .internal {
+            healthState.withLock {
+                $0.lastError = mapped.debugDescription
+                $0.lastErrorAt = Date()
+            }
+            logger.warning("HSM operation failed", metadata: ["operation": "\(operation)", "error": "\(mapped.debugDescription)"])
+        }
+        return mapped
     }
 
     private func map(_ error: any Error, _ operation: String) -> KMSError {

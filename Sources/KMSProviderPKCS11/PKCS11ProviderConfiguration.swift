@@ -28,6 +28,15 @@ public struct PKCS11ProviderConfiguration: Sendable, CustomStringConvertible {
     public var reconnectInitialDelay: Duration
     public var reconnectMaxDelay: Duration
 
+    /// The same, with the token given as the text of a PKCS#11 URI (as the configuration file has it).
+    public init(
+        modulePath: String, tokenURI: String, pin: SecretBytes, profile: HSMProfile, maxSessions: Int = 8,
+        checkoutWait: Duration = .seconds(2), callTimeout: Duration = .seconds(1)
+    ) throws {
+        self.init(modulePath: modulePath, token: try PKCS11URI(parsing: tokenURI), pin: pin, profile: profile,
+                  maxSessions: maxSessions, checkoutWait: checkoutWait, callTimeout: callTimeout)
+    }
+
     public init(
         modulePath: String, token: PKCS11URI, pin: SecretBytes, profile: HSMProfile, maxSessions: Int = 8,
         checkoutWait: Duration = .seconds(2), callTimeout: Duration = .seconds(1), maxWaiters: Int = 1024,

@@ -1,3 +1,4 @@
+import Dispatch
 import KMSCore
 import Logging
 import PKCS11
@@ -46,7 +47,7 @@ final class SessionPool: Sendable {
     private struct State {
         var machine: SessionPoolStateMachine
         var sessions: [SessionPoolStateMachine.SessionID: PKCS11Session] = [:]
-        var waiters: [SessionPoolStateMachine.WaiterID: CheckedContinuation<SessionPoolStateMachine.LeaseDecision, Never>] = [:]
+        var waiters: [SessionPoolStateMachine.WaiterID: @Sendable (SessionPoolStateMachine.LeaseDecision) -> Void] = [:]
         var nextID = 0
         var statistics = Statistics()
     }
@@ -127,59 +128,127 @@ final class SessionPool: Sendable {
             attempt += 1
             let (lease, session) = try await acquire()
             do {
-                let value = try await executor.run(
-                    timeout: configuration.callTimeout,
-                    whenOverrunEnds: { [self] _ in perform(state.withLock { $0.machine.lostCallEnded(lease) }) }
-                ) { try body(session) }
+                let value = try await executor.run(timeout: configuration.callTimeout, whenOverrunEnds: overrunEnded(lease)) {
+                    try body(session)
+                }
                 release(lease, .reuse)
                 return value
-            } catch is HSMDeadlineExceeded {
-                state.withLock { $0.statistics.deadlineOverruns += 1 }
-                release(lease, .lost)
-                logger.warning("HSM call overran its deadline; session written off", metadata: ["timeout": "\(configuration.callTimeout)"])
-                throw KMSError.unavailable("the HSM did not answer in time", detail: "call deadline \(configuration.callTimeout) passed")
-            } catch let error as PKCS11Error where error.isSessionInvalid {
-                release(lease, .discard)
-                state.withLock { $0.statistics.sessionsDiscarded += 1 }
-                logger.notice("PKCS#11 session evicted", metadata: ["error": "\(error)"])
-                if attempt < 2 {
-                    // If the anchor died too, every session of the application was closed: start over with a new
-                    // generation and a fresh login rather than trying the other dead sessions one by one.
-                    try await relogin()
-                    continue
-                }
-                throw KMSError.unavailable("the HSM session failed", detail: error.description)
-            } catch let error as PKCS11Error where error.requiresLogin {
-                release(lease, .reuse)
-                logger.notice("PKCS#11 login lost; logging in again", metadata: ["error": "\(error)"])
-                try await relogin()
-                if attempt < 2 { continue }
-                throw KMSError.unavailable("the HSM login was lost", detail: error.description)
-            } catch let error as PKCS11Error where error.isDeviceGone {
-                release(lease, .discard)
-                logger.error("HSM device lost", metadata: ["error": "\(error)"])
-                onDeviceLoss(error)
-                throw KMSError.unavailable("the HSM is unavailable", detail: error.description)
             } catch {
-                release(lease, .reuse)
-                throw error
+                switch settle(lease, after: error) {
+                case .fail(let error):
+                    throw error
+                case .retryAfterRelogin(let otherwise):
+                    guard attempt < 2 else { throw otherwise }
+                    try await relogin()
+                }
             }
+        }
+    }
+
+    /// `withSession` for a caller on a thread of its own that may block (the audit writer), never the cooperative
+    /// pool: the same leases, deadlines and recovery rules, with the calling thread waiting instead of a task.
+    func withSessionBlocking<T: Sendable>(_ body: @escaping @Sendable (PKCS11Session) throws -> T) throws -> T {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let (lease, session) = try acquireBlocking()
+            do {
+                let value = try executor.runBlocking(timeout: configuration.callTimeout, whenOverrunEnds: overrunEnded(lease)) {
+                    try body(session)
+                }
+                release(lease, .reuse)
+                return value
+            } catch {
+                switch settle(lease, after: error) {
+                case .fail(let error):
+                    throw error
+                case .retryAfterRelogin(let otherwise):
+                    guard attempt < 2 else { throw otherwise }
+                    try loggedIn(Result { try executor.runBlocking(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() } })
+                }
+            }
+        }
+    }
+
+    private func overrunEnded<T>(_ lease: SessionPoolStateMachine.Lease) -> @Sendable (Result<T, any Error>?) -> Void {
+        { [self] _ in perform(state.withLock { $0.machine.lostCallEnded(lease) }) }
+    }
+
+    private enum Recovery {
+        /// Log in again and try once more on another lease; `otherwise` is the error when no attempt is left.
+        case retryAfterRelogin(otherwise: KMSError)
+        case fail(any Error)
+    }
+
+    /// Returns the lease after `body` failed with `error`, and says what the caller does next.
+    private func settle(_ lease: SessionPoolStateMachine.Lease, after error: any Error) -> Recovery {
+        switch error {
+        case is HSMDeadlineExceeded:
+            state.withLock { $0.statistics.deadlineOverruns += 1 }
+            release(lease, .lost)
+            logger.warning("HSM call overran its deadline; session written off", metadata: ["timeout": "\(configuration.callTimeout)"])
+            return .fail(KMSError.unavailable("the HSM did not answer in time", detail: "call deadline \(configuration.callTimeout) passed"))
+        case let error as PKCS11Error where error.isSessionInvalid:
+            release(lease, .discard)
+            state.withLock { $0.statistics.sessionsDiscarded += 1 }
+            logger.notice("PKCS#11 session evicted", metadata: ["error": "\(error)"])
+            // If the anchor died too, every session of the application was closed: start over with a new generation
+            // and a fresh login rather than trying the other dead sessions one by one.
+            return .retryAfterRelogin(otherwise: KMSError.unavailable("the HSM session failed", detail: error.description))
+        case let error as PKCS11Error where error.requiresLogin:
+            release(lease, .reuse)
+            logger.notice("PKCS#11 login lost; logging in again", metadata: ["error": "\(error)"])
+            return .retryAfterRelogin(otherwise: KMSError.unavailable("the HSM login was lost", detail: error.description))
+        case let error as PKCS11Error where error.isDeviceGone:
+            release(lease, .discard)
+            logger.error("HSM device lost", metadata: ["error": "\(error)"])
+            onDeviceLoss(error)
+            return .fail(KMSError.unavailable("the HSM is unavailable", detail: error.description))
+        default:
+            release(lease, .reuse)
+            return .fail(error)
         }
     }
 
     // MARK: - Leasing
 
     private func acquire() async throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
+        let (waiterID, deadline, fast) = requestLease()
+        let decision = if case .wait = fast { await wait(waiterID, deadline: deadline) } else { fast }
+        if case .open(let generation) = decision {
+            let opened = await Self.result { try await executor.run(timeout: configuration.callTimeout, whenOverrunEnds: closeLateSession) {
+                [self] in try openLoggedInSession()
+            } }
+            if let lease = try adopt(opened, generation: generation) { return lease }
+            return try await acquire()
+        }
+        return try leased(decision)
+    }
+
+    private func acquireBlocking() throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
+        let (waiterID, deadline, fast) = requestLease()
+        let decision = if case .wait = fast { waitBlocking(waiterID, deadline: deadline) } else { fast }
+        if case .open(let generation) = decision {
+            let opened = Result { try executor.runBlocking(timeout: configuration.callTimeout, whenOverrunEnds: closeLateSession) {
+                [self] in try openLoggedInSession()
+            } }
+            if let lease = try adopt(opened, generation: generation) { return lease }
+            return try acquireBlocking()
+        }
+        return try leased(decision)
+    }
+
+    /// Fast path: an idle session or free capacity, without waiting.
+    private func requestLease() -> (Int, ContinuousClock.Instant, SessionPoolStateMachine.LeaseDecision) {
         let deadline = ContinuousClock.now + configuration.checkoutWait
-        // Fast path: an idle session or free capacity, without suspending.
-        let (waiterID, fast): (Int, SessionPoolStateMachine.LeaseDecision) = state.withLock { state in
+        return state.withLock { state in
             state.nextID += 1
-            return (state.nextID, state.machine.requestLease(state.nextID, deadline: deadline, mayWait: false))
+            return (state.nextID, deadline, state.machine.requestLease(state.nextID, deadline: deadline, mayWait: false))
         }
-        var decision = fast
-        if case .wait = fast {
-            decision = await wait(waiterID, deadline: deadline)
-        }
+    }
+
+    /// The leased session of a `.use` decision, or the error a failed decision stands for.
+    private func leased(_ decision: SessionPoolStateMachine.LeaseDecision) throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
         switch decision {
         case .use(let lease):
             guard let session = state.withLock({ $0.sessions[lease.id] }) else {
@@ -187,9 +256,7 @@ final class SessionPool: Sendable {
                 throw KMSError.internal("session pool lost track of a session")
             }
             return (lease, session)
-        case .open(let generation):
-            return try await open(generation: generation)
-        case .wait:
+        case .open, .wait:
             throw KMSError.internal("session pool resumed a waiter without a decision")
         case .fail(let reason):
             switch reason {
@@ -217,47 +284,87 @@ final class SessionPool: Sendable {
         defer { timer.cancel() }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                let immediate: SessionPoolStateMachine.LeaseDecision? = state.withLock { state in
-                    let decision = state.machine.requestLease(waiterID, deadline: deadline)
-                    if case .wait = decision {
-                        state.waiters[waiterID] = continuation
-                        return nil
-                    }
-                    return decision
-                }
-                if let immediate { continuation.resume(returning: immediate) }
+                enqueue(waiterID, deadline: deadline) { continuation.resume(returning: $0) }
             }
         } onCancel: { [self] in
             perform(state.withLock { $0.machine.cancelWaiter(waiterID) })
         }
     }
 
-    /// Opens a session for capacity reserved by the state machine, making sure it is logged in.
-    private func open(generation: Int) async throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
+    /// `wait` on a thread that may block: the thread itself expires the waiters once the deadline has passed.
+    private func waitBlocking(_ waiterID: Int, deadline: ContinuousClock.Instant) -> SessionPoolStateMachine.LeaseDecision {
+        let decision = Mutex<SessionPoolStateMachine.LeaseDecision?>(nil)
+        let resumed = DispatchSemaphore(value: 0)
+        enqueue(waiterID, deadline: deadline) { value in
+            decision.withLock { $0 = value }
+            resumed.signal()
+        }
+        let waited = resumed.wait(timeout: .now() + Self.dispatchInterval(ContinuousClock.now.duration(to: deadline)))
+        if waited == .timedOut {
+            // Resumes this waiter with `.timedOut` unless a decision came first; either way the signal follows.
+            perform(state.withLock { $0.machine.expireWaiters(now: .now) })
+            resumed.wait()
+        }
+        return decision.withLock { $0 } ?? .fail(.timedOut)
+    }
+
+    private static func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
+        let (seconds, attoseconds) = duration.components
+        return .nanoseconds(max(0, Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000)))
+    }
+
+    /// Registers a waiter, or resumes it at once when a decision is already possible.
+    private func enqueue(
+        _ waiterID: Int, deadline: ContinuousClock.Instant, resume: @escaping @Sendable (SessionPoolStateMachine.LeaseDecision) -> Void
+    ) {
+        let immediate: SessionPoolStateMachine.LeaseDecision? = state.withLock { state in
+            let decision = state.machine.requestLease(waiterID, deadline: deadline)
+            if case .wait = decision {
+                state.waiters[waiterID] = resume
+                return nil
+            }
+            return decision
+        }
+        if let immediate { resume(immediate) }
+    }
+
+    /// Opens a session and makes sure it is logged in. Runs on an executor thread (it blocks).
+    private func openLoggedInSession() throws -> PKCS11Session {
+        let session = try module.openSession(slot)
+        do {
+            if configuration.loginEachSession {
+                try ensureLoggedIn()
+                do {
+                    try login(session)
+                } catch let error as PKCS11Error where error.returnValue == PKCS11ReturnValue.userAlreadyLoggedIn {
+                    // Logged in through the application-wide state after all.
+                }
+            } else if try !session.info().isUserLoggedIn {
+                try ensureLoggedIn()
+            }
+        } catch {
+            try? session.close()
+            throw error
+        }
+        return session
+    }
+
+    private static func result<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
+        do { return .success(try await body()) } catch { return .failure(error) }
+    }
+
+    private var closeLateSession: @Sendable (Result<PKCS11Session, any Error>?) -> Void {
+        { late in if case .success(let session)? = late { try? session.close() } }
+    }
+
+    /// Takes a session opened for capacity the state machine reserved. Returns nil when the generation changed
+    /// meanwhile: the session is closed and the caller asks again.
+    private func adopt(
+        _ opened: Result<PKCS11Session, any Error>, generation: Int
+    ) throws -> (SessionPoolStateMachine.Lease, PKCS11Session)? {
         let session: PKCS11Session
         do {
-            session = try await executor.run(
-                timeout: configuration.callTimeout,
-                whenOverrunEnds: { late in if case .success(let session)? = late { try? session.close() } }
-            ) { [self] in
-                let session = try module.openSession(slot)
-                do {
-                    if configuration.loginEachSession {
-                        try ensureLoggedIn()
-                        do {
-                            try login(session)
-                        } catch let error as PKCS11Error where error.returnValue == PKCS11ReturnValue.userAlreadyLoggedIn {
-                            // Logged in through the application-wide state after all.
-                        }
-                    } else if try !session.info().isUserLoggedIn {
-                        try ensureLoggedIn()
-                    }
-                } catch {
-                    try? session.close()
-                    throw error
-                }
-                return session
-            }
+            session = try opened.get()
         } catch {
             perform(state.withLock { $0.machine.openFailed() })
             if let error = error as? PKCS11Error, error.isDeviceGone { onDeviceLoss(error) }
@@ -273,8 +380,8 @@ final class SessionPool: Sendable {
             return lease
         }
         guard let lease else {
-            _ = try? await executor.run(timeout: configuration.callTimeout) { try session.close() }
-            return try await acquire()
+            close([session])
+            return nil
         }
         return (lease, session)
     }
@@ -300,7 +407,7 @@ final class SessionPool: Sendable {
     private func perform(_ actions: [SessionPoolStateMachine.Action]) {
         guard !actions.isEmpty else { return }
         var toClose: [PKCS11Session] = []
-        var toResume: [(CheckedContinuation<SessionPoolStateMachine.LeaseDecision, Never>, SessionPoolStateMachine.LeaseDecision)] = []
+        var toResume: [(@Sendable (SessionPoolStateMachine.LeaseDecision) -> Void, SessionPoolStateMachine.LeaseDecision)] = []
         state.withLock { state in
             for action in actions {
                 switch action {
@@ -312,21 +419,25 @@ final class SessionPool: Sendable {
                 case .forget(let id):
                     state.sessions[id] = nil
                 case .resume(let waiter, let decision):
-                    if let continuation = state.waiters.removeValue(forKey: waiter) {
-                        toResume.append((continuation, decision))
+                    if let resume = state.waiters.removeValue(forKey: waiter) {
+                        toResume.append((resume, decision))
                     }
                 }
             }
         }
-        for (continuation, decision) in toResume { continuation.resume(returning: decision) }
-        if !toClose.isEmpty {
-            pendingCloses.add(1, ordering: .relaxed)
-            Task { [self, toClose] in
-                _ = try? await executor.run(timeout: configuration.callTimeout) {
-                    for session in toClose { try? session.close() }
-                }
-                pendingCloses.subtract(1, ordering: .relaxed)
+        for (resume, decision) in toResume { resume(decision) }
+        close(toClose)
+    }
+
+    /// Closes sessions on an executor thread; reconnecting waits for these (`inFlight`).
+    private func close(_ sessions: [PKCS11Session]) {
+        guard !sessions.isEmpty else { return }
+        pendingCloses.add(1, ordering: .relaxed)
+        Task { [self] in
+            _ = try? await executor.run(timeout: configuration.callTimeout) {
+                for session in sessions { try? session.close() }
             }
+            pendingCloses.subtract(1, ordering: .relaxed)
         }
     }
 
@@ -334,8 +445,13 @@ final class SessionPool: Sendable {
 
     /// Re-establishes the anchor session and the login, on an executor thread (also after a new PIN).
     func relogin() async throws {
+        try loggedIn(await Self.result { try await executor.run(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() } })
+    }
+
+    /// Records a (re-)login's outcome, or maps its failure to what the caller is told.
+    private func loggedIn(_ result: Result<LoginOutcome, any Error>) throws {
         do {
-            let outcome = try await executor.run(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() }
+            let outcome = try result.get()
             perform(state.withLock { state in
                 if outcome != .stillLoggedIn { state.statistics.relogins += 1 }
                 // A replaced anchor means every session of the application was closed: start a new generation.

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 @testable import KMSAudit
+import KMSCore
 import Testing
 import Synchronization
 #if canImport(Glibc)

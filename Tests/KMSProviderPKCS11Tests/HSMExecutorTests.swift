@@ -54,6 +54,37 @@ struct HSMExecutorTests {
         await executor.shutdown()
     }
 
+    @Test func aBlockingCallerGetsTheResultOrTheDeadlineOnItsOwnThread() async throws {
+        let executor = HSMExecutor(threads: 1)
+        let release = Mutex(false)
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<(Int?, Bool, Int?), Never>) in
+            // A thread of its own, as the audit writer has; no task waits for the result.
+            Thread {
+                let value = try? executor.runBlocking(timeout: .seconds(5)) { 6 * 7 }
+                let start = ContinuousClock.now
+                var timedOut = false
+                do {
+                    _ = try executor.runBlocking(timeout: .milliseconds(50)) {
+                        while !release.withLock({ $0 }) { usleep(1_000) }
+                        return 1
+                    }
+                } catch is HSMDeadlineExceeded {
+                    timedOut = ContinuousClock.now - start < .seconds(2)
+                } catch {}
+                let stuck = executor.stuckCalls
+                continuation.resume(returning: (value, timedOut, stuck))
+            }.start()
+        }
+        #expect(outcome.0 == 42)
+        #expect(outcome.1, "the blocking caller returns at its deadline while the call is still stuck")
+        #expect(outcome.2 == 1)
+        release.withLock { $0 = true }
+        for _ in 0..<500 where executor.stuckCalls > 0 { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(executor.stuckCalls == 0)
+        await executor.shutdown()
+        #expect(throws: HSMExecutorShutDown.self) { try executor.runBlocking(timeout: .seconds(1)) { 3 } }
+    }
+
     @Test func refusesCallsAfterShutdown() async throws {
         let executor = HSMExecutor(threads: 1)
         #expect(try await executor.run(timeout: .seconds(5)) { 1 } == 1)

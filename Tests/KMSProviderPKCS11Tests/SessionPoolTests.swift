@@ -65,6 +65,45 @@ struct SessionPoolTests {
         }
     }
 
+    /// The audit writer's path: a thread that may block leases through the same pool, waits its turn for a session,
+    /// gives up at the checkout wait, and logs in again after every session was closed, without any task.
+    @Test func aBlockingCallerWaitsItsTurnTimesOutAndRecoversLikeAnyOther() async throws {
+        try await withProvider(on: token, sessions: 1, checkoutWait: .milliseconds(300), callTimeout: .seconds(10)) { provider in
+            _ = try await provider.createKey(orders)
+            let pool = provider.pool
+            func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+                await withCheckedContinuation { continuation in Thread { continuation.resume(returning: body()) }.start() }
+            }
+            // The only session is busy until released; the blocking caller waits for it, then gets it.
+            let first = Holder()
+            let holder = Task { try await pool.withSession { _ in first.block() } }
+            while first.blocked < 1 { try await Task.sleep(for: .milliseconds(10)) }
+            Task { try await Task.sleep(for: .milliseconds(100)); first.release() }
+            let waited = await onThread { Result { try pool.withSessionBlocking { try $0.info().isUserLoggedIn } } }
+            #expect(try waited.get())
+            try await holder.value
+
+            // Busy for longer than the checkout wait: the blocking caller gets `unavailable` at the wait's end.
+            let second = Holder()
+            let longHolder = Task { try await pool.withSession { _ in second.block() } }
+            while second.blocked < 1 { try await Task.sleep(for: .milliseconds(10)) }
+            let start = ContinuousClock.now
+            let timedOut = await onThread { Result { try pool.withSessionBlocking { _ in true } } }
+            let elapsed = ContinuousClock.now - start
+            #expect(throws: KMSError.self) { try timedOut.get() }
+            #expect(elapsed >= .milliseconds(290) && elapsed < .milliseconds(1500), "waited \(elapsed)")
+            #expect(provider.poolStatistics.checkoutTimeouts == 1)
+            second.release()
+            try await longHolder.value
+
+            // Every session of the application closed: the blocking caller logs in again and succeeds.
+            try token.module.closeAllSessions(token.slot)
+            let recovered = await onThread { Result { try pool.withSessionBlocking { try $0.info().isUserLoggedIn } } }
+            #expect(try recovered.get())
+            #expect(provider.poolStatistics.relogins >= 1)
+        }
+    }
+
     @Test func reloginAfterEverySessionWasClosedUnderThePool() async throws {
         try await withProvider(on: token, sessions: 4) { provider in
             _ = try await provider.createKey(orders)

@@ -1,11 +1,7 @@
 import Crypto
-import Dispatch
 import Foundation
-import KMSAudit
-import KMSCore
-import KMSProviderPKCS11
+public import KMSCore
 import PKCS11
-import Synchronization
 
 /// Signs audit checkpoints with an ECDSA P-256 key pair on a PKCS#11 token (raw `CKM_ECDSA` over the SHA-256
 /// digest kmsd computes). The private key is generated on the token — sensitive, not extractable — the first time and
@@ -25,7 +21,7 @@ final class PKCS11AuditSigner: AuditSigner {
     }
 
     static func load(_ provider: PKCS11KeyProvider, label: String) async throws -> PKCS11AuditSigner {
-        let (id, point) = try await provider.withSession("audit signing key") { session -> ([UInt8], [UInt8]) in
+        let (id, point) = try await provider.perform("find or create the audit signing key") { session -> ([UInt8], [UInt8]) in
             if let existing = try publicKey(session, label: label) {
                 let id = try session.attribute(AttributeType.id, of: existing)
                 guard try session.findObjects([.class(.privateKey), .id(id)], limit: 1).first != nil else {
@@ -48,7 +44,7 @@ final class PKCS11AuditSigner: AuditSigner {
     /// The public key of the audit key pair `label`, read from the token; nothing is created. For
     /// `kmsctl audit verify --public-key-from-hsm`.
     static func existingPublicKeyPEM(_ provider: PKCS11KeyProvider, label: String) async throws -> String {
-        let point = try await provider.withSession("read the audit public key") { session -> [UInt8] in
+        let point = try await provider.perform("read the audit public key") { session -> [UInt8] in
             guard let key = try publicKey(session, label: label) else {
                 throw KMSError.notFound("the token has no audit public key labelled '\(label)'")
             }
@@ -80,37 +76,29 @@ final class PKCS11AuditSigner: AuditSigner {
         return bytes
     }
 
-    /// Called on the audit writer thread (never on the cooperative pool), which may block for the HSM's answer.
+    /// Called on the audit writer's own thread, which waits for the HSM's answer (never on the cooperative pool).
     func sign(digest: SHA256Digest) throws -> [UInt8] {
-        let result = Mutex<Result<[UInt8], any Error>?>(nil)
-        let done = DispatchSemaphore(value: 0)
         let data = Array(digest)
         let keyID = objectID
-        Task { [provider] in
-            do {
-                let signature = try await provider.withSession("audit checkpoint signature") { session in
-                    guard let key = try session.findObjects([.class(.privateKey), .id(keyID)], limit: 1).first else {
-                        throw KMSError.notFound("the audit signing key is no longer on the token")
-                    }
-                    return try session.sign(mechanism: MechanismType.ecdsa, key: key, data: data)
-                }
-                result.withLock { $0 = .success(signature) }
-            } catch {
-                result.withLock { $0 = .failure(error) }
+        let signature = try provider.performBlocking("sign an audit checkpoint") { session in
+            guard let key = try session.findObjects([.class(.privateKey), .id(keyID)], limit: 1).first else {
+                throw KMSError.notFound("the audit signing key is no longer on the token")
             }
-            done.signal()
+            return try session.sign(mechanism: MechanismType.ecdsa, key: key, data: data)
         }
-        done.wait()
-        guard let outcome = result.withLock({ $0 }) else { throw AuditError("no signature") }
-        let signature = try outcome.get()
-        guard signature.count == 64 else { throw AuditError("the token returned a \(signature.count)-byte ECDSA signature, not 64") }
+        guard signature.count == 64 else {
+            throw KMSError.internal("the token returned a \(signature.count)-byte ECDSA signature, not 64")
+        }
         return signature
     }
 }
 
-extension PKCS11KeyProvider {
-    /// The audit signer on this token (created on first use).
-    func auditSigner(label: String) async throws -> any AuditSigner {
+extension PKCS11KeyProvider: AuditSigningKeyHolder {
+    public func auditSigner(label: String) async throws -> any AuditSigner {
         try await PKCS11AuditSigner.load(self, label: label)
+    }
+
+    public func auditPublicKeyPEM(label: String) async throws -> String {
+        try await PKCS11AuditSigner.existingPublicKeyPEM(self, label: label)
     }
 }
