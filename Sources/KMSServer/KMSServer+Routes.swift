@@ -5,13 +5,13 @@ import KMSCore
 import KMSRotation
 import KMSService
 
-/// Each route: the caller and the path to the service, a closure that decodes the body (called by the service once
-/// the caller is authorized), and the result to JSON.
+/// Each route: the authenticated caller (from the route's context) and the path to the service, a closure that
+/// decodes the body (called by the service once the caller is authorized for the key), and the result to JSON.
 extension KMSServer {
     // MARK: - Storage nodes
 
-    func datakey(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (name, dataKey) = try await service.dataKey(try await caller(request, context), key: keyName(context)) {
+    func datakey(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
+        let (name, dataKey) = try await service.dataKey(context.node, key: keyName(context)) {
             try await decode(DataKeyRequest.self, request)
         }
         return try json(DataKeyResponse(
@@ -20,23 +20,23 @@ extension KMSServer {
             wrapped: Data(dataKey.wrapped).base64EncodedString()))
     }
 
-    func unwrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (name, result) = try await service.unwrap(try await caller(request, context), key: keyName(context)) {
+    func unwrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
+        let (name, result) = try await service.unwrap(context.node, key: keyName(context)) {
             try await decode(UnwrapRequest.self, request)
         }
         return try json(Self.unwrapResponse(name, result))
     }
 
-    func rewrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (name, result) = try await service.rewrap(try await caller(request, context), key: keyName(context)) {
+    func rewrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
+        let (name, result) = try await service.rewrap(context.node, key: keyName(context)) {
             let body = try await decode(RewrapRequest.self, request)
             return UnwrapRequest(wrapped: body.wrapped, context: body.context)
         }
         return try json(Self.rewrapResponse(name, result))
     }
 
-    func batchUnwrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (name, answers) = try await service.unwrapBatch(try await caller(request, context), key: keyName(context)) {
+    func batchUnwrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
+        let (name, answers) = try await service.unwrapBatch(context.node, key: keyName(context)) {
             try await decode(BatchRequest.self, request)
         }
         return try json(BatchUnwrapResponse(items: answers.map { result, error in
@@ -44,8 +44,8 @@ extension KMSServer {
         }))
     }
 
-    func batchRewrap(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (name, answers) = try await service.rewrapBatch(try await caller(request, context), key: keyName(context)) {
+    func batchRewrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
+        let (name, answers) = try await service.rewrapBatch(context.node, key: keyName(context)) {
             try await decode(BatchRequest.self, request)
         }
         return try json(BatchRewrapResponse(items: answers.map { result, error in
@@ -53,7 +53,7 @@ extension KMSServer {
         }))
     }
 
-    private func keyName(_ context: KMSRequestContext) -> String { context.parameters.get("name") ?? "" }
+    private func keyName(_ context: some RequestContext) -> String { context.parameters.get("name") ?? "" }
 
     private static func unwrapResponse(_ name: KeyName, _ result: UnwrappedKey) -> UnwrapResponse {
         UnwrapResponse(key: name.rawValue, version: result.version.rawValue,
@@ -77,25 +77,25 @@ extension KMSServer {
         })
     }
 
-    func listKeys(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let keys = try await service.listKeys(try await caller(request, context))
+    func listKeys(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let keys = try await service.listKeys(context.admin)
         return try json(KeyListBody(keys: keys.map { KeyListBody.Entry(name: $0.name.rawValue, provider: $0.providerName) }))
     }
 
-    func showKey(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (key, description) = try await service.describeKey(try await caller(request, context), key: keyName(context))
+    func showKey(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let (key, description) = try await service.describeKey(context.admin, key: keyName(context))
         return try json(body(key.name, key.providerName, description))
     }
 
-    func createKey(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (key, description) = try await service.createKey(try await caller(request, context)) {
+    func createKey(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let (key, description) = try await service.createKey(context.admin) {
             try await decode(CreateKeyRequest.self, request)
         }
         return try json(body(key.name, key.providerName, description), status: .created)
     }
 
-    func rotate(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (key, outcome) = try await service.rotate(try await caller(request, context), key: keyName(context)) {
+    func rotate(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let (key, outcome) = try await service.rotate(context.admin, key: keyName(context)) {
             try await decode(RotateRequest.self, request)
         }
         return try json(RotateResponse(
@@ -104,17 +104,17 @@ extension KMSServer {
             nextRotationReason: outcome.nextTrigger?.rawValue, versions: body(key.name, key.providerName, outcome.description).versions))
     }
 
-    func retire(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
+    func retire(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         let (key, description) = try await service.retire(
-            try await caller(request, context), key: keyName(context), version: context.parameters.get("version")
+            context.admin, key: keyName(context), version: context.parameters.get("version")
         ) {
             try await decode(RetireRequest.self, request)
         }
         return try json(body(key.name, key.providerName, description))
     }
 
-    func versions(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (key, configured, entries) = try await service.versions(try await caller(request, context), key: keyName(context))
+    func versions(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let (key, configured, entries) = try await service.versions(context.admin, key: keyName(context))
         return try json(VersionsBody(
             name: key.name.rawValue, provider: key.providerName,
             retireQuietPeriodSeconds: Int(configured.policy.retireQuietPeriod), versions: entries.map {
@@ -126,8 +126,8 @@ extension KMSServer {
             }))
     }
 
-    func schedule(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let (now, entries) = try await service.schedule(try await caller(request, context))
+    func schedule(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let (now, entries) = try await service.schedule(context.admin)
         return try json(ScheduleBody(keys: entries.map { entry in
             ScheduleBody.Entry(
                 key: entry.key.rawValue, provider: entry.providerName, latestVersion: entry.latestVersion?.rawValue,
@@ -142,8 +142,8 @@ extension KMSServer {
 
     static func time(_ date: Date) -> String { date.formatted(.iso8601) }
 
-    func status(_ request: Request, _ context: KMSRequestContext) async throws -> Response {
-        let status = try await service.status(try await caller(request, context))
+    func status(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let status = try await service.status(context.admin)
         let providers = status.providers.map(Self.providerBody)
         return try json(StatusBody(mode: status.mode, ready: providers.allSatisfy { $0.state == "ok" }, providers: providers,
                                    securityEvents: status.events))

@@ -7,20 +7,49 @@ public import KMSRotation
 public import KMSAudit
 public import KMSService
 public import Logging
-public import NIOCore
+import NIOCore
 import NIOFoundationCompat
 import NIOSSL
 import SwiftASN1
 import X509
 
-/// A request's context: the connection it came on (for the peer certificate).
+/// A request's context: the connection's client certificate (parsed once per connection, at its handshake), and,
+/// on the node and admin routes, the service that authenticates it (set by `KMSServer.RouteScope`).
 public struct KMSRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
-    public let channel: any Channel
+    public let peer: PeerCertificate?
+    var service: KMSService?
+    var bearerToken: String?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
-        channel = source.channel
+        peer = PeerCertificate.connection
+    }
+}
+
+/// The context of the storage-node routes: it exists only once the connection's certificate authenticated a node
+/// for this request, so no handler on these routes can run for anyone else.
+public struct NodeRequestContext: ChildRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let node: KMSService.Node
+
+    public init(context: KMSRequestContext) throws {
+        guard let service = context.service else { throw APIError(.internal, .internal, "the route has no service") }
+        node = try service.authenticateNode(context.peer)
+        coreContext = context.coreContext
+    }
+}
+
+/// The context of the admin routes: it exists only once an admin certificate or admin token authenticated an
+/// administrator for this request.
+public struct AdminRequestContext: ChildRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let admin: KMSService.Administrator
+
+    public init(context: KMSRequestContext) throws {
+        guard let service = context.service else { throw APIError(.internal, .internal, "the route has no service") }
+        admin = try service.authenticateAdmin(context.peer, bearerToken: context.bearerToken)
+        coreContext = context.coreContext
     }
 }
 
@@ -96,67 +125,33 @@ public struct KMSServer: Sendable {
     @discardableResult
     public func replaceRevocation(_ fresh: RevocationList) throws -> Bool { try service.replaceRevocation(fresh) }
 
-    /// The router with every route of API v1.
+    /// The router with every route of API v1. The node and admin routes live in groups whose context is made by
+    /// authenticating the caller (`NodeRequestContext`, `AdminRequestContext`), inside the route's audit scope.
     public func router() -> Router<KMSRequestContext> {
         let router = Router(context: KMSRequestContext.self)
         let name = KMSAPI.Path.keyParameter
         router.get(RouterPath(KMSAPI.Path.live)) { _, _ in try json(HealthBody(status: "ok")) }
         router.get(RouterPath(KMSAPI.Path.ready)) { _, _ in try await ready() }
-        router.post(RouterPath(KMSAPI.Path.datakey(name))) { request, context in
-            try await instrumented(.keyAccess, "datakey") { try await datakey(request, context) }
-        }
-        router.post(RouterPath(KMSAPI.Path.unwrap(name))) { request, context in
-            try await instrumented(.keyAccess, "unwrap") { try await unwrap(request, context) }
-        }
-        router.post(RouterPath(KMSAPI.Path.rewrap(name))) { request, context in
-            try await instrumented(.keyAccess, "rewrap") { try await rewrap(request, context) }
-        }
-        router.post(RouterPath(KMSAPI.Path.batchUnwrap(name))) { request, context in
-            try await instrumented(.keyAccess, "unwrap_batch") { try await batchUnwrap(request, context) }
-        }
-        router.post(RouterPath(KMSAPI.Path.batchRewrap(name))) { request, context in
-            try await instrumented(.keyAccess, "rewrap_batch") { try await batchRewrap(request, context) }
-        }
-        router.get(RouterPath(KMSAPI.Path.adminKeys)) { request, context in
-            try await instrumented(.admin, "list_keys") { try await listKeys(request, context) }
-        }
-        router.post(RouterPath(KMSAPI.Path.adminKeys)) { request, context in
-            try await instrumented(.admin, "create_key") { try await createKey(request, context) }
-        }
-        router.get(RouterPath(KMSAPI.Path.adminKey(name))) { request, context in
-            try await instrumented(.admin, "show_key") { try await showKey(request, context) }
-        }
-        router.post(RouterPath(KMSAPI.Path.adminRotate(name))) { request, context in
-            try await instrumented(.admin, "rotate") { try await rotate(request, context) }
-        }
-        router.get(RouterPath(KMSAPI.Path.adminVersions(name))) { request, context in
-            try await instrumented(.admin, "versions") { try await versions(request, context) }
-        }
-        router.post(RouterPath(KMSAPI.Path.adminRetire(name, version: KMSAPI.Path.versionParameter))) { request, context in
-            try await instrumented(.admin, "retire") { try await retire(request, context) }
-        }
-        router.get(RouterPath(KMSAPI.Path.adminSchedule)) { request, context in
-            try await instrumented(.admin, "schedule") { try await schedule(request, context) }
-        }
-        router.get(RouterPath(KMSAPI.Path.adminStatus)) { request, context in
-            try await instrumented(.admin, "status") { try await status(request, context) }
-        }
+
+        var nodes = RouteTable<NodeRequestContext>(kind: .keyAccess)
+        nodes.add(.post, KMSAPI.Path.datakey(name), "datakey", datakey)
+        nodes.add(.post, KMSAPI.Path.unwrap(name), "unwrap", unwrap)
+        nodes.add(.post, KMSAPI.Path.rewrap(name), "rewrap", rewrap)
+        nodes.add(.post, KMSAPI.Path.batchUnwrap(name), "unwrap_batch", batchUnwrap)
+        nodes.add(.post, KMSAPI.Path.batchRewrap(name), "rewrap_batch", batchRewrap)
+        nodes.register(on: router, server: self)
+
+        var admins = RouteTable<AdminRequestContext>(kind: .admin)
+        admins.add(.get, KMSAPI.Path.adminKeys, "list_keys", listKeys)
+        admins.add(.post, KMSAPI.Path.adminKeys, "create_key", createKey)
+        admins.add(.get, KMSAPI.Path.adminKey(name), "show_key", showKey)
+        admins.add(.post, KMSAPI.Path.adminRotate(name), "rotate", rotate)
+        admins.add(.get, KMSAPI.Path.adminVersions(name), "versions", versions)
+        admins.add(.post, KMSAPI.Path.adminRetire(name, version: KMSAPI.Path.versionParameter), "retire", retire)
+        admins.add(.get, KMSAPI.Path.adminSchedule, "schedule", schedule)
+        admins.add(.get, KMSAPI.Path.adminStatus, "status", status)
+        admins.register(on: router, server: self)
         return router
-    }
-
-    // MARK: - The caller
-
-    /// The caller: the verified client certificate's identity (checked by the service: identity rules, validity,
-    /// revocation), and the bearer token if one was sent.
-    func caller(_ request: Request, _ context: KMSRequestContext) async throws -> KMSService.Caller {
-        var certificate: Certificate?
-        if let peer = try? await context.channel.nioSSL_peerCertificate().get(), let der = try? peer.toDERBytes() {
-            certificate = try? Certificate(derEncoded: der)
-        }
-        let identity = try service.authenticate(certificate)
-        var token: String?
-        if let header = request.headers[.authorization], header.hasPrefix("Bearer ") { token = String(header.dropFirst("Bearer ".count)) }
-        return KMSService.Caller(identity: identity, bearerToken: token)
     }
 
     // MARK: - Bodies

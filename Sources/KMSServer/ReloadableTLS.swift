@@ -4,6 +4,9 @@ import NIOCore
 import NIOTLS
 import CTLSOptions
 public import NIOSSL
+import KMSService
+import SwiftASN1
+import X509
 import Synchronization
 
 /// The server's TLS context, replaceable at run time (SIGHUP): new connections use the newest context (new server
@@ -55,9 +58,16 @@ public struct TLSSetupError: Error, CustomStringConvertible, Sendable {
 }
 
 /// HTTP/1, behind a TLS handler made from the box's current context at each connection (when there is a box), with
-/// the connection caps and deadlines of a `ConnectionLimit` applied first.
+/// the connection caps and deadlines of a `ConnectionLimit` applied first. The client certificate is parsed once, when
+/// the handshake completes, and every request of the connection reads it from `PeerCertificate.connection`.
 struct LimitedHTTP1Channel: ServerChildChannel {
-    typealias Value = HTTP1Channel.Value
+    struct Value: ServerChildChannelValue {
+        let base: HTTP1Channel.Value
+        /// The verified client certificate, once the handshake completed (nil without one, or without TLS).
+        let peer: EventLoopFuture<PeerCertificate?>
+        var channel: any Channel { base.channel }
+    }
+
     let base: HTTP1Channel
     let box: TLSContextBox?
     let limit: ConnectionLimit
@@ -70,21 +80,32 @@ struct LimitedHTTP1Channel: ServerChildChannel {
             return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
         }
         let handshakeTimeout = limit.policy.handshakeTimeout
+        let peer = channel.eventLoop.makePromise(of: PeerCertificate?.self)
         return channel.eventLoop.makeCompletedFuture {
             if let box {
                 try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: box.current))
                 try channel.pipeline.syncOperations.addHandler(
-                    HandshakeObserver(ticket: ticket, handshakeTimeout: handshakeTimeout, onFailure: onHandshakeFailure))
+                    HandshakeObserver(ticket: ticket, handshakeTimeout: handshakeTimeout, peer: peer, onFailure: onHandshakeFailure))
             } else {
+                peer.succeed(nil)
                 try channel.pipeline.syncOperations.addHandler(FirstByteObserver(ticket: ticket))
             }
         }.flatMap {
             base.setup(channel: channel, logger: logger)
+        }.map {
+            Value(base: $0, peer: peer.futureResult)
+        }.flatMapErrorThrowing { error in
+            peer.succeed(nil)
+            throw error
         }
     }
 
     func handle(value: Value, logger: Logger) async {
-        await base.handle(value: value, logger: logger)
+        // The first request cannot arrive before the handshake completed, so this wait costs a request nothing.
+        let peer = (try? await value.peer.get()) ?? nil
+        await PeerCertificate.$connection.withValue(peer) {
+            await base.handle(value: value.base, logger: logger)
+        }
     }
 }
 
@@ -110,23 +131,40 @@ final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
     let ticket: ConnectionTicket
     let handshakeTimeout: Duration
     let onFailure: @Sendable (String, String) -> Void
+    /// Completed exactly once: with the parsed certificate at the handshake, or nil when the connection ends first.
+    private var peer: EventLoopPromise<PeerCertificate?>?
     private var completed = false
     private var reported = false
 
-    init(ticket: ConnectionTicket, handshakeTimeout: Duration, onFailure: @escaping @Sendable (String, String) -> Void) {
+    init(ticket: ConnectionTicket, handshakeTimeout: Duration, peer: EventLoopPromise<PeerCertificate?>,
+         onFailure: @escaping @Sendable (String, String) -> Void) {
         self.ticket = ticket
         self.handshakeTimeout = handshakeTimeout
+        self.peer = peer
         self.onFailure = onFailure
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
             completed = true
-            let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
-            ticket.establish(authenticated: certificate != nil)
+            // The one parse of the client certificate for the whole connection.
+            let parsed = (try? context.pipeline.syncOperations.nioSSL_peerCertificate())
+                .flatMap { try? $0?.toDERBytes() }
+                .flatMap { try? Certificate(derEncoded: $0) }
+            ticket.establish(authenticated: parsed != nil)
+            resolve(parsed.map(PeerCertificate.init))
             context.pipeline.syncOperations.removeHandler(self, promise: nil)
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        resolve(nil)
+    }
+
+    private func resolve(_ certificate: PeerCertificate?) {
+        peer?.succeed(certificate)
+        peer = nil
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -136,6 +174,7 @@ final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Some refusals (an old protocol version) end the connection without an error reaching this handler.
     func channelInactive(context: ChannelHandlerContext) {
+        resolve(nil)
         report(context, ticket.timedOut ? "no TLS handshake within \(handshakeTimeout)" : "the connection closed before the TLS handshake completed")
         context.fireChannelInactive()
     }

@@ -5,34 +5,35 @@ public import KMSCore
 public import KMSRotation
 import Logging
 
-/// The administrative operations: an admin certificate identity or an admin token, checked before the front end is
-/// asked for the request's input.
+/// The administrative operations, for an authenticated `Administrator` (an admin certificate identity or an admin
+/// token).
 extension KMSService {
     /// The configured keys with their providers, by name.
-    public func listKeys(_ caller: Caller) async throws(ServiceError) -> [KMSServerPolicy.Key] {
+    public func listKeys(_ admin: Administrator) async throws(ServiceError) -> [KMSServerPolicy.Key] {
         try await audited(.admin, "list_keys") {
             let policy = policy
-            _ = try authorizeAdmin(caller, policy: policy)
+            AuditNote.identity(admin.actor)
             return policy.keys.values.sorted { $0.name < $1.name }
         }
     }
 
-    public func describeKey(_ caller: Caller, key nameText: String) async throws(ServiceError) -> (KMSServerPolicy.Key, KeyDescription) {
+    public func describeKey(_ admin: Administrator, key nameText: String) async throws(ServiceError) -> (KMSServerPolicy.Key, KeyDescription) {
         try await audited(.admin, "show_key") {
             let policy = policy
-            _ = try authorizeAdmin(caller, policy: policy)
+            AuditNote.identity(admin.actor)
             let key = try adminKey(nameText, policy: policy)
             return (key, try await perform { try await key.provider.describeKey(key.name) })
         }
     }
 
     /// Creates version 1 of a key the configuration names (that is where its allow list lives).
-    public func createKey(_ caller: Caller, input: () async throws -> CreateKeyRequest) async throws(ServiceError)
+    public func createKey(_ admin: Administrator, input: () async throws -> CreateKeyRequest) async throws(ServiceError)
         -> (KMSServerPolicy.Key, KeyDescription)
     {
         try await audited(.admin, "create_key") {
             let policy = policy
-            let actor = try authorizeAdmin(caller, policy: policy)
+            let actor = admin.actor
+            AuditNote.identity(actor)
             let body = try await input()
             guard let name = try? KeyName(body.name) else {
                 throw ServiceError(.badRequest, .invalidInput, "'\(body.name.prefix(80))' is not a valid key name")
@@ -51,12 +52,13 @@ extension KMSService {
         }
     }
 
-    public func rotate(_ caller: Caller, key nameText: String, input: () async throws -> RotateRequest) async throws(ServiceError)
+    public func rotate(_ admin: Administrator, key nameText: String, input: () async throws -> RotateRequest) async throws(ServiceError)
         -> (KMSServerPolicy.Key, RotationManager.Outcome)
     {
         try await audited(.admin, "rotate") {
             let policy = policy
-            let actor = try authorizeAdmin(caller, policy: policy)
+            let actor = admin.actor
+            AuditNote.identity(actor)
             let key = try adminKey(nameText, policy: policy)
             let body = try await input()
             let trigger = RotationTrigger.manual(reason: body.reason.map { String($0.prefix(200)) })
@@ -72,12 +74,13 @@ extension KMSService {
     }
 
     /// Retires `versionText` of the key; returns the key's versions afterwards.
-    public func retire(_ caller: Caller, key nameText: String, version versionText: String?, input: () async throws -> RetireRequest)
+    public func retire(_ admin: Administrator, key nameText: String, version versionText: String?, input: () async throws -> RetireRequest)
         async throws(ServiceError) -> (KMSServerPolicy.Key, KeyDescription)
     {
         try await audited(.admin, "retire") {
             let policy = policy
-            let actor = try authorizeAdmin(caller, policy: policy)
+            let actor = admin.actor
+            AuditNote.identity(actor)
             let key = try adminKey(nameText, policy: policy)
             guard let number = versionText.flatMap(UInt32.init), let version = try? KeyVersion(number) else {
                 throw ServiceError(.badRequest, .invalidInput, "the version must be a positive integer")
@@ -90,12 +93,12 @@ extension KMSService {
         }
     }
 
-    public func versions(_ caller: Caller, key nameText: String) async throws(ServiceError)
+    public func versions(_ admin: Administrator, key nameText: String) async throws(ServiceError)
         -> (KMSServerPolicy.Key, RotationManager.Key, [RotationManager.VersionEntry])
     {
         try await audited(.admin, "versions") {
             let policy = policy
-            _ = try authorizeAdmin(caller, policy: policy)
+            AuditNote.identity(admin.actor)
             let key = try adminKey(nameText, policy: policy)
             let (configured, entries) = try await perform { [rotation] in try await rotation.versions(key.name) }
             return (key, configured, entries)
@@ -103,9 +106,9 @@ extension KMSService {
     }
 
     /// Every key's rotation schedule, and the time it was computed at.
-    public func schedule(_ caller: Caller) async throws(ServiceError) -> (Date, [RotationManager.ScheduleEntry]) {
+    public func schedule(_ admin: Administrator) async throws(ServiceError) -> (Date, [RotationManager.ScheduleEntry]) {
         try await audited(.admin, "schedule") {
-            _ = try authorizeAdmin(caller, policy: policy)
+            AuditNote.identity(admin.actor)
             let now = rotation.clock()
             return (now, await rotation.schedule())
         }
@@ -119,10 +122,10 @@ extension KMSService {
     }
 
     /// The mode, every provider's state and the security event counts.
-    public func status(_ caller: Caller) async throws(ServiceError) -> (mode: String, providers: [ProviderStatus], events: [String: Int]) {
+    public func status(_ admin: Administrator) async throws(ServiceError) -> (mode: String, providers: [ProviderStatus], events: [String: Int]) {
         try await audited(.admin, "status") {
             let policy = policy
-            _ = try authorizeAdmin(caller, policy: policy)
+            AuditNote.identity(admin.actor)
             return (policy.mode, await providerHealth(), events.snapshot)
         }
     }

@@ -3,76 +3,76 @@ import KMSAudit
 public import KMSCore
 import Logging
 
-/// The storage-node operations. Each authorizes the caller for the key before it asks the front end for the
-/// request's input (`input`), so an unauthorized caller's body is never read.
+/// The storage-node operations, for an authenticated `Node`. Each authorizes the node for the key before it asks
+/// the front end for the request's input (`input`), so an unauthorized caller's body is never read.
 extension KMSService {
     /// A new DEK under the key's wrapping version, bound to the context.
-    public func dataKey(_ caller: Caller, key nameText: String, input: () async throws -> DataKeyRequest) async throws(ServiceError)
+    public func dataKey(_ node: Node, key nameText: String, input: () async throws -> DataKeyRequest) async throws(ServiceError)
         -> (KeyName, DataKey)
     {
         try await audited(.keyAccess, "datakey") {
             let policy = policy
-            let (key, identity) = try authorizeKey(caller, nameText, policy: policy)
+            let key = try authorizeKey(node, nameText, policy: policy)
             let encryption = try context(try await input().context)
             AuditNote.context(encryption)
             let dataKey = try await perform { try await key.provider.generateDataKey(key.name, context: encryption) }
             AuditNote.version(dataKey.version)
-            logger.info("datakey", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(dataKey.version)"])
+            logger.info("datakey", metadata: ["identity": "\(node.identity)", "key": "\(key.name)", "version": "\(dataKey.version)"])
             return (key.name, dataKey)
         }
     }
 
-    public func unwrap(_ caller: Caller, key nameText: String, input: () async throws -> UnwrapRequest) async throws(ServiceError)
+    public func unwrap(_ node: Node, key nameText: String, input: () async throws -> UnwrapRequest) async throws(ServiceError)
         -> (KeyName, UnwrappedKey)
     {
-        try await single("unwrap", caller, nameText, input, version: \.version) { key, item, outcome in
+        try await single("unwrap", node, nameText, input, version: \.version) { key, item, outcome in
             try await unwrapOne(key, item, &outcome)
         }
     }
 
     /// Unwraps and wraps again under the wrapping version, keeping the context.
-    public func rewrap(_ caller: Caller, key nameText: String, input: () async throws -> UnwrapRequest) async throws(ServiceError)
+    public func rewrap(_ node: Node, key nameText: String, input: () async throws -> UnwrapRequest) async throws(ServiceError)
         -> (KeyName, WrappedKey)
     {
-        try await single("rewrap", caller, nameText, input, version: \.version) { key, item, outcome in
+        try await single("rewrap", node, nameText, input, version: \.version) { key, item, outcome in
             try await rewrapOne(key, item, &outcome)
         }
     }
 
     /// One answer per item, in order: its result or its error. A backend outage ends the batch with that error.
-    public func unwrapBatch(_ caller: Caller, key nameText: String, input: () async throws -> BatchRequest) async throws(ServiceError)
+    public func unwrapBatch(_ node: Node, key nameText: String, input: () async throws -> BatchRequest) async throws(ServiceError)
         -> (KeyName, [(UnwrappedKey?, ServiceError?)])
     {
-        try await batch("unwrap_batch", caller, nameText, input) { key, item, outcome in try await unwrapOne(key, item, &outcome) }
+        try await batch("unwrap_batch", node, nameText, input) { key, item, outcome in try await unwrapOne(key, item, &outcome) }
     }
 
-    public func rewrapBatch(_ caller: Caller, key nameText: String, input: () async throws -> BatchRequest) async throws(ServiceError)
+    public func rewrapBatch(_ node: Node, key nameText: String, input: () async throws -> BatchRequest) async throws(ServiceError)
         -> (KeyName, [(WrappedKey?, ServiceError?)])
     {
-        try await batch("rewrap_batch", caller, nameText, input) { key, item, outcome in try await rewrapOne(key, item, &outcome) }
+        try await batch("rewrap_batch", node, nameText, input) { key, item, outcome in try await rewrapOne(key, item, &outcome) }
     }
 
     private typealias ItemOperation<Result> = (KMSServerPolicy.Key, UnwrapRequest, inout AuditEvent.ItemOutcome) async throws -> Result
 
     private func single<Result>(
-        _ action: String, _ caller: Caller, _ nameText: String, _ input: () async throws -> UnwrapRequest,
+        _ action: String, _ node: Node, _ nameText: String, _ input: () async throws -> UnwrapRequest,
         version: (Result) -> KeyVersion, _ operation: ItemOperation<Result>
     ) async throws(ServiceError) -> (KeyName, Result) {
         try await audited(.keyAccess, action) {
-            let (key, identity) = try authorizeKey(caller, nameText, policy: policy)
+            let key = try authorizeKey(node, nameText, policy: policy)
             var outcome = AuditEvent.ItemOutcome()
             let result = try await operation(key, try await input(), &outcome)
-            logger.info("\(action)", metadata: ["identity": "\(identity)", "key": "\(key.name)", "version": "\(version(result))"])
+            logger.info("\(action)", metadata: ["identity": "\(node.identity)", "key": "\(key.name)", "version": "\(version(result))"])
             return (key.name, result)
         }
     }
 
     private func batch<Result: Sendable>(
-        _ action: String, _ caller: Caller, _ nameText: String, _ input: () async throws -> BatchRequest,
+        _ action: String, _ node: Node, _ nameText: String, _ input: () async throws -> BatchRequest,
         _ operation: ItemOperation<Result>
     ) async throws(ServiceError) -> (KeyName, [(Result?, ServiceError?)]) {
         try await audited(.keyAccess, action) {
-            let (key, _) = try authorizeKey(caller, nameText, policy: policy)
+            let key = try authorizeKey(node, nameText, policy: policy)
             let items = try checkBatch(try await input())
             return (key.name, try await eachItem(items) { item, outcome in try await operation(key, item, &outcome) })
         }

@@ -5,7 +5,6 @@ import KMSCore
 public import KMSRotation
 public import Logging
 import Synchronization
-public import X509
 
 /// kmsd's operations, under every front end (the JSON API today; Vault transit and KMIP next): each takes an
 /// authenticated caller and typed arguments, and does policy → rate limit → usage limits (through `TrackedProvider`)
@@ -36,16 +35,6 @@ public final class KMSService: Sendable {
         public let offered: Date
         public var description: String {
             "tls.crl: the CRL was issued at \(offered.formatted(.iso8601)), before the one in force (\(inForce.formatted(.iso8601))); refused as a rollback"
-        }
-    }
-
-    /// Who is asking: the identity from a verified client certificate, and for admin operations a bearer token.
-    public struct Caller: Sendable {
-        public var identity: ClientIdentity?
-        public var bearerToken: String?
-        public init(identity: ClientIdentity?, bearerToken: String? = nil) {
-            self.identity = identity
-            self.bearerToken = bearerToken
         }
     }
 
@@ -83,6 +72,7 @@ public final class KMSService: Sendable {
 
     /// The revocation list in force.
     public var revocation: RevocationList? { snapshot.withLock { $0.revocation } }
+    var revocationInForce: (RevocationList?, Duration) { snapshot.withLock { ($0.revocation, $0.revocationGrace) } }
 
     /// Throws `RevocationRollback` if `offered` is older than the list in force for the same CA.
     public func checkNotRollback(_ offered: RevocationList?) throws {
@@ -116,102 +106,6 @@ public final class KMSService: Sendable {
         let (list, grace) = snapshot.withLock { ($0.revocation, $0.revocationGrace) }
         guard let list, list.isStale(at: now, grace: grace), let nextUpdate = list.nextUpdate else { return nil }
         return "the CRL expired at \(nextUpdate.formatted(.iso8601)) (grace \(DurationText.format(Double(grace.components.seconds)))) and no newer one was loaded"
-    }
-
-    // MARK: - Authentication
-
-    /// The identity of a verified client certificate, checked now: the identity rules (`tls.identity`), the
-    /// validity period, the CRL's freshness and revocation. Nil when no certificate was presented. Checked per
-    /// operation, so a reloaded CRL applies to connections that are already open too.
-    public func authenticate(_ certificate: Certificate?) throws(ServiceError) -> ClientIdentity? {
-        guard let certificate else { return nil }
-        let identity: ClientIdentity
-        do {
-            identity = try ClientIdentity(certificate: certificate, mode: policy.identityMode)
-        } catch let refusal as ClientIdentity.Refusal {
-            events.record("invalid_identity")
-            logger.warning("request refused: no usable identity", metadata: ["security_event": "invalid_identity", "reason": "\(refusal)"])
-            throw ServiceError(.unauthenticated, .unauthenticated, refusal.description)
-        } catch {
-            return nil
-        }
-        AuditNote.identity(identity.description)
-        guard identity.isValid(at: Date()) else {
-            events.record("expired_certificate")
-            throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate is not valid now (expired or not yet valid)")
-        }
-        let (revocation, grace) = snapshot.withLock { ($0.revocation, $0.revocationGrace) }
-        if let revocation, revocation.covers(issuer: identity.issuer), revocation.isStale(at: Date(), grace: grace) {
-            events.record("revocation_unavailable")
-            logger.warning("request refused: the CRL is stale", metadata: [
-                "security_event": "revocation_unavailable", "identity": "\(identity)",
-                "next_update": "\(revocation.nextUpdate?.formatted(.iso8601) ?? "")",
-            ])
-            throw ServiceError(.unauthenticated, .revocationUnavailable,
-                               "kmsd cannot tell whether the client certificate is revoked: the CA's revocation list has expired")
-        }
-        if let revocation, revocation.isRevoked(serial: identity.serial, issuer: identity.issuer) {
-            events.record("revoked_certificate")
-            logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
-            throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate has been revoked")
-        }
-        return identity
-    }
-
-    // MARK: - Authorization
-
-    func rateLimit(_ caller: String) throws(ServiceError) {
-        AuditNote.identity(caller)
-        guard limiter.allow(caller) else {
-            events.record("rate_limited")
-            logger.warning("request refused: rate limit", metadata: ["security_event": "rate_limited", "identity": "\(caller)"])
-            throw ServiceError(.rateLimited, .rateLimited, "too many requests; slow down")
-        }
-    }
-
-    /// A storage-node operation: a certificate identity allowed for the key.
-    func authorizeKey(_ caller: Caller, _ nameText: String, policy: KMSServerPolicy) throws(ServiceError) -> (KMSServerPolicy.Key, ClientIdentity) {
-        guard let identity = caller.identity else {
-            events.record("unauthenticated")
-            throw ServiceError(.unauthenticated, .unauthenticated, "a client certificate is required")
-        }
-        try rateLimit(identity.description)
-        guard let name = try? KeyName(nameText) else {
-            throw ServiceError(.badRequest, .invalidInput, "'\(nameText.prefix(80))' is not a valid key name")
-        }
-        AuditNote.key(name)
-        guard let key = policy.keys[name] else { throw ServiceError(.notFound, .notFound, "no key named '\(name)'") }
-        let issuerAdmitted = policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true
-        guard issuerAdmitted, identity.matches(any: key.allow) else {
-            events.record("forbidden")
-            logger.warning("request refused: not allowed for key", metadata: [
-                "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
-            ])
-            throw ServiceError(.forbidden, .forbidden, "\(identity) may not use key '\(name)'")
-        }
-        return (key, identity)
-    }
-
-    /// An administrative operation: an admin identity, or an admin token. Returns the actor for the journal.
-    func authorizeAdmin(_ caller: Caller, policy: KMSServerPolicy) throws(ServiceError) -> String {
-        let identity = caller.identity
-        let issuerAdmitted = policy.adminIssuers.map { issuers in issuers.contains { $0 == identity?.issuer } } ?? true
-        if let identity, issuerAdmitted, identity.matches(any: policy.adminIdentities) {
-            try rateLimit(identity.description)
-            return identity.description
-        }
-        if let token = caller.bearerToken, policy.isAdminToken(token) {
-            try rateLimit("admin-token")
-            return "admin-token"
-        }
-        // A failed attempt spends the caller's budget as a successful one does, so guessing tokens is as slow as using them.
-        try rateLimit(identity?.description ?? "admin-unauthenticated")
-        events.record("forbidden")
-        logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity?.description ?? "<none>")"])
-        if identity == nil && caller.bearerToken == nil {
-            throw ServiceError(.unauthenticated, .unauthenticated, "an admin certificate or admin token is required")
-        }
-        throw ServiceError(.forbidden, .forbidden, "not an administrator")
     }
 
     // MARK: - Backend calls

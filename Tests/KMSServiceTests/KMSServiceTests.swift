@@ -40,6 +40,15 @@ struct ServiceFixture {
         return ServiceFixture(provider: provider, service: KMSService(policy: policy, rotation: rotation, audit: audit), auditPath: auditPath)
     }
 
+    /// `identity` authenticated as a storage node (as a front end does with its connection's certificate).
+    func node(_ identity: ClientIdentity) throws -> KMSService.Node {
+        try service.authenticateNode(PeerCertificate(identity: identity))
+    }
+
+    func admin(_ identity: ClientIdentity?, token: String? = nil) throws -> KMSService.Administrator {
+        try service.authenticateAdmin(identity.map(PeerCertificate.init(identity:)), bearerToken: token)
+    }
+
     /// The audit records so far, waiting up to 2 s for at least `count` (refusals are submitted, not awaited).
     func records(atLeast count: Int = 0) async throws -> [[String: Any]] {
         for _ in 0..<100 {
@@ -79,7 +88,7 @@ struct KMSServiceTests {
     @Test func anAllowedNodeGetsADataKeyThatUnwrapsAndExactlyOneDurableRecord() async throws {
         let fixture = try await ServiceFixture.make()
         let context = ["table": "t1"]
-        let (name, dataKey) = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest(context: context) }
+        let (name, dataKey) = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest(context: context) }
         #expect(name == orders && dataKey.version == .first)
         // The success record is durable when the call returns.
         let records = try await fixture.records()
@@ -88,7 +97,7 @@ struct KMSServiceTests {
         #expect(records.first?["identity"] as? String == "uri:spiffe://test/storage/node-1")
         #expect((records.first?["context_digest"] as? String)?.count == 64)
         let wrapped = Data(dataKey.wrapped).base64EncodedString()
-        let (_, unwrapped) = try await fixture.service.unwrap(.init(identity: node1), key: "orders") {
+        let (_, unwrapped) = try await fixture.service.unwrap(try fixture.node(node1), key: "orders") {
             UnwrapRequest(wrapped: wrapped, context: context)
         }
         #expect(unwrapped.plaintext == dataKey.plaintext)
@@ -99,7 +108,7 @@ struct KMSServiceTests {
         let calls = fixture.provider.callCount
         let read = Flag()
         let error = await serviceError {
-            _ = try await fixture.service.dataKey(.init(identity: node2), key: "orders") {
+            _ = try await fixture.service.dataKey(try fixture.node(node2), key: "orders") {
                 read.set()
                 return DataKeyRequest()
             }
@@ -109,17 +118,22 @@ struct KMSServiceTests {
         #expect(fixture.provider.callCount == calls)
         let records = try await fixture.records(atLeast: 1)
         #expect(records.first?["type"] as? String == "authorization" && records.first?["result"] as? String == "denied")
-        #expect(await serviceError { _ = try await fixture.service.dataKey(.init(identity: nil), key: "orders") { DataKeyRequest() } }?.kind
-                == .unauthenticated)
+        // No certificate: authentication itself refuses, recorded as the operation whose scope the front end opened.
+        let unauthenticated = await serviceError {
+            _ = try await fixture.service.audited(.keyAccess, "datakey") { try fixture.service.authenticateNode(nil) }
+        }
+        #expect(unauthenticated?.kind == .unauthenticated)
+        let afterRefusal = try await fixture.records(atLeast: 2)
+        #expect(afterRefusal.last?["type"] as? String == "authentication" && afterRefusal.last?["action"] as? String == "datakey")
         #expect(fixture.service.events.snapshot["forbidden"] == 1)
     }
 
     @Test func aWrongContextIsAnAuthenticationFailureCountedAsASecurityEvent() async throws {
         let fixture = try await ServiceFixture.make()
-        let (_, dataKey) = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest(context: ["t": "1"]) }
+        let (_, dataKey) = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest(context: ["t": "1"]) }
         let wrapped = Data(dataKey.wrapped).base64EncodedString()
         let error = await serviceError {
-            _ = try await fixture.service.unwrap(.init(identity: node1), key: "orders") { UnwrapRequest(wrapped: wrapped, context: ["t": "2"]) }
+            _ = try await fixture.service.unwrap(try fixture.node(node1), key: "orders") { UnwrapRequest(wrapped: wrapped, context: ["t": "2"]) }
         }
         #expect(error?.kind == .badRequest && error?.isAuthenticationFailure == true)
         #expect(fixture.service.events.snapshot["unwrap_authentication_failed"] == 1)
@@ -127,9 +141,9 @@ struct KMSServiceTests {
 
     @Test func batchItemsAreAnsweredAndAuditedOneByOne() async throws {
         let fixture = try await ServiceFixture.make()
-        let (_, dataKey) = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest(context: ["t": "1"]) }
+        let (_, dataKey) = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest(context: ["t": "1"]) }
         let wrapped = Data(dataKey.wrapped).base64EncodedString()
-        let (_, answers) = try await fixture.service.unwrapBatch(.init(identity: node1), key: "orders") {
+        let (_, answers) = try await fixture.service.unwrapBatch(try fixture.node(node1), key: "orders") {
             BatchRequest(items: [.init(wrapped: wrapped, context: ["t": "1"]), .init(wrapped: wrapped, context: ["t": "2"]),
                                  .init(wrapped: "!!")])
         }
@@ -144,12 +158,12 @@ struct KMSServiceTests {
         let fixture = try await ServiceFixture.make(ratePerSecond: 0.001, burst: 2)
         var kinds: [ServiceError.Kind?] = []
         for _ in 0..<3 {
-            kinds.append(await serviceError { _ = try await fixture.service.listKeys(.init(identity: node1, bearerToken: "guess")) }?.kind)
+            kinds.append(await serviceError { _ = try await fixture.service.listKeys(try fixture.admin(node1, token: "guess")) }?.kind)
         }
         #expect(kinds == [.forbidden, .forbidden, .rateLimited])
-        let keys = try await fixture.service.listKeys(.init(identity: admin))
+        let keys = try await fixture.service.listKeys(try fixture.admin(admin))
         #expect(keys.map(\.name) == [orders])
-        let byToken = try await fixture.service.listKeys(.init(identity: nil, bearerToken: "admin-token"))
+        let byToken = try await fixture.service.listKeys(try fixture.admin(nil, token: "admin-token"))
         #expect(byToken.count == 1)
     }
 
@@ -158,12 +172,12 @@ struct KMSServiceTests {
         fixture.provider.faults.rotationFails = true
         var wrapped: [String] = []
         for _ in 0..<3 {
-            let (_, dataKey) = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest() }
+            let (_, dataKey) = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest() }
             wrapped.append(Data(dataKey.wrapped).base64EncodedString())
         }
-        let refused = await serviceError { _ = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest() } }
+        let refused = await serviceError { _ = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest() } }
         #expect(refused?.code == .rotationRequired && refused?.kind == .unavailable)
-        let (_, unwrapped) = try await fixture.service.unwrap(.init(identity: node1), key: "orders") { UnwrapRequest(wrapped: wrapped[2]) }
+        let (_, unwrapped) = try await fixture.service.unwrap(try fixture.node(node1), key: "orders") { UnwrapRequest(wrapped: wrapped[2]) }
         #expect(unwrapped.version == .first)
     }
 
@@ -171,7 +185,7 @@ struct KMSServiceTests {
         let fixture = try await ServiceFixture.make(requestTimeout: .milliseconds(100))
         fixture.provider.faults.delay = .seconds(2)
         let started = ContinuousClock.now
-        let error = await serviceError { _ = try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest() } }
+        let error = await serviceError { _ = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest() } }
         #expect(error?.kind == .unavailable)
         #expect(ContinuousClock.now - started < .seconds(1))
         #expect(fixture.service.events.snapshot["provider_unavailable"] == 1)
@@ -180,12 +194,12 @@ struct KMSServiceTests {
     @Test func anOperationJoinsTheScopeAFrontEndOpenedExactlyOneRecord() async throws {
         let fixture = try await ServiceFixture.make()
         _ = try await fixture.service.audited(.keyAccess, "datakey") {
-            try await fixture.service.dataKey(.init(identity: node1), key: "orders") { DataKeyRequest() }
+            try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest() }
         }
         // A front end's own refusal inside its scope (a body that does not decode) is recorded once, as that operation.
         let error = await serviceError {
             _ = try await fixture.service.audited(.keyAccess, "unwrap") {
-                try await fixture.service.unwrap(.init(identity: node1), key: "orders") {
+                try await fixture.service.unwrap(try fixture.node(node1), key: "orders") {
                     throw ServiceError(.badRequest, .invalidInput, "the body is not a JSON object")
                 }
             }

@@ -1,0 +1,169 @@
+import Foundation
+import KMSCore
+import Logging
+import Synchronization
+public import X509
+
+/// A connection's client certificate, parsed once when its TLS handshake completed; each request authenticates
+/// against it (`KMSService.authenticateNode`, `authenticateAdmin`), so validity, revocation and the identity rules
+/// in force are checked per request without parsing the certificate again.
+public final class PeerCertificate: Sendable {
+    /// The peer of the connection whose requests the current task serves (a front end binds it per connection).
+    @TaskLocal public static var connection: PeerCertificate?
+
+    private enum Source {
+        case certificate(Certificate)
+        /// An identity made by a test, without a certificate.
+        case identity(ClientIdentity)
+    }
+
+    private let source: Source
+    /// The identity taken from the certificate under the last mode asked for (`tls.identity` may change at a reload).
+    private let extracted = Mutex<(ClientIdentity.Mode, Result<ClientIdentity?, ClientIdentity.Refusal>)?>(nil)
+
+    public init(_ certificate: Certificate) {
+        source = .certificate(certificate)
+    }
+
+    /// For tests above the TLS layer: a peer whose identity is given, not read from a certificate.
+    package init(identity: ClientIdentity) {
+        source = .identity(identity)
+    }
+
+    /// The identity under `mode`: nil when the certificate yields none, `Refusal` when the rules refuse it.
+    func identity(mode: ClientIdentity.Mode) throws(ClientIdentity.Refusal) -> ClientIdentity? {
+        guard case .certificate(let certificate) = source else {
+            if case .identity(let identity) = source { return identity }
+            return nil
+        }
+        if let (cachedMode, result) = extracted.withLock({ $0 }), cachedMode == mode { return try result.get() }
+        let result: Result<ClientIdentity?, ClientIdentity.Refusal>
+        do {
+            result = .success(try ClientIdentity(certificate: certificate, mode: mode))
+        } catch let refusal as ClientIdentity.Refusal {
+            result = .failure(refusal)
+        } catch {
+            result = .success(nil)
+        }
+        extracted.withLock { $0 = (mode, result) }
+        return try result.get()
+    }
+}
+
+/// Authentication: a front end turns its connection's peer (and, for admin operations, a bearer token) into a
+/// `Node` or an `Administrator`, and the operations take only those, so none can run for a caller who was not
+/// authenticated for this request. Call these inside the operation's audit scope (`audited`), so that a refusal is
+/// recorded as that operation.
+extension KMSService {
+    /// A storage node: a certificate identity that passed the identity rules, validity and revocation checks now,
+    /// within its rate limit. Which keys it may use is checked by each operation.
+    public struct Node: Sendable {
+        public let identity: ClientIdentity
+        fileprivate init(_ identity: ClientIdentity) { self.identity = identity }
+    }
+
+    /// An administrator: an admin certificate identity or the holder of an admin token, within its rate limit.
+    public struct Administrator: Sendable {
+        /// Who, for the journal and the audit log (the identity, or `admin-token`).
+        public let actor: String
+        fileprivate init(_ actor: String) { self.actor = actor }
+    }
+
+    /// The storage node on the other end of `peer`.
+    public func authenticateNode(_ peer: PeerCertificate?) throws(ServiceError) -> Node {
+        guard let identity = try authenticate(peer) else {
+            events.record("unauthenticated")
+            throw ServiceError(.unauthenticated, .unauthenticated, "a client certificate is required")
+        }
+        try rateLimit(identity.description)
+        return Node(identity)
+    }
+
+    /// The administrator on the other end of `peer`, or holding `bearerToken`.
+    public func authenticateAdmin(_ peer: PeerCertificate?, bearerToken: String?) throws(ServiceError) -> Administrator {
+        let policy = policy
+        let identity = try authenticate(peer)
+        let issuerAdmitted = policy.adminIssuers.map { issuers in issuers.contains { $0 == identity?.issuer } } ?? true
+        if let identity, issuerAdmitted, identity.matches(any: policy.adminIdentities) {
+            try rateLimit(identity.description)
+            return Administrator(identity.description)
+        }
+        if let bearerToken, policy.isAdminToken(bearerToken) {
+            try rateLimit("admin-token")
+            return Administrator("admin-token")
+        }
+        // A failed attempt spends the caller's budget as a successful one does, so guessing tokens is as slow as using them.
+        try rateLimit(identity?.description ?? "admin-unauthenticated")
+        events.record("forbidden")
+        logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity?.description ?? "<none>")"])
+        if identity == nil && bearerToken == nil {
+            throw ServiceError(.unauthenticated, .unauthenticated, "an admin certificate or admin token is required")
+        }
+        throw ServiceError(.forbidden, .forbidden, "not an administrator")
+    }
+
+    /// The identity of the peer's certificate, checked now: the identity rules (`tls.identity`), the validity
+    /// period, the CRL's freshness and revocation. Nil when no certificate was presented. Checked per request, so a
+    /// reloaded CRL applies to connections that are already open too.
+    private func authenticate(_ peer: PeerCertificate?) throws(ServiceError) -> ClientIdentity? {
+        let identity: ClientIdentity
+        do {
+            guard let found = try peer?.identity(mode: policy.identityMode) else { return nil }
+            identity = found
+        } catch {
+            events.record("invalid_identity")
+            logger.warning("request refused: no usable identity", metadata: ["security_event": "invalid_identity", "reason": "\(error)"])
+            throw ServiceError(.unauthenticated, .unauthenticated, error.description)
+        }
+        AuditNote.identity(identity.description)
+        guard identity.isValid(at: Date()) else {
+            events.record("expired_certificate")
+            throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate is not valid now (expired or not yet valid)")
+        }
+        let (revocation, grace) = revocationInForce
+        if let revocation, revocation.covers(issuer: identity.issuer), revocation.isStale(at: Date(), grace: grace) {
+            events.record("revocation_unavailable")
+            logger.warning("request refused: the CRL is stale", metadata: [
+                "security_event": "revocation_unavailable", "identity": "\(identity)",
+                "next_update": "\(revocation.nextUpdate?.formatted(.iso8601) ?? "")",
+            ])
+            throw ServiceError(.unauthenticated, .revocationUnavailable,
+                               "kmsd cannot tell whether the client certificate is revoked: the CA's revocation list has expired")
+        }
+        if let revocation, revocation.isRevoked(serial: identity.serial, issuer: identity.issuer) {
+            events.record("revoked_certificate")
+            logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
+            throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate has been revoked")
+        }
+        return identity
+    }
+
+    func rateLimit(_ caller: String) throws(ServiceError) {
+        AuditNote.identity(caller)
+        guard limiter.allow(caller) else {
+            events.record("rate_limited")
+            logger.warning("request refused: rate limit", metadata: ["security_event": "rate_limited", "identity": "\(caller)"])
+            throw ServiceError(.rateLimited, .rateLimited, "too many requests; slow down")
+        }
+    }
+
+    /// Whether `node` may use the key named `nameText`.
+    func authorizeKey(_ node: Node, _ nameText: String, policy: KMSServerPolicy) throws(ServiceError) -> KMSServerPolicy.Key {
+        let identity = node.identity
+        AuditNote.identity(identity.description)
+        guard let name = try? KeyName(nameText) else {
+            throw ServiceError(.badRequest, .invalidInput, "'\(nameText.prefix(80))' is not a valid key name")
+        }
+        AuditNote.key(name)
+        guard let key = policy.keys[name] else { throw ServiceError(.notFound, .notFound, "no key named '\(name)'") }
+        let issuerAdmitted = policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true
+        guard issuerAdmitted, identity.matches(any: key.allow) else {
+            events.record("forbidden")
+            logger.warning("request refused: not allowed for key", metadata: [
+                "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
+            ])
+            throw ServiceError(.forbidden, .forbidden, "\(identity) may not use key '\(name)'")
+        }
+        return key
+    }
+}
