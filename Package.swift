@@ -247,7 +247,7 @@ let package = Package(
         .target(
             name: "KMSTestSupport",
             dependencies: [
-                "KMSCore", "PKCS11",
+                "KMSCore", "PKCS11", "KMSService", "KMSRotation", "KMSAudit",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -283,6 +283,28 @@ let package = Package(
         .testTarget(
             name: "KMSServiceTests",
             dependencies: ["KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI"],
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP routes through Hummingbird's test client over the in-memory provider: no HSM, no TLS, in parallel.
+        .testTarget(
+            name: "KMSServerTests",
+            dependencies: [
+                "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // KMSClient (retries, the DEK cache) against the real listener (mutual TLS) over the in-memory provider.
+        .testTarget(
+            name: "KMSClientTests",
+            dependencies: [
+                "KMSClient", "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSAPI", "KMSDev",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -327,7 +349,7 @@ let package = Package(
         ),
         .testTarget(
             name: "KMSRotationTests",
-            dependencies: ["KMSRotation", "KMSCore", "KMSProviderPKCS11", "KMSTestSupport", "PKCS11"],
+            dependencies: ["KMSRotation", "KMSCore", "KMSTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -76,7 +76,7 @@ public final class PKCS11KeyProvider: KeyProvider {
                 configuration: .init(
                     maxSessions: sessions, maxWaiters: configuration.maxWaiters,
                     checkoutWait: configuration.checkoutWait, callTimeout: configuration.callTimeout,
-                    loginEachSession: configuration.profile.login == .perSession),
+                    loginEachSession: configuration.profile.login == .perSession, clock: configuration.poolClock),
                 executor: executor, logger: logger, onDeviceLoss: { deviceLoss.report($0) },
                 onPINRejected: { deviceLoss.report($0) })
             try await pool.start()

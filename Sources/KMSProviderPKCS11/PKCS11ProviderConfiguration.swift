@@ -27,6 +27,8 @@ public struct PKCS11ProviderConfiguration: Sendable, CustomStringConvertible {
     /// (with jitter) up to `reconnectMaxDelay`.
     public var reconnectInitialDelay: Duration
     public var reconnectMaxDelay: Duration
+    /// What the session pool's checkout wait is measured on (tests move a manual clock).
+    var poolClock: any PoolClock = SystemPoolClock()
 
     /// The same, with the token given as the text of a PKCS#11 URI (as the configuration file has it).
     public init(

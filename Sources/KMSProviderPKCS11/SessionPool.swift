@@ -25,6 +25,8 @@ final class SessionPool: Sendable {
         var callTimeout: Duration
         /// The token wants a `C_Login` on every session (profile `login: per-session`), not only on the anchor.
         var loginEachSession = false
+        /// What the checkout wait is measured on (a manual clock in tests).
+        var clock: any PoolClock = SystemPoolClock()
     }
 
     /// Counters for tests, status and metrics.
@@ -240,7 +242,7 @@ final class SessionPool: Sendable {
 
     /// Fast path: an idle session or free capacity, without waiting.
     private func requestLease() -> (Int, ContinuousClock.Instant, SessionPoolStateMachine.LeaseDecision) {
-        let deadline = ContinuousClock.now + configuration.checkoutWait
+        let deadline = configuration.clock.now + configuration.checkoutWait
         return state.withLock { state in
             state.nextID += 1
             return (state.nextID, deadline, state.machine.requestLease(state.nextID, deadline: deadline, mayWait: false))
@@ -278,8 +280,8 @@ final class SessionPool: Sendable {
 
     private func wait(_ waiterID: Int, deadline: ContinuousClock.Instant) async -> SessionPoolStateMachine.LeaseDecision {
         let timer = Task { [self] in
-            try await Task.sleep(until: deadline, clock: .continuous)
-            perform(state.withLock { $0.machine.expireWaiters(now: .now) })
+            try await configuration.clock.sleep(until: deadline)
+            perform(state.withLock { $0.machine.expireWaiters(now: configuration.clock.now) })
         }
         defer { timer.cancel() }
         return await withTaskCancellationHandler {
@@ -299,11 +301,15 @@ final class SessionPool: Sendable {
             decision.withLock { $0 = value }
             resumed.signal()
         }
-        let waited = resumed.wait(timeout: .now() + Self.dispatchInterval(ContinuousClock.now.duration(to: deadline)))
-        if waited == .timedOut {
+        // Waits in slices of at most 10 ms, reading the pool's clock between them (which a test moves by hand).
+        while resumed.wait(timeout: .now() + Self.dispatchInterval(min(.milliseconds(10), configuration.clock.now.duration(to: deadline))))
+            == .timedOut
+        {
+            guard configuration.clock.now >= deadline else { continue }
             // Resumes this waiter with `.timedOut` unless a decision came first; either way the signal follows.
-            perform(state.withLock { $0.machine.expireWaiters(now: .now) })
+            perform(state.withLock { $0.machine.expireWaiters(now: configuration.clock.now) })
             resumed.wait()
+            break
         }
         return decision.withLock { $0 } ?? .fail(.timedOut)
     }

@@ -1,5 +1,5 @@
 import Crypto
-import Foundation
+public import Foundation
 public import KMSCore
 import Synchronization
 
@@ -17,6 +17,8 @@ public final class InMemoryKeyProvider: KeyProvider {
         public var delay: Duration?
         /// Every operation fails with `unavailable`.
         public var down = false
+        /// The next this many operations fail with `unavailable` (a short outage a client's retries ride out).
+        public var failNext = 0
         public init() {}
     }
 
@@ -31,8 +33,12 @@ public final class InMemoryKeyProvider: KeyProvider {
     private let calls = Mutex(0)
 
     public let kind = ProviderKind.inMemory
+    /// When a version is created (tests of rotation schedules pass their manual clock).
+    private let now: @Sendable () -> Date
 
-    public init() {}
+    public init(now: @escaping @Sendable () -> Date = { Date() }) {
+        self.now = now
+    }
 
     public var faults: Faults {
         get { faultState.withLock { $0 } }
@@ -44,15 +50,19 @@ public final class InMemoryKeyProvider: KeyProvider {
 
     private func enter() async throws {
         calls.withLock { $0 += 1 }
-        let faults = faults
+        let faults = faultState.withLock { faults in
+            let now = faults
+            faults.failNext = max(0, faults.failNext - 1)
+            return now
+        }
         if let delay = faults.delay { try await Task.sleep(for: delay) }
-        if faults.down { throw KMSError.unavailable("the in-memory backend is down (test fault)") }
+        if faults.down || faults.failNext > 0 { throw KMSError.unavailable("the in-memory backend is down (test fault)") }
     }
 
     private func newVersion(_ number: KeyVersion) -> Version {
         var id = [UInt8](repeating: 0, count: 16)
         for index in id.indices { id[index] = UInt8.random(in: 0...255) }
-        return Version(info: KeyVersionInfo(version: number, state: .active, createdAt: Date(), keyID: id),
+        return Version(info: KeyVersionInfo(version: number, state: .active, createdAt: now(), keyID: id),
                        key: SymmetricKey(size: .bits256), retired: false)
     }
 

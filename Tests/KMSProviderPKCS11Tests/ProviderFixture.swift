@@ -6,9 +6,11 @@ import PKCS11
 /// Starts a provider on `token`, runs `body`, and always shuts the provider down.
 func withProvider<T>(
     on token: SoftHSMToken, sessions: Int = 4, checkoutWait: Duration = .seconds(2), callTimeout: Duration = .seconds(5),
-    _ body: (PKCS11KeyProvider) async throws -> T
+    clock: (any PoolClock)? = nil, _ body: (PKCS11KeyProvider) async throws -> T
 ) async throws -> T {
-    let provider = try await PKCS11KeyProvider.start(configuration(token, sessions: sessions, checkoutWait: checkoutWait, callTimeout: callTimeout))
+    var configuration = configuration(token, sessions: sessions, checkoutWait: checkoutWait, callTimeout: callTimeout)
+    if let clock { configuration.poolClock = clock }
+    let provider = try await PKCS11KeyProvider.start(configuration)
     do {
         let result = try await body(provider)
         await provider.shutdown()

@@ -43,8 +43,11 @@ struct SessionPoolTests {
         }
     }
 
-    @Test func exhaustedPoolFailsWithinTheCheckoutWait() async throws {
-        try await withProvider(on: token, sessions: 2, checkoutWait: .milliseconds(300), callTimeout: .seconds(10)) { provider in
+    /// The checkout wait on a manual clock: a caller of an exhausted pool waits exactly until the wait has passed,
+    /// not a moment less, and then gets `unavailable`.
+    @Test func exhaustedPoolFailsAtTheEndOfTheCheckoutWait() async throws {
+        let clock = ManualPoolClock()
+        try await withProvider(on: token, sessions: 2, checkoutWait: .milliseconds(300), callTimeout: .seconds(10), clock: clock) { provider in
             _ = try await provider.createKey(orders)
             let holding = Holder()
             // Hold both sessions in calls that block until released.
@@ -52,12 +55,13 @@ struct SessionPoolTests {
                 Task { try await provider.pool.withSession { _ in holding.block() } }
             }
             while holding.blocked < 2 { try await Task.sleep(for: .milliseconds(10)) }
-            let start = ContinuousClock.now
-            let code = await errorCode { _ = try await provider.generateDataKey(orders, context: .empty) }
-            let waited = ContinuousClock.now - start
-            #expect(code == .unavailable)
-            #expect(waited >= .milliseconds(290) && waited < .milliseconds(1500), "waited \(waited)")
-            #expect(provider.poolStatistics.checkoutTimeouts == 1)
+            let waiting = Task { await errorCode { _ = try await provider.generateDataKey(orders, context: .empty) } }
+            while clock.sleeperCount < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            clock.advance(by: .milliseconds(299))
+            #expect(provider.poolStatistics.waiters == 1, "gave up before the checkout wait passed")
+            clock.advance(by: .milliseconds(1))
+            #expect(await waiting.value == .unavailable)
+            #expect(provider.poolStatistics.checkoutTimeouts == 1 && provider.poolStatistics.waiters == 0)
             holding.release()
             for holder in holders { _ = try await holder.value }
             // Free again: requests succeed.
@@ -68,7 +72,8 @@ struct SessionPoolTests {
     /// The audit writer's path: a thread that may block leases through the same pool, waits its turn for a session,
     /// gives up at the checkout wait, and logs in again after every session was closed, without any task.
     @Test func aBlockingCallerWaitsItsTurnTimesOutAndRecoversLikeAnyOther() async throws {
-        try await withProvider(on: token, sessions: 1, checkoutWait: .milliseconds(300), callTimeout: .seconds(10)) { provider in
+        let clock = ManualPoolClock()
+        try await withProvider(on: token, sessions: 1, checkoutWait: .milliseconds(300), callTimeout: .seconds(10), clock: clock) { provider in
             _ = try await provider.createKey(orders)
             let pool = provider.pool
             func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
@@ -78,20 +83,23 @@ struct SessionPoolTests {
             let first = Holder()
             let holder = Task { try await pool.withSession { _ in first.block() } }
             while first.blocked < 1 { try await Task.sleep(for: .milliseconds(10)) }
-            Task { try await Task.sleep(for: .milliseconds(100)); first.release() }
-            let waited = await onThread { Result { try pool.withSessionBlocking { try $0.info().isUserLoggedIn } } }
-            #expect(try waited.get())
+            let waiter = Task { await onThread { Result { try pool.withSessionBlocking { try $0.info().isUserLoggedIn } } } }
+            while provider.poolStatistics.waiters < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            first.release()
+            #expect(try await waiter.value.get())
             try await holder.value
 
             // Busy for longer than the checkout wait: the blocking caller gets `unavailable` at the wait's end.
             let second = Holder()
             let longHolder = Task { try await pool.withSession { _ in second.block() } }
             while second.blocked < 1 { try await Task.sleep(for: .milliseconds(10)) }
-            let start = ContinuousClock.now
-            let timedOut = await onThread { Result { try pool.withSessionBlocking { _ in true } } }
-            let elapsed = ContinuousClock.now - start
-            #expect(throws: KMSError.self) { try timedOut.get() }
-            #expect(elapsed >= .milliseconds(290) && elapsed < .milliseconds(1500), "waited \(elapsed)")
+            let blocked = Task { await onThread { Result { try pool.withSessionBlocking { _ in true } } } }
+            while provider.poolStatistics.waiters < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            clock.advance(by: .milliseconds(299))
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(provider.poolStatistics.waiters == 1, "gave up before the checkout wait passed")
+            clock.advance(by: .milliseconds(1))
+            await #expect(throws: KMSError.self) { try await blocked.value.get() }
             #expect(provider.poolStatistics.checkoutTimeouts == 1)
             second.release()
             try await longHolder.value
@@ -131,10 +139,11 @@ struct SessionPoolTests {
     @Test func aCallPastItsDeadlineReturnsUnavailableAndItsSessionIsWrittenOff() async throws {
         try await withProvider(on: token, sessions: 2, callTimeout: .milliseconds(200)) { provider in
             _ = try await provider.createKey(orders)
+            let stuck = Holder()
             let start = ContinuousClock.now
             let code = await errorCode {
                 _ = try await provider.pool.withSession { session in
-                    Thread.sleep(forTimeInterval: 1.0)
+                    stuck.block()
                     return try session.info().isUserLoggedIn
                 }
             }
@@ -146,7 +155,8 @@ struct SessionPoolTests {
             // The other session still serves.
             _ = try await provider.generateDataKey(orders, context: .empty)
             // When the stuck call returns, its session is closed and the capacity comes back.
-            try await Task.sleep(for: .milliseconds(1100))
+            stuck.release()
+            for _ in 0..<400 where provider.poolStatistics.lost > 0 { try await Task.sleep(for: .milliseconds(5)) }
             #expect(provider.poolStatistics.lost == 0)
             #expect(provider.poolStatistics.stuckCalls == 0)
             try await withThrowingTaskGroup(of: Void.self) { group in

@@ -1,9 +1,7 @@
 import Foundation
 import KMSCore
-@testable import KMSProviderPKCS11
 @testable import KMSRotation
 import KMSTestSupport
-import PKCS11
 import Synchronization
 import Testing
 
@@ -28,14 +26,8 @@ let invoices = try! KeyName("invoices")
 
 /// A state store file in a fresh directory.
 func storePath() throws -> String {
-    let directory = URL(fileURLWithPath: try SoftHSMToken.prepareEnvironment()).appendingPathComponent("state-\(UUID().uuidString)")
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("state-\(UUID().uuidString)")
     return directory.appendingPathComponent("rotation.sqlite").path
-}
-
-func startProvider(_ token: SoftHSMToken, module: String? = nil) async throws -> PKCS11KeyProvider {
-    try await PKCS11KeyProvider.start(PKCS11ProviderConfiguration(
-        modulePath: module ?? token.module.path, token: token.uri, pin: token.pin, profile: .softhsm2, maxSessions: 4,
-        checkoutWait: .seconds(2), callTimeout: .seconds(5)))
 }
 
 func manager(_ keys: [(KeyName, any KeyProvider, RotationPolicy)], store path: String, clock: ManualClock,
@@ -45,17 +37,13 @@ func manager(_ keys: [(KeyName, any KeyProvider, RotationPolicy)], store path: S
         store: try SQLiteStateStore(path: path), clock: clock.function, holder: holder, onEvent: { events.record($0) })
 }
 
-/// A fresh token with the key `orders` (version 1), its provider, and a manual clock; the provider is shut down after.
-func withOrdersKey(_ body: (PKCS11KeyProvider, ManualClock) async throws -> Void) async throws {
-    let provider = try await startProvider(try SoftHSMToken.create())
-    do {
-        _ = try await provider.createKey(orders)
-        try await body(provider, ManualClock())
-    } catch {
-        await provider.shutdown()
-        throw error
-    }
-    await provider.shutdown()
+/// A backend with the key `orders` (version 1) and a manual clock. Rotation is tested above the provider layer: the
+/// in-memory provider stands in for any backend (the PKCS#11 and Vault providers pass the same contract suite).
+func withOrdersKey(_ body: (InMemoryKeyProvider, ManualClock) async throws -> Void) async throws {
+    let clock = ManualClock()
+    let provider = InMemoryKeyProvider(now: clock.function)
+    _ = try await provider.createKey(orders)
+    try await body(provider, clock)
 }
 
 func latest(_ provider: any KeyProvider, _ name: KeyName) async throws -> UInt32? {
@@ -104,7 +92,7 @@ struct PlannerTests {
     }
 }
 
-@Suite("Rotation on SoftHSM", .serialized)
+@Suite("Rotation manager over the in-memory backend", .serialized)
 struct RotationTests {
     @Test func periodRotationWithNoticeAndAnUnchangedScheduleAfterRestart() async throws {
         try await withOrdersKey { provider, clock in
@@ -179,17 +167,15 @@ struct RotationTests {
     }
 
     @Test func maxWrapsIsAHardLimitWhileRotationFails() async throws {
-        let shim = try FaultShim.create()
-        let provider = try await startProvider(try SoftHSMToken.create(), module: shim.modulePath)
-        defer { Task { await provider.shutdown() } }
-        _ = try await provider.createKey(orders)
         let clock = ManualClock()
+        let provider = InMemoryKeyProvider(now: clock.function)
+        _ = try await provider.createKey(orders)
         let events = EventLog()
         let rotation = try manager([(orders, provider, RotationPolicy(maxWraps: 5))], store: try storePath(), clock: clock, events: events)
         try await rotation.start()
         let tracked = TrackedProvider(provider, manager: rotation)
-        // The token cannot create the next version: the usage rotation fails.
-        try shim.inject(.fail(function: "C_GenerateKey", value: 0x6))
+        // The backend cannot create the next version: the usage rotation fails.
+        provider.faults.rotationFails = true
         var wrapped: [DataKey] = []
         for _ in 1...5 { wrapped.append(try await tracked.generateDataKey(orders, context: .empty)) }
         #expect(wrapped.allSatisfy { $0.version.rawValue == 1 })
@@ -216,8 +202,8 @@ struct RotationTests {
         let unwrapped = try await tracked.unwrap(orders, wrapped: wrapped[4].wrapped, context: .empty)
         #expect(unwrapped.plaintext == wrapped[4].plaintext)
 
-        // The token recovers: the retried rotation succeeds and wrapping resumes on version 2.
-        try shim.clear()
+        // The backend recovers: the retried rotation succeeds and wrapping resumes on version 2.
+        provider.faults.rotationFails = false
         clock.advance(10)
         await rotation.tick()
         #expect(try await latest(provider, orders) == 2)
@@ -225,15 +211,11 @@ struct RotationTests {
     }
 
     @Test func aFailingRotationIsRetriedAndRecordedWhileOtherKeysRotateAndMaxAgeRefusesWraps() async throws {
-        let shim = try FaultShim.create()
-        let failingToken = try SoftHSMToken.create()
-        let failing = try await startProvider(failingToken, module: shim.modulePath)
-        let healthyToken = try SoftHSMToken.create()
-        let healthy = try await startProvider(healthyToken)
-        defer { Task { await failing.shutdown(); await healthy.shutdown() } }
+        let clock = ManualClock()
+        let failing = InMemoryKeyProvider(now: clock.function)
+        let healthy = InMemoryKeyProvider(now: clock.function)
         _ = try await failing.createKey(orders)
         _ = try await healthy.createKey(invoices)
-        let clock = ManualClock()
         let events = EventLog()
         let policy = RotationPolicy(period: 3600, maxAge: 7200)
         let rotation = try manager([(orders, failing, policy), (invoices, healthy, policy)], store: try storePath(), clock: clock, events: events)
@@ -241,8 +223,8 @@ struct RotationTests {
         let tracked = TrackedProvider(failing, manager: rotation)
         let early = try await tracked.generateDataKey(orders, context: try EncryptionContext(["table": "t1"]))
 
-        // Creating a key object fails on the first token; wrapping and unwrapping still work there.
-        try shim.inject(.fail(function: "C_GenerateKey", value: 0x6))
+        // Creating a key version fails on the first backend; wrapping and unwrapping still work there.
+        failing.faults.rotationFails = true
         clock.advance(3600)
         await rotation.tick()
         #expect(try await latest(failing, orders) == 1)
@@ -277,7 +259,7 @@ struct RotationTests {
         #expect(unwrapped.plaintext == early.plaintext)
 
         // The backend recovers: the next attempt rotates and wrapping resumes on the new version.
-        try shim.clear()
+        failing.faults.rotationFails = false
         clock.advance(600)
         await rotation.tick()
         #expect(try await latest(failing, orders) == 2)

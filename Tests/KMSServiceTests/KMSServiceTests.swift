@@ -8,36 +8,21 @@ import KMSTestSupport
 import Synchronization
 import Testing
 
-let orders = try! KeyName("orders")
-let node1 = ClientIdentity(names: ["uri:spiffe://test/storage/node-1"])
-let node2 = ClientIdentity(names: ["uri:spiffe://test/storage/node-2"])
-let admin = ClientIdentity(names: ["cn:security-admin"])
+let orders = TestIdentities.orders
+let node1 = TestIdentities.node1
+let node2 = TestIdentities.node2
+let admin = TestIdentities.admin
 
-/// The service over an in-memory provider: no HSM, no HTTP, its own directory for the state store and audit log.
+/// The service over an in-memory provider (`InMemoryService`), called directly: no HSM, no HTTP.
 struct ServiceFixture {
-    let provider: InMemoryKeyProvider
+    let base: InMemoryService
     let service: KMSService
-    let auditPath: String
+    var provider: InMemoryKeyProvider { base.provider }
 
     static func make(maxWraps: UInt64 = 1_000_000, ratePerSecond: Double = 1000, burst: Int = 2000,
                      requestTimeout: Duration = .seconds(5)) async throws -> ServiceFixture {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("service-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let provider = InMemoryKeyProvider()
-        _ = try await provider.createKey(orders)
-        let rotation = RotationManager(
-            keys: [.init(name: orders, providerName: "memory", provider: provider, policy: RotationPolicy(maxWraps: maxWraps))],
-            store: try SQLiteStateStore(path: directory.appendingPathComponent("rotation.sqlite").path))
-        try await rotation.start()
-        let auditPath = directory.appendingPathComponent("audit.jsonl").path
-        let audit = try AuditLog(.init(path: auditPath, failClosed: true, signer: nil))
-        let policy = KMSServerPolicy(
-            keys: [orders: .init(name: orders, providerName: "memory", provider: TrackedProvider(provider, manager: rotation),
-                                 allow: ["uri:spiffe://test/storage/node-1"])],
-            providers: ["memory": provider], adminIdentities: ["cn:security-*"],
-            adminTokenHashes: [KMSServerPolicy.hexDigest("admin-token")],
-            limits: .init(requestTimeout: requestTimeout, ratePerSecond: ratePerSecond, burst: burst), mode: "development")
-        return ServiceFixture(provider: provider, service: KMSService(policy: policy, rotation: rotation, audit: audit), auditPath: auditPath)
+        let base = try await InMemoryService.make(maxWraps: maxWraps, ratePerSecond: ratePerSecond, burst: burst, requestTimeout: requestTimeout)
+        return ServiceFixture(base: base, service: KMSService(policy: base.policy, rotation: base.rotation, audit: base.audit))
     }
 
     /// `identity` authenticated as a storage node (as a front end does with its connection's certificate).
@@ -49,16 +34,8 @@ struct ServiceFixture {
         try service.authenticateAdmin(identity.map(PeerCertificate.init(identity:)), bearerToken: token)
     }
 
-    /// The audit records so far, waiting up to 2 s for at least `count` (refusals are submitted, not awaited).
     func records(atLeast count: Int = 0) async throws -> [[String: Any]] {
-        for _ in 0..<100 {
-            let text = (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? ""
-            let records = text.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
-            if records.count >= count { return records }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        Issue.record("fewer than \(count) audit records")
-        return []
+        try await base.records(atLeast: count)
     }
 }
 
@@ -162,9 +139,9 @@ struct KMSServiceTests {
         }
         #expect(kinds == [.forbidden, .forbidden, .rateLimited])
         let keys = try await fixture.service.listKeys(try fixture.admin(admin))
-        #expect(keys.map(\.name) == [orders])
+        #expect(keys.map(\.name) == [TestIdentities.invoices, orders])
         let byToken = try await fixture.service.listKeys(try fixture.admin(nil, token: "admin-token"))
-        #expect(byToken.count == 1)
+        #expect(byToken.count == 2)
     }
 
     @Test func maxWrapsIsAHardLimitWhileRotationFails() async throws {

@@ -1,0 +1,184 @@
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import KMSAPI
+@testable import KMSClient
+import KMSCore
+import KMSDev
+import KMSServer
+import KMSService
+import KMSTestSupport
+import NIOSSL
+import Synchronization
+import Testing
+
+/// kmsd's routes over the in-memory provider behind the real listener (mutual TLS with a development PKI, the
+/// connection caps, the client certificate parsed once per connection), on a loopback port: `KMSClient` as a storage
+/// node uses it, without an HSM.
+final class TLSServerFixture: Sendable {
+    let base: InMemoryService
+    let directory: URL
+    let port: Int
+    private let task: Task<Void, any Error>
+
+    private init(base: InMemoryService, directory: URL, port: Int, task: Task<Void, any Error>) {
+        self.base = base
+        self.directory = directory
+        self.port = port
+        self.task = task
+    }
+
+    static func start() async throws -> TLSServerFixture {
+        let base = try await InMemoryService.make()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("client-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let pki = try DevPKI()
+        try Data(pki.caPEM.utf8).write(to: directory.appendingPathComponent("ca.pem"))
+        let serverCertificate = try pki.issue(.server(hosts: ["localhost", "127.0.0.1"]))
+        try DevPKI.write(try pki.issue(.client(uri: "spiffe://test/storage/node-1", commonName: "node-1")), name: "node1", to: directory)
+        try DevPKI.write(try pki.issue(.client(uri: "spiffe://test/storage/node-2", commonName: "node-2")), name: "node2", to: directory)
+
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(serverCertificate.certificatePEM.utf8)).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(serverCertificate.privateKeyPEM.utf8), format: .pem)))
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(pki.caPEM.utf8)))
+        tls.certificateVerification = .noHostnameVerification
+        let server = KMSServer(policy: base.policy, rotation: base.rotation, audit: base.audit)
+        let limit = ConnectionLimit(ConnectionPolicy(
+            maxConnections: 64, maxPerSource: 64, maxUnauthenticated: 16, maxUnauthenticatedPerSource: 16,
+            handshakeTimeout: .seconds(5), idleTimeout: .seconds(30), maxAge: .seconds(300), authenticates: true), events: server.events)
+        let bound = AsyncStream<Int>.makeStream()
+        let app = Application(
+            router: server.router(), server: .http1(tls: try TLSContextBox(tls), limit: limit),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in bound.continuation.yield(channel.localAddress?.port ?? 0) })
+        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        var iterator = bound.stream.makeAsyncIterator()
+        guard let port = await iterator.next(), port > 0 else {
+            task.cancel()
+            throw KMSError.unavailable("the test server did not start")
+        }
+        return TLSServerFixture(base: base, directory: directory, port: port, task: task)
+    }
+
+    func client(_ identity: String, retries: Int = 0, cache: DEKCache.Limits? = nil) throws -> KMSClient {
+        try KMSClient(.init(server: "https://localhost:\(port)", caFile: directory.appendingPathComponent("ca.pem").path,
+                            certificateFile: directory.appendingPathComponent("\(identity).pem").path,
+                            keyFile: directory.appendingPathComponent("\(identity)-key.pem").path, retries: retries, cache: cache))
+    }
+
+    func stop() async {
+        task.cancel()
+        _ = await task.result
+    }
+}
+
+@Suite("KMSClient against kmsd's listener over an in-memory provider")
+struct KMSClientTests {
+    @Test func aNodeGetsItsKeysOverMutualTLSAndIsRefusedOthersOnTheSameConnection() async throws {
+        let server = try await TLSServerFixture.start()
+        let node = try server.client("node1")
+        let issued = try await node.datakey("orders", context: ["f": "1"])
+        #expect(try await node.unwrap("orders", wrapped: issued.wrapped, context: ["f": "1"]).plaintext == issued.plaintext)
+        // The identity comes from this connection's certificate: node 1 may not use node 2's key.
+        await #expect(throws: KMSClientError.self) { try await node.datakey("invoices") }
+        let records = try await server.base.records(atLeast: 3)
+        #expect(records.map { $0["identity"] as? String }.allSatisfy { $0 == "uri:spiffe://test/storage/node-1" })
+        #expect(records.last?["type"] as? String == "authorization")
+        await node.shutdown()
+        await server.stop()
+    }
+
+    @Test func a503IsRetriedWithinTheBudgetAndReturnedBeyondIt() async throws {
+        let server = try await TLSServerFixture.start()
+        let patient = try server.client("node1", retries: 2)
+        server.base.provider.faults.failNext = 2
+        let before = server.base.provider.callCount
+        _ = try await patient.datakey("orders")
+        #expect(server.base.provider.callCount - before == 3, "two refused attempts, then the one that succeeded")
+
+        let impatient = try server.client("node1", retries: 0)
+        server.base.provider.faults.failNext = 1
+        do {
+            _ = try await impatient.datakey("orders")
+            Issue.record("a 503 was not returned")
+        } catch let error as KMSClientError {
+            #expect(error.status == 503 && error.code == "unavailable")
+        }
+        // Refusals that a retry cannot change are not retried.
+        let beforeRefusal = server.base.provider.callCount
+        await #expect(throws: KMSClientError.self) { try await patient.datakey("invoices") }
+        await #expect(throws: KMSClientError.self) { try await patient.unwrap("orders", wrapped: "AAAA") }
+        #expect(server.base.provider.callCount - beforeRefusal <= 1)
+        await patient.shutdown()
+        await impatient.shutdown()
+        await server.stop()
+    }
+
+    @Test func cacheServesWithinItsTTLButNeverPastIt() async throws {
+        let server = try await TLSServerFixture.start()
+        let node = try server.client("node1", cache: .init(maxEntries: 2, ttl: .milliseconds(400), maxUses: 100))
+        let issued = try await node.datakey("orders", context: ["f": "1"])
+        let first = try await node.unwrap("orders", wrapped: issued.wrapped, context: ["f": "1"])
+        #expect(first.plaintext == issued.plaintext)
+        #expect(node.cache?.count == 1)
+        // The backend goes down: the cache still answers within the TTL…
+        server.base.provider.faults.down = true
+        #expect(try await node.unwrap("orders", wrapped: issued.wrapped, context: ["f": "1"]).plaintext == issued.plaintext)
+        // …a different context is not a hit…
+        await #expect(throws: KMSClientError.self) { try await node.unwrap("orders", wrapped: issued.wrapped, context: ["f": "2"]) }
+        // …and past the TTL nothing is served while the backend is down.
+        try await Task.sleep(for: .milliseconds(500))
+        do {
+            _ = try await node.unwrap("orders", wrapped: issued.wrapped, context: ["f": "1"])
+            Issue.record("served past the TTL")
+        } catch let error as KMSClientError {
+            #expect(error.status == 503)
+        }
+        await node.shutdown()
+        await server.stop()
+    }
+
+    @Test func cacheBoundsEntriesAndUses() throws {
+        let now = Mutex(ContinuousClock.now)
+        let cache = DEKCache(.init(maxEntries: 2, ttl: .seconds(60), maxUses: 2), clock: { now.withLock { $0 } })
+        cache.store("k", "a", nil, plaintext: [1], version: 1)
+        cache.store("k", "b", nil, plaintext: [2], version: 1)
+        #expect(cache.lookup("k", "a", nil)?.0 == [1])
+        cache.store("k", "c", nil, plaintext: [3], version: 1)  // evicts b, the least recently used
+        #expect(cache.count == 2)
+        #expect(cache.lookup("k", "b", nil) == nil)
+        #expect(cache.lookup("k", "a", nil)?.0 == [1])  // second and last use
+        #expect(cache.lookup("k", "a", nil) == nil)
+        now.withLock { $0 += .seconds(61) }
+        #expect(cache.lookup("k", "c", nil) == nil)
+    }
+
+    /// The fields the server accepts come from each request type's CodingKeys, and the client's paths are the ones
+    /// the server registers (both from KMSAPI).
+    @Test func requestFieldsComeFromCodingKeysAndPathsFromOneTable() throws {
+        #expect(DataKeyRequest.fields == ["context"])
+        #expect(UnwrapRequest.fields == ["wrapped", "context"])
+        #expect(RotateRequest.fields == ["reason", "dry_run"])
+        #expect(RetireRequest.fields == ["force"])
+        #expect(throws: StrictJSON.Failure.unknownField("dryRun")) {
+            try StrictJSON.decode(RotateRequest.self, from: Data(#"{"dryRun": true}"#.utf8))
+        }
+        #expect(try StrictJSON.decode(RotateRequest.self, from: Data(#"{"dry_run": true}"#.utf8)).dryRun == true)
+        #expect(KMSAPI.Path.adminRetire("orders", 3) == KMSAPI.Path.adminRetire("orders", version: "3"))
+        #expect(KMSAPI.Path.datakey(KMSAPI.Path.keyParameter) == "/v1/keys/{name}/datakey")
+    }
+
+    @Test func cacheComparesContextsByTheirBytesAsKMSDDoes() throws {
+        let cache = DEKCache()
+        let composed = "caf\u{E9}"            // NFC
+        let decomposed = "cafe\u{301}"        // NFD: equal as Swift Strings, different bytes
+        #expect(composed == decomposed)
+        cache.store("k", "w", ["table": composed], plaintext: [7], version: 1)
+        #expect(cache.lookup("k", "w", ["table": decomposed]) == nil, "kmsd would refuse this context; the cache must not answer it")
+        #expect(cache.lookup("k", "w", ["table": composed])?.0 == [7])
+        // Field boundaries are length-prefixed: moving a character between key and value is another context.
+        cache.store("k", "w", ["ab": "c"], plaintext: [8], version: 1)
+        #expect(cache.lookup("k", "w", ["a": "bc"]) == nil)
+    }
+}
