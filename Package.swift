@@ -9,6 +9,48 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+/// The products kmsd uses from its package dependencies, by short name.
+enum External {
+    static let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
+    static let asyncHTTPClient: Target.Dependency = .product(name: "AsyncHTTPClient", package: "async-http-client")
+    static let coreMetrics: Target.Dependency = .product(name: "CoreMetrics", package: "swift-metrics")
+    static let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto")
+    static let grdb: Target.Dependency = .product(name: "GRDB", package: "GRDB.swift")
+    static let histogram: Target.Dependency = .product(name: "Histogram", package: "hdrhistogram-swift")
+    static let hummingbird: Target.Dependency = .product(name: "Hummingbird", package: "hummingbird")
+    static let hummingbirdCore: Target.Dependency = .product(name: "HummingbirdCore", package: "hummingbird")
+    static let hummingbirdTesting: Target.Dependency = .product(name: "HummingbirdTesting", package: "hummingbird")
+    static let hummingbirdTLS: Target.Dependency = .product(name: "HummingbirdTLS", package: "hummingbird")
+    static let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
+    static let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
+    static let nioFoundationCompat: Target.Dependency = .product(name: "NIOFoundationCompat", package: "swift-nio")
+    static let nioHTTP1: Target.Dependency = .product(name: "NIOHTTP1", package: "swift-nio")
+    static let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
+    static let nioSSL: Target.Dependency = .product(name: "NIOSSL", package: "swift-nio-ssl")
+    static let nioTLS: Target.Dependency = .product(name: "NIOTLS", package: "swift-nio")
+    static let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus")
+    static let serviceLifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+    static let swiftASN1: Target.Dependency = .product(name: "SwiftASN1", package: "swift-asn1")
+    static let unixSignals: Target.Dependency = .product(name: "UnixSignals", package: "swift-service-lifecycle")
+    static let x509: Target.Dependency = .product(name: "X509", package: "swift-certificates")
+    static let yams: Target.Dependency = .product(name: "Yams", package: "Yams")
+}
+
+/// A library target with the shared settings.
+func module(_ name: String, _ dependencies: [Target.Dependency]) -> Target {
+    .target(name: name, dependencies: dependencies, swiftSettings: swiftSettings)
+}
+
+/// An executable target with the shared settings.
+func executable(_ name: String, _ dependencies: [Target.Dependency]) -> Target {
+    .executableTarget(name: name, dependencies: dependencies, swiftSettings: swiftSettings)
+}
+
+/// A test target with the shared settings.
+func tests(_ name: String, _ dependencies: [Target.Dependency], resources: [Resource]? = nil) -> Target {
+    .testTarget(name: name, dependencies: dependencies, resources: resources, swiftSettings: swiftSettings)
+}
+
 let package = Package(
     name: "kmsd",
     platforms: [.macOS(.v15)],
@@ -54,225 +96,69 @@ let package = Package(
         .target(name: "CTLSOptions"),
         // A pass-through PKCS#11 module that injects faults on command (tests only).
         .target(name: "PKCS11FaultShim", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
-        .target(
-            name: "PKCS11",
-            dependencies: ["CPKCS11"],
-            swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "KMSCore",
-            dependencies: [
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        module("PKCS11", ["CPKCS11"]),
+        module("KMSCore", [External.crypto, External.logging]),
         // The YAML reader for kmsd's own files: the configuration and HSM profiles.
-        .target(
-            name: "KMSYAML",
-            dependencies: [.product(name: "Yams", package: "Yams")],
-            swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "KMSProviderPKCS11",
-            dependencies: [
-                "KMSCore", "PKCS11", "KMSYAML",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "KMSProviderVault",
-            dependencies: [
-                "KMSCore",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOFoundationCompat", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        module("KMSYAML", [External.yams]),
+        module("KMSProviderPKCS11", [
+            "KMSCore", "PKCS11", "KMSYAML", External.crypto, External.nioCore, External.nioPosix, External.logging
+        ]),
+        module("KMSProviderVault", [
+            "KMSCore", External.asyncHTTPClient, External.nioCore, External.nioHTTP1, External.nioFoundationCompat,
+            External.nioSSL, External.logging
+        ]),
         .target(name: "KMSAPI", swiftSettings: swiftSettings),
         // The hash-chained audit log, checkpoint signing and offline verification.
-        .target(
-            name: "KMSAudit",
-            dependencies: [
-                "KMSCore",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        module("KMSAudit", [
+            "KMSCore", External.crypto, External.logging, External.nioCore, External.nioPosix, External.nioSSL
+        ]),
         // Rotation planner and scheduler, usage counters and the embedded state store (SQLite through GRDB).
-        .target(
-            name: "KMSRotation",
-            dependencies: [
-                "KMSCore",
-                .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        module("KMSRotation", ["KMSCore", External.grdb, External.logging, External.serviceLifecycle]),
         // The operations under every front end: policy, limits, provider calls, audit records; no wire protocol.
-        .target(
-            name: "KMSService",
-            dependencies: [
-                "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit",
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "KMSServer",
-            dependencies: [
-                "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", "KMSService", "CTLSOptions",
-                .product(name: "CoreMetrics", package: "swift-metrics"),
-                .product(name: "NIOTLS", package: "swift-nio"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdCore", package: "hummingbird"),
-                .product(name: "HummingbirdTLS", package: "hummingbird"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
-                .product(name: "NIOFoundationCompat", package: "swift-nio"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "KMSDaemon",
-            dependencies: [
-                "KMSCore", "KMSAPI", "KMSServer", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation", "KMSAudit", "KMSYAML",
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        module("KMSService", [
+            "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", External.x509, External.swiftASN1, External.crypto,
+            External.logging
+        ]),
+        module("KMSServer", [
+            "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", "KMSService", "CTLSOptions", External.coreMetrics,
+            External.nioTLS, External.prometheus, External.hummingbird, External.hummingbirdCore, External.hummingbirdTLS,
+            External.nioCore, External.nioSSL, External.x509, External.swiftASN1, External.nioFoundationCompat,
+            External.crypto, External.logging
+        ]),
+        module("KMSDaemon", [
+            "KMSCore", "KMSAPI", "KMSServer", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",
+            "KMSAudit", "KMSYAML", External.x509, External.swiftASN1, External.crypto, External.logging,
+            External.serviceLifecycle, External.unixSignals
+        ]),
         // Development only: the dev PKI and `kmsd dev-init`'s files. The daemon's request path never imports it; the kmsd
         // executable links it for dev-init, tests and benchmarks for their fixtures.
-        .target(
-            name: "KMSDev",
-            dependencies: [
-                "KMSAudit",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "kmsd",
-            dependencies: [
-                "KMSDaemon", "KMSCore", "KMSDev",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "KMSClient",
-            dependencies: [
-                "KMSAPI",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOFoundationCompat", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "kmsctl",
-            dependencies: [
-                "KMSClient", "KMSAPI", "KMSAudit", "KMSCore", "KMSDaemon",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        module("KMSDev", ["KMSAudit", External.crypto, External.x509, External.swiftASN1]),
+        executable("kmsd", ["KMSDaemon", "KMSCore", "KMSDev", External.argumentParser, External.logging]),
+        module("KMSClient", [
+            "KMSAPI", External.asyncHTTPClient, External.nioCore, External.nioHTTP1, External.nioFoundationCompat,
+            External.nioSSL
+        ]),
+        executable("kmsctl", [
+            "KMSClient", "KMSAPI", "KMSAudit", "KMSCore", "KMSDaemon", External.logging, External.argumentParser
+        ]),
         // examples/storage-node: how a storage node uses KMSClient (built and run by the tests).
         .executableTarget(
-            name: "storage-node-example",
-            dependencies: [
-                "KMSClient", "KMSAPI",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            path: "examples/storage-node",
-            exclude: ["README.md"],
-            swiftSettings: swiftSettings
+            name: "storage-node-example", dependencies: ["KMSClient", "KMSAPI", External.crypto, External.argumentParser],
+            path: "examples/storage-node", exclude: ["README.md"], swiftSettings: swiftSettings
         ),
         // The transit-compatible development server (tests and development only; production uses a real Vault).
-        .target(
-            name: "VaultDev",
-            dependencies: [
-                "KMSCore",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdTLS", package: "hummingbird"),
-                .product(name: "HummingbirdCore", package: "hummingbird"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "vault-dev",
-            dependencies: [
-                "VaultDev",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "KMSTestSupport",
-            dependencies: [
-                "KMSCore", "PKCS11", "KMSService", "KMSRotation", "KMSAudit",
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "kms-probe",
-            dependencies: [
-                "KMSCore", "PKCS11", "KMSProviderPKCS11",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .executableTarget(
-            name: "kms-bench",
-            dependencies: [
-                "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSDaemon", "KMSAudit", "KMSDev",
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        module("VaultDev", [
+            "KMSCore", External.hummingbird, External.hummingbirdTLS, External.hummingbirdCore, External.nioSSL,
+            External.nioCore, External.crypto, External.logging
+        ]),
+        executable("vault-dev", ["VaultDev", External.argumentParser]),
+        module("KMSTestSupport", ["KMSCore", "PKCS11", "KMSService", "KMSRotation", "KMSAudit", External.crypto]),
+        executable("kms-probe", ["KMSCore", "PKCS11", "KMSProviderPKCS11", External.argumentParser]),
+        executable("kms-bench", [
+            "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSDaemon", "KMSAudit",
+            "KMSDev", External.histogram, External.asyncHTTPClient, External.nioCore, External.nioHTTP1, External.nioSSL,
+            External.argumentParser
+        ]),
         // libFuzzer targets (ci/fuzz builds them with -sanitize=fuzzer); normal builds replay the committed corpus.
         .target(name: "FuzzSupport", swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-envelope", dependencies: ["KMSCore", "FuzzSupport"], swiftSettings: swiftSettings),
@@ -280,86 +166,31 @@ let package = Package(
         .executableTarget(name: "fuzz-api-request", dependencies: ["KMSAPI", "KMSCore", "FuzzSupport"], swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-config", dependencies: ["KMSDaemon", "FuzzSupport"], swiftSettings: swiftSettings),
         // The service layer over an in-memory provider: no HSM, no HTTP.
-        .testTarget(
-            name: "KMSServiceTests",
-            dependencies: ["KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI"],
-            swiftSettings: swiftSettings
-        ),
+        tests("KMSServiceTests", ["KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI"]),
         // The HTTP routes through Hummingbird's test client over the in-memory provider: no HSM, no TLS, in parallel.
-        .testTarget(
-            name: "KMSServerTests",
-            dependencies: [
-                "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
-                .product(name: "NIOCore", package: "swift-nio"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        tests("KMSServerTests", [
+            "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI",
+            External.hummingbird, External.hummingbirdTesting, External.nioCore
+        ]),
         // KMSClient (retries, the DEK cache) against the real listener (mutual TLS) over the in-memory provider.
-        .testTarget(
-            name: "KMSClientTests",
-            dependencies: [
-                "KMSClient", "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSAPI", "KMSDev",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdCore", package: "hummingbird"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "PKCS11Tests",
-            dependencies: ["PKCS11", "CPKCS11", "KMSTestSupport"],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "KMSCoreTests",
-            dependencies: [
-                "KMSCore",
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
-            resources: [.copy("Vectors")],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "KMSProviderPKCS11Tests",
-            dependencies: ["KMSProviderPKCS11", "KMSCore", "PKCS11", "CPKCS11", "KMSTestSupport"],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "KMSDaemonTests",
-            dependencies: [
-                "KMSDaemon", "KMSDev", "KMSServer", "KMSService", "KMSAPI", "KMSCore", "KMSTestSupport", "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSAudit",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "KMSAuditTests",
-            dependencies: ["KMSAudit", "KMSCore", .product(name: "Crypto", package: "swift-crypto")],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "KMSRotationTests",
-            dependencies: ["KMSRotation", "KMSCore", "KMSTestSupport"],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "KMSProviderVaultTests",
-            dependencies: [
-                "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-            ],
-            swiftSettings: swiftSettings
-        ),
+        tests("KMSClientTests", [
+            "KMSClient", "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSAPI", "KMSDev",
+            External.hummingbird, External.hummingbirdCore, External.nioSSL
+        ]),
+        tests("PKCS11Tests", ["PKCS11", "CPKCS11", "KMSTestSupport"]),
+        tests("KMSCoreTests", ["KMSCore", External.crypto], resources: [.copy("Vectors")]),
+        tests("KMSProviderPKCS11Tests", ["KMSProviderPKCS11", "KMSCore", "PKCS11", "CPKCS11", "KMSTestSupport"]),
+        tests("KMSDaemonTests", [
+            "KMSDaemon", "KMSDev", "KMSServer", "KMSService", "KMSAPI", "KMSCore", "KMSTestSupport",
+            "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSAudit", External.hummingbird,
+            External.asyncHTTPClient, External.nioSSL, External.nioCore, External.nioHTTP1, External.serviceLifecycle,
+            External.x509, External.swiftASN1, External.crypto
+        ]),
+        tests("KMSAuditTests", ["KMSAudit", "KMSCore", External.crypto]),
+        tests("KMSRotationTests", ["KMSRotation", "KMSCore", "KMSTestSupport"]),
+        tests("KMSProviderVaultTests", [
+            "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev", External.crypto,
+            External.hummingbird
+        ]),
     ]
 )

@@ -72,15 +72,8 @@ public struct UnwrapResponse: Codable, Sendable, Equatable {
     }
 }
 
-public struct RewrapRequest: StrictRequest, Codable, Sendable, Equatable {
-    public var wrapped: String
-    public var context: [String: String]?
-    public init(wrapped: String, context: [String: String]? = nil) {
-        self.wrapped = wrapped
-        self.context = context
-    }
-    public enum CodingKeys: String, CodingKey, CaseIterable { case wrapped, context }
-}
+/// Rewrap takes what unwrap takes: the envelope and its context (which the new envelope keeps).
+public typealias RewrapRequest = UnwrapRequest
 
 public struct RewrapResponse: Codable, Sendable, Equatable {
     public var key: String

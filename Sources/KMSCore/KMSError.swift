@@ -6,64 +6,45 @@
 public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
     /// A stable error code. Its `rawValue` is the `code` field of the API's error body.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: String, Sendable {
-            case notFound = "not_found"
-            case alreadyExists = "already_exists"
-            case forbidden = "forbidden"
-            case invalidInput = "invalid_input"
-            case versionRetired = "version_retired"
-            case unavailable = "unavailable"
-            case conflict = "conflict"
-            case unsupported = "unsupported"
-            case `internal` = "internal"
-            case rotationRequired = "rotation_required"
-            case unauthenticated = "unauthenticated"
-            case rateLimited = "rate_limited"
-            case payloadTooLarge = "payload_too_large"
-            case auditUnavailable = "audit_unavailable"
-            case revocationUnavailable = "revocation_unavailable"
-        }
+        public let rawValue: String
+        private init(_ rawValue: String) { self.rawValue = rawValue }
 
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
-
-        public var rawValue: String { base.rawValue }
-        public var description: String { base.rawValue }
+        public var description: String { rawValue }
 
         /// The key or version does not exist (or was destroyed).
-        public static let notFound = Code(.notFound)
+        public static let notFound = Code("not_found")
         /// A key of that name already exists.
-        public static let alreadyExists = Code(.alreadyExists)
+        public static let alreadyExists = Code("already_exists")
         /// The caller may not use this key or operation.
-        public static let forbidden = Code(.forbidden)
+        public static let forbidden = Code("forbidden")
         /// The request or a wrapped key is malformed, was tampered with, or does not match its context.
-        public static let invalidInput = Code(.invalidInput)
+        public static let invalidInput = Code("invalid_input")
         /// The version is retired: it unwraps but no longer wraps.
-        public static let versionRetired = Code(.versionRetired)
+        public static let versionRetired = Code("version_retired")
         /// The backend cannot serve now (down, breaker open, pool exhausted, deadline passed). Retry later.
-        public static let unavailable = Code(.unavailable)
+        public static let unavailable = Code("unavailable")
         /// The operation conflicts with the key's state (e.g. retiring the only active version).
-        public static let conflict = Code(.conflict)
+        public static let conflict = Code("conflict")
         /// The backend cannot do this at all.
-        public static let unsupported = Code(.unsupported)
+        public static let unsupported = Code("unsupported")
         /// A bug or an unexpected backend answer.
-        public static let `internal` = Code(.internal)
+        public static let `internal` = Code("internal")
         /// The version reached its usage bound (`max_wraps`) and the key has not rotated yet: wrapping waits for the
         /// rotation, unwrapping continues. Retry later.
-        public static let rotationRequired = Code(.rotationRequired)
+        public static let rotationRequired = Code("rotation_required")
 
         // Codes only the service layer answers with (the front ends' error bodies use the same values).
 
         /// No usable client identity: no certificate, an expired or revoked one, or no admin credential.
-        public static let unauthenticated = Code(.unauthenticated)
+        public static let unauthenticated = Code("unauthenticated")
         /// The caller's request rate is over its limit.
-        public static let rateLimited = Code(.rateLimited)
+        public static let rateLimited = Code("rate_limited")
         /// The request body exceeds `limits.max_body_bytes`.
-        public static let payloadTooLarge = Code(.payloadTooLarge)
+        public static let payloadTooLarge = Code("payload_too_large")
         /// The audit log cannot take the operation's record; key operations are refused until it can.
-        public static let auditUnavailable = Code(.auditUnavailable)
+        public static let auditUnavailable = Code("audit_unavailable")
         /// The CRL for the caller's CA is past its `nextUpdate` plus the grace.
-        public static let revocationUnavailable = Code(.revocationUnavailable)
+        public static let revocationUnavailable = Code("revocation_unavailable")
     }
 
     public let code: Code

@@ -2,7 +2,7 @@
 ///
 /// 1 to 64 characters from `a-z A-Z 0-9 . _ -`, starting with a letter or digit. The limits keep names safe inside
 /// HSM labels (`kmsd/<name>/v<N>`), Vault paths and URLs without escaping.
-public struct KeyName: Hashable, Sendable, Comparable, CustomStringConvertible, Codable {
+public struct KeyName: Hashable, Sendable, Comparable, CustomStringConvertible, CheckedRawValue {
     public static let maxLength = 64
     public let rawValue: String
 
@@ -31,20 +31,10 @@ public struct KeyName: Hashable, Sendable, Comparable, CustomStringConvertible, 
 
     public var description: String { rawValue }
     public static func < (lhs: KeyName, rhs: KeyName) -> Bool { lhs.rawValue < rhs.rawValue }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        self = try KeyName(try container.decode(String.self))
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(rawValue)
-    }
 }
 
 /// A key version. Versions start at 1 and only grow, as in Vault transit.
-public struct KeyVersion: Hashable, Sendable, Comparable, CustomStringConvertible, Codable {
+public struct KeyVersion: Hashable, Sendable, Comparable, CustomStringConvertible, CheckedRawValue {
     public let rawValue: UInt32
 
     /// Throws `KMSError.invalidInput` for 0.
@@ -66,10 +56,19 @@ public struct KeyVersion: Hashable, Sendable, Comparable, CustomStringConvertibl
 
     public var description: String { "v\(rawValue)" }
     public static func < (lhs: KeyVersion, rhs: KeyVersion) -> Bool { lhs.rawValue < rhs.rawValue }
+}
 
+/// A value encoded as its raw value alone and checked again by its validating initialiser when decoded, so a
+/// decoded `KeyName` or `KeyVersion` obeys the same rules as one made in code.
+public protocol CheckedRawValue: Codable {
+    associatedtype Raw: Codable
+    var rawValue: Raw { get }
+    init(_ rawValue: Raw) throws(KMSError)
+}
+
+extension CheckedRawValue {
     public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        self = try KeyVersion(try container.decode(UInt32.self))
+        self = try Self(try decoder.singleValueContainer().decode(Raw.self))
     }
 
     public func encode(to encoder: any Encoder) throws {

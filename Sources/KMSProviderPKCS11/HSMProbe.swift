@@ -164,26 +164,17 @@ public enum HSMProbe {
     ) {
         let plaintext = (0..<32).map { UInt8($0) }
         let aad = Array("kmsd-probe".utf8)
-        var iv = [UInt8](repeating: 0, count: 12)
-        if profile.ivSource == .caller {
-            var generator = SystemRandomNumberGenerator()
-            for index in iv.indices { iv[index] = generator.next() }
-        }
+        var iv = profile.initialIV()
         let chosenIV = iv
-        var ciphertext = [UInt8](repeating: 0, count: plaintext.count + 16)
+        var ciphertext: [UInt8] = []
         let layout = profile.gcmLayout == .v240 ? "v2.40" : "v2.30"
         guard check("AES-GCM encrypt, \(layout) parameters, \(profile.ivSource.rawValue) IV", {
-            let written = try iv.withUnsafeMutableBytes { ivBuffer in
-                try aad.withUnsafeBytes { aadBuffer in
-                    try plaintext.withUnsafeBytes { input in
-                        try ciphertext.withUnsafeMutableBytes { output in
-                            try session.encryptGCM(key: kek, iv: ivBuffer, aad: aadBuffer, layout: profile.gcmLayout,
-                                                   plaintext: input, ciphertext: output)
-                        }
-                    }
-                }
+            ciphertext = try plaintext.withUnsafeBytes {
+                try session.encryptGCM(key: kek, iv: &iv, aad: aad, layout: profile.gcmLayout, plaintext: $0)
             }
-            guard written == ciphertext.count else { throw Failed(description: "\(written) bytes out, expected \(ciphertext.count)") }
+            guard ciphertext.count == plaintext.count + 16 else {
+                throw Failed(description: "\(ciphertext.count) bytes out, expected \(plaintext.count + 16)")
+            }
             switch profile.ivSource {
             case .caller:
                 guard iv == chosenIV else { throw Failed(description: "the token replaced kmsd's IV: the profile should say token") }
@@ -196,15 +187,8 @@ public enum HSMProbe {
 
         func decrypt(_ input: [UInt8]) throws -> [UInt8] {
             var output = [UInt8](repeating: 0, count: input.count)
-            let written = try iv.withUnsafeBytes { ivBuffer in
-                try aad.withUnsafeBytes { aadBuffer in
-                    try input.withUnsafeBytes { source in
-                        try output.withUnsafeMutableBytes { target in
-                            try session.decryptGCM(key: kek, iv: ivBuffer, aad: aadBuffer, layout: profile.gcmLayout,
-                                                   ciphertext: source, plaintext: target)
-                        }
-                    }
-                }
+            let written = try output.withUnsafeMutableBytes {
+                try session.decryptGCM(key: kek, iv: iv, aad: aad, layout: profile.gcmLayout, ciphertext: input, plaintext: $0)
             }
             return Array(output.prefix(written))
         }

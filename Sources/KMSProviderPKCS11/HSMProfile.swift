@@ -73,3 +73,16 @@ public struct HSMProfile: Sendable, Equatable {
         modulePaths: ["/usr/lib/softhsm/libsofthsm2.so"],
         badTagReturnValues: [PKCS11ReturnValue.encryptedDataInvalid, PKCS11ReturnValue.generalError])
 }
+
+extension HSMProfile {
+    /// The IV buffer for one AES-GCM encryption: 96 random bits from the system's CSPRNG when kmsd chooses the IV,
+    /// zeros for the token to overwrite when it does (`iv_source`).
+    func initialIV() -> [UInt8] {
+        var iv = [UInt8](repeating: 0, count: 12)
+        if ivSource == .caller {
+            var generator = SystemRandomNumberGenerator()
+            for index in iv.indices { iv[index] = generator.next() }
+        }
+        return iv
+    }
+}

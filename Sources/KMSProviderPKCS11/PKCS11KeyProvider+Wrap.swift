@@ -105,25 +105,12 @@ extension PKCS11KeyProvider {
     ) throws -> Envelope {
         let header = try EnvelopeHeader(provider: .pkcs11, keyName: record.name, version: record.version, keyID: record.keyID)
         let aad = header.additionalData(context: context)
-        var iv = [UInt8](repeating: 0, count: 12)
-        if profile.ivSource == .caller {
-            var generator = SystemRandomNumberGenerator()
-            for index in iv.indices { iv[index] = generator.next() }
+        var iv = profile.initialIV()
+        let ciphertext = try plaintext.withUnsafeBytes {
+            try session.encryptGCM(key: record.handle, iv: &iv, aad: aad, layout: profile.gcmLayout, plaintext: $0)
         }
-        var ciphertext = [UInt8](repeating: 0, count: plaintext.count + Envelope.tagLength)
-        let written = try iv.withUnsafeMutableBytes { ivBuffer in
-            try aad.withUnsafeBytes { aadBuffer in
-                try plaintext.withUnsafeBytes { input in
-                    try ciphertext.withUnsafeMutableBytes { output in
-                        try session.encryptGCM(
-                            key: record.handle, iv: ivBuffer, aad: aadBuffer, layout: profile.gcmLayout,
-                            plaintext: input, ciphertext: output)
-                    }
-                }
-            }
-        }
-        guard written == ciphertext.count else {
-            throw KMSError.internal("the HSM returned \(written) bytes of ciphertext; expected \(ciphertext.count)")
+        guard ciphertext.count == plaintext.count + Envelope.tagLength else {
+            throw KMSError.internal("the HSM returned \(ciphertext.count) bytes of ciphertext; expected \(plaintext.count + Envelope.tagLength)")
         }
         if profile.ivSource == .token && iv.allSatisfy({ $0 == 0 }) {
             throw KMSError.internal("the HSM profile says the token chooses the IV, but it returned none")
@@ -141,15 +128,8 @@ extension PKCS11KeyProvider {
         let expected = envelope.ciphertext.count - Envelope.tagLength
         var written = 0
         let scratch = try SecretBytes(count: envelope.ciphertext.count) { output in
-            written = try envelope.iv.withUnsafeBytes { ivBuffer in
-                try aad.withUnsafeBytes { aadBuffer in
-                    try envelope.ciphertext.withUnsafeBytes { input in
-                        try session.decryptGCM(
-                            key: record.handle, iv: ivBuffer, aad: aadBuffer, layout: profile.gcmLayout,
-                            ciphertext: input, plaintext: output)
-                    }
-                }
-            }
+            written = try session.decryptGCM(
+                key: record.handle, iv: envelope.iv, aad: aad, layout: profile.gcmLayout, ciphertext: envelope.ciphertext, plaintext: output)
         }
         guard written == expected else {
             throw KMSError.internal("the HSM returned \(written) bytes of plaintext; expected \(expected)")

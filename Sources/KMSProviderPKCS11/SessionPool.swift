@@ -129,21 +129,11 @@ final class SessionPool: Sendable {
         while true {
             attempt += 1
             let (lease, session) = try await acquire()
-            do {
-                let value = try await executor.run(timeout: configuration.callTimeout, whenOverrunEnds: overrunEnded(lease)) {
-                    try body(session)
-                }
-                release(lease, .reuse)
-                return value
-            } catch {
-                switch settle(lease, after: error) {
-                case .fail(let error):
-                    throw error
-                case .retryAfterRelogin(let otherwise):
-                    guard attempt < 2 else { throw otherwise }
-                    try await relogin()
-                }
+            let result = await Self.result {
+                try await executor.run(timeout: configuration.callTimeout, whenOverrunEnds: overrunEnded(lease)) { try body(session) }
             }
+            if case .done(let value) = try settle(lease, result, attempt: attempt) { return value }
+            try await relogin()
         }
     }
 
@@ -154,26 +144,40 @@ final class SessionPool: Sendable {
         while true {
             attempt += 1
             let (lease, session) = try acquireBlocking()
-            do {
-                let value = try executor.runBlocking(timeout: configuration.callTimeout, whenOverrunEnds: overrunEnded(lease)) {
-                    try body(session)
-                }
-                release(lease, .reuse)
-                return value
-            } catch {
-                switch settle(lease, after: error) {
-                case .fail(let error):
-                    throw error
-                case .retryAfterRelogin(let otherwise):
-                    guard attempt < 2 else { throw otherwise }
-                    try loggedIn(Result { try executor.runBlocking(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() } })
-                }
+            let result = Result {
+                try executor.runBlocking(timeout: configuration.callTimeout, whenOverrunEnds: overrunEnded(lease)) { try body(session) }
             }
+            if case .done(let value) = try settle(lease, result, attempt: attempt) { return value }
+            try loggedIn(Result { try executor.runBlocking(timeout: configuration.callTimeout) { [self] in try ensureLoggedIn() } })
         }
     }
 
     private func overrunEnded<T>(_ lease: SessionPoolStateMachine.Lease) -> @Sendable (Result<T, any Error>?) -> Void {
         { [self] _ in perform(state.withLock { $0.machine.lostCallEnded(lease) }) }
+    }
+
+    private enum Step<T> {
+        case done(T)
+        /// Log in again and try once more on another lease.
+        case retryAfterRelogin
+    }
+
+    /// Returns the lease after a call in it ended with `result`: the value, a retry after a new login (at most one),
+    /// or the error the caller gets.
+    private func settle<T>(_ lease: SessionPoolStateMachine.Lease, _ result: Result<T, any Error>, attempt: Int) throws -> Step<T> {
+        switch result {
+        case .success(let value):
+            release(lease, .reuse)
+            return .done(value)
+        case .failure(let error):
+            switch recovery(lease, after: error) {
+            case .fail(let error):
+                throw error
+            case .retryAfterRelogin(let otherwise):
+                guard attempt < 2 else { throw otherwise }
+                return .retryAfterRelogin
+            }
+        }
     }
 
     private enum Recovery {
@@ -183,7 +187,7 @@ final class SessionPool: Sendable {
     }
 
     /// Returns the lease after `body` failed with `error`, and says what the caller does next.
-    private func settle(_ lease: SessionPoolStateMachine.Lease, after error: any Error) -> Recovery {
+    private func recovery(_ lease: SessionPoolStateMachine.Lease, after error: any Error) -> Recovery {
         switch error {
         case is HSMDeadlineExceeded:
             state.withLock { $0.statistics.deadlineOverruns += 1 }

@@ -11,7 +11,7 @@ extension KMSServer {
     // MARK: - Storage nodes
 
     func datakey(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
-        let (name, dataKey) = try await service.dataKey(context.node, key: keyName(context)) {
+        let (name, dataKey) = try await service.dataKey(context.caller, key: keyName(context)) {
             try await decode(DataKeyRequest.self, request)
         }
         return try json(DataKeyResponse(
@@ -21,22 +21,21 @@ extension KMSServer {
     }
 
     func unwrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
-        let (name, result) = try await service.unwrap(context.node, key: keyName(context)) {
+        let (name, result) = try await service.unwrap(context.caller, key: keyName(context)) {
             try await decode(UnwrapRequest.self, request)
         }
         return try json(Self.unwrapResponse(name, result))
     }
 
     func rewrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
-        let (name, result) = try await service.rewrap(context.node, key: keyName(context)) {
-            let body = try await decode(RewrapRequest.self, request)
-            return UnwrapRequest(wrapped: body.wrapped, context: body.context)
+        let (name, result) = try await service.rewrap(context.caller, key: keyName(context)) {
+            try await decode(RewrapRequest.self, request)
         }
         return try json(Self.rewrapResponse(name, result))
     }
 
     func batchUnwrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
-        let (name, answers) = try await service.unwrapBatch(context.node, key: keyName(context)) {
+        let (name, answers) = try await service.unwrapBatch(context.caller, key: keyName(context)) {
             try await decode(BatchRequest.self, request)
         }
         return try json(BatchUnwrapResponse(items: answers.map { result, error in
@@ -45,7 +44,7 @@ extension KMSServer {
     }
 
     func batchRewrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
-        let (name, answers) = try await service.rewrapBatch(context.node, key: keyName(context)) {
+        let (name, answers) = try await service.rewrapBatch(context.caller, key: keyName(context)) {
             try await decode(BatchRequest.self, request)
         }
         return try json(BatchRewrapResponse(items: answers.map { result, error in
@@ -78,24 +77,24 @@ extension KMSServer {
     }
 
     func listKeys(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let keys = try await service.listKeys(context.admin)
+        let keys = try await service.listKeys(context.caller)
         return try json(KeyListBody(keys: keys.map { KeyListBody.Entry(name: $0.name.rawValue, provider: $0.providerName) }))
     }
 
     func showKey(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let (key, description) = try await service.describeKey(context.admin, key: keyName(context))
+        let (key, description) = try await service.describeKey(context.caller, key: keyName(context))
         return try json(body(key.name, key.providerName, description))
     }
 
     func createKey(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let (key, description) = try await service.createKey(context.admin) {
+        let (key, description) = try await service.createKey(context.caller) {
             try await decode(CreateKeyRequest.self, request)
         }
         return try json(body(key.name, key.providerName, description), status: .created)
     }
 
     func rotate(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let (key, outcome) = try await service.rotate(context.admin, key: keyName(context)) {
+        let (key, outcome) = try await service.rotate(context.caller, key: keyName(context)) {
             try await decode(RotateRequest.self, request)
         }
         return try json(RotateResponse(
@@ -106,7 +105,7 @@ extension KMSServer {
 
     func retire(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         let (key, description) = try await service.retire(
-            context.admin, key: keyName(context), version: context.parameters.get("version")
+            context.caller, key: keyName(context), version: context.parameters.get("version")
         ) {
             try await decode(RetireRequest.self, request)
         }
@@ -114,7 +113,7 @@ extension KMSServer {
     }
 
     func versions(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let (key, configured, entries) = try await service.versions(context.admin, key: keyName(context))
+        let (key, configured, entries) = try await service.versions(context.caller, key: keyName(context))
         return try json(VersionsBody(
             name: key.name.rawValue, provider: key.providerName,
             retireQuietPeriodSeconds: Int(configured.policy.retireQuietPeriod), versions: entries.map {
@@ -127,7 +126,7 @@ extension KMSServer {
     }
 
     func schedule(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let (now, entries) = try await service.schedule(context.admin)
+        let (now, entries) = try await service.schedule(context.caller)
         return try json(ScheduleBody(keys: entries.map { entry in
             ScheduleBody.Entry(
                 key: entry.key.rawValue, provider: entry.providerName, latestVersion: entry.latestVersion?.rawValue,
@@ -143,7 +142,7 @@ extension KMSServer {
     static func time(_ date: Date) -> String { date.formatted(.iso8601) }
 
     func status(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let status = try await service.status(context.admin)
+        let status = try await service.status(context.caller)
         let providers = status.providers.map(Self.providerBody)
         return try json(StatusBody(mode: status.mode, ready: providers.allSatisfy { $0.state == "ok" }, providers: providers,
                                    securityEvents: status.events))

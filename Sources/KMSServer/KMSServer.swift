@@ -27,31 +27,39 @@ public struct KMSRequestContext: RequestContext {
     }
 }
 
-/// The context of the storage-node routes: it exists only once the connection's certificate authenticated a node
-/// for this request, so no handler on these routes can run for anyone else.
-public struct NodeRequestContext: ChildRequestContext {
+/// The context of the node or admin routes: it exists only once the caller was authenticated for this request as a
+/// `Caller` (a storage node by its certificate, an administrator by an admin certificate or token), so no handler on
+/// those routes can run for anyone else.
+public struct AuthenticatedRequestContext<Caller: AuthenticatedCaller>: ChildRequestContext {
     public var coreContext: CoreRequestContextStorage
-    public let node: KMSService.Node
+    public let caller: Caller
 
     public init(context: KMSRequestContext) throws {
         guard let service = context.service else { throw APIError(.internal, .internal, "the route has no service") }
-        node = try service.authenticateNode(context.peer)
+        caller = try Caller.authenticate(context, by: service)
         coreContext = context.coreContext
     }
 }
 
-/// The context of the admin routes: it exists only once an admin certificate or admin token authenticated an
-/// administrator for this request.
-public struct AdminRequestContext: ChildRequestContext {
-    public var coreContext: CoreRequestContextStorage
-    public let admin: KMSService.Administrator
+/// Who a route group admits, and how the service authenticates them from a request's context.
+public protocol AuthenticatedCaller: Sendable {
+    static func authenticate(_ context: KMSRequestContext, by service: KMSService) throws -> Self
+}
 
-    public init(context: KMSRequestContext) throws {
-        guard let service = context.service else { throw APIError(.internal, .internal, "the route has no service") }
-        admin = try service.authenticateAdmin(context.peer, bearerToken: context.bearerToken)
-        coreContext = context.coreContext
+extension KMSService.Node: AuthenticatedCaller {
+    public static func authenticate(_ context: KMSRequestContext, by service: KMSService) throws -> Self {
+        try service.authenticateNode(context.peer)
     }
 }
+
+extension KMSService.Administrator: AuthenticatedCaller {
+    public static func authenticate(_ context: KMSRequestContext, by service: KMSService) throws -> Self {
+        try service.authenticateAdmin(context.peer, bearerToken: context.bearerToken)
+    }
+}
+
+public typealias NodeRequestContext = AuthenticatedRequestContext<KMSService.Node>
+public typealias AdminRequestContext = AuthenticatedRequestContext<KMSService.Administrator>
 
 /// kmsd's own API is a front end: a service error is answered as `{"error":{"code","message"}}` with its HTTP status;
 /// 503 and 429 carry `Retry-After`.

@@ -11,3 +11,15 @@ public func errorCode(_ body: () async throws -> Void) async -> KMSError.Code? {
         return .internal
     }
 }
+
+/// Asks `condition` every `interval` until it holds or `timeout` has passed; returns whether it held. For waiting on
+/// a recovery whose timing the test does not control (a backend coming back).
+public func eventually(within timeout: Duration, every interval: Duration = .milliseconds(20),
+                       _ condition: () async throws -> Bool) async throws -> Bool {
+    let start = ContinuousClock.now
+    while true {
+        if try await condition() { return true }
+        if ContinuousClock.now - start >= timeout { return false }
+        try await Task.sleep(for: interval)
+    }
+}

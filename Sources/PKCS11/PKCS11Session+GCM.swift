@@ -21,12 +21,7 @@ extension PKCS11Session {
         layout: GCMParameterLayout, plaintext: UnsafeRawBufferPointer, ciphertext: UnsafeMutableRawBufferPointer
     ) throws -> Int {
         try withGCMMechanism(iv: iv.baseAddress, ivLength: iv.count, aad: aad, tagBits: tagBits, layout: layout) { mechanism in
-            try module.call(\.C_EncryptInit, "C_EncryptInit") { $0(handle, mechanism, key) }
-            var length = CK_ULONG(ciphertext.count)
-            let input = UnsafeMutablePointer(mutating: plaintext.bindMemory(to: CK_BYTE.self).baseAddress)
-            let output = ciphertext.bindMemory(to: CK_BYTE.self).baseAddress
-            try module.call(\.C_Encrypt, "C_Encrypt") { $0(handle, input, CK_ULONG(plaintext.count), output, &length) }
-            return Int(length)
+            try singlePart((\.C_EncryptInit, "C_EncryptInit"), (\.C_Encrypt, "C_Encrypt"), mechanism, key, plaintext, ciphertext)
         }
     }
 
@@ -41,12 +36,55 @@ extension PKCS11Session {
     ) throws -> Int {
         let ivPointer = UnsafeMutableRawPointer(mutating: iv.baseAddress)
         return try withGCMMechanism(iv: ivPointer, ivLength: iv.count, aad: aad, tagBits: tagBits, layout: layout) { mechanism in
-            try module.call(\.C_DecryptInit, "C_DecryptInit") { $0(handle, mechanism, key) }
-            var length = CK_ULONG(plaintext.count)
-            let input = UnsafeMutablePointer(mutating: ciphertext.bindMemory(to: CK_BYTE.self).baseAddress)
-            let output = plaintext.bindMemory(to: CK_BYTE.self).baseAddress
-            try module.call(\.C_Decrypt, "C_Decrypt") { $0(handle, input, CK_ULONG(ciphertext.count), output, &length) }
-            return Int(length)
+            try singlePart((\.C_DecryptInit, "C_DecryptInit"), (\.C_Decrypt, "C_Decrypt"), mechanism, key, ciphertext, plaintext)
+        }
+    }
+
+    /// One single-part operation: `start` (`C_EncryptInit`, `C_DecryptInit`) with `mechanism` and `key`, then `run`
+    /// (`C_Encrypt`, `C_Decrypt`) from `input` into `output`. Returns the number of bytes written.
+    private func singlePart(
+        _ start: (KeyPath<CK_FUNCTION_LIST, CK_C_EncryptInit?>, StaticString),
+        _ run: (KeyPath<CK_FUNCTION_LIST, CK_C_Encrypt?>, StaticString),
+        _ mechanism: UnsafeMutablePointer<CK_MECHANISM>, _ key: ObjectHandle,
+        _ input: UnsafeRawBufferPointer, _ output: UnsafeMutableRawBufferPointer
+    ) throws -> Int {
+        try module.call(start.0, start.1) { $0(handle, mechanism, key) }
+        var length = CK_ULONG(output.count)
+        let source = UnsafeMutablePointer(mutating: input.bindMemory(to: CK_BYTE.self).baseAddress)
+        let target = output.bindMemory(to: CK_BYTE.self).baseAddress
+        try module.call(run.0, run.1) { $0(handle, source, CK_ULONG(input.count), target, &length) }
+        return Int(length)
+    }
+}
+
+extension PKCS11Session {
+    /// `encryptGCM` with the IV and AAD as arrays: returns what the module wrote, ciphertext‖tag (which should be
+    /// `plaintext.count + 16` bytes; the caller checks). A token that chooses the IV writes it into `iv`.
+    public func encryptGCM(
+        key: ObjectHandle, iv: inout [UInt8], aad: [UInt8], layout: GCMParameterLayout, plaintext: UnsafeRawBufferPointer
+    ) throws -> [UInt8] {
+        var ciphertext = [UInt8](repeating: 0, count: plaintext.count + 16)
+        let written = try iv.withUnsafeMutableBytes { ivBuffer in
+            try aad.withUnsafeBytes { aadBuffer in
+                try ciphertext.withUnsafeMutableBytes { output in
+                    try encryptGCM(key: key, iv: ivBuffer, aad: aadBuffer, layout: layout, plaintext: plaintext, ciphertext: output)
+                }
+            }
+        }
+        return Array(ciphertext.prefix(written))
+    }
+
+    /// `decryptGCM` with the IV, AAD and ciphertext as arrays; returns the number of bytes written to `plaintext`.
+    public func decryptGCM(
+        key: ObjectHandle, iv: [UInt8], aad: [UInt8], layout: GCMParameterLayout, ciphertext: [UInt8],
+        plaintext: UnsafeMutableRawBufferPointer
+    ) throws -> Int {
+        try iv.withUnsafeBytes { ivBuffer in
+            try aad.withUnsafeBytes { aadBuffer in
+                try ciphertext.withUnsafeBytes { input in
+                    try decryptGCM(key: key, iv: ivBuffer, aad: aadBuffer, layout: layout, ciphertext: input, plaintext: plaintext)
+                }
+            }
         }
     }
 }

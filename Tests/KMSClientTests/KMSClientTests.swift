@@ -18,14 +18,13 @@ import Testing
 final class TLSServerFixture: Sendable {
     let base: InMemoryService
     let directory: URL
-    let port: Int
-    private let task: Task<Void, any Error>
+    let server: ServerTask
+    var port: Int { server.port }
 
-    private init(base: InMemoryService, directory: URL, port: Int, task: Task<Void, any Error>) {
+    private init(base: InMemoryService, directory: URL, server: ServerTask) {
         self.base = base
         self.directory = directory
-        self.port = port
-        self.task = task
+        self.server = server
     }
 
     static func start() async throws -> TLSServerFixture {
@@ -47,18 +46,15 @@ final class TLSServerFixture: Sendable {
         let limit = ConnectionLimit(ConnectionPolicy(
             maxConnections: 64, maxPerSource: 64, maxUnauthenticated: 16, maxUnauthenticatedPerSource: 16,
             handshakeTimeout: .seconds(5), idleTimeout: .seconds(30), maxAge: .seconds(300), authenticates: true), events: server.events)
-        let bound = AsyncStream<Int>.makeStream()
-        let app = Application(
-            router: server.router(), server: .http1(tls: try TLSContextBox(tls), limit: limit),
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in bound.continuation.yield(channel.localAddress?.port ?? 0) })
-        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-        var iterator = bound.stream.makeAsyncIterator()
-        guard let port = await iterator.next(), port > 0 else {
-            task.cancel()
-            throw KMSError.unavailable("the test server did not start")
+        let box = try TLSContextBox(tls)
+        let running = try await ServerTask.start { bound in
+            try await Application(
+                router: server.router(), server: .http1(tls: box, limit: limit),
+                configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                onServerRunning: { channel in bound(channel.localAddress?.port ?? 0) }
+            ).runService(gracefulShutdownSignals: [])
         }
-        return TLSServerFixture(base: base, directory: directory, port: port, task: task)
+        return TLSServerFixture(base: base, directory: directory, server: running)
     }
 
     func client(_ identity: String, retries: Int = 0, cache: DEKCache.Limits? = nil) throws -> KMSClient {
@@ -68,8 +64,7 @@ final class TLSServerFixture: Sendable {
     }
 
     func stop() async {
-        task.cancel()
-        _ = await task.result
+        await server.stop()
     }
 }
 

@@ -117,12 +117,9 @@ struct APITests {
             #expect(refused.errorCode == "unavailable")
             #expect(try await kmsd.call(admin, "GET", "/v1/health/ready").status == 503)
             try kmsd.shim.clear()
-            var recovered = false
-            for _ in 0..<100 where !recovered {
-                recovered = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200
-                if !recovered { try await Task.sleep(for: .milliseconds(30)) }
-            }
-            #expect(recovered)
+            #expect(try await eventually(within: .seconds(3)) {
+                try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200
+            })
             #expect(try await kmsd.call(admin, "GET", "/v1/health/ready").status == 200)
             await shutdown(node, admin)
         }

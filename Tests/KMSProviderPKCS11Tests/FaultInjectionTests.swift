@@ -272,15 +272,9 @@ struct FaultInjectionTests {
 
         try shim.clear()
         let cleared = ContinuousClock.now
-        var recovered = false
-        while ContinuousClock.now - cleared < .seconds(3) {
-            if await errorCode({ _ = try await provider.generateDataKey(orders, context: [:]) }) == nil {
-                recovered = true
-                break
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        #expect(recovered)
+        #expect(try await eventually(within: .seconds(3)) {
+            await errorCode { _ = try await provider.generateDataKey(orders, context: [:]) } == nil
+        })
         #expect(ContinuousClock.now - cleared < .seconds(2))
         #expect(await provider.health().state == .ok)
         await provider.shutdown()

@@ -156,13 +156,9 @@ struct ProviderContractTests {
             }
             #expect(await provider.health().state == .unavailable)
             try await subject.bringBack()
-            let back = ContinuousClock.now
-            var recovered = false
-            while !recovered && ContinuousClock.now - back < .seconds(3) {
-                recovered = await errorCode({ _ = try await provider.unwrap(orders, wrapped: before.wrapped, context: context) }) == nil
-                if !recovered { try await Task.sleep(for: .milliseconds(20)) }
-            }
-            #expect(recovered)
+            #expect(try await eventually(within: .seconds(3)) {
+                await errorCode { _ = try await provider.unwrap(orders, wrapped: before.wrapped, context: context) } == nil
+            })
             #expect(await provider.health().state == .ok)
         }
     }

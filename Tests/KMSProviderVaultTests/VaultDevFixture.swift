@@ -3,6 +3,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import KMSCore
+import KMSTestSupport
 @testable import KMSProviderVault
 import Synchronization
 import VaultDev
@@ -12,29 +13,25 @@ final class InProcessVaultDev: Sendable {
     let address: String
     let rootToken: String
     let unsealKey: String
-    private let task: Task<Void, any Error>
+    private let server: ServerTask
 
-    private init(address: String, rootToken: String, unsealKey: String, task: Task<Void, any Error>) {
+    private init(address: String, rootToken: String, unsealKey: String, server: ServerTask) {
         self.address = address
         self.rootToken = rootToken
         self.unsealKey = unsealKey
-        self.task = task
+        self.server = server
     }
 
     static func start() async throws -> InProcessVaultDev {
-        let server = try VaultDevServer(.init(port: 0))
-        let (stream, continuation) = AsyncStream<Int>.makeStream()
-        let task = Task { try await server.run { port in continuation.yield(port) } }
-        var iterator = stream.makeAsyncIterator()
-        guard let port = await iterator.next() else { throw VaultDevError("vault-dev did not start") }
+        let vault = try VaultDevServer(.init(port: 0))
+        let server = try await ServerTask.start { bound in try await vault.run { bound($0) } }
         return InProcessVaultDev(
-            address: "http://127.0.0.1:\(port)", rootToken: server.configuration.rootToken,
-            unsealKey: server.configuration.unsealKey, task: task)
+            address: "http://127.0.0.1:\(server.port)", rootToken: vault.configuration.rootToken,
+            unsealKey: vault.configuration.unsealKey, server: server)
     }
 
     func stop() async {
-        task.cancel()
-        _ = try? await task.value
+        await server.stop()
     }
 
     /// A raw call with the root token, for setting the server up (AppRole roles, sealing) the way an operator would.

@@ -106,12 +106,9 @@ struct VaultTransitProviderTests {
         sealed.value = false
         try await vault.unseal()
         let unsealedAt = ContinuousClock.now
-        var recovered = false
-        while ContinuousClock.now - unsealedAt < .seconds(3) {
-            if await errorCode({ _ = try await provider.generateDataKey(orders, context: [:]) }) == nil {
-                recovered = true
-                break
-            }
+        // Polled without a pause: the load keeps running meanwhile, and its outcomes are what the test checks.
+        let recovered = try await eventually(within: .seconds(3), every: .zero) {
+            await errorCode { _ = try await provider.generateDataKey(orders, context: [:]) } == nil
         }
         stop.value = true
         await load.value
@@ -145,12 +142,9 @@ struct VaultTransitProviderTests {
         #expect(ContinuousClock.now - started < .seconds(5))
 
         try vault.restart()
-        var recovered = false
-        for _ in 0..<60 where !recovered {
-            recovered = await errorCode({ _ = try await provider.generateDataKey(orders, context: [:]) }) == nil
-            if !recovered { try await Task.sleep(for: .milliseconds(50)) }
-        }
-        #expect(recovered)
+        #expect(try await eventually(within: .seconds(3), every: .milliseconds(50)) {
+            await errorCode { _ = try await provider.generateDataKey(orders, context: [:]) } == nil
+        })
         #expect(try await provider.unwrap(orders, wrapped: before.wrapped, context: ["t": "1"]).plaintext == before.plaintext)
         await provider.shutdown()
         vault.kill()

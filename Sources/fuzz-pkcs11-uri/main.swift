@@ -16,7 +16,4 @@ let fuzzPKCS11URI: FuzzTarget = { start, count in
 @_cdecl("LLVMFuzzerTestOneInput")
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzPKCS11URI(data, size) }
 
-@main
-struct Fuzz {
-    static func main() throws { try fuzzMain(fuzzPKCS11URI) }
-}
+try fuzzMain(fuzzPKCS11URI)

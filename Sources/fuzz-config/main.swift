@@ -15,7 +15,4 @@ let fuzzConfiguration: FuzzTarget = { start, count in
 @_cdecl("LLVMFuzzerTestOneInput")
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzConfiguration(data, size) }
 
-@main
-struct Fuzz {
-    static func main() throws { try fuzzMain(fuzzConfiguration) }
-}
+try fuzzMain(fuzzConfiguration)

@@ -30,7 +30,4 @@ let fuzzAPIRequest: FuzzTarget = { start, count in
 @_cdecl("LLVMFuzzerTestOneInput")
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzAPIRequest(data, size) }
 
-@main
-struct Fuzz {
-    static func main() throws { try fuzzMain(fuzzAPIRequest) }
-}
+try fuzzMain(fuzzAPIRequest)

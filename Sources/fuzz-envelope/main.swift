@@ -16,7 +16,4 @@ let fuzzEnvelope: FuzzTarget = { start, count in
 @_cdecl("LLVMFuzzerTestOneInput")
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzEnvelope(data, size) }
 
-@main
-struct Fuzz {
-    static func main() throws { try fuzzMain(fuzzEnvelope) }
-}
+try fuzzMain(fuzzEnvelope)
