@@ -1,4 +1,3 @@
-import Dispatch
 import KMSCore
 import Logging
 import PKCS11
@@ -46,7 +45,7 @@ final class SessionPool: Sendable {
         var highWaterMark = 0
     }
 
-    private struct State {
+    struct State {
         var machine: SessionPoolStateMachine
         var sessions: [SessionPoolStateMachine.SessionID: PKCS11Session] = [:]
         var waiters: [SessionPoolStateMachine.WaiterID: @Sendable (SessionPoolStateMachine.LeaseDecision) -> Void] = [:]
@@ -66,15 +65,15 @@ final class SessionPool: Sendable {
         var pin: SecretBytes
         var rejected: PKCS11Error?
     }
-    private let executor: HSMExecutor
-    private let logger: Logger
-    private let state: Mutex<State>
+    let executor: HSMExecutor
+    let logger: Logger
+    let state: Mutex<State>
     /// The anchor session; guarded by its own lock, held only on executor threads while (re)logging in.
     private let anchor = Mutex<PKCS11Session?>(nil)
-    private let onDeviceLoss: @Sendable (PKCS11Error) -> Void
+    let onDeviceLoss: @Sendable (PKCS11Error) -> Void
     private let onPINRejected: @Sendable (PKCS11Error) -> Void
     /// Closes scheduled but not yet done; they use the library too, so reconnecting waits for them.
-    private let pendingCloses = Atomic<Int>(0)
+    let pendingCloses = Atomic<Int>(0)
 
     init(
         module: PKCS11Module, slot: SlotID, pin: SecretBytes, configuration: Configuration, executor: HSMExecutor,
@@ -216,241 +215,6 @@ final class SessionPool: Sendable {
         }
     }
 
-    // MARK: - Leasing
-
-    private func acquire() async throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
-        let (waiterID, deadline, fast) = requestLease()
-        let decision = if case .wait = fast { await wait(waiterID, deadline: deadline) } else { fast }
-        if case .open(let generation) = decision {
-            let opened = await Self.result { try await executor.run(timeout: configuration.callTimeout, whenOverrunEnds: closeLateSession) {
-                [self] in try openLoggedInSession()
-            } }
-            if let lease = try adopt(opened, generation: generation) { return lease }
-            return try await acquire()
-        }
-        return try leased(decision)
-    }
-
-    private func acquireBlocking() throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
-        let (waiterID, deadline, fast) = requestLease()
-        let decision = if case .wait = fast { waitBlocking(waiterID, deadline: deadline) } else { fast }
-        if case .open(let generation) = decision {
-            let opened = Result { try executor.runBlocking(timeout: configuration.callTimeout, whenOverrunEnds: closeLateSession) {
-                [self] in try openLoggedInSession()
-            } }
-            if let lease = try adopt(opened, generation: generation) { return lease }
-            return try acquireBlocking()
-        }
-        return try leased(decision)
-    }
-
-    /// Fast path: an idle session or free capacity, without waiting.
-    private func requestLease() -> (Int, ContinuousClock.Instant, SessionPoolStateMachine.LeaseDecision) {
-        let deadline = configuration.clock.now + configuration.checkoutWait
-        return state.withLock { state in
-            state.nextID += 1
-            return (state.nextID, deadline, state.machine.requestLease(state.nextID, deadline: deadline, mayWait: false))
-        }
-    }
-
-    /// The leased session of a `.use` decision, or the error a failed decision stands for.
-    private func leased(_ decision: SessionPoolStateMachine.LeaseDecision) throws -> (SessionPoolStateMachine.Lease, PKCS11Session) {
-        switch decision {
-        case .use(let lease):
-            guard let session = state.withLock({ $0.sessions[lease.id] }) else {
-                // Unreachable by the state machine's rules; fail closed rather than trap.
-                throw KMSError.internal("session pool lost track of a session")
-            }
-            return (lease, session)
-        case .open, .wait:
-            throw KMSError.internal("session pool resumed a waiter without a decision")
-        case .fail(let reason):
-            switch reason {
-            case .timedOut:
-                state.withLock { $0.statistics.checkoutTimeouts += 1 }
-                throw KMSError.unavailable(
-                    "no HSM session became free in time", detail: "checkout wait \(configuration.checkoutWait) passed")
-            case .tooManyWaiters:
-                throw KMSError.unavailable("too many requests are waiting for an HSM session")
-            case .shuttingDown:
-                throw KMSError.unavailable("the HSM provider is shutting down")
-            case .cancelled:
-                throw CancellationError()
-            case .suspended:
-                throw KMSError.unavailable("the HSM connection was lost; kmsd is reconnecting")
-            }
-        }
-    }
-
-    private func wait(_ waiterID: Int, deadline: ContinuousClock.Instant) async -> SessionPoolStateMachine.LeaseDecision {
-        let timer = Task { [self] in
-            try await configuration.clock.sleep(until: deadline)
-            perform(state.withLock { $0.machine.expireWaiters(now: configuration.clock.now) })
-        }
-        defer { timer.cancel() }
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                enqueue(waiterID, deadline: deadline) { continuation.resume(returning: $0) }
-            }
-        } onCancel: { [self] in
-            perform(state.withLock { $0.machine.cancelWaiter(waiterID) })
-        }
-    }
-
-    /// `wait` on a thread that may block: the thread itself expires the waiters once the deadline has passed.
-    private func waitBlocking(_ waiterID: Int, deadline: ContinuousClock.Instant) -> SessionPoolStateMachine.LeaseDecision {
-        let decision = Mutex<SessionPoolStateMachine.LeaseDecision?>(nil)
-        let resumed = DispatchSemaphore(value: 0)
-        enqueue(waiterID, deadline: deadline) { value in
-            decision.withLock { $0 = value }
-            resumed.signal()
-        }
-        // Waits in slices of at most 10 ms, reading the pool's clock between them (which a test moves by hand).
-        while resumed.wait(timeout: .now() + Self.dispatchInterval(min(.milliseconds(10), configuration.clock.now.duration(to: deadline))))
-            == .timedOut
-        {
-            guard configuration.clock.now >= deadline else { continue }
-            // Resumes this waiter with `.timedOut` unless a decision came first; either way the signal follows.
-            perform(state.withLock { $0.machine.expireWaiters(now: configuration.clock.now) })
-            resumed.wait()
-            break
-        }
-        return decision.withLock { $0 } ?? .fail(.timedOut)
-    }
-
-    private static func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
-        let (seconds, attoseconds) = duration.components
-        return .nanoseconds(max(0, Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000)))
-    }
-
-    /// Registers a waiter, or resumes it at once when a decision is already possible.
-    private func enqueue(
-        _ waiterID: Int, deadline: ContinuousClock.Instant, resume: @escaping @Sendable (SessionPoolStateMachine.LeaseDecision) -> Void
-    ) {
-        let immediate: SessionPoolStateMachine.LeaseDecision? = state.withLock { state in
-            let decision = state.machine.requestLease(waiterID, deadline: deadline)
-            if case .wait = decision {
-                state.waiters[waiterID] = resume
-                return nil
-            }
-            return decision
-        }
-        if let immediate { resume(immediate) }
-    }
-
-    /// Opens a session and makes sure it is logged in. Runs on an executor thread (it blocks).
-    private func openLoggedInSession() throws -> PKCS11Session {
-        let session = try module.openSession(slot)
-        do {
-            if configuration.loginEachSession {
-                try ensureLoggedIn()
-                do {
-                    try login(session)
-                } catch let error as PKCS11Error where error.returnValue == PKCS11ReturnValue.userAlreadyLoggedIn {
-                    // Logged in through the application-wide state after all.
-                }
-            } else if try !session.info().isUserLoggedIn {
-                try ensureLoggedIn()
-            }
-        } catch {
-            try? session.close()
-            throw error
-        }
-        return session
-    }
-
-    private static func result<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
-        do { return .success(try await body()) } catch { return .failure(error) }
-    }
-
-    private var closeLateSession: @Sendable (Result<PKCS11Session, any Error>?) -> Void {
-        { late in if case .success(let session)? = late { try? session.close() } }
-    }
-
-    /// Takes a session opened for capacity the state machine reserved. Returns nil when the generation changed
-    /// meanwhile: the session is closed and the caller asks again.
-    private func adopt(
-        _ opened: Result<PKCS11Session, any Error>, generation: Int
-    ) throws -> (SessionPoolStateMachine.Lease, PKCS11Session)? {
-        let session: PKCS11Session
-        do {
-            session = try opened.get()
-        } catch {
-            perform(state.withLock { $0.machine.openFailed() })
-            if let error = error as? PKCS11Error, error.isDeviceGone { onDeviceLoss(error) }
-            throw mapOpenError(error)
-        }
-        let lease: SessionPoolStateMachine.Lease? = state.withLock { state in
-            state.nextID += 1
-            let id = state.nextID
-            guard let lease = state.machine.sessionOpened(id, generation: generation) else { return nil }
-            state.sessions[id] = session
-            state.statistics.sessionsOpened += 1
-            state.statistics.highWaterMark = max(state.statistics.highWaterMark, state.machine.sessionCount)
-            return lease
-        }
-        guard let lease else {
-            close([session])
-            return nil
-        }
-        return (lease, session)
-    }
-
-    private func mapOpenError(_ error: any Error) -> any Error {
-        switch error {
-        case is HSMDeadlineExceeded:
-            return KMSError.unavailable("the HSM did not answer in time", detail: "opening a session overran its deadline")
-        case let error as PKCS11Error where error.rejectsPIN:
-            return Self.pinRefusal(error)
-        case let error as PKCS11Error:
-            return KMSError.unavailable("cannot open an HSM session", detail: error.description)
-        default:
-            return error
-        }
-    }
-
-    private func release(_ lease: SessionPoolStateMachine.Lease, _ disposition: SessionPoolStateMachine.Disposition) {
-        perform(state.withLock { $0.machine.release(lease, disposition) })
-    }
-
-    /// Carries out state-machine actions outside the lock. Closing happens on an executor thread.
-    private func perform(_ actions: [SessionPoolStateMachine.Action]) {
-        guard !actions.isEmpty else { return }
-        var toClose: [PKCS11Session] = []
-        var toResume: [(@Sendable (SessionPoolStateMachine.LeaseDecision) -> Void, SessionPoolStateMachine.LeaseDecision)] = []
-        state.withLock { state in
-            for action in actions {
-                switch action {
-                case .close(let id):
-                    if let session = state.sessions.removeValue(forKey: id) {
-                        toClose.append(session)
-                        state.statistics.sessionsClosed += 1
-                    }
-                case .forget(let id):
-                    state.sessions[id] = nil
-                case .resume(let waiter, let decision):
-                    if let resume = state.waiters.removeValue(forKey: waiter) {
-                        toResume.append((resume, decision))
-                    }
-                }
-            }
-        }
-        for (resume, decision) in toResume { resume(decision) }
-        close(toClose)
-    }
-
-    /// Closes sessions on an executor thread; reconnecting waits for these (`inFlight`).
-    private func close(_ sessions: [PKCS11Session]) {
-        guard !sessions.isEmpty else { return }
-        pendingCloses.add(1, ordering: .relaxed)
-        Task { [self] in
-            _ = try? await executor.run(timeout: configuration.callTimeout) {
-                for session in sessions { try? session.close() }
-            }
-            pendingCloses.subtract(1, ordering: .relaxed)
-        }
-    }
-
     // MARK: - Login
 
     /// Re-establishes the anchor session and the login, on an executor thread (also after a new PIN).
@@ -512,7 +276,7 @@ final class SessionPool: Sendable {
     }
 
     @discardableResult
-    private func ensureLoggedIn() throws -> LoginOutcome {
+    func ensureLoggedIn() throws -> LoginOutcome {
         try anchor.withLock { anchor in
             let hadAnchor = anchor != nil
             if let current = anchor {
@@ -542,7 +306,7 @@ final class SessionPool: Sendable {
 
     /// Logs `session` in, unless the token has already refused this PIN. A refusal (`CKR_PIN_INCORRECT`, `_LOCKED`,
     /// `_EXPIRED`) is latched before it is thrown, so no other thread logs in with the same PIN after it.
-    private func login(_ session: PKCS11Session) throws {
+    func login(_ session: PKCS11Session) throws {
         let refused: PKCS11Error? = try credential.withLock { credential in
             if let rejected = credential.rejected { throw rejected }
             do {
