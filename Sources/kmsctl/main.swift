@@ -91,6 +91,11 @@ struct Connection: ParsableArguments {
         }
     }
 
+    /// Calls kmsd with `call` and prints the answer (as JSON with `--json`, else `human`'s text).
+    func show<T: Encodable>(_ call: (KMSClient) async throws -> T, _ human: (T) -> String) async throws {
+        try await run { client in try emit(try await call(client), human) }
+    }
+
     /// Runs `body` with a client and maps failures to the documented exit codes.
     func run(_ body: (KMSClient) async throws -> Void) async throws {
         let client = try client()
@@ -119,14 +124,12 @@ struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "kmsd's mode, readiness and providers.")
     @OptionGroup var connection: Connection
     func run() async throws {
-        try await connection.run { client in
-            try connection.emit(try await client.status()) { status in
-                (["mode \(status.mode), \(status.ready ? "ready" : "NOT READY")", "PROVIDER  KIND            STATE"]
-                    + status.providers.map {
-                        $0.name.padding(toLength: 10, withPad: " ", startingAt: 0) + $0.kind.padding(toLength: 16, withPad: " ", startingAt: 0)
-                            + $0.state + ($0.lastError.map { "  (\($0))" } ?? "")
-                    }).joined(separator: "\n")
-            }
+        try await connection.show({ try await $0.status() }) { status in
+            (["mode \(status.mode), \(status.ready ? "ready" : "NOT READY")", "PROVIDER  KIND            STATE"]
+                + status.providers.map {
+                    $0.name.padding(toLength: 10, withPad: " ", startingAt: 0) + $0.kind.padding(toLength: 16, withPad: " ", startingAt: 0)
+                        + $0.state + ($0.lastError.map { "  (\($0))" } ?? "")
+                }).joined(separator: "\n")
         }
     }
 }
@@ -137,11 +140,9 @@ struct Keys: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         @OptionGroup var connection: Connection
         func run() async throws {
-            try await connection.run { client in
-                try connection.emit(try await client.listKeys()) { list in
-                    (["KEY              PROVIDER"] + list.keys.map { $0.name.padding(toLength: 17, withPad: " ", startingAt: 0) + $0.provider })
-                        .joined(separator: "\n")
-                }
+            try await connection.show({ try await $0.listKeys() }) { list in
+                (["KEY              PROVIDER"] + list.keys.map { $0.name.padding(toLength: 17, withPad: " ", startingAt: 0) + $0.provider })
+                    .joined(separator: "\n")
             }
         }
     }
@@ -150,7 +151,7 @@ struct Keys: AsyncParsableCommand {
         @OptionGroup var connection: Connection
         @Argument var name: String
         func run() async throws {
-            try await connection.run { client in try connection.emit(try await client.showKey(name), table) }
+            try await connection.show({ try await $0.showKey(name) }, table)
         }
     }
 
@@ -159,7 +160,7 @@ struct Keys: AsyncParsableCommand {
         @Argument var name: String
         @Option(help: "Provider (must match the key's configuration).") var provider: String?
         func run() async throws {
-            try await connection.run { client in try connection.emit(try await client.createKey(name, provider: provider), table) }
+            try await connection.show({ try await $0.createKey(name, provider: provider) }, table)
         }
     }
 }
@@ -171,13 +172,11 @@ struct Rotate: AsyncParsableCommand {
     @Option(help: "Why (recorded in the rotation journal).") var reason: String?
     @Flag(help: "Show what would happen (the new version number, the schedule after) without rotating.") var dryRun = false
     func run() async throws {
-        try await connection.run { client in
-            try connection.emit(try await client.rotate(name, reason: reason, dryRun: dryRun)) { rotation in
-                let next = rotation.nextRotationAt.map { "next rotation \($0) (\(rotation.nextRotationReason ?? "period"))" }
-                    ?? "no scheduled rotation (usage or manual only)"
-                return (rotation.dryRun ? "dry run: would rotate" : "rotated") + " \(rotation.name) from v\(rotation.previousVersion) to v\(rotation.version); \(next)"
-                    + (rotation.dryRun ? "" : "\n" + table(KeyBody(name: rotation.name, provider: rotation.provider, versions: rotation.versions)))
-            }
+        try await connection.show({ try await $0.rotate(name, reason: reason, dryRun: dryRun) }) { rotation in
+            let next = rotation.nextRotationAt.map { "next rotation \($0) (\(rotation.nextRotationReason ?? "period"))" }
+                ?? "no scheduled rotation (usage or manual only)"
+            return (rotation.dryRun ? "dry run: would rotate" : "rotated") + " \(rotation.name) from v\(rotation.previousVersion) to v\(rotation.version); \(next)"
+                + (rotation.dryRun ? "" : "\n" + table(KeyBody(name: rotation.name, provider: rotation.provider, versions: rotation.versions)))
         }
     }
 }
@@ -196,17 +195,15 @@ struct Schedule: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Every key's latest version, its age, and its next rotation and why.")
     @OptionGroup var connection: Connection
     func run() async throws {
-        try await connection.run { client in
-            try connection.emit(try await client.schedule()) { schedule in
-                var rows = [["KEY", "PROVIDER", "LATEST", "AGE", "WRAPS", "NEXT ROTATION", "WHY"]]
-                var warnings: [String] = []
-                for entry in schedule.keys {
-                    rows.append([entry.key, entry.provider, entry.latestVersion.map { "v\($0)" } ?? "-", entry.ageSeconds.map { DurationText.format(TimeInterval($0)) } ?? "-",
-                                 "\(entry.wraps)/\(entry.maxWraps)", entry.nextRotationAt ?? "-", entry.nextRotationReason ?? "manual"])
-                    warnings += entry.warnings.map { "warning: \(entry.key): \($0)" }
-                }
-                return ([columns(rows)] + warnings).joined(separator: "\n")
+        try await connection.show({ try await $0.schedule() }) { schedule in
+            var rows = [["KEY", "PROVIDER", "LATEST", "AGE", "WRAPS", "NEXT ROTATION", "WHY"]]
+            var warnings: [String] = []
+            for entry in schedule.keys {
+                rows.append([entry.key, entry.provider, entry.latestVersion.map { "v\($0)" } ?? "-", entry.ageSeconds.map { DurationText.format(TimeInterval($0)) } ?? "-",
+                             "\(entry.wraps)/\(entry.maxWraps)", entry.nextRotationAt ?? "-", entry.nextRotationReason ?? "manual"])
+                warnings += entry.warnings.map { "warning: \(entry.key): \($0)" }
             }
+            return ([columns(rows)] + warnings).joined(separator: "\n")
         }
     }
 }
@@ -216,15 +213,13 @@ struct Versions: AsyncParsableCommand {
     @OptionGroup var connection: Connection
     @Argument var name: String
     func run() async throws {
-        try await connection.run { client in
-            try connection.emit(try await client.versions(name)) { body in
-                var rows = [["VERSION", "STATE", "CREATED", "WRAPS", "UNWRAPS", "LAST WRAP", "LAST UNWRAP"]]
-                for version in body.versions {
-                    rows.append(["v\(version.version)" + (version.wrapping ? "*" : ""), version.state, version.createdAt ?? "-",
-                                 "\(version.wraps)", "\(version.unwraps)", version.lastWrapAt ?? "-", version.lastUnwrapAt ?? "-"])
-                }
-                return "key \(body.name) (provider \(body.provider)); * = wraps new keys\n" + columns(rows)
+        try await connection.show({ try await $0.versions(name) }) { body in
+            var rows = [["VERSION", "STATE", "CREATED", "WRAPS", "UNWRAPS", "LAST WRAP", "LAST UNWRAP"]]
+            for version in body.versions {
+                rows.append(["v\(version.version)" + (version.wrapping ? "*" : ""), version.state, version.createdAt ?? "-",
+                             "\(version.wraps)", "\(version.unwraps)", version.lastWrapAt ?? "-", version.lastUnwrapAt ?? "-"])
             }
+            return "key \(body.name) (provider \(body.provider)); * = wraps new keys\n" + columns(rows)
         }
     }
 }
@@ -238,7 +233,7 @@ struct Retire: AsyncParsableCommand {
     @Option(help: "The version to retire.") var version: UInt32
     @Flag(help: "Retire even though the version unwrapped recently.") var force = false
     func run() async throws {
-        try await connection.run { client in try connection.emit(try await client.retire(name, version: version, force: force), table) }
+        try await connection.show({ try await $0.retire(name, version: version, force: force) }, table)
     }
 }
 
