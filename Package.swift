@@ -153,6 +153,8 @@ let package = Package(
         ]),
         executable("vault-dev", ["VaultDev", External.argumentParser]),
         module("KMSTestSupport", ["KMSCore", "PKCS11", "KMSService", "KMSRotation", "KMSAudit", External.crypto]),
+        // A lean load generator (mutual TLS, keep-alive, closed or open loop) on raw NIO, for measuring kmsd alone.
+        executable("kms-load", [External.nioCore, External.nioPosix, External.nioSSL, External.nioTLS, External.histogram]),
         executable("kms-probe", ["KMSCore", "PKCS11", "KMSProviderPKCS11", External.argumentParser]),
         executable("kms-bench", [
             "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSDaemon", "KMSAudit",

@@ -41,6 +41,9 @@ struct BenchSetup {
 
     func remove() { try? FileManager.default.removeItem(at: directory) }
 
+    /// A file of the setup's directory (certificates, keys).
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
     /// Starts vault-dev (from this build) and writes its root token to `vault-token` (0600) for kmsd's config.
     func startVaultDev() throws -> VaultDevProcess {
         let server = try VaultDevProcess.start(executable: URL(fileURLWithPath: executable).deletingLastPathComponent()

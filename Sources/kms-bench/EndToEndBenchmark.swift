@@ -12,9 +12,10 @@ import NIOSSL
 import PKCS11
 
 /// `kms-bench e2e`: kmsd as a process (from this build) on one SoftHSM token, driven over mutual TLS with keep-alive
-/// connections by this process, against the raw PKCS#11 loop on the same token at the same concurrency. Runs kmsd
-/// twice — without and with the audit log — and reports throughput, latency percentiles (HdrHistogram), the time from
-/// start to ready, and kmsd's peak RSS.
+/// connections by `kms-load` (a lean generator in its own process), against the raw PKCS#11 loop on the same token at
+/// the same concurrency. Runs kmsd twice — without and with the audit log — and reports throughput, latency
+/// percentiles (HdrHistogram), kmsd's own CPU time and context switches per request (from /proc, next to the raw
+/// loop's cost per wrap at one thread), the time from start to ready, and kmsd's peak RSS.
 struct EndToEndBenchmark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "e2e", abstract: "kmsd over mTLS (datakey, unwrap; with and without audit) vs the raw PKCS#11 loop.")
@@ -41,15 +42,22 @@ struct EndToEndBenchmark: AsyncParsableCommand {
         let p50Ms: Double
         let p90Ms: Double
         let p99Ms: Double
+        let p999Ms: Double
         let maxMs: Double
         let errors: Int
+        /// kmsd's CPU time (all threads) per answered request, and its threads' context switches per request.
+        let cpuMicrosPerRequest: Double
+        let contextSwitchesPerRequest: Double
         enum CodingKeys: String, CodingKey {
             case operation, connections, variant, errors
             case opsPerSecond = "ops_per_second"
             case p50Ms = "p50_ms"
             case p90Ms = "p90_ms"
             case p99Ms = "p99_ms"
+            case p999Ms = "p999_ms"
             case maxMs = "max_ms"
+            case cpuMicrosPerRequest = "kmsd_cpu_us_per_request"
+            case contextSwitchesPerRequest = "kmsd_context_switches_per_request"
         }
     }
 
@@ -85,8 +93,8 @@ struct EndToEndBenchmark: AsyncParsableCommand {
                 guard let wrapped = envelope else { throw FixtureError("kmsd gave no datakey") }
                 let unwrapBody = #"{"wrapped":"\#(Data(wrapped).base64EncodedString())","context":{"cluster":"bench","table":"t"}}"#
                 for n in connections {
-                    measurements.append(try await measure("datakey", n, variant, kmsd, "/v1/keys/bench/datakey", context))
-                    measurements.append(try await measure("unwrap", n, variant, kmsd, "/v1/keys/bench/unwrap", unwrapBody))
+                    measurements.append(try measure("datakey", n, variant, kmsd, setup, "/v1/keys/bench/datakey", context))
+                    measurements.append(try measure("unwrap", n, variant, kmsd, setup, "/v1/keys/bench/unwrap", unwrapBody))
                 }
             } catch {
                 await kmsd.stop()
@@ -119,8 +127,8 @@ struct EndToEndBenchmark: AsyncParsableCommand {
                 }
                 let unwrapBody = #"{"wrapped":"\#(wrapped)","context":{"cluster":"bench","table":"t"}}"#
                 for n in connections {
-                    measurements.append(try await measure("datakey", n, "vault", kmsd, "/v1/keys/vbench/datakey", context))
-                    measurements.append(try await measure("unwrap", n, "vault", kmsd, "/v1/keys/vbench/unwrap", unwrapBody))
+                    measurements.append(try measure("datakey", n, "vault", kmsd, setup, "/v1/keys/vbench/datakey", context))
+                    measurements.append(try measure("unwrap", n, "vault", kmsd, setup, "/v1/keys/vbench/unwrap", unwrapBody))
                 }
             } catch {
                 await kmsd.stop()
@@ -161,7 +169,8 @@ struct EndToEndBenchmark: AsyncParsableCommand {
         try Array(token.userPIN.utf8).withUnsafeBytes { try session.login(pin: $0) }
         defer { try? session.close() }
         let raw = try RawLoop(token: token, envelope: try Envelope(parsing: envelope ?? []), context: ["cluster": "bench", "table": "t"])
-        for n in connections {
+        // One thread too: its cost per operation is what kmsd's CPU per request is compared with.
+        for n in Set(connections + [1]).sorted() {
             limits["datakey \(n)"] = try raw.measure(threads: n, seconds: seconds, operation: .wrap)
             limits["unwrap \(n)"] = try raw.measure(threads: n, seconds: seconds, operation: .unwrap)
         }
@@ -170,14 +179,16 @@ struct EndToEndBenchmark: AsyncParsableCommand {
 
     // MARK: - Load
 
-    private func measure(_ operation: String, _ n: Int, _ variant: String, _ kmsd: LaunchedKMSD, _ path: String, _ body: String)
-        async throws -> Measurement
-    {
-        let result = try await Load.closedLoop(kmsd, path, body, connections: n, seconds: seconds)
+    private func measure(
+        _ operation: String, _ n: Int, _ variant: String, _ kmsd: LaunchedKMSD, _ setup: BenchSetup, _ path: String, _ body: String
+    ) throws -> Measurement {
+        let result = try LeanLoad.run(kmsd, setup, path: path, body: body, connections: n, seconds: seconds)
+        func ms(_ key: String) -> Double { (result.latencyMicros[key] ?? 0) / 1000 }
         return Measurement(
-            operation: operation, connections: n, variant: variant, opsPerSecond: result.opsPerSecond,
-            p50Ms: result.percentile(50), p90Ms: result.percentile(90), p99Ms: result.percentile(99), maxMs: result.maxMs,
-            errors: result.errors)
+            operation: operation, connections: n, variant: variant, opsPerSecond: result.requestsPerSecond,
+            p50Ms: ms("p50"), p90Ms: ms("p90"), p99Ms: ms("p99"), p999Ms: ms("p999"), maxMs: ms("max"),
+            errors: result.errors + result.failedStatuses, cpuMicrosPerRequest: result.cpuMicrosPerRequest,
+            contextSwitchesPerRequest: result.contextSwitchesPerRequest)
     }
 
     // MARK: - Report
@@ -204,15 +215,25 @@ struct EndToEndBenchmark: AsyncParsableCommand {
         print("raw = the PKCS#11 loop on the same token with as many threads as connections (the limit); for the vault rows,")
         print("      vault-dev's transit encrypt/decrypt called directly with as many connections")
         print("")
+        print("cpu µs/req = kmsd's own CPU time (all threads, /proc) per answered request; ×raw1 = that ÷ the raw loop's cost")
+        print("      per operation at one thread; ctxsw/req = kmsd's context switches per request")
+        print("")
         print(pad("operation", 10) + pad("conns", 7) + pad("raw ops/s", 11) + pad("variant", 10) + pad("ops/s", 9) + pad("÷raw", 7)
-            + pad("p50 ms", 8) + pad("p90 ms", 8) + pad("p99 ms", 8) + pad("max ms", 9) + "errors")
+            + pad("p50 ms", 8) + pad("p90 ms", 8) + pad("p99 ms", 8) + pad("p99.9", 8) + pad("max ms", 9) + pad("cpu µs/req", 12)
+            + pad("×raw1", 7) + pad("ctxsw/req", 11) + "errors")
         for measurement in measurements {
-            let limit = limits[(measurement.variant == "vault" ? "vault " : "") + "\(measurement.operation) \(measurement.connections)"] ?? 0
+            let vault = measurement.variant == "vault" ? "vault " : ""
+            let limit = limits[vault + "\(measurement.operation) \(measurement.connections)"] ?? 0
+            let rawOne = limits[vault + "\(measurement.operation) 1"] ?? 0
+            let rawCost = rawOne > 0 ? 1_000_000 / rawOne : 0
             print(pad(measurement.operation, 10) + pad("\(measurement.connections)", 7) + pad(String(format: "%.0f", limit), 11)
                 + pad(measurement.variant, 10) + pad(String(format: "%.0f", measurement.opsPerSecond), 9)
                 + pad(String(format: "%.2f", limit > 0 ? measurement.opsPerSecond / limit : 0), 7)
                 + pad(String(format: "%.2f", measurement.p50Ms), 8) + pad(String(format: "%.2f", measurement.p90Ms), 8)
-                + pad(String(format: "%.2f", measurement.p99Ms), 8) + pad(String(format: "%.1f", measurement.maxMs), 9) + "\(measurement.errors)")
+                + pad(String(format: "%.2f", measurement.p99Ms), 8) + pad(String(format: "%.2f", measurement.p999Ms), 8)
+                + pad(String(format: "%.1f", measurement.maxMs), 9) + pad(String(format: "%.0f", measurement.cpuMicrosPerRequest), 12)
+                + pad(rawCost > 0 ? String(format: "%.1f", measurement.cpuMicrosPerRequest / rawCost) : "-", 7)
+                + pad(String(format: "%.1f", measurement.contextSwitchesPerRequest), 11) + "\(measurement.errors)")
         }
         print("")
         for operation in ["datakey", "unwrap"] {
