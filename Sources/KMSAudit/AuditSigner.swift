@@ -13,7 +13,7 @@ extension AuditSigner {
 public enum AuditKeys {
     public static func keyID(publicKeyPEM: String) -> String {
         guard let key = try? P256.Signing.PublicKey(pemRepresentation: publicKeyPEM) else { return "unknown" }
-        return SHA256.hash(data: key.derRepresentation).map { String(format: "%02x", $0) }.joined().prefix(16).description
+        return String(Hex.encode(SHA256.hash(data: key.derRepresentation)).prefix(16))
     }
 }
 

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KMSCore
 
 /// Verifies audit files offline: the chain (`seq` consecutive, each `prev` the SHA-256 of the line before), the
 /// checkpoint signatures, and that the log ends with a closing checkpoint (otherwise records after the last
@@ -219,5 +220,5 @@ public struct AuditVerifier {
         return report
     }
 
-    static func hex(_ digest: SHA256Digest) -> String { digest.map { String(format: "%02x", $0) }.joined() }
+    static func hex(_ digest: SHA256Digest) -> String { Hex.encode(digest) }
 }

@@ -161,16 +161,7 @@ final class Writer: @unchecked Sendable {
         return record
     }
 
-    static func hex(_ digest: SHA256Digest) -> String {
-        var text = ""
-        text.reserveCapacity(64)
-        for byte in digest {
-            text.append(Character(Unicode.Scalar(hexDigits[Int(byte >> 4)])))
-            text.append(Character(Unicode.Scalar(hexDigits[Int(byte & 0xF)])))
-        }
-        return text
-    }
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+    static func hex(_ digest: SHA256Digest) -> String { Hex.encode(digest) }
 
     /// Size rotation: a closing checkpoint ends the file, which is renamed `<path>.<seq>`; the new file starts with a
     /// `file_start` record that continues the chain and names the file before it.

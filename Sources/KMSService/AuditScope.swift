@@ -30,7 +30,7 @@ final class AuditNote: Sendable {
     static func contextDigest(_ digest: String) { current?.update { $0.contextDigest = digest } }
     /// Lower-case hex SHA-256 of the context's canonical encoding.
     static func digest(_ context: EncryptionContext) -> String {
-        SHA256.hash(data: context.canonicalEncoding).map { String(format: "%02x", $0) }.joined()
+        Hex.encode(SHA256.hash(data: context.canonicalEncoding))
     }
     /// A batch: its items' outcomes, and no request-wide version or context (items differ).
     static func outcomes(_ outcomes: [AuditEvent.ItemOutcome]) {

@@ -75,10 +75,7 @@ public struct KMSServerPolicy: Sendable {
 
     /// Lower-case hex SHA-256 of a token, as `admin.token_hashes` lists it.
     public static func hexDigest(_ token: String) -> String {
-        SHA256.hash(data: Data(token.utf8)).map { byte in
-            let digits = Array("0123456789abcdef")
-            return String([digits[Int(byte >> 4)], digits[Int(byte & 0x0f)]])
-        }.joined()
+        Hex.encode(SHA256.hash(data: Data(token.utf8)))
     }
 
     static func hexBytes(_ text: String) -> [UInt8]? {

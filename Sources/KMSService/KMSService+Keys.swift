@@ -17,7 +17,7 @@ extension KMSService {
             AuditNote.context(encryption)
             let dataKey = try await perform { try await key.provider.generateDataKey(key.name, context: encryption) }
             AuditNote.version(dataKey.version)
-            logger.info("datakey", metadata: ["identity": "\(node.identity)", "key": "\(key.name)", "version": "\(dataKey.version)"])
+            logger.debug("datakey", metadata: ["identity": "\(node.identity)", "key": "\(key.name)", "version": "\(dataKey.version)"])
             return (key.name, dataKey)
         }
     }
@@ -62,7 +62,7 @@ extension KMSService {
             let key = try authorizeKey(node, nameText, policy: policy)
             var outcome = AuditEvent.ItemOutcome()
             let result = try await operation(key, try await input(), &outcome)
-            logger.info("\(action)", metadata: ["identity": "\(node.identity)", "key": "\(key.name)", "version": "\(version(result))"])
+            logger.debug("\(action)", metadata: ["identity": "\(node.identity)", "key": "\(key.name)", "version": "\(version(result))"])
             return (key.name, result)
         }
     }

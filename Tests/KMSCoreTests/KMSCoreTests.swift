@@ -1,3 +1,4 @@
+import Crypto
 import KMSCore
 import Testing
 
@@ -86,5 +87,16 @@ struct KMSErrorTests {
         let error = KMSError.unavailable("the HSM is unavailable", detail: "C_Encrypt returned CKR_DEVICE_ERROR")
         #expect(error.description == "unavailable: the HSM is unavailable")
         #expect(error.debugDescription.contains("CKR_DEVICE_ERROR"))
+    }
+}
+
+@Suite("Hex")
+struct HexTests {
+    @Test func digestsAndBytesAreLowerCaseHexTwoDigitsPerByte() {
+        // FIPS 180-2's example: SHA-256("abc").
+        #expect(Hex.encode(SHA256.hash(data: Array("abc".utf8)))
+                == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(Hex.encode([0x00, 0x0f, 0xf0, 0xff] as [UInt8]) == "000ff0ff")
+        #expect(Hex.encode([UInt8]()) == "")
     }
 }
