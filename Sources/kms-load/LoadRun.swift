@@ -145,6 +145,13 @@ final class LoadConnection: ChannelInboundHandler, RemovableChannelHandler, @unc
         self.context = context
     }
 
+    /// The channel went away (also one that never connected): both promises are completed, so none is left hanging.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        ready.fail(ChannelError.ioOnClosedChannel)
+        finish(closing: false)
+        self.context = nil
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event { ready.succeed(()) }
         context.fireUserInboundEventTriggered(event)
@@ -236,12 +243,12 @@ final class LoadConnection: ChannelInboundHandler, RemovableChannelHandler, @unc
         context.fireChannelInactive()
     }
 
-    private func finish() {
+    private func finish(closing: Bool = true) {
         guard !done else { return }
         done = true
         for timer in timers { timer.cancel() }
         finished.succeed(stats)
-        context?.close(promise: nil)
+        if closing { context?.close(promise: nil) }
     }
 }
 
