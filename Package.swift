@@ -25,6 +25,7 @@ enum External {
     static let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
     static let nioFoundationCompat: Target.Dependency = .product(name: "NIOFoundationCompat", package: "swift-nio")
     static let nioHTTP1: Target.Dependency = .product(name: "NIOHTTP1", package: "swift-nio")
+    static let nioHTTPTypes: Target.Dependency = .product(name: "NIOHTTPTypes", package: "swift-nio-extras")
     static let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
     static let nioSSL: Target.Dependency = .product(name: "NIOSSL", package: "swift-nio-ssl")
     static let nioTLS: Target.Dependency = .product(name: "NIOTLS", package: "swift-nio")
@@ -82,6 +83,9 @@ let package = Package(
         // differently. kmsd refuses to start rather than serve with resumption if it does (TLSContextBox.makeContext).
         .package(url: "https://github.com/apple/swift-nio-ssl.git", .upToNextMinor(from: "2.37.6")),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        // HTTP parts as Hummingbird's pipeline carries them (NIOHTTPTypes), for a handler between its codec and its
+        // connection state handler (RecycleAtMaxAge).
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
@@ -120,7 +124,7 @@ let package = Package(
             External.logging
         ]),
         module("KMSServer", [
-            "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", "KMSService", "CTLSOptions", External.coreMetrics,
+            "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", "KMSService", "CTLSOptions", External.nioHTTPTypes, External.coreMetrics,
             External.nioTLS, External.prometheus, External.hummingbird, External.hummingbirdCore, External.hummingbirdTLS,
             External.nioCore, External.nioSSL, External.x509, External.swiftASN1, External.nioFoundationCompat,
             External.crypto, External.logging

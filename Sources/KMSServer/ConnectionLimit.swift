@@ -1,4 +1,6 @@
+import HTTPTypes
 import NIOCore
+import NIOHTTPTypes
 public import KMSService
 import Synchronization
 
@@ -183,11 +185,11 @@ extension ConnectionLimit {
             events.record("handshake_timeout")
             channel.close(promise: nil)
         }
-        // At its maximum age a connection is asked to quiesce: Hummingbird closes it once the request in progress
-        // (if any) is answered. One that does not close by itself is closed an idle timeout later (that second timer
-        // exists only for connections that reach their maximum age).
+        // At its maximum age a connection is marked (`RecycleAtMaxAge`): its next request is answered with
+        // `Connection: close` and the connection closed after it. One that sends nothing more is closed an idle timeout
+        // later (that second timer exists only for connections that reach their maximum age).
         let aged = channel.eventLoop.scheduleTask(in: TimeAmount(policy.maxAge)) {
-            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+            channel.pipeline.fireUserInboundEventTriggered(ConnectionReachedMaxAge())
             channel.eventLoop.scheduleTask(in: TimeAmount(policy.idleTimeout)) { channel.close(promise: nil) }
         }
         channel.closeFuture.whenComplete { _ in
@@ -215,3 +217,47 @@ final class FirstByteObserver: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
+
+/// The event that tells a connection's `RecycleAtMaxAge` it has reached its maximum age.
+struct ConnectionReachedMaxAge {}
+
+/// Recycles a connection that reached its maximum age without failing a request: closing it while idle would race
+/// a request the client may be sending at that moment. Instead, the first request after the maximum age is answered
+/// with `Connection: close` and the connection is closed after that answer (Hummingbird's quiesce, sent while the
+/// request is in progress). Sits between the HTTP codec and Hummingbird's connection state handler.
+final class RecycleAtMaxAge: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private var aged = false
+    private var closing = false
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ConnectionReachedMaxAge {
+            aged = true
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let startsRequest = if case .head = unwrapInboundIn(data) { true } else { false }
+        context.fireChannelRead(data)
+        if aged && startsRequest && !closing {
+            closing = true
+            // The request is in progress for the state handler now: it closes once the answer is written.
+            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard closing, case .head(var response) = unwrapOutboundIn(data) else {
+            context.write(data, promise: promise)
+            return
+        }
+        response.headerFields[.connection] = "close"
+        context.write(wrapOutboundOut(.head(response)), promise: promise)
+    }
+}

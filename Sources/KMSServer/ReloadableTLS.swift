@@ -117,7 +117,8 @@ extension HTTPServerBuilder {
     public static func http1(tls box: TLSContextBox?, limit: ConnectionLimit,
                              onHandshakeFailure: @escaping @Sendable (_ peer: String, _ error: String) -> Void = { _, _ in }) -> HTTPServerBuilder {
         .init { responder in
-            LimitedHTTP1Channel(base: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: TimeAmount(limit.policy.idleTimeout))),
+            LimitedHTTP1Channel(base: HTTP1Channel(responder: responder, configuration: .init(
+                                    additionalChannelHandlers: [RecycleAtMaxAge()], idleTimeout: TimeAmount(limit.policy.idleTimeout))),
                                 box: box, limit: limit, onHandshakeFailure: onHandshakeFailure)
         }
     }
