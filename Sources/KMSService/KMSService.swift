@@ -64,10 +64,15 @@ public final class KMSService: Sendable {
     /// The current policy; operations read it once at their start.
     public var policy: KMSServerPolicy { snapshot.withLock { $0.policy } }
 
-    /// Replaces the policy and revocation list for operations that start from now on. Check the list with
-    /// `checkNotRollback` first (a reload builds and checks every part before it swaps any).
+    /// Replaces the policy and revocation list for operations that start from now on. A reload checks the list with
+    /// `checkNotRollback` first (it builds and checks every part before it swaps any); the swap itself never brings an
+    /// older list back either: if the periodic refresh installed a newer one for the same CA meanwhile, that one stays.
     public func reload(_ new: Snapshot) {
-        snapshot.withLock { $0 = new }
+        snapshot.withLock { current in
+            var new = new
+            if (try? Self.checkNotRollback(new.revocation, inForce: current.revocation)) == nil { new.revocation = current.revocation }
+            current = new
+        }
     }
 
     /// The revocation list in force.

@@ -14,8 +14,30 @@ public enum PlainYAML {
     }
 
     public static func load(_ text: String) throws -> Any? {
-        guard let node = try Yams.compose(yaml: text) else { return nil }
+        let composed: Node?
+        do {
+            composed = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw Error(description: describe(error))
+        }
+        guard let node = composed else { return nil }
         return try value(node)
+    }
+
+    /// Yams' own description quotes the offending line of the file, which may hold a PIN, a token or a secret id:
+    /// only the position and the problem are kept.
+    static func describe(_ error: YamlError) -> String {
+        switch error {
+        case let .scanner(context, problem, mark, _), let .parser(context, problem, mark, _), let .composer(context, problem, mark, _):
+            let started = context.map { "\($0.text) (from line \($0.mark.line), column \($0.mark.column)): " } ?? ""
+            return "line \(mark.line), column \(mark.column): \(started)\(problem)"
+        case let .reader(problem, offset, _, _):
+            return "\(problem)" + (offset.map { " at byte \($0)" } ?? "")
+        case .duplicatedKeysInMapping(let duplicates, _):
+            return "duplicated keys: " + duplicates.sorted().map { "'\($0.prefix(64))'" }.joined(separator: ", ")
+        case .no, .memory, .writer, .emitter, .representer, .dataCouldNotBeDecoded:
+            return "malformed YAML"
+        }
     }
 
     private static func value(_ node: Node) throws -> Any {

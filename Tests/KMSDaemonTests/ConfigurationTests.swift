@@ -202,6 +202,14 @@ struct ConfigurationTests {
         } catch let error as ConfigurationError {
             #expect(error.description.contains("duplicated key"))
         }
+        // A syntax error on the line of an inline secret names the position, never the line's text.
+        do {
+            _ = try parse("mode: development\nproviders:\n  hsm: { pin: \"s3cret-pin-value }\n", in: directory)
+            Issue.record("accepted an unterminated string")
+        } catch let error as ConfigurationError {
+            #expect(!error.description.contains("s3cret"), "\(error)")
+            #expect(error.description.contains("line 3"), "\(error)")
+        }
     }
 
     @Test func environmentOverridesApply() throws {
