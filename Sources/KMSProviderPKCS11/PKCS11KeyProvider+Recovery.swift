@@ -55,16 +55,27 @@ extension PKCS11KeyProvider {
         if error.rejectsPIN { pinRejected(error) } else { deviceLost(error) }
     }
 
-    /// Opens the breaker (once per outage) and starts reconnecting.
+    /// Opens the breaker (once per outage) and starts reconnecting. An outage that began as a refused PIN and now
+    /// also lost the device becomes a reconnect too (the PIN latch keeps a refused PIN from being tried again).
     func deviceLost(_ error: PKCS11Error) {
-        let opened = recovery.withLock { state in
-            guard state.down == nil, !state.stopped else { return false }
+        let start = recovery.withLock { state in
+            guard !state.stopped else { return false }
+            if let outage = state.down {
+                guard !outage.deviceLost else { return false }
+                state.down?.deviceLost = true
+                return true
+            }
             state.down = RecoveryState.Outage(since: Date(), cause: error.description)
             state.outages += 1
             return true
         }
-        guard opened else { return }
+        guard start else { return }
         logger.error("HSM lost; refusing requests until it is back", metadata: ["error": "\(error)"])
+        startReconnecting()
+    }
+
+    /// Suspends the pool and runs the reconnect loop (retries with backoff until the HSM is back or refuses the PIN).
+    private func startReconnecting() {
         pool.suspend()
         let task = Task { [self] in await reconnectLoop() }
         recovery.withLock { $0.reconnectTask = task }
@@ -90,15 +101,20 @@ extension PKCS11KeyProvider {
     }
 
     /// A PIN read again at reload. If it differs and the breaker is open because the token refused the old one,
-    /// kmsd tries the new PIN once: a login (or a whole reconnect, if the device had been lost too).
+    /// kmsd tries the new PIN: a login, or a whole reconnect if the device had been lost too. A login that fails for
+    /// another reason than a refusal (the HSM did not answer) is not left there: the reconnect loop takes over and
+    /// retries with backoff.
     public func reloadCredential(_ pin: SecretBytes) {
         guard pool.replacePIN(pin) else { return }
-        guard let outage = recovery.withLock({ $0.down }), outage.pinRefused else { return }
+        let outage: RecoveryState.Outage? = recovery.withLock { state in
+            guard state.down?.pinRefused == true else { return nil }
+            state.down?.pinRefused = false
+            return state.down
+        }
+        guard let outage else { return }
         logger.notice("the HSM PIN changed; trying it once")
         if outage.deviceLost {
-            recovery.withLock { $0.down?.pinRefused = false }
-            let task = Task { [self] in await reconnectLoop() }
-            recovery.withLock { $0.reconnectTask = task }
+            startReconnecting()
             return
         }
         Task { [self] in
@@ -111,6 +127,13 @@ extension PKCS11KeyProvider {
                 logger.notice("HSM login succeeded with the new PIN")
             } catch {
                 logger.error("HSM login with the new PIN failed", metadata: ["error": "\(error)"])
+                // A refusal latched the PIN and marked the outage again; anything else is retried as an outage.
+                let handOver = recovery.withLock { state in
+                    guard let down = state.down, !down.pinRefused, !down.deviceLost, !state.stopped else { return false }
+                    state.down?.deviceLost = true
+                    return true
+                }
+                if handOver { startReconnecting() }
             }
         }
     }

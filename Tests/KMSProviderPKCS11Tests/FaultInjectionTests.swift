@@ -239,6 +239,30 @@ struct FaultInjectionTests {
         await provider.shutdown()
     }
 
+    /// A new PIN whose login the HSM does not answer in time is not given up on: the reconnect loop takes over and
+    /// logs in once the HSM answers, without another reload.
+    @Test func aNewPINWhoseLoginTimesOutIsRetriedUntilTheHSMAnswers() async throws {
+        let provider = try await start()
+        _ = try await provider.createKey(orders)
+        try shim.inject(.dropLogin, .fail(function: "C_Login", value: PKCS11ReturnValue.pinIncorrect, count: 1))
+        #expect(await errorCode { _ = try await provider.generateDataKey(orders, context: [:]) } == .unavailable)
+        // A wrong PIN from a reload is refused by the token itself and latched.
+        provider.reloadCredential(SecretBytes(utf8: "not-the-pin"))
+        try await waitUntil { try shim.status().loginCalls >= 2 }
+        try await waitUntil { await provider.health().details["pin_refused"] == "true" }
+
+        // The right PIN, while the token does not answer C_Login within the call deadline (500 ms).
+        try shim.inject(.hang(milliseconds: 1_500, function: "C_Login"))
+        let logins = try shim.status().loginCalls
+        provider.reloadCredential(token.pin)
+        try await waitUntil { try shim.status().loginCalls > logins }
+        try await Task.sleep(for: .milliseconds(700))
+        try shim.clear()
+        try await waitUntil { await errorCode({ _ = try await provider.generateDataKey(orders, context: [:]) }) == nil }
+        #expect(await provider.health().breaker == .closed)
+        await provider.shutdown()
+    }
+
     /// Polls `condition` every 20 ms for up to 5 s; fails the test if it never holds.
     func waitUntil(_ condition: () async throws -> Bool, sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let start = ContinuousClock.now
