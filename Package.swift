@@ -136,7 +136,7 @@ let package = Package(
         ]),
         // Development only: the dev PKI and `kmsd dev-init`'s files. The daemon's request path never imports it; the kmsd
         // executable links it for dev-init, tests and benchmarks for their fixtures.
-        module("KMSDev", ["KMSAudit", External.crypto, External.x509, External.swiftASN1]),
+        module("KMSDev", ["KMSAudit", "KMSCore", External.crypto, External.x509, External.swiftASN1]),
         executable("kmsd", ["KMSDaemon", "KMSCore", "KMSDev", External.argumentParser, External.logging]),
         module("KMSClient", [
             "KMSAPI", External.asyncHTTPClient, External.nioCore, External.nioHTTP1, External.nioFoundationCompat,

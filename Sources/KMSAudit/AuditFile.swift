@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KMSCore
 import Logging
 #if canImport(Glibc)
 import Glibc
@@ -80,7 +81,7 @@ final class AuditFile {
         else {
             throw AuditError("the last line of the audit log \(path) is not an audit record; refusing to append to it")
         }
-        return Tail(seq: lastSeq, prev: Writer.hex(SHA256.hash(data: line)))
+        return Tail(seq: lastSeq, prev: Hex.encode(SHA256.hash(data: line)))
     }
 
     /// Reopens when the file was moved or replaced (external log rotation) or after a failure. Returns the tail of a

@@ -111,7 +111,7 @@ public struct AuditVerifier {
             guard let object = line.object, let seq = line.seq, let prev = line.prev else {
                 return fail("not an audit record (malformed JSON, or no seq/prev)", seq: nil)
             }
-            let hash = Self.hex(SHA256.hash(data: line.bytes))
+            let hash = Hex.encode(SHA256.hash(data: line.bytes))
             if let previousSeq {
                 if seq <= previousSeq {
                     let earlier = sequence[..<index].contains(seq)
@@ -179,7 +179,7 @@ public struct AuditVerifier {
                             return fail("the checkpoint signature is by key \(keyID), not by the given public key (\(publicKeyID))", seq: seq)
                         }
                         let message = AuditChain.checkpointMessageV2(
-                            seq: seq, prev: prev, unsignedLineHash: Self.hex(SHA256.hash(data: unsigned)), closing: closing,
+                            seq: seq, prev: prev, unsignedLineHash: Hex.encode(SHA256.hash(data: unsigned)), closing: closing,
                             records: records, keyID: keyID, time: time)
                         guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
                               publicKey.isValidSignature(signature, for: SHA256.hash(data: message))
@@ -220,5 +220,4 @@ public struct AuditVerifier {
         return report
     }
 
-    static func hex(_ digest: SHA256Digest) -> String { Hex.encode(digest) }
 }

@@ -140,7 +140,7 @@ final class Writer: @unchecked Sendable {
     private func append(_ record: AuditRecord, to bytes: inout [UInt8], seq: inout UInt64, prev: inout String) {
         let line = record.jsonLine
         seq = record.seq
-        prev = Self.hex(SHA256.hash(data: line))
+        prev = Hex.encode(SHA256.hash(data: line))
         if configuration.syslog != nil { copies.append((line, record.event.kind.rawValue, record.time)) }
         bytes += line
         bytes.append(UInt8(ascii: "\n"))
@@ -154,14 +154,13 @@ final class Writer: @unchecked Sendable {
                                  event: AuditEvent(.checkpoint, closing ? "close" : "checkpoint", result: .ok))
         let keyID = signer.keyID
         record.checkpoint = .init(signature: "", keyID: keyID, closing: closing, records: seq)
-        let unsignedHash = Self.hex(SHA256.hash(data: record.jsonLine))
+        let unsignedHash = Hex.encode(SHA256.hash(data: record.jsonLine))
         let message = AuditChain.checkpointMessageV2(seq: seq, prev: prev, unsignedLineHash: unsignedHash, closing: closing,
                                                      records: seq, keyID: keyID, time: time)
         record.checkpoint?.signature = Data(try signer.sign(digest: SHA256.hash(data: message))).base64EncodedString()
         return record
     }
 
-    static func hex(_ digest: SHA256Digest) -> String { Hex.encode(digest) }
 
     /// Size rotation: a closing checkpoint ends the file, which is renamed `<path>.<seq>`; the new file starts with a
     /// `file_start` record that continues the chain and names the file before it.
@@ -222,7 +221,8 @@ final class Writer: @unchecked Sendable {
     private func finish() {
         copies = []
         var ready = file.isOpen
-        if !ready {
+        // A closed file is reopened only for the closing checkpoint; without a signer there is nothing to write.
+        if !ready, configuration.signer != nil {
             do {
                 adopt(try file.ensureOpen())
                 ready = true

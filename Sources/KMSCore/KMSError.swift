@@ -80,6 +80,9 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
         .invalidInput(authenticationFailureMessage, detail: detail)
     }
 
+    /// Whether this is `authenticationFailed()`: a wrapped key that failed its AEAD check.
+    public var isAuthenticationFailure: Bool { code == .invalidInput && message == Self.authenticationFailureMessage }
+
     public var description: String { "\(code): \(message)" }
     public var debugDescription: String { detail.map { "\(code): \(message) [\($0)]" } ?? description }
 }

@@ -2,7 +2,6 @@ public import Foundation
 import KMSRotation
 import KMSCore
 import KMSYAML
-import KMSServer
 import KMSService
 
 extension Configuration {

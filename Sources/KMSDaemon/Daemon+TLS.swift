@@ -1,6 +1,5 @@
 import Foundation
 import NIOCore
-import KMSServer
 import KMSService
 public import NIOSSL
 import SwiftASN1

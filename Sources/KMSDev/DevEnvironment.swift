@@ -1,6 +1,7 @@
 import Crypto
 public import Foundation
 import KMSAudit
+import KMSCore
 
 /// `kmsd dev-init`: the files `ci/dev` runs kmsd with — a development PKI, a SoftHSM configuration and PIN, an admin
 /// token, and `kmsd.yaml`. Files that exist are kept, so running it twice reuses the directory.
@@ -56,7 +57,7 @@ public enum DevEnvironment {
             made.append("admin-token")
         }
         let token = (try String(contentsOfFile: path("admin-token"), encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)
-        let hash = SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        let hash = Hex.encode(SHA256.hash(data: Data(token.utf8)))
         if !files.fileExists(atPath: path("kmsd.yaml")) {
             let yaml = """
                 # kmsd development configuration, written by `kmsd dev-init` (ci/dev). Not for production:

@@ -93,10 +93,10 @@ extension SessionPool {
             decision.withLock { $0 = value }
             resumed.signal()
         }
-        // Waits in slices of at most 10 ms, reading the pool's clock between them (which a test moves by hand).
-        while resumed.wait(timeout: .now() + Self.dispatchInterval(min(.milliseconds(10), configuration.clock.now.duration(to: deadline))))
-            == .timedOut
-        {
+        // On the system clock, one wait until the deadline; on a clock a test moves by hand, slices of at most 10 ms
+        // with the clock read between them.
+        let slice: Duration = configuration.clock is SystemPoolClock ? .seconds(86_400) : .milliseconds(10)
+        while resumed.wait(timeout: .now() + Self.dispatchInterval(min(slice, configuration.clock.now.duration(to: deadline)))) == .timedOut {
             guard configuration.clock.now >= deadline else { continue }
             // Resumes this waiter with `.timedOut` unless a decision came first; either way the signal follows.
             perform(state.withLock { $0.machine.expireWaiters(now: configuration.clock.now) })

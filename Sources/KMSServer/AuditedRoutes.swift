@@ -44,7 +44,7 @@ struct RouteScope: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let action = actions[Self.key(request.method, context.endpointPath ?? "")] else {
             // Unreachable: the middleware is on the routes it has actions for. Fail closed rather than serve unaudited.
-            throw APIError(.internalServerError, .internal, "the route has no audit action")
+            throw APIError(.internal, .internal, "the route has no audit action")
         }
         var context = context
         context.service = server.service

@@ -2,16 +2,13 @@ import Foundation
 public import Hummingbird
 import HummingbirdCore
 import KMSAPI
-public import KMSCore
+import KMSCore
 public import KMSRotation
 public import KMSAudit
 public import KMSService
 public import Logging
 import NIOCore
 import NIOFoundationCompat
-import NIOSSL
-import SwiftASN1
-import X509
 
 /// A request's context: the connection's client certificate (parsed once per connection, at its handshake), and,
 /// on the node and admin routes, the service that authenticates it (set by `KMSServer.RouteScope`).
@@ -66,22 +63,6 @@ public typealias AdminRequestContext = AuthenticatedRequestContext<KMSService.Ad
 public typealias APIError = ServiceError
 
 extension ServiceError: HTTPResponseError {
-    /// An error of this front end's own (the body, the path), by its HTTP status.
-    public init(_ status: HTTPResponse.Status, _ code: KMSError.Code, _ message: String) {
-        let kind: Kind = switch status {
-        case .unauthorized: .unauthenticated
-        case .forbidden: .forbidden
-        case .notFound: .notFound
-        case .conflict: .conflict
-        case .contentTooLarge: .tooLarge
-        case .tooManyRequests: .rateLimited
-        case .serviceUnavailable: .unavailable
-        case .badRequest: .badRequest
-        default: .internal
-        }
-        self.init(kind, code, message)
-    }
-
     public var status: HTTPResponse.Status {
         switch kind {
         case .badRequest: .badRequest
@@ -172,7 +153,7 @@ public struct KMSServer: Sendable {
             buffer = try await request.body.collect(upTo: limit)
         } catch {
             events.record("payload_too_large")
-            throw APIError(.contentTooLarge, .payloadTooLarge, "the request body exceeds \(limit) bytes")
+            throw APIError(.tooLarge, .payloadTooLarge, "the request body exceeds \(limit) bytes")
         }
         do {
             return try StrictJSON.decode(T.self, from: Data(buffer: buffer))

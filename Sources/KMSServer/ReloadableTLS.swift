@@ -18,11 +18,6 @@ public final class TLSContextBox: Sendable {
         context = Mutex(try Self.makeContext(configuration))
     }
 
-    /// Builds the new context first, so a bad file leaves the old one in place.
-    public func replace(_ configuration: TLSConfiguration) throws {
-        install(try Self.makeContext(configuration))
-    }
-
     /// Swaps in a context built (and checked) beforehand: a reload builds every part first and swaps them together.
     public func install(_ fresh: NIOSSLContext) {
         context.withLock { $0 = fresh }

@@ -8,19 +8,25 @@ import Logging
 /// The administrative operations, for an authenticated `Administrator` (an admin certificate identity or an admin
 /// token).
 extension KMSService {
+    /// An admin operation's audit scope, with the administrator noted and the policy read once for the operation.
+    private func administered<T>(
+        _ admin: Administrator, _ action: String, _ body: (KMSServerPolicy) async throws -> T
+    ) async throws(ServiceError) -> T {
+        try await audited(.admin, action) {
+            AuditNote.identity(admin.actor)
+            return try await body(policy)
+        }
+    }
+
     /// The configured keys with their providers, by name.
     public func listKeys(_ admin: Administrator) async throws(ServiceError) -> [KMSServerPolicy.Key] {
-        try await audited(.admin, "list_keys") {
-            let policy = policy
-            AuditNote.identity(admin.actor)
-            return policy.keys.values.sorted { $0.name < $1.name }
+        try await administered(admin, "list_keys") { policy in
+            policy.keys.values.sorted { $0.name < $1.name }
         }
     }
 
     public func describeKey(_ admin: Administrator, key nameText: String) async throws(ServiceError) -> (KMSServerPolicy.Key, KeyDescription) {
-        try await audited(.admin, "show_key") {
-            let policy = policy
-            AuditNote.identity(admin.actor)
+        try await administered(admin, "show_key") { policy in
             let key = try adminKey(nameText, policy: policy)
             return (key, try await perform { try await key.provider.describeKey(key.name) })
         }
@@ -30,10 +36,8 @@ extension KMSService {
     public func createKey(_ admin: Administrator, input: () async throws -> CreateKeyRequest) async throws(ServiceError)
         -> (KMSServerPolicy.Key, KeyDescription)
     {
-        try await audited(.admin, "create_key") {
-            let policy = policy
+        try await administered(admin, "create_key") { policy in
             let actor = admin.actor
-            AuditNote.identity(actor)
             let body = try await input()
             guard let name = try? KeyName(body.name) else {
                 throw ServiceError(.badRequest, .invalidInput, "'\(body.name.prefix(80))' is not a valid key name")
@@ -55,10 +59,8 @@ extension KMSService {
     public func rotate(_ admin: Administrator, key nameText: String, input: () async throws -> RotateRequest) async throws(ServiceError)
         -> (KMSServerPolicy.Key, RotationManager.Outcome)
     {
-        try await audited(.admin, "rotate") {
-            let policy = policy
+        try await administered(admin, "rotate") { policy in
             let actor = admin.actor
-            AuditNote.identity(actor)
             let key = try adminKey(nameText, policy: policy)
             let body = try await input()
             let trigger = RotationTrigger.manual(reason: body.reason.map { String($0.prefix(200)) })
@@ -77,10 +79,8 @@ extension KMSService {
     public func retire(_ admin: Administrator, key nameText: String, version versionText: String?, input: () async throws -> RetireRequest)
         async throws(ServiceError) -> (KMSServerPolicy.Key, KeyDescription)
     {
-        try await audited(.admin, "retire") {
-            let policy = policy
+        try await administered(admin, "retire") { policy in
             let actor = admin.actor
-            AuditNote.identity(actor)
             let key = try adminKey(nameText, policy: policy)
             guard let number = versionText.flatMap(UInt32.init), let version = try? KeyVersion(number) else {
                 throw ServiceError(.badRequest, .invalidInput, "the version must be a positive integer")
@@ -96,9 +96,7 @@ extension KMSService {
     public func versions(_ admin: Administrator, key nameText: String) async throws(ServiceError)
         -> (KMSServerPolicy.Key, RotationManager.Key, [RotationManager.VersionEntry])
     {
-        try await audited(.admin, "versions") {
-            let policy = policy
-            AuditNote.identity(admin.actor)
+        try await administered(admin, "versions") { policy in
             let key = try adminKey(nameText, policy: policy)
             let (configured, entries) = try await perform { [rotation] in try await rotation.versions(key.name) }
             return (key, configured, entries)
@@ -107,8 +105,7 @@ extension KMSService {
 
     /// Every key's rotation schedule, and the time it was computed at.
     public func schedule(_ admin: Administrator) async throws(ServiceError) -> (Date, [RotationManager.ScheduleEntry]) {
-        try await audited(.admin, "schedule") {
-            AuditNote.identity(admin.actor)
+        try await administered(admin, "schedule") { _ in
             let now = rotation.clock()
             return (now, await rotation.schedule())
         }
@@ -123,10 +120,8 @@ extension KMSService {
 
     /// The mode, every provider's state and the security event counts.
     public func status(_ admin: Administrator) async throws(ServiceError) -> (mode: String, providers: [ProviderStatus], events: [String: Int]) {
-        try await audited(.admin, "status") {
-            let policy = policy
-            AuditNote.identity(admin.actor)
-            return (policy.mode, await providerHealth(), events.snapshot)
+        try await administered(admin, "status") { policy in
+            (policy.mode, await providerHealth(), events.snapshot)
         }
     }
 

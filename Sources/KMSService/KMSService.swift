@@ -134,7 +134,7 @@ public final class KMSService: Sendable {
         } catch let error as KMSError {
             if error.code == .unavailable { events.record("provider_unavailable") }
             // Wrong context, wrong key or tampered data: one probe, counted as a security event (per batch item too).
-            if error.message == KMSError.authenticationFailureMessage { events.record("unwrap_authentication_failed") }
+            if error.isAuthenticationFailure { events.record("unwrap_authentication_failed") }
             if error.code == .unavailable || error.code == .internal {
                 logger.warning("backend error", metadata: ["security_event": "provider_unavailable", "error": "\(error.debugDescription)"])
             }

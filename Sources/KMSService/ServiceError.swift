@@ -48,5 +48,5 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(code): \(message)" }
 
     /// A wrapped key that failed its AEAD check (wrong context, wrong key or tampered data).
-    public var isAuthenticationFailure: Bool { code == .invalidInput && message == KMSError.authenticationFailureMessage }
+    public var isAuthenticationFailure: Bool { KMSError(code, message).isAuthenticationFailure }
 }

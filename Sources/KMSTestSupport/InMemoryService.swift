@@ -56,13 +56,13 @@ public struct InMemoryService: Sendable {
     /// (refusals are submitted, not awaited); throws if fewer arrive.
     public func records(atLeast count: Int = 0) async throws -> [[String: Any]] {
         var records: [[String: Any]] = []
-        for _ in 0..<100 {
+        let enough = try await eventually(within: .seconds(2)) {
             let text = (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? ""
             records = text.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
                 .filter { $0["checkpoint"] == nil }
-            if records.count >= count { return records }
-            try await Task.sleep(for: .milliseconds(20))
+            return records.count >= count
         }
-        throw KMSError.notFound("\(records.count) audit records, fewer than \(count)")
+        guard enough else { throw KMSError.notFound("\(records.count) audit records, fewer than \(count)") }
+        return records
     }
 }

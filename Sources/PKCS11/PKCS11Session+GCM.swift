@@ -71,7 +71,8 @@ extension PKCS11Session {
                 }
             }
         }
-        return Array(ciphertext.prefix(written))
+        if written < ciphertext.count { ciphertext.removeLast(ciphertext.count - written) }
+        return ciphertext
     }
 
     /// `decryptGCM` with the IV, AAD and ciphertext as arrays; returns the number of bytes written to `plaintext`.

@@ -6,7 +6,6 @@ import KMSTestSupport
 /// requests answered. The client runs in its own process, so none of its work is counted as kmsd's.
 struct LeanLoad {
     struct Outcome {
-        let requests: Int
         let requestsPerSecond: Double
         let errors: Int
         /// Answers other than 2xx.
@@ -16,17 +15,17 @@ struct LeanLoad {
         let contextSwitchesPerRequest: Double
     }
 
-    static func run(_ kmsd: LaunchedKMSD, _ setup: BenchSetup, path: String, body: String, connections: Int, seconds: Double,
-                    rate: Double? = nil) throws -> Outcome {
+    static func run(_ kmsd: LaunchedKMSD, _ setup: BenchSetup, path: String, body: String, connections: Int, seconds: Double)
+        throws -> Outcome
+    {
         let bodyFile = setup.directory.appendingPathComponent("load-body-\(UUID().uuidString).json")
         try Data(body.utf8).write(to: bodyFile)
         defer { try? FileManager.default.removeItem(at: bodyFile) }
         let executable = URL(fileURLWithPath: setup.executable).deletingLastPathComponent().appendingPathComponent("kms-load")
-        var arguments = [
+        let arguments = [
             "--port", "\(kmsd.port)", "--ca", setup.path("ca.pem"), "--cert", setup.path("node.pem"), "--key", setup.path("node-key.pem"),
             "--connections", "\(connections)", "--seconds", "\(seconds)", "--path", path, "--body-file", bodyFile.path,
         ]
-        if let rate { arguments += ["--rate", "\(rate)"] }
         let pid = kmsd.process.processIdentifier
         let before = ProcessUsage(pid: pid)
         let output = try run(executable, arguments)
@@ -37,7 +36,7 @@ struct LeanLoad {
         let statuses = report["statuses"] as? [String: Int] ?? [:]
         let divisor = Double(max(1, requests))
         return Outcome(
-            requests: requests, requestsPerSecond: report["requests_per_second"] as? Double ?? 0, errors: report["errors"] as? Int ?? 0,
+            requestsPerSecond: report["requests_per_second"] as? Double ?? 0, errors: report["errors"] as? Int ?? 0,
             failedStatuses: statuses.filter { !$0.key.hasPrefix("2") }.values.reduce(0, +), latencyMicros: latency,
             cpuMicrosPerRequest: (after.cpuSeconds - before.cpuSeconds) * 1_000_000 / divisor,
             contextSwitchesPerRequest: Double(after.contextSwitches - before.contextSwitches) / divisor)

@@ -86,7 +86,11 @@ struct LoadRun {
             connected.append(channel.flatMap { _ in connection.ready.futureResult })
             connections.append((connection, loop))
         }
-        // Every connection has completed its handshake before the clock starts.
+        // Every connection has completed its handshake before the clock starts; a server that accepts but never
+        // completes one fails the run after 10 s instead of holding it forever.
+        for (connection, loop) in connections {
+            loop.scheduleTask(in: .seconds(10)) { connection.ready.fail(HandshakeTimeout()) }
+        }
         try EventLoopFuture.andAllSucceed(connected, on: group.any()).wait()
 
         let start = NIODeadline.now()
@@ -300,4 +304,9 @@ enum HTTPAnswer {
         }
         return nil
     }
+}
+
+/// A connection's TLS handshake did not complete within 10 s.
+struct HandshakeTimeout: Error, CustomStringConvertible {
+    var description: String { "the TLS handshake did not complete within 10 s" }
 }

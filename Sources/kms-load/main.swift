@@ -6,10 +6,6 @@
 // latency percentiles (HdrHistogram, microseconds), status counts and errors. No Foundation and no HTTP client
 // library on the request path: requests are prebuilt bytes, answers are parsed just enough (status line,
 // Content-Length).
-import Histogram
-import NIOCore
-import NIOPosix
-import NIOSSL
 #if canImport(Glibc)
 import Glibc
 #endif
