@@ -32,14 +32,8 @@ final class AuditNote: Sendable {
     static func digest(_ context: EncryptionContext) -> String {
         Hex.encode(SHA256.hash(data: context.canonicalEncoding))
     }
-    /// A batch: its items' outcomes, and no request-wide version or context (items differ).
-    static func outcomes(_ outcomes: [AuditEvent.ItemOutcome]) {
-        current?.update { event in
-            event.outcomes = outcomes
-            event.version = nil
-            event.contextDigest = nil
-        }
-    }
+    /// A batch: its items' outcomes (it has no request-wide version or context: items differ).
+    static func outcomes(_ outcomes: [AuditEvent.ItemOutcome]) { current?.update { $0.outcomes = outcomes } }
 }
 
 extension KMSService {

@@ -61,7 +61,10 @@ extension KMSService {
         try await audited(.keyAccess, action) {
             let key = try authorizeKey(node, nameText, policy: policy)
             var outcome = AuditEvent.ItemOutcome()
+            // The request's record carries the one item's context digest (also when the call fails) and its version.
+            defer { if let digest = outcome.contextDigest { AuditNote.contextDigest(digest) } }
             let result = try await operation(key, try await input(), &outcome)
+            AuditNote.version(version(result))
             logger.debug("\(action)", metadata: ["identity": "\(node.identity)", "key": "\(key.name)", "version": "\(version(result))"])
             return (key.name, result)
         }
@@ -86,8 +89,8 @@ extension KMSService {
         return body.items
     }
 
-    /// Runs `operation` on every item in order, answering each with its result or its error, and notes each item's
-    /// outcome for the audit record (kept current after every item, so a batch cut short by an outage still says
+    /// Runs `operation` on every item in order, answering each with its result or its error, and notes the items'
+    /// outcomes for the audit record once at the end (also when an outage cuts the batch short, so the record says
     /// which items ran). An unavailable backend ends the batch: it is down for all of them.
     private func eachItem<Result: Sendable>(
         _ items: [UnwrapRequest],
@@ -95,6 +98,7 @@ extension KMSService {
     ) async throws -> [(Result?, ServiceError?)] {
         var answers: [(Result?, ServiceError?)] = []
         var outcomes: [AuditEvent.ItemOutcome] = []
+        defer { AuditNote.outcomes(outcomes) }
         for item in items {
             var outcome = AuditEvent.ItemOutcome()
             do {
@@ -106,13 +110,9 @@ extension KMSService {
                 outcome.result = serviceError.isAuthenticationFailure ? .denied : .failed
                 outcome.code = serviceError.code.rawValue
                 outcomes.append(outcome)
-                if serviceError.kind == .unavailable {
-                    AuditNote.outcomes(outcomes)
-                    throw serviceError
-                }
+                if serviceError.kind == .unavailable { throw serviceError }
                 answers.append((nil, serviceError))
             }
-            AuditNote.outcomes(outcomes)
         }
         return answers
     }
@@ -122,9 +122,7 @@ extension KMSService {
         let wrapped = try base64(item.wrapped, field: "wrapped")
         if let envelope = try? Envelope(parsing: wrapped) { outcome.version = envelope.header.version.rawValue }
         let encryption = try context(item.context)
-        let digest = AuditNote.digest(encryption)
-        outcome.contextDigest = digest
-        AuditNote.contextDigest(digest)
+        outcome.contextDigest = AuditNote.digest(encryption)
         return (wrapped, encryption)
     }
 
@@ -148,7 +146,6 @@ extension KMSService {
         let (wrapped, encryption) = try itemInput(item, &outcome)
         let (provider, name) = (key.provider, key.name)
         let result = try await perform { try await call(provider, name, wrapped, encryption) }
-        AuditNote.version(version(result))
         outcome.version = version(result).rawValue
         return result
     }
