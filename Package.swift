@@ -181,7 +181,7 @@ let package = Package(
         // KMSClient (retries, the DEK cache) against the real listener (mutual TLS) over the in-memory provider.
         tests("KMSClientTests", [
             "KMSClient", "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSAPI", "KMSDev",
-            External.hummingbird, External.hummingbirdCore, External.nioSSL
+            External.hummingbird, External.hummingbirdCore, External.nioSSL, External.nioCore, External.nioPosix
         ]),
         tests("PKCS11Tests", ["PKCS11", "CPKCS11", "KMSTestSupport"]),
         tests("KMSCoreTests", ["KMSCore", External.crypto], resources: [.copy("Vectors")]),

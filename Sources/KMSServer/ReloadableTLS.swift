@@ -98,8 +98,10 @@ struct LimitedHTTP1Channel: ServerChildChannel {
     func handle(value: Value, logger: Logger) async {
         // The first request cannot arrive before the handshake completed, so this wait costs a request nothing.
         let peer = (try? await value.peer.get()) ?? nil
-        await PeerCertificate.$connection.withValue(peer) {
-            await base.handle(value: value.base, logger: logger)
+        await withTaskExecutorPreference(EventLoopTaskExecutor(value.channel.eventLoop)) {
+            await PeerCertificate.$connection.withValue(peer) {
+                await base.handle(value: value.base, logger: logger)
+            }
         }
     }
 }

@@ -8,6 +8,8 @@ import KMSDev
 import KMSServer
 import KMSService
 import KMSTestSupport
+import NIOCore
+import NIOPosix
 import NIOSSL
 import Synchronization
 import Testing
@@ -19,12 +21,32 @@ final class TLSServerFixture: Sendable {
     let base: InMemoryService
     let directory: URL
     let server: ServerTask
+    /// For each request: whether it was handled on an event loop, at its start and after its answer was ready.
+    let threads: ThreadLog
     var port: Int { server.port }
 
-    private init(base: InMemoryService, directory: URL, server: ServerTask) {
+    final class ThreadLog: Sendable {
+        let entries = Mutex<[(start: Bool, end: Bool)]>([])
+    }
+
+    private init(base: InMemoryService, directory: URL, server: ServerTask, threads: ThreadLog) {
         self.base = base
         self.directory = directory
         self.server = server
+        self.threads = threads
+    }
+
+    /// The routes, noting where each request runs.
+    struct ThreadProbe: HTTPResponder {
+        let routes: RouterResponder<KMSRequestContext>
+        let fixture: @Sendable (Bool, Bool) -> Void
+
+        func respond(to request: Request, context: KMSRequestContext) async throws -> Response {
+            let start = MultiThreadedEventLoopGroup.currentEventLoop != nil
+            let response = try await routes.respond(to: request, context: context)
+            fixture(start, MultiThreadedEventLoopGroup.currentEventLoop != nil)
+            return response
+        }
     }
 
     static func start() async throws -> TLSServerFixture {
@@ -47,14 +69,16 @@ final class TLSServerFixture: Sendable {
             maxConnections: 64, maxPerSource: 64, maxUnauthenticated: 16, maxUnauthenticatedPerSource: 16,
             handshakeTimeout: .seconds(5), idleTimeout: .seconds(30), maxAge: .seconds(300), authenticates: true), events: server.events)
         let box = try TLSContextBox(tls)
+        let threads = ThreadLog()
+        let probe = ThreadProbe(routes: server.router().buildResponder()) { start, end in threads.entries.withLock { $0.append((start, end)) } }
         let running = try await ServerTask.start { bound in
             try await Application(
-                router: server.router(), server: .http1(tls: box, limit: limit),
+                responder: probe, server: .http1(tls: box, limit: limit),
                 configuration: .init(address: .hostname("127.0.0.1", port: 0)),
                 onServerRunning: { channel in bound(channel.localAddress?.port ?? 0) }
             ).runService(gracefulShutdownSignals: [])
         }
-        return TLSServerFixture(base: base, directory: directory, server: running)
+        return TLSServerFixture(base: base, directory: directory, server: running, threads: threads)
     }
 
     func client(_ identity: String, retries: Int = 0, cache: DEKCache.Limits? = nil) throws -> KMSClient {
@@ -80,6 +104,22 @@ struct KMSClientTests {
         let records = try await server.base.records(atLeast: 3)
         #expect(records.map { $0["identity"] as? String }.allSatisfy { $0 == "uri:spiffe://test/storage/node-1" })
         #expect(records.last?["type"] as? String == "authorization")
+        await node.shutdown()
+        await server.stop()
+    }
+
+    /// A connection's requests run on its event loop, also after they waited for the provider and the audit log
+    /// (whose writer thread resumes them): no hand-off to the Swift concurrency pool and back per request.
+    @Test func requestsRunOnTheirConnectionsEventLoopFromStartToAnswer() async throws {
+        let server = try await TLSServerFixture.start()
+        let node = try server.client("node1")
+        for _ in 0..<5 {
+            let issued = try await node.datakey("orders", context: ["f": "1"])
+            _ = try await node.unwrap("orders", wrapped: issued.wrapped, context: ["f": "1"])
+        }
+        let threads = server.threads.entries.withLock { $0 }
+        #expect(threads.count == 10)
+        #expect(threads.allSatisfy { $0.start && $0.end }, "\(threads)")
         await node.shutdown()
         await server.stop()
     }
