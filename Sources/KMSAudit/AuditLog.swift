@@ -100,9 +100,7 @@ public final class AuditLog: Sendable {
             }
         }
         configuration.syslog?.start()
-        let thread = Thread { writer.run() }
-        thread.name = "kmsd-audit"
-        thread.start()
+        NamedThread.start("kmsd-audit") { writer.run() }
     }
 
     /// Appends `event` and returns when it is durable. Throws `AuditError` when it could not be written and the log

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import KMSCore
 import Synchronization
 
 /// Runs blocking PKCS#11 calls on kmsd's own thread pool, never on an event loop or the Swift concurrency pool.

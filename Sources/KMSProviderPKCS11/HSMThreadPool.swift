@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import KMSCore
 import NIOCore
 import Synchronization
 
@@ -27,26 +28,8 @@ final class HSMThreadPool: @unchecked Sendable {
         self.spinLimit = spinLimit
         for index in 0..<threads {
             let threadName = "\(name)-\(index)"
-            let thread = Thread { [self] in
-                // Named from inside. Foundation's setter does not always reach the kernel (about half the runs of
-                // HSMExecutorTests left a thread with the name it inherited), so the kernel's name (what `top -H`,
-                // perf and gdb show; at most 15 bytes) is set directly too.
-                Thread.current.name = threadName
-                Self.setKernelThreadName(threadName)
-                work()
-            }
-            thread.start()
+            NamedThread.start(threadName) { [self] in work() }
         }
-    }
-
-    /// Names the calling thread in the kernel (`/proc/thread-self/comm`; Swift cannot call the variadic `prctl`, and
-    /// Glibc's module does not export `pthread_setname_np`). Best effort: a name is a diagnostic aid.
-    static func setKernelThreadName(_ name: String) {
-        let descriptor = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return }
-        let bytes = Array(name.utf8.prefix(15))
-        _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-        close(descriptor)
     }
 
     /// Queues `job`. Returns false, without running it, once `shutdown()` has begun.

@@ -71,14 +71,16 @@ extension SessionPool {
     }
 
     func wait(_ waiterID: Int, deadline: ContinuousClock.Instant) async -> SessionPoolStateMachine.LeaseDecision {
-        let timer = Task { [self] in
-            try await configuration.clock.sleep(until: deadline)
-            perform(state.withLock { $0.machine.expireWaiters(now: configuration.clock.now) })
-        }
-        defer { timer.cancel() }
+        // Armed once the waiter is registered, so it cannot fire before there is a waiter to expire.
+        let timer = Mutex<PoolTimer?>(nil)
+        defer { timer.withLock { $0 }?.cancel() }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 enqueue(waiterID, deadline: deadline) { continuation.resume(returning: $0) }
+                let armed = configuration.clock.schedule(at: deadline) { [self] in
+                    perform(state.withLock { $0.machine.expireWaiters(now: configuration.clock.now) })
+                }
+                timer.withLock { $0 = armed }
             }
         } onCancel: { [self] in
             perform(state.withLock { $0.machine.cancelWaiter(waiterID) })

@@ -122,7 +122,7 @@ public final class KMSService: Sendable {
             return try await withThrowingTaskGroup(of: T?.self) { group in
                 group.addTask { try await body() }
                 group.addTask {
-                    try await Task.sleep(for: timeout)
+                    try await DeadlineSweeper.shared.sleep(until: .now + timeout)
                     return nil
                 }
                 defer { group.cancelAll() }

@@ -1,0 +1,102 @@
+import Foundation
+import Synchronization
+
+/// Fires deadlines: of in-flight HSM calls (`HSMExecutor`) and of requests (`KMSService`).
+///
+/// One thread for all deadlines: registering and cancelling are a lock and a dictionary update, so the hot path pays
+/// no timer per call (a `Task.sleep` per request armed a Dispatch timer that woke a Dispatch thread once per request,
+/// long after the request had ended). While deadlines are pending the thread checks every `granularity` (5 ms); with
+/// none it sleeps until one is registered. Expiry therefore happens at most `granularity` (plus scheduling) after the
+/// deadline. Expiry closures run on the sweeper thread and must be quick.
+public final class DeadlineSweeper: @unchecked Sendable {
+    // @unchecked: all mutable state is guarded by `condition`.
+    private let condition = NSCondition()
+    private var pending: [UInt64: (deadline: ContinuousClock.Instant, expire: @Sendable () -> Void)] = [:]
+    private var nextID: UInt64 = 0
+    private var stopped = false
+    private let granularity: Duration
+
+    /// The sweeper of request deadlines and session-pool checkout waits, started on first use and shared by the
+    /// whole process.
+    public static let shared = DeadlineSweeper(name: "kmsd-deadlines")
+
+    public init(name: String = "kmsd-hsm-deadlines", granularity: Duration = .milliseconds(5)) {
+        self.granularity = granularity
+        NamedThread.start(name) { [self] in run() }
+    }
+
+    /// Registers `expire` to run once `deadline` has passed, unless cancelled first. Returns the registration id.
+    public func register(deadline: ContinuousClock.Instant, expire: @escaping @Sendable () -> Void) -> UInt64 {
+        condition.lock()
+        defer { condition.unlock() }
+        nextID &+= 1
+        pending[nextID] = (deadline, expire)
+        if pending.count == 1 { condition.signal() }
+        return nextID
+    }
+
+    public func cancel(_ id: UInt64) {
+        condition.lock()
+        pending[id] = nil
+        condition.unlock()
+    }
+
+    public func stop() {
+        condition.lock()
+        stopped = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func run() {
+        let interval = Double(granularity.components.seconds) + Double(granularity.components.attoseconds) / 1e18
+        condition.lock()
+        while !stopped {
+            if pending.isEmpty {
+                condition.wait()
+                continue
+            }
+            condition.unlock()
+            Thread.sleep(forTimeInterval: interval)
+            condition.lock()
+            let now = ContinuousClock.now
+            var expired: [@Sendable () -> Void] = []
+            for (id, entry) in pending where entry.deadline <= now {
+                expired.append(entry.expire)
+                pending[id] = nil
+            }
+            if !expired.isEmpty {
+                condition.unlock()
+                for expire in expired { expire() }
+                condition.lock()
+            }
+        }
+        condition.unlock()
+    }
+}
+
+extension DeadlineSweeper {
+    /// Returns at `deadline` (within the granularity), or throws `CancellationError` as soon as the task is cancelled.
+    public func sleep(until deadline: ContinuousClock.Instant) async throws {
+        let waiter = Mutex<CheckedContinuation<Void, any Error>?>(nil)
+        let id = Mutex<UInt64?>(nil)
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                waiter.withLock { $0 = continuation }
+                let registration = register(deadline: deadline) {
+                    waiter.withLock { $0.take() }?.resume()
+                }
+                id.withLock { $0 = registration }
+                // Cancelled before the registration was stored: the handler could not cancel it (nor, if it ran
+                // before the continuation was stored, resume it).
+                if Task.isCancelled {
+                    cancel(registration)
+                    waiter.withLock { $0.take() }?.resume(throwing: CancellationError())
+                }
+            }
+        } onCancel: {
+            if let registration = id.withLock({ $0 }) { cancel(registration) }
+            waiter.withLock { $0.take() }?.resume(throwing: CancellationError())
+        }
+    }
+}
