@@ -1,4 +1,5 @@
 import Foundation
+import KMSCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,101 +8,47 @@ import Glibc
 /// the cost (the writer thread serializes every record on the request path's critical section).
 extension AuditRecord {
     var jsonLine: [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(320)
-        var first = true
-        func key(_ name: String) {
-            out.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
-            first = false
-            Self.string(name, into: &out)
-            out.append(UInt8(ascii: ":"))
-        }
-        func string(_ name: String, _ value: String?) {
-            guard let value else { return }
-            key(name)
-            Self.string(value, into: &out)
-        }
-        func number(_ name: String, _ value: UInt64?) {
-            guard let value else { return }
-            key(name)
-            out += Array(String(value).utf8)
-        }
+        var out = JSONObjectWriter(capacity: 320)
         // Keys in sorted order: action, checkpoint, code, context_digest, detail, identity, items, key, outcomes, prev,
         // result, seq, time, type, version.
-        string("action", event.action)
+        out.string("action", event.action)
         if let checkpoint {
-            key("checkpoint")
-            out += Array(#"{"closing":"#.utf8) + Array((checkpoint.closing ? "true" : "false").utf8)
-            out += Array(#","key_id":"#.utf8)
-            Self.string(checkpoint.keyID, into: &out)
-            out += Array(#","records":\#(checkpoint.records),"signature":"#.utf8)
-            Self.string(checkpoint.signature, into: &out)
-            if let version = checkpoint.version { out += Array(#","v":\#(version)"#.utf8) }
-            out.append(UInt8(ascii: "}"))
+            var nested = JSONObjectWriter(capacity: 160)
+            nested.bool("closing", checkpoint.closing)
+            nested.string("key_id", checkpoint.keyID)
+            nested.number("records", checkpoint.records)
+            nested.string("signature", checkpoint.signature)
+            nested.number("v", checkpoint.version.map { UInt64(clamping: $0) })
+            out.raw("checkpoint", nested.finish())
         }
-        string("code", event.code)
-        string("context_digest", event.contextDigest)
-        string("detail", event.detail)
-        string("identity", event.identity)
-        if let items = event.items { number("items", UInt64(clamping: items)) }
-        string("key", event.key)
+        out.string("code", event.code)
+        out.string("context_digest", event.contextDigest)
+        out.string("detail", event.detail)
+        out.string("identity", event.identity)
+        out.number("items", event.items.map { UInt64(clamping: $0) })
+        out.string("key", event.key)
         if let outcomes = event.outcomes {
-            key("outcomes")
-            out.append(UInt8(ascii: "["))
+            var list: [UInt8] = [UInt8(ascii: "[")]
             for (index, outcome) in outcomes.enumerated() {
-                if index > 0 { out.append(UInt8(ascii: ",")) }
+                if index > 0 { list.append(UInt8(ascii: ",")) }
                 // Keys in sorted order: code, context_digest, result, version.
-                var fields: [(String, [UInt8])] = []
-                func quoted(_ text: String) -> [UInt8] {
-                    var bytes: [UInt8] = []
-                    Self.string(text, into: &bytes)
-                    return bytes
-                }
-                if let code = outcome.code { fields.append(("code", quoted(code))) }
-                if let digest = outcome.contextDigest { fields.append(("context_digest", quoted(digest))) }
-                fields.append(("result", quoted(outcome.result.rawValue)))
-                if let version = outcome.version { fields.append(("version", Array(String(version).utf8))) }
-                out.append(UInt8(ascii: "{"))
-                for (position, field) in fields.enumerated() {
-                    if position > 0 { out.append(UInt8(ascii: ",")) }
-                    Self.string(field.0, into: &out)
-                    out.append(UInt8(ascii: ":"))
-                    out += field.1
-                }
-                out.append(UInt8(ascii: "}"))
+                var item = JSONObjectWriter(capacity: 128)
+                item.string("code", outcome.code)
+                item.string("context_digest", outcome.contextDigest)
+                item.string("result", outcome.result.rawValue)
+                item.number("version", outcome.version.map(UInt64.init))
+                list += item.finish()
             }
-            out.append(UInt8(ascii: "]"))
+            list.append(UInt8(ascii: "]"))
+            out.raw("outcomes", list)
         }
-        string("prev", prev)
-        string("result", event.result.rawValue)
-        number("seq", seq)
-        string("time", time)
-        string("type", event.kind.rawValue)
-        number("version", event.version.map(UInt64.init))
-        out.append(UInt8(ascii: "}"))
-        return out
-    }
-
-    /// A JSON string: quotes, backslashes and control characters escaped; everything else (including `/` and
-    /// non-ASCII UTF-8) as is.
-    static func string(_ text: String, into out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
-            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
-            case 0x0A: out += [UInt8(ascii: "\\"), UInt8(ascii: "n")]
-            case 0x0D: out += [UInt8(ascii: "\\"), UInt8(ascii: "r")]
-            case 0x09: out += [UInt8(ascii: "\\"), UInt8(ascii: "t")]
-            case 0x08: out += [UInt8(ascii: "\\"), UInt8(ascii: "b")]
-            case 0x0C: out += [UInt8(ascii: "\\"), UInt8(ascii: "f")]
-            case 0x00..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                out += Array("\\u00".utf8) + [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
-            default: out.append(byte)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
+        out.string("prev", prev)
+        out.string("result", event.result.rawValue)
+        out.number("seq", seq)
+        out.string("time", time)
+        out.string("type", event.kind.rawValue)
+        out.number("version", event.version.map(UInt64.init))
+        return out.finish()
     }
 }
 

@@ -14,24 +14,36 @@ extension KMSServer {
         let (name, dataKey) = try await service.dataKey(context.caller, key: keyName(context)) {
             try await decode(DataKeyRequest.self, request)
         }
-        return try json(DataKeyResponse(
-            key: name.rawValue, version: dataKey.version.rawValue,
-            plaintext: dataKey.plaintext.withUnsafeBytes { Data($0).base64EncodedString() },
-            wrapped: Data(dataKey.wrapped).base64EncodedString()))
+        // The answers of the single-item routes are written by hand (`JSONEncoder` was a measurable share of a
+        // request's CPU); the fields and their order are `DataKeyResponse`'s, `UnwrapResponse`'s, `RewrapResponse`'s.
+        var body = JSONObjectWriter(capacity: 200)
+        body.string("key", name.rawValue)
+        body.number("version", UInt64(dataKey.version.rawValue))
+        body.string("plaintext", dataKey.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })
+        body.string("wrapped", Data(dataKey.wrapped).base64EncodedString())
+        return json(bytes: body.finish())
     }
 
     func unwrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
         let (name, result) = try await service.unwrap(context.caller, key: keyName(context)) {
             try await decode(UnwrapRequest.self, request)
         }
-        return try json(Self.unwrapResponse(name, result))
+        var body = JSONObjectWriter(capacity: 128)
+        body.string("key", name.rawValue)
+        body.number("version", UInt64(result.version.rawValue))
+        body.string("plaintext", result.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })
+        return json(bytes: body.finish())
     }
 
     func rewrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
         let (name, result) = try await service.rewrap(context.caller, key: keyName(context)) {
             try await decode(RewrapRequest.self, request)
         }
-        return try json(Self.rewrapResponse(name, result))
+        var body = JSONObjectWriter(capacity: 160)
+        body.string("key", name.rawValue)
+        body.number("version", UInt64(result.version.rawValue))
+        body.string("wrapped", Data(result.wrapped).base64EncodedString())
+        return json(bytes: body.finish())
     }
 
     func batchUnwrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
