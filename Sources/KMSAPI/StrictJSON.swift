@@ -1,7 +1,7 @@
 public import Foundation
 
-/// How kmsd reads request bodies: a JSON object (an empty body counts as `{}`), no field outside `allowed`, then the
-/// Codable type. Every failure is a `StrictJSON.Failure` with a message fit for a 400 answer (it names a field, never
+/// How kmsd reads request bodies: a JSON object (an empty body counts as `{}`), no field outside the type's
+/// `CodingKeys`, then the Codable type. Every failure is a `StrictJSON.Failure` with a message fit for a 400 answer (it names a field, never
 /// echoes a value).
 public enum StrictJSON {
     public enum Failure: Error, Equatable, CustomStringConvertible {
@@ -18,20 +18,43 @@ public enum StrictJSON {
         }
     }
 
-    /// A request type: its fields are its `CodingKeys`.
+    /// A request type: its fields are its `CodingKeys`. One pass of `JSONDecoder`: the object's keys are checked
+    /// against the type's `CodingKeys` before the type decodes itself from the same parsed document (the body was
+    /// parsed twice before, by `JSONSerialization` for the key check and again by `JSONDecoder`).
     public static func decode<T: StrictRequest>(_ type: T.Type, from data: Data) throws(Failure) -> T {
-        try decode(type, from: data, allowed: T.fields)
-    }
-
-    public static func decode<T: Decodable>(_ type: T.Type, from data: Data, allowed: Set<String>) throws(Failure) -> T {
-        let object = data.isEmpty ? [String: Any]() : (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
-        guard let object else { throw .notAnObject }
-        if let unknown = Set(object.keys).subtracting(allowed).sorted().first { throw .unknownField(unknown) }
         do {
-            return try JSONDecoder().decode(T.self, from: data.isEmpty ? Data("{}".utf8) : data)
+            return try JSONDecoder().decode(Checked<T>.self, from: data.isEmpty ? Data("{}".utf8) : data).value
+        } catch let failure as Failure {
+            throw failure
+        } catch DecodingError.typeMismatch(_, let context) where context.codingPath.isEmpty {
+            throw .notAnObject
+        } catch DecodingError.dataCorrupted(let context) where context.codingPath.isEmpty {
+            throw .notAnObject
+        } catch DecodingError.valueNotFound(_, let context) where context.codingPath.isEmpty {
+            throw .notAnObject
         } catch {
             throw .schema(describe(error))
         }
+    }
+
+    /// The top level must be an object whose keys are all `T`'s; then `T` decodes as usual.
+    private struct Checked<T: StrictRequest>: Decodable {
+        let value: T
+
+        init(from decoder: any Decoder) throws {
+            let object = try decoder.container(keyedBy: AnyKey.self)
+            if let unknown = object.allKeys.map(\.stringValue).filter({ T.CodingKeys(stringValue: $0) == nil }).sorted().first {
+                throw Failure.unknownField(unknown)
+            }
+            value = try T(from: decoder)
+        }
+    }
+
+    private struct AnyKey: CodingKey {
+        let stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
     }
 
     static func describe(_ error: any Error) -> String {
@@ -55,5 +78,7 @@ public protocol StrictRequest: Decodable {
 }
 
 extension StrictRequest {
+    /// The accepted fields (the decoder asks `CodingKeys(stringValue:)` instead of building this set per request).
     public static var fields: Set<String> { Set(CodingKeys.allCases.map(\.stringValue)) }
 }
+

@@ -204,6 +204,29 @@ struct KMSClientTests {
         #expect(KMSAPI.Path.datakey(KMSAPI.Path.keyParameter) == "/v1/keys/{name}/datakey")
     }
 
+    /// One decoding pass, the same answers as before it: what is not an object, an unknown field, a missing field and
+    /// a wrong type each get their own message, which names the field and never the value.
+    @Test func strictDecodingNamesTheProblemAndNeverTheValue() throws {
+        func failure<T: StrictRequest>(_ type: T.Type, _ body: String) -> StrictJSON.Failure? {
+            do {
+                _ = try StrictJSON.decode(type, from: Data(body.utf8))
+                return nil
+            } catch {
+                return error
+            }
+        }
+        #expect(try StrictJSON.decode(DataKeyRequest.self, from: Data()) == DataKeyRequest())
+        #expect(try StrictJSON.decode(DataKeyRequest.self, from: Data(#"{"context":{"t":"x"}}"#.utf8)) == DataKeyRequest(context: ["t": "x"]))
+        for body in ["[]", "null", #""secret-value""#, "{", "42", #"{"context":"#] {
+            #expect(failure(DataKeyRequest.self, body) == .notAnObject, "\(body)")
+        }
+        #expect(failure(DataKeyRequest.self, #"{"zeta":1,"alpha":"secret-value"}"#) == .unknownField("alpha"))
+        #expect(failure(UnwrapRequest.self, #"{"context":{}}"#) == .schema("missing field 'wrapped'"))
+        #expect(failure(UnwrapRequest.self, #"{"wrapped":"a","context":{"t":7}}"#) == .schema("wrong type at 'context.t'"))
+        #expect(failure(UnwrapRequest.self, #"{"wrapped":null}"#) == .schema("null at 'wrapped'"))
+        #expect(failure(BatchRequest.self, #"{"items":[{"wrapped":5}]}"#) == .schema("wrong type at 'items.Index 0.wrapped'"))
+    }
+
     @Test func cacheComparesContextsByTheirBytesAsKMSDDoes() throws {
         let cache = DEKCache()
         let composed = "caf\u{E9}"            // NFC
