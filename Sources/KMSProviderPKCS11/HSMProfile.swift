@@ -80,8 +80,12 @@ extension HSMProfile {
     func initialIV() -> [UInt8] {
         var iv = [UInt8](repeating: 0, count: 12)
         if ivSource == .caller {
+            // Two draws of 64 bits (each one `getrandom` call); a byte per draw was 12 system calls on every wrap.
             var generator = SystemRandomNumberGenerator()
-            for index in iv.indices { iv[index] = generator.next() }
+            let high: UInt64 = generator.next()
+            let low: UInt64 = generator.next()
+            withUnsafeBytes(of: high) { iv.replaceSubrange(0..<8, with: $0) }
+            withUnsafeBytes(of: low) { iv.replaceSubrange(8..<12, with: $0.prefix(4)) }
         }
         return iv
     }

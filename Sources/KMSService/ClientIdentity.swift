@@ -157,11 +157,13 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
                 index += 1
             }
         }
-        // next[j]: tokens[i+1...] match text[j...]; current[j]: tokens[i...] match text[j...].
+        // next[j]: tokens[i+1...] match text[j...]; current[j]: tokens[i...] match text[j...]. Two rows, swapped
+        // per token (every entry of `current` is written before it is read), so a match allocates twice, not once
+        // per pattern character: it runs on every request.
         var next = [Bool](repeating: false, count: text.count + 1)
         next[text.count] = true
+        var current = next
         for token in tokens.reversed() {
-            var current = [Bool](repeating: false, count: text.count + 1)
             for position in stride(from: text.count, through: 0, by: -1) {
                 let more = position < text.count
                 switch token {
@@ -173,7 +175,7 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
                     current[position] = next[position] || (more && current[position + 1])
                 }
             }
-            next = current
+            swap(&next, &current)
         }
         return next[0]
     }
