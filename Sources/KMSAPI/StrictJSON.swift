@@ -18,17 +18,25 @@ public enum StrictJSON {
         }
     }
 
-    /// A request type: its fields are its `CodingKeys`. One pass of `JSONDecoder`: the object's keys are checked
-    /// against the type's `CodingKeys` before the type decodes itself from the same parsed document (the body was
-    /// parsed twice before, by `JSONSerialization` for the key check and again by `JSONDecoder`).
+    /// A request type: its fields are its `CodingKeys`. The body is parsed once, by kmsd's own strict parser
+    /// (`StrictJSONTree`: no duplicate keys, no trailing bytes, nesting bounded), and the type decodes itself from
+    /// that tree after its top-level keys were checked against its `CodingKeys`.
     public static func decode<T: StrictRequest>(_ type: T.Type, from data: Data) throws(Failure) -> T {
+        let tree: StrictJSONTree
         do {
-            return try JSONDecoder().decode(Checked<T>.self, from: data.isEmpty ? Data("{}".utf8) : data).value
+            tree = data.isEmpty ? .object([:]) : try StrictJSONTree.parse([UInt8](data))
+        } catch {
+            switch error {
+            case .malformed: throw .notAnObject
+            case .duplicateKey(let name): throw .schema("duplicate field '\(name.prefix(64))'")
+            case .tooDeep: throw .schema("nested more than \(StrictJSONTree.maxDepth) levels deep")
+            }
+        }
+        do {
+            return try Checked<T>(from: StrictJSONDecoder(node: tree, codingPath: [])).value
         } catch let failure as Failure {
             throw failure
         } catch DecodingError.typeMismatch(_, let context) where context.codingPath.isEmpty {
-            throw .notAnObject
-        } catch DecodingError.dataCorrupted(let context) where context.codingPath.isEmpty {
             throw .notAnObject
         } catch DecodingError.valueNotFound(_, let context) where context.codingPath.isEmpty {
             throw .notAnObject
@@ -42,19 +50,12 @@ public enum StrictJSON {
         let value: T
 
         init(from decoder: any Decoder) throws {
-            let object = try decoder.container(keyedBy: AnyKey.self)
+            let object = try decoder.container(keyedBy: StrictJSONKey.self)
             if let unknown = object.allKeys.map(\.stringValue).filter({ T.CodingKeys(stringValue: $0) == nil }).sorted().first {
                 throw Failure.unknownField(unknown)
             }
             value = try T(from: decoder)
         }
-    }
-
-    private struct AnyKey: CodingKey {
-        let stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
     }
 
     static func describe(_ error: any Error) -> String {

@@ -225,6 +225,31 @@ struct KMSClientTests {
         #expect(failure(UnwrapRequest.self, #"{"wrapped":"a","context":{"t":7}}"#) == .schema("wrong type at 'context.t'"))
         #expect(failure(UnwrapRequest.self, #"{"wrapped":null}"#) == .schema("null at 'wrapped'"))
         #expect(failure(BatchRequest.self, #"{"items":[{"wrapped":5}]}"#) == .schema("wrong type at 'items.Index 0.wrapped'"))
+        // kmsd's own parser: stricter than JSONSerialization where the difference could be exploited.
+        #expect(failure(UnwrapRequest.self, #"{"wrapped":"a","wrapped":"b"}"#) == .schema("duplicate field 'wrapped'"))
+        #expect(failure(DataKeyRequest.self, #"{"context":{"t":"a","t":"b"}}"#) == .schema("duplicate field 't'"))
+        let deep = String(repeating: #"{"a":"#, count: 100) + "1" + String(repeating: "}", count: 100)
+        #expect(failure(DataKeyRequest.self, deep) == .schema("nested more than 64 levels deep"))
+        for malformed in [#"{"context":{}} x"#, #"{"context":{},}"#, "{'context':{}}", #"{"context":{"t":"\x"}}"#,
+                          "{\"context\":{\"t\":\"a\u{01}\"}}", #"{"context":{"t":"\ud800"}}"#, #"{"items":[1,]}"#, "{\"a\":01}",
+                          #"{"a":-}"#, #"{"a":1.}"#, #"{"a":tru}"#] {
+            #expect(failure(BatchRequest.self, malformed) == .notAnObject, "\(malformed)")
+        }
+        // Invalid UTF-8 inside a string (a lone lead byte).
+        #expect(strictFailure(bytes: [0x7B, 0x22, 0xC3, 0x22, 0x3A, 0x31, 0x7D]) == .notAnObject)
+        let escaped = try StrictJSON.decode(DataKeyRequest.self, from: Data(#" { "context" : { "t\u00e9" : "a\"\\\/\n\ud83d\ude00" } } "#.utf8))
+        #expect(escaped.context == ["t\u{E9}": "a\"\\/\n\u{1F600}"])
+        #expect(try StrictJSON.decode(RetireRequest.self, from: Data(#"{"force":true}"#.utf8)).force == true)
+        #expect(failure(RetireRequest.self, #"{"force":1}"#) == .schema("wrong type at 'force'"))
+    }
+
+    private func strictFailure(bytes: [UInt8]) -> StrictJSON.Failure? {
+        do {
+            _ = try StrictJSON.decode(DataKeyRequest.self, from: Data(bytes))
+            return nil
+        } catch {
+            return error
+        }
     }
 
     @Test func cacheComparesContextsByTheirBytesAsKMSDDoes() throws {
