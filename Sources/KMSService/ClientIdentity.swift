@@ -138,8 +138,25 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
         case doubleStar
     }
 
-    /// Dynamic programming over (pattern token, text position): linear in their product, whatever the stars.
+    /// Whether `text` matches `pattern` (`*` within a segment, `**` across, `separators` end a segment).
     static func glob(_ pattern: [UInt8], _ text: [UInt8], separators: Set<UInt8>) -> Bool {
+        // The usual patterns, in linear time without tables: an exact name, or one `*` within a segment.
+        let stars = pattern.indices.filter { pattern[$0] == UInt8(ascii: "*") }
+        if stars.isEmpty { return pattern == text }
+        if stars.count == 1, let star = stars.first {
+            let prefix = pattern[..<star]
+            let suffix = pattern[(star + 1)...]
+            guard text.count >= prefix.count + suffix.count, text.starts(with: prefix), text.reversed().starts(with: suffix.reversed()) else {
+                return false
+            }
+            return !text[prefix.count..<(text.count - suffix.count)].contains { separators.contains($0) }
+        }
+        return globByTable(pattern, text, separators: separators)
+    }
+
+    /// Any pattern: dynamic programming over (pattern token, text position), linear in their product whatever the
+    /// stars.
+    static func globByTable(_ pattern: [UInt8], _ text: [UInt8], separators: Set<UInt8>) -> Bool {
         var tokens: [Token] = []
         var index = 0
         while index < pattern.count {
