@@ -8,9 +8,14 @@ import Synchronization
 ///
 /// Why not `NIOThreadPool`: a PKCS#11 wrap on a fast token takes tens of microseconds, about as long as waking a
 /// parked thread, so handing each call to a sleeping thread doubled its latency (measured with `kms-bench hsm`, see
-/// `docs/performance.md`). Here an idle thread first polls the queue for a short while (`spinLimit`, yielding the CPU
-/// between looks) before it parks, and only one thread polls at a time, so a busy provider hands calls over without a
+/// `docs/performance.md`). Here an idle thread first polls the queue for a short while (yielding the CPU between
+/// looks) before it parks, and only one thread polls at a time, so a busy provider hands calls over without a
 /// wake-up while an idle one costs one spin window per burst, not a core.
+///
+/// The window adapts (`spinWindow`, at most `spinLimit`): it doubles when a job arrived while polling and halves when
+/// none did. Behind kmsd's HTTP front end, calls rarely arrive within a window (the request path between two calls is
+/// longer than a wrap), so full windows burned CPU on a 2-core machine for nothing (about a third of the HSM threads'
+/// time at 4 connections with the audit log); a tight loop of calls keeps the full window.
 final class HSMThreadPool: @unchecked Sendable {
     // @unchecked: `queue`, `parked`, `stopping` and `running` are guarded by `condition`; the rest are atomics.
     private let condition = NSCondition()
@@ -22,10 +27,14 @@ final class HSMThreadPool: @unchecked Sendable {
     private let queued = Atomic<Int>(0)
     private let spinning = Atomic<Bool>(false)
     private let spinLimit: Duration
+    /// The current polling window in microseconds (0: park at once, except for the occasional probe).
+    let spinWindow: Atomic<Int>
+    private let idlePeriods = Atomic<Int>(0)
 
     init(threads: Int, name: String = "kmsd-hsm", spinLimit: Duration = .microseconds(100)) {
         running = threads
         self.spinLimit = spinLimit
+        spinWindow = Atomic(Int(spinLimit.components.seconds) * 1_000_000 + Int(spinLimit.components.attoseconds / 1_000_000_000_000))
         for index in 0..<threads {
             let threadName = "\(name)-\(index)"
             NamedThread.start(threadName) { [self] in work() }
@@ -92,14 +101,26 @@ final class HSMThreadPool: @unchecked Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Looks at the queue until a job arrives or `spinLimit` passes, giving up the CPU between looks.
+    /// Looks at the queue until a job arrives or the window passes, giving up the CPU between looks, and adapts the
+    /// window to whether polling paid off. A closed window is probed with a short one every 64th idle period, so a
+    /// load that turns into a tight loop gets its window back.
     private func poll() {
-        let end = ContinuousClock.now + spinLimit
+        let limit = Int(spinLimit.components.seconds) * 1_000_000 + Int(spinLimit.components.attoseconds / 1_000_000_000_000)
+        var window = spinWindow.load(ordering: .relaxed)
+        if window == 0 {
+            guard idlePeriods.wrappingAdd(1, ordering: .relaxed).newValue % 64 == 0 else { return }
+            window = min(limit, 10)
+        }
+        let end = ContinuousClock.now + .microseconds(window)
         var looks = 0
         while queued.load(ordering: .acquiring) == 0 {
             looks += 1
-            if looks % 16 == 0 && ContinuousClock.now >= end { return }
+            if looks % 16 == 0 && ContinuousClock.now >= end {
+                spinWindow.store(window / 2 < 5 ? 0 : window / 2, ordering: .relaxed)
+                return
+            }
             sched_yield()
         }
+        spinWindow.store(min(limit, max(window * 2, 10)), ordering: .relaxed)
     }
 }

@@ -85,6 +85,24 @@ struct HSMExecutorTests {
         #expect(throws: HSMExecutorShutDown.self) { try executor.runBlocking(timeout: .seconds(1)) { 3 } }
     }
 
+    /// Calls that arrive further apart than the polling window close it: the threads park at once instead of
+    /// spinning for nothing. (That a tight loop opens it again is timing-dependent; `kms-bench hsm` measures it.)
+    @Test func thePollingWindowClosesWhenCallsComeApart() async throws {
+        let pool = HSMThreadPool(threads: 1, name: "test-spin", spinLimit: .microseconds(100))
+        #expect(pool.spinWindow.load(ordering: .relaxed) == 100)
+        func call() async {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                _ = pool.submit { continuation.resume() }
+            }
+        }
+        for _ in 0..<10 {
+            await call()
+            try await Task.sleep(for: .milliseconds(3))
+        }
+        #expect(pool.spinWindow.load(ordering: .relaxed) == 0)
+        await pool.shutdown()
+    }
+
     @Test func refusesCallsAfterShutdown() async throws {
         let executor = HSMExecutor(threads: 1)
         #expect(try await executor.run(timeout: .seconds(5)) { 1 } == 1)
