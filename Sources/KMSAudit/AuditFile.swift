@@ -98,7 +98,10 @@ final class AuditFile {
         return try self.open()
     }
 
-    /// Writes all of `bytes` and fsyncs: once this returns, the lines are durable. Returns how long the fsync took.
+    /// Writes all of `bytes` and syncs them: once this returns, the lines are durable. Returns how long the sync took.
+    ///
+    /// `fdatasync`, not `fsync`: it writes the data and the metadata needed to read it back (the file's new size),
+    /// and skips what reading does not need (the modification time), one inode write fewer per group on ext4.
     @discardableResult
     func appendDurably(_ bytes: [UInt8]) throws -> Duration {
         var offset = 0
@@ -114,7 +117,7 @@ final class AuditFile {
             offset += written
         }
         let started = ContinuousClock.now
-        guard fsync(fd) == 0 else { throw AuditError("fsync of \(path) failed: \(String(cString: strerror(errno)))") }
+        guard fdatasync(fd) == 0 else { throw AuditError("fdatasync of \(path) failed: \(String(cString: strerror(errno)))") }
         size += bytes.count
         return ContinuousClock.now - started
     }
