@@ -6,6 +6,7 @@ import KMSTestSupport
 /// requests answered. The client runs in its own process, so none of its work is counted as kmsd's.
 struct LeanLoad {
     struct Outcome {
+        let requests: Int
         let requestsPerSecond: Double
         let errors: Int
         /// Answers other than 2xx.
@@ -15,8 +16,9 @@ struct LeanLoad {
         let contextSwitchesPerRequest: Double
     }
 
-    static func run(_ kmsd: LaunchedKMSD, _ setup: BenchSetup, path: String, body: String, connections: Int, seconds: Double)
-        throws -> Outcome
+    /// A closed loop on `connections` for `seconds`, or an open loop at `rate` requests per second when given.
+    static func run(_ kmsd: LaunchedKMSD, _ setup: BenchSetup, path: String, body: String, connections: Int, seconds: Double,
+                    rate: Double? = nil) throws -> Outcome
     {
         let bodyFile = setup.directory.appendingPathComponent("load-body-\(UUID().uuidString).json")
         try Data(body.utf8).write(to: bodyFile)
@@ -25,7 +27,7 @@ struct LeanLoad {
         let arguments = [
             "--port", "\(kmsd.port)", "--ca", setup.path("ca.pem"), "--cert", setup.path("node.pem"), "--key", setup.path("node-key.pem"),
             "--connections", "\(connections)", "--seconds", "\(seconds)", "--path", path, "--body-file", bodyFile.path,
-        ]
+        ] + (rate.map { ["--rate", "\($0)"] } ?? [])
         let pid = kmsd.process.processIdentifier
         let before = ProcessUsage(pid: pid)
         let output = try run(executable, arguments)
@@ -36,7 +38,7 @@ struct LeanLoad {
         let statuses = report["statuses"] as? [String: Int] ?? [:]
         let divisor = Double(max(1, requests))
         return Outcome(
-            requestsPerSecond: report["requests_per_second"] as? Double ?? 0, errors: report["errors"] as? Int ?? 0,
+            requests: requests, requestsPerSecond: report["requests_per_second"] as? Double ?? 0, errors: report["errors"] as? Int ?? 0,
             failedStatuses: statuses.filter { !$0.key.hasPrefix("2") }.values.reduce(0, +), latencyMicros: latency,
             cpuMicrosPerRequest: (after.cpuSeconds - before.cpuSeconds) * 1_000_000 / divisor,
             contextSwitchesPerRequest: Double(after.contextSwitches - before.contextSwitches) / divisor)

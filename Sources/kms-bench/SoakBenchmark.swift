@@ -2,13 +2,15 @@ import ArgumentParser
 import Foundation
 import KMSTestSupport
 
-/// `kms-bench soak`: kmsd (with audit) under constant load at half its measured capacity for a while; reports errors,
-/// resident memory at start and end, open file descriptors and HSM sessions over time.
+/// `kms-bench soak`: kmsd (with audit) under load from `kms-load` for a while — a closed loop, or with `--open-loop`
+/// a constant rate at half its measured capacity; reports errors, resident memory over time (its drift after the
+/// first interval), open file descriptors and HSM sessions.
 struct SoakBenchmark: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "soak", abstract: "Constant load at half capacity; errors, RSS drift, fds, sessions.")
+    static let configuration = CommandConfiguration(commandName: "soak", abstract: "Constant load; errors, RSS drift, fds, sessions.")
 
-    @Option(help: "Minutes of load.") var minutes: Double = 5
-    @Option(help: "Connections.") var connections: Int = 16
+    @Option(help: "Minutes of load.") var minutes: Double = 10
+    @Option(help: "Connections.") var connections: Int = 4
+    @Flag(help: "An open loop at half the capacity measured first, instead of a closed loop.") var openLoop = false
     @Option(help: "Seconds between samples.") var sampleEvery: Double = 10
     @Option(help: "The kmsd executable (default: next to kms-bench).") var kmsd: String?
     @Option(help: "kmsd's HSM session pool size.") var sessions: Int = 8
@@ -32,9 +34,15 @@ struct SoakBenchmark: AsyncParsableCommand {
         let kmsd = try await setup.start(audit: true, name: "soak", pool: connections)
         do {
             let context = #"{"context":{"cluster":"soak"}}"#
-            let capacity = try await Load.closedLoop(kmsd, "/v1/keys/bench/datakey", context, connections: connections, seconds: 3).opsPerSecond
-            let rate = capacity / 2
-            print("soak: capacity \(String(format: "%.0f", capacity)) datakey/s at \(connections) connections; holding \(String(format: "%.0f", rate))/s for \(minutes) min")
+            let path = "/v1/keys/bench/datakey"
+            var rate: Double?
+            if openLoop {
+                let capacity = try LeanLoad.run(kmsd, setup, path: path, body: context, connections: connections, seconds: 3).requestsPerSecond
+                rate = capacity / 2
+                print("soak: capacity \(String(format: "%.0f", capacity)) datakey/s at \(connections) connections; holding \(String(format: "%.0f", capacity / 2))/s for \(minutes) min")
+            } else {
+                print("soak: a closed loop of datakey requests on \(connections) connections for \(minutes) min")
+            }
             var samples: [Sample] = []
             func sample(_ at: Double, _ ok: Int, _ errors: Int) async {
                 let (_, body) = (try? await kmsd.get(kmsd.admin, "/v1/admin/status")) ?? (0, Data())
@@ -49,14 +57,16 @@ struct SoakBenchmark: AsyncParsableCommand {
             var worst = 0.0
             for index in 1...total {
                 let slice = min(sampleEvery, minutes * 60 - Double(index - 1) * sampleEvery)
-                let result = await Load.openLoop(kmsd, "/v1/keys/bench/datakey", context, connections: connections, rate: rate, seconds: slice)
-                ok += result.ok
-                errors += result.errors
-                worst = max(worst, result.percentile(99))
+                let result = try LeanLoad.run(kmsd, setup, path: path, body: context, connections: connections, seconds: slice, rate: rate)
+                let failed = result.errors + result.failedStatuses
+                ok += result.requests - result.failedStatuses
+                errors += failed
+                let p99 = (result.latencyMicros["p99"] ?? 0) / 1000
+                worst = max(worst, p99)
                 await sample(Double(index) * sampleEvery, ok, errors)
                 let last = samples[samples.count - 1]
                 print(String(format: "  t=%5.0fs  ok=%8d errors=%d  rss=%.1f MB  fds=%d  sessions=%@  p99=%.2f ms",
-                             last.at, ok, errors, last.rssMB, last.openFiles, last.sessionsOpen, result.percentile(99)))
+                             last.at, ok, errors, last.rssMB, last.openFiles, last.sessionsOpen, p99))
             }
             let first = samples[1 < samples.count ? 1 : 0]
             let last = samples[samples.count - 1]
