@@ -72,13 +72,18 @@ struct SoakBenchmark: AsyncParsableCommand {
             let last = samples[samples.count - 1]
             let drift = first.rssMB > 0 ? (last.rssMB - first.rssMB) / first.rssMB * 100 : 0
             let fds = Set(samples.dropFirst().map(\.openFiles))
+            // The pool opens sessions as demand needs them, up to its size; it must not keep growing, so the second
+            // half of the run holds one count.
             let sessionCounts = Set(samples.dropFirst().map(\.sessionsOpen))
+            let lateSessionCounts = Set(samples.suffix(max(1, samples.count / 2)).map(\.sessionsOpen))
+            let withinPool = sessionCounts.allSatisfy { Int($0).map { $0 <= sessions } ?? false }
             print("")
             print("errors: \(errors) of \(ok + errors) requests" + (errors == 0 ? " ✅" : " ❌"))
             print(String(format: "RSS after the first interval %.1f MB, at the end %.1f MB: drift %+.1f%%", first.rssMB, last.rssMB, drift)
                 + (abs(drift) < 10 ? " ✅" : " ❌"))
             print("open files over the run: \(fds.sorted().map(String.init).joined(separator: ", "))" + (fds.count <= 2 ? " ✅" : " ❌"))
-            print("HSM sessions open over the run: \(sessionCounts.sorted().joined(separator: ", "))" + (sessionCounts.count == 1 ? " ✅" : " ❌"))
+            print("HSM sessions open over the run: \(sessionCounts.sorted().joined(separator: ", ")) (pool size \(sessions)), over its second half: "
+                + lateSessionCounts.sorted().joined(separator: ", ") + (withinPool && lateSessionCounts.count == 1 ? " ✅" : " ❌"))
             print(String(format: "worst interval p99: %.2f ms", worst))
         } catch {
             await kmsd.stop()
