@@ -1,18 +1,19 @@
 import Foundation
 public import Logging
-import Synchronization
 
-/// `log_format: json`: one JSON object per line on standard error — `time`, `level`, `label`, `message`, `source`
-/// and the metadata as strings. kmsd never puts secrets in log metadata; this handler adds nothing of its own.
+/// `log_format: json`: one JSON object per line on standard error (through `LogOutput`) — `time`, `level`, `label`,
+/// `message`, `source` and the metadata as strings. kmsd never puts secrets in log metadata; this handler adds nothing
+/// of its own.
 public struct JSONLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level
     let label: String
-    private static let output = Mutex(FileHandle.standardError)
+    let output: LogOutput
 
-    public init(label: String, level: Logger.Level) {
+    public init(label: String, level: Logger.Level, output: LogOutput = .standardError) {
         self.label = label
         logLevel = level
+        self.output = output
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -28,8 +29,7 @@ public struct JSONLogHandler: LogHandler {
             "level": event.level.rawValue, "label": label, "message": "\(event.message)", "source": event.source,
             "metadata": fields,
         ]
-        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-        data.append(0x0A)
-        Self.output.withLock { $0.write(data) }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+        output.write([UInt8](data) + [0x0A])
     }
 }

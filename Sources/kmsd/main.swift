@@ -28,10 +28,11 @@ struct Serve: AsyncParsableCommand {
             let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
             LoggingSystem.bootstrap { label in
                 if configuration.logFormat == "json" { return JSONLogHandler(label: label, level: level) }
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
+                return TextLogHandler(label: label, level: level)
             }
+            // Log lines are written by their own thread (`LogOutput`): the last ones must reach standard error
+            // before the process exits, however the daemon ends.
+            defer { LogOutput.standardError.flush() }
             try await Daemon(configuration).run()
         } catch let error as ConfigurationError {
             FileHandle.standardError.write(Data("kmsd: \(error)\n".utf8))

@@ -1,0 +1,124 @@
+public import Foundation
+import KMSCore
+public import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where kmsd's log lines go: a thread of its own writes them to standard error, so a log call never blocks its
+/// caller — requests run on the event loops, and a slow or stalled reader of standard error (a full pipe, a stuck
+/// journald) must not stall a loop. The queue is bounded (`maxQueuedBytes`); lines beyond it are dropped and counted,
+/// and the count is written as a line of its own once the writer catches up. `flush()` waits for the queue to drain
+/// (at shutdown).
+public final class LogOutput: @unchecked Sendable {
+    // @unchecked: all mutable state is guarded by `condition`.
+    public static let standardError = LogOutput(descriptor: 2)
+
+    private let descriptor: Int32
+    private let maxQueuedBytes: Int
+    private let condition = NSCondition()
+    private var queue: [[UInt8]] = []
+    private var queuedBytes = 0
+    private var dropped = 0
+    private var writing = false
+
+    init(descriptor: Int32, maxQueuedBytes: Int = 4 << 20) {
+        self.descriptor = descriptor
+        self.maxQueuedBytes = maxQueuedBytes
+        NamedThread.start("kmsd-log") { [self] in run() }
+    }
+
+    /// Queues one line (with its newline); drops it when the queue is full.
+    public func write(_ line: [UInt8]) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard queuedBytes + line.count <= maxQueuedBytes else {
+            dropped += 1
+            return
+        }
+        queue.append(line)
+        queuedBytes += line.count
+        condition.broadcast()
+    }
+
+    /// Returns once every line queued before the call was written (or `timeout` passed).
+    public func flush(timeout: TimeInterval = 2) {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        condition.lock()
+        while !queue.isEmpty || writing {
+            guard condition.wait(until: deadline) else { break }
+        }
+        condition.unlock()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while queue.isEmpty && dropped == 0 { condition.wait() }
+            let lines = queue
+            let lost = dropped
+            queue = []
+            queuedBytes = 0
+            dropped = 0
+            writing = true
+            condition.unlock()
+            if lost > 0 { put(Array("kmsd: \(lost) log line(s) dropped: standard error could not keep up\n".utf8)) }
+            for line in lines { put(line) }
+            condition.lock()
+            writing = false
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    private func put(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { buffer in
+                Glibc.write(descriptor, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
+            }
+            if written < 0 {
+                if errno == EINTR || errno == EAGAIN { continue }
+                return  // standard error is gone: nothing to tell
+            }
+            offset += written
+        }
+    }
+}
+
+/// `log_format: text`: swift-log's `StreamLogHandler` line (`<time> <level> <label>: <metadata> [<source>] <message>`,
+/// metadata sorted by key), written through `LogOutput` instead of directly to standard error.
+public struct TextLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level
+    let label: String
+    let output: LogOutput
+
+    public init(label: String, level: Logger.Level, output: LogOutput = .standardError) {
+        self.label = label
+        logLevel = level
+        self.output = output
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let explicit = event.metadata { merged.merge(explicit) { $1 } }
+        let pretty = merged.isEmpty ? "" : " " + merged.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
+        output.write(Array("\(Self.timestamp()) \(event.level) \(label):\(pretty) [\(event.source)] \(event.message)\n".utf8))
+    }
+
+    /// Local time as `2026-12-02T06:02:02+0000`.
+    static func timestamp() -> String {
+        var now = time(nil)
+        var parts = tm()
+        guard localtime_r(&now, &parts) != nil else { return "<unknown>" }
+        var buffer = [Int8](repeating: 0, count: 64)
+        let count = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S%z", &parts)
+        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
