@@ -8,7 +8,7 @@ import Glibc
 
 /// The audit log's file: opened for appending, its chain recovered from the last complete line (a torn last line is
 /// cut off), reopened when it was moved or replaced, and one way to write to it — `appendDurably`, a full write and
-/// an fsync — used by every record, checkpoint and rotation.
+/// an `fdatasync` — used by every record, checkpoint and rotation.
 final class AuditFile {
     let path: String
     let logger: Logger

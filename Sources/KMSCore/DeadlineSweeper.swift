@@ -41,6 +41,9 @@ public final class DeadlineSweeper: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Stops the thread: registered expiries never run afterwards (so a `sleep(until:)` in progress would not return).
+    /// For a sweeper whose users have stopped first, as the HSM executor's at its shutdown; the shared one runs for the
+    /// life of the process.
     public func stop() {
         condition.lock()
         stopped = true

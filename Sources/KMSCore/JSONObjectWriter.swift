@@ -1,7 +1,8 @@
 /// A JSON object written by hand, field by field, in the order the caller gives: for the few fixed shapes on the
 /// request path (the audit line, the node routes' answers), where `JSONEncoder` cost more than the rest of the
-/// formatting together. Strings are escaped as `JSONEncoder` would (quotes, backslashes, control characters; `/` and
-/// non-ASCII UTF-8 as they are).
+/// formatting together. Strings are escaped as `JSONEncoder` with `.withoutEscapingSlashes` would: quotes, backslashes
+/// and control characters; `/` and non-ASCII UTF-8 as they are (so a base64 `/` in an answer is no longer `\/`, the
+/// same JSON string either way).
 public struct JSONObjectWriter: Sendable {
     public private(set) var bytes: [UInt8]
     private var first = true

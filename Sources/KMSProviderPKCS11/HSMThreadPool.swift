@@ -116,7 +116,7 @@ final class HSMThreadPool: @unchecked Sendable {
         while queued.load(ordering: .acquiring) == 0 {
             looks += 1
             if looks % 16 == 0 && ContinuousClock.now >= end {
-                spinWindow.store(window / 2 < 5 ? 0 : window / 2, ordering: .relaxed)
+                spinWindow.store(window / 2 <= 5 ? 0 : window / 2, ordering: .relaxed)
                 return
             }
             sched_yield()

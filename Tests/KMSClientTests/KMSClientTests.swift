@@ -21,7 +21,7 @@ final class TLSServerFixture: Sendable {
     let base: InMemoryService
     let directory: URL
     let server: ServerTask
-    /// For each request: whether it was handled on an event loop, at its start and after its answer was ready.
+    /// For each request: whether it started on an event loop, and whether its answer was ready on that same loop.
     let threads: ThreadLog
     var port: Int { server.port }
 
@@ -41,10 +41,12 @@ final class TLSServerFixture: Sendable {
         let routes: RouterResponder<KMSRequestContext>
         let fixture: @Sendable (Bool, Bool) -> Void
 
+        /// `start`: the request began on an event loop; `end`: its answer was ready on that same loop.
         func respond(to request: Request, context: KMSRequestContext) async throws -> Response {
-            let start = MultiThreadedEventLoopGroup.currentEventLoop != nil
+            let start = MultiThreadedEventLoopGroup.currentEventLoop.map(ObjectIdentifier.init)
             let response = try await routes.respond(to: request, context: context)
-            fixture(start, MultiThreadedEventLoopGroup.currentEventLoop != nil)
+            let end = MultiThreadedEventLoopGroup.currentEventLoop.map(ObjectIdentifier.init)
+            fixture(start != nil, end != nil && end == start)
             return response
         }
     }
