@@ -86,17 +86,28 @@ public final class LogOutput: @unchecked Sendable {
     }
 }
 
-/// `log_format: text`: swift-log's `StreamLogHandler` line (`<time> <level> <label>: <metadata> [<source>] <message>`,
-/// metadata sorted by key), written through `LogOutput` instead of directly to standard error.
-public struct TextLogHandler: LogHandler {
+/// kmsd's log lines, written through `LogOutput`. kmsd never puts secrets in log metadata; this handler adds nothing
+/// of its own.
+/// - `log_format: text`: swift-log's `StreamLogHandler` line (`<time> <level> <label>: <metadata> [<source>]
+///   <message>`, metadata sorted by key);
+/// - `log_format: json`: one JSON object per line — `time`, `level`, `label`, `message`, `source` and the metadata as
+///   strings.
+public struct LineLogHandler: LogHandler {
+    public enum Format: Sendable {
+        case text
+        case json
+    }
+
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level
     let label: String
+    let format: Format
     let output: LogOutput
 
-    public init(label: String, level: Logger.Level, output: LogOutput = .standardError) {
+    public init(label: String, level: Logger.Level, format: Format, output: LogOutput = .standardError) {
         self.label = label
         logLevel = level
+        self.format = format
         self.output = output
     }
 
@@ -108,11 +119,22 @@ public struct TextLogHandler: LogHandler {
     public func log(event: LogEvent) {
         var merged = metadata
         if let explicit = event.metadata { merged.merge(explicit) { $1 } }
-        let pretty = merged.isEmpty ? "" : " " + merged.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
-        output.write(Array("\(Self.timestamp()) \(event.level) \(label):\(pretty) [\(event.source)] \(event.message)\n".utf8))
+        switch format {
+        case .text:
+            let pretty = merged.isEmpty ? "" : " " + merged.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
+            output.write(Array("\(Self.timestamp()) \(event.level) \(label):\(pretty) [\(event.source)] \(event.message)\n".utf8))
+        case .json:
+            let object: [String: Any] = [
+                "time": Date().formatted(.iso8601.time(includingFractionalSeconds: true).year().month().day().dateSeparator(.dash)),
+                "level": event.level.rawValue, "label": label, "message": "\(event.message)", "source": event.source,
+                "metadata": merged.mapValues { "\($0)" },
+            ]
+            guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+            output.write([UInt8](data) + [0x0A])
+        }
     }
 
-    /// Local time as `2026-12-02T06:02:02+0000`.
+    /// Local time as `2026-12-02T06:02:02+0000` (the text format's).
     static func timestamp() -> String {
         var now = time(nil)
         var parts = tm()

@@ -16,7 +16,7 @@ struct LogOutputTests {
         try #require(pipe(&ends) == 0)
         defer { close(ends[0]) }
         let output = LogOutput(descriptor: ends[1], maxQueuedBytes: 200_000)
-        let handler = TextLogHandler(label: "kmsd.test", level: .info, output: output)
+        let handler = LineLogHandler(label: "kmsd.test", level: .info, format: .text, output: output)
         var logger = Logger(label: "kmsd.test") { _ in handler }
         logger.logLevel = .info
         // Nobody reads yet: the pipe (64 KiB) fills, the writer blocks, and the queue fills behind it.
