@@ -78,7 +78,13 @@ public final class LogOutput: @unchecked Sendable {
                 Glibc.write(descriptor, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
             }
             if written < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
+                if errno == EINTR { continue }
+                if errno == EAGAIN {
+                    // A non-blocking standard error that is full: wait until it takes more (without spinning).
+                    var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&ready, 1, 100)
+                    continue
+                }
                 return  // standard error is gone: nothing to tell
             }
             offset += written

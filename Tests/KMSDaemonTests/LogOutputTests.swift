@@ -10,10 +10,13 @@ import Glibc
 @Suite("Log output")
 struct LogOutputTests {
     /// Lines arrive whole and in order; a reader that does not read holds up no caller: lines beyond the bound are
-    /// dropped, and their number is written once the reader catches up. The text line is swift-log's format.
-    @Test func linesArriveInOrderAndAStalledReaderCostsLinesNotCallers() throws {
+    /// dropped, and their number is written once the reader catches up. The text line is swift-log's format. Also
+    /// with a non-blocking standard error, which refuses writes while full instead of blocking the writer.
+    @Test(arguments: [false, true])
+    func linesArriveInOrderAndAStalledReaderCostsLinesNotCallers(nonBlocking: Bool) throws {
         var ends: [Int32] = [0, 0]
         try #require(pipe(&ends) == 0)
+        if nonBlocking { try #require(fcntl(ends[1], F_SETFL, O_NONBLOCK) == 0) }
         defer { close(ends[0]) }
         let output = LogOutput(descriptor: ends[1], maxQueuedBytes: 200_000)
         let handler = LineLogHandler(label: "kmsd.test", level: .info, format: .text, output: output)
