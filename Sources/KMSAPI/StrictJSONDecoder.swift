@@ -76,59 +76,47 @@ enum StrictJSONTree: Equatable {
             }
         }
 
-        mutating func object(depth: Int) throws(ParseError) -> StrictJSONTree {
+        /// Consumes `byte` when it comes next.
+        mutating func take(_ byte: UInt8) -> Bool {
+            guard index < bytes.count, bytes[index] == byte else { return false }
             index += 1
-            var fields: [String: StrictJSONTree] = [:]
+            return true
+        }
+
+        /// The comma-separated elements of an object or array, from its opening bracket to `closing`: `element`
+        /// reads one, with the whitespace around it skipped here.
+        mutating func elements(closing: UInt8, _ element: (inout Parser) throws(ParseError) -> Void) throws(ParseError) {
+            index += 1
             skipWhitespace()
-            if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
-                index += 1
-                return .object(fields)
-            }
-            while true {
+            if take(closing) { return }
+            repeat {
                 skipWhitespace()
-                guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw .malformed }
-                let key = try string()
+                try element(&self)
                 skipWhitespace()
-                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw .malformed }
-                index += 1
-                skipWhitespace()
-                let field = try value(depth: depth + 1)
+            } while take(UInt8(ascii: ","))
+            guard take(closing) else { throw .malformed }
+        }
+
+        mutating func object(depth: Int) throws(ParseError) -> StrictJSONTree {
+            var fields: [String: StrictJSONTree] = [:]
+            try elements(closing: UInt8(ascii: "}")) { parser throws(ParseError) in
+                guard parser.index < parser.bytes.count, parser.bytes[parser.index] == UInt8(ascii: "\"") else { throw .malformed }
+                let key = try parser.string()
+                parser.skipWhitespace()
+                guard parser.take(UInt8(ascii: ":")) else { throw .malformed }
+                parser.skipWhitespace()
+                let field = try parser.value(depth: depth + 1)
                 guard fields.updateValue(field, forKey: key) == nil else { throw .duplicateKey(key) }
-                skipWhitespace()
-                guard index < bytes.count else { throw .malformed }
-                if bytes[index] == UInt8(ascii: ",") {
-                    index += 1
-                } else if bytes[index] == UInt8(ascii: "}") {
-                    index += 1
-                    return .object(fields)
-                } else {
-                    throw .malformed
-                }
             }
+            return .object(fields)
         }
 
         mutating func array(depth: Int) throws(ParseError) -> StrictJSONTree {
-            index += 1
             var items: [StrictJSONTree] = []
-            skipWhitespace()
-            if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
-                index += 1
-                return .array(items)
+            try elements(closing: UInt8(ascii: "]")) { parser throws(ParseError) in
+                items.append(try parser.value(depth: depth + 1))
             }
-            while true {
-                skipWhitespace()
-                items.append(try value(depth: depth + 1))
-                skipWhitespace()
-                guard index < bytes.count else { throw .malformed }
-                if bytes[index] == UInt8(ascii: ",") {
-                    index += 1
-                } else if bytes[index] == UInt8(ascii: "]") {
-                    index += 1
-                    return .array(items)
-                } else {
-                    throw .malformed
-                }
-            }
+            return .array(items)
         }
 
         /// A string from its opening quote: escapes decoded (surrogate pairs joined, lone surrogates refused), raw
