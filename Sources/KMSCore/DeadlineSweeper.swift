@@ -1,7 +1,8 @@
 import Foundation
 import Synchronization
 
-/// Fires deadlines: of in-flight HSM calls (`HSMExecutor`) and of requests (`KMSService`).
+/// Fires deadlines: of in-flight HSM calls (`HSMExecutor`), HSM session checkout waits and requests (`KMSService`),
+/// all on the process's one `shared` sweeper.
 ///
 /// One thread for all deadlines: registering and cancelling are a lock and a dictionary update, so the hot path pays
 /// no timer per call (a `Task.sleep` per request armed a Dispatch timer that woke a Dispatch thread once per request,
@@ -16,11 +17,10 @@ public final class DeadlineSweeper: @unchecked Sendable {
     private var stopped = false
     private let granularity: Duration
 
-    /// The sweeper of request deadlines and session-pool checkout waits, started on first use and shared by the
-    /// whole process.
+    /// The sweeper of every deadline in the process, started on first use; it runs for the life of the process.
     public static let shared = DeadlineSweeper(name: "kmsd-deadlines")
 
-    public init(name: String = "kmsd-hsm-deadlines", granularity: Duration = .milliseconds(5)) {
+    public init(name: String, granularity: Duration = .milliseconds(5)) {
         self.granularity = granularity
         NamedThread.start(name) { [self] in run() }
     }
@@ -42,8 +42,7 @@ public final class DeadlineSweeper: @unchecked Sendable {
     }
 
     /// Stops the thread: registered expiries never run afterwards (so a `sleep(until:)` in progress would not return).
-    /// For a sweeper whose users have stopped first, as the HSM executor's at its shutdown; the shared one runs for the
-    /// life of the process.
+    /// For a sweeper of one's own whose users have stopped first (tests); never for `shared`.
     public func stop() {
         condition.lock()
         stopped = true
@@ -81,25 +80,26 @@ public final class DeadlineSweeper: @unchecked Sendable {
 extension DeadlineSweeper {
     /// Returns at `deadline` (within the granularity), or throws `CancellationError` as soon as the task is cancelled.
     public func sleep(until deadline: ContinuousClock.Instant) async throws {
-        let waiter = Mutex<CheckedContinuation<Void, any Error>?>(nil)
-        let id = Mutex<UInt64?>(nil)
+        // The waiting continuation and the registration, each taken by whoever ends the sleep first.
+        let state = Mutex<(waiter: CheckedContinuation<Void, any Error>?, registration: UInt64?)>((nil, nil))
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                waiter.withLock { $0 = continuation }
+                state.withLock { $0.waiter = continuation }
                 let registration = register(deadline: deadline) {
-                    waiter.withLock { $0.take() }?.resume()
+                    state.withLock { $0.waiter.take() }?.resume()
                 }
-                id.withLock { $0 = registration }
+                state.withLock { $0.registration = registration }
                 // Cancelled before the registration was stored: the handler could not cancel it (nor, if it ran
                 // before the continuation was stored, resume it).
                 if Task.isCancelled {
                     cancel(registration)
-                    waiter.withLock { $0.take() }?.resume(throwing: CancellationError())
+                    state.withLock { $0.waiter.take() }?.resume(throwing: CancellationError())
                 }
             }
         } onCancel: {
-            if let registration = id.withLock({ $0 }) { cancel(registration) }
-            waiter.withLock { $0.take() }?.resume(throwing: CancellationError())
+            let (waiter, registration) = state.withLock { ($0.waiter.take(), $0.registration) }
+            if let registration { cancel(registration) }
+            waiter?.resume(throwing: CancellationError())
         }
     }
 }

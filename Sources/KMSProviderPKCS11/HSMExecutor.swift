@@ -14,7 +14,7 @@ import Synchronization
 /// Lifecycle: `init` starts the threads; `shutdown()` stops them after the queued work.
 public final class HSMExecutor: Sendable {
     private let threadPool: HSMThreadPool
-    private let deadlines = DeadlineSweeper()
+    private let deadlines = DeadlineSweeper.shared
     private let stuck = Atomic<Int>(0)
     public let threadCount: Int
 
@@ -28,7 +28,6 @@ public final class HSMExecutor: Sendable {
 
     public func shutdown() async {
         await threadPool.shutdown()
-        deadlines.stop()
     }
 
     /// Runs `body` on a pool thread and returns its result, or throws `HSMDeadlineExceeded` once `timeout` has passed.
