@@ -87,7 +87,7 @@ extension SessionPool {
         }
     }
 
-    /// `wait` on a thread that may block: the thread itself expires the waiters once the deadline has passed.
+    /// `wait` on a thread that may block: the same timer on the pool's clock expires the waiter at its deadline.
     func waitBlocking(_ waiterID: Int, deadline: ContinuousClock.Instant) -> SessionPoolStateMachine.LeaseDecision {
         let decision = Mutex<SessionPoolStateMachine.LeaseDecision?>(nil)
         let resumed = DispatchSemaphore(value: 0)
@@ -95,22 +95,12 @@ extension SessionPool {
             decision.withLock { $0 = value }
             resumed.signal()
         }
-        // On the system clock, one wait until the deadline; on a clock a test moves by hand, slices of at most 10 ms
-        // with the clock read between them.
-        let slice: Duration = configuration.clock is SystemPoolClock ? .seconds(86_400) : .milliseconds(10)
-        while resumed.wait(timeout: .now() + Self.dispatchInterval(min(slice, configuration.clock.now.duration(to: deadline)))) == .timedOut {
-            guard configuration.clock.now >= deadline else { continue }
-            // Resumes this waiter with `.timedOut` unless a decision came first; either way the signal follows.
+        let timer = configuration.clock.schedule(at: deadline) { [self] in
             perform(state.withLock { $0.machine.expireWaiters(now: configuration.clock.now) })
-            resumed.wait()
-            break
         }
+        resumed.wait()
+        timer.cancel()
         return decision.withLock { $0 } ?? .fail(.timedOut)
-    }
-
-    static func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
-        let (seconds, attoseconds) = duration.components
-        return .nanoseconds(max(0, Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000)))
     }
 
     /// Registers a waiter, or resumes it at once when a decision is already possible.
