@@ -26,6 +26,7 @@ enum External {
     static let nioFoundationCompat: Target.Dependency = .product(name: "NIOFoundationCompat", package: "swift-nio")
     static let nioHTTP1: Target.Dependency = .product(name: "NIOHTTP1", package: "swift-nio")
     static let nioHTTPTypes: Target.Dependency = .product(name: "NIOHTTPTypes", package: "swift-nio-extras")
+    static let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
     static let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
     static let nioSSL: Target.Dependency = .product(name: "NIOSSL", package: "swift-nio-ssl")
     static let nioTLS: Target.Dependency = .product(name: "NIOTLS", package: "swift-nio")
@@ -176,7 +177,7 @@ let package = Package(
         // The HTTP routes through Hummingbird's test client over the in-memory provider: no HSM, no TLS, in parallel.
         tests("KMSServerTests", [
             "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI",
-            External.hummingbird, External.hummingbirdTesting, External.nioCore
+            External.hummingbird, External.hummingbirdTesting, External.nioCore, External.nioEmbedded, External.nioHTTPTypes
         ]),
         // KMSClient (retries, the DEK cache) against the real listener (mutual TLS) over the in-memory provider.
         tests("KMSClientTests", [

@@ -186,11 +186,14 @@ extension ConnectionLimit {
             channel.close(promise: nil)
         }
         // At its maximum age a connection is marked (`RecycleAtMaxAge`): its next request is answered with
-        // `Connection: close` and the connection closed after it. One that sends nothing more is closed an idle timeout
-        // later (that second timer exists only for connections that reach their maximum age).
+        // `Connection: close` and the connection closed after it. One that sent no request since is closed an idle
+        // timeout later (that second timer exists only for connections that reach their maximum age); one whose
+        // request is in progress then is left to close after its answer.
         let aged = channel.eventLoop.scheduleTask(in: TimeAmount(policy.maxAge)) {
             channel.pipeline.fireUserInboundEventTriggered(ConnectionReachedMaxAge())
-            channel.eventLoop.scheduleTask(in: TimeAmount(policy.idleTimeout)) { channel.close(promise: nil) }
+            channel.eventLoop.scheduleTask(in: TimeAmount(policy.idleTimeout)) {
+                channel.pipeline.fireUserInboundEventTriggered(ConnectionIdleAfterMaxAge())
+            }
         }
         channel.closeFuture.whenComplete { _ in
             handshake.cancel()
@@ -221,6 +224,9 @@ final class FirstByteObserver: ChannelInboundHandler, RemovableChannelHandler {
 /// The event that tells a connection's `RecycleAtMaxAge` it has reached its maximum age.
 struct ConnectionReachedMaxAge {}
 
+/// The event that tells a connection's `RecycleAtMaxAge` an idle timeout has passed since its maximum age.
+struct ConnectionIdleAfterMaxAge {}
+
 /// Recycles a connection that reached its maximum age without failing a request: closing it while idle would race
 /// a request the client may be sending at that moment. Instead, the first request after the maximum age is answered
 /// with `Connection: close` and the connection is closed after that answer (Hummingbird's quiesce, sent while the
@@ -233,10 +239,15 @@ final class RecycleAtMaxAge: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var aged = false
     private var closing = false
+    /// A request has arrived and its answer has not been written to the end.
+    private var inProgress = false
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ConnectionReachedMaxAge {
             aged = true
+        } else if event is ConnectionIdleAfterMaxAge {
+            // Idle: nothing to lose by closing. A request in progress closes the connection after its answer.
+            if !inProgress && !closing { context.close(promise: nil) }
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -244,6 +255,7 @@ final class RecycleAtMaxAge: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let startsRequest = if case .head = unwrapInboundIn(data) { true } else { false }
+        if startsRequest { inProgress = true }
         context.fireChannelRead(data)
         if aged && startsRequest && !closing {
             closing = true
@@ -253,6 +265,7 @@ final class RecycleAtMaxAge: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { inProgress = false }
         guard closing, case .head(var response) = unwrapOutboundIn(data) else {
             context.write(data, promise: promise)
             return
