@@ -22,9 +22,13 @@ public enum StrictJSON {
     /// (`StrictJSONTree`: no duplicate keys, no trailing bytes, nesting bounded), and the type decodes itself from
     /// that tree after its top-level keys were checked against its `CodingKeys`.
     public static func decode<T: StrictRequest>(_ type: T.Type, from data: Data) throws(Failure) -> T {
+        try decode(type, from: [UInt8](data))
+    }
+
+    public static func decode<T: StrictRequest>(_ type: T.Type, from bytes: [UInt8]) throws(Failure) -> T {
         let tree: StrictJSONTree
         do {
-            tree = data.isEmpty ? .object([:]) : try StrictJSONTree.parse([UInt8](data))
+            tree = bytes.isEmpty ? .object([:]) : try StrictJSONTree.parse(bytes)
         } catch {
             switch error {
             case .malformed: throw .notAnObject

@@ -155,7 +155,7 @@ enum StrictJSONTree: Equatable {
                             throw .malformed
                         }
                         guard let unicode = Unicode.Scalar(scalar) else { throw .malformed }
-                        utf8 += Array(String(Character(unicode)).utf8)
+                        UTF8.encode(unicode) { utf8.append($0) }
                     default: throw .malformed
                     }
                 case 0x00..<0x20: throw .malformed
@@ -302,8 +302,12 @@ struct StrictJSONDecoder: Decoder, SingleValueDecodingContainer {
             var map: [String: String] = [:]
             map.reserveCapacity(fields.count)
             for (key, value) in fields {
-                let entry = StrictJSONDecoder(node: value, codingPath: codingPath + [StrictJSONKey(stringValue: key)])
-                map[key] = try entry.decode(String.self)
+                guard case .string(let text) = value else {
+                    // Not a string: the error `decode(String.self)` gives, with the entry's coding path.
+                    _ = try StrictJSONDecoder(node: value, codingPath: codingPath + [StrictJSONKey(stringValue: key)]).decode(String.self)
+                    continue
+                }
+                map[key] = text
             }
             if let map = map as? T { return map }
         }

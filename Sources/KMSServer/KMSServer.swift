@@ -156,7 +156,7 @@ public struct KMSServer: Sendable {
             throw APIError(.tooLarge, .payloadTooLarge, "the request body exceeds \(limit) bytes")
         }
         do {
-            return try StrictJSON.decode(T.self, from: Data(buffer: buffer))
+            return try StrictJSON.decode(T.self, from: Array(buffer.readableBytesView))
         } catch {
             throw APIError(.badRequest, .invalidInput, error.description)
         }

@@ -30,6 +30,7 @@ public final class ServerMetrics: Sendable {
     /// One answered request: counted by route and status, its latency recorded by route.
     public func request(route: String, status: Int, duration: Duration) {
         let (counter, timer) = routes.withLock { routes in
+            if let metrics = routes[route], let counter = metrics.counters[status] { return (counter, metrics.timer) }
             var metrics = routes[route] ?? RouteMetrics(
                 timer: CoreMetrics.Timer(label: "kmsd_request_duration_seconds", dimensions: [("route", route)], factory: factory))
             let counter = metrics.counters[status] ?? CoreMetrics.Counter(
