@@ -163,7 +163,7 @@ let package = Package(
         executable("kms-probe", ["KMSCore", "PKCS11", "KMSProviderPKCS11", External.argumentParser]),
         executable("kms-bench", [
             "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSDaemon", "KMSAudit",
-            "KMSDev", External.histogram, External.asyncHTTPClient, External.nioCore, External.nioHTTP1, External.nioSSL,
+            "KMSDev", External.asyncHTTPClient, External.nioCore, External.nioHTTP1, External.nioSSL,
             External.argumentParser
         ]),
         // libFuzzer targets (ci/fuzz builds them with -sanitize=fuzzer); normal builds replay the committed corpus.

@@ -27,7 +27,7 @@ public struct KeyVersionInfo: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        "\(version) \(state) id=\(keyID.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())"
+        "\(version) \(state) id=\(Hex.encode(keyID))"
     }
 }
 

@@ -1,7 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Foundation
-import Histogram
 import KMSAudit
 import KMSCore
 import KMSDaemon
