@@ -26,15 +26,16 @@ final class HSMThreadPool: @unchecked Sendable {
     private var stopped: [CheckedContinuation<Void, Never>] = []
     private let queued = Atomic<Int>(0)
     private let spinning = Atomic<Bool>(false)
-    private let spinLimit: Duration
+    /// The longest polling window, in microseconds.
+    private let spinLimit: Int
     /// The current polling window in microseconds (0: park at once, except for the occasional probe).
     let spinWindow: Atomic<Int>
     private let idlePeriods = Atomic<Int>(0)
 
     init(threads: Int, name: String = "kmsd-hsm", spinLimit: Duration = .microseconds(100)) {
         running = threads
-        self.spinLimit = spinLimit
-        spinWindow = Atomic(Int(spinLimit.components.seconds) * 1_000_000 + Int(spinLimit.components.attoseconds / 1_000_000_000_000))
+        self.spinLimit = Int(spinLimit.components.seconds) * 1_000_000 + Int(spinLimit.components.attoseconds / 1_000_000_000_000)
+        spinWindow = Atomic(self.spinLimit)
         for index in 0..<threads {
             let threadName = "\(name)-\(index)"
             NamedThread.start(threadName) { [self] in work() }
@@ -105,22 +106,28 @@ final class HSMThreadPool: @unchecked Sendable {
     /// window to whether polling paid off. A closed window is probed with a short one every 64th idle period, so a
     /// load that turns into a tight loop gets its window back.
     private func poll() {
-        let limit = Int(spinLimit.components.seconds) * 1_000_000 + Int(spinLimit.components.attoseconds / 1_000_000_000_000)
         var window = spinWindow.load(ordering: .relaxed)
         if window == 0 {
             guard idlePeriods.wrappingAdd(1, ordering: .relaxed).newValue % 64 == 0 else { return }
-            window = min(limit, 10)
+            window = min(spinLimit, 10)
         }
         let end = ContinuousClock.now + .microseconds(window)
         var looks = 0
         while queued.load(ordering: .acquiring) == 0 {
             looks += 1
             if looks % 16 == 0 && ContinuousClock.now >= end {
-                spinWindow.store(window / 2 <= 5 ? 0 : window / 2, ordering: .relaxed)
+                spinWindow.store(Self.nextWindow(after: window, hit: false, limit: spinLimit), ordering: .relaxed)
                 return
             }
             sched_yield()
         }
-        spinWindow.store(min(limit, max(window * 2, 10)), ordering: .relaxed)
+        spinWindow.store(Self.nextWindow(after: window, hit: true, limit: spinLimit), ordering: .relaxed)
+    }
+
+    /// The window after one of `window` µs: doubled (at least 10, at most `limit`) when a call arrived while polling,
+    /// halved when none did, and closed once that leaves 5 µs or less.
+    static func nextWindow(after window: Int, hit: Bool, limit: Int) -> Int {
+        if hit { return min(limit, max(window * 2, 10)) }
+        return window / 2 <= 5 ? 0 : window / 2
     }
 }
