@@ -130,8 +130,13 @@ let package = Package(
             External.nioCore, External.nioSSL, External.x509, External.swiftASN1, External.nioFoundationCompat,
             External.crypto, External.logging
         ]),
+        // The Vault transit front end: Vault's transit wire protocol over the service layer (docs/transit-frontend.md).
+        module("KMSTransit", [
+            "KMSCore", "KMSAPI", "KMSService", "KMSServer", "KMSAudit", "KMSRotation", "VaultWire", External.hummingbird, External.nioCore,
+            External.crypto
+        ]),
         module("KMSDaemon", [
-            "KMSCore", "KMSAPI", "KMSServer", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",
+            "KMSCore", "KMSAPI", "KMSServer", "KMSTransit", "VaultWire", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",
             "KMSAudit", "KMSYAML", External.x509, External.swiftASN1, External.crypto, External.logging,
             External.serviceLifecycle, External.unixSignals
         ]),
@@ -151,9 +156,11 @@ let package = Package(
             name: "storage-node-example", dependencies: ["KMSClient", "KMSAPI", External.crypto, External.argumentParser],
             path: "examples/storage-node", exclude: ["README.md"], swiftSettings: swiftSettings
         ),
+        // Vault's wire shapes (errors, loose parameters, ciphertext text, LIST), shared by vault-dev and the transit front end.
+        module("VaultWire", ["KMSCore", External.nioCore]),
         // The transit-compatible development server (tests and development only; production uses a real Vault).
         module("VaultDev", [
-            "KMSCore", External.hummingbird, External.hummingbirdTLS, External.hummingbirdCore, External.nioSSL,
+            "KMSCore", "VaultWire", External.hummingbird, External.hummingbirdTLS, External.hummingbirdCore, External.nioSSL,
             External.nioCore, External.crypto, External.logging
         ]),
         executable("vault-dev", ["VaultDev", External.argumentParser]),
@@ -196,7 +203,7 @@ let package = Package(
         tests("KMSAuditTests", ["KMSAudit", "KMSCore", External.crypto]),
         tests("KMSRotationTests", ["KMSRotation", "KMSCore", "KMSTestSupport"]),
         tests("KMSProviderVaultTests", [
-            "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev", External.crypto,
+            "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev", "VaultWire", External.crypto,
             External.hummingbird
         ]),
     ]

@@ -42,6 +42,9 @@ public struct AuditEvent: Sendable, Equatable, Codable {
     public var outcomes: [ItemOutcome]?
     /// Free text without secrets (an error message, the reason of a rotation, a CK_RV name).
     public var detail: String?
+    /// The wire protocol the request came in on, for front ends other than kmsd's own API (`transit`); absent for
+    /// kmsd's API and for kmsd's own events.
+    public var frontend: String?
 
     public init(_ kind: Kind, _ action: String, result: Result, identity: String? = nil, key: String? = nil,
                 version: UInt32? = nil, contextDigest: String? = nil, items: Int? = nil, code: String? = nil,
@@ -61,7 +64,7 @@ public struct AuditEvent: Sendable, Equatable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case kind = "type"
-        case action, result, identity, key, version, items, code, detail, outcomes
+        case action, result, identity, key, version, items, code, detail, outcomes, frontend
         case contextDigest = "context_digest"
     }
 

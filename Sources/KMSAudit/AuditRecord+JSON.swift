@@ -9,7 +9,7 @@ import Glibc
 extension AuditRecord {
     var jsonLine: [UInt8] {
         var out = JSONObjectWriter(capacity: 320)
-        // Keys in sorted order: action, checkpoint, code, context_digest, detail, identity, items, key, outcomes, prev,
+        // Keys in sorted order: action, checkpoint, code, context_digest, detail, frontend, identity, items, key, outcomes, prev,
         // result, seq, time, type, version.
         out.string("action", event.action)
         if let checkpoint {
@@ -24,6 +24,7 @@ extension AuditRecord {
         out.string("code", event.code)
         out.string("context_digest", event.contextDigest)
         out.string("detail", event.detail)
+        out.string("frontend", event.frontend)
         out.string("identity", event.identity)
         out.number("items", event.items.map { UInt64(clamping: $0) })
         out.string("key", event.key)

@@ -44,9 +44,9 @@ extension Envelope {
         }
         let iv = try reader.bytes(ivLength, "IV")
         let ciphertextLength = Int(try reader.uint16("ciphertext length"))
-        guard (Self.tagLength + 1...Self.maxCiphertextLength).contains(ciphertextLength) else {
+        guard (Self.tagLength...Self.maxCiphertextLength).contains(ciphertextLength) else {
             throw .invalidInput(
-                "wrapped key has ciphertext length \(ciphertextLength); allowed \(Self.tagLength + 1)...\(Self.maxCiphertextLength)")
+                "wrapped key has ciphertext length \(ciphertextLength); allowed \(Self.tagLength)...\(Self.maxCiphertextLength)")
         }
         let ciphertext = try reader.bytes(ciphertextLength, "ciphertext")
         guard reader.remaining == 0 else {

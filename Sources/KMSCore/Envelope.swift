@@ -66,8 +66,9 @@ public struct Envelope: Sendable, Equatable {
     public static let minIVLength = 12
     public static let maxIVLength = 16
     public static let tagLength = 16
-    /// The largest wrapped secret accepted: DEKs are 32 bytes; 1 KiB leaves room for other secrets.
-    public static let maxPlaintextLength = 1024
+    /// The largest wrapped secret accepted: DEKs are 32 bytes; 4 KiB is what Vault transit clients may encrypt (as much as
+    /// AWS KMS's Encrypt takes). An empty secret is allowed (transit encrypts empty plaintexts).
+    public static let maxPlaintextLength = 4096
     public static let maxCiphertextLength = maxPlaintextLength + tagLength
     /// The largest possible v1 envelope.
     public static let maxLength = 3 + KeyName.maxLength + 4 + 1 + EnvelopeHeader.maxKeyIDLength + 1 + maxIVLength + 2
@@ -82,8 +83,8 @@ public struct Envelope: Sendable, Equatable {
         guard (Self.minIVLength...Self.maxIVLength).contains(iv.count) else {
             throw .invalidInput("IV length \(iv.count) is outside \(Self.minIVLength)...\(Self.maxIVLength)")
         }
-        guard (Self.tagLength + 1...Self.maxCiphertextLength).contains(ciphertext.count) else {
-            throw .invalidInput("ciphertext length \(ciphertext.count) is outside \(Self.tagLength + 1)...\(Self.maxCiphertextLength)")
+        guard (Self.tagLength...Self.maxCiphertextLength).contains(ciphertext.count) else {
+            throw .invalidInput("ciphertext length \(ciphertext.count) is outside \(Self.tagLength)...\(Self.maxCiphertextLength)")
         }
         self.header = header
         self.iv = iv

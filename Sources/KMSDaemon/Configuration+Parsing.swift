@@ -200,12 +200,13 @@ struct Reader {
     mutating func configuration(_ root: [String: Any], source: String) -> Configuration? {
         let top = map(root, "config", known: [
             "mode", "listen", "tls", "providers", "keys", "admin", "limits", "log_level", "log_format", "debug", "data_dir", "audit",
+            "transit",
         ]) ?? [:]
         let modeText = string(top, "mode", "config") ?? "development"
         let mode = Configuration.Mode(rawValue: modeText)
         if mode == nil { problem("mode", "expected development or production, not '\(modeText)'") }
 
-        let listenMap = map(top["listen"], "listen", known: ["api", "metrics", "allow_public_bind", "allow_public_metrics"])
+        let listenMap = map(top["listen"], "listen", known: ["api", "metrics", "transit", "allow_public_bind", "allow_public_metrics"])
         let api = string(listenMap, "api", "listen") ?? "127.0.0.1:8443"
         var host = "127.0.0.1"
         var port = 8443
@@ -219,8 +220,13 @@ struct Reader {
         if let text = string(listenMap, "metrics", "listen") {
             if let address = Self.hostPort(text) { metrics = address } else { problem("listen.metrics", "expected host:port, not '\(text)'") }
         }
+        var transitAddress: (host: String, port: Int)?
+        if let text = string(listenMap, "transit", "listen") {
+            if let address = Self.hostPort(text) { transitAddress = address } else { problem("listen.transit", "expected host:port, not '\(text)'") }
+        }
         let listen = Configuration.Listen(host: host, port: port, allowPublicBind: bool(listenMap, "allow_public_bind", "listen", default: false),
-                                          metrics: metrics, allowPublicMetrics: bool(listenMap, "allow_public_metrics", "listen", default: false))
+                                          metrics: metrics, allowPublicMetrics: bool(listenMap, "allow_public_metrics", "listen", default: false),
+                                          transit: transitAddress)
 
         var tls: Configuration.TLS?
         if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "crl_refresh", "crl_grace", "min_version", "client_auth", "ciphers", "identity"]) {
@@ -335,10 +341,12 @@ struct Reader {
         let logFormat = string(top, "log_format", "config") ?? "text"
         if !["text", "json"].contains(logFormat) { problem("log_format", "expected text or json") }
         let audit = self.audit(top["audit"], production: mode == .production, providers: providersMap)
+        let transit = self.transit(top["transit"], listen: listenMap?["transit"], tls: tls != nil, keys: Set(keys.keys.map(\.rawValue)))
         guard let mode else { return nil }
         return Configuration(
             mode: mode, listen: listen, tls: tls, providers: providers, keys: keys, admin: admin, limits: limits,
-            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, audit: audit, logFormat: logFormat, source: source)
+            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, audit: audit, transit: transit, logFormat: logFormat,
+            source: source)
     }
 
     static func hostPort(_ text: String) -> (host: String, port: Int)? {

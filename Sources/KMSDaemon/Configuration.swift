@@ -1,6 +1,7 @@
 public import KMSCore
 public import KMSRotation
 public import KMSService
+public import KMSTransit
 
 /// kmsd's validated configuration. Made only by `Configuration.load` / `parse`, which read the YAML file, apply
 /// `KMSD_*` environment overrides, and check everything in one step, listing every problem with its key path.
@@ -20,6 +21,8 @@ public struct Configuration: Sendable {
         public var metrics: (host: String, port: Int)?
         /// `listen.allow_public_metrics`: the metrics listener may bind a non-loopback address in production.
         public var allowPublicMetrics: Bool
+        /// The Vault transit listener (`listen.transit`, HTTPS); nil when not configured.
+        public var transit: (host: String, port: Int)?
     }
 
     /// `audit`: the hash-chained audit log (see docs/audit.md).
@@ -179,6 +182,8 @@ public struct Configuration: Sendable {
     public var dataDirectory: String?
     /// nil: no audit log (refused in production).
     public var audit: Audit?
+    /// `transit`: the Vault transit front end; nil when not configured.
+    public var transit: TransitConfiguration?
     /// `log_format: json` writes one JSON object per log line.
     public var logFormat: String
     /// The file the configuration came from (for relative paths and messages).

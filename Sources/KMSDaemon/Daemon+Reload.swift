@@ -30,6 +30,9 @@ extension Daemon {
             throw ConfigurationError(["tls: a reload cannot turn TLS off on a running listener; restart kmsd to change it"])
         }
         let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA)) }
+        let transitContext = try fresh.tls.map {
+            try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA, clientCertificates: .optional))
+        }
         let revocation = try Self.revocation(fresh.tls)
         try running.server.checkNotRollback(revocation)
         let pins = try reloaded.providerPINs(providers)
@@ -38,6 +41,7 @@ extension Daemon {
                                           revocationGrace: fresh.tls?.crlGrace ?? .seconds(3600))
 
         if let context, let box = running.tls { box.install(context) }
+        if let transitContext, let box = running.transitTLS { box.install(transitContext) }
         running.server.rotation.update(keys: keys)
         running.server.reload(snapshot)
         running.revocationRefresh.update(fresh.tls)

@@ -9,7 +9,9 @@ import X509
 extension Daemon {
     /// The server's TLS: its certificate and key, client certificates from `client_ca` required (or optional), the
     /// configured minimum version.
-    public static func tlsConfiguration(_ tls: Configuration.TLS, adminCA: String? = nil) throws -> TLSConfiguration {
+    /// `clientCertificates` overrides `tls.client_auth` (the transit listener accepts token clients without one).
+    public static func tlsConfiguration(_ tls: Configuration.TLS, adminCA: String? = nil,
+                                        clientCertificates: Configuration.TLS.ClientAuth? = nil) throws -> TLSConfiguration {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key, format: .pem)))
@@ -17,7 +19,7 @@ extension Daemon {
         // checked per request (`KMSServerPolicy.adminIssuers`, `nodeIssuers`).
         configuration.trustRoots = .certificates(
             try NIOSSLCertificate.fromPEMFile(tls.clientCA) + (try adminCA.map { try NIOSSLCertificate.fromPEMFile($0) } ?? []))
-        configuration.certificateVerification = tls.clientAuth == .required ? .noHostnameVerification : .optionalVerification
+        configuration.certificateVerification = (clientCertificates ?? tls.clientAuth) == .required ? .noHostnameVerification : .optionalVerification
         configuration.minimumTLSVersion = tls.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
         configuration.cipherSuites = tls.ciphers
         // Closing a connection (idle timeout, maximum age) sends close_notify and waits for the peer's; a peer that

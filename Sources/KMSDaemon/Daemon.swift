@@ -7,6 +7,8 @@ public import KMSRotation
 public import KMSAudit
 public import KMSServer
 public import KMSService
+public import KMSTransit
+import VaultWire
 public import Logging
 import NIOCore
 import NIOSSL
@@ -62,6 +64,8 @@ public struct Daemon: Sendable {
         public let handshakeFailures: HandshakeFailures
         /// Reads the CRL file again every `tls.crl_refresh`.
         public let revocationRefresh: RevocationRefresh
+        /// The transit listener's TLS (client certificates optional there); nil without a transit listener.
+        public var transitTLS: TLSContextBox? = nil
     }
 
     /// Builds the HTTP application. `onRunning` gets the bound port.
@@ -76,9 +80,9 @@ public struct Daemon: Sendable {
         let limit = ConnectionLimit(connectionPolicy(authenticates: box != nil), events: server.events)
         let handshakeFailures = HandshakeFailures(audit: audit, events: server.events,
                                                   interval: configuration.audit?.handshakeSummaryInterval ?? .seconds(10))
-        let builder = HTTPServerBuilder.http1(tls: box, limit: limit) { peer, error in
+        let builder = HTTPServerBuilder.http1(tls: box, limit: limit, onHandshakeFailure: { peer, error in
             handshakeFailures.record(source: peer, error: error)
-        }
+        })
         let app = Application(
             router: server.router(), server: builder,
             configuration: .init(address: .hostname(configuration.listen.host, port: configuration.listen.port), serverName: nil),
@@ -86,6 +90,26 @@ public struct Daemon: Sendable {
             logger: logger)
         let refresh = RevocationRefresh(tls: configuration.tls, server: server, logger: Logger(label: "kmsd.crl"))
         return (app, Running(server: server, tls: box, connections: limit, handshakeFailures: handshakeFailures, revocationRefresh: refresh))
+    }
+
+    /// The Vault transit listener (`listen.transit`, docs/transit-frontend.md): HTTPS with the API's certificate, client
+    /// certificates accepted but not required (token clients), the API's caps and deadlines (a token client counts as
+    /// unauthenticated for the connection caps), over the same service. Nil when not configured.
+    public func transitApplication(
+        _ server: KMSServer, metrics: ServerMetrics?, handshakeFailures: HandshakeFailures,
+        onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) throws -> (app: Application<TransitFrontEnd>, tls: TLSContextBox)? {
+        guard let transit = configuration.transit, let address = configuration.listen.transit, let tls = configuration.tls else { return nil }
+        let box = try TLSContextBox(Self.tlsConfiguration(tls, adminCA: configuration.admin.clientCA, clientCertificates: .optional))
+        let limit = ConnectionLimit(connectionPolicy(authenticates: true), events: server.events)
+        let builder = HTTPServerBuilder.http1(tls: box, limit: limit, beforeHTTP: { [ListMethodRewriter()] }, onHandshakeFailure: { peer, error in
+            handshakeFailures.record(source: peer, error: error)
+        })
+        let app = Application(
+            responder: TransitFrontEnd(service: server.service, configuration: transit, metrics: metrics), server: builder,
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) }, logger: logger)
+        return (app, box)
     }
 
     /// The API listener's connection caps and deadlines (`limits.*`).
@@ -146,6 +170,10 @@ public struct Daemon: Sendable {
                 ])
             } onMetricsRunning: { [logger, configuration] port in
                 logger.notice("metrics serving", metadata: ["address": "\(configuration.listen.metrics?.host ?? ""):\(port)"])
+            } onTransitRunning: { [logger, configuration] port in
+                logger.notice("transit serving", metadata: [
+                    "address": "\(configuration.listen.transit?.host ?? ""):\(port)", "mount": "\(configuration.transit?.mount ?? "")",
+                ])
             }
             auditLog = parts.audit
             // SIGHUP reloads certificates, the CRL and access lists without dropping connections.
@@ -187,22 +215,27 @@ public struct Daemon: Sendable {
 
     public func assemble(
         providers: [String: any KeyProvider], onAPIRunning: @escaping @Sendable (Int) async -> Void = { _ in },
-        onMetricsRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+        onMetricsRunning: @escaping @Sendable (Int) async -> Void = { _ in },
+        onTransitRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws -> Parts {
         let metrics = ServerMetrics()
         let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
         let audit = try await startAudit(providers: providers, events: events)
         audit?.submit(AuditEvent(.admin, "start", result: .ok, detail: "mode \(configuration.mode.rawValue), config \(configuration.source)"))
         let rotation = try await startRotation(providers, events: events, audit: audit)
-        let (app, running) = try application(
+        var (app, running) = try application(
             policy: try policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics,
             onRunning: onAPIRunning)
+        let transit = try transitApplication(running.server, metrics: metrics, handshakeFailures: running.handshakeFailures,
+                                             onRunning: onTransitRunning)
+        running.transitTLS = transit?.tls
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape
         var services: [any Service] = [
             app, RotationScheduler(rotation), watch, HandshakeSummaryService(failures: running.handshakeFailures), running.revocationRefresh,
         ]
         if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
+        if let transit { services.append(transit.app) }
         return Parts(running: running, audit: audit, rotation: rotation, services: services)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import KMSCore
+import KMSTransit
 
 /// The production hardening checklist: what `kmsd check-config` prints and what production mode enforces. In
 /// production, kmsd refuses to start while any item fails and names every failing item.
@@ -84,6 +85,18 @@ public struct HardeningChecklist: Sendable {
         let wildcard = ["0.0.0.0", "::", "*", ""].contains(configuration.listen.host)
         check("no wildcard bind (or allow_public_bind set)", !wildcard || configuration.listen.allowPublicBind,
               wildcard ? "listen.api binds \(configuration.listen.host); set listen.allow_public_bind: true if intended" : configuration.listen.host)
+        if let transit = configuration.listen.transit {
+            let wildcard = ["0.0.0.0", "::", "*", ""].contains(transit.host)
+            check("transit listener: no wildcard bind (or allow_public_bind set)", !wildcard || configuration.listen.allowPublicBind,
+                  wildcard ? "listen.transit binds \(transit.host); set listen.allow_public_bind: true if intended" : "\(transit.host):\(transit.port)")
+        }
+        if let transit = configuration.transit {
+            let tokens = transit.tokens.count
+            check("transit clients authenticate with certificates", true,
+                  tokens == 0 ? "no static tokens (certificates and auth/cert/login only)"
+                              : "\(tokens) static token(s) in transit.tokens: bearer secrets that anyone holding them can use until they expire; prefer client certificates",
+                  warning: tokens > 0)
+        }
         if let metrics = configuration.listen.metrics {
             let loopback = metrics.host == "localhost" || metrics.host == "::1" || metrics.host.hasPrefix("127.")
             check("metrics listener on loopback (or allow_public_metrics set)", loopback || configuration.listen.allowPublicMetrics,

@@ -18,8 +18,8 @@ extension PKCS11KeyProvider {
     public func wrap(_ name: KeyName, plaintext: SecretBytes, context: EncryptionContext, version: KeyVersion?) async throws
         -> WrappedKey
     {
-        guard (1...Envelope.maxPlaintextLength).contains(plaintext.count) else {
-            throw KMSError.invalidInput("a wrapped secret must be 1 to \(Envelope.maxPlaintextLength) bytes")
+        guard (0...Envelope.maxPlaintextLength).contains(plaintext.count) else {
+            throw KMSError.invalidInput("a wrapped secret must be 0 to \(Envelope.maxPlaintextLength) bytes")
         }
         let maxAge = configuration.catalogRefreshInterval
         let cached = catalog.withLock { catalog in

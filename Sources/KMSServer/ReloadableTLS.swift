@@ -1,6 +1,6 @@
 public import HummingbirdCore
 import Logging
-import NIOCore
+public import NIOCore
 import NIOTLS
 import CTLSOptions
 public import NIOSSL
@@ -67,6 +67,8 @@ struct LimitedHTTP1Channel: ServerChildChannel {
     let box: TLSContextBox?
     let limit: ConnectionLimit
     let onHandshakeFailure: @Sendable (_ peer: String, _ error: String) -> Void
+    /// Handlers between TLS and the HTTP parser (the transit listener's `LIST` rewriting), made per connection.
+    let beforeHTTP: @Sendable () -> [any ChannelHandler & Sendable]
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         // No log line for a refused connection: an unauthenticated peer must not be able to write to disk per attempt.
@@ -85,6 +87,7 @@ struct LimitedHTTP1Channel: ServerChildChannel {
                 peer.succeed(nil)
                 try channel.pipeline.syncOperations.addHandler(FirstByteObserver(ticket: ticket))
             }
+            for handler in beforeHTTP() { try channel.pipeline.syncOperations.addHandler(handler) }
         }.flatMap {
             base.setup(channel: channel, logger: logger)
         }.map {
@@ -111,12 +114,14 @@ extension HTTPServerBuilder {
     /// deadlines of `limit` (its idle timeout is Hummingbird's).
     /// `onHandshakeFailure` hears of every TLS handshake that failed (no or bad client certificate, old protocol, the
     /// handshake deadline).
+    /// `beforeHTTP` makes each connection's handlers that see the bytes between TLS and the HTTP parser.
     public static func http1(tls box: TLSContextBox?, limit: ConnectionLimit,
+                             beforeHTTP: @escaping @Sendable () -> [any ChannelHandler & Sendable] = { [] },
                              onHandshakeFailure: @escaping @Sendable (_ peer: String, _ error: String) -> Void = { _, _ in }) -> HTTPServerBuilder {
         .init { responder in
             LimitedHTTP1Channel(base: HTTP1Channel(responder: responder, configuration: .init(
                                     additionalChannelHandlers: [RecycleAtMaxAge()], idleTimeout: TimeAmount(limit.policy.idleTimeout))),
-                                box: box, limit: limit, onHandshakeFailure: onHandshakeFailure)
+                                box: box, limit: limit, onHandshakeFailure: onHandshakeFailure, beforeHTTP: beforeHTTP)
         }
     }
 }

@@ -11,8 +11,10 @@ final class AuditNote: Sendable {
     @TaskLocal static var current: AuditNote?
     private let state: Mutex<AuditEvent>
 
-    init(_ kind: AuditEvent.Kind, _ action: String) {
-        state = Mutex(AuditEvent(kind, action, result: .ok))
+    init(_ kind: AuditEvent.Kind, _ action: String, frontend: String? = nil) {
+        var event = AuditEvent(kind, action, result: .ok)
+        event.frontend = frontend
+        state = Mutex(event)
     }
 
     var event: AuditEvent { state.withLock { $0 } }
@@ -40,8 +42,11 @@ extension KMSService {
     /// Runs one operation with its audit record: a success is returned only after its record is durable
     /// (`audit_unavailable` if the log fails closed); a refusal or failure is recorded as what it was
     /// (authentication, authorization, security) without waiting. Exactly one record per operation: an operation
-    /// called inside a scope a front end opened (around its own decoding) joins that scope.
-    public func audited<T>(_ kind: AuditEvent.Kind, _ action: String, _ body: () async throws -> T) async throws(ServiceError) -> T {
+    /// called inside a scope a front end opened (around its own decoding) joins that scope. `frontend` names the wire
+    /// protocol for front ends other than kmsd's own API (the record's `frontend`).
+    public func audited<T>(_ kind: AuditEvent.Kind, _ action: String, frontend: String? = nil, _ body: () async throws -> T)
+        async throws(ServiceError) -> T
+    {
         if AuditNote.current != nil {
             do {
                 return try await body()
@@ -49,7 +54,7 @@ extension KMSService {
                 throw Self.classified(error)
             }
         }
-        let note = AuditNote(kind, action)
+        let note = AuditNote(kind, action, frontend: frontend)
         do {
             let value = try await AuditNote.$current.withValue(note) { try await body() }
             if let audit {

@@ -65,7 +65,7 @@ public struct KMSServerPolicy: Sendable {
         let digest = Array(SHA256.hash(data: Data(token.utf8)))
         var matched = false
         for hash in adminTokenHashes {
-            guard let expected = Self.hexBytes(hash), expected.count == digest.count else { continue }
+            guard let expected = Hex.decode(hash), expected.count == digest.count else { continue }
             var difference: UInt8 = 0
             for index in digest.indices { difference |= digest[index] ^ expected[index] }
             matched = matched || difference == 0
@@ -76,28 +76,6 @@ public struct KMSServerPolicy: Sendable {
     /// Lower-case hex SHA-256 of a token, as `admin.token_hashes` lists it.
     public static func hexDigest(_ token: String) -> String {
         Hex.encode(SHA256.hash(data: Data(token.utf8)))
-    }
-
-    static func hexBytes(_ text: String) -> [UInt8]? {
-        let characters = Array(text.utf8)
-        guard characters.count % 2 == 0 else { return nil }
-        var bytes: [UInt8] = []
-        var index = 0
-        while index < characters.count {
-            guard let high = Self.nibble(characters[index]), let low = Self.nibble(characters[index + 1]) else { return nil }
-            bytes.append(high << 4 | low)
-            index += 2
-        }
-        return bytes
-    }
-
-    private static func nibble(_ character: UInt8) -> UInt8? {
-        switch character {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): character - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): character - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): character - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 }
 

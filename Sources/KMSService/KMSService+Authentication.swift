@@ -59,7 +59,13 @@ extension KMSService {
     /// within its rate limit. Which keys it may use is checked by each operation.
     public struct Node: Sendable {
         public let identity: ClientIdentity
-        fileprivate init(_ identity: ClientIdentity) { self.identity = identity }
+        /// Authenticated by a certificate presented now (so its issuer is checked against `nodeIssuers`), not by a
+        /// front end's token bound to the identity.
+        let byCertificate: Bool
+        fileprivate init(_ identity: ClientIdentity, byCertificate: Bool = true) {
+            self.identity = identity
+            self.byCertificate = byCertificate
+        }
     }
 
     /// An administrator: an admin certificate identity or the holder of an admin token, within its rate limit.
@@ -100,6 +106,28 @@ extension KMSService {
             throw ServiceError(.unauthenticated, .unauthenticated, "an admin certificate or admin token is required")
         }
         throw ServiceError(.forbidden, .forbidden, "not an administrator")
+    }
+
+    /// A storage node authenticated by a front end's token (a Vault transit token), bound to `identity` when the token
+    /// was configured or issued at a certificate login. Rate-limited as that identity; which keys it may use is
+    /// checked by each operation, as for a certificate.
+    public func authenticateNode(token identity: ClientIdentity) throws(ServiceError) -> Node {
+        AuditNote.identity(identity.description)
+        try rateLimit(identity.description)
+        return Node(identity, byCertificate: false)
+    }
+
+    /// An administrator by a front end's token bound to `identity`: the identity must be one of `admin.identities`
+    /// under the policy in force now.
+    public func authenticateAdmin(token identity: ClientIdentity) throws(ServiceError) -> Administrator {
+        AuditNote.identity(identity.description)
+        try rateLimit(identity.description)
+        guard identity.matches(any: policy.adminIdentities) else {
+            events.record("forbidden")
+            logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity)"])
+            throw ServiceError(.forbidden, .forbidden, "not an administrator")
+        }
+        return Administrator(identity.description)
     }
 
     /// The identity of the peer's certificate, checked now: the identity rules (`tls.identity`), the validity
@@ -156,7 +184,7 @@ extension KMSService {
         }
         AuditNote.key(name)
         guard let key = policy.keys[name] else { throw ServiceError(.notFound, .notFound, "no key named '\(name)'") }
-        let issuerAdmitted = policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true
+        let issuerAdmitted = !node.byCertificate || (policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true)
         guard issuerAdmitted, identity.matches(any: key.allow) else {
             events.record("forbidden")
             logger.warning("request refused: not allowed for key", metadata: [

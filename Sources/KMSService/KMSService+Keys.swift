@@ -6,16 +6,24 @@ import Logging
 /// The storage-node operations, for an authenticated `Node`. Each authorizes the node for the key before it asks
 /// the front end for the request's input (`input`), so an unauthorized caller's body is never read.
 extension KMSService {
-    /// A new DEK under the key's wrapping version, bound to the context.
-    public func dataKey(_ node: Node, key nameText: String, input: () async throws -> DataKeyRequest) async throws(ServiceError)
-        -> (KeyName, DataKey)
+    /// A new DEK under the key's wrapping version, bound to the context. DEKs are `DataKey.length` bytes, made by the
+    /// provider (the HSM's generator); a front end that offers other lengths (Vault transit's 128 and 512 bits) gets
+    /// them from the operating system's generator, wrapped the same way.
+    public func dataKey(_ node: Node, key nameText: String, length: Int = DataKey.length, input: () async throws -> DataKeyRequest)
+        async throws(ServiceError) -> (KeyName, DataKey)
     {
         try await audited(.keyAccess, "datakey") {
             let policy = policy
             let key = try authorizeKey(node, nameText, policy: policy)
             let encryption = try context(try await input().context)
             AuditNote.context(encryption)
-            let dataKey = try await perform { try await key.provider.generateDataKey(key.name, context: encryption) }
+            let (provider, name) = (key.provider, key.name)
+            let dataKey = try await perform {
+                guard length != DataKey.length else { return try await provider.generateDataKey(name, context: encryption) }
+                let plaintext = SecretBytes.random(count: length)
+                let wrapped = try await provider.wrap(name, plaintext: plaintext, context: encryption, version: nil)
+                return DataKey(key: name, version: wrapped.version, plaintext: plaintext, wrapped: wrapped.wrapped)
+            }
             AuditNote.version(dataKey.version)
             logger.debug("datakey", metadata: ["identity": "\(node.identity)", "key": "\(key.name)", "version": "\(dataKey.version)"])
             return (key.name, dataKey)
@@ -92,9 +100,9 @@ extension KMSService {
     /// Runs `operation` on every item in order, answering each with its result or its error, and notes the items'
     /// outcomes for the audit record once at the end (also when an outage cuts the batch short, so the record says
     /// which items ran). An unavailable backend ends the batch: it is down for all of them.
-    private func eachItem<Result: Sendable>(
-        _ items: [UnwrapRequest],
-        _ operation: (UnwrapRequest, inout AuditEvent.ItemOutcome) async throws -> Result
+    func eachItem<Item, Result: Sendable>(
+        _ items: [Item],
+        _ operation: (Item, inout AuditEvent.ItemOutcome) async throws -> Result
     ) async throws -> [(Result?, ServiceError?)] {
         var answers: [(Result?, ServiceError?)] = []
         var outcomes: [AuditEvent.ItemOutcome] = []

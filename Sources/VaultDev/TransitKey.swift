@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import KMSCore
+import VaultWire
 
 /// One transit key (type aes256-gcm96) with its versions, as Vault keeps it.
 struct TransitKey: Codable, Sendable {
@@ -117,22 +118,10 @@ struct TransitKey: Codable, Sendable {
 
     /// Parses `vault:v<N>:<base64>` with Vault's checks and messages, then opens it.
     func decrypt(_ ciphertext: String, context: [UInt8]?, aad: [UInt8]?) throws -> ([UInt8], Int) {
-        guard ciphertext.hasPrefix("vault:v") else { throw VaultError.badRequest("invalid ciphertext: no prefix") }
-        let rest = ciphertext.dropFirst("vault:v".count)
-        guard let colon = rest.firstIndex(of: ":") else {
-            throw VaultError.badRequest("invalid ciphertext: wrong number of fields")
+        let parsed = try TransitCiphertext.parse(ciphertext, latest: latestVersion) { version in
+            version >= minDecryptionVersion && versions[version] != nil
         }
-        guard var version = Int(rest[rest.startIndex..<colon]) else {
-            throw VaultError.badRequest("invalid ciphertext: version number could not be decoded")
-        }
-        if version == 0 { version = 1 }
-        if version > latestVersion { throw VaultError.badRequest("invalid ciphertext: version is too new") }
-        if version < minDecryptionVersion || versions[version] == nil {
-            throw VaultError.badRequest("ciphertext or signature version is disallowed by policy (too old)")
-        }
-        guard let blob = Data(base64Encoded: String(rest[rest.index(after: colon)...])) else {
-            throw VaultError.badRequest("invalid ciphertext: could not decode base64")
-        }
+        let (version, blob) = (parsed.version, parsed.blob)
         guard blob.count >= 12 else { throw VaultError.badRequest("invalid ciphertext length") }
         let (key, _) = try keys(version: version, context: context)
         do {

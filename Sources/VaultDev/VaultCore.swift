@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import KMSCore
+import VaultWire
 
 /// The whole server state: seal, tokens, AppRole roles and transit mounts. Requests are handled one at a time (an
 /// actor); state is written to the state file, when there is one, after every change.
@@ -102,8 +103,7 @@ actor VaultCore {
     func handle(_ request: Request) throws -> VaultReply {
         let path = request.path
         // REPORT is how LIST arrives (see ListMethodRewriter).
-        let isList = request.method == "LIST" || request.method == "REPORT" || (request.method == "GET" && request.query["list"].flatMap(VaultParameters.parseBool) == true)
-        let method = isList ? "LIST" : (request.method == "PUT" ? "POST" : request.method)
+        let method = VaultRequestLine.method(request.method, query: request.query)
 
         // Unauthenticated, and served while sealed.
         switch path {
@@ -144,7 +144,7 @@ actor VaultCore {
 
     private func route(method: String, path: String, token: Token, parameters: inout VaultParameters) throws -> VaultReply {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        let (pattern, arguments) = Self.resolve(parts, Self.systemRoutes)
+        let (pattern, arguments) = VaultRequestLine.resolve(parts, Self.systemRoutes)
         switch (method, pattern) {
         case ("POST", "sys/seal"):
             try requireRoot(token)
@@ -241,19 +241,6 @@ actor VaultCore {
         "keys", "keys/", "keys/*", "keys/*/config", "keys/*/rotate", "keys/*/trim", "config/keys", "encrypt/*",
         "decrypt/*", "rewrap/*", "datakey/*/*",
     ]
-
-    /// The first route whose segments match `parts` (`*` matches one non-empty segment), and what the wildcards
-    /// matched, in order.
-    static func resolve(_ parts: [String], _ routes: [String]) -> (String, [String]) {
-        for route in routes {
-            let segments = route.split(separator: "/", omittingEmptySubsequences: false)
-            guard segments.count == parts.count else { continue }
-            if zip(segments, parts).allSatisfy({ $0 == "*" ? !$1.isEmpty : $0 == $1 }) {
-                return (route, zip(segments, parts).filter { $0.0 == "*" }.map(\.1))
-            }
-        }
-        return (parts.joined(separator: "/"), [])
-    }
 
     // MARK: - Seal and health
 
@@ -389,7 +376,7 @@ actor VaultCore {
 
     private func transit(mount: String, method: String, path: String, rest: [String], parameters: inout VaultParameters) throws -> VaultReply {
         let now = Int(clock().timeIntervalSince1970)
-        let (pattern, arguments) = Self.resolve(rest, Self.transitRoutes)
+        let (pattern, arguments) = VaultRequestLine.resolve(rest, Self.transitRoutes)
         switch (method, pattern) {
         case ("LIST", "keys"), ("LIST", "keys/"):
             let names = state.mounts[mount]?.keys.keys.sorted() ?? []

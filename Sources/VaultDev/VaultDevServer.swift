@@ -7,6 +7,7 @@ public import Logging
 import HummingbirdTLS
 import NIOCore
 import NIOSSL
+import VaultWire
 
 /// vault-dev: an HTTP server that speaks the subset of Vault's API kmsd and its tests use (see
 /// `shared/vault-transit-contract.md`): transit, tokens, AppRole, health, seal and unseal. For tests and development
@@ -97,47 +98,26 @@ public struct VaultDevServer: Sendable {
                     token = String(bearer.dropFirst("Bearer ".count))
                 }
                 let reply = try await core.handle(VaultCore.Request(
-                    method: request.method.rawValue, path: path, query: Self.query(request.uri.query), token: token,
+                    method: request.method.rawValue, path: path, query: VaultRequestLine.query(request.uri.query), token: token,
                     body: body, contentType: request.headers[.contentType]))
                 return Self.response(reply, head: isHead)
             } catch let error as VaultError {
-                if isHead { return Self.json(status: error.status, nil) }
-                return Self.json(status: error.status, .object(["errors": JSONValue(error.messages)]))
+                let (status, body) = error.rendered(head: isHead)
+                return Self.json(status: status, body)
             }
-        }
-
-        static func query(_ text: String?) -> [String: String] {
-            var values: [String: String] = [:]
-            for pair in (text ?? "").split(separator: "&") {
-                let parts = pair.split(separator: "=", maxSplits: 1).map { String($0).removingPercentEncoding ?? String($0) }
-                values[parts[0]] = parts.count > 1 ? parts[1] : ""
-            }
-            return values
         }
 
         static func response(_ reply: VaultReply, head: Bool) -> Response {
-            switch reply {
-            case .noContent:
-                return Response(status: .noContent, headers: [.cacheControl: "no-store"])
-            case .raw(let object, let status):
-                return json(status: status, head ? nil : .object(object))
-            case .data(let data, let warnings, let auth, let status):
-                let envelope: JSONValue = [
-                    "request_id": .string(UUID().uuidString.lowercased()), "lease_id": "", "renewable": false,
-                    "lease_duration": 0, "data": data.map { .object($0) } ?? .null, "wrap_info": nil,
-                    "warnings": warnings.isEmpty ? .null : JSONValue(warnings), "auth": auth.map { .object($0) } ?? .null,
-                    "mount_type": data == nil ? "" : "transit",
-                ]
-                return json(status: status, head ? nil : envelope)
-            }
+            if case .noContent = reply { return Response(status: .noContent, headers: [.cacheControl: "no-store"]) }
+            let (status, body) = reply.rendered(head: head)
+            return json(status: status, body)
         }
 
-        static func json(status: Int, _ body: JSONValue?) -> Response {
+        static func json(status: Int, _ body: [UInt8]?) -> Response {
             var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
             guard let body else { return Response(status: .init(code: status), headers: headers) }
-            let bytes = body.serialized()
-            headers[.contentLength] = String(bytes.count)
-            return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+            headers[.contentLength] = String(body.count)
+            return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
         }
     }
 }

@@ -6,6 +6,7 @@ import Synchronization
 import KMSTestSupport
 import Testing
 @testable import VaultDev
+import VaultWire
 
 let orders = try! KeyName("orders")
 

@@ -1,27 +1,27 @@
 import Foundation
-import KMSCore
+public import KMSCore
 
 /// An error the way Vault reports it: an HTTP status and `{"errors":[…]}`.
-struct VaultError: Error {
-    let status: Int
-    let messages: [String]
+public struct VaultError: Error, Sendable {
+    public let status: Int
+    public let messages: [String]
 
-    init(_ status: Int, _ messages: String...) {
+    public init(_ status: Int, _ messages: String...) {
         self.status = status
         self.messages = messages
     }
 
-    static func badRequest(_ message: String) -> VaultError { VaultError(400, message) }
-    static let invalidToken = VaultError(403, "2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n")
-    static let permissionDenied = VaultError(403, "1 error occurred:\n\t* permission denied\n\n")
-    static let sealed = VaultError(503, "Vault is sealed")
-    static let notFound = VaultError(404)
-    static func unsupportedPath(_ path: String) -> VaultError { VaultError(404, "\(path): unsupported path") }
-    static func unsupportedOperation(_ path: String) -> VaultError { VaultError(405, "\(path): unsupported operation") }
+    public static func badRequest(_ message: String) -> VaultError { VaultError(400, message) }
+    public static let invalidToken = VaultError(403, "2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n")
+    public static let permissionDenied = VaultError(403, "1 error occurred:\n\t* permission denied\n\n")
+    public static let sealed = VaultError(503, "Vault is sealed")
+    public static let notFound = VaultError(404)
+    public static func unsupportedPath(_ path: String) -> VaultError { VaultError(404, "\(path): unsupported path") }
+    public static func unsupportedOperation(_ path: String) -> VaultError { VaultError(405, "\(path): unsupported operation") }
 }
 
 /// What a handler returns: a JSON body (the success envelope is added by the server) or nothing (204).
-enum VaultReply {
+public enum VaultReply: Sendable {
     /// `data` goes in the envelope's `data` (null when nil); `auth` in `auth`.
     case data([String: JSONValue]?, warnings: [String] = [], auth: [String: JSONValue]? = nil, status: Int = 200)
     /// A body sent as it is (health, seal status: no envelope).
@@ -31,16 +31,16 @@ enum VaultReply {
 
 /// A request's parameters with Vault's loose typing: integers as `2` or `"2"`, booleans as `true`, `"true"` or `1`,
 /// durations as `3600`, `"3600"` or `"1h"`. Tracks which parameters a handler read, for the "ignored" warning.
-struct VaultParameters {
+public struct VaultParameters: Sendable {
     private let values: [String: JSONValue]
-    private(set) var used: Set<String> = []
+    public private(set) var used: Set<String> = []
 
-    init(_ values: [String: JSONValue]) {
+    public init(_ values: [String: JSONValue]) {
         self.values = values
     }
 
     /// Parses a JSON object or a form-encoded body; an empty body is no parameters.
-    static func parse(body: [UInt8], contentType: String?) throws -> VaultParameters {
+    public static func parse(body: [UInt8], contentType: String?) throws -> VaultParameters {
         let trimmed = body.drop { $0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09 }
         if trimmed.isEmpty { return VaultParameters([:]) }
         let isForm = contentType?.lowercased().hasPrefix("application/x-www-form-urlencoded") == true
@@ -63,22 +63,22 @@ struct VaultParameters {
         return VaultParameters(map)
     }
 
-    var isEmpty: Bool { values.isEmpty }
+    public var isEmpty: Bool { values.isEmpty }
 
     /// Parameters nobody read, sorted, for the warning Vault adds on success.
-    var unused: [String] { values.keys.filter { !used.contains($0) }.sorted() }
+    public var unused: [String] { values.keys.filter { !used.contains($0) }.sorted() }
 
     private func fieldError(_ name: String, _ value: JSONValue, _ type: String) -> VaultError {
         .badRequest("Field validation failed: error converting input \(value.display) for field \"\(name)\": expected \(type)")
     }
 
-    mutating func raw(_ name: String) -> JSONValue? {
+    public mutating func raw(_ name: String) -> JSONValue? {
         used.insert(name)
         guard let value = values[name], value != .null else { return nil }
         return value
     }
 
-    mutating func string(_ name: String) throws -> String? {
+    public mutating func string(_ name: String) throws -> String? {
         guard let value = raw(name) else { return nil }
         switch value {
         case .string(let text): return text
@@ -87,7 +87,7 @@ struct VaultParameters {
         }
     }
 
-    mutating func int(_ name: String) throws -> Int? {
+    public mutating func int(_ name: String) throws -> Int? {
         guard let value = raw(name) else { return nil }
         switch value {
         case .int(let number): return number
@@ -98,7 +98,7 @@ struct VaultParameters {
         }
     }
 
-    mutating func bool(_ name: String) throws -> Bool? {
+    public mutating func bool(_ name: String) throws -> Bool? {
         guard let value = raw(name) else { return nil }
         switch value {
         case .bool(let flag): return flag
@@ -109,7 +109,7 @@ struct VaultParameters {
     }
 
     /// Seconds, from `3600`, `"3600"`, `"1h"`, `"90m"`, `"1h30m"`, `"10s"`.
-    mutating func duration(_ name: String) throws -> Int? {
+    public mutating func duration(_ name: String) throws -> Int? {
         guard let value = raw(name) else { return nil }
         switch value {
         case .int(let number): return number
@@ -118,7 +118,7 @@ struct VaultParameters {
         }
     }
 
-    mutating func stringList(_ name: String) throws -> [String]? {
+    public mutating func stringList(_ name: String) throws -> [String]? {
         guard let value = raw(name) else { return nil }
         switch value {
         case .array(let items): return items.map(\.display)
@@ -127,7 +127,7 @@ struct VaultParameters {
         }
     }
 
-    mutating func objectList(_ name: String) throws -> [VaultParameters]? {
+    public mutating func objectList(_ name: String) throws -> [VaultParameters]? {
         guard let value = raw(name) else { return nil }
         guard case .array(let items) = value else { throw fieldError(name, value, "list of objects") }
         return try items.map { item in
@@ -137,7 +137,7 @@ struct VaultParameters {
     }
 
     /// Go's `strconv.ParseBool`.
-    static func parseBool(_ text: String) -> Bool? {
+    public static func parseBool(_ text: String) -> Bool? {
         switch text {
         case "1", "t", "T", "true", "TRUE", "True": true
         case "0", "f", "F", "false", "FALSE", "False": false
@@ -145,7 +145,7 @@ struct VaultParameters {
         }
     }
 
-    static func parseDuration(_ text: String) -> Int? {
+    public static func parseDuration(_ text: String) -> Int? {
         if let seconds = Int(text) { return seconds }
         var total = 0.0
         var number = ""
@@ -182,8 +182,8 @@ struct VaultParameters {
 }
 
 /// Go's `encoding/base64` standard decoding, with its error text (`illegal base64 data at input byte N`).
-enum GoBase64 {
-    static func decode(_ text: String) -> Result<[UInt8], VaultError> {
+public enum GoBase64 {
+    public static func decode(_ text: String) -> Result<[UInt8], VaultError> {
         let bytes = Array(text.utf8)
         if let data = Data(base64Encoded: text) { return .success([UInt8](data)) }
         func isAlphabet(_ byte: UInt8) -> Bool {

@@ -1,0 +1,466 @@
+import Foundation
+import KMSAPI
+import KMSCore
+import KMSService
+import KMSRotation
+import VaultWire
+
+/// The transit operations: each parses Vault's parameters (with Vault's loose typing and messages), calls the
+/// service, and answers in Vault's shape.
+extension TransitFrontEnd {
+    /// The kmsd context a transit request's `context` and `associated_data` map to: each non-empty byte string under
+    /// its own key, as standard base64 (so both sides of kmsd agree: a node using kmsd's API passes the same pairs).
+    static let contextKey = "transit.context"
+    static let associatedDataKey = "transit.associated_data"
+
+    static let missingContext = "missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key"
+
+    private func mapping(_ name: String, missing: VaultError) throws(VaultError) -> TransitConfiguration.Key {
+        guard let key = configuration.keys[name] else { throw missing }
+        return key
+    }
+
+    private static func bytes(_ item: inout VaultParameters, _ name: String) throws -> [UInt8]? {
+        guard let text = try item.string(name), !text.isEmpty else { return nil }
+        return try GoBase64.decode(text).get()
+    }
+
+    /// The item's `context` and `associated_data` as a kmsd context; a derived key requires a context.
+    static func context(_ item: inout VaultParameters, derived: Bool) throws -> [String: String] {
+        let context = try bytes(&item, "context")
+        let associated = try bytes(&item, "associated_data")
+        if derived && context == nil { throw VaultError.badRequest(missingContext) }
+        var pairs: [String: String] = [:]
+        if let context { pairs[contextKey] = Data(context).base64EncodedString() }
+        if let associated { pairs[associatedDataKey] = Data(associated).base64EncodedString() }
+        do {
+            _ = try EncryptionContext(pairs)
+        } catch {
+            throw VaultError.badRequest("context or associated_data is too long: \(error.message)")
+        }
+        return pairs
+    }
+
+    /// The request's items: `batch_input`, or the request itself as the one item.
+    private static func items(_ parameters: inout VaultParameters, single: [String]) throws -> (items: [VaultParameters], batch: Bool) {
+        // The item's own parameters count as read on the request (for the "ignored" warning) whether it is a batch or not.
+        let request = parameters
+        for name in single { _ = parameters.raw(name) }
+        guard let items = try parameters.objectList("batch_input") else { return ([request], false) }
+        guard (1...BatchRequest.maxItems).contains(items.count) else {
+            throw VaultError.badRequest("batch_input holds 1 to \(BatchRequest.maxItems) items in kmsd")
+        }
+        let withContext = items.map { item in var copy = item; return ((try? copy.string("context")) ?? nil)?.isEmpty == false }
+        if Set(withContext).count > 1 { throw VaultError.badRequest("context should be set either in all the request blocks or in none") }
+        return (items, true)
+    }
+
+    /// One answer per item, with Vault's batch status: all failed → 400 (500 when all were internal), some failed →
+    /// `partial_failure_response_code` (when the operation allows it) or 400.
+    private static func batchReply(_ results: [Result<[String: JSONValue], VaultError>], references: [String?],
+                                   partialCode: Int?, allowsPartialCode: Bool, failureFields: [String: JSONValue] = [:]) -> VaultReply {
+        var entries: [JSONValue] = []
+        var failures = 0
+        var internalFailures = 0
+        for (result, reference) in zip(results, references) {
+            var entry: [String: JSONValue]
+            switch result {
+            case .success(let fields): entry = fields
+            case .failure(let error):
+                failures += 1
+                if error.status >= 500 { internalFailures += 1 }
+                entry = failureFields.merging(["error": .string(error.messages.first ?? "error")]) { $1 }
+            }
+            if let reference { entry["reference"] = .string(reference) }
+            entries.append(.object(entry))
+        }
+        guard failures > 0, allowsPartialCode else { return .data(["batch_results": .array(entries)]) }
+        let status = failures == results.count ? (internalFailures == failures ? 500 : 400) : (partialCode ?? 400)
+        return .data(["batch_results": .array(entries)], status: status)
+    }
+
+    private static func reference(_ item: inout VaultParameters) -> String? { (try? item.string("reference")) ?? nil }
+
+    /// A service error for one batch item, in Vault's words.
+    private static func itemError(_ error: ServiceError?, action: String) -> VaultError {
+        error.map { vaultError($0, action: action) } ?? VaultError(500, "internal error")
+    }
+
+    // MARK: - Keys
+
+    func listKeys(_ caller: Caller) async throws -> VaultReply {
+        let node = try caller.node(service)
+        var names: [String] = []
+        for (name, key) in configuration.keys.sorted(by: { $0.key < $1.key })
+        where service.usableKeys(node, among: [key.key.rawValue]).isEmpty == false {
+            names.append(name)
+        }
+        guard !names.isEmpty else { throw VaultError.notFound }
+        return .data(["keys": JSONValue(names)])
+    }
+
+    func readKey(_ caller: Caller, _ name: String) async throws -> VaultReply {
+        let key = try mapping(name, missing: .notFound)
+        let node = try caller.node(service)
+        let (_, description) = try await service.describeKey(node, key: key.key.rawValue)
+        guard !description.versions.isEmpty else { throw VaultError.notFound }
+        return .data(await info(name, key, description))
+    }
+
+    /// Key information as Vault reports it, plus kmsd's own view of the versions (`kmsd_*`).
+    func info(_ name: String, _ key: TransitConfiguration.Key, _ description: KeyDescription) async -> [String: JSONValue] {
+        Self.info(name, key, await service.withCreationTimes(description))
+    }
+
+    static func info(_ name: String, _ key: TransitConfiguration.Key, _ description: KeyDescription) -> [String: JSONValue] {
+        var keys: [String: JSONValue] = [:]
+        for version in description.versions {
+            keys[String(version.version.rawValue)] = .int(Int(version.createdAt?.timeIntervalSince1970 ?? 0))
+        }
+        let versions = description.versions.map { version -> JSONValue in
+            .object(["version": .int(Int(version.version.rawValue)), "state": .string(version.state.rawValue)])
+        }
+        return [
+            "name": .string(name), "type": "aes256-gcm96", "derived": .bool(key.derived), "convergent_encryption": false,
+            "deletion_allowed": false, "exportable": false, "allow_plaintext_backup": false, "imported_key": false,
+            "keys": .object(keys), "latest_version": .int(Int(description.latestVersion?.rawValue ?? 0)),
+            "min_available_version": 0, "min_decryption_version": .int(Int(description.versions.first?.version.rawValue ?? 1)),
+            "min_encryption_version": 0, "auto_rotate_period": 0, "supports_encryption": true, "supports_decryption": true,
+            "supports_derivation": true, "supports_signing": false,
+            "kmsd_key": .string(description.name.rawValue), "kmsd_provider": .string(description.provider.description),
+            "kmsd_versions": .array(versions),
+        ]
+    }
+
+    func createKey(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
+        let key = try mapping(name, missing: .badRequest("kmsd: no transit key named '\(name)' is configured (transit.keys)"))
+        let admin = try caller.administrator(service)
+        if let type = try parameters.string("type"), type != "aes256-gcm96" {
+            throw VaultError.badRequest("kmsd: transit keys are aes256-gcm96; '\(type)' is not offered")
+        }
+        if let derived = try parameters.bool("derived"), derived != key.derived {
+            throw VaultError.badRequest("kmsd: key \(name) is configured with derived: \(key.derived) (transit.keys); a request cannot change it")
+        }
+        for flag in ["exportable", "allow_plaintext_backup", "convergent_encryption"] where try parameters.bool(flag) == true {
+            throw VaultError.badRequest("kmsd: \(flag) is not offered: key material never leaves the HSM or Vault")
+        }
+        if let period = try parameters.duration("auto_rotate_period"), period != 0 {
+            throw VaultError.badRequest("kmsd: rotation is scheduled in kmsd's configuration (keys.\(key.key).rotation), not per request")
+        }
+        let created: Result<KeyDescription, ServiceError>
+        do {
+            created = .success(try await service.createKey(admin) { CreateKeyRequest(name: key.key.rawValue) }.1)
+        } catch {
+            created = .failure(error)
+        }
+        switch created {
+        case .success(let description):
+            return .data(await info(name, key, description))
+        case .failure(let error) where error.code == .alreadyExists:
+            let (_, description) = try await service.describeKey(admin, key: key.key.rawValue)
+            return .data(await info(name, key, description), warnings: ["key \(name) already existed"])
+        case .failure(let error):
+            throw error
+        }
+    }
+
+    func rotate(_ caller: Caller, _ name: String) async throws -> VaultReply {
+        let key = try mapping(name, missing: .badRequest("key not found"))
+        let admin = try caller.administrator(service)
+        let (_, outcome) = try await service.rotate(admin, key: key.key.rawValue) { RotateRequest(reason: "transit rotate") }
+        return .data(await info(name, key, outcome.description))
+    }
+
+    // MARK: - Encrypt, decrypt, rewrap, datakey
+
+    func encrypt(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
+        let key = try mapping(name, missing: .badRequest("encryption key not found"))
+        let node = try caller.node(service)
+        let (items, batch) = try Self.items(&parameters, single: ["plaintext", "context", "associated_data", "key_version"])
+        let partialCode = batch ? try parameters.int("partial_failure_response_code") : nil
+        var parsed: [Result<KMSService.EncryptItem, VaultError>] = []
+        var references: [String?] = []
+        for var item in items {
+            references.append(Self.reference(&item))
+            do {
+                guard let text = try item.string("plaintext") else { throw VaultError.badRequest("missing plaintext to encrypt") }
+                let plaintext = try GoBase64.decode(text).get()
+                guard plaintext.count <= Envelope.maxPlaintextLength else {
+                    throw VaultError.badRequest("kmsd: plaintext is \(plaintext.count) bytes; at most \(Envelope.maxPlaintextLength) are accepted")
+                }
+                let context = try EncryptionContext(try Self.context(&item, derived: key.derived))
+                let requested = try item.int("key_version") ?? 0
+                guard requested >= 0, requested <= Int(UInt32.max) else {
+                    throw VaultError.badRequest("requested version for encryption is higher than the latest key version")
+                }
+                parsed.append(.success(.init(plaintext: SecretBytes(copying: plaintext), context: context,
+                                             version: requested == 0 ? nil : try KeyVersion(UInt32(requested)))))
+            } catch let error as VaultError {
+                if !batch { throw error }
+                parsed.append(.failure(error))
+            }
+        }
+        let valid = parsed.compactMap { try? $0.get() }
+        var answers: [(WrappedKey?, ServiceError?)] = []
+        if !valid.isEmpty {
+            do {
+                answers = try await encryptOrUpsert(caller, node, key, valid, batch: batch)
+            } catch {
+                // A single item's refusal in Vault's words (a batch's is per item, below).
+                guard !batch, let error = error as? ServiceError else { throw error }
+                throw Self.encryptError(error, requested: valid[0].version)
+            }
+        }
+        var results: [Result<[String: JSONValue], VaultError>] = []
+        var answered = 0
+        for item in parsed {
+            guard case .success(let request) = item else {
+                results.append(.failure(item.failure ?? VaultError(500, "internal error")))
+                continue
+            }
+            let (wrapped, error) = answered < answers.count ? answers[answered] : (nil, nil)
+            answered += 1
+            results.append(wrapped.map { .success(Self.ciphertext($0)) } ?? .failure(Self.encryptError(error, requested: request.version)))
+        }
+        guard batch else {
+            switch results[0] {
+            case .success(let fields): return .data(fields)
+            case .failure(let error): throw error
+            }
+        }
+        return Self.batchReply(results, references: references, partialCode: partialCode, allowsPartialCode: true)
+    }
+
+    /// Vault's upsert: encrypting with a configured key that has no version yet creates version 1 first, for a caller
+    /// who may create keys (an administrator, as Vault asks for the create capability); for others the key is not
+    /// found. The creation is kmsd's own (`createKey`: journal, rotation schedule) inside this request's audit record.
+    private func encryptOrUpsert(_ caller: Caller, _ node: KMSService.Node, _ key: TransitConfiguration.Key,
+                                 _ items: [KMSService.EncryptItem], batch: Bool) async throws -> [(WrappedKey?, ServiceError?)] {
+        let attempt: Result<[(WrappedKey?, ServiceError?)], ServiceError>
+        do {
+            attempt = .success(try await service.encrypt(node, key: key.key.rawValue, batch: batch) { items }.1)
+        } catch {
+            attempt = .failure(error)
+        }
+        let missing: Bool = switch attempt {
+        case .failure(let error): error.kind == .notFound
+        case .success(let answers): answers.allSatisfy { $0.1?.kind == .notFound }
+        }
+        guard missing, items.allSatisfy({ $0.version == nil }), service.isAdministrator(node) else { return try attempt.get() }
+        let admin = try caller.administrator(service)
+        let created: Result<Void, ServiceError>
+        do {
+            _ = try await service.createKey(admin) { CreateKeyRequest(name: key.key.rawValue) }
+            created = .success(())
+        } catch {
+            created = .failure(error)
+        }
+        if case .failure(let error) = created, error.code != .alreadyExists { throw error }
+        return try await service.encrypt(node, key: key.key.rawValue, batch: batch) { items }.1
+    }
+
+    private static func encryptError(_ error: ServiceError?, requested: KeyVersion?) -> VaultError {
+        if requested != nil, error?.kind == .notFound {
+            return .badRequest("requested version for encryption is higher than the latest key version")
+        }
+        return itemError(error, action: "encrypt")
+    }
+
+    private static func ciphertext(_ wrapped: WrappedKey) -> [String: JSONValue] {
+        ["ciphertext": .string(TransitCiphertext(version: Int(wrapped.version.rawValue), blob: wrapped.wrapped).text),
+         "key_version": .int(Int(wrapped.version.rawValue))]
+    }
+
+    /// A ciphertext item as kmsd's unwrap input: the envelope inside `vault:v<N>:`, whose version must be N.
+    private func unwrapItem(_ item: inout VaultParameters, _ key: TransitConfiguration.Key, _ node: KMSService.Node) async throws
+        -> UnwrapRequest
+    {
+        guard let text = try item.string("ciphertext"), !text.isEmpty else { throw VaultError.badRequest("missing ciphertext to decrypt") }
+        let parsed = try TransitCiphertext.parse(text, latest: Int.max) { _ in true }
+        guard parsed.blob.count >= 12 else { throw VaultError.badRequest("invalid ciphertext length") }
+        guard let envelope = try? Envelope(parsing: parsed.blob) else { throw VaultError.badRequest(Self.authenticationFailed) }
+        if Int(envelope.header.version.rawValue) != parsed.version {
+            // Only on this error path: is the named version beyond the key's latest (Vault's "too new")?
+            let (_, description) = try await service.describeKey(node, key: key.key.rawValue)
+            if parsed.version > Int(description.latestVersion?.rawValue ?? 0) {
+                throw VaultError.badRequest("invalid ciphertext: version is too new")
+            }
+            throw VaultError.badRequest("invalid ciphertext: the version does not match the kmsd envelope inside")
+        }
+        let context = try Self.context(&item, derived: key.derived)
+        return UnwrapRequest(wrapped: Data(parsed.blob).base64EncodedString(), context: context.isEmpty ? nil : context)
+    }
+
+    func decrypt(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
+        let key = try mapping(name, missing: .badRequest("encryption key not found"))
+        let node = try caller.node(service)
+        let (items, batch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
+        let partialCode = batch ? try parameters.int("partial_failure_response_code") : nil
+        guard batch else {
+            var item = items[0]
+            let request = try await unwrapItem(&item, key, node)
+            let (_, unwrapped) = try await service.unwrap(node, key: key.key.rawValue) { request }
+            return .data(["plaintext": .string(unwrapped.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })])
+        }
+        let (requests, references) = try await batchRequests(items, key, node)
+        let answers = try await runBatch(requests) { valid in
+            try await service.unwrapBatch(node, key: key.key.rawValue) { BatchRequest(items: valid) }.1
+        }
+        let results = Self.merge(requests, answers, action: "decrypt") { unwrapped in
+            ["plaintext": .string(unwrapped.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })]
+        }
+        return Self.batchReply(results, references: references, partialCode: partialCode, allowsPartialCode: true,
+                               failureFields: ["plaintext": ""])
+    }
+
+    func rewrap(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
+        let key = try mapping(name, missing: .badRequest("encryption key not found"))
+        let node = try caller.node(service)
+        let (items, batch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
+        guard batch else {
+            var item = items[0]
+            let request = try await unwrapItem(&item, key, node)
+            let (_, wrapped) = try await service.rewrap(node, key: key.key.rawValue) { request }
+            return .data(Self.ciphertext(wrapped))
+        }
+        let (requests, references) = try await batchRequests(items, key, node)
+        let answers = try await runBatch(requests) { valid in
+            try await service.rewrapBatch(node, key: key.key.rawValue) { BatchRequest(items: valid) }.1
+        }
+        let results = Self.merge(requests, answers, action: "rewrap") { Self.ciphertext($0) }
+        return Self.batchReply(results, references: references, partialCode: nil, allowsPartialCode: false)
+    }
+
+    private func batchRequests(_ items: [VaultParameters], _ key: TransitConfiguration.Key, _ node: KMSService.Node) async throws
+        -> ([Result<UnwrapRequest, VaultError>], [String?])
+    {
+        var requests: [Result<UnwrapRequest, VaultError>] = []
+        var references: [String?] = []
+        for var item in items {
+            references.append(Self.reference(&item))
+            do {
+                requests.append(.success(try await unwrapItem(&item, key, node)))
+            } catch let error as VaultError {
+                requests.append(.failure(error))
+            }
+        }
+        return (requests, references)
+    }
+
+    /// Runs the service's batch on the items that parsed (none: no call).
+    private func runBatch<Answer>(_ requests: [Result<UnwrapRequest, VaultError>],
+                                  _ call: ([UnwrapRequest]) async throws -> [(Answer?, ServiceError?)]) async throws -> [(Answer?, ServiceError?)] {
+        let valid = requests.compactMap { try? $0.get() }
+        return valid.isEmpty ? [] : try await call(valid)
+    }
+
+    /// The service's answers for the items that parsed, put back in order between the items that did not.
+    private static func merge<Answer>(_ requests: [Result<UnwrapRequest, VaultError>], _ answers: [(Answer?, ServiceError?)],
+                                      action: String, _ fields: (Answer) -> [String: JSONValue]) -> [Result<[String: JSONValue], VaultError>] {
+        var results: [Result<[String: JSONValue], VaultError>] = []
+        var answered = 0
+        for request in requests {
+            if case .failure(let error) = request {
+                results.append(.failure(error))
+                continue
+            }
+            let (answer, error) = answered < answers.count ? answers[answered] : (nil, nil)
+            answered += 1
+            results.append(answer.map { .success(fields($0)) } ?? .failure(itemError(error, action: action)))
+        }
+        return results
+    }
+
+    func datakey(_ caller: Caller, _ kind: String, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
+        guard kind == "plaintext" || kind == "wrapped" else { throw VaultError.badRequest("Invalid path, must be 'plaintext' or 'wrapped'") }
+        let bits = try parameters.int("bits") ?? 256
+        guard [128, 256, 512].contains(bits) else { throw VaultError.badRequest("invalid bit length") }
+        let key = try mapping(name, missing: .badRequest("encryption key not found"))
+        let node = try caller.node(service)
+        let context = try Self.context(&parameters, derived: key.derived)
+        if let version = try parameters.int("key_version"), version != 0 {
+            throw VaultError.badRequest("kmsd: a data key is always wrapped under the key's wrapping version; key_version is not offered")
+        }
+        let (_, dataKey) = try await service.dataKey(node, key: key.key.rawValue, length: bits / 8) {
+            DataKeyRequest(context: context.isEmpty ? nil : context)
+        }
+        var fields = Self.ciphertext(WrappedKey(key: dataKey.key, version: dataKey.version, wrapped: dataKey.wrapped))
+        if kind == "plaintext" { fields["plaintext"] = .string(dataKey.plaintext.withUnsafeBytes { Data($0).base64EncodedString() }) }
+        return .data(fields)
+    }
+
+    // MARK: - Tokens
+
+    func login(_ caller: Caller) throws -> VaultReply {
+        // A certificate login: the certificate must authenticate now, as for any request on kmsd's API.
+        let node = try service.authenticateNode(caller.peer)
+        let (token, entry) = tokens.issue(for: node.identity)
+        return .data(nil, auth: authBlock(token, entry))
+    }
+
+    private func authBlock(_ token: String, _ entry: TransitTokens.Entry) -> [String: JSONValue] {
+        [
+            "client_token": .string(token), "accessor": .string(Self.accessor(token)), "policies": JSONValue(entry.policies),
+            "token_policies": JSONValue(entry.policies), "metadata": .object(["identity": .string(entry.identity.description)]),
+            "lease_duration": .int(Self.remaining(entry)), "renewable": .bool(entry.renewable), "entity_id": "",
+            "token_type": "service", "orphan": true, "mfa_requirement": nil, "num_uses": 0,
+        ]
+    }
+
+    /// A public handle for a token (its hash's first bytes), never the token.
+    static func accessor(_ token: String) -> String { Hex.encode(TransitConfiguration.hash(token).prefix(12)) }
+
+    static func remaining(_ entry: TransitTokens.Entry) -> Int {
+        entry.expiresAt.map { max(0, Int($0.timeIntervalSinceNow.rounded())) } ?? 0
+    }
+
+    func lookupSelf(_ caller: Caller) throws -> VaultReply {
+        guard let entry = caller.entry, let token = caller.token else {
+            // A certificate without a token: its identity, checked now.
+            let node = try service.authenticateNode(caller.peer)
+            return .data(["id": "", "accessor": "", "policies": ["default"], "path": "auth/cert/login",
+                          "meta": .object(["identity": .string(node.identity.description)]),
+                          "display_name": .string("cert-" + node.identity.description), "num_uses": 0, "orphan": true,
+                          "creation_ttl": 0, "ttl": 0, "expire_time": nil, "explicit_max_ttl": 0, "entity_id": "", "type": "service"])
+        }
+        // Rate-limited as the identity the token stands for.
+        _ = try caller.node(service)
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        var data: [String: JSONValue] = [
+            "id": "", "accessor": .string(Self.accessor(token)), "policies": JSONValue(entry.policies),
+            "path": entry.login ? "auth/cert/login" : "auth/token/create",
+            "meta": .object(["identity": .string(entry.identity.description)]),
+            "display_name": .string((entry.login ? "cert-" : "token-") + entry.identity.description), "num_uses": 0, "orphan": true,
+            "creation_time": .int(Int(entry.issuedAt.timeIntervalSince1970)),
+            "creation_ttl": .int(Int(entry.ttl?.seconds ?? 0)), "expire_time": JSONValue(entry.expiresAt.map { formatter.string(from: $0) }),
+            "ttl": .int(Self.remaining(entry)), "explicit_max_ttl": 0, "entity_id": "", "type": "service",
+        ]
+        if entry.expiresAt != nil {
+            data["renewable"] = .bool(entry.renewable)
+            data["issue_time"] = .string(formatter.string(from: entry.issuedAt))
+        }
+        return .data(data)
+    }
+
+    func renewSelf(_ caller: Caller) throws -> VaultReply {
+        guard caller.entry != nil, let token = caller.token else { throw VaultError.badRequest("invalid lease ID") }
+        _ = try caller.node(service)
+        do {
+            let (entry, capped) = try tokens.renew(token)
+            let warnings = capped ? ["TTL of the renewal exceeded the token's max_ttl; TTL value is capped accordingly"] : []
+            return .data(nil, warnings: warnings, auth: authBlock(token, entry))
+        } catch .noExpiry {
+            throw VaultError.badRequest("invalid lease ID")
+        } catch .notRenewable {
+            throw VaultError.badRequest("lease is not renewable")
+        }
+    }
+}
+
+extension Result {
+    var failure: Failure? {
+        if case .failure(let error) = self { return error }
+        return nil
+    }
+}

@@ -1,0 +1,343 @@
+import Foundation
+import HTTPTypes
+public import Hummingbird
+import KMSAudit
+import KMSCore
+public import KMSServer
+public import KMSService
+import NIOCore
+import Synchronization
+import VaultWire
+
+/// kmsd's Vault-transit front end: the subset of Vault's HTTP API that transit clients use (docs/transit-frontend.md),
+/// answered with Vault's shapes and messages, over the service layer. Every authenticated request is one service
+/// operation in its own audit scope (the record's `frontend` is `transit`), so authorization per key, usage limits,
+/// fail-closed and the audit record are those of kmsd's own API.
+///
+/// Callers authenticate with a client certificate (checked per request as on the API listener) or a token: one from
+/// the configuration or one issued by `auth/cert/login`, bound to an identity. A request with neither is refused
+/// before any audit scope opens: an unauthenticated peer is counted (`transit_unauthenticated`), never written to disk.
+public struct TransitFrontEnd: HTTPResponder {
+    public typealias Context = BasicRequestContext
+    static let frontend = "transit"
+
+    let service: KMSService
+    let configuration: TransitConfiguration
+    let tokens: TransitTokens
+    let metrics: ServerMetrics?
+
+    public init(service: KMSService, configuration: TransitConfiguration, metrics: ServerMetrics? = nil) {
+        self.service = service
+        self.configuration = configuration
+        tokens = TransitTokens(configuration)
+        self.metrics = metrics
+    }
+
+    /// Who is calling: the connection's certificate, a token's entry, or both (the token decides the identity).
+    struct Caller {
+        let peer: PeerCertificate?
+        let token: String?
+        let entry: TransitTokens.Entry?
+
+        func node(_ service: KMSService) throws(ServiceError) -> KMSService.Node {
+            if let entry { return try service.authenticateNode(token: entry.identity) }
+            return try service.authenticateNode(peer)
+        }
+
+        func administrator(_ service: KMSService) throws(ServiceError) -> KMSService.Administrator {
+            if let entry { return try service.authenticateAdmin(token: entry.identity) }
+            return try service.authenticateAdmin(peer, bearerToken: nil)
+        }
+    }
+
+    public func respond(to request: Request, context: BasicRequestContext) async throws -> Response {
+        let started = ContinuousClock.now
+        let head = request.method == .head
+        let query = VaultRequestLine.query(request.uri.query)
+        let method = VaultRequestLine.method(request.method.rawValue, query: query)
+        let route = TransitRoute(method: method, path: request.uri.path, mount: configuration.mount)
+        let rendered: (status: Int, body: [UInt8]?)
+        switch route.operation {
+        case .health:
+            rendered = await health(query).rendered(head: head)
+        case .sealStatus:
+            rendered = await sealStatus().rendered(head: head)
+        default:
+            rendered = await authenticated(request, route, head: head)
+        }
+        metrics?.request(route: "transit_" + route.action, status: rendered.status, duration: ContinuousClock.now - started)
+        return Self.response(rendered.status, rendered.body)
+    }
+
+    /// Every route but health: the caller's credential first (no audit record for a peer without one), then the
+    /// route inside its audit scope.
+    private func authenticated(_ request: Request, _ route: TransitRoute, head: Bool) async -> (status: Int, body: [UInt8]?) {
+        let peer = PeerCertificate.connection
+        var token = request.headers[HTTPField.Name("X-Vault-Token")!]
+        if token == nil, let bearer = request.headers[.authorization], bearer.hasPrefix("Bearer ") {
+            token = String(bearer.dropFirst("Bearer ".count))
+        }
+        let entry = token.flatMap { tokens.entry($0) }
+        if let token, !token.isEmpty, entry == nil {
+            service.events.record("transit_invalid_token")
+            return VaultError.invalidToken.rendered(head: head)
+        }
+        guard entry != nil || peer != nil else {
+            service.events.record("transit_unauthenticated")
+            return VaultError.permissionDenied.rendered(head: head)
+        }
+        let caller = Caller(peer: peer, token: token, entry: entry)
+        let failure = Mutex<VaultError?>(nil)
+        do {
+            let reply = try await service.audited(route.kind, route.action, frontend: Self.frontend) {
+                do {
+                    var parameters = try await parameters(request)
+                    let reply = try await handle(route, caller, &parameters)
+                    // Vault's warning for parameters the endpoint did not read.
+                    if case .data(let data, var warnings, let auth, let status) = reply, !parameters.unused.isEmpty {
+                        warnings.append("Endpoint ignored these unrecognized parameters: [\(parameters.unused.joined(separator: " "))]")
+                        return VaultReply.data(data, warnings: warnings, auth: auth, status: status)
+                    }
+                    return reply
+                } catch let error as VaultError {
+                    // Recorded as what it is; answered with Vault's exact text.
+                    failure.withLock { $0 = error }
+                    throw Self.serviceError(error)
+                }
+            }
+            return reply.rendered(head: head)
+        } catch {
+            return (failure.withLock { $0 } ?? Self.vaultError(error, action: route.action)).rendered(head: head)
+        }
+    }
+
+    private func parameters(_ request: Request) async throws -> VaultParameters {
+        let limit = service.policy.limits.maxBodyBytes
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: limit)
+        } catch {
+            service.events.record("payload_too_large")
+            throw VaultError(413, "http: request body too large")
+        }
+        return try VaultParameters.parse(body: Array(body.readableBytesView), contentType: request.headers[.contentType])
+    }
+
+    private func handle(_ route: TransitRoute, _ caller: Caller, _ parameters: inout VaultParameters) async throws -> VaultReply {
+        switch route.operation {
+        case .lookupSelf: return try lookupSelf(caller)
+        case .renewSelf: return try renewSelf(caller)
+        case .certLogin: return try login(caller)
+        case .listKeys: return try await listKeys(caller)
+        case .readKey(let name): return try await readKey(caller, name)
+        case .createKey(let name): return try await createKey(caller, name, &parameters)
+        case .rotate(let name): return try await rotate(caller, name)
+        case .encrypt(let name): return try await encrypt(caller, name, &parameters)
+        case .decrypt(let name): return try await decrypt(caller, name, &parameters)
+        case .rewrap(let name): return try await rewrap(caller, name, &parameters)
+        case .datakey(let kind, let name): return try await datakey(caller, kind, name, &parameters)
+        case .unsupportedOperation(let path): throw VaultError.unsupportedOperation(path)
+        case .unsupported(let path):
+            throw VaultError(404, "\(path): unsupported path; kmsd's transit front end does not offer it (see kmsd's docs/transit-frontend.md)")
+        case .noRoute(let path): throw VaultError(404, "no handler for route \"\(path)\". route entry not found.")
+        case .health, .sealStatus: throw VaultError(500, "internal error")
+        }
+    }
+
+    // MARK: - Health (unauthenticated, not audited, as kmsd's own health routes)
+
+    /// Vault's health answer; "sealed" while kmsd cannot serve (a provider or the audit log is down), so a client
+    /// that watches health (kmsd's own Vault provider, say) fails closed.
+    private func health(_ query: [String: String]) async -> VaultReply {
+        func code(_ name: String, _ fallback: Int) throws(VaultError) -> Int {
+            guard let text = query[name] else { return fallback }
+            guard let value = Int(text) else { throw .badRequest("bad code value \(text) for \(name)") }
+            return value
+        }
+        do {
+            for flag in ["standbyok", "perfstandbyok"] {
+                if let text = query[flag], VaultParameters.parseBool(text) == nil {
+                    throw VaultError.badRequest("bad value for \(flag) parameter: \(text)")
+                }
+            }
+            let sealedCode = try code("sealedcode", 503)
+            let activeCode = try code("activecode", 200)
+            for (name, fallback) in [("standbycode", 429), ("uninitcode", 501), ("perfstandbycode", 473), ("drsecondarycode", 472)] {
+                _ = try code(name, fallback)
+            }
+            let ready = await isReady()
+            return .raw([
+                "initialized": true, "sealed": .bool(!ready), "standby": false, "performance_standby": false,
+                "replication_performance_mode": "disabled", "replication_dr_mode": "disabled",
+                "server_time_utc": .int(Int(Date().timeIntervalSince1970)), "version": .string(Self.version),
+                "cluster_name": "kmsd", "cluster_id": "",
+            ], status: ready ? activeCode : sealedCode)
+        } catch let error as VaultError {
+            return .raw(["errors": JSONValue(error.messages)], status: error.status)
+        } catch {
+            return .raw(["errors": ["internal error"]], status: 500)
+        }
+    }
+
+    private func sealStatus() async -> VaultReply {
+        let ready = await isReady()
+        return .raw([
+            "type": "kmsd", "initialized": true, "sealed": .bool(!ready), "t": 1, "n": 1, "progress": 0, "nonce": "",
+            "version": .string(Self.version), "migration": false, "recovery_seal": false, "storage_type": "kmsd",
+            "cluster_name": "kmsd", "cluster_id": "",
+        ])
+    }
+
+    private func isReady() async -> Bool {
+        do {
+            try await service.checkReady()
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// What `sys/health` reports as the version.
+    static let version = "kmsd-transit"
+
+    // MARK: - Answers
+
+    static func response(_ status: Int, _ body: [UInt8]?) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
+        if status == 503 || status == 429 { headers[.retryAfter] = "1" }
+        guard let body else { return Response(status: .init(code: status), headers: headers) }
+        headers[.contentLength] = String(body.count)
+        return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+
+    /// A Vault-shaped refusal as a service error, so the audit record classifies it (403 → authorization, 5xx → …).
+    static func serviceError(_ error: VaultError) -> ServiceError {
+        let message = error.messages.first ?? "error"
+        switch error.status {
+        case 403: return ServiceError(.forbidden, .forbidden, message)
+        case 404: return ServiceError(.notFound, .notFound, message)
+        case 405: return ServiceError(.badRequest, .unsupported, message)
+        case 413: return ServiceError(.tooLarge, .payloadTooLarge, message)
+        case 503: return ServiceError(.unavailable, .unavailable, message)
+        case 500...: return ServiceError(.internal, .internal, message)
+        default: return ServiceError(.badRequest, .invalidInput, message)
+        }
+    }
+
+    /// A service error the way Vault would have said it for this action.
+    static func vaultError(_ error: any Error, action: String) -> VaultError {
+        guard let error = error as? ServiceError else { return VaultError(500, "internal error") }
+        switch error.kind {
+        case .unauthenticated, .forbidden:
+            return .permissionDenied
+        case .notFound:
+            switch action {
+            case "read_key", "list_keys": return .notFound
+            case "rotate": return .badRequest("key not found")
+            default: return .badRequest("encryption key not found")
+            }
+        case .badRequest, .conflict:
+            if error.isAuthenticationFailure || (error.code == .invalidInput && (action == "decrypt" || action == "rewrap")) {
+                return .badRequest(authenticationFailed)
+            }
+            return .badRequest(error.message)
+        case .tooLarge: return VaultError(413, "http: request body too large")
+        case .rateLimited: return VaultError(429, "request rate limit exceeded: \(error.message)")
+        case .unavailable: return VaultError(503, error.message)
+        case .internal: return VaultError(500, "internal error")
+        }
+    }
+
+    /// Vault's text for a ciphertext that does not open (wrong key, context or associated data; tampered).
+    static let authenticationFailed = "cipher: message authentication failed"
+}
+
+/// What a request asks for, from its method and path.
+struct TransitRoute {
+    enum Operation: Equatable {
+        case health, sealStatus, lookupSelf, renewSelf, certLogin
+        case listKeys, readKey(String), createKey(String), rotate(String)
+        case encrypt(String), decrypt(String), rewrap(String), datakey(String, String)
+        case unsupportedOperation(String), unsupported(String), noRoute(String)
+    }
+
+    let operation: Operation
+
+    /// Vault transit paths that kmsd deliberately does not offer (docs/transit-frontend.md says why).
+    static let unsupportedTransit = [
+        "keys/*/config", "keys/*/trim", "keys/*/import", "keys/*/import_version", "export/*/*", "export/*/*/*", "backup/*",
+        "restore", "restore/*", "hash", "hash/*", "hmac/*", "hmac/*/*", "sign/*", "sign/*/*", "verify/*", "verify/*/*",
+        "random", "random/*", "random/*/*", "config/keys", "cache-config", "wrapping_key", "byok-export/*/*",
+        "byok-export/*/*/*",
+    ]
+    static let transitRoutes = ["keys", "keys/", "keys/*", "keys/*/rotate", "encrypt/*", "decrypt/*", "rewrap/*", "datakey/*/*"]
+
+    init(method: String, path fullPath: String, mount: String) {
+        guard fullPath.hasPrefix("/v1/") else {
+            operation = .noRoute(fullPath)
+            return
+        }
+        let path = String(fullPath.dropFirst(4))
+        switch (method, path) {
+        case ("GET", "sys/health"), ("HEAD", "sys/health"): operation = .health; return
+        case ("GET", "sys/seal-status"): operation = .sealStatus; return
+        case ("GET", "auth/token/lookup-self"), ("POST", "auth/token/lookup-self"): operation = .lookupSelf; return
+        case ("POST", "auth/token/renew-self"): operation = .renewSelf; return
+        case ("POST", "auth/cert/login"): operation = .certLogin; return
+        case (_, "sys/health"), (_, "sys/seal-status"), (_, "auth/token/lookup-self"), (_, "auth/token/renew-self"), (_, "auth/cert/login"):
+            operation = .unsupportedOperation(path); return
+        default: break
+        }
+        guard path == mount || path.hasPrefix(mount + "/") else {
+            operation = path.hasPrefix("sys/") || path.hasPrefix("auth/") ? .unsupported(path) : .noRoute(path)
+            return
+        }
+        let rest = path == mount ? [] : path.dropFirst(mount.count + 1).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        let (pattern, arguments) = VaultRequestLine.resolve(rest, Self.transitRoutes)
+        switch (method, pattern) {
+        case ("LIST", "keys"), ("LIST", "keys/"): operation = .listKeys
+        case ("GET", "keys/*"): operation = .readKey(arguments[0])
+        case ("POST", "keys/*"): operation = .createKey(arguments[0])
+        case ("POST", "keys/*/rotate"): operation = .rotate(arguments[0])
+        case ("POST", "encrypt/*"): operation = .encrypt(arguments[0])
+        case ("POST", "decrypt/*"): operation = .decrypt(arguments[0])
+        case ("POST", "rewrap/*"): operation = .rewrap(arguments[0])
+        case ("POST", "datakey/*/*"): operation = .datakey(arguments[0], arguments[1])
+        case (_, "keys"), (_, "keys/"), (_, "keys/*"), (_, "keys/*/rotate"), (_, "encrypt/*"), (_, "decrypt/*"), (_, "rewrap/*"),
+             (_, "datakey/*/*"):
+            operation = .unsupportedOperation(path)
+        default:
+            let known = VaultRequestLine.resolve(rest, Self.unsupportedTransit).1.isEmpty == false
+                || Self.unsupportedTransit.contains(rest.joined(separator: "/"))
+            operation = known ? .unsupported(path) : .noRoute(path)
+        }
+    }
+
+    /// The audit action and metrics label.
+    var action: String {
+        switch operation {
+        case .health: "health"
+        case .sealStatus: "seal_status"
+        case .lookupSelf: "lookup_self"
+        case .renewSelf: "renew_self"
+        case .certLogin: "login"
+        case .listKeys: "list_keys"
+        case .readKey: "read_key"
+        case .createKey: "create_key"
+        case .rotate: "rotate"
+        case .encrypt: "encrypt"
+        case .decrypt: "decrypt"
+        case .rewrap: "rewrap"
+        case .datakey: "datakey"
+        case .unsupportedOperation, .unsupported, .noRoute: "unsupported"
+        }
+    }
+
+    var kind: AuditEvent.Kind {
+        switch operation {
+        case .lookupSelf, .renewSelf, .certLogin: .authentication
+        case .createKey, .rotate: .admin
+        default: .keyAccess
+        }
+    }
+}

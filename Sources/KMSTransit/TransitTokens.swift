@@ -1,0 +1,168 @@
+import Crypto
+import Foundation
+public import KMSCore
+import KMSService
+import Synchronization
+
+/// The transit listener's settings (`transit:` in kmsd's configuration; docs/transit-frontend.md).
+public struct TransitConfiguration: Sendable {
+    /// A transit key name and the kmsd key it serves.
+    public struct Key: Sendable, Equatable {
+        public let key: KeyName
+        /// Every request must carry a `context` (Vault's derived keys). The context is bound as AAD either way.
+        public let derived: Bool
+        public init(key: KeyName, derived: Bool = false) {
+            self.key = key
+            self.derived = derived
+        }
+    }
+
+    /// A token from the configuration, for clients that cannot present a certificate: only its SHA-256 is kept.
+    public struct StaticToken: Sendable, Equatable {
+        /// SHA-256 of the token.
+        public let hash: [UInt8]
+        /// The kmsd identity the token acts as (matched against `keys.*.allow` and `admin.identities`).
+        public let identity: String
+        /// How long the token is valid from kmsd's start (and from each renewal); nil: until kmsd stops.
+        public let ttl: Duration?
+        /// Whether `auth/token/renew-self` extends it by `ttl` again.
+        public let renewable: Bool
+        /// The latest a renewal can extend it to, counted from kmsd's start; nil: no limit.
+        public let maxTTL: Duration?
+        /// Reported by `lookup-self` (Vault clients read them); kmsd decides access by `identity` only.
+        public let policies: [String]
+
+        public init(hash: [UInt8], identity: String, ttl: Duration? = nil, renewable: Bool = false, maxTTL: Duration? = nil,
+                    policies: [String] = ["default"]) {
+            self.hash = hash
+            self.identity = identity
+            self.ttl = ttl
+            self.renewable = renewable
+            self.maxTTL = maxTTL
+            self.policies = policies
+        }
+    }
+
+    /// The mount path clients use (`/v1/<mount>/…`).
+    public var mount: String
+    public var keys: [String: Key]
+    public var tokens: [StaticToken]
+    /// Lifetime of a token from `auth/cert/login`.
+    public var loginTTL: Duration
+    /// At most this many login tokens live at once (the oldest is dropped first).
+    public var maxLoginTokens: Int
+
+    public init(mount: String = "transit", keys: [String: Key] = [:], tokens: [StaticToken] = [], loginTTL: Duration = .seconds(3600),
+                maxLoginTokens: Int = 10_000) {
+        self.mount = mount
+        self.keys = keys
+        self.tokens = tokens
+        self.loginTTL = loginTTL
+        self.maxLoginTokens = maxLoginTokens
+    }
+
+    /// SHA-256 of a token, as the configuration lists it (`sha256:` in hex).
+    public static func hash(_ token: String) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
+}
+
+/// The transit listener's tokens: the configured ones (with their expiry and renewals) and those issued by
+/// `auth/cert/login`. Tokens are looked up by their SHA-256; no token is kept in the clear.
+final class TransitTokens: Sendable {
+    /// What a token stands for.
+    struct Entry: Sendable {
+        let identity: ClientIdentity
+        let policies: [String]
+        let issuedAt: Date
+        /// nil: no expiry.
+        var expiresAt: Date?
+        let ttl: Duration?
+        let renewable: Bool
+        let renewLimit: Date?
+        /// Issued by a certificate login (as opposed to configured).
+        let login: Bool
+    }
+
+    private struct State {
+        var entries: [[UInt8]: Entry] = [:]
+        /// Login tokens by issue order, to drop the oldest beyond the cap.
+        var logins: [[UInt8]] = []
+    }
+    private let state: Mutex<State>
+    private let loginTTL: Duration
+    private let maxLogins: Int
+
+    init(_ configuration: TransitConfiguration, now: Date = Date()) {
+        var state = State()
+        for token in configuration.tokens {
+            state.entries[token.hash] = Entry(
+                identity: ClientIdentity(names: [token.identity]), policies: token.policies, issuedAt: now,
+                expiresAt: token.ttl.map { now.addingTimeInterval($0.seconds) }, ttl: token.ttl, renewable: token.renewable,
+                renewLimit: token.maxTTL.map { now.addingTimeInterval($0.seconds) }, login: false)
+        }
+        self.state = Mutex(state)
+        loginTTL = configuration.loginTTL
+        maxLogins = max(1, configuration.maxLoginTokens)
+    }
+
+    /// The token's entry if it is known and not expired (an expired login token is forgotten).
+    func entry(_ token: String, now: Date = Date()) -> Entry? {
+        let hash = TransitConfiguration.hash(token)
+        return state.withLock { state in
+            guard let entry = state.entries[hash] else { return nil }
+            if let expiry = entry.expiresAt, expiry <= now {
+                if entry.login { state.entries[hash] = nil }
+                return nil
+            }
+            return entry
+        }
+    }
+
+    /// A new token bound to `identity`, valid for the login TTL.
+    func issue(for identity: ClientIdentity, now: Date = Date()) -> (token: String, entry: Entry) {
+        var bytes = [UInt8](repeating: 0, count: 32)
+        var generator = SystemRandomNumberGenerator()
+        for index in bytes.indices { bytes[index] = generator.next() }
+        let token = "kmsd." + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let entry = Entry(identity: identity, policies: ["default"], issuedAt: now, expiresAt: now.addingTimeInterval(loginTTL.seconds),
+                          ttl: loginTTL, renewable: false, renewLimit: nil, login: true)
+        let hash = TransitConfiguration.hash(token)
+        state.withLock { state in
+            state.logins.removeAll { state.entries[$0].map { $0.expiresAt.map { $0 <= now } ?? false } ?? true }
+            while state.logins.count >= maxLogins {
+                state.entries[state.logins.removeFirst()] = nil
+            }
+            state.entries[hash] = entry
+            state.logins.append(hash)
+        }
+        return (token, entry)
+    }
+
+    enum RenewalRefusal: Error { case notRenewable, noExpiry }
+
+    /// Extends a renewable token by its TTL (capped by its limit); returns the new entry and whether it was capped.
+    func renew(_ token: String, now: Date = Date()) throws(RenewalRefusal) -> (Entry, capped: Bool) {
+        let hash = TransitConfiguration.hash(token)
+        let outcome: Result<(Entry, Bool), RenewalRefusal> = state.withLock { state in
+            guard var entry = state.entries[hash], let ttl = entry.ttl else { return .failure(.noExpiry) }
+            guard entry.renewable else { return .failure(.notRenewable) }
+            var expiry = now.addingTimeInterval(ttl.seconds)
+            var capped = false
+            if let limit = entry.renewLimit, expiry > limit {
+                expiry = limit
+                capped = true
+            }
+            entry.expiresAt = expiry
+            state.entries[hash] = entry
+            return .success((entry, capped))
+        }
+        return try outcome.get()
+    }
+}
+
+extension Duration {
+    /// Whole and fractional seconds.
+    var seconds: TimeInterval {
+        TimeInterval(components.seconds) + TimeInterval(components.attoseconds) / 1e18
+    }
+}
