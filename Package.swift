@@ -203,7 +203,8 @@ let package = Package(
         tests("KMSAuditTests", ["KMSAudit", "KMSCore", External.crypto]),
         tests("KMSRotationTests", ["KMSRotation", "KMSCore", "KMSTestSupport"]),
         tests("KMSProviderVaultTests", [
-            "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev", "VaultWire", External.crypto,
+            "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev", "VaultWire", "KMSDaemon", "KMSDev",
+            "KMSService", External.serviceLifecycle, External.logging, External.crypto,
             External.hummingbird
         ]),
     ]

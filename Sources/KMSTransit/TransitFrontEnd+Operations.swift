@@ -125,11 +125,65 @@ extension TransitFrontEnd {
             "deletion_allowed": false, "exportable": false, "allow_plaintext_backup": false, "imported_key": false,
             "keys": .object(keys), "latest_version": .int(Int(description.latestVersion?.rawValue ?? 0)),
             "min_available_version": 0, "min_decryption_version": .int(Int(description.versions.first?.version.rawValue ?? 1)),
-            "min_encryption_version": 0, "auto_rotate_period": 0, "supports_encryption": true, "supports_decryption": true,
+            "min_encryption_version": .int(minEncryptionVersion(description)), "auto_rotate_period": 0, "supports_encryption": true, "supports_decryption": true,
             "supports_derivation": true, "supports_signing": false,
             "kmsd_key": .string(description.name.rawValue), "kmsd_provider": .string(description.provider.description),
             "kmsd_versions": .array(versions),
         ]
+    }
+
+    /// Vault's `min_encryption_version` for kmsd's versions: the first version that still wraps when every version
+    /// before it is retired (0, Vault's "unset", when none is).
+    static func minEncryptionVersion(_ description: KeyDescription) -> Int {
+        guard let firstActive = description.versions.first(where: { $0.state == .active }),
+              firstActive.version != description.versions.first?.version else { return 0 }
+        return Int(firstActive.version.rawValue)
+    }
+
+    /// `keys/<name>/config`: only `min_encryption_version`, which retires every version below it through kmsd's own
+    /// retirement (with its quiet-period check); retired versions keep decrypting. What would delete, export or
+    /// destroy is refused with the reason.
+    func configure(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
+        let key = try mapping(name, missing: .badRequest("no existing key named \(name) could be found"))
+        let admin = try caller.administrator(service)
+        let minimum = try parameters.int("min_encryption_version")
+        let minimumDecryption = try parameters.int("min_decryption_version")
+        for flag in ["deletion_allowed", "exportable", "allow_plaintext_backup"] where try parameters.bool(flag) == true {
+            throw VaultError.badRequest("kmsd: \(flag) is not offered: keys are not deleted or exported through transit")
+        }
+        if let period = try parameters.duration("auto_rotate_period"), period != 0 {
+            throw VaultError.badRequest("kmsd: rotation is scheduled in kmsd's configuration (keys.\(key.key).rotation), not per request")
+        }
+        let described: Result<KeyDescription, ServiceError>
+        do {
+            described = .success(try await service.describeKey(admin, key: key.key.rawValue).1)
+        } catch {
+            described = .failure(error)
+        }
+        var description: KeyDescription
+        switch described {
+        case .success(let found): description = found
+        case .failure(let error) where error.kind == .notFound: throw VaultError.badRequest("no existing key named \(name) could be found")
+        case .failure(let error): throw error
+        }
+        if let minimumDecryption, minimumDecryption > Int(description.versions.first?.version.rawValue ?? 1) {
+            throw VaultError.badRequest("kmsd: min_decryption_version is not offered: destroying a version is an explicit kmsd admin step")
+        }
+        if let minimum, minimum != 0 {
+            let latest = Int(description.latestVersion?.rawValue ?? 0)
+            guard minimum <= latest else {
+                throw VaultError.badRequest("cannot set min encryption version of \(minimum), latest key version is \(latest)")
+            }
+            guard minimum >= Self.minEncryptionVersion(description) else {
+                throw VaultError.badRequest("kmsd: a retired version does not wrap again; min_encryption_version cannot be lowered")
+            }
+            for version in description.versions where version.state == .active && Int(version.version.rawValue) < minimum {
+                (_, description) = try await service.retire(admin, key: key.key.rawValue, version: String(version.version.rawValue)) {
+                    RetireRequest()
+                }
+            }
+        }
+        return .data(await info(name, key, description))
     }
 
     func createKey(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
@@ -262,6 +316,9 @@ extension TransitFrontEnd {
     private static func encryptError(_ error: ServiceError?, requested: KeyVersion?) -> VaultError {
         if requested != nil, error?.kind == .notFound {
             return .badRequest("requested version for encryption is higher than the latest key version")
+        }
+        if error?.code == .versionRetired {
+            return .badRequest("requested version for encryption is less than the minimum encryption key version")
         }
         return itemError(error, action: "encrypt")
     }

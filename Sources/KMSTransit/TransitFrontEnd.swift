@@ -132,6 +132,7 @@ public struct TransitFrontEnd: HTTPResponder {
         case .readKey(let name): return try await readKey(caller, name)
         case .createKey(let name): return try await createKey(caller, name, &parameters)
         case .rotate(let name): return try await rotate(caller, name)
+        case .configure(let name): return try await configure(caller, name, &parameters)
         case .encrypt(let name): return try await encrypt(caller, name, &parameters)
         case .decrypt(let name): return try await decrypt(caller, name, &parameters)
         case .rewrap(let name): return try await rewrap(caller, name, &parameters)
@@ -256,7 +257,7 @@ public struct TransitFrontEnd: HTTPResponder {
 struct TransitRoute {
     enum Operation: Equatable {
         case health, sealStatus, lookupSelf, renewSelf, certLogin
-        case listKeys, readKey(String), createKey(String), rotate(String)
+        case listKeys, readKey(String), createKey(String), rotate(String), configure(String)
         case encrypt(String), decrypt(String), rewrap(String), datakey(String, String)
         case unsupportedOperation(String), unsupported(String), noRoute(String)
     }
@@ -265,12 +266,14 @@ struct TransitRoute {
 
     /// Vault transit paths that kmsd deliberately does not offer (docs/transit-frontend.md says why).
     static let unsupportedTransit = [
-        "keys/*/config", "keys/*/trim", "keys/*/import", "keys/*/import_version", "export/*/*", "export/*/*/*", "backup/*",
+        "keys/*/trim", "keys/*/import", "keys/*/import_version", "export/*/*", "export/*/*/*", "backup/*",
         "restore", "restore/*", "hash", "hash/*", "hmac/*", "hmac/*/*", "sign/*", "sign/*/*", "verify/*", "verify/*/*",
         "random", "random/*", "random/*/*", "config/keys", "cache-config", "wrapping_key", "byok-export/*/*",
         "byok-export/*/*/*",
     ]
-    static let transitRoutes = ["keys", "keys/", "keys/*", "keys/*/rotate", "encrypt/*", "decrypt/*", "rewrap/*", "datakey/*/*"]
+    static let transitRoutes = [
+        "keys", "keys/", "keys/*", "keys/*/rotate", "keys/*/config", "encrypt/*", "decrypt/*", "rewrap/*", "datakey/*/*",
+    ]
 
     init(method: String, path fullPath: String, mount: String) {
         guard fullPath.hasPrefix("/v1/") else {
@@ -299,11 +302,12 @@ struct TransitRoute {
         case ("GET", "keys/*"): operation = .readKey(arguments[0])
         case ("POST", "keys/*"): operation = .createKey(arguments[0])
         case ("POST", "keys/*/rotate"): operation = .rotate(arguments[0])
+        case ("POST", "keys/*/config"): operation = .configure(arguments[0])
         case ("POST", "encrypt/*"): operation = .encrypt(arguments[0])
         case ("POST", "decrypt/*"): operation = .decrypt(arguments[0])
         case ("POST", "rewrap/*"): operation = .rewrap(arguments[0])
         case ("POST", "datakey/*/*"): operation = .datakey(arguments[0], arguments[1])
-        case (_, "keys"), (_, "keys/"), (_, "keys/*"), (_, "keys/*/rotate"), (_, "encrypt/*"), (_, "decrypt/*"), (_, "rewrap/*"),
+        case (_, "keys"), (_, "keys/"), (_, "keys/*"), (_, "keys/*/rotate"), (_, "keys/*/config"), (_, "encrypt/*"), (_, "decrypt/*"), (_, "rewrap/*"),
              (_, "datakey/*/*"):
             operation = .unsupportedOperation(path)
         default:
@@ -325,6 +329,7 @@ struct TransitRoute {
         case .readKey: "read_key"
         case .createKey: "create_key"
         case .rotate: "rotate"
+        case .configure: "configure_key"
         case .encrypt: "encrypt"
         case .decrypt: "decrypt"
         case .rewrap: "rewrap"
@@ -336,7 +341,7 @@ struct TransitRoute {
     var kind: AuditEvent.Kind {
         switch operation {
         case .lookupSelf, .renewSelf, .certLogin: .authentication
-        case .createKey, .rotate: .admin
+        case .createKey, .rotate, .configure: .admin
         default: .keyAccess
         }
     }

@@ -21,6 +21,8 @@ final class RunningKMSD: Sendable {
     let directory: URL
     let port: Int
     let metricsPort: Int
+    /// The Vault transit listener's port (0 when the fixture has no transit section).
+    let transitPort: Int
     let shim: FaultShim
     let audit: AuditLog?
     let adminToken: String
@@ -31,12 +33,13 @@ final class RunningKMSD: Sendable {
     private let providers: [String: any KeyProvider]
     private let yaml: @Sendable (_ clientCA: String, _ crl: String?) -> String
 
-    private init(directory: URL, port: Int, metricsPort: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String, pki: DevPKI,
+    private init(directory: URL, port: Int, metricsPort: Int, transitPort: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String, pki: DevPKI,
                  daemon: Daemon, running: Daemon.Running, providers: [String: any KeyProvider], audit: AuditLog?,
                  yaml: @escaping @Sendable (String, String?) -> String) {
         self.directory = directory
         self.port = port
         self.metricsPort = metricsPort
+        self.transitPort = transitPort
         self.audit = audit
         self.shim = shim
         self.task = task
@@ -81,7 +84,8 @@ final class RunningKMSD: Sendable {
     static func start(maxBodyBytes: Int = 64 * 1024, ratePerSecond: Int = 1000, burst: Int = 2000,
                       maxConnections: Int = 1024, auditSigning: String = "{ file: audit-key.pem }",
                       limits: String = "", audit auditExtra: String = "", withCRL: Bool = false,
-                      tls tlsExtra: String = "", admin adminExtra: String = "") async throws -> RunningKMSD {
+                      tls tlsExtra: String = "", admin adminExtra: String = "", keys keysExtra: String = "",
+                      transit: String? = nil) async throws -> RunningKMSD {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let pki = try pki(in: directory)
@@ -95,7 +99,7 @@ final class RunningKMSD: Sendable {
             """
             mode: development
             data_dir: data
-            listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0" }
+            listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0"\(transit == nil ? "" : ", transit: \"127.0.0.1:0\"") }
             audit: { file: audit/audit.jsonl, sign: \(auditSigning), fail_closed: true, checkpoint_every: 500\(auditExtra) }
             tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3"\(tlsExtra) }
             providers:
@@ -103,9 +107,10 @@ final class RunningKMSD: Sendable {
                      profile: softhsm2, profiles_dir: \(profilesDirectory), sessions: 4, call_timeout: 500ms, checkout_wait: 500ms }
             keys:
               orders: { provider: hsm, allow: ["uri:spiffe://test/storage/node-1"], rotation: { period: 90d, notice: 7d } }
-              invoices: { provider: hsm, allow: ["uri:spiffe://test/storage/node-2"] }
+              invoices: { provider: hsm, allow: ["uri:spiffe://test/storage/node-2"] }\(keysExtra)
             admin: { identities: ["cn:security-*"], token_hashes: ["\(sha256Hex(adminToken))"]\(adminExtra) }
             limits: { max_body_bytes: \(maxBodyBytes), rate_per_second: \(ratePerSecond), burst: \(burst), max_connections: \(maxConnections)\(limits) }
+            \(transit.map { "transit:\n" + $0 } ?? "")
             """
         }
         let file = directory.appendingPathComponent("kmsd.yaml")
@@ -123,8 +128,11 @@ final class RunningKMSD: Sendable {
         }
         let (stream, continuation) = AsyncStream<Int>.makeStream()
         let (metricsStream, metricsContinuation) = AsyncStream<Int>.makeStream()
+        let (transitStream, transitContinuation) = AsyncStream<Int>.makeStream()
         let parts = try await daemon.assemble(providers: providers) { continuation.yield($0) } onMetricsRunning: {
             metricsContinuation.yield($0)
+        } onTransitRunning: {
+            transitContinuation.yield($0)
         }
         let task = Task {
             try await ServiceGroup(configuration: .init(services: parts.services.map { .init(service: $0) }, logger: Logger(label: "kmsd.test")))
@@ -134,7 +142,13 @@ final class RunningKMSD: Sendable {
         guard let port = await iterator.next() else { throw FixtureError("kmsd did not start") }
         var metricsIterator = metricsStream.makeAsyncIterator()
         guard let metricsPort = await metricsIterator.next() else { throw FixtureError("the metrics listener did not start") }
-        return RunningKMSD(directory: directory, port: port, metricsPort: metricsPort, shim: shim, task: task, adminToken: adminToken,
+        var transitPort = 0
+        if transit != nil {
+            var transitIterator = transitStream.makeAsyncIterator()
+            guard let bound = await transitIterator.next() else { throw FixtureError("the transit listener did not start") }
+            transitPort = bound
+        }
+        return RunningKMSD(directory: directory, port: port, metricsPort: metricsPort, transitPort: transitPort, shim: shim, task: task, adminToken: adminToken,
                            pki: pki, daemon: daemon, running: parts.running, providers: providers, audit: parts.audit, yaml: yaml)
     }
 
@@ -188,8 +202,8 @@ final class RunningKMSD: Sendable {
 
     /// One request; throws only when no HTTP answer came (handshake refused, connection closed).
     func call(_ client: HTTPClient, _ method: String, _ path: String, body: Data? = nil, headers: [(String, String)] = [],
-              timeout: Int64 = 10) async throws -> Reply {
-        var request = HTTPClientRequest(url: "https://localhost:\(port)\(path)")
+              timeout: Int64 = 10, port: Int? = nil) async throws -> Reply {
+        var request = HTTPClientRequest(url: "https://localhost:\(port ?? self.port)\(path)")
         request.method = .init(rawValue: method)
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body {

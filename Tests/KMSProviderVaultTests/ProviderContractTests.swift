@@ -6,12 +6,15 @@ import KMSTestSupport
 import Testing
 
 /// One behavioural contract, run against both real providers: `PKCS11KeyProvider` on SoftHSM (behind the fault shim,
-/// so it can be taken down) and `VaultTransitProvider` on vault-dev (sealed to take it down). The interface has to
-/// mean the same on both.
+/// so it can be taken down) and `VaultTransitProvider` on vault-dev (sealed to take it down) — and on a second kmsd's
+/// transit listener (its HSM taken down behind the shim), so kmsd can chain to kmsd. The interface has to mean the
+/// same on all of them.
 @Suite("Provider contract")
 struct ProviderContractTests {
     enum Kind: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case pkcs11, vault
+        /// `VaultTransitProvider` against kmsd's own transit listener.
+        case vaultOnKMSD
         var testDescription: String { rawValue }
     }
 
@@ -42,6 +45,15 @@ struct ProviderContractTests {
                 close: {
                     await provider.shutdown()
                     await vault.stop()
+                })
+        case .vaultOnKMSD:
+            let kmsd = try await ChainedKMSD.start()
+            let provider = try VaultTransitProvider(kmsd.configuration())
+            return Subject(
+                provider: provider, takeDown: { try kmsd.shim.inject(.down) }, bringBack: { try kmsd.shim.clear() },
+                close: {
+                    await provider.shutdown()
+                    await kmsd.stop()
                 })
         }
     }
