@@ -56,15 +56,32 @@ public enum DevEnvironment {
             try writeSecret("admin-token", token + "\n")
             made.append("admin-token")
         }
-        let token = (try String(contentsOfFile: path("admin-token"), encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)
-        let hash = Hex.encode(SHA256.hash(data: Data(token.utf8)))
+        if !files.fileExists(atPath: path("transit-token")) {
+            let token = "kmsd-dev." + SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.base64EncodedString()
+                .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "=", with: "")
+            try writeSecret("transit-token", token + "\n")
+            made.append("transit-token")
+        }
+        func secretHash(_ name: String) throws -> String {
+            let secret = (try String(contentsOfFile: path(name), encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)
+            return Hex.encode(SHA256.hash(data: Data(secret.utf8)))
+        }
+        let hash = try secretHash("admin-token")
+        let transitHash = try secretHash("transit-token")
+        // A configuration from before the transit listener is set aside and written again (a dev directory's
+        // configuration is dev-init's own).
+        if let existing = try? String(contentsOfFile: path("kmsd.yaml"), encoding: .utf8), !existing.contains("\ntransit:") {
+            try? files.removeItem(atPath: path("kmsd.yaml.before-transit"))
+            try files.moveItem(atPath: path("kmsd.yaml"), toPath: path("kmsd.yaml.before-transit"))
+            made.append("kmsd.yaml.before-transit (the previous configuration)")
+        }
         if !files.fileExists(atPath: path("kmsd.yaml")) {
             let yaml = """
                 # kmsd development configuration, written by `kmsd dev-init` (ci/dev). Not for production:
                 # SoftHSM, a generated CA, secrets in this directory.
                 mode: development
                 data_dir: data
-                listen: { api: "127.0.0.1:\(port)", metrics: "127.0.0.1:\(port + 1021)" }
+                listen: { api: "127.0.0.1:\(port)", metrics: "127.0.0.1:\(port == 0 ? 0 : port + 1021)", transit: "127.0.0.1:\(port == 0 ? 0 : port + 1)" }
                 audit: { file: audit/audit.jsonl, sign: { file: audit-signing-key.pem } }
                 tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
                 providers:
@@ -81,6 +98,12 @@ public enum DevEnvironment {
                 admin:
                   identities: ["cn:security-admin"]
                   token_hashes: ["\(hash)"]
+                # The Vault transit front end (docs/transit-frontend.md): VAULT_ADDR=https://localhost:\(port + 1)
+                transit:
+                  keys: { demo: demo }
+                  tokens:
+                    # transit-token, acting as storage node 1 (a client certificate or auth/cert/login does without it)
+                    - { sha256: "\(transitHash)", identity: "uri:spiffe://kmsd.dev/storage/node-1", ttl: 24h, renewable: true }
 
                 """
             try Data(yaml.utf8).write(to: directory.appendingPathComponent("kmsd.yaml"))
