@@ -66,26 +66,30 @@ struct BenchSetup {
 
     /// Starts kmsd; returns once it is ready (or throws with its log).
     /// `providersAndKeys` replaces the default single SoftHSM provider and key `bench`; `keys` are created at start.
-    func start(audit: Bool, name: String, pool: Int, providersAndKeys: String? = nil, keys: [String] = ["bench"]) async throws -> LaunchedKMSD {
+    /// `transit` adds the Vault transit listener with the transit key `bench` (kmsd key `bench`).
+    func start(audit: Bool, name: String, pool: Int, providersAndKeys: String? = nil, keys: [String] = ["bench"],
+               transit: Bool = false) async throws -> LaunchedKMSD {
         let port = try freePort()
+        let transitPort = transit ? try freePort() : 0
+        let transitSection = transit ? "transit: { keys: { bench: bench } }\n" : ""
         let auditSection = audit ? "audit: { file: audit-\(name)/audit.jsonl, sign: { file: audit-key.pem }, fail_closed: true }\n" : ""
         let yaml = """
             mode: development
             data_dir: data-\(name)
             log_level: notice
-            listen: { api: "127.0.0.1:\(port)" }
+            listen: { api: "127.0.0.1:\(port)"\(transit ? ", transit: \"127.0.0.1:\(transitPort)\"" : "") }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
             \(providersAndKeys ?? defaultProviders)
             admin: { identities: ["cn:security-admin"] }
             limits: { rate_per_second: 1000000, burst: 1000000, max_connections: 4096 }
-            \(auditSection)
+            \(auditSection)\(transitSection)
             """
         let config = directory.appendingPathComponent("kmsd-\(name).yaml")
         try Data(yaml.utf8).write(to: config)
         let log = directory.appendingPathComponent("kmsd-\(name).log")
         let started = ContinuousClock.now
         let process = try BuiltExecutable(url: URL(fileURLWithPath: executable)).start(["serve", "--config", config.path], log: log)
-        let kmsd = LaunchedKMSD(process: process, port: port, log: log, auditFile: audit ? directory.appendingPathComponent("audit-\(name)/audit.jsonl") : nil,
+        let kmsd = LaunchedKMSD(process: process, port: port, transitPort: transitPort, log: log, auditFile: audit ? directory.appendingPathComponent("audit-\(name)/audit.jsonl") : nil,
                                 node: try client("node", pool: pool), admin: try client("admin", pool: 1))
         do {
             guard try await kmsd.waitReady() else { throw FixtureError("kmsd did not become ready") }
@@ -116,15 +120,18 @@ struct BenchSetup {
 final class LaunchedKMSD: @unchecked Sendable {
     let process: Process
     let port: Int
+    /// The transit listener's port (0 without one).
+    let transitPort: Int
     let log: URL
     let auditFile: URL?
     let node: HTTPClient
     let admin: HTTPClient
     var readySeconds = 0.0
 
-    init(process: Process, port: Int, log: URL, auditFile: URL?, node: HTTPClient, admin: HTTPClient) {
+    init(process: Process, port: Int, transitPort: Int = 0, log: URL, auditFile: URL?, node: HTTPClient, admin: HTTPClient) {
         self.process = process
         self.port = port
+        self.transitPort = transitPort
         self.log = log
         self.auditFile = auditFile
         self.node = node
@@ -133,8 +140,8 @@ final class LaunchedKMSD: @unchecked Sendable {
 
     var base: String { "https://localhost:\(port)" }
 
-    func post(_ client: HTTPClient, _ path: String, _ body: String) async throws -> (Int, Data) {
-        var request = HTTPClientRequest(url: base + path)
+    func post(_ client: HTTPClient, _ path: String, _ body: String, port: Int? = nil) async throws -> (Int, Data) {
+        var request = HTTPClientRequest(url: "https://localhost:\(port ?? self.port)" + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
         request.body = .bytes(ByteBuffer(string: body))

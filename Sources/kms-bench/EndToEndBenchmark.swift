@@ -26,11 +26,14 @@ struct EndToEndBenchmark: AsyncParsableCommand {
     @Flag(help: "Print JSON instead of tables.") var json = false
     @Flag(inversion: .prefixedNo, help: "Also measure a key in vault-dev (through kmsd, and vault-dev's transit API directly as its limit).")
     var vault = true
+    @Option(help: "api: kmsd's API against the raw loop (the default); transit: kmsd's Vault transit listener next to its own API, in one kmsd.")
+    var frontend = "api"
 
     func validate() throws {
         guard seconds > 0, !connections.isEmpty, connections.allSatisfy({ $0 >= 1 && $0 <= 1024 }), sessions >= 1 else {
             throw ValidationError("seconds must be positive, connections 1–1024, sessions ≥ 1")
         }
+        guard ["api", "transit"].contains(frontend) else { throw ValidationError("--frontend is api or transit") }
     }
 
     struct Measurement: Encodable {
@@ -74,6 +77,7 @@ struct EndToEndBenchmark: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if frontend == "transit" { return try await compareTransit() }
         let setup = try BenchSetup(kmsd: kmsd, sessions: sessions)
         defer { setup.remove() }
         var measurements: [Measurement] = []
@@ -178,10 +182,11 @@ struct EndToEndBenchmark: AsyncParsableCommand {
 
     // MARK: - Load
 
-    private func measure(
-        _ operation: String, _ n: Int, _ variant: String, _ kmsd: LaunchedKMSD, _ setup: BenchSetup, _ path: String, _ body: String
+    func measure(
+        _ operation: String, _ n: Int, _ variant: String, _ kmsd: LaunchedKMSD, _ setup: BenchSetup, _ path: String, _ body: String,
+        port: Int? = nil
     ) throws -> Measurement {
-        let result = try LeanLoad.run(kmsd, setup, path: path, body: body, connections: n, seconds: seconds)
+        let result = try LeanLoad.run(kmsd, setup, path: path, body: body, connections: n, seconds: seconds, port: port)
         func ms(_ key: String) -> Double { (result.latencyMicros[key] ?? 0) / 1000 }
         return Measurement(
             operation: operation, connections: n, variant: variant, opsPerSecond: result.requestsPerSecond,
@@ -250,7 +255,7 @@ struct EndToEndBenchmark: AsyncParsableCommand {
         }
     }
 
-    private func pad(_ text: String, _ width: Int) -> String {
+    func pad(_ text: String, _ width: Int) -> String {
         text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
     }
 }

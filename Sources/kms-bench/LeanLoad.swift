@@ -17,15 +17,16 @@ struct LeanLoad {
     }
 
     /// A closed loop on `connections` for `seconds`, or an open loop at `rate` requests per second when given.
+    /// `port` defaults to kmsd's API port (the transit listener's for transit paths).
     static func run(_ kmsd: LaunchedKMSD, _ setup: BenchSetup, path: String, body: String, connections: Int, seconds: Double,
-                    rate: Double? = nil) throws -> Outcome
+                    rate: Double? = nil, port: Int? = nil) throws -> Outcome
     {
         let bodyFile = setup.directory.appendingPathComponent("load-body-\(UUID().uuidString).json")
         try Data(body.utf8).write(to: bodyFile)
         defer { try? FileManager.default.removeItem(at: bodyFile) }
         let executable = URL(fileURLWithPath: setup.executable).deletingLastPathComponent().appendingPathComponent("kms-load")
         let arguments = [
-            "--port", "\(kmsd.port)", "--ca", setup.path("ca.pem"), "--cert", setup.path("node.pem"), "--key", setup.path("node-key.pem"),
+            "--port", "\(port ?? kmsd.port)", "--ca", setup.path("ca.pem"), "--cert", setup.path("node.pem"), "--key", setup.path("node-key.pem"),
             "--connections", "\(connections)", "--seconds", "\(seconds)", "--path", path, "--body-file", bodyFile.path,
         ] + (rate.map { ["--rate", "\($0)"] } ?? [])
         let pid = kmsd.process.processIdentifier
