@@ -157,7 +157,7 @@ let package = Package(
             path: "examples/storage-node", exclude: ["README.md"], swiftSettings: swiftSettings
         ),
         // Vault's wire shapes (errors, loose parameters, ciphertext text, LIST), shared by vault-dev and the transit front end.
-        module("VaultWire", ["KMSCore", External.nioCore]),
+        module("VaultWire", ["KMSCore", "KMSAPI", External.nioCore]),
         // The transit-compatible development server (tests and development only; production uses a real Vault).
         module("VaultDev", [
             "KMSCore", "VaultWire", External.hummingbird, External.hummingbirdTLS, External.hummingbirdCore, External.nioSSL,

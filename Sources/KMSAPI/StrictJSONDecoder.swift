@@ -8,8 +8,9 @@
 /// differs from `JSONDecoder` where no request type goes: an integer field refuses `1.0` and `1e2`, a floating-point
 /// field reads an out-of-range number as infinity, and `Data` and `Date` get no special strategy. Object keys are
 /// compared as Swift strings, so two keys that differ only in Unicode normalization count as a duplicate and are
-/// refused (`JSONDecoder` kept one of them silently).
-enum StrictJSONTree: Equatable {
+/// refused (`JSONDecoder` kept one of them silently). Public for the Vault transit front end, which reads Vault's
+/// loosely typed parameters from the same tree (with Vault's rule for a repeated key: the last one counts).
+public enum StrictJSONTree: Equatable, Sendable {
     case null
     case bool(Bool)
     /// The number's text, checked against JSON's grammar; converted when a field asks for a number type.
@@ -18,16 +19,17 @@ enum StrictJSONTree: Equatable {
     case array([StrictJSONTree])
     case object([String: StrictJSONTree])
 
-    static let maxDepth = 64
+    public static let maxDepth = 64
 
-    enum ParseError: Error, Equatable {
+    public enum ParseError: Error, Equatable {
         case malformed
         case duplicateKey(String)
         case tooDeep
     }
 
-    static func parse(_ bytes: [UInt8]) throws(ParseError) -> StrictJSONTree {
-        var parser = Parser(bytes: bytes)
+    /// `lastKeyWins`: a repeated object key keeps its last value (Go's and so Vault's reading) instead of failing.
+    public static func parse(_ bytes: [UInt8], lastKeyWins: Bool = false) throws(ParseError) -> StrictJSONTree {
+        var parser = Parser(bytes: bytes, lastKeyWins: lastKeyWins)
         parser.skipWhitespace()
         let tree = try parser.value(depth: 0)
         parser.skipWhitespace()
@@ -37,10 +39,12 @@ enum StrictJSONTree: Equatable {
 
     private struct Parser {
         let bytes: [UInt8]
+        let lastKeyWins: Bool
         var index = 0
 
-        init(bytes: [UInt8]) {
+        init(bytes: [UInt8], lastKeyWins: Bool) {
             self.bytes = bytes
+            self.lastKeyWins = lastKeyWins
         }
 
         mutating func skipWhitespace() {
@@ -106,7 +110,7 @@ enum StrictJSONTree: Equatable {
                 guard parser.take(UInt8(ascii: ":")) else { throw .malformed }
                 parser.skipWhitespace()
                 let field = try parser.value(depth: depth + 1)
-                guard fields.updateValue(field, forKey: key) == nil else { throw .duplicateKey(key) }
+                guard fields.updateValue(field, forKey: key) == nil || parser.lastKeyWins else { throw .duplicateKey(key) }
             }
             return .object(fields)
         }

@@ -47,10 +47,40 @@ public enum JSONValue: Sendable, Equatable, Codable {
         try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
     }
 
+    /// Compact JSON with sorted keys, written by hand (what `JSONEncoder` with `.sortedKeys` and
+    /// `.withoutEscapingSlashes` writes, at a fraction of its cost: the transit front end answers every request
+    /// with it). A non-finite double, which JSON cannot carry, is written as `null`.
     public func serialized() -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? [UInt8](encoder.encode(self))) ?? Array("{}".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
+        write(to: &out)
+        return out
+    }
+
+    private func write(to out: inout [UInt8]) {
+        switch self {
+        case .null: out += Array("null".utf8)
+        case .bool(let value): out += Array((value ? "true" : "false").utf8)
+        case .int(let value): out += Array(String(value).utf8)
+        case .double(let value): out += Array((value.isFinite ? "\(value)" : "null").utf8)
+        case .string(let value): JSONObjectWriter.appendString(value, to: &out)
+        case .array(let items):
+            out.append(UInt8(ascii: "["))
+            for (index, item) in items.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                item.write(to: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case .object(let fields):
+            out.append(UInt8(ascii: "{"))
+            for (index, key) in fields.keys.sorted().enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                JSONObjectWriter.appendString(key, to: &out)
+                out.append(UInt8(ascii: ":"))
+                fields[key]?.write(to: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
     }
 
     /// How Vault's error messages print a value.

@@ -4,12 +4,14 @@ public import KMSCore
 import KMSRotation
 import KMSServer
 import KMSService
+import KMSTransit
 import Logging
 
 /// SIGHUP: build and check every part of the new configuration, then swap them in.
 extension Daemon {
     /// SIGHUP: reads the configuration file again and applies what can change without a restart — the server
-    /// certificate, the client CA, the CRL, per-key allow lists, admin identities and tokens, limits. Providers and
+    /// certificate, the client CA, the CRL, per-key allow lists, admin identities and tokens, limits, the transit
+    /// section (its keys and tokens). Providers and
     /// listeners stay as they are. A bad file changes nothing and is reported.
     public func reload(_ running: Running, providers: [String: any KeyProvider]) throws {
         do {
@@ -30,6 +32,13 @@ extension Daemon {
             throw ConfigurationError(["tls: a reload cannot turn TLS off on a running listener; restart kmsd to change it"])
         }
         let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA)) }
+        // The transit section reloads (keys, tokens); the listener itself stays where it is.
+        if (running.transit != nil) != (fresh.transit != nil) {
+            throw ConfigurationError(["transit: a reload cannot start or stop the transit listener; restart kmsd to change it"])
+        }
+        if configuration.listen.transit.map({ "\($0.host):\($0.port)" }) != fresh.listen.transit.map({ "\($0.host):\($0.port)" }) {
+            throw ConfigurationError(["listen.transit: a reload cannot move the transit listener; restart kmsd to change it"])
+        }
         let transitContext = try fresh.tls.map {
             try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA, clientCertificates: .optional))
         }
@@ -42,6 +51,7 @@ extension Daemon {
 
         if let context, let box = running.tls { box.install(context) }
         if let transitContext, let box = running.transitTLS { box.install(transitContext) }
+        if let transit = fresh.transit { running.transit?.reload(transit) }
         running.server.rotation.update(keys: keys)
         running.server.reload(snapshot)
         running.revocationRefresh.update(fresh.tls)

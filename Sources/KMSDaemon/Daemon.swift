@@ -66,6 +66,8 @@ public struct Daemon: Sendable {
         public let revocationRefresh: RevocationRefresh
         /// The transit listener's TLS (client certificates optional there); nil without a transit listener.
         public var transitTLS: TLSContextBox? = nil
+        /// The transit front end, whose section a reload replaces; nil without a transit listener.
+        public var transit: TransitFrontEnd? = nil
     }
 
     /// Builds the HTTP application. `onRunning` gets the bound port.
@@ -98,18 +100,19 @@ public struct Daemon: Sendable {
     public func transitApplication(
         _ server: KMSServer, metrics: ServerMetrics?, handshakeFailures: HandshakeFailures,
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
-    ) throws -> (app: Application<TransitFrontEnd>, tls: TLSContextBox)? {
+    ) throws -> (app: Application<TransitFrontEnd>, tls: TLSContextBox, frontEnd: TransitFrontEnd)? {
         guard let transit = configuration.transit, let address = configuration.listen.transit, let tls = configuration.tls else { return nil }
         let box = try TLSContextBox(Self.tlsConfiguration(tls, adminCA: configuration.admin.clientCA, clientCertificates: .optional))
         let limit = ConnectionLimit(connectionPolicy(authenticates: true), events: server.events)
         let builder = HTTPServerBuilder.http1(tls: box, limit: limit, beforeHTTP: { [ListMethodRewriter()] }, onHandshakeFailure: { peer, error in
             handshakeFailures.record(source: peer, error: error)
         })
+        let frontEnd = TransitFrontEnd(service: server.service, configuration: transit, metrics: metrics)
         let app = Application(
-            responder: TransitFrontEnd(service: server.service, configuration: transit, metrics: metrics), server: builder,
+            responder: frontEnd, server: builder,
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) }, logger: logger)
-        return (app, box)
+        return (app, box, frontEnd)
     }
 
     /// The API listener's connection caps and deadlines (`limits.*`).
@@ -229,6 +232,7 @@ public struct Daemon: Sendable {
         let transit = try transitApplication(running.server, metrics: metrics, handshakeFailures: running.handshakeFailures,
                                              onRunning: onTransitRunning)
         running.transitTLS = transit?.tls
+        running.transit = transit?.frontEnd
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape
         var services: [any Service] = [

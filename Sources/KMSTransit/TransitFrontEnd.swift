@@ -22,15 +22,31 @@ public struct TransitFrontEnd: HTTPResponder {
     static let frontend = "transit"
 
     let service: KMSService
-    let configuration: TransitConfiguration
+    private let settings: Settings
     let tokens: TransitTokens
     let metrics: ServerMetrics?
 
+    /// The transit section in force (a reload replaces it).
+    private final class Settings: Sendable {
+        let current: Mutex<TransitConfiguration>
+        init(_ configuration: TransitConfiguration) { current = Mutex(configuration) }
+    }
+
     public init(service: KMSService, configuration: TransitConfiguration, metrics: ServerMetrics? = nil) {
         self.service = service
-        self.configuration = configuration
+        settings = Settings(configuration)
         tokens = TransitTokens(configuration)
         self.metrics = metrics
+    }
+
+    /// The transit section in force.
+    var configuration: TransitConfiguration { settings.current.withLock { $0 } }
+
+    /// A reload (SIGHUP): the mount, the key mapping and the configured tokens are replaced for requests that start
+    /// from now on; a token removed from the file stops working at once; tokens from certificate logins stay.
+    public func reload(_ configuration: TransitConfiguration) {
+        settings.current.withLock { $0 = configuration }
+        tokens.replace(configuration)
     }
 
     /// Who is calling: the connection's certificate, a token's entry, or both (the token decides the identity).

@@ -80,6 +80,8 @@ final class TransitTokens: Sendable {
         let renewLimit: Date?
         /// Issued by a certificate login (as opposed to configured).
         let login: Bool
+        /// The configured token it came from (nil for a login token).
+        var configured: TransitConfiguration.StaticToken? = nil
     }
 
     private struct State {
@@ -88,20 +90,33 @@ final class TransitTokens: Sendable {
         var logins: [[UInt8]] = []
     }
     private let state: Mutex<State>
-    private let loginTTL: Duration
-    private let maxLogins: Int
+
+    private let limits: Mutex<(loginTTL: Duration, maxLogins: Int)>
 
     init(_ configuration: TransitConfiguration, now: Date = Date()) {
-        var state = State()
-        for token in configuration.tokens {
-            state.entries[token.hash] = Entry(
-                identity: ClientIdentity(names: [token.identity]), policies: token.policies, issuedAt: now,
-                expiresAt: token.ttl.map { now.addingTimeInterval($0.seconds) }, ttl: token.ttl, renewable: token.renewable,
-                renewLimit: token.maxTTL.map { now.addingTimeInterval($0.seconds) }, login: false)
+        state = Mutex(State())
+        limits = Mutex((configuration.loginTTL, max(1, configuration.maxLoginTokens)))
+        replace(configuration, now: now)
+    }
+
+    /// A reload: the configured tokens become `configuration.tokens` — one removed from the file stops working now,
+    /// one kept keeps its expiry and renewals, a new one starts its TTL now — and login tokens stay.
+    func replace(_ configuration: TransitConfiguration, now: Date = Date()) {
+        limits.withLock { $0 = (configuration.loginTTL, max(1, configuration.maxLoginTokens)) }
+        state.withLock { state in
+            var entries = state.entries.filter { $0.value.login }
+            for token in configuration.tokens {
+                if let kept = state.entries[token.hash], kept.configured == token {
+                    entries[token.hash] = kept
+                    continue
+                }
+                entries[token.hash] = Entry(
+                    identity: ClientIdentity(names: [token.identity]), policies: token.policies, issuedAt: now,
+                    expiresAt: token.ttl.map { now.addingTimeInterval($0.seconds) }, ttl: token.ttl, renewable: token.renewable,
+                    renewLimit: token.maxTTL.map { now.addingTimeInterval($0.seconds) }, login: false, configured: token)
+            }
+            state.entries = entries
         }
-        self.state = Mutex(state)
-        loginTTL = configuration.loginTTL
-        maxLogins = max(1, configuration.maxLoginTokens)
     }
 
     /// The token's entry if it is known and not expired (an expired login token is forgotten).
@@ -124,6 +139,7 @@ final class TransitTokens: Sendable {
         for index in bytes.indices { bytes[index] = generator.next() }
         let token = "kmsd." + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
             .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let (loginTTL, maxLogins) = limits.withLock { $0 }
         let entry = Entry(identity: identity, policies: ["default"], issuedAt: now, expiresAt: now.addingTimeInterval(loginTTL.seconds),
                           ttl: loginTTL, renewable: false, renewLimit: nil, login: true)
         let hash = TransitConfiguration.hash(token)

@@ -1,5 +1,6 @@
 import Foundation
 public import KMSCore
+import KMSAPI
 
 /// An error the way Vault reports it: an HTTP status and `{"errors":[…]}`.
 public struct VaultError: Error, Sendable {
@@ -54,9 +55,10 @@ public struct VaultParameters: Sendable {
             }
             return VaultParameters(values)
         }
-        guard let object = JSONValue.parse(body) else {
+        guard let tree = try? StrictJSONTree.parse(body, lastKeyWins: true) else {
             throw VaultError.badRequest("failed to parse JSON input: invalid JSON in request body")
         }
+        let object = JSONValue(tree)
         guard case .object(let map) = object else {
             throw VaultError.badRequest("failed to parse JSON input: expected a JSON object")
         }
@@ -199,5 +201,19 @@ public enum GoBase64 {
         }
         position = bytes.count - bytes.count % 4
         return .failure(.badRequest("illegal base64 data at input byte \(position)"))
+    }
+}
+
+extension JSONValue {
+    /// The parsed tree's value; a number is an integer when it reads as one, else a double.
+    init(_ tree: StrictJSONTree) {
+        switch tree {
+        case .null: self = .null
+        case .bool(let value): self = .bool(value)
+        case .number(let text): self = Int(text).map(JSONValue.int) ?? .double(Double(text) ?? .nan)
+        case .string(let value): self = .string(value)
+        case .array(let items): self = .array(items.map(JSONValue.init))
+        case .object(let fields): self = .object(fields.mapValues(JSONValue.init))
+        }
     }
 }

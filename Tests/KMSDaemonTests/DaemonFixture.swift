@@ -31,11 +31,12 @@ final class RunningKMSD: Sendable {
     private let daemon: Daemon
     private let running: Daemon.Running
     private let providers: [String: any KeyProvider]
-    private let yaml: @Sendable (_ clientCA: String, _ crl: String?) -> String
+    private let yaml: @Sendable (_ clientCA: String, _ crl: String?, _ transit: String?) -> String
+    private let transit: String?
 
     private init(directory: URL, port: Int, metricsPort: Int, transitPort: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String, pki: DevPKI,
                  daemon: Daemon, running: Daemon.Running, providers: [String: any KeyProvider], audit: AuditLog?,
-                 yaml: @escaping @Sendable (String, String?) -> String) {
+                 transit: String?, yaml: @escaping @Sendable (String, String?, String?) -> String) {
         self.directory = directory
         self.port = port
         self.metricsPort = metricsPort
@@ -49,11 +50,13 @@ final class RunningKMSD: Sendable {
         self.running = running
         self.providers = providers
         self.yaml = yaml
+        self.transit = transit
     }
 
-    /// Rewrites the configuration file with another client CA bundle and CRL, and reloads as SIGHUP does.
-    func reload(clientCA: String, crl: String?) throws {
-        try Data(yaml(clientCA, crl).utf8).write(to: directory.appendingPathComponent("kmsd.yaml"))
+    /// Rewrites the configuration file with another client CA bundle and CRL (and transit section, when given), and
+    /// reloads as SIGHUP does.
+    func reload(clientCA: String = "ca.pem", crl: String?, transit newTransit: String? = nil) throws {
+        try Data(yaml(clientCA, crl, newTransit ?? transit).utf8).write(to: directory.appendingPathComponent("kmsd.yaml"))
         try daemon.reload(running, providers: providers)
     }
 
@@ -95,7 +98,7 @@ final class RunningKMSD: Sendable {
         try Data(token.userPIN.utf8).write(to: pinFile)
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: pinFile.path)
         let adminToken = "admin-token-\(UUID().uuidString)"
-        let yaml: @Sendable (String, String?) -> String = { clientCA, crl in
+        let yaml: @Sendable (String, String?, String?) -> String = { clientCA, crl, transit in
             """
             mode: development
             data_dir: data
@@ -118,7 +121,7 @@ final class RunningKMSD: Sendable {
         if withCRL {
             try Data(try pki.revocationList(revoking: []).utf8).write(to: directory.appendingPathComponent("crl.pem"))
         }
-        try Data(yaml("ca.pem", withCRL ? "crl.pem" : nil).utf8).write(to: file)
+        try Data(yaml("ca.pem", withCRL ? "crl.pem" : nil, transit).utf8).write(to: file)
         let configuration = try Configuration.load(path: file.path)
         let daemon = Daemon(configuration)
         let providers = try await daemon.startProviders()
@@ -149,7 +152,7 @@ final class RunningKMSD: Sendable {
             transitPort = bound
         }
         return RunningKMSD(directory: directory, port: port, metricsPort: metricsPort, transitPort: transitPort, shim: shim, task: task, adminToken: adminToken,
-                           pki: pki, daemon: daemon, running: parts.running, providers: providers, audit: parts.audit, yaml: yaml)
+                           pki: pki, daemon: daemon, running: parts.running, providers: providers, audit: parts.audit, transit: transit, yaml: yaml)
     }
 
     /// Stops as kmsd does: the listeners, then the audit log (its closing checkpoint may need the HSM), then the providers.

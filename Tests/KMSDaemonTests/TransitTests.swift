@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import KMSCore
+import KMSDaemon
 import KMSTestSupport
 import Testing
 
@@ -175,6 +176,28 @@ struct TransitTests {
         })
         #expect(try await transitCall(kmsd, node, "GET", "sys/health").status == 200)
         try? await node.shutdown()
+        await kmsd.stop()
+    }
+
+    @Test func aReloadReplacesTheTransitKeysAndTokens() async throws {
+        let kmsd = try await RunningKMSD.start(transit: Self.transit)
+        let anonymous = try kmsd.client(nil)
+        let body: [String: Any] = ["plaintext": b64("secret")]
+        #expect(try await transitCall(kmsd, anonymous, "POST", "transit/encrypt/orders", body, token: Self.nodeToken).status == 200)
+        let added = "added-\(UUID().uuidString)"
+        // The node token is removed, another added; `orders` is served under a second name as well.
+        try kmsd.reload(crl: nil, transit: """
+              keys: { orders: orders, orders-2: orders }
+              tokens:
+                - { sha256: "\(sha256Hex(added))", identity: "uri:spiffe://test/storage/node-1" }
+            """)
+        let removed = try await transitCall(kmsd, anonymous, "POST", "transit/encrypt/orders", body, token: Self.nodeToken)
+        #expect(removed.status == 403)
+        #expect(errors(removed).first?.contains("invalid token") == true)
+        #expect(try await transitCall(kmsd, anonymous, "POST", "transit/encrypt/orders-2", body, token: added).status == 200)
+        // A reload cannot start or stop the listener.
+        #expect(throws: ConfigurationError.self) { try kmsd.reload(crl: nil, transit: "") }
+        try? await anonymous.shutdown()
         await kmsd.stop()
     }
 }
