@@ -132,7 +132,7 @@ let package = Package(
         ]),
         // The Vault transit front end: Vault's transit wire protocol over the service layer (docs/transit-frontend.md).
         module("KMSTransit", [
-            "KMSCore", "KMSAPI", "KMSService", "KMSServer", "KMSAudit", "KMSRotation", "VaultWire", External.hummingbird, External.nioCore,
+            "KMSCore", "KMSAPI", "KMSService", "KMSAudit", "KMSRotation", "VaultWire", External.hummingbird, External.nioCore,
             External.crypto
         ]),
         module("KMSDaemon", [

@@ -16,6 +16,9 @@ public import ServiceLifecycle
 import UnixSignals
 import Dispatch
 
+/// kmsd's registry counts the transit front end's requests as it counts the API's.
+extension ServerMetrics: TransitRequestMetrics {}
+
 /// Writes the failed-handshake summaries every interval, and once more at shutdown.
 struct HandshakeSummaryService: Service {
     let failures: HandshakeFailures

@@ -89,7 +89,7 @@ actor VaultAuthenticator {
             let response: VaultResponse
             do {
                 response = try await client.send(.POST, "auth/\(mount)/login", token: nil,
-                                                 body: ["role_id": roleID, "secret_id": secret])
+                                                 body: ["role_id": .string(roleID), "secret_id": .string(secret)])
             } catch let error as VaultTransportError {
                 throw KMSError.unavailable("Vault login failed", detail: error.description)
             }

@@ -66,18 +66,17 @@ final class VaultClient: Sendable {
 
     /// Sends one request. Throws `VaultTransportError` when no well-formed answer came back; any HTTP status is a
     /// result.
-    func send(_ method: HTTPMethod, _ path: String, token: String?, body: [String: Any]? = nil) async throws -> VaultResponse {
+    func send(_ method: HTTPMethod, _ path: String, token: String?, body: [String: JSONValue]? = nil) async throws -> VaultResponse {
         var request = HTTPClientRequest(url: "\(configuration.address)/v1/\(path)")
         request.method = method
         request.headers.add(name: "X-Vault-Request", value: "true")
         if let token { request.headers.add(name: "X-Vault-Token", value: token) }
         if let namespace = configuration.namespace { request.headers.add(name: "X-Vault-Namespace", value: namespace) }
         if let body {
-            guard let data = try? JSONSerialization.data(withJSONObject: body) else {
-                throw VaultTransportError.malformed("request body could not be encoded")
-            }
+            // Written by hand (`JSONValue.serialized`), not by `JSONSerialization`: its `[String: Any]` bridging
+            // crashed once under the provider contract's parallel load ("failed to allocate" inside Foundation).
             request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(data: data))
+            request.body = .bytes(ByteBuffer(bytes: JSONValue.object(body).serialized()))
         }
         let response: HTTPClientResponse
         let bytes: ByteBuffer

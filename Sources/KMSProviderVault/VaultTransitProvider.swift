@@ -59,7 +59,7 @@ public final class VaultTransitProvider: KeyProvider {
     /// One call to Vault with authentication, retries, the breaker and error mapping. Returns the response for any
     /// status below 400; maps everything else to `KMSError`.
     private func call(
-        _ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, retry: Retry, operation: String
+        _ method: HTTPMethod, _ path: String, body: [String: JSONValue]? = nil, retry: Retry, operation: String
     ) async throws -> VaultResponse {
         if let until = state.withLock({ $0.openUntil }), until > .now {
             throw KMSError.unavailable("Vault is unavailable; kmsd is waiting before trying again",
@@ -243,7 +243,7 @@ public final class VaultTransitProvider: KeyProvider {
             throw KMSError.conflict("\(version) is the wrapping version of key '\(name)'; rotate first")
         }
         let minimum = max(info.minEncryption, Int(version.rawValue) + 1)
-        try await configure(name, ["min_encryption_version": minimum])
+        try await configure(name, ["min_encryption_version": .int(minimum)])
     }
 
     public func destroyVersion(_ name: KeyName, version: KeyVersion) async throws {
@@ -251,10 +251,10 @@ public final class VaultTransitProvider: KeyProvider {
         guard version < info.latest, info.minEncryption > Int(version.rawValue) else {
             throw KMSError.conflict("retire \(version) of key '\(name)' before destroying it")
         }
-        try await configure(name, ["min_decryption_version": max(info.minDecryption, Int(version.rawValue) + 1)])
+        try await configure(name, ["min_decryption_version": .int(max(info.minDecryption, Int(version.rawValue) + 1))])
     }
 
-    private func configure(_ name: KeyName, _ body: [String: Any]) async throws {
+    private func configure(_ name: KeyName, _ body: [String: JSONValue]) async throws {
         let response = try await call(.POST, "\(escaped(name))/config", body: body, retry: .safe,
                                       operation: "configure key '\(name)'")
         guard response.status < 400 else { throw requestError(response, name, operation: "configure the key") }
@@ -301,8 +301,8 @@ public final class VaultTransitProvider: KeyProvider {
             let encoded = plaintext.withUnsafeBytes { Data($0).base64EncodedString() }
             let response = try await call(
                 .POST, "\(configuration.mount)/encrypt/\(name.rawValue)",
-                body: ["plaintext": encoded, "associated_data": Data(aad).base64EncodedString(),
-                       "key_version": Int(chosen.rawValue)],
+                body: ["plaintext": .string(encoded), "associated_data": .string(Data(aad).base64EncodedString()),
+                       "key_version": .int(Int(chosen.rawValue))],
                 retry: .safe, operation: "wrap with key '\(name)'")
             if response.status >= 400 {
                 let error = requestError(response, name, operation: "wrap")
@@ -334,7 +334,7 @@ public final class VaultTransitProvider: KeyProvider {
         let ciphertext = "vault:v\(header.version.rawValue):" + Data(envelope.iv + envelope.ciphertext).base64EncodedString()
         let response = try await call(
             .POST, "\(configuration.mount)/decrypt/\(name.rawValue)",
-            body: ["ciphertext": ciphertext, "associated_data": Data(aad).base64EncodedString()],
+            body: ["ciphertext": .string(ciphertext), "associated_data": .string(Data(aad).base64EncodedString())],
             retry: .safe, operation: "unwrap with key '\(name)'")
         if response.status >= 400 {
             let error = requestError(response, name, operation: "unwrap")

@@ -3,7 +3,6 @@ import HTTPTypes
 public import Hummingbird
 import KMSAudit
 import KMSCore
-public import KMSServer
 public import KMSService
 import NIOCore
 import Synchronization
@@ -24,7 +23,7 @@ public struct TransitFrontEnd: HTTPResponder {
     let service: KMSService
     private let settings: Settings
     let tokens: TransitTokens
-    let metrics: ServerMetrics?
+    let metrics: (any TransitRequestMetrics)?
 
     /// The transit section in force (a reload replaces it).
     private final class Settings: Sendable {
@@ -32,7 +31,7 @@ public struct TransitFrontEnd: HTTPResponder {
         init(_ configuration: TransitConfiguration) { current = Mutex(configuration) }
     }
 
-    public init(service: KMSService, configuration: TransitConfiguration, metrics: ServerMetrics? = nil) {
+    public init(service: KMSService, configuration: TransitConfiguration, metrics: (any TransitRequestMetrics)? = nil) {
         self.service = service
         settings = Settings(configuration)
         tokens = TransitTokens(configuration)
@@ -269,6 +268,12 @@ public struct TransitFrontEnd: HTTPResponder {
     static let authenticationFailed = "cipher: message authentication failed"
 }
 
+/// Where the front end counts its answered requests (kmsd's metrics registry): by route label (`transit_<action>`),
+/// status and duration.
+public protocol TransitRequestMetrics: Sendable {
+    func request(route: String, status: Int, duration: Duration)
+}
+
 /// What a request asks for, from its method and path.
 struct TransitRoute {
     enum Operation: Equatable {
@@ -281,15 +286,15 @@ struct TransitRoute {
     let operation: Operation
 
     /// Vault transit paths that kmsd deliberately does not offer (docs/transit-frontend.md says why).
-    static let unsupportedTransit = [
+    static let unsupportedTransit = VaultRoutes([
         "keys/*/trim", "keys/*/import", "keys/*/import_version", "export/*/*", "export/*/*/*", "backup/*",
         "restore", "restore/*", "hash", "hash/*", "hmac/*", "hmac/*/*", "sign/*", "sign/*/*", "verify/*", "verify/*/*",
         "random", "random/*", "random/*/*", "config/keys", "cache-config", "wrapping_key", "byok-export/*/*",
         "byok-export/*/*/*",
-    ]
-    static let transitRoutes = [
+    ])
+    static let transitRoutes = VaultRoutes([
         "keys", "keys/", "keys/*", "keys/*/rotate", "keys/*/config", "encrypt/*", "decrypt/*", "rewrap/*", "datakey/*/*",
-    ]
+    ])
 
     init(method: String, path fullPath: String, mount: String) {
         guard fullPath.hasPrefix("/v1/") else {
@@ -312,7 +317,7 @@ struct TransitRoute {
             return
         }
         let rest = path == mount ? [] : path.dropFirst(mount.count + 1).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        let (pattern, arguments) = VaultRequestLine.resolve(rest, Self.transitRoutes)
+        let (pattern, arguments) = Self.transitRoutes.resolve(rest)
         switch (method, pattern) {
         case ("LIST", "keys"), ("LIST", "keys/"): operation = .listKeys
         case ("GET", "keys/*"): operation = .readKey(arguments[0])
@@ -327,9 +332,7 @@ struct TransitRoute {
              (_, "datakey/*/*"):
             operation = .unsupportedOperation(path)
         default:
-            let known = VaultRequestLine.resolve(rest, Self.unsupportedTransit).1.isEmpty == false
-                || Self.unsupportedTransit.contains(rest.joined(separator: "/"))
-            operation = known ? .unsupported(path) : .noRoute(path)
+            operation = Self.unsupportedTransit.match(rest) != nil ? .unsupported(path) : .noRoute(path)
         }
     }
 

@@ -144,7 +144,7 @@ actor VaultCore {
 
     private func route(method: String, path: String, token: Token, parameters: inout VaultParameters) throws -> VaultReply {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        let (pattern, arguments) = VaultRequestLine.resolve(parts, Self.systemRoutes)
+        let (pattern, arguments) = Self.systemRoutes.resolve(parts)
         switch (method, pattern) {
         case ("POST", "sys/seal"):
             try requireRoot(token)
@@ -231,16 +231,16 @@ actor VaultCore {
 
     // MARK: - Routing
 
-    static let systemRoutes = [
+    static let systemRoutes = VaultRoutes([
         "sys/seal", "sys/mounts/*", "sys/mounts/*/*", "sys/auth/approle", "auth/token/lookup-self",
         "auth/token/renew-self", "auth/token/revoke-self", "auth/token/revoke", "auth/token/create",
         "auth/approle/role/*", "auth/approle/role/*/role-id", "auth/approle/role/*/secret-id",
         "auth/token/accessors", "auth/token/revoke-accessor",
-    ]
-    static let transitRoutes = [
+    ])
+    static let transitRoutes = VaultRoutes([
         "keys", "keys/", "keys/*", "keys/*/config", "keys/*/rotate", "keys/*/trim", "config/keys", "encrypt/*",
         "decrypt/*", "rewrap/*", "datakey/*/*",
-    ]
+    ])
 
     // MARK: - Seal and health
 
@@ -376,7 +376,7 @@ actor VaultCore {
 
     private func transit(mount: String, method: String, path: String, rest: [String], parameters: inout VaultParameters) throws -> VaultReply {
         let now = Int(clock().timeIntervalSince1970)
-        let (pattern, arguments) = VaultRequestLine.resolve(rest, Self.transitRoutes)
+        let (pattern, arguments) = Self.transitRoutes.resolve(rest)
         switch (method, pattern) {
         case ("LIST", "keys"), ("LIST", "keys/"):
             let names = state.mounts[mount]?.keys.keys.sorted() ?? []

@@ -49,17 +49,38 @@ public enum VaultRequestLine {
         return isList ? "LIST" : (method == "PUT" ? "POST" : method)
     }
 
-    /// The first route whose segments match `parts` (`*` matches one non-empty segment), and what the wildcards
-    /// matched, in order; no match gives the path itself and no arguments.
-    public static func resolve(_ parts: [String], _ routes: [String]) -> (String, [String]) {
-        for route in routes {
-            let segments = route.split(separator: "/", omittingEmptySubsequences: false)
-            guard segments.count == parts.count else { continue }
-            if zip(segments, parts).allSatisfy({ $0 == "*" ? !$1.isEmpty : $0 == $1 }) {
-                return (route, zip(segments, parts).filter { $0.0 == "*" }.map(\.1))
+}
+
+/// Route patterns (`keys/*/rotate`: `*` matches one non-empty segment), split once.
+public struct VaultRoutes: Sendable {
+    private let routes: [(pattern: String, segments: [Substring])]
+
+    public init(_ patterns: [String]) {
+        routes = patterns.map { ($0, $0.split(separator: "/", omittingEmptySubsequences: false)) }
+    }
+
+    /// The first route whose segments match `parts`, and what its wildcards matched, in order; nil when none does.
+    public func match(_ parts: [String]) -> (pattern: String, arguments: [String])? {
+        for route in routes where route.segments.count == parts.count {
+            var arguments: [String] = []
+            var matched = true
+            for (segment, part) in zip(route.segments, parts) {
+                if segment == "*" {
+                    guard !part.isEmpty else { matched = false; break }
+                    arguments.append(part)
+                } else if segment != part {
+                    matched = false
+                    break
+                }
             }
+            if matched { return (route.pattern, arguments) }
         }
-        return (parts.joined(separator: "/"), [])
+        return nil
+    }
+
+    /// `match`, or the path itself and no arguments.
+    public func resolve(_ parts: [String]) -> (String, [String]) {
+        match(parts) ?? (parts.joined(separator: "/"), [])
     }
 }
 
