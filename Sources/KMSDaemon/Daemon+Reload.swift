@@ -51,9 +51,10 @@ extension Daemon {
 
         if let context, let box = running.tls { box.install(context) }
         if let transitContext, let box = running.transitTLS { box.install(transitContext) }
-        if let transit = fresh.transit { running.transit?.reload(transit) }
         running.server.rotation.update(keys: keys)
         running.server.reload(snapshot)
+        // After the policy the transit keys name: a transit name never points at a key the policy does not have yet.
+        if let transit = fresh.transit { running.transit?.reload(transit) }
         running.revocationRefresh.update(fresh.tls)
         for (provider, pin) in pins { provider.reloadCredential(pin) }
         logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])

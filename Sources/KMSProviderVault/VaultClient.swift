@@ -73,8 +73,8 @@ final class VaultClient: Sendable {
         if let token { request.headers.add(name: "X-Vault-Token", value: token) }
         if let namespace = configuration.namespace { request.headers.add(name: "X-Vault-Namespace", value: namespace) }
         if let body {
-            // Written by hand (`JSONValue.serialized`), not by `JSONSerialization`: its `[String: Any]` bridging
-            // crashed once under the provider contract's parallel load ("failed to allocate" inside Foundation).
+            // Typed values written by kmsd's own JSON writer (`JSONValue.serialized`), not `[String: Any]` through
+            // `JSONSerialization`: no bridging, and a value of the wrong type cannot get in.
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: JSONValue.object(body).serialized()))
         }

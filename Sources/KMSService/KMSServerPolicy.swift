@@ -80,7 +80,7 @@ public struct KMSServerPolicy: Sendable {
 }
 
 /// Token buckets per caller identity.
-final class RateLimiter: Sendable {
+public final class RateLimiter: Sendable {
     private struct Bucket {
         var tokens: Double
         var updated: ContinuousClock.Instant
@@ -90,13 +90,13 @@ final class RateLimiter: Sendable {
     private let burst: Double
     private let buckets = Mutex<[String: Bucket]>([:])
 
-    init(ratePerSecond: Double, burst: Int) {
+    public init(ratePerSecond: Double, burst: Int) {
         rate = ratePerSecond
         self.burst = Double(burst)
     }
 
     /// Takes one token for `caller`; false when the bucket is empty.
-    func allow(_ caller: String, now: ContinuousClock.Instant = .now) -> Bool {
+    public func allow(_ caller: String, now: ContinuousClock.Instant = .now) -> Bool {
         buckets.withLock { buckets in
             var bucket = buckets[caller] ?? Bucket(tokens: burst, updated: now)
             let elapsed = now - bucket.updated

@@ -59,8 +59,8 @@ extension KMSService {
     /// within its rate limit. Which keys it may use is checked by each operation.
     public struct Node: Sendable {
         public let identity: ClientIdentity
-        /// Authenticated by a certificate presented now (so its issuer is checked against `nodeIssuers`), not by a
-        /// front end's token bound to the identity.
+        /// Its identity comes from a certificate (presented now, or at the login that issued a token), so its issuer is
+        /// checked against `nodeIssuers`; false only for a configured token's identity.
         let byCertificate: Bool
         fileprivate init(_ identity: ClientIdentity, byCertificate: Bool = true) {
             self.identity = identity
@@ -109,20 +109,27 @@ extension KMSService {
     }
 
     /// A storage node authenticated by a front end's token (a Vault transit token), bound to `identity` when the token
-    /// was configured or issued at a certificate login. Rate-limited as that identity; which keys it may use is
-    /// checked by each operation, as for a certificate.
+    /// was configured, or issued at a certificate login. A login's identity is the certificate's (with its issuer,
+    /// serial and validity), so it gets the certificate's checks at every use — validity, the CRL in force, and the
+    /// node CAs when keys are authorized; a configured token's identity has no issuer and is the operator's word.
+    /// Rate-limited as that identity; which keys it may use is checked by each operation, as for a certificate.
     public func authenticateNode(token identity: ClientIdentity) throws(ServiceError) -> Node {
         AuditNote.identity(identity.description)
+        if identity.issuer != nil { try checkCertificate(identity) }
         try rateLimit(identity.description)
-        return Node(identity, byCertificate: false)
+        return Node(identity, byCertificate: identity.issuer != nil)
     }
 
     /// An administrator by a front end's token bound to `identity`: the identity must be one of `admin.identities`
-    /// under the policy in force now.
+    /// under the policy in force now, and a login's certificate must also pass the certificate checks and come from
+    /// a CA admitted for administrators (`admin.client_ca`), as an admin certificate must.
     public func authenticateAdmin(token identity: ClientIdentity) throws(ServiceError) -> Administrator {
         AuditNote.identity(identity.description)
+        let policy = policy
+        if identity.issuer != nil { try checkCertificate(identity) }
         try rateLimit(identity.description)
-        guard identity.matches(any: policy.adminIdentities) else {
+        let issuerAdmitted = identity.issuer == nil || (policy.adminIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true)
+        guard issuerAdmitted, identity.matches(any: policy.adminIdentities) else {
             events.record("forbidden")
             logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity)"])
             throw ServiceError(.forbidden, .forbidden, "not an administrator")
@@ -144,6 +151,13 @@ extension KMSService {
             throw ServiceError(.unauthenticated, .unauthenticated, error.description)
         }
         AuditNote.identity(identity.description)
+        try checkCertificate(identity)
+        return identity
+    }
+
+    /// The checks a certificate's identity gets at each request: its validity period, the CRL's freshness, and
+    /// revocation (by the list in force now, so a reloaded CRL applies to open connections and login tokens too).
+    private func checkCertificate(_ identity: ClientIdentity) throws(ServiceError) {
         guard identity.isValid(at: Date()) else {
             events.record("expired_certificate")
             throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate is not valid now (expired or not yet valid)")
@@ -163,7 +177,6 @@ extension KMSService {
             logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
             throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate has been revoked")
         }
-        return identity
     }
 
     func rateLimit(_ caller: String) throws(ServiceError) {
@@ -184,8 +197,7 @@ extension KMSService {
         }
         AuditNote.key(name)
         guard let key = policy.keys[name] else { throw ServiceError(.notFound, .notFound, "no key named '\(name)'") }
-        let issuerAdmitted = !node.byCertificate || (policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true)
-        guard issuerAdmitted, identity.matches(any: key.allow) else {
+        guard mayUse(node, key, policy: policy) else {
             events.record("forbidden")
             logger.warning("request refused: not allowed for key", metadata: [
                 "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
@@ -193,5 +205,12 @@ extension KMSService {
             throw ServiceError(.forbidden, .forbidden, "\(identity) may not use key '\(name)'")
         }
         return key
+    }
+
+    /// The node's identity matches the key's allow list, and a certificate's came from an admitted node CA.
+    func mayUse(_ node: Node, _ key: KMSServerPolicy.Key, policy: KMSServerPolicy) -> Bool {
+        let identity = node.identity
+        let issuerAdmitted = !node.byCertificate || (policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true)
+        return issuerAdmitted && identity.matches(any: key.allow)
     }
 }

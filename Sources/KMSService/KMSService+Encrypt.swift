@@ -79,17 +79,19 @@ extension KMSService {
     }
 
     /// Whether the node's identity is one of `admin.identities` now (no refusal recorded when it is not): a front end
-    /// asks before offering an administrator's extra (Vault's upsert) to a caller.
+    /// asks before offering an administrator's extra (Vault's upsert) to a caller. The administrator itself is still
+    /// authenticated as one (`authenticateAdmin`) before anything is done.
     public func isAdministrator(_ node: Node) -> Bool {
         node.identity.matches(any: policy.adminIdentities)
     }
 
-    /// Which of `names` the node may use (by the policy in force), for a front end's key listing.
+    /// Which of `names` the node may use (by the policy in force, with the node CAs as `authorizeKey` checks them),
+    /// for a front end's key listing.
     public func usableKeys(_ node: Node, among names: [String]) -> [String] {
         let policy = policy
         return names.filter { text in
             guard let name = try? KeyName(text), let key = policy.keys[name] else { return false }
-            return node.identity.matches(any: key.allow)
+            return mayUse(node, key, policy: policy)
         }
     }
 }

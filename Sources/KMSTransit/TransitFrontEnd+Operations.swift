@@ -231,7 +231,7 @@ extension TransitFrontEnd {
         let key = try mapping(name, missing: .badRequest("encryption key not found"))
         let node = try caller.node(service)
         let (items, batch) = try Self.items(&parameters, single: ["plaintext", "context", "associated_data", "key_version"])
-        let partialCode = batch ? try parameters.int("partial_failure_response_code") : nil
+        let partialCode = batch ? try VaultParameters.partialFailureCode(&parameters) : nil
         var parsed: [Result<KMSService.EncryptItem, VaultError>] = []
         var references: [String?] = []
         for var item in items {
@@ -352,7 +352,7 @@ extension TransitFrontEnd {
         let key = try mapping(name, missing: .badRequest("encryption key not found"))
         let node = try caller.node(service)
         let (items, batch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
-        let partialCode = batch ? try parameters.int("partial_failure_response_code") : nil
+        let partialCode = batch ? try VaultParameters.partialFailureCode(&parameters) : nil
         guard batch else {
             var item = items[0]
             let request = try await unwrapItem(&item, key, node)
@@ -399,6 +399,10 @@ extension TransitFrontEnd {
                 requests.append(.success(try await unwrapItem(&item, key, node)))
             } catch let error as VaultError {
                 requests.append(.failure(error))
+            } catch let error as ServiceError {
+                // The key's description on a version mismatch: an outage ends the batch, anything else is this item's.
+                if error.kind == .unavailable { throw error }
+                requests.append(.failure(Self.vaultError(error, action: "decrypt")))
             }
         }
         return (requests, references)
@@ -451,7 +455,14 @@ extension TransitFrontEnd {
     func login(_ caller: Caller) throws -> VaultReply {
         // A certificate login: the certificate must authenticate now, as for any request on kmsd's API.
         let node = try service.authenticateNode(caller.peer)
-        let (token, entry) = tokens.issue(for: node.identity)
+        let issued: (token: String, entry: TransitTokens.Entry)
+        do {
+            issued = try tokens.issue(for: node.identity)
+        } catch {
+            service.events.record("transit_logins_full")
+            throw VaultError(503, "kmsd: every login token slot (transit.max_login_tokens) is in use; try again later")
+        }
+        let (token, entry) = issued
         return .data(nil, auth: authBlock(token, entry))
     }
 
@@ -474,7 +485,7 @@ extension TransitFrontEnd {
     func lookupSelf(_ caller: Caller) throws -> VaultReply {
         guard let entry = caller.entry, let token = caller.token else {
             // A certificate without a token: its identity, checked now.
-            let node = try service.authenticateNode(caller.peer)
+            let node = try caller.node(service)
             return .data(["id": "", "accessor": "", "policies": ["default"], "path": "auth/cert/login",
                           "meta": .object(["identity": .string(node.identity.description)]),
                           "display_name": .string("cert-" + node.identity.description), "num_uses": 0, "orphan": true,

@@ -24,6 +24,8 @@ public struct TransitFrontEnd: HTTPResponder {
     private let settings: Settings
     let tokens: TransitTokens
     let metrics: (any TransitRequestMetrics)?
+    /// The budget of requests with an unknown token, shared by all of them.
+    let unknownTokens = RateLimiter(ratePerSecond: 20, burst: 200)
 
     /// The transit section in force (a reload replaces it).
     private final class Settings: Sendable {
@@ -48,20 +50,38 @@ public struct TransitFrontEnd: HTTPResponder {
         tokens.replace(configuration)
     }
 
-    /// Who is calling: the connection's certificate, a token's entry, or both (the token decides the identity).
-    struct Caller {
+    /// Who is calling: the connection's certificate, a token's entry, or both (the token decides the identity). The
+    /// first authentication of a request is kept, so a route and the operations it calls charge the rate limit once.
+    final class Caller: Sendable {
         let peer: PeerCertificate?
         let token: String?
         let entry: TransitTokens.Entry?
+        private let authenticated = Mutex<(node: KMSService.Node?, administrator: KMSService.Administrator?)>((nil, nil))
+
+        init(peer: PeerCertificate?, token: String?, entry: TransitTokens.Entry?) {
+            self.peer = peer
+            self.token = token
+            self.entry = entry
+        }
 
         func node(_ service: KMSService) throws(ServiceError) -> KMSService.Node {
-            if let entry { return try service.authenticateNode(token: entry.identity) }
-            return try service.authenticateNode(peer)
+            if let node = authenticated.withLock({ $0.node }) { return node }
+            let node: KMSService.Node
+            if let entry { node = try service.authenticateNode(token: entry.identity) } else { node = try service.authenticateNode(peer) }
+            authenticated.withLock { $0.node = node }
+            return node
         }
 
         func administrator(_ service: KMSService) throws(ServiceError) -> KMSService.Administrator {
-            if let entry { return try service.authenticateAdmin(token: entry.identity) }
-            return try service.authenticateAdmin(peer, bearerToken: nil)
+            if let administrator = authenticated.withLock({ $0.administrator }) { return administrator }
+            let administrator: KMSService.Administrator
+            if let entry {
+                administrator = try service.authenticateAdmin(token: entry.identity)
+            } else {
+                administrator = try service.authenticateAdmin(peer, bearerToken: nil)
+            }
+            authenticated.withLock { $0.administrator = administrator }
+            return administrator
         }
     }
 
@@ -95,6 +115,9 @@ public struct TransitFrontEnd: HTTPResponder {
         let entry = token.flatMap { tokens.entry($0) }
         if let token, !token.isEmpty, entry == nil {
             service.events.record("transit_invalid_token")
+            // Guessing is paced: unknown tokens share one small budget (a client whose token expired gets 429
+            // instead of 403 while someone guesses; nobody gets further).
+            guard unknownTokens.allow("unknown-token") else { return VaultError(429, "too many requests with unknown tokens; slow down").rendered(head: head) }
             return VaultError.invalidToken.rendered(head: head)
         }
         guard entry != nil || peer != nil else {
@@ -102,27 +125,45 @@ public struct TransitFrontEnd: HTTPResponder {
             return VaultError.permissionDenied.rendered(head: head)
         }
         let caller = Caller(peer: peer, token: token, entry: entry)
-        let failure = Mutex<VaultError?>(nil)
+        // An answer decided inside the scope that the record must count as a failure: a Vault-shaped refusal (with
+        // Vault's exact text) or a batch whose items failed.
+        let failedAnswer = Mutex<(status: Int, body: [UInt8]?)?>(nil)
         do {
             let reply = try await service.audited(route.kind, route.action, frontend: Self.frontend) {
                 do {
+                    // Who is calling first: no body is read for a caller the rules refuse.
+                    try authenticate(caller, for: route)
                     var parameters = try await parameters(request)
-                    let reply = try await handle(route, caller, &parameters)
+                    var reply = try await handle(route, caller, &parameters)
                     // Vault's warning for parameters the endpoint did not read.
                     if case .data(let data, var warnings, let auth, let status) = reply, !parameters.unused.isEmpty {
                         warnings.append("Endpoint ignored these unrecognized parameters: [\(parameters.unused.joined(separator: " "))]")
-                        return VaultReply.data(data, warnings: warnings, auth: auth, status: status)
+                        reply = .data(data, warnings: warnings, auth: auth, status: status)
+                    }
+                    if case .data(_, _, _, let status) = reply, status >= 400 {
+                        failedAnswer.withLock { $0 = reply.rendered(head: head) }
+                        throw ServiceError(status >= 500 ? .internal : .badRequest, status >= 500 ? .internal : .invalidInput,
+                                           "items of the batch failed (HTTP \(status))")
                     }
                     return reply
                 } catch let error as VaultError {
-                    // Recorded as what it is; answered with Vault's exact text.
-                    failure.withLock { $0 = error }
+                    failedAnswer.withLock { $0 = error.rendered(head: head) }
                     throw Self.serviceError(error)
                 }
             }
             return reply.rendered(head: head)
         } catch {
-            return (failure.withLock { $0 } ?? Self.vaultError(error, action: route.action)).rendered(head: head)
+            return failedAnswer.withLock { $0 } ?? Self.vaultError(error, action: route.action).rendered(head: head)
+        }
+    }
+
+    /// The route's caller: an administrator for key administration, anyone with a certificate for a login (which
+    /// checks it itself), a storage node for everything else (so every record names who asked, unsupported paths too).
+    private func authenticate(_ caller: Caller, for route: TransitRoute) throws(ServiceError) {
+        switch route.operation {
+        case .certLogin, .health, .sealStatus: return
+        case .createKey, .rotate, .configure: _ = try caller.administrator(service)
+        default: _ = try caller.node(service)
         }
     }
 
@@ -167,7 +208,7 @@ public struct TransitFrontEnd: HTTPResponder {
     private func health(_ query: [String: String]) async -> VaultReply {
         func code(_ name: String, _ fallback: Int) throws(VaultError) -> Int {
             guard let text = query[name] else { return fallback }
-            guard let value = Int(text) else { throw .badRequest("bad code value \(text) for \(name)") }
+            guard let value = Int(text), (100...599).contains(value) else { throw .badRequest("bad code value \(text.prefix(20)) for \(name)") }
             return value
         }
         do {
@@ -219,6 +260,9 @@ public struct TransitFrontEnd: HTTPResponder {
     // MARK: - Answers
 
     static func response(_ status: Int, _ body: [UInt8]?) -> Response {
+        // A status from a request parameter is checked where it is read; this is the last line against a trap in
+        // `HTTPResponse.Status(code:)`.
+        let status = (100...599).contains(status) ? status : 500
         var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
         if status == 503 || status == 429 { headers[.retryAfter] = "1" }
         guard let body else { return Response(status: .init(code: status), headers: headers) }

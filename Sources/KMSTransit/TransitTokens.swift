@@ -49,7 +49,8 @@ public struct TransitConfiguration: Sendable {
     public var tokens: [StaticToken]
     /// Lifetime of a token from `auth/cert/login`.
     public var loginTTL: Duration
-    /// At most this many login tokens live at once (the oldest is dropped first).
+    /// At most this many login tokens live at once (then logins are refused until some expire; each identity keeps
+    /// at most `TransitTokens.loginsPerIdentity`, its oldest dropped first).
     public var maxLoginTokens: Int
 
     public init(mount: String = "transit", keys: [String: Key] = [:], tokens: [StaticToken] = [], loginTTL: Duration = .seconds(3600),
@@ -86,24 +87,42 @@ final class TransitTokens: Sendable {
 
     private struct State {
         var entries: [[UInt8]: Entry] = [:]
-        /// Login tokens by issue order, to drop the oldest beyond the cap.
-        var logins: [[UInt8]] = []
+        /// Live login tokens by identity, oldest first.
+        var logins: [String: [[UInt8]]] = [:]
+        var loginCount = 0
+        var loginTTL: Duration = .seconds(3600)
+        var maxLogins = 10_000
+
+        /// Forgets a login token (expired, or the oldest of its identity).
+        mutating func forget(_ hash: [UInt8], of identity: String) {
+            guard entries.removeValue(forKey: hash) != nil else { return }
+            logins[identity]?.removeAll { $0 == hash }
+            if logins[identity]?.isEmpty == true { logins[identity] = nil }
+            loginCount -= 1
+        }
+
+        /// Forgets every expired login token (when the cap is reached).
+        mutating func pruneExpired(now: Date) {
+            for (hash, entry) in entries where entry.login && (entry.expiresAt.map { $0 <= now } ?? false) {
+                forget(hash, of: entry.identity.description)
+            }
+        }
     }
     private let state: Mutex<State>
-
-    private let limits: Mutex<(loginTTL: Duration, maxLogins: Int)>
+    /// An identity keeps at most this many live login tokens; a new login drops its oldest, never another's.
+    static let loginsPerIdentity = 8
 
     init(_ configuration: TransitConfiguration, now: Date = Date()) {
         state = Mutex(State())
-        limits = Mutex((configuration.loginTTL, max(1, configuration.maxLoginTokens)))
         replace(configuration, now: now)
     }
 
     /// A reload: the configured tokens become `configuration.tokens` — one removed from the file stops working now,
     /// one kept keeps its expiry and renewals, a new one starts its TTL now — and login tokens stay.
     func replace(_ configuration: TransitConfiguration, now: Date = Date()) {
-        limits.withLock { $0 = (configuration.loginTTL, max(1, configuration.maxLoginTokens)) }
         state.withLock { state in
+            state.loginTTL = configuration.loginTTL
+            state.maxLogins = max(1, configuration.maxLoginTokens)
             var entries = state.entries.filter { $0.value.login }
             for token in configuration.tokens {
                 if let kept = state.entries[token.hash], kept.configured == token {
@@ -125,33 +144,46 @@ final class TransitTokens: Sendable {
         return state.withLock { state in
             guard let entry = state.entries[hash] else { return nil }
             if let expiry = entry.expiresAt, expiry <= now {
-                if entry.login { state.entries[hash] = nil }
+                if entry.login { state.forget(hash, of: entry.identity.description) }
                 return nil
             }
             return entry
         }
     }
 
-    /// A new token bound to `identity`, valid for the login TTL.
-    func issue(for identity: ClientIdentity, now: Date = Date()) -> (token: String, entry: Entry) {
+    /// Every live login slot is taken (`max_login_tokens`), by tokens that have not expired.
+    struct LoginsFull: Error {}
+
+    /// A new token bound to `identity` (a certificate's), valid for the login TTL or until the certificate expires,
+    /// whichever comes first. The identity's oldest token goes when it holds `loginsPerIdentity`; when all
+    /// `max_login_tokens` are live, the login is refused rather than dropping another identity's token.
+    func issue(for identity: ClientIdentity, now: Date = Date()) throws(LoginsFull) -> (token: String, entry: Entry) {
         var bytes = [UInt8](repeating: 0, count: 32)
         var generator = SystemRandomNumberGenerator()
         for index in bytes.indices { bytes[index] = generator.next() }
         let token = "kmsd." + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
             .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
-        let (loginTTL, maxLogins) = limits.withLock { $0 }
-        let entry = Entry(identity: identity, policies: ["default"], issuedAt: now, expiresAt: now.addingTimeInterval(loginTTL.seconds),
-                          ttl: loginTTL, renewable: false, renewLimit: nil, login: true)
         let hash = TransitConfiguration.hash(token)
-        state.withLock { state in
-            state.logins.removeAll { state.entries[$0].map { $0.expiresAt.map { $0 <= now } ?? false } ?? true }
-            while state.logins.count >= maxLogins {
-                state.entries[state.logins.removeFirst()] = nil
+        let owner = identity.description
+        let issued: Entry? = state.withLock { state in
+            let entry = Entry(identity: identity, policies: ["default"], issuedAt: now,
+                              expiresAt: min(now.addingTimeInterval(state.loginTTL.seconds), identity.notAfter),
+                              ttl: state.loginTTL, renewable: false, renewLimit: nil, login: true)
+            for old in state.logins[owner] ?? [] where state.entries[old]?.expiresAt.map({ $0 <= now }) ?? true {
+                state.forget(old, of: owner)
             }
+            if let oldest = state.logins[owner]?.first, (state.logins[owner]?.count ?? 0) >= Self.loginsPerIdentity {
+                state.forget(oldest, of: owner)
+            }
+            if state.loginCount >= state.maxLogins { state.pruneExpired(now: now) }
+            guard state.loginCount < state.maxLogins else { return nil }
             state.entries[hash] = entry
-            state.logins.append(hash)
+            state.logins[owner, default: []].append(hash)
+            state.loginCount += 1
+            return entry
         }
-        return (token, entry)
+        guard let issued else { throw LoginsFull() }
+        return (token, issued)
     }
 
     enum RenewalRefusal: Error { case notRenewable, noExpiry }

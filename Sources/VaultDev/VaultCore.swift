@@ -263,7 +263,7 @@ actor VaultCore {
     private func health(_ request: Request) throws -> VaultReply {
         func code(_ name: String, _ fallback: Int) throws -> Int {
             guard let text = request.query[name] else { return fallback }
-            guard let value = Int(text) else { throw VaultError.badRequest("bad code value \(text) for \(name)") }
+            guard let value = Int(text), (100...599).contains(value) else { throw VaultError.badRequest("bad code value \(text.prefix(20)) for \(name)") }
             return value
         }
         for flag in ["standbyok", "perfstandbyok"] {
@@ -554,7 +554,7 @@ actor VaultCore {
         }
         _ = parameters.raw("plaintext")
         _ = parameters.raw("ciphertext")
-        let partialCode = try parameters.int("partial_failure_response_code")
+        let partialCode = try VaultParameters.partialFailureCode(&parameters)
         let withContext = items.map { item in var copy = item; return (try? copy.string("context")).flatMap { $0 } != nil }
         if Set(withContext).count > 1 {
             throw VaultError.badRequest("context should be set either in all the request blocks or in none")

@@ -114,6 +114,7 @@ public struct VaultDevServer: Sendable {
         }
 
         static func json(status: Int, _ body: [UInt8]?) -> Response {
+            let status = (100...599).contains(status) ? status : 500
             var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
             guard let body else { return Response(status: .init(code: status), headers: headers) }
             headers[.contentLength] = String(body.count)

@@ -51,7 +51,9 @@ public struct VaultParameters: Sendable {
                 let parts = pair.split(separator: "=", maxSplits: 1).map {
                     String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
                 }
-                values[parts[0]] = .string(parts.count > 1 ? parts[1] : "")
+                // `=value` names nothing: skipped (splitting drops empty parts, so there may be no name at all).
+                guard !pair.hasPrefix("="), let name = parts.first else { continue }
+                values[name] = .string(parts.count > 1 ? parts[1] : "")
             }
             return VaultParameters(values)
         }
@@ -70,8 +72,10 @@ public struct VaultParameters: Sendable {
     /// Parameters nobody read, sorted, for the warning Vault adds on success.
     public var unused: [String] { values.keys.filter { !used.contains($0) }.sorted() }
 
+    /// Vault's message without the value Vault quotes in it: the value may be a secret (a plaintext sent as a number
+    /// or an object), and the message reaches the audit record.
     private func fieldError(_ name: String, _ value: JSONValue, _ type: String) -> VaultError {
-        .badRequest("Field validation failed: error converting input \(value.display) for field \"\(name)\": expected \(type)")
+        .badRequest("Field validation failed: error converting input for field \"\(name)\": expected \(type)")
     }
 
     public mutating func raw(_ name: String) -> JSONValue? {
@@ -93,7 +97,7 @@ public struct VaultParameters: Sendable {
         guard let value = raw(name) else { return nil }
         switch value {
         case .int(let number): return number
-        case .double(let number) where number == number.rounded(): return Int(number)
+        case .double(let number) where Int(exactly: number) != nil: return Int(exactly: number)
         case .string(let text) where text.isEmpty: return 0
         case .string(let text) where Int(text) != nil: return Int(text)
         default: throw fieldError(name, value, "integer")
@@ -138,6 +142,13 @@ public struct VaultParameters: Sendable {
         }
     }
 
+    /// A batch's `partial_failure_response_code`: an HTTP status (nil when absent).
+    public static func partialFailureCode(_ parameters: inout VaultParameters) throws -> Int? {
+        guard let code = try parameters.int("partial_failure_response_code") else { return nil }
+        guard (100...599).contains(code) else { throw VaultError.badRequest("partial_failure_response_code must be an HTTP status code") }
+        return code
+    }
+
     /// Go's `strconv.ParseBool`.
     public static func parseBool(_ text: String) -> Bool? {
         switch text {
@@ -179,6 +190,8 @@ public struct VaultParameters: Sendable {
             index = text.index(index, offsetBy: unit.count)
         }
         guard number.isEmpty, sawUnit else { return nil }
+        // Beyond a century is no duration anyone means (and beyond Int it would trap).
+        guard total.isFinite, total <= 100 * 366 * 86400 else { return nil }
         return Int(total)
     }
 }

@@ -36,8 +36,10 @@ public enum VaultRequestLine {
     public static func query(_ text: String?) -> [String: String] {
         var values: [String: String] = [:]
         for pair in (text ?? "").split(separator: "&") {
+            guard !pair.hasPrefix("=") else { continue }  // a value with no name
             let parts = pair.split(separator: "=", maxSplits: 1).map { String($0).removingPercentEncoding ?? String($0) }
-            values[parts[0]] = parts.count > 1 ? parts[1] : ""
+            guard let name = parts.first else { continue }
+            values[name] = parts.count > 1 ? parts[1] : ""
         }
         return values
     }

@@ -1,5 +1,8 @@
 import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOHTTP1
+import KMSDev
 import KMSCore
 import KMSDaemon
 import KMSTestSupport
@@ -198,6 +201,68 @@ struct TransitTests {
         // A reload cannot start or stop the listener.
         #expect(throws: ConfigurationError.self) { try kmsd.reload(crl: nil, transit: "") }
         try? await anonymous.shutdown()
+        await kmsd.stop()
+    }
+
+    @Test func hostileParametersAreClearErrorsNotCrashes() async throws {
+        let kmsd = try await RunningKMSD.start(transit: Self.transit)
+        let node = try kmsd.client("node1")
+        // A query pair without a name, status codes no HTTP answer can carry, numbers beyond Int.
+        #expect(try await transitCall(kmsd, node, "GET", "sys/health?=&a&=b").status == 200)
+        #expect(try await transitCall(kmsd, node, "GET", "sys/health?activecode=1000").status == 400)
+        #expect(try await transitCall(kmsd, node, "GET", "sys/health?sealedcode=-1").status == 400)
+        let huge = try await kmsd.call(node, "POST", "/v1/transit/datakey/plaintext/orders", body: Data(#"{"bits":1e300}"#.utf8),
+                                       port: kmsd.transitPort)
+        #expect(huge.status == 400)
+        let code = try await transitCall(kmsd, node, "POST", "transit/encrypt/orders", [
+            "batch_input": [["plaintext": b64("a")]], "partial_failure_response_code": 1000,
+        ])
+        #expect(code.status == 400)
+        #expect(errors(code).first?.contains("partial_failure_response_code") == true)
+        // A form body with a nameless pair.
+        var form = HTTPClientRequest(url: "https://localhost:\(kmsd.transitPort)/v1/transit/encrypt/orders")
+        form.method = .POST
+        form.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        form.body = .bytes(ByteBuffer(string: "=x&&plaintext=\(b64("hi").addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")"))
+        #expect(try await node.execute(form, timeout: .seconds(10)).status.code == 200)
+        // A value of the wrong type is named by field, never echoed (it may be a secret, and errors reach the audit log).
+        let typed = try await transitCall(kmsd, node, "POST", "transit/encrypt/orders", ["plaintext": ["secret-value": 1]])
+        #expect(typed.status == 400)
+        #expect(errors(typed).first?.contains("secret-value") == false)
+        try? await node.shutdown()
+        await kmsd.stop()
+        #expect(try String(contentsOfFile: kmsd.auditPath, encoding: .utf8).contains("secret-value") == false)
+    }
+
+    @Test func aLoginTokenKeepsItsCertificatesIssuerExpiryAndRevocation() async throws {
+        // Admin certificates come from their own CA: a node-CA certificate named like an admin is no admin, and an
+        // admin-CA certificate named like a node uses no key — through a login token exactly as with the certificate.
+        let kmsd = try await RunningKMSD.start(withCRL: true, admin: ", client_ca: admin-ca.pem", transit: Self.transit)
+        let nodeNamedLikeAdmin = try kmsd.client("admin")       // node CA, CN=security-admin
+        let adminNamedLikeNode = try kmsd.client("adminnode")   // admin CA, URI of node 1
+        let realAdmin = try kmsd.client("admin2")               // admin CA, CN=security-admin2
+        let node2 = try kmsd.client("node2")
+        let anonymous = try kmsd.client(nil)
+        func login(_ client: HTTPClient) async throws -> String {
+            let reply = try await transitCall(kmsd, client, "POST", "auth/cert/login")
+            return try #require((reply.json["auth"] as? [String: Any])?["client_token"] as? String)
+        }
+        let body: [String: Any] = ["plaintext": b64("secret")]
+        let impostor = try await login(nodeNamedLikeAdmin)
+        #expect(try await transitCall(kmsd, anonymous, "POST", "transit/keys/orders/rotate", token: impostor).status == 403)
+        let crossed = try await login(adminNamedLikeNode)
+        #expect(try await transitCall(kmsd, anonymous, "POST", "transit/encrypt/orders", body, token: crossed).status == 403)
+        let admin = try await login(realAdmin)
+        #expect(try await transitCall(kmsd, anonymous, "POST", "transit/keys/orders/rotate", token: admin).status == 200)
+
+        // A certificate revoked after its login: its token stops at the next reload of the CRL.
+        let token = try await login(node2)
+        #expect(try await transitCall(kmsd, anonymous, "POST", "transit/encrypt/invoices", body, token: token).status == 200)
+        let node2PEM = try String(contentsOf: kmsd.directory.appendingPathComponent("node2.pem"), encoding: .utf8)
+        try Data(try kmsd.pki.revocationList(revoking: [node2PEM]).utf8).write(to: kmsd.directory.appendingPathComponent("crl.pem"))
+        try kmsd.reload(crl: "crl.pem")
+        #expect(try await transitCall(kmsd, anonymous, "POST", "transit/encrypt/invoices", body, token: token).status == 403)
+        for client in [nodeNamedLikeAdmin, adminNamedLikeNode, realAdmin, node2, anonymous] { try? await client.shutdown() }
         await kmsd.stop()
     }
 }
