@@ -7,8 +7,8 @@ VAULT_CACERT names a CA bundle for https.
 
 Against kmsd, keys exist only where kmsd's configuration names them, so the key fixtures hand out the names of a
 pool that ci/transit-conformance configures (KMSD_TRANSIT_KEYS; each name N also has a derived sibling N-d), one
-per test. What kmsd deliberately does not offer is listed below, by test, with the reason: those tests are reported
-as skipped with it, never silently absent.
+per test. What kmsd deliberately does not offer (and its one deliberate difference) is listed below, by test, with
+the reason: those tests are reported as skipped with it, never silently absent.
 """
 
 import itertools
@@ -29,17 +29,18 @@ def _env(name):
 
 KMSD = os.environ.get("CONFORMANCE_TARGET") == "kmsd"
 
-# The checks of features kmsd's transit front end does not offer, and why (docs/transit-frontend.md).
+# The checks kmsd's transit front end does not pass by design, and why (docs/transit-frontend.md): features it does
+# not offer, and one deliberate difference.
 KMSD_NOT_OFFERED = {
-    "test_09_list_keys": "mounts are kmsd configuration (transit.mount); sys/mounts is not offered",
-    "test_10_encrypt_format": "inside vault:v1: is kmsd's envelope (key name, version, IV, tag), longer than Vault's 12+n+16 bytes",
-    "test_18_min_decryption_version": "min_decryption_version is not offered: it would destroy versions, an explicit kmsd admin step (and Vault's can be lowered again)",
-    "test_19_min_decryption_version_bounds": "min_decryption_version is not offered (see test_18)",
-    "test_26_delete": "deleting keys through transit is not offered: destroying a version is an explicit kmsd admin step",
-    "test_27_missing_key_messages": "keys/<name>/trim is not offered (its last check)",
-    "test_28_trim_needs_min_encryption_version": "keys/<name>/trim is not offered",
-    "test_29_tokens": "AppRole is not offered: transit clients authenticate with certificates, auth/cert/login or configured tokens",
-    "test_31_seal": "kmsd cannot be sealed: sys/seal and sys/unseal are not offered (health reports sealed while kmsd cannot serve)",
+    "test_09_list_keys": "not offered: sys/mounts (the mount is kmsd configuration, transit.mount)",
+    "test_10_encrypt_format": "differs: inside vault:v1: is kmsd's envelope (key name, version, IV, tag), longer than Vault's 12+n+16 bytes",
+    "test_18_min_decryption_version": "not offered: min_decryption_version (it would destroy versions, an explicit kmsd admin step; Vault's can be lowered again)",
+    "test_19_min_decryption_version_bounds": "not offered: min_decryption_version (see test_18)",
+    "test_26_delete": "not offered: deleting keys through transit (destroying a version is an explicit kmsd admin step)",
+    "test_27_missing_key_messages": "not offered: keys/<name>/trim (its last check)",
+    "test_28_trim_needs_min_encryption_version": "not offered: keys/<name>/trim",
+    "test_29_tokens": "not offered: AppRole (transit clients authenticate with certificates, auth/cert/login or configured tokens)",
+    "test_31_seal": "not offered: sys/seal and sys/unseal (kmsd has no seal; health reports sealed while kmsd cannot serve)",
 }
 
 
@@ -53,7 +54,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         reason = KMSD_NOT_OFFERED.get(item.originalname or item.name)
         if reason:
-            item.add_marker(pytest.mark.skip(reason=f"not offered by kmsd ({item.name}): {reason}"))
+            item.add_marker(pytest.mark.skip(reason=f"kmsd ({item.name}) {reason}"))
 
 
 _pool = itertools.count()
