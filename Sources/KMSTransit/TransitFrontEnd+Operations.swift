@@ -132,6 +132,26 @@ extension TransitFrontEnd {
         ]
     }
 
+    /// A service call's outcome as a value, to branch on the error's code (a `catch … where` on the service's typed
+    /// error crashed Swift 6.3.1's compiler in this module).
+    static func outcome<T>(_ body: () async throws(ServiceError) -> T) async -> Result<T, ServiceError> {
+        do {
+            return .success(try await body())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Settings of Vault's keys that kmsd does not take from a request: each refused with the reason.
+    static func refuseUnoffered(_ parameters: inout VaultParameters, _ flags: [String], _ key: TransitConfiguration.Key) throws {
+        for flag in flags where try parameters.bool(flag) == true {
+            throw VaultError.badRequest("kmsd: \(flag) is not offered: keys are not deleted, exported or derived convergently through transit")
+        }
+        if let period = try parameters.duration("auto_rotate_period"), period != 0 {
+            throw VaultError.badRequest("kmsd: rotation is scheduled in kmsd's configuration (keys.\(key.key).rotation), not per request")
+        }
+    }
+
     /// Vault's `min_encryption_version` for kmsd's versions: the first version that still wraps when every version
     /// before it is retired (0, Vault's "unset", when none is).
     static func minEncryptionVersion(_ description: KeyDescription) -> Int {
@@ -148,20 +168,9 @@ extension TransitFrontEnd {
         let admin = try caller.administrator(service)
         let minimum = try parameters.int("min_encryption_version")
         let minimumDecryption = try parameters.int("min_decryption_version")
-        for flag in ["deletion_allowed", "exportable", "allow_plaintext_backup"] where try parameters.bool(flag) == true {
-            throw VaultError.badRequest("kmsd: \(flag) is not offered: keys are not deleted or exported through transit")
-        }
-        if let period = try parameters.duration("auto_rotate_period"), period != 0 {
-            throw VaultError.badRequest("kmsd: rotation is scheduled in kmsd's configuration (keys.\(key.key).rotation), not per request")
-        }
-        let described: Result<KeyDescription, ServiceError>
-        do {
-            described = .success(try await service.describeKey(admin, key: key.key.rawValue).1)
-        } catch {
-            described = .failure(error)
-        }
+        try Self.refuseUnoffered(&parameters, ["deletion_allowed", "exportable", "allow_plaintext_backup"], key)
         var description: KeyDescription
-        switch described {
+        switch await Self.outcome({ () async throws(ServiceError) in try await service.describeKey(admin, key: key.key.rawValue).1 }) {
         case .success(let found): description = found
         case .failure(let error) where error.kind == .notFound: throw VaultError.badRequest("no existing key named \(name) could be found")
         case .failure(let error): throw error
@@ -195,19 +204,10 @@ extension TransitFrontEnd {
         if let derived = try parameters.bool("derived"), derived != key.derived {
             throw VaultError.badRequest("kmsd: key \(name) is configured with derived: \(key.derived) (transit.keys); a request cannot change it")
         }
-        for flag in ["exportable", "allow_plaintext_backup", "convergent_encryption"] where try parameters.bool(flag) == true {
-            throw VaultError.badRequest("kmsd: \(flag) is not offered: key material never leaves the HSM or Vault")
-        }
-        if let period = try parameters.duration("auto_rotate_period"), period != 0 {
-            throw VaultError.badRequest("kmsd: rotation is scheduled in kmsd's configuration (keys.\(key.key).rotation), not per request")
-        }
-        let created: Result<KeyDescription, ServiceError>
-        do {
-            created = .success(try await service.createKey(admin) { CreateKeyRequest(name: key.key.rawValue) }.1)
-        } catch {
-            created = .failure(error)
-        }
-        switch created {
+        try Self.refuseUnoffered(&parameters, ["exportable", "allow_plaintext_backup", "convergent_encryption"], key)
+        switch await Self.outcome({ () async throws(ServiceError) in
+            try await service.createKey(admin) { CreateKeyRequest(name: key.key.rawValue) }.1
+        }) {
         case .success(let description):
             return .data(await info(name, key, description))
         case .failure(let error) where error.code == .alreadyExists:
@@ -290,11 +290,8 @@ extension TransitFrontEnd {
     /// found. The creation is kmsd's own (`createKey`: journal, rotation schedule) inside this request's audit record.
     private func encryptOrUpsert(_ caller: Caller, _ node: KMSService.Node, _ key: TransitConfiguration.Key,
                                  _ items: [KMSService.EncryptItem], batch: Bool) async throws -> [(WrappedKey?, ServiceError?)] {
-        let attempt: Result<[(WrappedKey?, ServiceError?)], ServiceError>
-        do {
-            attempt = .success(try await service.encrypt(node, key: key.key.rawValue, batch: batch) { items }.1)
-        } catch {
-            attempt = .failure(error)
+        let attempt = await Self.outcome { () async throws(ServiceError) in
+            try await service.encrypt(node, key: key.key.rawValue, batch: batch) { items }.1
         }
         let missing: Bool = switch attempt {
         case .failure(let error): error.kind == .notFound
@@ -302,12 +299,8 @@ extension TransitFrontEnd {
         }
         guard missing, items.allSatisfy({ $0.version == nil }), service.isAdministrator(node) else { return try attempt.get() }
         let admin = try caller.administrator(service)
-        let created: Result<Void, ServiceError>
-        do {
+        let created = await Self.outcome { () async throws(ServiceError) in
             _ = try await service.createKey(admin) { CreateKeyRequest(name: key.key.rawValue) }
-            created = .success(())
-        } catch {
-            created = .failure(error)
         }
         if case .failure(let error) = created, error.code != .alreadyExists { throw error }
         return try await service.encrypt(node, key: key.key.rawValue, batch: batch) { items }.1
