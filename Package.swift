@@ -132,8 +132,7 @@ let package = Package(
         ]),
         // The Vault transit front end: Vault's transit wire protocol over the service layer (docs/transit-frontend.md).
         module("KMSTransit", [
-            "KMSCore", "KMSAPI", "KMSService", "KMSAudit", "KMSRotation", "VaultWire", External.hummingbird, External.nioCore,
-            External.crypto
+            "KMSCore", "KMSAPI", "KMSService", "KMSAudit", "KMSRotation", "VaultWire", External.hummingbird, External.nioCore
         ]),
         module("KMSDaemon", [
             "KMSCore", "KMSAPI", "KMSServer", "KMSTransit", "VaultWire", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",

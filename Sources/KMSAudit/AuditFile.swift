@@ -136,7 +136,3 @@ final class AuditFile {
         _ = try open()
     }
 }
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

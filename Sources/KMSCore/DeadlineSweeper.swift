@@ -51,7 +51,7 @@ public final class DeadlineSweeper: @unchecked Sendable {
     }
 
     private func run() {
-        let interval = Double(granularity.components.seconds) + Double(granularity.components.attoseconds) / 1e18
+        let interval = granularity.seconds
         condition.lock()
         while !stopped {
             if pending.isEmpty {

@@ -47,10 +47,7 @@ public final class SecretBytes: @unchecked Sendable, CustomStringConvertible, Cu
 
     /// `count` bytes from the system's cryptographically secure generator.
     public static func random(count: Int) -> SecretBytes {
-        SecretBytes(count: count) { buffer in
-            var generator = SystemRandomNumberGenerator()
-            for index in buffer.indices { buffer[index] = generator.next() }
-        }
+        SecretBytes(count: count) { Randomness.fill($0) }
     }
 
     /// Gives `body` read access to the secret. Threading: safe from any thread.

@@ -57,9 +57,7 @@ public enum DevEnvironment {
             made.append("admin-token")
         }
         if !files.fileExists(atPath: path("transit-token")) {
-            let token = "kmsd-dev." + SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.base64EncodedString()
-                .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "=", with: "")
-            try writeSecret("transit-token", token + "\n")
+            try writeSecret("transit-token", Randomness.token(prefix: "kmsd-dev.") + "\n")
             made.append("transit-token")
         }
         func secretHash(_ name: String) throws -> String {

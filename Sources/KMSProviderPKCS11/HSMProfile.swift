@@ -1,4 +1,5 @@
 public import PKCS11
+import KMSCore
 
 /// What kmsd needs to know about an HSM family: its quirks as data, so the provider never branches on a vendor name.
 /// The shipped profiles live in `hsm-profiles/*.yaml` (see `HSMProfile.load`); `softhsm2` is also built in for tests
@@ -80,12 +81,7 @@ extension HSMProfile {
     func initialIV() -> [UInt8] {
         var iv = [UInt8](repeating: 0, count: 12)
         if ivSource == .caller {
-            // Two draws of 64 bits (each one `getrandom` call); a byte per draw was 12 system calls on every wrap.
-            var generator = SystemRandomNumberGenerator()
-            let high: UInt64 = generator.next()
-            let low: UInt64 = generator.next()
-            withUnsafeBytes(of: high) { iv.replaceSubrange(0..<8, with: $0) }
-            withUnsafeBytes(of: low) { iv.replaceSubrange(8..<12, with: $0.prefix(4)) }
+            iv.withUnsafeMutableBytes { Randomness.fill($0) }
         }
         return iv
     }

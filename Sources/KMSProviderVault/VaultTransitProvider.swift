@@ -274,10 +274,7 @@ public final class VaultTransitProvider: KeyProvider {
     }
 
     public func generateDataKey(_ name: KeyName, context: EncryptionContext) async throws -> DataKey {
-        let plaintext = SecretBytes(count: DataKey.length) { buffer in
-            var generator = SystemRandomNumberGenerator()
-            for index in buffer.indices { buffer[index] = generator.next() }
-        }
+        let plaintext = SecretBytes.random(count: DataKey.length)
         let wrapped = try await wrap(name, plaintext: plaintext, context: context, version: nil)
         return DataKey(key: name, version: wrapped.version, plaintext: plaintext, wrapped: wrapped.wrapped)
     }

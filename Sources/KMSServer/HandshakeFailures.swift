@@ -51,7 +51,7 @@ public final class HandshakeFailures: Sendable {
             return (state.bySource, state.others)
         }
         guard let audit else { return }
-        let period = DurationText.format(Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18)
+        let period = DurationText.format(interval.seconds)
         for (source, entry) in sources.sorted(by: { $0.key < $1.key }) {
             audit.submit(summary(entry, from: "from \(source)", period: period))
         }

@@ -62,7 +62,7 @@ public struct KMSServerPolicy: Sendable {
 
     /// Constant-time comparison of the token's SHA-256 with every configured hash.
     public func isAdminToken(_ token: String) -> Bool {
-        let digest = Array(SHA256.hash(data: Data(token.utf8)))
+        let digest = Self.digest(token)
         var matched = false
         for hash in adminTokenHashes {
             guard let expected = Hex.decode(hash), expected.count == digest.count else { continue }
@@ -73,10 +73,11 @@ public struct KMSServerPolicy: Sendable {
         return matched
     }
 
+    /// SHA-256 of a token: what kmsd keeps of admin and transit tokens.
+    public static func digest(_ token: String) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
+
     /// Lower-case hex SHA-256 of a token, as `admin.token_hashes` lists it.
-    public static func hexDigest(_ token: String) -> String {
-        Hex.encode(SHA256.hash(data: Data(token.utf8)))
-    }
+    public static func hexDigest(_ token: String) -> String { Hex.encode(digest(token)) }
 }
 
 /// Token buckets per caller identity.
@@ -100,7 +101,7 @@ public final class RateLimiter: Sendable {
         buckets.withLock { buckets in
             var bucket = buckets[caller] ?? Bucket(tokens: burst, updated: now)
             let elapsed = now - bucket.updated
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            let seconds = elapsed.seconds
             bucket.tokens = min(burst, bucket.tokens + seconds * rate)
             bucket.updated = now
             let allowed = bucket.tokens >= 1

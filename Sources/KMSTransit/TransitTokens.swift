@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 public import KMSCore
 import KMSService
@@ -63,7 +62,7 @@ public struct TransitConfiguration: Sendable {
     }
 
     /// SHA-256 of a token, as the configuration lists it (`sha256:` in hex).
-    public static func hash(_ token: String) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
+    public static func hash(_ token: String) -> [UInt8] { KMSServerPolicy.digest(token) }
 }
 
 /// The transit listener's tokens: the configured ones (with their expiry and renewals) and those issued by
@@ -158,11 +157,7 @@ final class TransitTokens: Sendable {
     /// whichever comes first. The identity's oldest token goes when it holds `loginsPerIdentity`; when all
     /// `max_login_tokens` are live, the login is refused rather than dropping another identity's token.
     func issue(for identity: ClientIdentity, now: Date = Date()) throws(LoginsFull) -> (token: String, entry: Entry) {
-        var bytes = [UInt8](repeating: 0, count: 32)
-        var generator = SystemRandomNumberGenerator()
-        for index in bytes.indices { bytes[index] = generator.next() }
-        let token = "kmsd." + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let token = Randomness.token(prefix: "kmsd.")
         let hash = TransitConfiguration.hash(token)
         let owner = identity.description
         let issued: Entry? = state.withLock { state in
@@ -205,12 +200,5 @@ final class TransitTokens: Sendable {
             return .success((entry, capped))
         }
         return try outcome.get()
-    }
-}
-
-extension Duration {
-    /// Whole and fractional seconds.
-    var seconds: TimeInterval {
-        TimeInterval(components.seconds) + TimeInterval(components.attoseconds) / 1e18
     }
 }

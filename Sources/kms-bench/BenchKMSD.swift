@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import KMSCore
 import KMSAudit
 import KMSDaemon
 import KMSDev

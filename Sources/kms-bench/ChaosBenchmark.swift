@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Foundation
+import KMSCore
 import KMSTestSupport
 import NIOCore
 import NIOHTTP1

@@ -1,4 +1,5 @@
 import Foundation
+import KMSCore
 
 /// A closed loop in this process (each connection sends its next request when the last one answers): the limit of a
 /// backend called directly, such as vault-dev's transit API. kmsd itself is driven by `kms-load` (`LeanLoad`).

@@ -61,8 +61,7 @@ struct RawLoop: Sendable {
             var dek = [UInt8](repeating: 0, count: 32)
             try dek.withUnsafeMutableBytes { try session.generateRandom(into: $0) }
             var iv = [UInt8](repeating: 0, count: 12)
-            var generator = SystemRandomNumberGenerator()
-            for index in iv.indices { iv[index] = generator.next() }
+            iv.withUnsafeMutableBytes { Randomness.fill($0) }
             var out = [UInt8](repeating: 0, count: 48)
             _ = try iv.withUnsafeMutableBytes { ivBuffer in
                 try aad.withUnsafeBytes { aadBuffer in
