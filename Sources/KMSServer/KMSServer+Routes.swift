@@ -22,21 +22,21 @@ extension KMSServer {
 
     func unwrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
         let (name, result) = try await service.unwrap(context.caller, key: keyName(context)) {
-            try await decode(UnwrapRequest.self, request)
+            .request(try await decode(UnwrapRequest.self, request))
         }
         return json(bytes: Self.unwrapResponse(name, result).jsonBytes)
     }
 
     func rewrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
         let (name, result) = try await service.rewrap(context.caller, key: keyName(context)) {
-            try await decode(RewrapRequest.self, request)
+            .request(try await decode(RewrapRequest.self, request))
         }
         return json(bytes: Self.rewrapResponse(name, result).jsonBytes)
     }
 
     func batchUnwrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
         let (name, answers) = try await service.unwrapBatch(context.caller, key: keyName(context)) {
-            try await decode(BatchRequest.self, request)
+            try await decode(BatchRequest.self, request).items.map(KMSService.WrappedInput.request)
         }
         return try json(BatchUnwrapResponse(items: answers.map { result, error in
             .init(result: result.map { Self.unwrapResponse(name, $0) }, error: error.map(Self.errorDetail))
@@ -45,7 +45,7 @@ extension KMSServer {
 
     func batchRewrap(_ request: Request, _ context: NodeRequestContext) async throws -> Response {
         let (name, answers) = try await service.rewrapBatch(context.caller, key: keyName(context)) {
-            try await decode(BatchRequest.self, request)
+            try await decode(BatchRequest.self, request).items.map(KMSService.WrappedInput.request)
         }
         return try json(BatchRewrapResponse(items: answers.map { result, error in
             .init(result: result.map { Self.rewrapResponse(name, $0) }, error: error.map(Self.errorDetail))

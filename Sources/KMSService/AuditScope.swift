@@ -43,9 +43,11 @@ extension KMSService {
     /// (`audit_unavailable` if the log fails closed); a refusal or failure is recorded as what it was
     /// (authentication, authorization, security) without waiting. Exactly one record per operation: an operation
     /// called inside a scope a front end opened (around its own decoding) joins that scope. `frontend` names the wire
-    /// protocol for front ends other than kmsd's own API (the record's `frontend`).
-    public func audited<T>(_ kind: AuditEvent.Kind, _ action: String, frontend: String? = nil, _ body: () async throws -> T)
-        async throws(ServiceError) -> T
+    /// protocol for front ends other than kmsd's own API (the record's `frontend`). `failed` says of a value the
+    /// operation returned that it answers a failure all the same (a front end's batch whose items failed: some items
+    /// may have succeeded, so the record is written durably before the answer, as a success's is).
+    public func audited<T>(_ kind: AuditEvent.Kind, _ action: String, frontend: String? = nil,
+                           failed: (T) -> ServiceError? = { _ in nil }, _ body: () async throws -> T) async throws(ServiceError) -> T
     {
         if AuditNote.current != nil {
             do {
@@ -59,7 +61,7 @@ extension KMSService {
             let value = try await AuditNote.$current.withValue(note) { try await body() }
             if let audit {
                 do {
-                    try await audit.record(note.event)
+                    try await audit.record(failed(value).map { Self.failure(note.event, $0) } ?? note.event)
                 } catch {
                     events.record("audit_unavailable")
                     throw ServiceError(.unavailable, .auditUnavailable, "the audit log cannot be written; key operations are refused until it can")
@@ -69,32 +71,44 @@ extension KMSService {
         } catch {
             let serviceError = Self.classified(error)
             if let audit, serviceError.code != .auditUnavailable {
-                var event = note.event
-                switch serviceError.kind {
-                case .unauthenticated:
-                    event.kind = .authentication
-                    event.result = .denied
-                case .forbidden:
-                    event.kind = .authorization
-                    event.result = .denied
-                case .rateLimited, .unavailable:
-                    event.kind = .security
-                    event.result = .refused
-                default:
-                    event.result = .failed
-                }
-                event.code = serviceError.code.rawValue
-                event.detail = String((serviceError.detail.map { "\(serviceError.message) [\($0)]" } ?? serviceError.message).prefix(300))
-                audit.submit(event)
+                audit.submit(Self.failure(note.event, serviceError))
             }
             throw serviceError
         }
+    }
+
+    /// The record of an operation that ended in `error`: recorded as what it was (authentication, authorization,
+    /// security refusal, or a failure), with its code and message.
+    private static func failure(_ recorded: AuditEvent, _ error: ServiceError) -> AuditEvent {
+        var event = recorded
+        switch error.kind {
+        case .unauthenticated:
+            event.kind = .authentication
+            event.result = .denied
+        case .forbidden:
+            event.kind = .authorization
+            event.result = .denied
+        case .rateLimited, .unavailable:
+            event.kind = .security
+            event.result = .refused
+        default:
+            event.result = .failed
+        }
+        event.code = error.code.rawValue
+        event.detail = String((error.detail.map { "\(error.message) [\($0)]" } ?? error.message).prefix(300))
+        return event
     }
 
     static func classified(_ error: any Error) -> ServiceError {
         switch error {
         case let error as ServiceError: error
         case let error as KMSError: ServiceError(error)
+        case let error as any FrontEndError:
+            {
+                var classified = error.serviceError
+                classified.underlying = error
+                return classified
+            }()
         default: ServiceError(.internal, .internal, "internal error")
         }
     }

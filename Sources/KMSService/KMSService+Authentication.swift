@@ -59,13 +59,7 @@ extension KMSService {
     /// within its rate limit. Which keys it may use is checked by each operation.
     public struct Node: Sendable {
         public let identity: ClientIdentity
-        /// Its identity comes from a certificate (presented now, or at the login that issued a token), so its issuer is
-        /// checked against `nodeIssuers`; false only for a configured token's identity.
-        let byCertificate: Bool
-        fileprivate init(_ identity: ClientIdentity, byCertificate: Bool = true) {
-            self.identity = identity
-            self.byCertificate = byCertificate
-        }
+        fileprivate init(_ identity: ClientIdentity) { self.identity = identity }
     }
 
     /// An administrator: an admin certificate identity or the holder of an admin token, within its rate limit.
@@ -117,7 +111,7 @@ extension KMSService {
         AuditNote.identity(identity.description)
         if identity.issuer != nil { try checkCertificate(identity) }
         try rateLimit(identity.description)
-        return Node(identity, byCertificate: identity.issuer != nil)
+        return Node(identity)
     }
 
     /// An administrator by a front end's token bound to `identity`: the identity must be one of `admin.identities`
@@ -207,10 +201,11 @@ extension KMSService {
         return key
     }
 
-    /// The node's identity matches the key's allow list, and a certificate's came from an admitted node CA.
+    /// The node's identity matches the key's allow list, and one from a certificate (presented now, or at the login
+    /// that issued a token: it has an issuer) came from an admitted node CA. A configured token's identity has none.
     func mayUse(_ node: Node, _ key: KMSServerPolicy.Key, policy: KMSServerPolicy) -> Bool {
         let identity = node.identity
-        let issuerAdmitted = !node.byCertificate || (policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true)
+        let issuerAdmitted = identity.issuer == nil || (policy.nodeIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true)
         return issuerAdmitted && identity.matches(any: key.allow)
     }
 }

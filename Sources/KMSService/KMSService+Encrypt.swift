@@ -21,40 +21,26 @@ extension KMSService {
         }
     }
 
-    /// Wraps each item under the key, bound to its context. `batch: false` takes exactly one item and records its
-    /// version and context digest; a batch records each item's outcome. Answers one result or error per item, in
-    /// order; an unavailable backend ends the request with that error.
-    public func encrypt(_ node: Node, key nameText: String, batch: Bool, items: () async throws -> [EncryptItem])
-        async throws(ServiceError) -> (KeyName, [(WrappedKey?, ServiceError?)])
+    /// Wraps the secret under the key (its version, or the wrapping version), bound to its context.
+    public func encrypt(_ node: Node, key nameText: String, input: () async throws -> EncryptItem) async throws(ServiceError)
+        -> (KeyName, WrappedKey)
     {
-        try await audited(.keyAccess, batch ? "encrypt_batch" : "encrypt") {
-            let key = try authorizeKey(node, nameText, policy: policy)
-            let items = try await items()
-            let (provider, name) = (key.provider, key.name)
-            guard batch else {
-                guard items.count == 1, let item = items.first else {
-                    throw ServiceError(.internal, .internal, "a single encrypt takes one item")
-                }
-                AuditNote.context(item.context)
-                let wrapped = try await perform {
-                    try await provider.wrap(name, plaintext: item.plaintext, context: item.context, version: item.version)
-                }
-                AuditNote.version(wrapped.version)
-                return (name, [(wrapped, nil)])
-            }
-            guard (1...BatchRequest.maxItems).contains(items.count) else {
-                throw ServiceError(.badRequest, .invalidInput, "a batch holds 1 to \(BatchRequest.maxItems) items")
-            }
-            AuditNote.items(items.count)
-            return (name, try await eachItem(items) { item, outcome in
-                outcome.contextDigest = AuditNote.digest(item.context)
-                let wrapped = try await perform {
-                    try await provider.wrap(name, plaintext: item.plaintext, context: item.context, version: item.version)
-                }
-                outcome.version = wrapped.version.rawValue
-                return wrapped
-            })
-        }
+        try await single("encrypt", node, nameText, input, version: \.version, encryptOne)
+    }
+
+    /// One answer per item, in order: its result or its error. A backend outage ends the batch with that error.
+    public func encryptBatch(_ node: Node, key nameText: String, input: () async throws -> [EncryptItem]) async throws(ServiceError)
+        -> (KeyName, [(WrappedKey?, ServiceError?)])
+    {
+        try await batch("encrypt_batch", node, nameText, input, encryptOne)
+    }
+
+    private func encryptOne(_ key: KMSServerPolicy.Key, _ item: EncryptItem, _ outcome: inout AuditEvent.ItemOutcome) async throws -> WrappedKey {
+        outcome.contextDigest = AuditNote.digest(item.context)
+        let (provider, name) = (key.provider, key.name)
+        let wrapped = try await perform { try await provider.wrap(name, plaintext: item.plaintext, context: item.context, version: item.version) }
+        outcome.version = wrapped.version.rawValue
+        return wrapped
     }
 
     /// The key's versions, for a storage node allowed to use it (audited as `describe`).

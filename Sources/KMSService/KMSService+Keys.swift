@@ -30,46 +30,49 @@ extension KMSService {
         }
     }
 
-    public func unwrap(_ node: Node, key nameText: String, input: () async throws -> UnwrapRequest) async throws(ServiceError)
+    /// A wrapped key to open: as kmsd's API sends it (base64 and a string map, decoded per item, so a bad item of a
+    /// batch fails alone), or already decoded by another front end (which parsed it from its own wire format).
+    public enum WrappedInput: Sendable {
+        case request(UnwrapRequest)
+        case decoded(wrapped: [UInt8], context: EncryptionContext)
+    }
+
+    public func unwrap(_ node: Node, key nameText: String, input: () async throws -> WrappedInput) async throws(ServiceError)
         -> (KeyName, UnwrappedKey)
     {
-        try await single("unwrap", node, nameText, input, version: \.version) { key, item, outcome in
-            try await unwrapOne(key, item, &outcome)
-        }
+        try await single("unwrap", node, nameText, input, version: \.version, unwrapOne)
     }
 
     /// Unwraps and wraps again under the wrapping version, keeping the context.
-    public func rewrap(_ node: Node, key nameText: String, input: () async throws -> UnwrapRequest) async throws(ServiceError)
+    public func rewrap(_ node: Node, key nameText: String, input: () async throws -> WrappedInput) async throws(ServiceError)
         -> (KeyName, WrappedKey)
     {
-        try await single("rewrap", node, nameText, input, version: \.version) { key, item, outcome in
-            try await rewrapOne(key, item, &outcome)
-        }
+        try await single("rewrap", node, nameText, input, version: \.version, rewrapOne)
     }
 
     /// One answer per item, in order: its result or its error. A backend outage ends the batch with that error.
-    public func unwrapBatch(_ node: Node, key nameText: String, input: () async throws -> BatchRequest) async throws(ServiceError)
+    public func unwrapBatch(_ node: Node, key nameText: String, input: () async throws -> [WrappedInput]) async throws(ServiceError)
         -> (KeyName, [(UnwrappedKey?, ServiceError?)])
     {
-        try await batch("unwrap_batch", node, nameText, input) { key, item, outcome in try await unwrapOne(key, item, &outcome) }
+        try await batch("unwrap_batch", node, nameText, input, unwrapOne)
     }
 
-    public func rewrapBatch(_ node: Node, key nameText: String, input: () async throws -> BatchRequest) async throws(ServiceError)
+    public func rewrapBatch(_ node: Node, key nameText: String, input: () async throws -> [WrappedInput]) async throws(ServiceError)
         -> (KeyName, [(WrappedKey?, ServiceError?)])
     {
-        try await batch("rewrap_batch", node, nameText, input) { key, item, outcome in try await rewrapOne(key, item, &outcome) }
+        try await batch("rewrap_batch", node, nameText, input, rewrapOne)
     }
 
-    private typealias ItemOperation<Result> = (KMSServerPolicy.Key, UnwrapRequest, inout AuditEvent.ItemOutcome) async throws -> Result
+    typealias ItemOperation<Item, Result> = (KMSServerPolicy.Key, Item, inout AuditEvent.ItemOutcome) async throws -> Result
 
-    private func single<Result>(
-        _ action: String, _ node: Node, _ nameText: String, _ input: () async throws -> UnwrapRequest,
-        version: (Result) -> KeyVersion, _ operation: ItemOperation<Result>
+    /// One item: the record carries its context digest (also when the call fails) and its version.
+    func single<Item, Result>(
+        _ action: String, _ node: Node, _ nameText: String, _ input: () async throws -> Item,
+        version: (Result) -> KeyVersion, _ operation: ItemOperation<Item, Result>
     ) async throws(ServiceError) -> (KeyName, Result) {
         try await audited(.keyAccess, action) {
             let key = try authorizeKey(node, nameText, policy: policy)
             var outcome = AuditEvent.ItemOutcome()
-            // The request's record carries the one item's context digest (also when the call fails) and its version.
             defer { if let digest = outcome.contextDigest { AuditNote.contextDigest(digest) } }
             let result = try await operation(key, try await input(), &outcome)
             AuditNote.version(version(result))
@@ -78,29 +81,26 @@ extension KMSService {
         }
     }
 
-    private func batch<Result: Sendable>(
-        _ action: String, _ node: Node, _ nameText: String, _ input: () async throws -> BatchRequest,
-        _ operation: ItemOperation<Result>
+    /// 1 to `BatchRequest.maxItems` items, each answered and recorded on its own (`eachItem`).
+    func batch<Item, Result: Sendable>(
+        _ action: String, _ node: Node, _ nameText: String, _ input: () async throws -> [Item],
+        _ operation: ItemOperation<Item, Result>
     ) async throws(ServiceError) -> (KeyName, [(Result?, ServiceError?)]) {
         try await audited(.keyAccess, action) {
             let key = try authorizeKey(node, nameText, policy: policy)
-            let items = try checkBatch(try await input())
+            let items = try await input()
+            guard (1...BatchRequest.maxItems).contains(items.count) else {
+                throw ServiceError(.badRequest, .invalidInput, "a batch holds 1 to \(BatchRequest.maxItems) items")
+            }
+            AuditNote.items(items.count)
             return (key.name, try await eachItem(items) { item, outcome in try await operation(key, item, &outcome) })
         }
-    }
-
-    private func checkBatch(_ body: BatchRequest) throws(ServiceError) -> [UnwrapRequest] {
-        guard (1...BatchRequest.maxItems).contains(body.items.count) else {
-            throw ServiceError(.badRequest, .invalidInput, "a batch holds 1 to \(BatchRequest.maxItems) items")
-        }
-        AuditNote.items(body.items.count)
-        return body.items
     }
 
     /// Runs `operation` on every item in order, answering each with its result or its error, and notes the items'
     /// outcomes for the audit record once at the end (also when an outage cuts the batch short, so the record says
     /// which items ran). An unavailable backend ends the batch: it is down for all of them.
-    func eachItem<Item, Result: Sendable>(
+    private func eachItem<Item, Result: Sendable>(
         _ items: [Item],
         _ operation: (Item, inout AuditEvent.ItemOutcome) async throws -> Result
     ) async throws -> [(Result?, ServiceError?)] {
@@ -125,22 +125,26 @@ extension KMSService {
         return answers
     }
 
-    /// Decodes one item's wrapped key and context, filling in what the audit record shows of it.
-    private func itemInput(_ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) throws(ServiceError) -> ([UInt8], EncryptionContext) {
-        let wrapped = try base64(item.wrapped, field: "wrapped")
+    /// One item's wrapped key and context (decoded here when it came from kmsd's API), with what the audit record
+    /// shows of it.
+    private func itemInput(_ item: WrappedInput, _ outcome: inout AuditEvent.ItemOutcome) throws(ServiceError) -> ([UInt8], EncryptionContext) {
+        let (wrapped, encryption): ([UInt8], EncryptionContext)
+        switch item {
+        case .request(let request): (wrapped, encryption) = (try base64(request.wrapped, field: "wrapped"), try context(request.context))
+        case .decoded(let bytes, let context): (wrapped, encryption) = (bytes, context)
+        }
         if let envelope = try? Envelope(parsing: wrapped) { outcome.version = envelope.header.version.rawValue }
-        let encryption = try context(item.context)
         outcome.contextDigest = AuditNote.digest(encryption)
         return (wrapped, encryption)
     }
 
-    private func unwrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) async throws -> UnwrappedKey {
+    private func unwrapOne(_ key: KMSServerPolicy.Key, _ item: WrappedInput, _ outcome: inout AuditEvent.ItemOutcome) async throws -> UnwrappedKey {
         try await itemCall(key, item, &outcome, version: { $0.version }) { provider, name, wrapped, context in
             try await provider.unwrap(name, wrapped: wrapped, context: context)
         }
     }
 
-    private func rewrapOne(_ key: KMSServerPolicy.Key, _ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome) async throws -> WrappedKey {
+    private func rewrapOne(_ key: KMSServerPolicy.Key, _ item: WrappedInput, _ outcome: inout AuditEvent.ItemOutcome) async throws -> WrappedKey {
         try await itemCall(key, item, &outcome, version: { $0.version }) { provider, name, wrapped, context in
             try await provider.rewrap(name, wrapped: wrapped, context: context)
         }
@@ -148,7 +152,7 @@ extension KMSService {
 
     /// One item's provider call under the deadline, with its version noted for the audit record.
     private func itemCall<Result: Sendable>(
-        _ key: KMSServerPolicy.Key, _ item: UnwrapRequest, _ outcome: inout AuditEvent.ItemOutcome, version: (Result) -> KeyVersion,
+        _ key: KMSServerPolicy.Key, _ item: WrappedInput, _ outcome: inout AuditEvent.ItemOutcome, version: (Result) -> KeyVersion,
         _ call: @escaping @Sendable (any KeyProvider, KeyName, [UInt8], EncryptionContext) async throws -> Result
     ) async throws -> Result {
         let (wrapped, encryption) = try itemInput(item, &outcome)

@@ -24,6 +24,9 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
     public let message: String
     /// What operators need and callers do not get (a backend's CK_RV, say); audit and logs only.
     public var detail: String?
+    /// The front end's own error this one classifies (`FrontEndError`), handed back so the front end answers it in
+    /// its own words.
+    public var underlying: (any FrontEndError)?
 
     public init(_ kind: Kind, _ code: KMSError.Code, _ message: String, detail: String? = nil) {
         self.kind = kind
@@ -49,4 +52,11 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
 
     /// A wrapped key that failed its AEAD check (wrong context, wrong key or tampered data).
     public var isAuthenticationFailure: Bool { KMSError(code, message).isAuthenticationFailure }
+}
+
+/// An error a front end throws inside an operation's audit scope in its own wire protocol's words (a Vault-shaped
+/// refusal, say): the record classifies it as `serviceError`, and the front end gets it back as
+/// `ServiceError.underlying` to answer it exactly.
+public protocol FrontEndError: Error, Sendable {
+    var serviceError: ServiceError { get }
 }

@@ -26,7 +26,7 @@ extension TransitFrontEnd {
     }
 
     /// The item's `context` and `associated_data` as a kmsd context; a derived key requires a context.
-    static func context(_ item: inout VaultParameters, derived: Bool) throws -> [String: String] {
+    static func context(_ item: inout VaultParameters, derived: Bool) throws -> EncryptionContext {
         let context = try bytes(&item, "context")
         let associated = try bytes(&item, "associated_data")
         if derived && context == nil { throw VaultError.badRequest(missingContext) }
@@ -34,11 +34,10 @@ extension TransitFrontEnd {
         if let context { pairs[contextKey] = Data(context).base64EncodedString() }
         if let associated { pairs[associatedDataKey] = Data(associated).base64EncodedString() }
         do {
-            _ = try EncryptionContext(pairs)
+            return try EncryptionContext(pairs)
         } catch {
             throw VaultError.badRequest("context or associated_data is too long: \(error.message)")
         }
-        return pairs
     }
 
     /// The request's items: `batch_input`, or the request itself as the one item.
@@ -50,33 +49,8 @@ extension TransitFrontEnd {
         guard (1...BatchRequest.maxItems).contains(items.count) else {
             throw VaultError.badRequest("batch_input holds 1 to \(BatchRequest.maxItems) items in kmsd")
         }
-        let withContext = items.map { item in var copy = item; return ((try? copy.string("context")) ?? nil)?.isEmpty == false }
-        if Set(withContext).count > 1 { throw VaultError.badRequest("context should be set either in all the request blocks or in none") }
+        try VaultBatch.checkContexts(items)
         return (items, true)
-    }
-
-    /// One answer per item, with Vault's batch status: all failed → 400 (500 when all were internal), some failed →
-    /// `partial_failure_response_code` (when the operation allows it) or 400.
-    private static func batchReply(_ results: [Result<[String: JSONValue], VaultError>], references: [String?],
-                                   partialCode: Int?, allowsPartialCode: Bool, failureFields: [String: JSONValue] = [:]) -> VaultReply {
-        var entries: [JSONValue] = []
-        var failures = 0
-        var internalFailures = 0
-        for (result, reference) in zip(results, references) {
-            var entry: [String: JSONValue]
-            switch result {
-            case .success(let fields): entry = fields
-            case .failure(let error):
-                failures += 1
-                if error.status >= 500 { internalFailures += 1 }
-                entry = failureFields.merging(["error": .string(error.messages.first ?? "error")]) { $1 }
-            }
-            if let reference { entry["reference"] = .string(reference) }
-            entries.append(.object(entry))
-        }
-        guard failures > 0, allowsPartialCode else { return .data(["batch_results": .array(entries)]) }
-        let status = failures == results.count ? (internalFailures == failures ? 500 : 400) : (partialCode ?? 400)
-        return .data(["batch_results": .array(entries)], status: status)
     }
 
     private static func reference(_ item: inout VaultParameters) -> String? { (try? item.string("reference")) ?? nil }
@@ -90,11 +64,9 @@ extension TransitFrontEnd {
 
     func listKeys(_ caller: Caller) async throws -> VaultReply {
         let node = try caller.node(service)
-        var names: [String] = []
-        for (name, key) in configuration.keys.sorted(by: { $0.key < $1.key })
-        where service.usableKeys(node, among: [key.key.rawValue]).isEmpty == false {
-            names.append(name)
-        }
+        let keys = configuration.keys
+        let usable = Set(service.usableKeys(node, among: Set(keys.values.map(\.key.rawValue)).sorted()))
+        let names = keys.filter { usable.contains($0.value.key.rawValue) }.keys.sorted()
         guard !names.isEmpty else { throw VaultError.notFound }
         return .data(["keys": JSONValue(names)])
     }
@@ -232,78 +204,64 @@ extension TransitFrontEnd {
         let node = try caller.node(service)
         let (items, batch) = try Self.items(&parameters, single: ["plaintext", "context", "associated_data", "key_version"])
         let partialCode = batch ? try VaultParameters.partialFailureCode(&parameters) : nil
-        var parsed: [Result<KMSService.EncryptItem, VaultError>] = []
-        var references: [String?] = []
-        for var item in items {
-            references.append(Self.reference(&item))
-            do {
-                guard let text = try item.string("plaintext") else { throw VaultError.badRequest("missing plaintext to encrypt") }
-                let plaintext = try GoBase64.decode(text).get()
-                guard plaintext.count <= Envelope.maxPlaintextLength else {
-                    throw VaultError.badRequest("kmsd: plaintext is \(plaintext.count) bytes; at most \(Envelope.maxPlaintextLength) are accepted")
-                }
-                let context = try EncryptionContext(try Self.context(&item, derived: key.derived))
-                let requested = try item.int("key_version") ?? 0
-                guard requested >= 0, requested <= Int(UInt32.max) else {
-                    throw VaultError.badRequest("requested version for encryption is higher than the latest key version")
-                }
-                parsed.append(.success(.init(plaintext: SecretBytes(copying: plaintext), context: context,
-                                             version: requested == 0 ? nil : try KeyVersion(UInt32(requested)))))
-            } catch let error as VaultError {
-                if !batch { throw error }
-                parsed.append(.failure(error))
-            }
-        }
-        let valid = parsed.compactMap { try? $0.get() }
-        var answers: [(WrappedKey?, ServiceError?)] = []
-        if !valid.isEmpty {
-            do {
-                answers = try await encryptOrUpsert(caller, node, key, valid, batch: batch)
-            } catch {
-                // A single item's refusal in Vault's words (a batch's is per item, below).
-                guard !batch, let error = error as? ServiceError else { throw error }
-                throw Self.encryptError(error, requested: valid[0].version)
-            }
-        }
-        var results: [Result<[String: JSONValue], VaultError>] = []
-        var answered = 0
-        for item in parsed {
-            guard case .success(let request) = item else {
-                results.append(.failure(item.failure ?? VaultError(500, "internal error")))
-                continue
-            }
-            let (wrapped, error) = answered < answers.count ? answers[answered] : (nil, nil)
-            answered += 1
-            results.append(wrapped.map { .success(Self.ciphertext($0)) } ?? .failure(Self.encryptError(error, requested: request.version)))
-        }
+        let (requests, references) = try await Self.parseEach(items) { item throws in try Self.encryptItem(&item, key) }
         guard batch else {
-            switch results[0] {
-            case .success(let fields): return .data(fields)
-            case .failure(let error): throw error
+            let item = try requests[0].get()
+            let wrapped = try await encryptOrUpsert(caller, node, key, [item]) { () async throws(ServiceError) in
+                [(try await service.encrypt(node, key: key.key.rawValue) { item }.1, nil)]
+            }
+            guard let first = wrapped.first, let result = first.0 else { throw Self.encryptError(wrapped.first?.1, requested: item.version) }
+            return .data(Self.ciphertext(result))
+        }
+        let answers = try await Self.runBatch(requests) { valid in
+            try await encryptOrUpsert(caller, node, key, valid) { () async throws(ServiceError) in
+                try await service.encryptBatch(node, key: key.key.rawValue) { valid }.1
             }
         }
-        return Self.batchReply(results, references: references, partialCode: partialCode, allowsPartialCode: true)
+        let results = Self.merge(requests, answers, Self.ciphertext) { item, error in Self.encryptError(error, requested: item.version) }
+        return VaultBatch.reply(results, references: references, partialCode: partialCode, allowsPartialCode: true)
+    }
+
+    /// One item's `plaintext`, context and `key_version`.
+    private static func encryptItem(_ item: inout VaultParameters, _ key: TransitConfiguration.Key) throws -> KMSService.EncryptItem {
+        guard let text = try item.string("plaintext") else { throw VaultError.badRequest("missing plaintext to encrypt") }
+        let plaintext = try GoBase64.decode(text).get()
+        guard plaintext.count <= Envelope.maxPlaintextLength else {
+            throw VaultError.badRequest("kmsd: plaintext is \(plaintext.count) bytes; at most \(Envelope.maxPlaintextLength) are accepted")
+        }
+        let context = try Self.context(&item, derived: key.derived)
+        let requested = try item.int("key_version") ?? 0
+        guard requested >= 0, let version = UInt32(exactly: requested) else {
+            throw VaultError.badRequest("requested version for encryption is higher than the latest key version")
+        }
+        return .init(plaintext: SecretBytes(copying: plaintext), context: context, version: version == 0 ? nil : try KeyVersion(version))
     }
 
     /// Vault's upsert: encrypting with a configured key that has no version yet creates version 1 first, for a caller
     /// who may create keys (an administrator, as Vault asks for the create capability); for others the key is not
     /// found. The creation is kmsd's own (`createKey`: journal, rotation schedule) inside this request's audit record.
-    private func encryptOrUpsert(_ caller: Caller, _ node: KMSService.Node, _ key: TransitConfiguration.Key,
-                                 _ items: [KMSService.EncryptItem], batch: Bool) async throws -> [(WrappedKey?, ServiceError?)] {
-        let attempt = await Self.outcome { () async throws(ServiceError) in
-            try await service.encrypt(node, key: key.key.rawValue, batch: batch) { items }.1
-        }
+    private func encryptOrUpsert(
+        _ caller: Caller, _ node: KMSService.Node, _ key: TransitConfiguration.Key, _ items: [KMSService.EncryptItem],
+        _ encrypt: () async throws(ServiceError) -> [(WrappedKey?, ServiceError?)]
+    ) async throws -> [(WrappedKey?, ServiceError?)] {
+        let attempt = await Self.outcome(encrypt)
         let missing: Bool = switch attempt {
         case .failure(let error): error.kind == .notFound
         case .success(let answers): answers.allSatisfy { $0.1?.kind == .notFound }
         }
-        guard missing, items.allSatisfy({ $0.version == nil }), service.isAdministrator(node) else { return try attempt.get() }
+        guard missing, items.allSatisfy({ $0.version == nil }), service.isAdministrator(node) else {
+            do {
+                return try attempt.get()
+            } catch {
+                throw Self.encryptError(error, requested: items.first?.version)
+            }
+        }
         let admin = try caller.administrator(service)
         let created = await Self.outcome { () async throws(ServiceError) in
             _ = try await service.createKey(admin) { CreateKeyRequest(name: key.key.rawValue) }
         }
         if case .failure(let error) = created, error.code != .alreadyExists { throw error }
-        return try await service.encrypt(node, key: key.key.rawValue, batch: batch) { items }.1
+        return try await encrypt()
     }
 
     private static func encryptError(_ error: ServiceError?, requested: KeyVersion?) -> VaultError {
@@ -321,9 +279,14 @@ extension TransitFrontEnd {
          "key_version": .int(Int(wrapped.version.rawValue))]
     }
 
-    /// A ciphertext item as kmsd's unwrap input: the envelope inside `vault:v<N>:`, whose version must be N.
+    private static func plaintext(_ unwrapped: UnwrappedKey) -> [String: JSONValue] {
+        ["plaintext": .string(unwrapped.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })]
+    }
+
+    /// A ciphertext item as kmsd's unwrap input, decoded once: the envelope inside `vault:v<N>:`, whose version must
+    /// be N, and the context.
     private func unwrapItem(_ item: inout VaultParameters, _ key: TransitConfiguration.Key, _ node: KMSService.Node) async throws
-        -> UnwrapRequest
+        -> KMSService.WrappedInput
     {
         guard let text = try item.string("ciphertext"), !text.isEmpty else { throw VaultError.badRequest("missing ciphertext to decrypt") }
         let parsed = try TransitCiphertext.parse(text, latest: Int.max) { _ in true }
@@ -337,8 +300,7 @@ extension TransitFrontEnd {
             }
             throw VaultError.badRequest("invalid ciphertext: the version does not match the kmsd envelope inside")
         }
-        let context = try Self.context(&item, derived: key.derived)
-        return UnwrapRequest(wrapped: Data(parsed.blob).base64EncodedString(), context: context.isEmpty ? nil : context)
+        return .decoded(wrapped: parsed.blob, context: try Self.context(&item, derived: key.derived))
     }
 
     func decrypt(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
@@ -346,20 +308,16 @@ extension TransitFrontEnd {
         let node = try caller.node(service)
         let (items, batch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
         let partialCode = batch ? try VaultParameters.partialFailureCode(&parameters) : nil
+        let (requests, references) = try await unwrapItems(items, key, node)
         guard batch else {
-            var item = items[0]
-            let request = try await unwrapItem(&item, key, node)
-            let (_, unwrapped) = try await service.unwrap(node, key: key.key.rawValue) { request }
-            return .data(["plaintext": .string(unwrapped.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })])
+            let item = try requests[0].get()
+            return .data(Self.plaintext(try await service.unwrap(node, key: key.key.rawValue) { item }.1))
         }
-        let (requests, references) = try await batchRequests(items, key, node)
-        let answers = try await runBatch(requests) { valid in
-            try await service.unwrapBatch(node, key: key.key.rawValue) { BatchRequest(items: valid) }.1
+        let answers = try await Self.runBatch(requests) { valid in
+            try await service.unwrapBatch(node, key: key.key.rawValue) { valid }.1
         }
-        let results = Self.merge(requests, answers, action: "decrypt") { unwrapped in
-            ["plaintext": .string(unwrapped.plaintext.withUnsafeBytes { Data($0).base64EncodedString() })]
-        }
-        return Self.batchReply(results, references: references, partialCode: partialCode, allowsPartialCode: true,
+        let results = Self.merge(requests, answers, Self.plaintext) { _, error in Self.itemError(error, action: "decrypt") }
+        return VaultBatch.reply(results, references: references, partialCode: partialCode, allowsPartialCode: true,
                                failureFields: ["plaintext": ""])
     }
 
@@ -367,60 +325,76 @@ extension TransitFrontEnd {
         let key = try mapping(name, missing: .badRequest("encryption key not found"))
         let node = try caller.node(service)
         let (items, batch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
+        let (requests, references) = try await unwrapItems(items, key, node)
         guard batch else {
-            var item = items[0]
-            let request = try await unwrapItem(&item, key, node)
-            let (_, wrapped) = try await service.rewrap(node, key: key.key.rawValue) { request }
-            return .data(Self.ciphertext(wrapped))
+            let item = try requests[0].get()
+            return .data(Self.ciphertext(try await service.rewrap(node, key: key.key.rawValue) { item }.1))
         }
-        let (requests, references) = try await batchRequests(items, key, node)
-        let answers = try await runBatch(requests) { valid in
-            try await service.rewrapBatch(node, key: key.key.rawValue) { BatchRequest(items: valid) }.1
+        let answers = try await Self.runBatch(requests) { valid in
+            try await service.rewrapBatch(node, key: key.key.rawValue) { valid }.1
         }
-        let results = Self.merge(requests, answers, action: "rewrap") { Self.ciphertext($0) }
-        return Self.batchReply(results, references: references, partialCode: nil, allowsPartialCode: false)
+        let results = Self.merge(requests, answers, Self.ciphertext) { _, error in Self.itemError(error, action: "rewrap") }
+        return VaultBatch.reply(results, references: references, partialCode: nil, allowsPartialCode: false)
     }
 
-    private func batchRequests(_ items: [VaultParameters], _ key: TransitConfiguration.Key, _ node: KMSService.Node) async throws
-        -> ([Result<UnwrapRequest, VaultError>], [String?])
+    /// Each item's ciphertext and context; an item that does not parse is that item's error (a single request's too:
+    /// the caller throws it). The key's description on a version mismatch can fail too: an outage ends the request.
+    private func unwrapItems(_ items: [VaultParameters], _ key: TransitConfiguration.Key, _ node: KMSService.Node) async throws
+        -> ([Result<KMSService.WrappedInput, VaultError>], [String?])
     {
-        var requests: [Result<UnwrapRequest, VaultError>] = []
+        try await Self.parseEach(items) { item in
+            do {
+                return try await unwrapItem(&item, key, node)
+            } catch let error as ServiceError {
+                if error.kind == .unavailable { throw error }
+                throw Self.vaultError(error, action: "decrypt")
+            }
+        }
+    }
+
+    /// Each item parsed by `parse`, its Vault-shaped refusal kept as that item's result, with its `reference`.
+    private static func parseEach<Request>(_ items: [VaultParameters], _ parse: (inout VaultParameters) async throws -> Request)
+        async throws -> ([Result<Request, VaultError>], [String?])
+    {
+        var requests: [Result<Request, VaultError>] = []
         var references: [String?] = []
         for var item in items {
             references.append(Self.reference(&item))
             do {
-                requests.append(.success(try await unwrapItem(&item, key, node)))
+                requests.append(.success(try await parse(&item)))
             } catch let error as VaultError {
                 requests.append(.failure(error))
-            } catch let error as ServiceError {
-                // The key's description on a version mismatch: an outage ends the batch, anything else is this item's.
-                if error.kind == .unavailable { throw error }
-                requests.append(.failure(Self.vaultError(error, action: "decrypt")))
             }
         }
         return (requests, references)
     }
 
     /// Runs the service's batch on the items that parsed (none: no call).
-    private func runBatch<Answer>(_ requests: [Result<UnwrapRequest, VaultError>],
-                                  _ call: ([UnwrapRequest]) async throws -> [(Answer?, ServiceError?)]) async throws -> [(Answer?, ServiceError?)] {
+    private static func runBatch<Request, Answer>(_ requests: [Result<Request, VaultError>],
+                                                  _ call: ([Request]) async throws -> [(Answer?, ServiceError?)]) async throws
+        -> [(Answer?, ServiceError?)]
+    {
         let valid = requests.compactMap { try? $0.get() }
         return valid.isEmpty ? [] : try await call(valid)
     }
 
-    /// The service's answers for the items that parsed, put back in order between the items that did not.
-    private static func merge<Answer>(_ requests: [Result<UnwrapRequest, VaultError>], _ answers: [(Answer?, ServiceError?)],
-                                      action: String, _ fields: (Answer) -> [String: JSONValue]) -> [Result<[String: JSONValue], VaultError>] {
+    /// The service's answers for the items that parsed, put back in order between the items that did not; a failed
+    /// item's error in Vault's words by `failure`.
+    private static func merge<Request, Answer>(
+        _ requests: [Result<Request, VaultError>], _ answers: [(Answer?, ServiceError?)], _ fields: (Answer) -> [String: JSONValue],
+        _ failure: (Request, ServiceError?) -> VaultError
+    ) -> [Result<[String: JSONValue], VaultError>] {
         var results: [Result<[String: JSONValue], VaultError>] = []
         var answered = 0
         for request in requests {
-            if case .failure(let error) = request {
+            switch request {
+            case .failure(let error):
                 results.append(.failure(error))
-                continue
+            case .success(let item):
+                let (answer, error) = answered < answers.count ? answers[answered] : (nil, nil)
+                answered += 1
+                results.append(answer.map { .success(fields($0)) } ?? .failure(failure(item, error)))
             }
-            let (answer, error) = answered < answers.count ? answers[answered] : (nil, nil)
-            answered += 1
-            results.append(answer.map { .success(fields($0)) } ?? .failure(itemError(error, action: action)))
         }
         return results
     }
@@ -436,7 +410,7 @@ extension TransitFrontEnd {
             throw VaultError.badRequest("kmsd: a data key is always wrapped under the key's wrapping version; key_version is not offered")
         }
         let (_, dataKey) = try await service.dataKey(node, key: key.key.rawValue, length: bits / 8) {
-            DataKeyRequest(context: context.isEmpty ? nil : context)
+            DataKeyRequest(context: context.isEmpty ? nil : context.dictionary)
         }
         var fields = Self.ciphertext(WrappedKey(key: dataKey.key, version: dataKey.version, wrapped: dataKey.wrapped))
         if kind == "plaintext" { fields["plaintext"] = .string(dataKey.plaintext.withUnsafeBytes { Data($0).base64EncodedString() }) }
@@ -450,7 +424,8 @@ extension TransitFrontEnd {
         let node = try service.authenticateNode(caller.peer)
         let issued: (token: String, entry: TransitTokens.Entry)
         do {
-            issued = try tokens.issue(for: node.identity)
+            let settings = configuration
+            issued = try tokens.issue(for: node.identity, ttl: settings.loginTTL, maxLogins: settings.maxLoginTokens)
         } catch {
             service.events.record("transit_logins_full")
             throw VaultError(503, "kmsd: every login token slot (transit.max_login_tokens) is in use; try again later")
@@ -486,20 +461,19 @@ extension TransitFrontEnd {
         }
         // Rate-limited as the identity the token stands for.
         _ = try caller.node(service)
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let formatter = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
         var data: [String: JSONValue] = [
             "id": "", "accessor": .string(Self.accessor(token)), "policies": JSONValue(entry.policies),
             "path": entry.login ? "auth/cert/login" : "auth/token/create",
             "meta": .object(["identity": .string(entry.identity.description)]),
             "display_name": .string((entry.login ? "cert-" : "token-") + entry.identity.description), "num_uses": 0, "orphan": true,
             "creation_time": .int(Int(entry.issuedAt.timeIntervalSince1970)),
-            "creation_ttl": .int(Int(entry.ttl?.seconds ?? 0)), "expire_time": JSONValue(entry.expiresAt.map { formatter.string(from: $0) }),
+            "creation_ttl": .int(Int(entry.ttl?.seconds ?? 0)), "expire_time": JSONValue(entry.expiresAt.map { formatter.format($0) }),
             "ttl": .int(Self.remaining(entry)), "explicit_max_ttl": 0, "entity_id": "", "type": "service",
         ]
         if entry.expiresAt != nil {
             data["renewable"] = .bool(entry.renewable)
-            data["issue_time"] = .string(formatter.string(from: entry.issuedAt))
+            data["issue_time"] = .string(formatter.format(entry.issuedAt))
         }
         return .data(data)
     }
@@ -516,12 +490,5 @@ extension TransitFrontEnd {
         } catch .notRenewable {
             throw VaultError.badRequest("lease is not renewable")
         }
-    }
-}
-
-extension Result {
-    var failure: Failure? {
-        if case .failure(let error) = self { return error }
-        return nil
     }
 }

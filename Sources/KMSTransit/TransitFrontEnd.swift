@@ -6,7 +6,7 @@ import KMSCore
 public import KMSService
 import NIOCore
 import Synchronization
-import VaultWire
+public import VaultWire
 
 /// kmsd's Vault-transit front end: the subset of Vault's HTTP API that transit clients use (docs/transit-frontend.md),
 /// answered with Vault's shapes and messages, over the service layer. Every authenticated request is one service
@@ -47,7 +47,7 @@ public struct TransitFrontEnd: HTTPResponder {
     /// from now on; a token removed from the file stops working at once; tokens from certificate logins stay.
     public func reload(_ configuration: TransitConfiguration) {
         settings.current.withLock { $0 = configuration }
-        tokens.replace(configuration)
+        tokens.replace(configuration.tokens)
     }
 
     /// Who is calling: the connection's certificate, a token's entry, or both (the token decides the identity). The
@@ -125,36 +125,27 @@ public struct TransitFrontEnd: HTTPResponder {
             return VaultError.permissionDenied.rendered(head: head)
         }
         let caller = Caller(peer: peer, token: token, entry: entry)
-        // An answer decided inside the scope that the record must count as a failure: a Vault-shaped refusal (with
-        // Vault's exact text) or a batch whose items failed.
-        let failedAnswer = Mutex<(status: Int, body: [UInt8]?)?>(nil)
         do {
-            let reply = try await service.audited(route.kind, route.action, frontend: Self.frontend) {
-                do {
-                    // Who is calling first: no body is read for a caller the rules refuse.
-                    try authenticate(caller, for: route)
-                    var parameters = try await parameters(request)
-                    var reply = try await handle(route, caller, &parameters)
-                    // Vault's warning for parameters the endpoint did not read.
-                    if case .data(let data, var warnings, let auth, let status) = reply, !parameters.unused.isEmpty {
-                        warnings.append("Endpoint ignored these unrecognized parameters: [\(parameters.unused.joined(separator: " "))]")
-                        reply = .data(data, warnings: warnings, auth: auth, status: status)
-                    }
-                    if case .data(_, _, _, let status) = reply, status >= 400 {
-                        failedAnswer.withLock { $0 = reply.rendered(head: head) }
-                        throw ServiceError(status >= 500 ? .internal : .badRequest, status >= 500 ? .internal : .invalidInput,
-                                           "items of the batch failed (HTTP \(status))")
-                    }
-                    return reply
-                } catch let error as VaultError {
-                    failedAnswer.withLock { $0 = error.rendered(head: head) }
-                    throw Self.serviceError(error)
-                }
+            let reply = try await service.audited(route.kind, route.action, frontend: Self.frontend, failed: Self.batchFailure) {
+                // Who is calling first: no body is read for a caller the rules refuse.
+                try authenticate(caller, for: route)
+                var parameters = try await parameters(request)
+                let reply = try await handle(route, caller, &parameters)
+                // Vault's warning for parameters the endpoint did not read.
+                return reply.warningUnused(parameters)
             }
             return reply.rendered(head: head)
         } catch {
-            return failedAnswer.withLock { $0 } ?? Self.vaultError(error, action: route.action).rendered(head: head)
+            // A Vault-shaped refusal comes back as it was thrown; the service's own errors in Vault's words.
+            return ((error.underlying as? VaultError) ?? Self.vaultError(error, action: route.action)).rendered(head: head)
         }
+    }
+
+    /// A batch answered 4xx/5xx (its items failed) is recorded as failed, after its successes, durably.
+    static func batchFailure(_ reply: VaultReply) -> ServiceError? {
+        guard case .data(_, _, _, let status) = reply, status >= 400 else { return nil }
+        return ServiceError(status >= 500 ? .internal : .badRequest, status >= 500 ? .internal : .invalidInput,
+                            "items of the batch failed (HTTP \(status))")
     }
 
     /// The route's caller: an administrator for key administration, anyone with a certificate for a login (which
@@ -206,33 +197,10 @@ public struct TransitFrontEnd: HTTPResponder {
     /// Vault's health answer; "sealed" while kmsd cannot serve (a provider or the audit log is down), so a client
     /// that watches health (kmsd's own Vault provider, say) fails closed.
     private func health(_ query: [String: String]) async -> VaultReply {
-        func code(_ name: String, _ fallback: Int) throws(VaultError) -> Int {
-            guard let text = query[name] else { return fallback }
-            guard let value = Int(text), (100...599).contains(value) else { throw .badRequest("bad code value \(text.prefix(20)) for \(name)") }
-            return value
-        }
         do {
-            for flag in ["standbyok", "perfstandbyok"] {
-                if let text = query[flag], VaultParameters.parseBool(text) == nil {
-                    throw VaultError.badRequest("bad value for \(flag) parameter: \(text)")
-                }
-            }
-            let sealedCode = try code("sealedcode", 503)
-            let activeCode = try code("activecode", 200)
-            for (name, fallback) in [("standbycode", 429), ("uninitcode", 501), ("perfstandbycode", 473), ("drsecondarycode", 472)] {
-                _ = try code(name, fallback)
-            }
-            let ready = await isReady()
-            return .raw([
-                "initialized": true, "sealed": .bool(!ready), "standby": false, "performance_standby": false,
-                "replication_performance_mode": "disabled", "replication_dr_mode": "disabled",
-                "server_time_utc": .int(Int(Date().timeIntervalSince1970)), "version": .string(Self.version),
-                "cluster_name": "kmsd", "cluster_id": "",
-            ], status: ready ? activeCode : sealedCode)
-        } catch let error as VaultError {
-            return .raw(["errors": JSONValue(error.messages)], status: error.status)
+            return try VaultHealth.reply(query, sealed: !(await isReady()), version: Self.version, clusterName: "kmsd", clusterID: "")
         } catch {
-            return .raw(["errors": ["internal error"]], status: 500)
+            return .raw(["errors": JSONValue(error.messages)], status: error.status)
         }
     }
 
@@ -270,20 +238,6 @@ public struct TransitFrontEnd: HTTPResponder {
         return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
-    /// A Vault-shaped refusal as a service error, so the audit record classifies it (403 → authorization, 5xx → …).
-    static func serviceError(_ error: VaultError) -> ServiceError {
-        let message = error.messages.first ?? "error"
-        switch error.status {
-        case 403: return ServiceError(.forbidden, .forbidden, message)
-        case 404: return ServiceError(.notFound, .notFound, message)
-        case 405: return ServiceError(.badRequest, .unsupported, message)
-        case 413: return ServiceError(.tooLarge, .payloadTooLarge, message)
-        case 503: return ServiceError(.unavailable, .unavailable, message)
-        case 500...: return ServiceError(.internal, .internal, message)
-        default: return ServiceError(.badRequest, .invalidInput, message)
-        }
-    }
-
     /// A service error the way Vault would have said it for this action.
     static func vaultError(_ error: any Error, action: String) -> VaultError {
         guard let error = error as? ServiceError else { return VaultError(500, "internal error") }
@@ -310,6 +264,22 @@ public struct TransitFrontEnd: HTTPResponder {
 
     /// Vault's text for a ciphertext that does not open (wrong key, context or associated data; tampered).
     static let authenticationFailed = "cipher: message authentication failed"
+}
+
+/// A Vault-shaped refusal, classified for the audit record (403 → authorization, 5xx → …) and answered exactly.
+extension VaultError: FrontEndError {
+    public var serviceError: ServiceError {
+        let message = messages.first ?? "error"
+        switch status {
+        case 403: return ServiceError(.forbidden, .forbidden, message)
+        case 404: return ServiceError(.notFound, .notFound, message)
+        case 405: return ServiceError(.badRequest, .unsupported, message)
+        case 413: return ServiceError(.tooLarge, .payloadTooLarge, message)
+        case 503: return ServiceError(.unavailable, .unavailable, message)
+        case 500...: return ServiceError(.internal, .internal, message)
+        default: return ServiceError(.badRequest, .invalidInput, message)
+        }
+    }
 }
 
 /// Where the front end counts its answered requests (kmsd's metrics registry): by route label (`transit_<action>`),
@@ -361,7 +331,10 @@ struct TransitRoute {
             return
         }
         let rest = path == mount ? [] : path.dropFirst(mount.count + 1).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        let (pattern, arguments) = Self.transitRoutes.resolve(rest)
+        guard let (pattern, arguments) = Self.transitRoutes.match(rest) else {
+            operation = Self.unsupportedTransit.match(rest) != nil ? .unsupported(path) : .noRoute(path)
+            return
+        }
         switch (method, pattern) {
         case ("LIST", "keys"), ("LIST", "keys/"): operation = .listKeys
         case ("GET", "keys/*"): operation = .readKey(arguments[0])
@@ -372,11 +345,7 @@ struct TransitRoute {
         case ("POST", "decrypt/*"): operation = .decrypt(arguments[0])
         case ("POST", "rewrap/*"): operation = .rewrap(arguments[0])
         case ("POST", "datakey/*/*"): operation = .datakey(arguments[0], arguments[1])
-        case (_, "keys"), (_, "keys/"), (_, "keys/*"), (_, "keys/*/rotate"), (_, "keys/*/config"), (_, "encrypt/*"), (_, "decrypt/*"), (_, "rewrap/*"),
-             (_, "datakey/*/*"):
-            operation = .unsupportedOperation(path)
-        default:
-            operation = Self.unsupportedTransit.match(rest) != nil ? .unsupported(path) : .noRoute(path)
+        default: operation = .unsupportedOperation(path)  // a path kmsd serves, with another method
         }
     }
 

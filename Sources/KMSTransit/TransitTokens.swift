@@ -78,26 +78,23 @@ final class TransitTokens: Sendable {
         let ttl: Duration?
         let renewable: Bool
         let renewLimit: Date?
-        /// Issued by a certificate login (as opposed to configured).
-        let login: Bool
         /// The configured token it came from (nil for a login token).
         var configured: TransitConfiguration.StaticToken? = nil
+        /// Issued by a certificate login (as opposed to configured).
+        var login: Bool { configured == nil }
     }
 
     private struct State {
         var entries: [[UInt8]: Entry] = [:]
         /// Live login tokens by identity, oldest first.
         var logins: [String: [[UInt8]]] = [:]
-        var loginCount = 0
-        var loginTTL: Duration = .seconds(3600)
-        var maxLogins = 10_000
+        var loginCount: Int { logins.values.reduce(0) { $0 + $1.count } }
 
         /// Forgets a login token (expired, or the oldest of its identity).
         mutating func forget(_ hash: [UInt8], of identity: String) {
             guard entries.removeValue(forKey: hash) != nil else { return }
             logins[identity]?.removeAll { $0 == hash }
             if logins[identity]?.isEmpty == true { logins[identity] = nil }
-            loginCount -= 1
         }
 
         /// Forgets every expired login token (when the cap is reached).
@@ -113,17 +110,15 @@ final class TransitTokens: Sendable {
 
     init(_ configuration: TransitConfiguration, now: Date = Date()) {
         state = Mutex(State())
-        replace(configuration, now: now)
+        replace(configuration.tokens, now: now)
     }
 
-    /// A reload: the configured tokens become `configuration.tokens` — one removed from the file stops working now,
-    /// one kept keeps its expiry and renewals, a new one starts its TTL now — and login tokens stay.
-    func replace(_ configuration: TransitConfiguration, now: Date = Date()) {
+    /// A reload: the configured tokens become `tokens` — one removed from the file stops working now, one kept keeps
+    /// its expiry and renewals, a new one starts its TTL now — and login tokens stay.
+    func replace(_ tokens: [TransitConfiguration.StaticToken], now: Date = Date()) {
         state.withLock { state in
-            state.loginTTL = configuration.loginTTL
-            state.maxLogins = max(1, configuration.maxLoginTokens)
             var entries = state.entries.filter { $0.value.login }
-            for token in configuration.tokens {
+            for token in tokens {
                 if let kept = state.entries[token.hash], kept.configured == token {
                     entries[token.hash] = kept
                     continue
@@ -131,7 +126,7 @@ final class TransitTokens: Sendable {
                 entries[token.hash] = Entry(
                     identity: ClientIdentity(names: [token.identity]), policies: token.policies, issuedAt: now,
                     expiresAt: token.ttl.map { now.addingTimeInterval($0.seconds) }, ttl: token.ttl, renewable: token.renewable,
-                    renewLimit: token.maxTTL.map { now.addingTimeInterval($0.seconds) }, login: false, configured: token)
+                    renewLimit: token.maxTTL.map { now.addingTimeInterval($0.seconds) }, configured: token)
             }
             state.entries = entries
         }
@@ -156,25 +151,26 @@ final class TransitTokens: Sendable {
     /// A new token bound to `identity` (a certificate's), valid for the login TTL or until the certificate expires,
     /// whichever comes first. The identity's oldest token goes when it holds `loginsPerIdentity`; when all
     /// `max_login_tokens` are live, the login is refused rather than dropping another identity's token.
-    func issue(for identity: ClientIdentity, now: Date = Date()) throws(LoginsFull) -> (token: String, entry: Entry) {
+    func issue(for identity: ClientIdentity, ttl: Duration, maxLogins: Int, now: Date = Date()) throws(LoginsFull)
+        -> (token: String, entry: Entry)
+    {
         let token = Randomness.token(prefix: "kmsd.")
         let hash = TransitConfiguration.hash(token)
         let owner = identity.description
         let issued: Entry? = state.withLock { state in
             let entry = Entry(identity: identity, policies: ["default"], issuedAt: now,
-                              expiresAt: min(now.addingTimeInterval(state.loginTTL.seconds), identity.notAfter),
-                              ttl: state.loginTTL, renewable: false, renewLimit: nil, login: true)
+                              expiresAt: min(now.addingTimeInterval(ttl.seconds), identity.notAfter),
+                              ttl: ttl, renewable: false, renewLimit: nil)
             for old in state.logins[owner] ?? [] where state.entries[old]?.expiresAt.map({ $0 <= now }) ?? true {
                 state.forget(old, of: owner)
             }
             if let oldest = state.logins[owner]?.first, (state.logins[owner]?.count ?? 0) >= Self.loginsPerIdentity {
                 state.forget(oldest, of: owner)
             }
-            if state.loginCount >= state.maxLogins { state.pruneExpired(now: now) }
-            guard state.loginCount < state.maxLogins else { return nil }
+            if state.loginCount >= maxLogins { state.pruneExpired(now: now) }
+            guard state.loginCount < max(1, maxLogins) else { return nil }
             state.entries[hash] = entry
             state.logins[owner, default: []].append(hash)
-            state.loginCount += 1
             return entry
         }
         guard let issued else { throw LoginsFull() }

@@ -119,13 +119,8 @@ actor VaultCore {
         if path == "auth/approle/login" { return try approleLogin(&parameters) }
 
         let token = try authenticate(request.token)
-        var reply = try route(method: method, path: path, token: token, parameters: &parameters)
         // Vault's warning for parameters the endpoint did not use (on success with a body).
-        if case .data(let data, var warnings, let auth, let status) = reply, !parameters.unused.isEmpty {
-            warnings.append("Endpoint ignored these unrecognized parameters: [\(parameters.unused.joined(separator: " "))]")
-            reply = .data(data, warnings: warnings, auth: auth, status: status)
-        }
-        return reply
+        return try route(method: method, path: path, token: token, parameters: &parameters).warningUnused(parameters)
     }
 
     private func authenticate(_ presented: String?) throws -> Token {
@@ -261,29 +256,8 @@ actor VaultCore {
     }
 
     private func health(_ request: Request) throws -> VaultReply {
-        func code(_ name: String, _ fallback: Int) throws -> Int {
-            guard let text = request.query[name] else { return fallback }
-            guard let value = Int(text), (100...599).contains(value) else { throw VaultError.badRequest("bad code value \(text.prefix(20)) for \(name)") }
-            return value
-        }
-        for flag in ["standbyok", "perfstandbyok"] {
-            if let text = request.query[flag], VaultParameters.parseBool(text) == nil {
-                throw VaultError.badRequest("bad value for \(flag) parameter: \(text)")
-            }
-        }
-        // Every code override is validated, whichever one applies now.
-        let sealedCode = try code("sealedcode", 503)
-        let activeCode = try code("activecode", 200)
-        for (name, fallback) in [("standbycode", 429), ("uninitcode", 501), ("perfstandbycode", 473), ("drsecondarycode", 472)] {
-            _ = try code(name, fallback)
-        }
-        let status = state.sealed ? sealedCode : activeCode
-        return .raw([
-            "initialized": true, "sealed": .bool(state.sealed), "standby": false, "performance_standby": false,
-            "replication_performance_mode": "disabled", "replication_dr_mode": "disabled",
-            "server_time_utc": .int(Int(clock().timeIntervalSince1970)), "version": .string(VaultDevServer.version),
-            "cluster_name": "vault-dev", "cluster_id": "00000000-0000-0000-0000-000000000000",
-        ], status: status)
+        try VaultHealth.reply(request.query, sealed: state.sealed, version: VaultDevServer.version, clusterName: "vault-dev",
+                              clusterID: "00000000-0000-0000-0000-000000000000", now: clock())
     }
 
     // MARK: - Tokens
@@ -555,34 +529,19 @@ actor VaultCore {
         _ = parameters.raw("plaintext")
         _ = parameters.raw("ciphertext")
         let partialCode = try VaultParameters.partialFailureCode(&parameters)
-        let withContext = items.map { item in var copy = item; return (try? copy.string("context")).flatMap { $0 } != nil }
-        if Set(withContext).count > 1 {
-            throw VaultError.badRequest("context should be set either in all the request blocks or in none")
-        }
-        var results: [JSONValue] = []
-        var failures = 0
-        var internalFailures = 0
+        try VaultBatch.checkContexts(items)
+        var results: [Result<[String: JSONValue], VaultError>] = []
+        var references: [String?] = []
         for var item in items {
-            let reference = try? item.string("reference")
-            var entry: [String: JSONValue]
+            references.append((try? item.string("reference")) ?? nil)
             do {
-                entry = try body(&item)
+                results.append(.success(try body(&item)))
             } catch let error as VaultError {
-                failures += 1
-                if error.status >= 500 { internalFailures += 1 }
-                entry = failureFields.merging(["error": .string(error.messages.first ?? "error")]) { $1 }
+                results.append(.failure(error))
             }
-            if let reference = reference.flatMap({ $0 }) { entry["reference"] = .string(reference) }
-            results.append(.object(entry))
         }
-        guard failures > 0, allowPartialCode else { return .data(["batch_results": .array(results)]) }
-        let status: Int
-        if failures == items.count {
-            status = internalFailures == failures ? 500 : 400
-        } else {
-            status = partialCode ?? 400
-        }
-        return .data(["batch_results": .array(results)], status: status)
+        return VaultBatch.reply(results, references: references, partialCode: partialCode, allowsPartialCode: allowPartialCode,
+                                failureFields: failureFields)
     }
 
     private func encrypt(mount: String, name: String, parameters: inout VaultParameters, now: Int) throws -> VaultReply {

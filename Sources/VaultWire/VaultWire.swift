@@ -1,11 +1,18 @@
-import Foundation
-import KMSCore
+public import Foundation
+public import KMSCore
 
 /// The shapes of Vault's HTTP API shared by every server here that speaks it (vault-dev, kmsd's transit front end):
 /// the response envelope, the error body, query strings, LIST, route patterns and transit's ciphertext text.
 extension VaultReply {
-    /// The HTTP status and body of this reply (`head`: no body). `requestID` goes in the envelope.
-    public func rendered(head: Bool, mountType: String = "transit") -> (status: Int, body: [UInt8]?) {
+    /// Vault's warning on a successful reply with a body for the parameters the endpoint did not read.
+    public func warningUnused(_ parameters: VaultParameters) -> VaultReply {
+        guard case .data(let data, var warnings, let auth, let status) = self, !parameters.unused.isEmpty else { return self }
+        warnings.append("Endpoint ignored these unrecognized parameters: [\(parameters.unused.joined(separator: " "))]")
+        return .data(data, warnings: warnings, auth: auth, status: status)
+    }
+
+    /// The HTTP status and body of this reply (`head`: no body).
+    public func rendered(head: Bool) -> (status: Int, body: [UInt8]?) {
         switch self {
         case .noContent:
             return (204, nil)
@@ -16,7 +23,7 @@ extension VaultReply {
                 "request_id": .string(UUID().uuidString.lowercased()), "lease_id": "", "renewable": false,
                 "lease_duration": 0, "data": data.map { .object($0) } ?? .null, "wrap_info": nil,
                 "warnings": warnings.isEmpty ? .null : JSONValue(warnings), "auth": auth.map { .object($0) } ?? .null,
-                "mount_type": data == nil ? "" : .string(mountType),
+                "mount_type": data == nil ? "" : "transit",
             ]
             return (status, head ? nil : envelope.serialized())
         }
@@ -114,5 +121,68 @@ public struct TransitCiphertext: Sendable, Equatable {
             throw .badRequest("invalid ciphertext: could not decode base64")
         }
         return TransitCiphertext(version: version, blob: [UInt8](blob))
+    }
+}
+
+/// `sys/health` as Vault answers it: every code and flag parameter checked (whichever applies now), then the body
+/// with the status `sealedcode` (503) or `activecode` (200).
+public enum VaultHealth {
+    public static func reply(_ query: [String: String], sealed: Bool, version: String, clusterName: String, clusterID: String,
+                             now: Date = Date()) throws(VaultError) -> VaultReply {
+        func code(_ name: String, _ fallback: Int) throws(VaultError) -> Int {
+            guard let text = query[name] else { return fallback }
+            guard let value = Int(text), (100...599).contains(value) else { throw .badRequest("bad code value \(text.prefix(20)) for \(name)") }
+            return value
+        }
+        for flag in ["standbyok", "perfstandbyok"] {
+            if let text = query[flag], VaultParameters.parseBool(text) == nil {
+                throw .badRequest("bad value for \(flag) parameter: \(text.prefix(20))")
+            }
+        }
+        let sealedCode = try code("sealedcode", 503)
+        let activeCode = try code("activecode", 200)
+        for (name, fallback) in [("standbycode", 429), ("uninitcode", 501), ("perfstandbycode", 473), ("drsecondarycode", 472)] {
+            _ = try code(name, fallback)
+        }
+        return .raw([
+            "initialized": true, "sealed": .bool(sealed), "standby": false, "performance_standby": false,
+            "replication_performance_mode": "disabled", "replication_dr_mode": "disabled",
+            "server_time_utc": .int(Int(now.timeIntervalSince1970)), "version": .string(version),
+            "cluster_name": .string(clusterName), "cluster_id": .string(clusterID),
+        ], status: sealed ? sealedCode : activeCode)
+    }
+}
+
+/// Transit's `batch_input`: Vault's checks of the items and its answer with one result per item.
+public enum VaultBatch {
+    /// `context` must be in every item or in none.
+    public static func checkContexts(_ items: [VaultParameters]) throws(VaultError) {
+        let withContext = items.map { item in var copy = item; return ((try? copy.string("context")) ?? nil)?.isEmpty == false }
+        if Set(withContext).count > 1 { throw .badRequest("context should be set either in all the request blocks or in none") }
+    }
+
+    /// One entry per item (its fields, or `error` over `failureFields`, with its `reference`), and Vault's status:
+    /// all failed → 400 (500 when all were internal), some failed → `partialCode` or 400 — when the operation allows
+    /// a failure status at all (rewrap does not: 200).
+    public static func reply(_ results: [Result<[String: JSONValue], VaultError>], references: [String?], partialCode: Int?,
+                             allowsPartialCode: Bool, failureFields: [String: JSONValue] = [:]) -> VaultReply {
+        var entries: [JSONValue] = []
+        var failures = 0
+        var internalFailures = 0
+        for (result, reference) in zip(results, references) {
+            var entry: [String: JSONValue]
+            switch result {
+            case .success(let fields): entry = fields
+            case .failure(let error):
+                failures += 1
+                if error.status >= 500 { internalFailures += 1 }
+                entry = failureFields.merging(["error": .string(error.messages.first ?? "error")]) { $1 }
+            }
+            if let reference { entry["reference"] = .string(reference) }
+            entries.append(.object(entry))
+        }
+        guard failures > 0, allowsPartialCode else { return .data(["batch_results": .array(entries)]) }
+        let status = failures == results.count ? (internalFailures == failures ? 500 : 400) : (partialCode ?? 400)
+        return .data(["batch_results": .array(entries)], status: status)
     }
 }

@@ -75,7 +75,7 @@ struct KMSServiceTests {
         #expect((records.first?["context_digest"] as? String)?.count == 64)
         let wrapped = Data(dataKey.wrapped).base64EncodedString()
         let (_, unwrapped) = try await fixture.service.unwrap(try fixture.node(node1), key: "orders") {
-            UnwrapRequest(wrapped: wrapped, context: context)
+            .request(UnwrapRequest(wrapped: wrapped, context: context))
         }
         #expect(unwrapped.plaintext == dataKey.plaintext)
     }
@@ -110,7 +110,7 @@ struct KMSServiceTests {
         let (_, dataKey) = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest(context: ["t": "1"]) }
         let wrapped = Data(dataKey.wrapped).base64EncodedString()
         let error = await serviceError {
-            _ = try await fixture.service.unwrap(try fixture.node(node1), key: "orders") { UnwrapRequest(wrapped: wrapped, context: ["t": "2"]) }
+            _ = try await fixture.service.unwrap(try fixture.node(node1), key: "orders") { .request(UnwrapRequest(wrapped: wrapped, context: ["t": "2"])) }
         }
         #expect(error?.kind == .badRequest && error?.isAuthenticationFailure == true)
         #expect(fixture.service.events.snapshot["unwrap_authentication_failed"] == 1)
@@ -121,8 +121,8 @@ struct KMSServiceTests {
         let (_, dataKey) = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest(context: ["t": "1"]) }
         let wrapped = Data(dataKey.wrapped).base64EncodedString()
         let (_, answers) = try await fixture.service.unwrapBatch(try fixture.node(node1), key: "orders") {
-            BatchRequest(items: [.init(wrapped: wrapped, context: ["t": "1"]), .init(wrapped: wrapped, context: ["t": "2"]),
-                                 .init(wrapped: "!!")])
+            [UnwrapRequest(wrapped: wrapped, context: ["t": "1"]), UnwrapRequest(wrapped: wrapped, context: ["t": "2"]),
+             UnwrapRequest(wrapped: "!!")].map(KMSService.WrappedInput.request)
         }
         #expect(answers.map { $0.0 != nil } == [true, false, false])
         #expect(answers.compactMap { $0.1?.code } == [.invalidInput, .invalidInput])
@@ -154,7 +154,7 @@ struct KMSServiceTests {
         }
         let refused = await serviceError { _ = try await fixture.service.dataKey(try fixture.node(node1), key: "orders") { DataKeyRequest() } }
         #expect(refused?.code == .rotationRequired && refused?.kind == .unavailable)
-        let (_, unwrapped) = try await fixture.service.unwrap(try fixture.node(node1), key: "orders") { UnwrapRequest(wrapped: wrapped[2]) }
+        let (_, unwrapped) = try await fixture.service.unwrap(try fixture.node(node1), key: "orders") { .request(UnwrapRequest(wrapped: wrapped[2])) }
         #expect(unwrapped.version == .first)
     }
 
