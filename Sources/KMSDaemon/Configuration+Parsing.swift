@@ -64,16 +64,19 @@ struct Reader {
     /// A list of identity patterns, each typed (`uri:`, `dns:`, `cn:`). Old spellings (`CN=…`, a bare URI) are read
     /// with a deprecation warning, since their `*` now stays within one segment.
     mutating func identityPatterns(_ map: [String: Any]?, _ key: String, _ path: String) -> [String] {
-        strings(map, key, path).compactMap { text in
-            guard let (pattern, renamed) = ClientIdentity.typedPattern(text) else {
-                problem("\(path).\(key)", "'\(text.prefix(80))' names no kind: write uri:…, dns:… or cn:… (e.g. uri:spiffe://prod/storage/*)")
-                return nil
-            }
-            if renamed {
-                warnings.append("\(path).\(key): '\(text)' is an old spelling, read as '\(pattern)'; write it so (note: * matches within one segment, ** across)")
-            }
-            return pattern
+        strings(map, key, path).compactMap { identityPattern($0, "\(path).\(key)") }
+    }
+
+    /// One identity pattern, typed; nil (with the problem noted) when it names no kind.
+    mutating func identityPattern(_ text: String, _ path: String) -> String? {
+        guard let (pattern, renamed) = ClientIdentity.typedPattern(text) else {
+            problem(path, "'\(text.prefix(80))' names no kind: write uri:…, dns:… or cn:… (e.g. uri:spiffe://prod/storage/*)")
+            return nil
         }
+        if renamed {
+            warnings.append("\(path): '\(text)' is an old spelling, read as '\(pattern)'; write it so (note: * matches within one segment, ** across)")
+        }
+        return pattern
     }
 
     /// Relative paths are relative to the configuration file's directory.
@@ -149,7 +152,11 @@ struct Reader {
     }
 
     mutating func duration(_ map: [String: Any]?, _ key: String, _ path: String, default fallback: Duration) -> Duration {
-        seconds(map, key, path).map { .milliseconds(Int64(($0 * 1000).rounded())) } ?? fallback
+        optionalDuration(map, key, path) ?? fallback
+    }
+
+    mutating func optionalDuration(_ map: [String: Any]?, _ key: String, _ path: String) -> Duration? {
+        seconds(map, key, path).map { .milliseconds(Int64(($0 * 1000).rounded())) }
     }
 
     /// `keys.<name>.rotation`: `{period, notice, max_wraps, max_age, retire_quiet_period}`; all optional.
@@ -341,7 +348,7 @@ struct Reader {
         let logFormat = string(top, "log_format", "config") ?? "text"
         if !["text", "json"].contains(logFormat) { problem("log_format", "expected text or json") }
         let audit = self.audit(top["audit"], production: mode == .production, providers: providersMap)
-        let transit = self.transit(top["transit"], listen: listenMap?["transit"], tls: tls != nil, keys: Set(keys.keys.map(\.rawValue)))
+        let transit = self.transit(top["transit"], listening: listenMap?["transit"] != nil, tls: tls != nil, keys: Set(keys.keys))
         guard let mode else { return nil }
         return Configuration(
             mode: mode, listen: listen, tls: tls, providers: providers, keys: keys, admin: admin, limits: limits,

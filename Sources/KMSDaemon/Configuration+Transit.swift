@@ -2,34 +2,29 @@ import Foundation
 import KMSCore
 import KMSService
 import KMSTransit
+import VaultWire
 
 /// `listen.transit` and `transit:`: the Vault transit front end (docs/transit-frontend.md).
 extension Reader {
-    /// Transit key names as Vault accepts them in a path segment.
-    static func isTransitKeyName(_ name: String) -> Bool {
-        !name.isEmpty && name.count <= 128 && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }
-    }
-
-    mutating func transit(_ value: Any?, listen: Any?, tls: Bool, keys: Set<String>) -> TransitConfiguration? {
-        let address = listen as? String
+    mutating func transit(_ value: Any?, listening: Bool, tls: Bool, keys: Set<KeyName>) -> TransitConfiguration? {
         guard let value, !(value is NSNull) else {
-            if address != nil { problem("transit", "listen.transit is set: add a transit section (its keys and tokens)") }
+            if listening { problem("transit", "listen.transit is set: add a transit section (its keys and tokens)") }
             return nil
         }
         guard let transitMap = map(value, "transit", known: ["mount", "keys", "tokens", "login_ttl", "max_login_tokens"]) else { return nil }
-        if address == nil { problem("listen.transit", "the transit section needs an address to listen on (host:port)") }
+        if !listening { problem("listen.transit", "the transit section needs an address to listen on (host:port)") }
         if !tls { problem("transit", "the transit listener needs the tls section (it always serves HTTPS)") }
         var configuration = TransitConfiguration()
         let mount = string(transitMap, "mount", "transit") ?? "transit"
         let mountParts = mount.split(separator: "/", omittingEmptySubsequences: false)
-        if mount.isEmpty || mountParts.contains(where: { !Self.isTransitKeyName(String($0)) }) || ["sys", "auth"].contains(String(mountParts[0])) {
+        if mount.isEmpty || mountParts.contains(where: { !VaultRequestLine.isValidKeyName(String($0)) }) || ["sys", "auth"].contains(String(mountParts[0])) {
             problem("transit.mount", "expected a path such as transit or kv/transit (not under sys/ or auth/)")
         }
         configuration.mount = mount
         if transitMap["keys"] != nil && !(transitMap["keys"] is [String: Any]) { problem("transit.keys", "expected a mapping of transit name to kmsd key") }
         for (name, entry) in (transitMap["keys"] as? [String: Any] ?? [:]).sorted(by: { $0.key < $1.key }) {
             let path = "transit.keys.\(name)"
-            if !Self.isTransitKeyName(name) { problem(path, "not a valid transit key name (letters, digits, - _ .)") }
+            if !VaultRequestLine.isValidKeyName(name) { problem(path, "not a valid transit key name (letters, digits, - _ .)") }
             var keyText: String?
             var derived = false
             if let text = entry as? String {
@@ -40,7 +35,7 @@ extension Reader {
                 derived = bool(entryMap, "derived", path, default: false)
             }
             guard let keyText else { continue }
-            guard let key = try? KeyName(keyText), keys.contains(keyText) else {
+            guard let key = try? KeyName(keyText), keys.contains(key) else {
                 problem(path, "'\(keyText.prefix(64))' is not a key in the keys section")
                 continue
             }
@@ -55,13 +50,15 @@ extension Reader {
                 problem("\(path).sha256", "expected the token's SHA-256 in hex (64 digits), never the token itself")
                 continue
             }
-            guard let text = string(tokenMap, "identity", path, required: true) else { continue }
-            guard let identity = ClientIdentity.typedPattern(text)?.pattern, !identity.contains("*") else {
-                problem("\(path).identity", "expected one typed identity such as uri:spiffe://prod/storage/db-1 or cn:backup-agent (no wildcards)")
+            guard let text = string(tokenMap, "identity", path, required: true), let identity = identityPattern(text, "\(path).identity") else {
                 continue
             }
-            let ttl = seconds(tokenMap, "ttl", path).map { Duration.milliseconds(Int64(($0 * 1000).rounded())) }
-            let maxTTL = seconds(tokenMap, "max_ttl", path).map { Duration.milliseconds(Int64(($0 * 1000).rounded())) }
+            guard !identity.contains("*") else {
+                problem("\(path).identity", "one identity, not a pattern: no wildcards")
+                continue
+            }
+            let ttl = optionalDuration(tokenMap, "ttl", path)
+            let maxTTL = optionalDuration(tokenMap, "max_ttl", path)
             let renewable = bool(tokenMap, "renewable", path, default: false)
             if renewable && ttl == nil { problem("\(path).renewable", "a renewable token needs a ttl") }
             let policies = strings(tokenMap, "policies", path)

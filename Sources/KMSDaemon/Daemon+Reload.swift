@@ -31,17 +31,15 @@ extension Daemon {
         if running.tls != nil, fresh.tls == nil {
             throw ConfigurationError(["tls: a reload cannot turn TLS off on a running listener; restart kmsd to change it"])
         }
-        let context = try fresh.tls.map { try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA)) }
-        // The transit section reloads (keys, tokens); the listener itself stays where it is.
-        if (running.transit != nil) != (fresh.transit != nil) {
-            throw ConfigurationError(["transit: a reload cannot start or stop the transit listener; restart kmsd to change it"])
+        // The transit section reloads (keys, tokens); the listener stays where it is (the parser keeps `listen.transit`
+        // and the section together, so the address says whether there is one).
+        let (before, after) = (configuration.listen.transit, fresh.listen.transit)
+        if before?.host != after?.host || before?.port != after?.port {
+            throw ConfigurationError(["listen.transit: a reload cannot start, stop or move the transit listener; restart kmsd to change it"])
         }
-        if configuration.listen.transit.map({ "\($0.host):\($0.port)" }) != fresh.listen.transit.map({ "\($0.host):\($0.port)" }) {
-            throw ConfigurationError(["listen.transit: a reload cannot move the transit listener; restart kmsd to change it"])
-        }
-        let transitContext = try fresh.tls.map {
-            try TLSContextBox.makeContext(Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA, clientCertificates: .optional))
-        }
+        let tls = try fresh.tls.map { try Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA) }
+        let context = try tls.map { try TLSContextBox.makeContext($0) }
+        let transitContext = try running.transitTLS == nil ? nil : tls.map { try TLSContextBox.makeContext(Self.transitTLS($0)) }
         let revocation = try Self.revocation(fresh.tls)
         try running.server.checkNotRollback(revocation)
         let pins = try reloaded.providerPINs(providers)

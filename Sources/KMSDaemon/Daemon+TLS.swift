@@ -9,9 +9,7 @@ import X509
 extension Daemon {
     /// The server's TLS: its certificate and key, client certificates from `client_ca` required (or optional), the
     /// configured minimum version.
-    /// `clientCertificates` overrides `tls.client_auth` (the transit listener accepts token clients without one).
-    public static func tlsConfiguration(_ tls: Configuration.TLS, adminCA: String? = nil,
-                                        clientCertificates: Configuration.TLS.ClientAuth? = nil) throws -> TLSConfiguration {
+    public static func tlsConfiguration(_ tls: Configuration.TLS, adminCA: String? = nil) throws -> TLSConfiguration {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key, format: .pem)))
@@ -19,12 +17,19 @@ extension Daemon {
         // checked per request (`KMSServerPolicy.adminIssuers`, `nodeIssuers`).
         configuration.trustRoots = .certificates(
             try NIOSSLCertificate.fromPEMFile(tls.clientCA) + (try adminCA.map { try NIOSSLCertificate.fromPEMFile($0) } ?? []))
-        configuration.certificateVerification = (clientCertificates ?? tls.clientAuth) == .required ? .noHostnameVerification : .optionalVerification
+        configuration.certificateVerification = tls.clientAuth == .required ? .noHostnameVerification : .optionalVerification
         configuration.minimumTLSVersion = tls.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
         configuration.cipherSuites = tls.ciphers
         // Closing a connection (idle timeout, maximum age) sends close_notify and waits for the peer's; a peer that
         // never answers holds its slot at most this long.
         configuration.shutdownTimeout = .seconds(1)
+        return configuration
+    }
+
+    /// The transit listener's TLS: the API's, with client certificates accepted but not required (token clients).
+    static func transitTLS(_ api: TLSConfiguration) -> TLSConfiguration {
+        var configuration = api
+        configuration.certificateVerification = .optionalVerification
         return configuration
     }
 

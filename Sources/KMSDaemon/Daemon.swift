@@ -105,7 +105,7 @@ public struct Daemon: Sendable {
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> (app: Application<TransitFrontEnd>, tls: TLSContextBox, frontEnd: TransitFrontEnd)? {
         guard let transit = configuration.transit, let address = configuration.listen.transit, let tls = configuration.tls else { return nil }
-        let box = try TLSContextBox(Self.tlsConfiguration(tls, adminCA: configuration.admin.clientCA, clientCertificates: .optional))
+        let box = try TLSContextBox(Self.transitTLS(Self.tlsConfiguration(tls, adminCA: configuration.admin.clientCA)))
         let limit = ConnectionLimit(connectionPolicy(authenticates: true), events: server.events)
         let builder = HTTPServerBuilder.http1(tls: box, limit: limit, beforeHTTP: { [ListMethodRewriter()] }, onHandshakeFailure: { peer, error in
             handshakeFailures.record(source: peer, error: error)

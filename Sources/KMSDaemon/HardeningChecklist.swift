@@ -82,11 +82,11 @@ public struct HardeningChecklist: Sendable {
         check("admin API requires authentication", adminAuth,
               adminAuth ? "\(configuration.admin.identities.count) identity pattern(s), \(configuration.admin.tokenHashes.count) token hash(es)"
                         : "set admin.identities and/or admin.token_hashes")
-        let wildcard = ["0.0.0.0", "::", "*", ""].contains(configuration.listen.host)
+        let wildcard = Self.isWildcard(configuration.listen.host)
         check("no wildcard bind (or allow_public_bind set)", !wildcard || configuration.listen.allowPublicBind,
               wildcard ? "listen.api binds \(configuration.listen.host); set listen.allow_public_bind: true if intended" : configuration.listen.host)
         if let transit = configuration.listen.transit {
-            let wildcard = ["0.0.0.0", "::", "*", ""].contains(transit.host)
+            let wildcard = Self.isWildcard(transit.host)
             check("transit listener: no wildcard bind (or allow_public_bind set)", !wildcard || configuration.listen.allowPublicBind,
                   wildcard ? "listen.transit binds \(transit.host); set listen.allow_public_bind: true if intended" : "\(transit.host):\(transit.port)")
         }
@@ -126,6 +126,9 @@ public struct HardeningChecklist: Sendable {
         }
         self.items = items
     }
+
+    /// A bind address that listens on every interface.
+    static func isWildcard(_ host: String) -> Bool { ["0.0.0.0", "::", "*", ""].contains(host) }
 
     static func isInline(_ source: Configuration.SecretSource) -> Bool {
         if case .inline = source { return true }

@@ -74,12 +74,14 @@ public enum DevEnvironment {
             made.append("kmsd.yaml.before-transit (the previous configuration)")
         }
         if !files.fileExists(atPath: path("kmsd.yaml")) {
+            // Port 0 (tests) picks free ports for every listener.
+            let (metricsPort, transitPort) = port == 0 ? (0, 0) : (port + 1021, port + 1)
             let yaml = """
                 # kmsd development configuration, written by `kmsd dev-init` (ci/dev). Not for production:
                 # SoftHSM, a generated CA, secrets in this directory.
                 mode: development
                 data_dir: data
-                listen: { api: "127.0.0.1:\(port)", metrics: "127.0.0.1:\(port == 0 ? 0 : port + 1021)", transit: "127.0.0.1:\(port == 0 ? 0 : port + 1)" }
+                listen: { api: "127.0.0.1:\(port)", metrics: "127.0.0.1:\(metricsPort)", transit: "127.0.0.1:\(transitPort)" }
                 audit: { file: audit/audit.jsonl, sign: { file: audit-signing-key.pem } }
                 tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
                 providers:
@@ -96,7 +98,7 @@ public enum DevEnvironment {
                 admin:
                   identities: ["cn:security-admin"]
                   token_hashes: ["\(hash)"]
-                # The Vault transit front end (docs/transit-frontend.md): VAULT_ADDR=https://localhost:\(port + 1)
+                # The Vault transit front end (docs/transit-frontend.md): VAULT_ADDR=https://localhost:\(transitPort)
                 transit:
                   keys: { demo: demo }
                   tokens:

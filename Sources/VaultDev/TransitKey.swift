@@ -23,11 +23,6 @@ struct TransitKey: Codable, Sendable {
     var minAvailableVersion = 0
     var versions: [Int: Version] = [:]
 
-    /// Vault's key-name rule, `\w(([\w-.]+)?\w)?`.
-    static func isValidName(_ name: String) -> Bool {
-        name.wholeMatch(of: #/\w(([\w\-.]+)?\w)?/#) != nil
-    }
-
     init(name: String, derived: Bool, convergent: Bool, now: Int) {
         self.name = name
         self.derived = derived

@@ -360,7 +360,7 @@ actor VaultCore {
             throw VaultError.unsupportedOperation(path)
         case ("POST", "keys/*"):
             let name = arguments[0]
-            guard TransitKey.isValidName(name) else { throw VaultError.badRequest("invalid key name") }
+            guard VaultRequestLine.isValidKeyName(name) else { throw VaultError.badRequest("invalid key name") }
             let type = try parameters.string("type") ?? "aes256-gcm96"
             guard type == "aes256-gcm96" else { throw VaultError.badRequest("unknown key type \(type)") }
             let derived = try parameters.bool("derived") ?? false
@@ -547,7 +547,7 @@ actor VaultCore {
     private func encrypt(mount: String, name: String, parameters: inout VaultParameters, now: Int) throws -> VaultReply {
         if state.mounts[mount]?.keys[name] == nil {
             guard state.mounts[mount]?.disableUpsert == false else { throw VaultError.badRequest("encryption key not found") }
-            guard TransitKey.isValidName(name) else { throw VaultError.badRequest("invalid key name") }
+            guard VaultRequestLine.isValidKeyName(name) else { throw VaultError.badRequest("invalid key name") }
             // Upsert: created derived exactly when the request carries a context.
             var probe = parameters
             let firstContext: String? = try {

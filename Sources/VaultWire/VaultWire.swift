@@ -51,6 +51,11 @@ public enum VaultRequestLine {
         return values
     }
 
+    /// Vault's key-name rule, `\w(([\w-.]+)?\w)?`.
+    public static func isValidKeyName(_ name: String) -> Bool {
+        name.wholeMatch(of: #/\w(([\w\-.]+)?\w)?/#) != nil
+    }
+
     /// The method a Vault handler sees: LIST (also `REPORT`, see `ListMethodRewriter`, and `GET …?list=true`) and PUT
     /// as POST.
     public static func method(_ method: String, query: [String: String]) -> String {

@@ -55,8 +55,9 @@ final class RunningKMSD: Sendable {
 
     /// Rewrites the configuration file with another client CA bundle and CRL (and transit section, when given), and
     /// reloads as SIGHUP does.
-    func reload(clientCA: String = "ca.pem", crl: String?, transit newTransit: String? = nil) throws {
-        try Data(yaml(clientCA, crl, newTransit ?? transit).utf8).write(to: directory.appendingPathComponent("kmsd.yaml"))
+    /// `dropTransit` writes the file without the transit listener and section.
+    func reload(clientCA: String = "ca.pem", crl: String?, transit newTransit: String? = nil, dropTransit: Bool = false) throws {
+        try Data(yaml(clientCA, crl, dropTransit ? nil : newTransit ?? transit).utf8).write(to: directory.appendingPathComponent("kmsd.yaml"))
         try daemon.reload(running, providers: providers)
     }
 

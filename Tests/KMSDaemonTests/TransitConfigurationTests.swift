@@ -78,8 +78,10 @@ struct TransitConfigurationTests {
 
     @Test func theListenerAndTheSectionComeTogether() throws {
         let directory = try ConfigurationTests.files()
-        #expect(throws: ConfigurationError.self) { try configurations.parse(yaml(Self.transit, listen: ""), in: directory) }
-        #expect(throws: ConfigurationError.self) { try configurations.parse(yaml(""), in: directory) }
+        let withoutListener = #expect(throws: ConfigurationError.self) { try configurations.parse(yaml(Self.transit, listen: ""), in: directory) }
+        #expect(withoutListener?.problems.contains { $0.hasPrefix("listen.transit:") } == true)
+        let withoutSection = #expect(throws: ConfigurationError.self) { try configurations.parse(yaml(""), in: directory) }
+        #expect(withoutSection?.problems.contains { $0.hasPrefix("transit:") && $0.contains("listen.transit is set") } == true)
         // A wildcard bind needs allow_public_bind in production, as the API's does.
         let wildcard = try configurations.parse(yaml(Self.transit, listen: ", transit: \"0.0.0.0:8200\""), in: directory)
         #expect(HardeningChecklist(wildcard).violations.map(\.title) == ["transit listener: no wildcard bind (or allow_public_bind set)"])
