@@ -62,8 +62,10 @@ public final class LogOutput: @unchecked Sendable {
             dropped = 0
             writing = true
             condition.unlock()
-            if lost > 0 { put(Array("kmsd: \(lost) log line(s) dropped: standard error could not keep up\n".utf8)) }
-            for line in lines { put(line) }
+            // One write for the whole batch.
+            var batch: [UInt8] = lost > 0 ? Array("kmsd: \(lost) log line(s) dropped: standard error could not keep up\n".utf8) : []
+            for line in lines { batch += line }
+            put(batch)
             condition.lock()
             writing = false
             condition.broadcast()
@@ -92,61 +94,52 @@ public final class LogOutput: @unchecked Sendable {
     }
 }
 
-/// kmsd's log lines, written through `LogOutput`. kmsd never puts secrets in log metadata; this handler adds nothing
-/// of its own.
-/// - `log_format: text`: swift-log's `StreamLogHandler` line (`<time> <level> <label>: <metadata> [<source>]
-///   <message>`, metadata sorted by key);
+/// `StreamLogHandler` writes its lines through `LogOutput` (its whole line in one `write`).
+extension LogOutput: TextOutputStream {
+    public func write(_ string: String) { write(Array(string.utf8)) }
+}
+
+/// kmsd's log handlers, writing through `LogOutput`. kmsd never puts secrets in log metadata.
+/// - `log_format: text`: swift-log's own `StreamLogHandler` line (`<time> <level> <label>: <metadata> [<source>]
+///   <message>`);
 /// - `log_format: json`: one JSON object per line — `time`, `level`, `label`, `message`, `source` and the metadata as
 ///   strings.
-public struct LineLogHandler: LogHandler {
+public enum KMSDLogging {
     public enum Format: Sendable {
         case text
         case json
     }
 
-    public var metadata: Logger.Metadata = [:]
-    public var logLevel: Logger.Level
+    public static func handler(label: String, level: Logger.Level, format: Format, output: LogOutput = .standardError) -> any LogHandler {
+        var handler: any LogHandler = switch format {
+        case .text: StreamLogHandler(label: label, stream: output)
+        case .json: JSONLineLogHandler(label: label, output: output)
+        }
+        handler.logLevel = level
+        return handler
+    }
+}
+
+/// One JSON object per log line.
+struct JSONLineLogHandler: LogHandler {
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
     let label: String
-    let format: Format
     let output: LogOutput
 
-    public init(label: String, level: Logger.Level, format: Format, output: LogOutput = .standardError) {
-        self.label = label
-        logLevel = level
-        self.format = format
-        self.output = output
-    }
-
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
-    public func log(event: LogEvent) {
+    func log(event: LogEvent) {
         var merged = metadata
         if let explicit = event.metadata { merged.merge(explicit) { $1 } }
-        switch format {
-        case .text:
-            let pretty = merged.isEmpty ? "" : " " + merged.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
-            output.write(Array("\(Self.timestamp()) \(event.level) \(label):\(pretty) [\(event.source)] \(event.message)\n".utf8))
-        case .json:
-            let object: [String: Any] = [
-                "time": Date().formatted(.iso8601.time(includingFractionalSeconds: true).year().month().day().dateSeparator(.dash)),
-                "level": event.level.rawValue, "label": label, "message": "\(event.message)", "source": event.source,
-                "metadata": merged.mapValues { "\($0)" },
-            ]
-            guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-            output.write([UInt8](data) + [0x0A])
-        }
-    }
-
-    /// Local time as `2026-12-02T06:02:02+0000` (the text format's).
-    static func timestamp() -> String {
-        var now = time(nil)
-        var parts = tm()
-        guard localtime_r(&now, &parts) != nil else { return "<unknown>" }
-        var buffer = [Int8](repeating: 0, count: 64)
-        let count = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S%z", &parts)
-        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let line: JSONValue = [
+            "time": .string(Date().formatted(.iso8601.time(includingFractionalSeconds: true).year().month().day().dateSeparator(.dash))),
+            "level": .string(event.level.rawValue), "label": .string(label), "message": .string("\(event.message)"),
+            "source": .string(event.source), "metadata": .object(merged.mapValues { .string("\($0)") }),
+        ]
+        output.write(line.serialized() + [0x0A])
     }
 }

@@ -19,7 +19,7 @@ struct LogOutputTests {
         if nonBlocking { try #require(fcntl(ends[1], F_SETFL, O_NONBLOCK) == 0) }
         defer { close(ends[0]) }
         let output = LogOutput(descriptor: ends[1], maxQueuedBytes: 200_000)
-        let handler = LineLogHandler(label: "kmsd.test", level: .info, format: .text, output: output)
+        let handler = KMSDLogging.handler(label: "kmsd.test", level: .info, format: .text, output: output)
         var logger = Logger(label: "kmsd.test") { _ in handler }
         logger.logLevel = .info
         // Nobody reads yet: the pipe (64 KiB) fills, the writer blocks, and the queue fills behind it.
