@@ -6,22 +6,23 @@ import Synchronization
 ///
 /// One thread for all deadlines: registering and cancelling are a lock and a dictionary update, so the hot path pays
 /// no timer per call (a `Task.sleep` per request armed a Dispatch timer that woke a Dispatch thread once per request,
-/// long after the request had ended). While deadlines are pending the thread checks every `granularity` (5 ms); with
-/// none it sleeps until one is registered. Expiry therefore happens at most `granularity` (plus scheduling) after the
-/// deadline. Expiry closures run on the sweeper thread and must be quick.
+/// long after the request had ended). The thread sleeps until the earliest pending deadline (with none, until one is
+/// registered); a registration wakes it only when its deadline is earlier than the one it waits for, so under steady
+/// load — every request's deadline later than those before it — it wakes once per deadline, not per request.
+/// Expiry closures run on the sweeper thread and must be quick.
 public final class DeadlineSweeper: @unchecked Sendable {
     // @unchecked: all mutable state is guarded by `condition`.
     private let condition = NSCondition()
     private var pending: [UInt64: (deadline: ContinuousClock.Instant, expire: @Sendable () -> Void)] = [:]
     private var nextID: UInt64 = 0
     private var stopped = false
-    private let granularity: Duration
+    /// The deadline the thread sleeps until (nil: until a registration).
+    private var waitingUntil: ContinuousClock.Instant?
 
     /// The sweeper of every deadline in the process, started on first use; it runs for the life of the process.
     public static let shared = DeadlineSweeper(name: "kmsd-deadlines")
 
-    public init(name: String, granularity: Duration = .milliseconds(5)) {
-        self.granularity = granularity
+    public init(name: String) {
         NamedThread.start(name) { [self] in run() }
     }
 
@@ -31,7 +32,7 @@ public final class DeadlineSweeper: @unchecked Sendable {
         defer { condition.unlock() }
         nextID &+= 1
         pending[nextID] = (deadline, expire)
-        if pending.count == 1 { condition.signal() }
+        if waitingUntil.map({ deadline < $0 }) ?? true { condition.signal() }
         return nextID
     }
 
@@ -51,34 +52,39 @@ public final class DeadlineSweeper: @unchecked Sendable {
     }
 
     private func run() {
-        let interval = granularity.seconds
         condition.lock()
         while !stopped {
-            if pending.isEmpty {
-                condition.wait()
-                continue
-            }
-            condition.unlock()
-            Thread.sleep(forTimeInterval: interval)
-            condition.lock()
             let now = ContinuousClock.now
             var expired: [@Sendable () -> Void] = []
-            for (id, entry) in pending where entry.deadline <= now {
-                expired.append(entry.expire)
-                pending[id] = nil
+            var earliest: ContinuousClock.Instant?
+            for (id, entry) in pending {
+                if entry.deadline <= now {
+                    expired.append(entry.expire)
+                    pending[id] = nil
+                } else if earliest.map({ entry.deadline < $0 }) ?? true {
+                    earliest = entry.deadline
+                }
             }
             if !expired.isEmpty {
                 condition.unlock()
                 for expire in expired { expire() }
                 condition.lock()
+                continue
             }
+            waitingUntil = earliest
+            if let earliest {
+                _ = condition.wait(until: Date(timeIntervalSinceNow: (earliest - now).seconds))
+            } else {
+                condition.wait()
+            }
+            waitingUntil = nil
         }
         condition.unlock()
     }
 }
 
 extension DeadlineSweeper {
-    /// Returns at `deadline` (within the granularity), or throws `CancellationError` as soon as the task is cancelled.
+    /// Returns at `deadline` (plus scheduling), or throws `CancellationError` as soon as the task is cancelled.
     public func sleep(until deadline: ContinuousClock.Instant) async throws {
         // The waiting continuation and the registration, each taken by whoever ends the sleep first.
         let state = Mutex<(waiter: CheckedContinuation<Void, any Error>?, registration: UInt64?)>((nil, nil))
