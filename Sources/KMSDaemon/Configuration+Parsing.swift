@@ -345,14 +345,15 @@ struct Reader {
         }
         let debug = bool(top, "debug", "config", default: false)
         let dataDirectory = string(top, "data_dir", "config").map(resolve)
-        let logFormat = string(top, "log_format", "config") ?? "text"
-        if !["text", "json"].contains(logFormat) { problem("log_format", "expected text or json") }
+        let logFormatText = string(top, "log_format", "config") ?? "text"
+        let logFormat = KMSDLogging.Format(rawValue: logFormatText)
+        if logFormat == nil { problem("log_format", "expected text or json") }
         let audit = self.audit(top["audit"], production: mode == .production, providers: providersMap)
         let transit = self.transit(top["transit"], listening: listenMap?["transit"] != nil, tls: tls != nil, keys: Set(keys.keys))
         guard let mode else { return nil }
         return Configuration(
             mode: mode, listen: listen, tls: tls, providers: providers, keys: keys, admin: admin, limits: limits,
-            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, audit: audit, transit: transit, logFormat: logFormat,
+            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, audit: audit, transit: transit, logFormat: logFormat ?? .text,
             source: source)
     }
 

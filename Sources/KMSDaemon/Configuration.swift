@@ -185,7 +185,7 @@ public struct Configuration: Sendable {
     /// `transit`: the Vault transit front end; nil when not configured.
     public var transit: TransitConfiguration?
     /// `log_format: json` writes one JSON object per log line.
-    public var logFormat: String
+    public var logFormat: KMSDLogging.Format
     /// The file the configuration came from (for relative paths and messages).
     public var source: String
     /// Accepted but deprecated settings (old identity spellings), for the log at start and `check-config`.

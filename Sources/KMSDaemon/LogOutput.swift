@@ -105,7 +105,7 @@ extension LogOutput: TextOutputStream {
 /// - `log_format: json`: one JSON object per line — `time`, `level`, `label`, `message`, `source` and the metadata as
 ///   strings.
 public enum KMSDLogging {
-    public enum Format: Sendable {
+    public enum Format: String, Sendable {
         case text
         case json
     }

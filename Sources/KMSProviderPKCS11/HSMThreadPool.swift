@@ -27,15 +27,13 @@ final class HSMThreadPool: @unchecked Sendable {
     private let queued = Atomic<Int>(0)
     private let spinning = Atomic<Bool>(false)
     /// The longest polling window, in microseconds.
-    private let spinLimit: Int
+    private static let spinLimit = 100
     /// The current polling window in microseconds (0: park at once, except for the occasional probe).
-    let spinWindow: Atomic<Int>
+    private let spinWindow = Atomic<Int>(spinLimit)
     private let idlePeriods = Atomic<Int>(0)
 
-    init(threads: Int, name: String = "kmsd-hsm", spinLimit: Duration = .microseconds(100)) {
+    init(threads: Int, name: String = "kmsd-hsm") {
         running = threads
-        self.spinLimit = Int(spinLimit.components.seconds) * 1_000_000 + Int(spinLimit.components.attoseconds / 1_000_000_000_000)
-        spinWindow = Atomic(self.spinLimit)
         for index in 0..<threads {
             let threadName = "\(name)-\(index)"
             NamedThread.start(threadName) { [self] in work() }
@@ -109,19 +107,19 @@ final class HSMThreadPool: @unchecked Sendable {
         var window = spinWindow.load(ordering: .relaxed)
         if window == 0 {
             guard idlePeriods.wrappingAdd(1, ordering: .relaxed).newValue % 64 == 0 else { return }
-            window = min(spinLimit, 10)
+            window = min(Self.spinLimit, 10)
         }
         let end = ContinuousClock.now + .microseconds(window)
         var looks = 0
         while queued.load(ordering: .acquiring) == 0 {
             looks += 1
             if looks % 16 == 0 && ContinuousClock.now >= end {
-                spinWindow.store(Self.nextWindow(after: window, hit: false, limit: spinLimit), ordering: .relaxed)
+                spinWindow.store(Self.nextWindow(after: window, hit: false, limit: Self.spinLimit), ordering: .relaxed)
                 return
             }
             sched_yield()
         }
-        spinWindow.store(Self.nextWindow(after: window, hit: true, limit: spinLimit), ordering: .relaxed)
+        spinWindow.store(Self.nextWindow(after: window, hit: true, limit: Self.spinLimit), ordering: .relaxed)
     }
 
     /// The window after one of `window` µs: doubled (at least 10, at most `limit`) when a call arrived while polling,

@@ -48,10 +48,18 @@ public final class ServerMetrics: Sendable {
         count("kmsd_security_events_total", [("kind", kind)])
     }
 
-    /// Counts one occurrence of a labelled event.
+    /// Counts one occurrence of a labelled event. Its counter is made once (refusals come in floods).
     public func count(_ name: String, _ labels: [(String, String)]) {
-        CoreMetrics.Counter(label: name, dimensions: labels, factory: factory).increment()
+        let key = ([name] + labels.flatMap { [$0.0, $0.1] }).joined(separator: "\u{0}")
+        let counter = counters.withLock { counters in
+            if let counter = counters[key] { return counter }
+            let counter = CoreMetrics.Counter(label: name, dimensions: labels, factory: factory)
+            counters[key] = counter
+            return counter
+        }
+        counter.increment()
     }
+    private let counters = Mutex<[String: CoreMetrics.Counter]>([:])
 
     /// Sets a gauge (state sampled when /metrics is read).
     public func gauge(_ name: String, _ labels: [(String, String)] = [], _ value: Double) {

@@ -83,8 +83,7 @@ extension KMSService {
     public func authenticateAdmin(_ peer: PeerCertificate?, bearerToken: String?) throws(ServiceError) -> Administrator {
         let policy = policy
         let identity = try authenticate(peer)
-        let issuerAdmitted = policy.adminIssuers.map { issuers in issuers.contains { $0 == identity?.issuer } } ?? true
-        if let identity, issuerAdmitted, identity.matches(any: policy.adminIdentities) {
+        if let identity, administers(identity, policy: policy) {
             try rateLimit(identity.description)
             return Administrator(identity.description)
         }
@@ -94,12 +93,26 @@ extension KMSService {
         }
         // A failed attempt spends the caller's budget as a successful one does, so guessing tokens is as slow as using them.
         try rateLimit(identity?.description ?? "admin-unauthenticated")
-        events.record("forbidden")
-        logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity?.description ?? "<none>")"])
         if identity == nil && bearerToken == nil {
+            refusedAdmin("<none>")
             throw ServiceError(.unauthenticated, .unauthenticated, "an admin certificate or admin token is required")
         }
-        throw ServiceError(.forbidden, .forbidden, "not an administrator")
+        throw refusedAdmin(identity?.description ?? "<none>")
+    }
+
+    /// One of `admin.identities`, and — when the identity came from a certificate (presented now, or at the login that
+    /// issued a token: it has an issuer) — issued by a CA admitted for administrators (`admin.client_ca`).
+    func administers(_ identity: ClientIdentity, policy: KMSServerPolicy) -> Bool {
+        let issuerAdmitted = identity.issuer == nil || (policy.adminIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true)
+        return issuerAdmitted && identity.matches(any: policy.adminIdentities)
+    }
+
+    /// Counts and logs a refused admin request; the error to throw.
+    @discardableResult
+    private func refusedAdmin(_ identity: String) -> ServiceError {
+        events.record("forbidden")
+        logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity)"])
+        return ServiceError(.forbidden, .forbidden, "not an administrator")
     }
 
     /// A storage node authenticated by a front end's token (a Vault transit token), bound to `identity` when the token
@@ -122,12 +135,7 @@ extension KMSService {
         let policy = policy
         if identity.issuer != nil { try checkCertificate(identity) }
         try rateLimit(identity.description)
-        let issuerAdmitted = identity.issuer == nil || (policy.adminIssuers.map { issuers in issuers.contains { $0 == identity.issuer } } ?? true)
-        guard issuerAdmitted, identity.matches(any: policy.adminIdentities) else {
-            events.record("forbidden")
-            logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity)"])
-            throw ServiceError(.forbidden, .forbidden, "not an administrator")
-        }
+        guard administers(identity, policy: policy) else { throw refusedAdmin(identity.description) }
         return Administrator(identity.description)
     }
 

@@ -68,7 +68,7 @@ extension KMSService {
     /// asks before offering an administrator's extra (Vault's upsert) to a caller. The administrator itself is still
     /// authenticated as one (`authenticateAdmin`) before anything is done.
     public func isAdministrator(_ node: Node) -> Bool {
-        node.identity.matches(any: policy.adminIdentities)
+        administers(node.identity, policy: policy)
     }
 
     /// Which of `names` the node may use (by the policy in force, with the node CAs as `authorizeKey` checks them),

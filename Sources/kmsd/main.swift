@@ -27,7 +27,7 @@ struct Serve: AsyncParsableCommand {
             let configuration = try Configuration.load(path: options.config)
             let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
             LoggingSystem.bootstrap { label in
-                KMSDLogging.handler(label: label, level: level, format: configuration.logFormat == "json" ? .json : .text)
+                KMSDLogging.handler(label: label, level: level, format: configuration.logFormat)
             }
             // Log lines are written by their own thread (`LogOutput`): the last ones must reach standard error
             // before the process exits, however the daemon ends.
