@@ -62,3 +62,17 @@ start_vault_dev() {
 stop_vault_dev() {
   [ -f "$1/pid" ] && kill "$(cat "$1/pid")" 2>/dev/null || true
 }
+
+# pytest's summary counts in LOG: `pytest_count LOG passed` prints the passes, `pytest_count LOG failed` the failures
+# and errors (0 when none).
+pytest_count() {
+  local pattern='[0-9]+ passed'
+  [ "$2" = failed ] && pattern='[0-9]+ (failed|errors?)'
+  (tail -3 "$1" | grep -aoE "$pattern" || true) | awk '{ sum += $1 } END { print sum + 0 }'
+}
+
+# A fresh SoftHSM token labelled $2 in the directory of `kmsd dev-init` $1 (its hsm-pin and hsm-so-pin files), under
+# the SOFTHSM2_CONF in force.
+init_dev_token() {
+  softhsm2-util --init-token --free --label "$2" --pin "$(cat "$1/hsm-pin")" --so-pin "$(cat "$1/hsm-so-pin")" >/dev/null
+}
