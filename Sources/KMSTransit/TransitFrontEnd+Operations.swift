@@ -304,37 +304,35 @@ extension TransitFrontEnd {
     }
 
     func decrypt(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
-        let key = try mapping(name, missing: .badRequest("encryption key not found"))
-        let node = try caller.node(service)
-        let (items, batch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
-        let partialCode = batch ? try VaultParameters.partialFailureCode(&parameters) : nil
-        let (requests, references) = try await unwrapItems(items, key, node)
-        guard batch else {
-            let item = try requests[0].get()
-            return .data(Self.plaintext(try await service.unwrap(node, key: key.key.rawValue) { item }.1))
-        }
-        let answers = try await Self.runBatch(requests) { valid in
-            try await service.unwrapBatch(node, key: key.key.rawValue) { valid }.1
-        }
-        let results = Self.merge(requests, answers, Self.plaintext) { _, error in Self.itemError(error, action: "decrypt") }
-        return VaultBatch.reply(results, references: references, partialCode: partialCode, allowsPartialCode: true,
-                               failureFields: ["plaintext": ""])
+        try await opening(caller, name, &parameters, action: "decrypt", partialCodes: true, failureFields: ["plaintext": ""],
+                          answer: Self.plaintext, single: { node, key, item in try await service.unwrap(node, key: key) { item }.1 },
+                          batch: { node, key, items in try await service.unwrapBatch(node, key: key) { items }.1 })
     }
 
     func rewrap(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
+        // Vault's rewrap batch answers 200 with each item's error: no partial failure code.
+        try await opening(caller, name, &parameters, action: "rewrap", partialCodes: false, failureFields: [:],
+                          answer: Self.ciphertext, single: { node, key, item in try await service.rewrap(node, key: key) { item }.1 },
+                          batch: { node, key, items in try await service.rewrapBatch(node, key: key) { items }.1 })
+    }
+
+    /// Decrypt and rewrap: each opens ciphertexts (one, or a batch) and answers each with `answer`.
+    private func opening<Answer>(
+        _ caller: Caller, _ name: String, _ parameters: inout VaultParameters, action: String, partialCodes: Bool,
+        failureFields: [String: JSONValue], answer: (Answer) -> [String: JSONValue],
+        single: (KMSService.Node, String, KMSService.WrappedInput) async throws -> Answer,
+        batch: (KMSService.Node, String, [KMSService.WrappedInput]) async throws -> [(Answer?, ServiceError?)]
+    ) async throws -> VaultReply {
         let key = try mapping(name, missing: .badRequest("encryption key not found"))
         let node = try caller.node(service)
-        let (items, batch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
+        let (items, isBatch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
+        let partialCode = isBatch && partialCodes ? try VaultParameters.partialFailureCode(&parameters) : nil
         let (requests, references) = try await unwrapItems(items, key, node)
-        guard batch else {
-            let item = try requests[0].get()
-            return .data(Self.ciphertext(try await service.rewrap(node, key: key.key.rawValue) { item }.1))
-        }
-        let answers = try await Self.runBatch(requests) { valid in
-            try await service.rewrapBatch(node, key: key.key.rawValue) { valid }.1
-        }
-        let results = Self.merge(requests, answers, Self.ciphertext) { _, error in Self.itemError(error, action: "rewrap") }
-        return VaultBatch.reply(results, references: references, partialCode: nil, allowsPartialCode: false)
+        guard isBatch else { return .data(answer(try await single(node, key.key.rawValue, try requests[0].get()))) }
+        let answers = try await Self.runBatch(requests) { valid in try await batch(node, key.key.rawValue, valid) }
+        let results = Self.merge(requests, answers, answer) { _, error in Self.itemError(error, action: action) }
+        return VaultBatch.reply(results, references: references, partialCode: partialCode, allowsPartialCode: partialCodes,
+                                failureFields: failureFields)
     }
 
     /// Each item's ciphertext and context; an item that does not parse is that item's error (a single request's too:
