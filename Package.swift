@@ -30,6 +30,7 @@ enum External {
     static let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
     static let nioSSL: Target.Dependency = .product(name: "NIOSSL", package: "swift-nio-ssl")
     static let nioTLS: Target.Dependency = .product(name: "NIOTLS", package: "swift-nio")
+    static let postgres: Target.Dependency = .product(name: "PostgresNIO", package: "postgres-nio")
     static let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus")
     static let serviceLifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
     static let swiftASN1: Target.Dependency = .product(name: "SwiftASN1", package: "swift-asn1")
@@ -90,6 +91,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
@@ -117,15 +119,18 @@ let package = Package(
         module("KMSAudit", [
             "KMSCore", External.crypto, External.logging, External.nioCore, External.nioPosix, External.nioSSL
         ]),
-        // Rotation planner and scheduler, usage counters and the embedded state store (SQLite through GRDB).
-        module("KMSRotation", ["KMSCore", External.grdb, External.logging, External.serviceLifecycle]),
+        // kmsd's own state (usage, creation times, journal, leases): the store protocol, SQLite through GRDB for one process
+        // (the default), PostgreSQL through postgres-nio for replicas.
+        module("KMSState", [External.grdb, External.postgres, External.nioCore, External.nioSSL, External.logging]),
+        // Rotation planner and scheduler, usage counters.
+        module("KMSRotation", ["KMSCore", "KMSState", External.logging, External.serviceLifecycle]),
         // The operations under every front end: policy, limits, provider calls, audit records; no wire protocol.
         module("KMSService", [
             "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", External.x509, External.swiftASN1, External.crypto,
             External.logging
         ]),
         module("KMSServer", [
-            "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", "KMSService", "CTLSOptions", External.nioHTTPTypes, External.coreMetrics,
+            "KMSCore", "KMSAPI", "KMSRotation", "KMSState", "KMSAudit", "KMSService", "CTLSOptions", External.nioHTTPTypes, External.coreMetrics,
             External.nioTLS, External.prometheus, External.hummingbird, External.hummingbirdCore, External.hummingbirdTLS,
             External.nioCore, External.nioSSL, External.x509, External.swiftASN1, External.nioFoundationCompat,
             External.crypto, External.logging
@@ -136,7 +141,7 @@ let package = Package(
         ]),
         module("KMSDaemon", [
             "KMSCore", "KMSAPI", "KMSServer", "KMSTransit", "VaultWire", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",
-            "KMSAudit", "KMSYAML", External.x509, External.swiftASN1, External.crypto, External.logging,
+            "KMSState", "KMSAudit", "KMSYAML", External.x509, External.swiftASN1, External.crypto, External.logging,
             External.serviceLifecycle, External.unixSignals
         ]),
         // Development only: the dev PKI and `kmsd dev-init`'s files. The daemon's request path never imports it; the kmsd
@@ -163,12 +168,12 @@ let package = Package(
             External.nioCore, External.crypto, External.logging
         ]),
         executable("vault-dev", ["VaultDev", External.argumentParser]),
-        module("KMSTestSupport", ["KMSCore", "PKCS11", "KMSService", "KMSRotation", "KMSAudit", External.crypto]),
+        module("KMSTestSupport", ["KMSCore", "PKCS11", "KMSService", "KMSRotation", "KMSState", "KMSAudit", External.crypto]),
         // A lean load generator (mutual TLS, keep-alive, closed or open loop) on raw NIO, for measuring kmsd alone.
         executable("kms-load", [External.nioCore, External.nioPosix, External.nioSSL, External.nioTLS, External.histogram]),
         executable("kms-probe", ["KMSCore", "PKCS11", "KMSProviderPKCS11", External.argumentParser]),
         executable("kms-bench", [
-            "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSDaemon", "KMSAudit",
+            "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSState", "KMSDaemon", "KMSAudit",
             "KMSDev", External.asyncHTTPClient, External.nioCore, External.nioHTTP1, External.nioSSL,
             External.argumentParser
         ]),
@@ -195,12 +200,14 @@ let package = Package(
         tests("KMSProviderPKCS11Tests", ["KMSProviderPKCS11", "KMSCore", "PKCS11", "CPKCS11", "KMSTestSupport"]),
         tests("KMSDaemonTests", [
             "KMSDaemon", "KMSDev", "KMSServer", "KMSService", "KMSAPI", "KMSCore", "KMSTestSupport",
-            "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSAudit", External.hummingbird,
+            "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSState", "KMSAudit", External.hummingbird,
             External.asyncHTTPClient, External.nioSSL, External.nioCore, External.nioHTTP1, External.serviceLifecycle,
             External.x509, External.swiftASN1, External.crypto
         ]),
         tests("KMSAuditTests", ["KMSAudit", "KMSCore", External.crypto]),
-        tests("KMSRotationTests", ["KMSRotation", "KMSCore", "KMSTestSupport"]),
+        tests("KMSRotationTests", ["KMSRotation", "KMSState", "KMSCore", "KMSTestSupport"]),
+        // The state store contract, run against SQLite and a throwaway PostgreSQL cluster.
+        tests("KMSStateTests", ["KMSState", "KMSTestSupport", External.grdb]),
         tests("KMSProviderVaultTests", [
             "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev", "VaultWire", "KMSDaemon", "KMSDev",
             "KMSService", External.serviceLifecycle, External.logging, External.crypto,

@@ -2,6 +2,7 @@ public import Foundation
 public import KMSAudit
 public import KMSCore
 public import KMSRotation
+import KMSState
 import KMSServer
 public import KMSService
 import Logging

@@ -2,6 +2,7 @@ import Foundation
 import KMSAudit
 import KMSCore
 import KMSRotation
+import KMSState
 import KMSServer
 import KMSService
 import Logging

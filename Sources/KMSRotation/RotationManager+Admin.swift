@@ -1,6 +1,7 @@
 public import Foundation
 import Logging
 public import KMSCore
+public import KMSState
 
 extension RotationManager {
     /// One key's line in `kmsctl schedule`.

@@ -1,5 +1,6 @@
 public import Foundation
 public import KMSCore
+public import KMSState
 public import Logging
 import Synchronization
 
@@ -91,7 +92,7 @@ public final class RotationManager: Sendable {
         var noticedVersion: KeyVersion?
     }
 
-    public let store: any RotationStateStore
+    public let store: any StateStore
     let ledger = UsageLedger()
     public let clock: @Sendable () -> Date
     /// Identifies this process's leases.
@@ -106,7 +107,7 @@ public final class RotationManager: Sendable {
     /// How long a rotation lease lasts (longer than any backend call's deadline).
     let leaseDuration: TimeInterval = 120
 
-    public init(keys: [Key], store: any RotationStateStore, clock: @escaping @Sendable () -> Date = { Date() },
+    public init(keys: [Key], store: any StateStore, clock: @escaping @Sendable () -> Date = { Date() },
                 holder: String = UUID().uuidString, logger: Logger = Logger(label: "kmsd.rotation"),
                 onEvent: @escaping @Sendable (RotationEvent) -> Void = { _ in }) {
         self.keys = Mutex(Dictionary(keys.map { ($0.name, $0) }, uniquingKeysWith: { $1 }))

@@ -1,4 +1,5 @@
 import Foundation
+import KMSState
 import Synchronization
 
 /// Counts wraps and unwraps per key version in memory, for the request path (one lock, no I/O), and hands the

@@ -3,6 +3,7 @@ import Hummingbird
 import KMSAPI
 import KMSCore
 import KMSRotation
+import KMSState
 import KMSService
 
 /// Each route: the authenticated caller (from the route's context) and the path to the service, a closure that

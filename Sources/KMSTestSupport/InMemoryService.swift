@@ -2,6 +2,7 @@ import Foundation
 public import KMSAudit
 public import KMSCore
 public import KMSRotation
+import KMSState
 public import KMSService
 
 /// The keys and identities the HSM-free tests use: two storage nodes (node 1 may use `orders`, node 2 `invoices`) and

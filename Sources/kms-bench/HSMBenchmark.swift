@@ -3,6 +3,7 @@ import Foundation
 import KMSCore
 import KMSProviderPKCS11
 import KMSRotation
+import KMSState
 import KMSTestSupport
 import PKCS11
 

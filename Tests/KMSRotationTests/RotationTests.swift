@@ -1,6 +1,7 @@
 import Foundation
 import KMSCore
 @testable import KMSRotation
+import KMSState
 import KMSTestSupport
 import Synchronization
 import Testing

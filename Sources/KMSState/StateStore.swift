@@ -76,12 +76,16 @@ public struct JournalEntry: Sendable, Equatable, Codable {
     }
 }
 
-/// kmsd's own rotation state: usage per version, creation times the backend does not keep, the journal, and leases
-/// that keep two schedulers from rotating the same key at once.
+/// kmsd's own state: usage per version, creation times the backend does not keep, the rotation journal, and leases
+/// that keep two schedulers from rotating the same key at once. It holds no key material.
 ///
-/// `SQLiteStateStore` is the embedded implementation (one file in the data directory). The protocol is the seam for a
-/// shared database when several replicas run; every method must be safe to call from several processes at once.
-public protocol RotationStateStore: Sendable {
+/// Two implementations: `SQLiteStateStore` (one file in the data directory; one process, the default) and
+/// `PostgresStateStore` (one database shared by replicas). Every method must be safe to call from several processes at
+/// once, and both pass the same contract suite (Tests/KMSStateTests).
+public protocol StateStore: Sendable {
+    /// Where the state lives, for logs and status: `sqlite:PATH` or `postgres://USER@HOST:PORT/DATABASE` (never a
+    /// password).
+    var location: String { get }
     /// Adds counts (a flush of the in-memory ledger) in one transaction.
     func addUsage(_ deltas: [VersionID: VersionUsage]) async throws
     /// Every version's counted use.
@@ -94,4 +98,13 @@ public protocol RotationStateStore: Sendable {
     /// Takes the lease `name` for `holder` until `now + duration` if it is free, expired, or already `holder`'s.
     func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool
     func releaseLease(_ name: String, holder: String) async throws
+    /// Closes the store's connections; nothing may be called after.
+    func close() async
+}
+
+/// The state store failed (disk, permissions, corruption, the database unreachable). Carries no secrets: the store
+/// holds none, and a database password never enters a message.
+public struct StateStoreError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

@@ -5,9 +5,13 @@ import GRDB
 ///
 /// Several processes may open the same file (SQLite's file locks serialize their writes; a busy timeout waits for
 /// them). Leases are taken in `IMMEDIATE` transactions, so two schedulers never both see a lease as free.
-public final class SQLiteStateStore: RotationStateStore {
+/// Migrations are GRDB's, named `v1`, `v2`, …; a file that holds a migration this kmsd does not know (a newer kmsd
+/// wrote it) is refused rather than used.
+public final class SQLiteStateStore: StateStore {
     public let path: String
     private let queue: DatabaseQueue
+
+    public var location: String { "sqlite:\(path)" }
 
     /// Opens (creating if needed) the store at `path`; the file is readable by its owner only.
     public init(path: String) throws {
@@ -21,10 +25,27 @@ public final class SQLiteStateStore: RotationStateStore {
             configuration.label = "kmsd.rotation"
             queue = try DatabaseQueue(path: path, configuration: configuration)
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
-            try Self.migrator.migrate(queue)
+            let migrator = Self.migrator
+            let superseded = try queue.read { db in try migrator.hasBeenSuperseded(db) }
+            if superseded {
+                let applied = try queue.read { db in try migrator.appliedIdentifiers(db) }
+                throw StateStoreError("the state store at \(path) has schema migrations this kmsd does not know "
+                                      + "(\(applied.sorted().joined(separator: ", "))); a newer kmsd wrote it: upgrade this kmsd "
+                                      + "rather than run it against a newer schema")
+            }
+            try migrator.migrate(queue)
+        } catch let error as StateStoreError {
+            throw error
         } catch {
             throw StateStoreError("cannot open the rotation state store at \(path): \(error)")
         }
+    }
+
+    /// The migrations this kmsd knows, oldest first.
+    public static var knownMigrations: [String] { migrator.migrations }
+
+    public func close() async {
+        try? queue.close()
     }
 
     private static var migrator: DatabaseMigrator {
@@ -175,10 +196,4 @@ public final class SQLiteStateStore: RotationStateStore {
             throw StateStoreError("rotation state store (\(path)): cannot \(what): \(error)")
         }
     }
-}
-
-/// The state store failed (disk, permissions, corruption). Carries no secrets: the store holds none.
-public struct StateStoreError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
 }

@@ -1,0 +1,337 @@
+public import Foundation
+public import Logging
+import NIOSSL
+import PostgresNIO
+
+/// Where the PostgreSQL state store is and how to reach it (`state.postgres` in the configuration).
+public struct PostgresStoreSettings: Sendable, CustomStringConvertible {
+    /// TLS to the database: the CA that signed the server's certificate (checked, with the host name), and a client
+    /// certificate when the server asks for one.
+    public struct TLS: Sendable {
+        public var caFile: String
+        public var certificateFile: String?
+        public var keyFile: String?
+        public init(caFile: String, certificateFile: String? = nil, keyFile: String? = nil) {
+            self.caFile = caFile
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+        }
+    }
+
+    public var host: String
+    public var port: Int
+    public var database: String
+    public var user: String
+    /// Read from its file or environment variable by the daemon; never printed.
+    public var password: String?
+    /// Without TLS the connection is plaintext: loopback or a private network only (production mode refuses it).
+    public var tls: TLS?
+    public var connectTimeout: Duration
+    /// The longest one store operation may take, connection wait included; past it the operation fails.
+    public var operationTimeout: Duration
+    public var maxConnections: Int
+
+    public init(host: String, port: Int = 5432, database: String, user: String, password: String? = nil, tls: TLS? = nil,
+                connectTimeout: Duration = .seconds(5), operationTimeout: Duration = .seconds(5), maxConnections: Int = 8) {
+        self.host = host
+        self.port = port
+        self.database = database
+        self.user = user
+        self.password = password
+        self.tls = tls
+        self.connectTimeout = connectTimeout
+        self.operationTimeout = operationTimeout
+        self.maxConnections = maxConnections
+    }
+
+    /// `postgres://USER@HOST:PORT/DATABASE`: no password.
+    public var description: String {
+        let hostText = host.contains(":") ? "[\(host)]" : host
+        return "postgres://\(user)@\(hostText):\(port)/\(database)"
+    }
+}
+
+/// The shared state store: one PostgreSQL database that every replica uses (tables prefixed `kmsd_`).
+///
+/// Schema migrations are numbered; `open` applies the missing ones in one transaction under a transaction-level
+/// advisory lock, so replicas starting together migrate once, and refuses a database whose schema is newer than this
+/// kmsd knows. Times are stored as seconds since 1970 (`double precision`), as the SQLite store does. Every operation
+/// has a deadline (`operationTimeout`): an unreachable database fails operations, it does not hang them.
+public final class PostgresStateStore: StateStore {
+    /// Each migration's statements, oldest first; the schema version is the number applied.
+    static let migrations: [[String]] = [
+        [
+            """
+            CREATE TABLE kmsd_usage (
+                key text NOT NULL, version bigint NOT NULL,
+                wraps bigint NOT NULL DEFAULT 0, unwraps bigint NOT NULL DEFAULT 0,
+                last_wrap_at double precision, last_unwrap_at double precision,
+                PRIMARY KEY (key, version))
+            """,
+            """
+            CREATE TABLE kmsd_versions (
+                key text NOT NULL, version bigint NOT NULL, created_at double precision NOT NULL,
+                PRIMARY KEY (key, version))
+            """,
+            """
+            CREATE TABLE kmsd_journal (
+                id bigserial PRIMARY KEY, at double precision NOT NULL, key text NOT NULL, action text NOT NULL,
+                actor text NOT NULL, reason text NOT NULL, from_version bigint, to_version bigint,
+                result text NOT NULL, detail text)
+            """,
+            "CREATE INDEX kmsd_journal_key ON kmsd_journal (key, id)",
+            "CREATE TABLE kmsd_leases (name text PRIMARY KEY, holder text NOT NULL, expires_at double precision NOT NULL)",
+        ],
+    ]
+    /// The schema version this kmsd writes and understands.
+    public static var schemaVersion: Int { migrations.count }
+    /// The advisory lock migrations run under ("kmsd" in ASCII).
+    static let migrationLock: Int64 = 0x6B6D_7364
+
+    public let settings: PostgresStoreSettings
+    public var location: String { settings.description }
+    private let client: PostgresClient
+    private let runner: Task<Void, Never>
+    private let logger: Logger
+    private let tls: TLSConfiguration?
+
+    private init(settings: PostgresStoreSettings, logger: Logger) throws {
+        self.settings = settings
+        self.logger = logger
+        var configuration = PostgresClient.Configuration(
+            host: settings.host, port: settings.port, username: settings.user, password: settings.password,
+            database: settings.database, tls: .disable)
+        if let files = settings.tls {
+            var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
+            tlsConfiguration.minimumTLSVersion = .tlsv12
+            tlsConfiguration.certificateVerification = .fullVerification
+            tlsConfiguration.trustRoots = .file(files.caFile)
+            if let certificate = files.certificateFile, let key = files.keyFile {
+                tlsConfiguration.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) }
+                tlsConfiguration.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+            }
+            configuration.tls = .require(tlsConfiguration)
+            tls = tlsConfiguration
+        } else {
+            tls = nil
+        }
+        configuration.options.connectTimeout = settings.connectTimeout
+        configuration.options.maximumConnections = settings.maxConnections
+        configuration.options.minimumConnections = 0
+        // The pool logs each failed connection attempt at info; kmsd reports the store's failures on the operations.
+        var poolLogger = logger
+        poolLogger.logLevel = max(logger.logLevel, .notice)
+        let client = PostgresClient(configuration: configuration, backgroundLogger: poolLogger)
+        self.client = client
+        runner = Task { await client.run() }
+    }
+
+    /// Connects, applies missing migrations, and returns the store; fails (closing what it opened) when the database
+    /// cannot be reached, refuses the credentials, or holds a newer schema.
+    public static func open(_ settings: PostgresStoreSettings, logger: Logger = Logger(label: "kmsd.state")) async throws -> PostgresStateStore {
+        let store: PostgresStateStore
+        do {
+            store = try PostgresStateStore(settings: settings, logger: logger)
+        } catch {
+            throw StateStoreError("state store \(settings): cannot set up TLS: \(error)")
+        }
+        do {
+            try await store.probe()
+            try await store.migrate()
+        } catch {
+            await store.close()
+            throw error
+        }
+        return store
+    }
+
+    public func close() async {
+        runner.cancel()
+        await runner.value
+    }
+
+    /// One connection outside the pool, so that a wrong address, password or certificate is reported as what it is
+    /// (the pool retries quietly until an operation's deadline).
+    private func probe() async throws {
+        try await guarded("connect") { [settings, tls, logger] in
+            var configuration = PostgresConnection.Configuration(
+                host: settings.host, port: settings.port, username: settings.user, password: settings.password,
+                database: settings.database, tls: try tls.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable)
+            let timeout = settings.connectTimeout.components
+            configuration.options.connectTimeout = .milliseconds(timeout.seconds * 1000 + timeout.attoseconds / 1_000_000_000_000_000)
+            let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+            try await connection.close()
+        }
+    }
+
+    private func migrate() async throws {
+        let known = Self.schemaVersion
+        try await guarded("apply schema migrations") { [client, logger, location] in
+            try await client.withTransaction(logger: logger) { connection in
+                try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
+                try await connection.query(
+                    "CREATE TABLE IF NOT EXISTS kmsd_schema (version integer NOT NULL, applied_at double precision NOT NULL)",
+                    logger: logger)
+                var current = 0
+                for try await version in try await connection.query("SELECT coalesce(max(version), 0) FROM kmsd_schema", logger: logger)
+                    .decode(Int.self) { current = version }
+                guard current <= known else {
+                    throw StateStoreError("the state store \(location) has schema version \(current) and this kmsd knows up to \(known): "
+                                          + "a newer kmsd migrated it; upgrade this kmsd rather than run it against a newer schema")
+                }
+                for version in (current + 1)..<(known + 1) {
+                    for statement in Self.migrations[version - 1] {
+                        try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                    }
+                    let now = Date().timeIntervalSince1970
+                    try await connection.query("INSERT INTO kmsd_schema (version, applied_at) VALUES (\(version), \(now))", logger: logger)
+                }
+            }
+        }
+    }
+
+    public func addUsage(_ deltas: [VersionID: VersionUsage]) async throws {
+        guard !deltas.isEmpty else { return }
+        try await guarded("add usage") { [client, logger] in
+            try await client.withTransaction(logger: logger) { connection in
+                // Rows in a fixed order, so two replicas flushing the same versions never deadlock.
+                for (id, usage) in deltas.sorted(by: { $0.key < $1.key }) {
+                    let lastWrap = usage.lastWrapAt?.timeIntervalSince1970
+                    let lastUnwrap = usage.lastUnwrapAt?.timeIntervalSince1970
+                    // greatest() ignores NULLs.
+                    try await connection.query("""
+                        INSERT INTO kmsd_usage AS u (key, version, wraps, unwraps, last_wrap_at, last_unwrap_at)
+                        VALUES (\(id.key), \(Int64(id.version)), \(Int64(clamping: usage.wraps)), \(Int64(clamping: usage.unwraps)), \(lastWrap), \(lastUnwrap))
+                        ON CONFLICT (key, version) DO UPDATE SET
+                            wraps = u.wraps + excluded.wraps, unwraps = u.unwraps + excluded.unwraps,
+                            last_wrap_at = greatest(u.last_wrap_at, excluded.last_wrap_at),
+                            last_unwrap_at = greatest(u.last_unwrap_at, excluded.last_unwrap_at)
+                        """, logger: logger)
+                }
+            }
+        }
+    }
+
+    public func allUsage() async throws -> [VersionID: VersionUsage] {
+        try await guarded("read usage") { [client, logger] in
+            var result: [VersionID: VersionUsage] = [:]
+            let rows = try await client.query("SELECT key, version, wraps, unwraps, last_wrap_at, last_unwrap_at FROM kmsd_usage", logger: logger)
+            for try await (key, version, wraps, unwraps, lastWrap, lastUnwrap) in rows.decode((String, Int64, Int64, Int64, Double?, Double?).self) {
+                result[VersionID(key, UInt32(clamping: version))] = VersionUsage(
+                    wraps: UInt64(clamping: wraps), unwraps: UInt64(clamping: unwraps),
+                    lastWrapAt: lastWrap.map(Date.init(timeIntervalSince1970:)),
+                    lastUnwrapAt: lastUnwrap.map(Date.init(timeIntervalSince1970:)))
+            }
+            return result
+        }
+    }
+
+    public func recordVersionCreated(_ version: VersionID, at date: Date) async throws -> Date {
+        try await guarded("record version") { [client, logger] in
+            let seconds = date.timeIntervalSince1970
+            // Two statements: under READ COMMITTED the second sees a row another replica committed while the first waited.
+            try await client.query("""
+                INSERT INTO kmsd_versions (key, version, created_at) VALUES (\(version.key), \(Int64(version.version)), \(seconds))
+                ON CONFLICT (key, version) DO NOTHING
+                """, logger: logger)
+            let rows = try await client.query(
+                "SELECT created_at FROM kmsd_versions WHERE key = \(version.key) AND version = \(Int64(version.version))", logger: logger)
+            for try await recorded in rows.decode(Double.self) { return Date(timeIntervalSince1970: recorded) }
+            return date
+        }
+    }
+
+    public func append(_ entry: JournalEntry) async throws {
+        try await guarded("append to the journal") { [client, logger] in
+            let from = entry.fromVersion.map { Int64($0) }
+            let to = entry.toVersion.map { Int64($0) }
+            _ = try await client.query("""
+                INSERT INTO kmsd_journal (at, key, action, actor, reason, from_version, to_version, result, detail)
+                VALUES (\(entry.at.timeIntervalSince1970), \(entry.key), \(entry.action.rawValue), \(entry.actor), \(entry.reason),
+                        \(from), \(to), \(entry.result.rawValue), \(entry.detail))
+                """, logger: logger)
+        }
+    }
+
+    public func journal(key: String?, limit: Int) async throws -> [JournalEntry] {
+        try await guarded("read the journal") { [client, logger] in
+            let count = Int64(max(0, limit))
+            let columns = "at, key, action, actor, reason, from_version, to_version, result, detail"
+            let query: PostgresQuery = if let key {
+                "SELECT \(unescaped: columns) FROM kmsd_journal WHERE key = \(key) ORDER BY id DESC LIMIT \(count)"
+            } else {
+                "SELECT \(unescaped: columns) FROM kmsd_journal ORDER BY id DESC LIMIT \(count)"
+            }
+            var entries: [JournalEntry] = []
+            let rows = try await client.query(query, logger: logger)
+            for try await row in rows {
+                let (at, key, action, actor, reason, from, to, result, detail) = try row.decode(
+                    (Double, String, String, String, String, Int64?, Int64?, String, String?).self)
+                entries.append(JournalEntry(
+                    at: Date(timeIntervalSince1970: at), key: key, action: .init(rawValue: action) ?? .rotate, actor: actor,
+                    reason: reason, fromVersion: from.map { UInt32(clamping: $0) }, toVersion: to.map { UInt32(clamping: $0) },
+                    result: .init(rawValue: result) ?? .failed, detail: detail))
+            }
+            return entries.reversed()
+        }
+    }
+
+    public func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool {
+        try await guarded("take a lease") { [client, logger] in
+            let nowSeconds = now.timeIntervalSince1970
+            let expires = nowSeconds + duration
+            // One statement: the conflicting row is locked, so of two replicas racing, the second sees the first's lease.
+            let rows = try await client.query("""
+                INSERT INTO kmsd_leases AS l (name, holder, expires_at) VALUES (\(name), \(holder), \(expires))
+                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                WHERE l.holder = excluded.holder OR l.expires_at <= \(nowSeconds)
+                RETURNING holder
+                """, logger: logger)
+            for try await _ in rows { return true }
+            return false
+        }
+    }
+
+    public func releaseLease(_ name: String, holder: String) async throws {
+        try await guarded("release a lease") { [client, logger] in
+            _ = try await client.query("DELETE FROM kmsd_leases WHERE name = \(name) AND holder = \(holder)", logger: logger)
+        }
+    }
+
+    /// Runs a store operation within `operationTimeout`; database errors become `StateStoreError`s naming the store
+    /// and what was attempted.
+    private func guarded<T: Sendable>(_ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let timeout = settings.operationTimeout
+        let location = location
+        do {
+            return try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask { try await body() }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let value = first else {
+                    throw StateStoreError("state store \(location): cannot \(what): no answer within \(timeout) (the database is "
+                                          + "unreachable, refuses connections, or is overloaded)")
+                }
+                return value
+            }
+        } catch let error as StateStoreError {
+            throw error
+        } catch {
+            throw StateStoreError("state store \(location): cannot \(what): \(Self.describe(error))")
+        }
+    }
+
+    /// What went wrong, without what postgres-nio keeps out of its descriptions (queries and their values): the error
+    /// class, the server's message and SQLSTATE, the connection error underneath.
+    static func describe(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        var parts = ["\(error.code)"]
+        if let message = error.serverInfo?[.message] { parts.append(message) }
+        if let state = error.serverInfo?[.sqlState] { parts.append("SQLSTATE \(state)") }
+        if let underlying = error.underlying { parts.append("\(underlying)") }
+        return parts.joined(separator: ": ")
+    }
+}

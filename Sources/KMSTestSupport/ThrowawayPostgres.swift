@@ -1,0 +1,130 @@
+public import Foundation
+public import KMSState
+import Synchronization
+
+/// A throwaway PostgreSQL cluster for tests, driven by `ci/postgres` (the same script ci/test and `ci/dev --replicas`
+/// use). ci/test starts one and names its directory in `KMSD_TEST_POSTGRES`; a test run without it (swift test by
+/// hand) starts its own on first use and stops it when the process exits. Each test takes a fresh database.
+public final class ThrowawayPostgres: Sendable {
+    /// The directory `ci/postgres start` described the cluster in.
+    public let directory: URL
+    public let port: Int
+    public let user: String
+    public let password: String
+    /// This process started the cluster (no `KMSD_TEST_POSTGRES`), so it stops it at exit.
+    let ownsCluster: Bool
+
+    private static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("ci/postgres")
+    private static let started = Mutex<Result<ThrowawayPostgres, FixtureError>?>(nil)
+
+    private init(directory: URL, ownsCluster: Bool) throws {
+        self.directory = directory
+        self.ownsCluster = ownsCluster
+        func read(_ name: String) throws -> String {
+            guard let text = try? String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8) else {
+                throw FixtureError("the PostgreSQL cluster in \(directory.path) has no \(name) file (ci/postgres start writes it)")
+            }
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        guard let port = Int(try read("port")) else { throw FixtureError("bad port file in \(directory.path)") }
+        self.port = port
+        user = try read("user")
+        password = try read("password")
+    }
+
+    /// The cluster of this test process: ci/test's, or one started now.
+    public static func shared() throws -> ThrowawayPostgres {
+        let result = started.withLock { state -> Result<ThrowawayPostgres, FixtureError> in
+            if let state { return state }
+            let result: Result<ThrowawayPostgres, FixtureError>
+            do {
+                if let given = ProcessInfo.processInfo.environment["KMSD_TEST_POSTGRES"], !given.isEmpty {
+                    result = .success(try ThrowawayPostgres(directory: URL(fileURLWithPath: given), ownsCluster: false))
+                } else {
+                    let cluster = try start()
+                    atexit {
+                        if case .success(let cluster)? = ThrowawayPostgres.started.withLock({ $0 }), cluster.ownsCluster {
+                            cluster.stop()
+                        }
+                    }
+                    result = .success(cluster)
+                }
+            } catch let error as FixtureError {
+                result = .failure(error)
+            } catch {
+                result = .failure(FixtureError("cannot start PostgreSQL: \(error)"))
+            }
+            state = result
+            return result
+        }
+        return try result.get()
+    }
+
+    /// A cluster of the caller's own (for a test that stops and starts it); the caller calls `stop()`.
+    public static func start() throws -> ThrowawayPostgres {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postgres-\(UUID().uuidString)")
+        let output = try run(["start", directory.path])
+        guard output.status == 0 else { throw FixtureError("ci/postgres start failed: \(output.text)") }
+        return try ThrowawayPostgres(directory: directory, ownsCluster: true)
+    }
+
+    /// Stops the server and removes the cluster.
+    public func stop() {
+        _ = try? Self.run(["stop", directory.path])
+    }
+
+    /// A new empty database; its name.
+    public func createDatabase() throws -> String {
+        let name = "kmsd_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(16)
+        try sql("CREATE DATABASE \(name)", database: "postgres")
+        return name
+    }
+
+    /// Runs SQL as the superuser; returns psql's unaligned rows.
+    @discardableResult
+    public func sql(_ statement: String, database: String) throws -> String {
+        let output = try Self.run(["sql", directory.path, database, statement])
+        guard output.status == 0 else { throw FixtureError("psql failed: \(output.text)") }
+        return output.text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Stops the server, keeping its data (an outage), and starts it again.
+    public func pause() throws { try check(Self.run(["pause", directory.path]), "pause") }
+    public func resume() throws { try check(Self.run(["resume", directory.path]), "resume") }
+
+    /// Settings for a store on `database` as the superuser.
+    public func settings(database: String, password: String? = nil, operationTimeout: Duration = .seconds(5)) -> PostgresStoreSettings {
+        PostgresStoreSettings(host: "127.0.0.1", port: port, database: database, user: user, password: password ?? self.password,
+                              operationTimeout: operationTimeout)
+    }
+
+    private func check(_ output: (status: Int32, text: String), _ what: String) throws {
+        guard output.status == 0 else { throw FixtureError("ci/postgres \(what) failed: \(output.text)") }
+    }
+
+    /// Runs ci/postgres with posix_spawn and waitpid. Its output goes to a file, not a pipe: the server it starts
+    /// inherits descriptors, and a pipe would never reach end of file. (Foundation's Process left the script a zombie
+    /// here, unreaped, with waitUntilExit never returning.)
+    static func run(_ arguments: [String]) throws -> (status: Int32, text: String) {
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("ci-postgres-\(UUID().uuidString).log")
+        defer { try? FileManager.default.removeItem(at: log) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, log.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv = ([script.path] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, script.path, &actions, nil, argv, environ)
+        guard spawned == 0 else { throw FixtureError("cannot run \(script.path): \(String(cString: strerror(spawned)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 {
+            guard errno == EINTR else { throw FixtureError("waitpid for ci/postgres: \(String(cString: strerror(errno)))") }
+        }
+        let exited = status & 0x7F == 0
+        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        return (exited ? (status >> 8) & 0xFF : 128 + (status & 0x7F), text)
+    }
+}

@@ -1,0 +1,88 @@
+import Foundation
+import KMSState
+import KMSTestSupport
+import Testing
+
+/// What only the PostgreSQL store has: credentials, a network between kmsd and its state, outages.
+@Suite("PostgreSQL state store")
+struct PostgresStoreTests {
+    @Test func aWrongPasswordIsAClearErrorThatDoesNotRepeatIt() async throws {
+        let cluster = try ThrowawayPostgres.shared()
+        let database = try cluster.createDatabase()
+        let wrong = "not-the-password-\(UUID().uuidString)"
+        do {
+            let store = try await PostgresStateStore.open(cluster.settings(database: database, password: wrong))
+            await store.close()
+            Issue.record("a wrong password was accepted")
+        } catch let error as StateStoreError {
+            #expect(error.description.contains("password authentication failed"), "\(error)")
+            #expect(error.description.contains("postgres://\(cluster.user)@127.0.0.1:\(cluster.port)/\(database)"), "\(error)")
+            #expect(!error.description.contains(wrong))
+            #expect(!error.description.contains(cluster.password))
+        }
+    }
+
+    @Test func aDatabaseNobodyListensOnFailsWithinTheDeadline() async throws {
+        let cluster = try ThrowawayPostgres.shared()
+        var settings = cluster.settings(database: "nothing", operationTimeout: .seconds(2))
+        settings.port = try freeLoopbackPort()
+        settings.connectTimeout = .seconds(1)
+        let began = ContinuousClock.now
+        do {
+            let store = try await PostgresStateStore.open(settings)
+            await store.close()
+            Issue.record("opened a store where no server listens")
+        } catch let error as StateStoreError {
+            #expect(error.description.contains("cannot connect") && error.description.contains("Connection refused"), "\(error)")
+        }
+        #expect(ContinuousClock.now - began < .seconds(5))
+    }
+
+    @Test func anOutageFailsOperationsWithinTheDeadlineAndTheStoreRecoversOnItsOwn() async throws {
+        // A cluster of its own: the shared one serves tests running in parallel.
+        let cluster = try ThrowawayPostgres.start()
+        defer { cluster.stop() }
+        let store = try await PostgresStateStore.open(cluster.settings(database: "postgres", operationTimeout: .seconds(2)))
+        try await store.addUsage([orders1: VersionUsage(wraps: 1)])
+        try cluster.pause()
+        let began = ContinuousClock.now
+        var failure: (any Error)?
+        do { try await store.addUsage([orders1: VersionUsage(wraps: 1)]) } catch { failure = error }
+        let elapsed = ContinuousClock.now - began
+        try cluster.resume()
+        #expect(failure is StateStoreError, "\(String(describing: failure))")
+        #expect(elapsed < .seconds(4))
+        // The same store, not reopened: the pool connects again.
+        var recovered = false
+        for _ in 0..<50 where !recovered {
+            recovered = (try? await store.addUsage([orders1: VersionUsage(wraps: 1)])) != nil
+            if !recovered { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(recovered)
+        #expect(try await store.allUsage()[orders1]?.wraps == 2)
+        await store.close()
+    }
+
+    @Test func itsLocationNamesTheDatabaseButNeverThePassword() {
+        let settings = PostgresStoreSettings(host: "db.internal", port: 5433, database: "kmsd", user: "kmsd", password: "s3cret")
+        #expect(settings.description == "postgres://kmsd@db.internal:5433/kmsd")
+        #expect(!"\(settings)".contains("s3cret"))
+        #expect(!String(reflecting: settings).contains("s3cret"))
+    }
+}
+
+/// A loopback port nothing listens on (bound, read and closed).
+func freeLoopbackPort() throws -> Int {
+    let socket = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(socket) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+    }
+    guard bound else { throw FixtureError("cannot bind a loopback port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}

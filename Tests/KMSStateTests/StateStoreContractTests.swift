@@ -1,0 +1,229 @@
+import Foundation
+import GRDB
+import KMSState
+import KMSTestSupport
+import Testing
+
+/// The two state stores. Every contract test runs against each; a "database" is a fresh SQLite file or a fresh
+/// PostgreSQL database in the throwaway cluster, which several store instances (replicas) may open at once.
+enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgres
+    var testDescription: String { rawValue }
+}
+
+/// One fresh database of a kind, and how to open a store on it.
+struct StoreDatabase: Sendable {
+    let kind: StoreKind
+    /// The SQLite file, or the PostgreSQL database's name.
+    let name: String
+
+    init(_ kind: StoreKind) throws {
+        self.kind = kind
+        switch kind {
+        case .sqlite:
+            name = FileManager.default.temporaryDirectory.appendingPathComponent("state-\(UUID().uuidString)/rotation.sqlite").path
+        case .postgres:
+            name = try ThrowawayPostgres.shared().createDatabase()
+        }
+    }
+
+    func open() async throws -> any StateStore {
+        switch kind {
+        case .sqlite: try SQLiteStateStore(path: name)
+        case .postgres: try await PostgresStateStore.open(try ThrowawayPostgres.shared().settings(database: name))
+        }
+    }
+
+    /// Records a schema version newer than any this kmsd knows, as a later kmsd would.
+    func markNewerSchema() throws {
+        switch kind {
+        case .sqlite:
+            let queue = try DatabaseQueue(path: name)
+            try queue.write { db in try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v99')") }
+            try queue.close()
+        case .postgres:
+            try ThrowawayPostgres.shared().sql("INSERT INTO kmsd_schema (version, applied_at) VALUES (99, 0)", database: name)
+        }
+    }
+}
+
+/// Opens a store on a fresh database, runs `body`, closes it.
+func withStore(_ kind: StoreKind, _ body: (any StateStore, StoreDatabase) async throws -> Void) async throws {
+    let database = try StoreDatabase(kind)
+    let store = try await database.open()
+    do {
+        try await body(store, database)
+        await store.close()
+    } catch {
+        await store.close()
+        throw error
+    }
+}
+
+let start = Date(timeIntervalSince1970: 1_800_000_000.25)
+let orders1 = VersionID("orders", 1)
+let orders2 = VersionID("orders", 2)
+
+@Suite("State store contract")
+struct StateStoreContractTests {
+    @Test(arguments: StoreKind.allCases)
+    func usageAddsUpAndKeepsTheLaterTimes(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ async throws in
+            #expect(try await store.allUsage().isEmpty)
+            try await store.addUsage([:])
+            try await store.addUsage([
+                orders1: VersionUsage(wraps: 3, unwraps: 0, lastWrapAt: start, lastUnwrapAt: nil),
+                orders2: VersionUsage(wraps: 0, unwraps: 2, lastWrapAt: nil, lastUnwrapAt: start),
+            ])
+            try await store.addUsage([
+                orders1: VersionUsage(wraps: 4, unwraps: 1, lastWrapAt: start.addingTimeInterval(-10), lastUnwrapAt: start.addingTimeInterval(5)),
+                orders2: VersionUsage(wraps: 1, unwraps: 0, lastWrapAt: start.addingTimeInterval(1), lastUnwrapAt: nil),
+            ])
+            let usage = try await store.allUsage()
+            #expect(usage == [
+                orders1: VersionUsage(wraps: 7, unwraps: 1, lastWrapAt: start, lastUnwrapAt: start.addingTimeInterval(5)),
+                orders2: VersionUsage(wraps: 1, unwraps: 2, lastWrapAt: start.addingTimeInterval(1), lastUnwrapAt: start),
+            ])
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func aVersionsCreationTimeIsRecordedOnce(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ async throws in
+            #expect(try await store.recordVersionCreated(orders1, at: start) == start)
+            #expect(try await store.recordVersionCreated(orders1, at: start.addingTimeInterval(60)) == start)
+            #expect(try await store.recordVersionCreated(orders2, at: start.addingTimeInterval(60)) == start.addingTimeInterval(60))
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func theJournalGivesTheNewestEntriesOldestFirstPerKey(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ async throws in
+            var written: [JournalEntry] = []
+            for index in 0..<6 {
+                let entry = JournalEntry(
+                    at: start.addingTimeInterval(Double(index)), key: index.isMultiple(of: 2) ? "orders" : "invoices",
+                    action: index == 0 ? .create : .rotate, actor: "CN=security-\(index)", reason: "manual: drill \(index)",
+                    fromVersion: index == 0 ? nil : UInt32(index), toVersion: UInt32(index + 1),
+                    result: index == 3 ? .failed : .ok, detail: index == 3 ? "unavailable: the HSM is down" : nil)
+                try await store.append(entry)
+                written.append(entry)
+            }
+            #expect(try await store.journal(key: nil, limit: 100) == written)
+            #expect(try await store.journal(key: nil, limit: 2) == Array(written.suffix(2)))
+            #expect(try await store.journal(key: "invoices", limit: 100) == [written[1], written[3], written[5]])
+            #expect(try await store.journal(key: "orders", limit: 1) == [written[4]])
+            #expect(try await store.journal(key: "nothing", limit: 10).isEmpty)
+            #expect(try await store.journal(key: nil, limit: 0).isEmpty)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func aLeaseHasOneHolderUntilItExpiresOrIsReleased(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ async throws in
+            #expect(try await store.acquireLease("rotate/orders", holder: "a", now: start, duration: 60))
+            #expect(try await !store.acquireLease("rotate/orders", holder: "b", now: start.addingTimeInterval(59), duration: 60))
+            #expect(try await store.acquireLease("rotate/invoices", holder: "b", now: start, duration: 60), "leases are by name")
+            // The holder renews; the renewal moves the expiry.
+            #expect(try await store.acquireLease("rotate/orders", holder: "a", now: start.addingTimeInterval(30), duration: 60))
+            #expect(try await !store.acquireLease("rotate/orders", holder: "b", now: start.addingTimeInterval(89), duration: 60))
+            #expect(try await store.acquireLease("rotate/orders", holder: "b", now: start.addingTimeInterval(90), duration: 60),
+                    "an expired lease is free")
+            try await store.releaseLease("rotate/orders", holder: "a")  // no longer a's: changes nothing
+            #expect(try await !store.acquireLease("rotate/orders", holder: "a", now: start.addingTimeInterval(91), duration: 60))
+            try await store.releaseLease("rotate/orders", holder: "b")
+            #expect(try await store.acquireLease("rotate/orders", holder: "a", now: start.addingTimeInterval(92), duration: 60))
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func everythingSurvivesReopeningAndMigrationsRunOnce(_ kind: StoreKind) async throws {
+        let database = try StoreDatabase(kind)
+        let first = try await database.open()
+        try await first.addUsage([orders1: VersionUsage(wraps: 5)])
+        _ = try await first.recordVersionCreated(orders1, at: start)
+        try await first.append(JournalEntry(at: start, key: "orders", action: .create, actor: "admin", reason: "new", result: .ok))
+        #expect(try await first.acquireLease("rotate/orders", holder: "a", now: start, duration: 60))
+        await first.close()
+        let second = try await database.open()
+        #expect(try await second.allUsage() == [orders1: VersionUsage(wraps: 5)])
+        #expect(try await second.recordVersionCreated(orders1, at: start.addingTimeInterval(1)) == start)
+        #expect(try await second.journal(key: nil, limit: 10).count == 1)
+        #expect(try await !second.acquireLease("rotate/orders", holder: "b", now: start, duration: 60))
+        await second.close()
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func replicasStartingTogetherOnAnEmptyDatabaseAllOpenIt(_ kind: StoreKind) async throws {
+        let database = try StoreDatabase(kind)
+        let stores = try await withThrowingTaskGroup(of: (any StateStore).self) { group in
+            for _ in 0..<4 { group.addTask { try await database.open() } }
+            var stores: [any StateStore] = []
+            for try await store in group { stores.append(store) }
+            return stores
+        }
+        #expect(stores.count == 4)
+        try await stores[0].addUsage([orders1: VersionUsage(wraps: 1)])
+        for store in stores {
+            #expect(try await store.allUsage()[orders1]?.wraps == 1)
+            await store.close()
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func aSchemaNewerThanThisKmsdKnowsIsRefused(_ kind: StoreKind) async throws {
+        let database = try StoreDatabase(kind)
+        try await database.open().close()
+        try database.markNewerSchema()
+        do {
+            let store = try await database.open()
+            await store.close()
+            Issue.record("a store with a newer schema opened")
+        } catch let error as StateStoreError {
+            #expect(error.description.contains("newer"), "\(error)")
+            #expect(error.description.contains("upgrade this kmsd"), "\(error)")
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func replicasCountTogetherExactly(_ kind: StoreKind) async throws {
+        let database = try StoreDatabase(kind)
+        let stores = [try await database.open(), try await database.open()]
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<40 {
+                let store = stores[index % 2]
+                group.addTask {
+                    try await store.addUsage([orders1: VersionUsage(wraps: 3, unwraps: 1), orders2: VersionUsage(wraps: 1)])
+                }
+            }
+            try await group.waitForAll()
+        }
+        for store in stores {
+            let usage = try await store.allUsage()
+            #expect(usage[orders1] == VersionUsage(wraps: 120, unwraps: 40))
+            #expect(usage[orders2] == VersionUsage(wraps: 40))
+            await store.close()
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func ofReplicasRacingForALeaseExactlyOneWins(_ kind: StoreKind) async throws {
+        let database = try StoreDatabase(kind)
+        let stores = [try await database.open(), try await database.open()]
+        for round in 0..<10 {
+            let winners = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for contender in 0..<8 {
+                    let store = stores[contender % 2]
+                    group.addTask {
+                        try await store.acquireLease("rotate/k\(round)", holder: "replica-\(contender)", now: start, duration: 60)
+                    }
+                }
+                var winners = 0
+                for try await won in group where won { winners += 1 }
+                return winners
+            }
+            #expect(winners == 1, "round \(round)")
+        }
+        for store in stores { await store.close() }
+    }
+}
