@@ -6,7 +6,7 @@ if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
 fi
 
 # The Debian packages kmsd needs to build and test.
-KMSD_PACKAGES=(softhsm2 libp11-kit-dev libsqlite3-dev opensc openssl curl)
+KMSD_PACKAGES=(softhsm2 libp11-kit-dev libsqlite3-dev opensc openssl curl postgresql)
 
 # Installs whichever of the given Debian packages is missing (as root, or through sudo).
 ensure_packages() {

@@ -207,7 +207,7 @@ struct Reader {
     mutating func configuration(_ root: [String: Any], source: String) -> Configuration? {
         let top = map(root, "config", known: [
             "mode", "listen", "tls", "providers", "keys", "admin", "limits", "log_level", "log_format", "debug", "data_dir", "audit",
-            "transit",
+            "transit", "state",
         ]) ?? [:]
         let modeText = string(top, "mode", "config") ?? "development"
         let mode = Configuration.Mode(rawValue: modeText)
@@ -350,11 +350,54 @@ struct Reader {
         if logFormat == nil { problem("log_format", "expected text or json") }
         let audit = self.audit(top["audit"], production: mode == .production, providers: providersMap)
         let transit = self.transit(top["transit"], listening: listenMap?["transit"] != nil, tls: tls != nil, keys: Set(keys.keys))
+        let state = self.state(top["state"])
         guard let mode else { return nil }
         return Configuration(
             mode: mode, listen: listen, tls: tls, providers: providers, keys: keys, admin: admin, limits: limits,
-            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, audit: audit, transit: transit, logFormat: logFormat ?? .text,
-            source: source)
+            logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, state: state, audit: audit, transit: transit,
+            logFormat: logFormat ?? .text, source: source)
+    }
+
+    /// `state: {sqlite: {path}}` or `state: {postgres: {host, port, database, user, password, tls, …}}`.
+    mutating func state(_ value: Any?) -> Configuration.State {
+        guard let value, !(value is NSNull) else { return .sqlite(path: nil) }
+        guard let stateMap = map(value, "state", known: ["sqlite", "postgres"]) else { return .sqlite(path: nil) }
+        guard stateMap.count == 1 else {
+            problem("state", "give exactly one of sqlite or postgres")
+            return .sqlite(path: nil)
+        }
+        if stateMap["sqlite"] != nil {
+            let sqlite = stateMap["sqlite"] is NSNull ? [:] : map(stateMap["sqlite"], "state.sqlite", known: ["path"])
+            return .sqlite(path: string(sqlite, "path", "state.sqlite").map(resolve))
+        }
+        let path = "state.postgres"
+        let postgres = map(stateMap["postgres"], path, known: [
+            "host", "port", "database", "user", "password", "tls", "connect_timeout", "timeout", "max_connections",
+        ])
+        let host = string(postgres, "host", path, required: true) ?? ""
+        let database = string(postgres, "database", path, required: true) ?? ""
+        let user = string(postgres, "user", path, required: true) ?? ""
+        for (key, text) in [("host", host), ("database", database), ("user", user)] where text.contains(where: { $0.isWhitespace || $0 == "\0" }) {
+            problem("\(path).\(key)", "must not contain spaces or control characters")
+        }
+        let password = postgres?["password"].flatMap { secret($0, "\(path).password") }
+        var tls: Configuration.Postgres.TLS?
+        if let tlsMap = map(postgres?["tls"], "\(path).tls", known: ["ca", "cert", "key"]) {
+            let ca = string(tlsMap, "ca", "\(path).tls", required: true).map(resolve)
+            let cert = string(tlsMap, "cert", "\(path).tls").map(resolve)
+            let key = string(tlsMap, "key", "\(path).tls").map(resolve)
+            if (cert == nil) != (key == nil) { problem("\(path).tls", "give cert and key together (a client certificate), or neither") }
+            for (name, file) in [("ca", ca), ("cert", cert), ("key", key)] {
+                if let file, !FileManager.default.fileExists(atPath: file) { problem("\(path).tls.\(name)", "the file \(file) does not exist") }
+            }
+            if let ca { tls = .init(ca: ca, cert: cert, key: key) }
+        }
+        return .postgres(Configuration.Postgres(
+            host: host, port: int(postgres, "port", path, default: 5432, range: 1...65535), database: database, user: user,
+            password: password, tls: tls,
+            connectTimeout: duration(postgres, "connect_timeout", path, default: .seconds(5)),
+            timeout: duration(postgres, "timeout", path, default: .seconds(5)),
+            maxConnections: int(postgres, "max_connections", path, default: 8, range: 1...1000)))
     }
 
     static func hostPort(_ text: String) -> (host: String, port: Int)? {

@@ -180,6 +180,8 @@ public struct Configuration: Sendable {
     public var logLevel: String
     public var debug: Bool
     public var dataDirectory: String?
+    /// `state`: where kmsd keeps its own state (docs/replicas.md).
+    public var state: State = .sqlite(path: nil)
     /// nil: no audit log (refused in production).
     public var audit: Audit?
     /// `transit`: the Vault transit front end; nil when not configured.
@@ -190,6 +192,35 @@ public struct Configuration: Sendable {
     public var source: String
     /// Accepted but deprecated settings (old identity spellings), for the log at start and `check-config`.
     public var warnings: [String] = []
+}
+
+extension Configuration {
+    /// `state: {sqlite: {path}}` (the default, one process) or `state: {postgres: {…}}` (replicas sharing a database).
+    public enum State: Sendable {
+        /// nil: `<data_dir>/rotation.sqlite`.
+        case sqlite(path: String?)
+        case postgres(Postgres)
+    }
+
+    public struct Postgres: Sendable {
+        public struct TLS: Sendable {
+            public var ca: String
+            public var cert: String?
+            public var key: String?
+        }
+        public var host: String
+        public var port: Int
+        public var database: String
+        public var user: String
+        public var password: SecretSource?
+        public var tls: TLS?
+        public var connectTimeout: Duration
+        public var timeout: Duration
+        public var maxConnections: Int
+
+        /// A loopback host: the only place a plaintext connection to the database is accepted in production.
+        public var isLoopback: Bool { host == "localhost" || host == "::1" || host.hasPrefix("127.") || host.hasPrefix("/") }
+    }
 }
 
 /// Every problem found in a configuration, each with its key path.

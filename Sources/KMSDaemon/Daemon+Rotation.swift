@@ -2,7 +2,7 @@ public import Foundation
 public import KMSAudit
 public import KMSCore
 public import KMSRotation
-import KMSState
+public import KMSState
 import KMSServer
 public import KMSService
 import Logging
@@ -11,9 +11,29 @@ import X509
 /// The rotation manager and the server's policy: the state store, the rotation-event → audit mapping, and each key
 /// served through `TrackedProvider`.
 extension Daemon {
-    /// The rotation state store's file: `<data_dir>/rotation.sqlite` (`data_dir` defaults to /var/lib/kmsd).
+    /// The SQLite state store's file: `state.sqlite.path`, or `<data_dir>/rotation.sqlite` (`data_dir` defaults to
+    /// /var/lib/kmsd).
     public var stateStorePath: String {
-        (configuration.dataDirectory ?? "/var/lib/kmsd") + "/rotation.sqlite"
+        if case .sqlite(let path?) = configuration.state { return path }
+        return (configuration.dataDirectory ?? "/var/lib/kmsd") + "/rotation.sqlite"
+    }
+
+    /// Opens the configured state store (migrating it to this kmsd's schema); the PostgreSQL password is read from
+    /// its source here and never kept in the configuration.
+    public func openStateStore(environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> any StateStore {
+        switch configuration.state {
+        case .sqlite:
+            return try SQLiteStateStore(path: stateStorePath)
+        case .postgres(let postgres):
+            let password = try postgres.password.map { source in
+                String(decoding: try Self.read(source, environment: environment).unsafeCopiedBytes(), as: UTF8.self)
+            }
+            let settings = PostgresStoreSettings(
+                host: postgres.host, port: postgres.port, database: postgres.database, user: postgres.user, password: password,
+                tls: postgres.tls.map { .init(caFile: $0.ca, certificateFile: $0.cert, keyFile: $0.key) },
+                connectTimeout: postgres.connectTimeout, operationTimeout: postgres.timeout, maxConnections: postgres.maxConnections)
+            return try await PostgresStateStore.open(settings, logger: Logger(label: "kmsd.state"))
+        }
     }
 
     /// The configured keys with their providers and rotation policies.
@@ -26,7 +46,8 @@ extension Daemon {
     /// Opens the state store and loads the counters. `events` receives rotation events worth counting.
     public func startRotation(_ providers: [String: any KeyProvider], events: SecurityEvents, audit: AuditLog? = nil,
                               clock: @escaping @Sendable () -> Date = { Date() }) async throws -> RotationManager {
-        let store = try SQLiteStateStore(path: stateStorePath)
+        let store = try await openStateStore()
+        logger.notice("state store open", metadata: ["location": "\(store.location)"])
         let manager = RotationManager(
             keys: rotationKeys(providers), store: store, clock: clock, logger: Logger(label: "kmsd.rotation"),
             onEvent: { event in
@@ -48,7 +69,12 @@ extension Daemon {
                     break
                 }
             })
-        try await manager.start()
+        do {
+            try await manager.start()
+        } catch {
+            await store.close()
+            throw error
+        }
         return manager
     }
 

@@ -8,6 +8,7 @@ public import KMSAudit
 public import KMSServer
 public import KMSService
 public import KMSTransit
+import KMSState
 import VaultWire
 public import Logging
 import NIOCore
@@ -168,6 +169,7 @@ public struct Daemon: Sendable {
         }
         let providers = try await startProviders()
         var auditLog: AuditLog?
+        var stateStore: (any StateStore)?
         do {
             let parts = try await assemble(providers: providers) { [logger, configuration] port in
                 logger.notice("kmsd serving", metadata: [
@@ -182,6 +184,7 @@ public struct Daemon: Sendable {
                 ])
             }
             auditLog = parts.audit
+            stateStore = parts.rotation.store
             // SIGHUP reloads certificates, the CRL and access lists without dropping connections.
             signal(SIGHUP, SIG_IGN)
             let hangup = DispatchSource.makeSignalSource(signal: SIGHUP)
@@ -201,11 +204,13 @@ public struct Daemon: Sendable {
         } catch {
             auditLog?.submit(AuditEvent(.admin, "stop", result: .failed, detail: "\(error)".prefix(300).description))
             await auditLog?.close()
+            await stateStore?.close()
             await Self.stop(providers)
             throw error
         }
         auditLog?.submit(AuditEvent(.admin, "stop", result: .ok))
         await auditLog?.close()
+        await stateStore?.close()
         await Self.stop(providers)
     }
 

@@ -58,6 +58,17 @@ public struct HardeningChecklist: Sendable {
                 }
             }
         }
+        if case .postgres(let postgres) = configuration.state {
+            let address = "\(postgres.host):\(postgres.port)/\(postgres.database)"
+            check("state store reached over TLS (or on loopback)", postgres.tls != nil || postgres.isLoopback,
+                  postgres.tls != nil ? "\(address), server checked against \(postgres.tls?.ca ?? "")"
+                                      : postgres.isLoopback ? "\(address), plaintext on loopback"
+                                                            : "\(address) in plaintext: set state.postgres.tls (at least its ca)")
+            if let password = postgres.password {
+                check("state store password is not written in the file", !Self.isInline(password),
+                      Self.isInline(password) ? "give the password as {env: NAME} or {file: PATH}" : password.description)
+            }
+        }
         if let tls = configuration.tls {
             check("TLS listener", true, "\(configuration.listen.host):\(configuration.listen.port)")
             check("client certificates are required", tls.clientAuth == .required,

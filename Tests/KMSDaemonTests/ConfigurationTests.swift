@@ -66,6 +66,11 @@ struct ConfigurationTests {
         ("unsigned audit checkpoints", "audit: { file: audit/audit.jsonl, sign: { file: audit-key.pem } }", "audit: { file: audit/audit.jsonl }", "audit checkpoints are signed"),
         ("weak TLS 1.2 ciphers", "min_version: \"1.3\" }", "min_version: \"1.2\", ciphers: \"ECDHE+AESGCM:AES256-SHA\" }", "ciphers are ECDHE with AEAD"),
         ("public metrics listener", "api: \"10.0.0.5:8443\"", "api: \"10.0.0.5:8443\", metrics: \"0.0.0.0:9464\"", "metrics listener on loopback"),
+        ("plaintext state database", "log_level: info", "log_level: info\nstate: { postgres: { host: db.internal, database: kmsd, user: kmsd, password: { file: pin } } }",
+         "state store reached over TLS"),
+        ("inline state database password", "log_level: info",
+         "log_level: info\nstate: { postgres: { host: db.internal, database: kmsd, user: kmsd, password: hunter2, tls: { ca: ca.pem } } }",
+         "state store password is not written in the file"),
     ])
     func productionRefusesEachUnsafeSetting(label: String, original: String, replacement: String, item: String) throws {
         let directory = try Self.files()
@@ -156,6 +161,51 @@ struct ConfigurationTests {
                 #expect(text.contains(expected), "missing \(expected) in:\n\(text)")
             }
             #expect(!text.contains("1234"))
+        }
+    }
+
+    @Test func theStateStoreIsSQLiteByDefaultOrTheConfiguredPostgreSQLWithEveryKeyChecked() throws {
+        let directory = try Self.files()
+        guard case .sqlite(nil) = try parse(Self.safe, in: directory).state else { Issue.record("the default is not SQLite"); return }
+        let sqlite = try parse(Self.safe + "\nstate: { sqlite: { path: state/kmsd.sqlite } }", in: directory)
+        guard case .sqlite(let path?) = sqlite.state else { Issue.record("state.sqlite.path ignored"); return }
+        #expect(path == directory.appendingPathComponent("state/kmsd.sqlite").path)
+        #expect(Daemon(sqlite).stateStorePath == path)
+        let postgres = try parse(Self.safe + """
+
+            state:
+              postgres: { host: db.internal, port: 6432, database: kmsd, user: kmsd_app, password: { file: pin },
+                          tls: { ca: ca.pem, cert: server.pem, key: server-key.pem }, connect_timeout: 2s, timeout: 3s, max_connections: 4 }
+            """, in: directory)
+        guard case .postgres(let settings) = postgres.state else { Issue.record("state.postgres ignored"); return }
+        #expect(settings.host == "db.internal" && settings.port == 6432 && settings.database == "kmsd" && settings.user == "kmsd_app")
+        #expect(settings.tls?.ca == directory.appendingPathComponent("ca.pem").path && settings.tls?.key != nil)
+        #expect(settings.connectTimeout == .seconds(2) && settings.timeout == .seconds(3) && settings.maxConnections == 4)
+        #expect(HardeningChecklist(postgres).violations.isEmpty, "\(HardeningChecklist(postgres).table)")
+        let bad = Self.safe + """
+
+            state:
+              sqlite: {}
+              postgres: { host: "db internal", port: 70000, user: kmsd, password: { file: nowhere },
+                          tls: { ca: missing.pem, cert: server.pem }, timeout: soon, colour: blue }
+            """
+        do {
+            _ = try parse(bad, in: directory)
+            Issue.record("accepted")
+        } catch let error as ConfigurationError {
+            let text = error.problems.joined(separator: "\n")
+            #expect(text.contains("state: give exactly one of sqlite or postgres"), "\(text)")
+        }
+        do {
+            _ = try parse(bad.replacingOccurrences(of: "  sqlite: {}\n", with: ""), in: directory)
+            Issue.record("accepted")
+        } catch let error as ConfigurationError {
+            let text = error.problems.joined(separator: "\n")
+            for expected in ["state.postgres.database:", "state.postgres.host: must not contain spaces", "state.postgres.port:",
+                             "state.postgres.password:", "state.postgres.tls: give cert and key together", "state.postgres.tls.ca:",
+                             "state.postgres.timeout:", "state.postgres.colour: unknown key"] {
+                #expect(text.contains(expected), "missing \(expected) in:\n\(text)")
+            }
         }
     }
 
