@@ -153,7 +153,7 @@ let package = Package(
             External.nioSSL
         ]),
         executable("kmsctl", [
-            "KMSClient", "KMSAPI", "KMSAudit", "KMSCore", "KMSDaemon", External.logging, External.argumentParser
+            "KMSClient", "KMSAPI", "KMSAudit", "KMSCore", "KMSDaemon", "KMSState", External.logging, External.argumentParser
         ]),
         // examples/storage-node: how a storage node uses KMSClient (built and run by the tests).
         .executableTarget(

@@ -241,6 +241,17 @@ public final class PostgresStateStore: StateStore {
         }
     }
 
+    public func versionCreationTimes() async throws -> [VersionID: Date] {
+        try await guarded("read version creation times") { [client, logger] in
+            var result: [VersionID: Date] = [:]
+            let rows = try await client.query("SELECT key, version, created_at FROM kmsd_versions", logger: logger)
+            for try await (key, version, created) in rows.decode((String, Int64, Double).self) {
+                result[VersionID(key, UInt32(clamping: version))] = Date(timeIntervalSince1970: created)
+            }
+            return result
+        }
+    }
+
     public func append(_ entry: JournalEntry) async throws {
         try await guarded("append to the journal") { [client, logger] in
             let from = entry.fromVersion.map { Int64($0) }

@@ -123,6 +123,20 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
+    public func versionCreationTimes() async throws -> [VersionID: Date] {
+        try await guarded("read version creation times") { [queue] in
+            try await queue.read { db in
+                var result: [VersionID: Date] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT key, version, created_at FROM versions") {
+                    let version: Int64 = row["version"]
+                    let created: Double = row["created_at"]
+                    result[VersionID(row["key"], UInt32(clamping: version))] = Date(timeIntervalSince1970: created)
+                }
+                return result
+            }
+        }
+    }
+
     public func append(_ entry: JournalEntry) async throws {
         try await guarded("append to the journal") { [queue] in
             try await queue.write { db in

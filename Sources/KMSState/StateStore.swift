@@ -92,6 +92,8 @@ public protocol StateStore: Sendable {
     func allUsage() async throws -> [VersionID: VersionUsage]
     /// Records when `version` was created unless a time is recorded already; returns the recorded time.
     func recordVersionCreated(_ version: VersionID, at: Date) async throws -> Date
+    /// Every recorded creation time (`kmsctl state migrate` copies them).
+    func versionCreationTimes() async throws -> [VersionID: Date]
     func append(_ entry: JournalEntry) async throws
     /// The newest `limit` entries (of one key when given), oldest first.
     func journal(key: String?, limit: Int) async throws -> [JournalEntry]

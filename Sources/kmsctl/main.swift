@@ -7,13 +7,15 @@ import KMSAudit
 import KMSCore
 import KMSClient
 import KMSDaemon
+import KMSState
 import Logging
 
 @main
 struct KMSCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kmsctl", abstract: "Administer kmsd.",
-        subcommands: [Status.self, Keys.self, Rotate.self, Schedule.self, Versions.self, Retire.self, RewrapPlan.self, Audit.self])
+        subcommands: [Status.self, Keys.self, Rotate.self, Schedule.self, Versions.self, Retire.self, RewrapPlan.self, Audit.self,
+                      StateCommand.self])
 
     /// Connection options may come before the subcommand (`kmsctl --dev rotate demo`): move them after it, where
     /// the subcommands declare them.
@@ -365,6 +367,74 @@ struct Audit: AsyncParsableCommand {
                 }
             }
             if !report.ok || unsignedRefused { throw ExitCode(2) }
+        }
+    }
+}
+
+struct StateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "state", abstract: "Work with kmsd's state store (offline).", subcommands: [Migrate.self])
+
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy a single kmsd's SQLite state store into an empty PostgreSQL database, for replicas.",
+            discussion: """
+                Stop kmsd first. Copies usage counts, version creation times and the rotation journal; refuses a \
+                database that already holds state (so a second run cannot count twice). Exit 0 when copied, 4 when the \
+                copy failed, 64 for bad arguments. The password comes from --password-file or PGPASSWORD, never the URL.
+                """)
+        @Option(help: "The SQLite store: sqlite:PATH (kmsd's <data_dir>/rotation.sqlite).") var from: String
+        @Option(help: "The database: postgres://USER@HOST[:PORT]/DATABASE.") var to: String
+        @Option(help: "A file holding the database password.") var passwordFile: String?
+        @Option(help: "TLS to the database: the CA that signed its certificate (the host name is checked).") var dbCA: String?
+        @Option(help: "TLS client certificate for the database (with --db-key).") var dbCert: String?
+        @Option(help: "TLS client key for the database.") var dbKey: String?
+
+        func validate() throws {
+            guard from.hasPrefix("sqlite:"), from.count > "sqlite:".count else { throw ValidationError("--from: expected sqlite:PATH") }
+            guard FileManager.default.fileExists(atPath: String(from.dropFirst("sqlite:".count))) else {
+                throw ValidationError("--from: \(from.dropFirst("sqlite:".count)) does not exist")
+            }
+            _ = try settings(password: nil)
+            if (dbCert == nil) != (dbKey == nil) { throw ValidationError("--db-cert and --db-key go together") }
+            if (dbCert != nil) && dbCA == nil { throw ValidationError("a client certificate needs --db-ca") }
+        }
+
+        func settings(password: String?) throws -> PostgresStoreSettings {
+            guard let url = URLComponents(string: to), url.scheme == "postgres" || url.scheme == "postgresql",
+                  let host = url.host, !host.isEmpty, let user = url.user, !user.isEmpty, url.path.count > 1 else {
+                throw ValidationError("--to: expected postgres://USER@HOST[:PORT]/DATABASE")
+            }
+            if url.password != nil { throw ValidationError("--to: no password in the URL (it would show in ps and shell history); use --password-file or PGPASSWORD") }
+            return PostgresStoreSettings(
+                host: host, port: url.port ?? 5432, database: String(url.path.dropFirst()), user: user, password: password,
+                tls: dbCA.map { .init(caFile: $0, certificateFile: dbCert, keyFile: dbKey) })
+        }
+
+        func run() async throws {
+            var password = ProcessInfo.processInfo.environment["PGPASSWORD"]
+            if let passwordFile {
+                guard let data = FileManager.default.contents(atPath: passwordFile) else { throw ValidationError("cannot read \(passwordFile)") }
+                password = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            var logger = Logger(label: "kmsctl")
+            logger.logLevel = .error
+            do {
+                let source = try SQLiteStateStore(path: String(from.dropFirst("sqlite:".count)))
+                let target = try await PostgresStateStore.open(try settings(password: password), logger: logger)
+                do {
+                    let summary = try await StateMigration.copy(from: source, to: target)
+                    await target.close()
+                    print("copied into \(target.location): \(summary.versions) version creation times, \(summary.usageRows) usage rows "
+                          + "(\(summary.wraps) wraps), \(summary.journalEntries) journal entries")
+                } catch {
+                    await target.close()
+                    throw error
+                }
+            } catch let error as StateStoreError {
+                print("state migrate failed: \(error)")
+                throw ExitCode(4)
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import KMSState
 import KMSTestSupport
 import NIOCore
 import NIOHTTP1
@@ -98,5 +99,33 @@ struct StateStoreProcessTests {
             #expect(error.description.contains("/\(database)"), "\(error)")
             #expect(!error.description.contains(wrong))
         }
+    }
+
+    @Test func kmsctlMovesASingleNodesSQLiteStateIntoPostgreSQLOnce() async throws {
+        let cluster = try ThrowawayPostgres.shared()
+        let database = try cluster.createDatabase()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("migrate-\(UUID().uuidString)")
+        let sqlite = try SQLiteStateStore(path: directory.appendingPathComponent("rotation.sqlite").path)
+        try await sqlite.addUsage([VersionID("orders", 1): VersionUsage(wraps: 41, unwraps: 2), VersionID("orders", 2): VersionUsage(wraps: 1)])
+        _ = try await sqlite.recordVersionCreated(VersionID("orders", 1), at: Date(timeIntervalSince1970: 1_800_000_000))
+        try await sqlite.append(JournalEntry(at: Date(timeIntervalSince1970: 1_800_000_100), key: "orders", action: .rotate,
+                                             actor: "scheduler", reason: "usage", fromVersion: 1, toVersion: 2, result: .ok))
+        await sqlite.close()
+        try Self.writePassword(cluster.password, in: directory)
+        let passwordFile = directory.appendingPathComponent("db-password").path
+        let url = "postgres://\(cluster.user)@127.0.0.1:\(cluster.port)/\(database)"
+        let kmsctl = BuiltExecutable("kmsctl")
+        let arguments = ["state", "migrate", "--from", "sqlite:\(sqlite.path)", "--to", url, "--password-file", passwordFile]
+        let first = try kmsctl.run(arguments)
+        #expect(first.status == 0, "\(first.output)")
+        #expect(first.output.contains("1 version creation times, 2 usage rows (42 wraps), 1 journal entries"), "\(first.output)")
+        #expect(try cluster.sql("SELECT version, wraps, unwraps FROM kmsd_usage ORDER BY version", database: database) == "1|41|2\n2|1|0")
+        #expect(try cluster.sql("SELECT reason, from_version, to_version FROM kmsd_journal", database: database) == "usage|1|2")
+        let second = try kmsctl.run(arguments)
+        #expect(second.status == 4 && second.output.contains("already holds state"), "\(second.output)")
+        #expect(try cluster.sql("SELECT sum(wraps) FROM kmsd_usage", database: database) == "42")
+        let inURL = try kmsctl.run(["state", "migrate", "--from", "sqlite:\(sqlite.path)", "--to",
+                                    "postgres://\(cluster.user):\(cluster.password)@127.0.0.1:\(cluster.port)/\(database)"])
+        #expect(inURL.status == 64 && inURL.output.contains("no password in the URL"), "\(inURL.output)")
     }
 }

@@ -1,6 +1,6 @@
 import Foundation
 import GRDB
-import KMSState
+@testable import KMSState
 import KMSTestSupport
 import Testing
 
@@ -225,5 +225,31 @@ struct StateStoreContractTests {
             #expect(winners == 1, "round \(round)")
         }
         for store in stores { await store.close() }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func aMigrationCopiesEverythingIntoAnEmptyStoreAndRefusesToRunTwice(_ targetKind: StoreKind) async throws {
+        let source = try await StoreDatabase(.sqlite).open()
+        let usage = [orders1: VersionUsage(wraps: 1_000_000, unwraps: 7, lastWrapAt: start, lastUnwrapAt: start.addingTimeInterval(3)),
+                     orders2: VersionUsage(wraps: 12)]
+        try await source.addUsage(usage)
+        _ = try await source.recordVersionCreated(orders1, at: start)
+        _ = try await source.recordVersionCreated(orders2, at: start.addingTimeInterval(86400))
+        let entries = (0..<5).map { index in
+            JournalEntry(at: start.addingTimeInterval(Double(index)), key: "orders", action: .rotate, actor: "scheduler",
+                         reason: "period", fromVersion: 1, toVersion: 2, result: index == 2 ? .failed : .ok, detail: index == 2 ? "down" : nil)
+        }
+        for entry in entries { try await source.append(entry) }
+
+        let target = try await StoreDatabase(targetKind).open()
+        let summary = try await StateMigration.copy(from: source, to: target)
+        #expect(summary == .init(versions: 2, usageRows: 2, wraps: 1_000_012, journalEntries: 5))
+        #expect(try await target.allUsage() == usage)
+        #expect(try await target.versionCreationTimes() == [orders1: start, orders2: start.addingTimeInterval(86400)])
+        #expect(try await target.journal(key: nil, limit: 100) == entries)
+        await #expect(throws: StateStoreError.self) { try await StateMigration.copy(from: source, to: target) }
+        #expect(try await target.allUsage() == usage, "a refused second run adds nothing")
+        await source.close()
+        await target.close()
     }
 }

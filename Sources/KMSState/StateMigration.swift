@@ -1,0 +1,34 @@
+import Foundation
+
+/// Moves one store's state into another (`kmsctl state migrate`): a single process's SQLite file into the PostgreSQL
+/// database replicas will share. Usage counts, creation times and the journal (in order, with its times) are copied;
+/// leases are not (they expire within minutes and belong to processes that must be stopped for the move).
+public enum StateMigration {
+    public struct Summary: Sendable, Equatable {
+        public var versions: Int
+        public var usageRows: Int
+        public var wraps: UInt64
+        public var journalEntries: Int
+    }
+
+    /// Copies everything in `source` into `target`. Refuses a target that already holds state: adding counts twice
+    /// (a second run) would overstate usage, and merging two deployments' journals is not a migration.
+    public static func copy(from source: any StateStore, to target: any StateStore) async throws -> Summary {
+        let existing = try await target.allUsage().count + target.versionCreationTimes().count + target.journal(key: nil, limit: 1).count
+        guard existing == 0 else {
+            throw StateStoreError("\(target.location) already holds state (usage, versions or journal); migrate into an empty database "
+                                  + "(nothing was copied)")
+        }
+        let usage = try await source.allUsage()
+        let created = try await source.versionCreationTimes()
+        let journal = try await source.journal(key: nil, limit: Int(Int32.max))
+        for (version, date) in created.sorted(by: { $0.key < $1.key }) {
+            _ = try await target.recordVersionCreated(version, at: date)
+        }
+        for entry in journal { try await target.append(entry) }
+        // Counts last: a failure before this leaves no counts behind, so the copy can be rerun after emptying the target.
+        try await target.addUsage(usage)
+        return Summary(versions: created.count, usageRows: usage.count, wraps: usage.values.reduce(0) { $0 + $1.wraps },
+                       journalEntries: journal.count)
+    }
+}
