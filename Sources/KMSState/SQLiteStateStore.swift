@@ -5,8 +5,8 @@ import GRDB
 ///
 /// Several processes may open the same file (SQLite's file locks serialize their writes; a busy timeout waits for
 /// them). Leases are taken in `IMMEDIATE` transactions, so two schedulers never both see a lease as free.
-/// Migrations are GRDB's, named `v1`, `v2`, …; a file that holds a migration this kmsd does not know (a newer kmsd
-/// wrote it) is refused rather than used.
+/// Migrations are GRDB's, named `v1`, `v2`, …, applied under a lock on `<path>.lock`; a file that holds a migration
+/// this kmsd does not know (a newer kmsd wrote it) is refused rather than used.
 public final class SQLiteStateStore: StateStore {
     public let path: String
     private let queue: DatabaseQueue
@@ -25,6 +25,16 @@ public final class SQLiteStateStore: StateStore {
             configuration.label = "kmsd.rotation"
             queue = try DatabaseQueue(path: path, configuration: configuration)
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+            // Processes opening a new file together would each see no migration applied and each create the tables:
+            // the check and the migrations run under an exclusive lock on a file beside the store (the advisory lock
+            // of the PostgreSQL store).
+            let lock = open(path + ".lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+            guard lock >= 0 else { throw StateStoreError("cannot open \(path).lock: \(String(cString: strerror(errno)))") }
+            let lockHandle = FileHandle(fileDescriptor: lock, closeOnDealloc: true)
+            defer { try? lockHandle.close() }
+            while flock(lock, LOCK_EX) != 0 {
+                guard errno == EINTR else { throw StateStoreError("cannot lock \(path).lock: \(String(cString: strerror(errno)))") }
+            }
             let migrator = Self.migrator
             let superseded = try queue.read { db in try migrator.hasBeenSuperseded(db) }
             if superseded {

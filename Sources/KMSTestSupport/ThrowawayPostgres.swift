@@ -4,23 +4,23 @@ import Synchronization
 
 /// A throwaway PostgreSQL cluster for tests, driven by `ci/postgres` (the same script ci/test and `ci/dev --replicas`
 /// use). ci/test starts one and names its directory in `KMSD_TEST_POSTGRES`; a test run without it (swift test by
-/// hand) starts its own on first use and stops it when the process exits. Each test takes a fresh database.
+/// hand) starts its own on first use and stops it when the process exits. Each test takes a fresh database. Every
+/// call that runs the script is async and waits on a thread of its own.
 public final class ThrowawayPostgres: Sendable {
     /// The directory `ci/postgres start` described the cluster in.
     public let directory: URL
     public let port: Int
     public let user: String
     public let password: String
-    /// This process started the cluster (no `KMSD_TEST_POSTGRES`), so it stops it at exit.
-    let ownsCluster: Bool
 
     private static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("ci/postgres")
-    private static let started = Mutex<Result<ThrowawayPostgres, FixtureError>?>(nil)
+    private static let started = Mutex<Task<ThrowawayPostgres, any Error>?>(nil)
+    /// The cluster this process started for `shared()`, stopped at exit.
+    private static let ownShared = Mutex<URL?>(nil)
 
-    private init(directory: URL, ownsCluster: Bool) throws {
+    private init(directory: URL) throws {
         self.directory = directory
-        self.ownsCluster = ownsCluster
         func read(_ name: String) throws -> String {
             guard let text = try? String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8) else {
                 throw FixtureError("the PostgreSQL cluster in \(directory.path) has no \(name) file (ci/postgres start writes it)")
@@ -33,65 +33,60 @@ public final class ThrowawayPostgres: Sendable {
         password = try read("password")
     }
 
-    /// The cluster of this test process: ci/test's, or one started now.
-    public static func shared() throws -> ThrowawayPostgres {
-        let result = started.withLock { state -> Result<ThrowawayPostgres, FixtureError> in
+    /// The cluster of this test process: ci/test's, or one started on first use (and stopped at exit).
+    public static func shared() async throws -> ThrowawayPostgres {
+        let task = started.withLock { state in
             if let state { return state }
-            let result: Result<ThrowawayPostgres, FixtureError>
-            do {
+            let task = Task<ThrowawayPostgres, any Error> {
                 if let given = ProcessInfo.processInfo.environment["KMSD_TEST_POSTGRES"], !given.isEmpty {
-                    result = .success(try ThrowawayPostgres(directory: URL(fileURLWithPath: given), ownsCluster: false))
-                } else {
-                    let cluster = try start()
-                    atexit {
-                        if case .success(let cluster)? = ThrowawayPostgres.started.withLock({ $0 }), cluster.ownsCluster {
-                            cluster.stop()
-                        }
-                    }
-                    result = .success(cluster)
+                    return try ThrowawayPostgres(directory: URL(fileURLWithPath: given))
                 }
-            } catch let error as FixtureError {
-                result = .failure(error)
-            } catch {
-                result = .failure(FixtureError("cannot start PostgreSQL: \(error)"))
+                let cluster = try await start()
+                ownShared.withLock { $0 = cluster.directory }
+                atexit {
+                    if let directory = ThrowawayPostgres.ownShared.withLock({ $0 }) {
+                        _ = try? ThrowawayPostgres.runBlocking(["stop", directory.path])
+                    }
+                }
+                return cluster
             }
-            state = result
-            return result
+            state = task
+            return task
         }
-        return try result.get()
+        return try await task.value
     }
 
     /// A cluster of the caller's own (for a test that stops and starts it); the caller calls `stop()`.
-    public static func start() throws -> ThrowawayPostgres {
+    public static func start() async throws -> ThrowawayPostgres {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postgres-\(UUID().uuidString)")
-        let output = try run(["start", directory.path])
+        let output = try await run(["start", directory.path])
         guard output.status == 0 else { throw FixtureError("ci/postgres start failed: \(output.text)") }
-        return try ThrowawayPostgres(directory: directory, ownsCluster: true)
+        return try ThrowawayPostgres(directory: directory)
     }
 
     /// Stops the server and removes the cluster.
-    public func stop() {
-        _ = try? Self.run(["stop", directory.path])
+    public func stop() async {
+        _ = try? await Self.run(["stop", directory.path])
     }
 
     /// A new empty database; its name.
-    public func createDatabase() throws -> String {
+    public func createDatabase() async throws -> String {
         let name = "kmsd_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(16)
-        try sql("CREATE DATABASE \(name)", database: "postgres")
+        try await sql("CREATE DATABASE \(name)", database: "postgres")
         return name
     }
 
     /// Runs SQL as the superuser; returns psql's unaligned rows.
     @discardableResult
-    public func sql(_ statement: String, database: String) throws -> String {
-        let output = try Self.run(["sql", directory.path, database, statement])
+    public func sql(_ statement: String, database: String) async throws -> String {
+        let output = try await Self.run(["sql", directory.path, database, statement])
         guard output.status == 0 else { throw FixtureError("psql failed: \(output.text)") }
         return output.text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Stops the server, keeping its data (an outage), and starts it again.
-    public func pause() throws { try check(Self.run(["pause", directory.path]), "pause") }
-    public func resume() throws { try check(Self.run(["resume", directory.path]), "resume") }
+    public func pause() async throws { try check(await Self.run(["pause", directory.path]), "pause") }
+    public func resume() async throws { try check(await Self.run(["resume", directory.path]), "resume") }
 
     /// Settings for a store on `database` as the superuser.
     public func settings(database: String, password: String? = nil, operationTimeout: Duration = .seconds(5)) -> PostgresStoreSettings {
@@ -103,10 +98,18 @@ public final class ThrowawayPostgres: Sendable {
         guard output.status == 0 else { throw FixtureError("ci/postgres \(what) failed: \(output.text)") }
     }
 
+    /// Runs ci/postgres on a thread of its own: waiting for it (initdb takes seconds) must not hold one of the
+    /// cooperative pool's threads, which on two cores are all the threads every other test has.
+    static func run(_ arguments: [String]) async throws -> (status: Int32, text: String) {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(with: Result { try runBlocking(arguments) }) }
+        }
+    }
+
     /// Runs ci/postgres with posix_spawn and waitpid. Its output goes to a file, not a pipe: the server it starts
     /// inherits descriptors, and a pipe would never reach end of file. (Foundation's Process left the script a zombie
     /// here, unreaped, with waitUntilExit never returning.)
-    static func run(_ arguments: [String]) throws -> (status: Int32, text: String) {
+    static func runBlocking(_ arguments: [String]) throws -> (status: Int32, text: String) {
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("ci-postgres-\(UUID().uuidString).log")
         defer { try? FileManager.default.removeItem(at: log) }
         var actions = posix_spawn_file_actions_t()

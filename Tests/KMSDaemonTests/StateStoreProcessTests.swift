@@ -27,8 +27,8 @@ struct StateStoreProcessTests {
     }
 
     @Test func twoReplicasCountTheirUseTogetherAndShareTheJournal() async throws {
-        let cluster = try ThrowawayPostgres.shared()
-        let database = try cluster.createDatabase()
+        let cluster = try await ThrowawayPostgres.shared()
+        let database = try await cluster.createDatabase()
         let (directory, token) = try KMSDProcess.prepare("replicas")
         try Self.writePassword(cluster.password, in: directory)
         let yaml = KMSDProcess.basicYAML(token, Self.stateSection(cluster, database: database))
@@ -73,9 +73,9 @@ struct StateStoreProcessTests {
         // SIGTERM flushes each replica's counts.
         #expect(first.stop() == 0)
         #expect(second.stop() == 0)
-        #expect(try cluster.sql("SELECT version, wraps, unwraps FROM kmsd_usage WHERE key = 'orders' ORDER BY version", database: database)
+        #expect(try await cluster.sql("SELECT version, wraps, unwraps FROM kmsd_usage WHERE key = 'orders' ORDER BY version", database: database)
                 == "1|5|1")
-        let rotations = try cluster.sql("SELECT action, actor, reason, from_version, to_version, result FROM kmsd_journal WHERE action = 'rotate'",
+        let rotations = try await cluster.sql("SELECT action, actor, reason, from_version, to_version, result FROM kmsd_journal WHERE action = 'rotate'",
                                         database: database)
         #expect(rotations == "rotate|cn:security-admin|manual: drill|1|2|ok")
         let logs = try [first.log, second.log].map { try String(contentsOf: $0, encoding: .utf8) }
@@ -84,11 +84,11 @@ struct StateStoreProcessTests {
     }
 
     @Test func kmsdDoesNotStartWithoutItsDatabaseAndSaysWhichOneWithoutThePassword() async throws {
-        let cluster = try ThrowawayPostgres.shared()
+        let cluster = try await ThrowawayPostgres.shared()
         let (directory, token) = try KMSDProcess.prepare("nodb")
         let wrong = "wrong-\(UUID().uuidString)"
         try Self.writePassword(wrong, in: directory)
-        let database = try cluster.createDatabase()
+        let database = try await cluster.createDatabase()
         do {
             let kmsd = try await KMSDProcess.start(directory: directory, yaml: KMSDProcess.basicYAML(token, Self.stateSection(cluster, database: database)))
             _ = kmsd.stop()
@@ -102,8 +102,8 @@ struct StateStoreProcessTests {
     }
 
     @Test func kmsctlMovesASingleNodesSQLiteStateIntoPostgreSQLOnce() async throws {
-        let cluster = try ThrowawayPostgres.shared()
-        let database = try cluster.createDatabase()
+        let cluster = try await ThrowawayPostgres.shared()
+        let database = try await cluster.createDatabase()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("migrate-\(UUID().uuidString)")
         let sqlite = try SQLiteStateStore(path: directory.appendingPathComponent("rotation.sqlite").path)
         try await sqlite.addUsage([VersionID("orders", 1): VersionUsage(wraps: 41, unwraps: 2), VersionID("orders", 2): VersionUsage(wraps: 1)])
@@ -119,11 +119,11 @@ struct StateStoreProcessTests {
         let first = try kmsctl.run(arguments)
         #expect(first.status == 0, "\(first.output)")
         #expect(first.output.contains("1 version creation times, 2 usage rows (42 wraps), 1 journal entries"), "\(first.output)")
-        #expect(try cluster.sql("SELECT version, wraps, unwraps FROM kmsd_usage ORDER BY version", database: database) == "1|41|2\n2|1|0")
-        #expect(try cluster.sql("SELECT reason, from_version, to_version FROM kmsd_journal", database: database) == "usage|1|2")
+        #expect(try await cluster.sql("SELECT version, wraps, unwraps FROM kmsd_usage ORDER BY version", database: database) == "1|41|2\n2|1|0")
+        #expect(try await cluster.sql("SELECT reason, from_version, to_version FROM kmsd_journal", database: database) == "usage|1|2")
         let second = try kmsctl.run(arguments)
         #expect(second.status == 4 && second.output.contains("already holds state"), "\(second.output)")
-        #expect(try cluster.sql("SELECT sum(wraps) FROM kmsd_usage", database: database) == "42")
+        #expect(try await cluster.sql("SELECT sum(wraps) FROM kmsd_usage", database: database) == "42")
         let inURL = try kmsctl.run(["state", "migrate", "--from", "sqlite:\(sqlite.path)", "--to",
                                     "postgres://\(cluster.user):\(cluster.password)@127.0.0.1:\(cluster.port)/\(database)"])
         #expect(inURL.status == 64 && inURL.output.contains("no password in the URL"), "\(inURL.output)")

@@ -7,8 +7,8 @@ import Testing
 @Suite("PostgreSQL state store")
 struct PostgresStoreTests {
     @Test func aWrongPasswordIsAClearErrorThatDoesNotRepeatIt() async throws {
-        let cluster = try ThrowawayPostgres.shared()
-        let database = try cluster.createDatabase()
+        let cluster = try await ThrowawayPostgres.shared()
+        let database = try await cluster.createDatabase()
         let wrong = "not-the-password-\(UUID().uuidString)"
         do {
             let store = try await PostgresStateStore.open(cluster.settings(database: database, password: wrong))
@@ -23,7 +23,7 @@ struct PostgresStoreTests {
     }
 
     @Test func aDatabaseNobodyListensOnFailsWithinTheDeadline() async throws {
-        let cluster = try ThrowawayPostgres.shared()
+        let cluster = try await ThrowawayPostgres.shared()
         var settings = cluster.settings(database: "nothing", operationTimeout: .seconds(2))
         settings.port = try freeLoopbackPort()
         settings.connectTimeout = .seconds(1)
@@ -40,16 +40,25 @@ struct PostgresStoreTests {
 
     @Test func anOutageFailsOperationsWithinTheDeadlineAndTheStoreRecoversOnItsOwn() async throws {
         // A cluster of its own: the shared one serves tests running in parallel.
-        let cluster = try ThrowawayPostgres.start()
-        defer { cluster.stop() }
+        let cluster = try await ThrowawayPostgres.start()
+        do {
+            try await outageAndRecovery(cluster)
+            await cluster.stop()
+        } catch {
+            await cluster.stop()
+            throw error
+        }
+    }
+
+    func outageAndRecovery(_ cluster: ThrowawayPostgres) async throws {
         let store = try await PostgresStateStore.open(cluster.settings(database: "postgres", operationTimeout: .seconds(2)))
         try await store.addUsage([orders1: VersionUsage(wraps: 1)])
-        try cluster.pause()
+        try await cluster.pause()
         let began = ContinuousClock.now
         var failure: (any Error)?
         do { try await store.addUsage([orders1: VersionUsage(wraps: 1)]) } catch { failure = error }
         let elapsed = ContinuousClock.now - began
-        try cluster.resume()
+        try await cluster.resume()
         #expect(failure is StateStoreError, "\(String(describing: failure))")
         #expect(elapsed < .seconds(4))
         // The same store, not reopened: the pool connects again.

@@ -17,39 +17,38 @@ struct StoreDatabase: Sendable {
     /// The SQLite file, or the PostgreSQL database's name.
     let name: String
 
-    init(_ kind: StoreKind) throws {
-        self.kind = kind
+    static func make(_ kind: StoreKind) async throws -> StoreDatabase {
         switch kind {
         case .sqlite:
-            name = FileManager.default.temporaryDirectory.appendingPathComponent("state-\(UUID().uuidString)/rotation.sqlite").path
+            StoreDatabase(kind: kind, name: FileManager.default.temporaryDirectory.appendingPathComponent("state-\(UUID().uuidString)/rotation.sqlite").path)
         case .postgres:
-            name = try ThrowawayPostgres.shared().createDatabase()
+            StoreDatabase(kind: kind, name: try await ThrowawayPostgres.shared().createDatabase())
         }
     }
 
     func open() async throws -> any StateStore {
         switch kind {
         case .sqlite: try SQLiteStateStore(path: name)
-        case .postgres: try await PostgresStateStore.open(try ThrowawayPostgres.shared().settings(database: name))
+        case .postgres: try await PostgresStateStore.open(try await ThrowawayPostgres.shared().settings(database: name))
         }
     }
 
     /// Records a schema version newer than any this kmsd knows, as a later kmsd would.
-    func markNewerSchema() throws {
+    func markNewerSchema() async throws {
         switch kind {
         case .sqlite:
             let queue = try DatabaseQueue(path: name)
-            try queue.write { db in try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v99')") }
+            try await queue.write { db in try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v99')") }
             try queue.close()
         case .postgres:
-            try ThrowawayPostgres.shared().sql("INSERT INTO kmsd_schema (version, applied_at) VALUES (99, 0)", database: name)
+            try await ThrowawayPostgres.shared().sql("INSERT INTO kmsd_schema (version, applied_at) VALUES (99, 0)", database: name)
         }
     }
 }
 
 /// Opens a store on a fresh database, runs `body`, closes it.
 func withStore(_ kind: StoreKind, _ body: (any StateStore, StoreDatabase) async throws -> Void) async throws {
-    let database = try StoreDatabase(kind)
+    let database = try await StoreDatabase.make(kind)
     let store = try await database.open()
     do {
         try await body(store, database)
@@ -138,7 +137,7 @@ struct StateStoreContractTests {
 
     @Test(arguments: StoreKind.allCases)
     func everythingSurvivesReopeningAndMigrationsRunOnce(_ kind: StoreKind) async throws {
-        let database = try StoreDatabase(kind)
+        let database = try await StoreDatabase.make(kind)
         let first = try await database.open()
         try await first.addUsage([orders1: VersionUsage(wraps: 5)])
         _ = try await first.recordVersionCreated(orders1, at: start)
@@ -155,7 +154,7 @@ struct StateStoreContractTests {
 
     @Test(arguments: StoreKind.allCases)
     func replicasStartingTogetherOnAnEmptyDatabaseAllOpenIt(_ kind: StoreKind) async throws {
-        let database = try StoreDatabase(kind)
+        let database = try await StoreDatabase.make(kind)
         let stores = try await withThrowingTaskGroup(of: (any StateStore).self) { group in
             for _ in 0..<4 { group.addTask { try await database.open() } }
             var stores: [any StateStore] = []
@@ -172,9 +171,9 @@ struct StateStoreContractTests {
 
     @Test(arguments: StoreKind.allCases)
     func aSchemaNewerThanThisKmsdKnowsIsRefused(_ kind: StoreKind) async throws {
-        let database = try StoreDatabase(kind)
+        let database = try await StoreDatabase.make(kind)
         try await database.open().close()
-        try database.markNewerSchema()
+        try await database.markNewerSchema()
         do {
             let store = try await database.open()
             await store.close()
@@ -187,7 +186,7 @@ struct StateStoreContractTests {
 
     @Test(arguments: StoreKind.allCases)
     func replicasCountTogetherExactly(_ kind: StoreKind) async throws {
-        let database = try StoreDatabase(kind)
+        let database = try await StoreDatabase.make(kind)
         let stores = [try await database.open(), try await database.open()]
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<40 {
@@ -208,7 +207,7 @@ struct StateStoreContractTests {
 
     @Test(arguments: StoreKind.allCases)
     func ofReplicasRacingForALeaseExactlyOneWins(_ kind: StoreKind) async throws {
-        let database = try StoreDatabase(kind)
+        let database = try await StoreDatabase.make(kind)
         let stores = [try await database.open(), try await database.open()]
         for round in 0..<10 {
             let winners = try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -229,7 +228,7 @@ struct StateStoreContractTests {
 
     @Test(arguments: StoreKind.allCases)
     func aMigrationCopiesEverythingIntoAnEmptyStoreAndRefusesToRunTwice(_ targetKind: StoreKind) async throws {
-        let source = try await StoreDatabase(.sqlite).open()
+        let source = try await StoreDatabase.make(.sqlite).open()
         let usage = [orders1: VersionUsage(wraps: 1_000_000, unwraps: 7, lastWrapAt: start, lastUnwrapAt: start.addingTimeInterval(3)),
                      orders2: VersionUsage(wraps: 12)]
         try await source.addUsage(usage)
@@ -241,7 +240,7 @@ struct StateStoreContractTests {
         }
         for entry in entries { try await source.append(entry) }
 
-        let target = try await StoreDatabase(targetKind).open()
+        let target = try await StoreDatabase.make(targetKind).open()
         let summary = try await StateMigration.copy(from: source, to: target)
         #expect(summary == .init(versions: 2, usageRows: 2, wraps: 1_000_012, journalEntries: 5))
         #expect(try await target.allUsage() == usage)
