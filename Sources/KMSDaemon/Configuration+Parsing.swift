@@ -380,6 +380,7 @@ struct Reader {
         for (key, text) in [("host", host), ("database", database), ("user", user)] where text.contains(where: { $0.isWhitespace || $0 == "\0" }) {
             problem("\(path).\(key)", "must not contain spaces or control characters")
         }
+        if host.hasPrefix("/") { problem("\(path).host", "a host name or address (kmsd reaches PostgreSQL over TCP, not a Unix socket)") }
         let password = postgres?["password"].flatMap { secret($0, "\(path).password") }
         var tls: Configuration.Postgres.TLS?
         if let tlsMap = map(postgres?["tls"], "\(path).tls", known: ["ca", "cert", "key"]) {
@@ -387,6 +388,9 @@ struct Reader {
             let cert = string(tlsMap, "cert", "\(path).tls").map(resolve)
             let key = string(tlsMap, "key", "\(path).tls").map(resolve)
             if (cert == nil) != (key == nil) { problem("\(path).tls", "give cert and key together (a client certificate), or neither") }
+            if let key, let mode = (try? FileManager.default.attributesOfItem(atPath: key))?[.posixPermissions] as? Int, mode & 0o077 != 0 {
+                problem("\(path).tls.key", "the file \(key) is readable by group or others (mode \(String(mode, radix: 8))); chmod 600 it")
+            }
             for (name, file) in [("ca", ca), ("cert", cert), ("key", key)] {
                 if let file, !FileManager.default.fileExists(atPath: file) { problem("\(path).tls.\(name)", "the file \(file) does not exist") }
             }

@@ -1,3 +1,4 @@
+import Foundation
 public import KMSCore
 public import KMSRotation
 public import KMSService
@@ -219,7 +220,11 @@ extension Configuration {
         public var maxConnections: Int
 
         /// A loopback host: the only place a plaintext connection to the database is accepted in production.
-        public var isLoopback: Bool { host == "localhost" || host == "::1" || host.hasPrefix("127.") || host.hasPrefix("/") }
+        public var isLoopback: Bool {
+            if host == "localhost" || host == "::1" { return true }
+            var address = in_addr()
+            return inet_pton(AF_INET, host, &address) == 1 && UInt32(bigEndian: address.s_addr) >> 24 == 127
+        }
     }
 }
 

@@ -28,6 +28,9 @@ extension Daemon {
         try checkReplacement(by: fresh)
         let reloaded = Daemon(fresh, logger: logger)
         // Build and check every part first; swap only when all of them are ready, so a failure changes nothing.
+        if reloaded.stateLocation != stateLocation {
+            throw ConfigurationError(["state: a reload cannot move the state store (\(stateLocation)); restart kmsd to change it"])
+        }
         if running.tls != nil, fresh.tls == nil {
             throw ConfigurationError(["tls: a reload cannot turn TLS off on a running listener; restart kmsd to change it"])
         }

@@ -18,6 +18,16 @@ extension Daemon {
         return (configuration.dataDirectory ?? "/var/lib/kmsd") + "/rotation.sqlite"
     }
 
+    /// Where the configured state store is (`sqlite:PATH` or `postgres://USER@HOST:PORT/DATABASE`), for messages and
+    /// for a reload to tell whether the section moved it.
+    public var stateLocation: String {
+        switch configuration.state {
+        case .sqlite: "sqlite:\(stateStorePath)"
+        case .postgres(let postgres):
+            PostgresStoreSettings(host: postgres.host, port: postgres.port, database: postgres.database, user: postgres.user).description
+        }
+    }
+
     /// Opens the configured state store (migrating it to this kmsd's schema); the PostgreSQL password is read from
     /// its source here and never kept in the configuration.
     public func openStateStore(environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> any StateStore {

@@ -201,6 +201,8 @@ public struct Daemon: Sendable {
             let group = ServiceGroup(configuration: .init(
                 services: parts.services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
+            // Wraps counted while the API drained its requests (after the scheduler's own last flush) are stored too.
+            await parts.rotation.flush()
         } catch {
             auditLog?.submit(AuditEvent(.admin, "stop", result: .failed, detail: "\(error)".prefix(300).description))
             await auditLog?.close()
@@ -234,6 +236,21 @@ public struct Daemon: Sendable {
         let audit = try await startAudit(providers: providers, events: events)
         audit?.submit(AuditEvent(.admin, "start", result: .ok, detail: "mode \(configuration.mode.rawValue), config \(configuration.source)"))
         let rotation = try await startRotation(providers, events: events, audit: audit)
+        do {
+            return try await serving(providers: providers, rotation: rotation, audit: audit, events: events, metrics: metrics,
+                                     onAPIRunning: onAPIRunning, onMetricsRunning: onMetricsRunning, onTransitRunning: onTransitRunning)
+        } catch {
+            await rotation.store.close()
+            throw error
+        }
+    }
+
+    /// The listeners and services over a started audit log and rotation manager.
+    private func serving(
+        providers: [String: any KeyProvider], rotation: RotationManager, audit: AuditLog?, events: SecurityEvents, metrics: ServerMetrics,
+        onAPIRunning: @escaping @Sendable (Int) async -> Void, onMetricsRunning: @escaping @Sendable (Int) async -> Void,
+        onTransitRunning: @escaping @Sendable (Int) async -> Void
+    ) async throws -> Parts {
         var (app, running) = try application(
             policy: try policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics,
             onRunning: onAPIRunning)

@@ -147,10 +147,17 @@ public final class RotationManager: Sendable {
         guard !deltas.isEmpty else { return }
         do {
             try await store.addUsage(deltas)
-            ledger.reset(stored: try await store.allUsage())
         } catch {
+            // An unknown outcome (a deadline passed) may have committed: counting those wraps twice rotates early,
+            // which is the safe side of the GCM bound.
             ledger.restore(deltas)
             logger.error("cannot flush usage counters; keeping them in memory", metadata: ["error": "\(error)"])
+            return
+        }
+        do {
+            ledger.reset(stored: try await store.allUsage())
+        } catch {
+            logger.warning("flushed usage counters but cannot read the totals back; using this process's", metadata: ["error": "\(error)"])
         }
     }
 

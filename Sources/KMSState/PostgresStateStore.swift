@@ -2,6 +2,7 @@ public import Foundation
 public import Logging
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// Where the PostgreSQL state store is and how to reach it (`state.postgres` in the configuration).
 public struct PostgresStoreSettings: Sendable, CustomStringConvertible {
@@ -116,6 +117,13 @@ public final class PostgresStateStore: StateStore {
             tls = nil
         }
         configuration.options.connectTimeout = settings.connectTimeout
+        // The server gives up on its side within the deadline too: a statement or a lock wait never outlives it, and
+        // a transaction left open by a replica that stopped answering is ended.
+        let milliseconds = Self.milliseconds(settings.operationTimeout)
+        configuration.options.additionalStartupParameters = [
+            ("statement_timeout", "\(milliseconds)"), ("lock_timeout", "\(milliseconds)"),
+            ("idle_in_transaction_session_timeout", "\(max(milliseconds, 1000))"),
+        ]
         configuration.options.maximumConnections = settings.maxConnections
         configuration.options.minimumConnections = 0
         // The pool logs each failed connection attempt at info; kmsd reports the store's failures on the operations.
@@ -150,6 +158,11 @@ public final class PostgresStateStore: StateStore {
         await runner.value
     }
 
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        let parts = duration.components
+        return max(1, parts.seconds * 1000 + parts.attoseconds / 1_000_000_000_000_000)
+    }
+
     /// One connection outside the pool, so that a wrong address, password or certificate is reported as what it is
     /// (the pool retries quietly until an operation's deadline).
     private func probe() async throws {
@@ -157,8 +170,7 @@ public final class PostgresStateStore: StateStore {
             var configuration = PostgresConnection.Configuration(
                 host: settings.host, port: settings.port, username: settings.user, password: settings.password,
                 database: settings.database, tls: try tls.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable)
-            let timeout = settings.connectTimeout.components
-            configuration.options.connectTimeout = .milliseconds(timeout.seconds * 1000 + timeout.attoseconds / 1_000_000_000_000_000)
+            configuration.options.connectTimeout = .milliseconds(Self.milliseconds(settings.connectTimeout))
             let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
             try await connection.close()
         }
@@ -169,12 +181,18 @@ public final class PostgresStateStore: StateStore {
         try await guarded("apply schema migrations") { [client, logger, location] in
             try await client.withTransaction(logger: logger) { connection in
                 try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
-                try await connection.query(
-                    "CREATE TABLE IF NOT EXISTS kmsd_schema (version integer NOT NULL, applied_at double precision NOT NULL)",
-                    logger: logger)
+                var exists = false
+                for try await found in try await connection.query("SELECT to_regclass('kmsd_schema') IS NOT NULL", logger: logger)
+                    .decode(Bool.self) { exists = found }
                 var current = 0
-                for try await version in try await connection.query("SELECT coalesce(max(version), 0) FROM kmsd_schema", logger: logger)
-                    .decode(Int.self) { current = version }
+                if exists {
+                    for try await version in try await connection.query("SELECT coalesce(max(version), 0) FROM kmsd_schema", logger: logger)
+                        .decode(Int.self) { current = version }
+                } else {
+                    // Only a first start creates anything: a role without CREATE starts against a current schema.
+                    try await connection.query(
+                        "CREATE TABLE kmsd_schema (version integer NOT NULL, applied_at double precision NOT NULL)", logger: logger)
+                }
                 guard current <= known else {
                     throw StateStoreError("the state store \(location) has schema version \(current) and this kmsd knows up to \(known): "
                                           + "a newer kmsd migrated it; upgrade this kmsd rather than run it against a newer schema")
@@ -311,26 +329,33 @@ public final class PostgresStateStore: StateStore {
 
     /// Runs a store operation within `operationTimeout`; database errors become `StateStoreError`s naming the store
     /// and what was attempted.
+    ///
+    /// The operation runs in a task of its own and the caller is answered at the deadline whatever it does: a task
+    /// group would wait for a query already sent, which postgres-nio cannot cancel (a black-holed host keeps it until
+    /// TCP gives up). The server bounds its side too (`statement_timeout`, `lock_timeout`; see `init`). Past the
+    /// deadline the outcome is unknown: the operation may still commit.
     private func guarded<T: Sendable>(_ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let timeout = settings.operationTimeout
         let location = location
-        do {
-            return try await withThrowingTaskGroup(of: T?.self) { group in
-                group.addTask { try await body() }
-                group.addTask {
-                    try await Task.sleep(for: timeout)
-                    return nil
-                }
-                defer { group.cancelAll() }
-                guard let first = try await group.next(), let value = first else {
-                    throw StateStoreError("state store \(location): cannot \(what): no answer within \(timeout) (the database is "
-                                          + "unreachable, refuses connections, or is overloaded)")
-                }
-                return value
+        let outcome: Result<T, any Error> = await withCheckedContinuation { continuation in
+            let once = AnswerOnce(continuation)
+            let work = Task {
+                do { _ = once.answer(.success(try await body())) } catch { _ = once.answer(.failure(error)) }
             }
-        } catch let error as StateStoreError {
+            Task {
+                try? await Task.sleep(for: timeout)
+                let late = StateStoreError("state store \(location): cannot \(what): no answer within \(timeout) (the database is "
+                                           + "unreachable, refuses connections, or is overloaded)")
+                if once.answer(.failure(late)) { work.cancel() }
+            }
+        }
+        switch outcome {
+        case .success(let value):
+            return value
+        case .failure(let error as StateStoreError):
             throw error
-        } catch {
+        case .failure(let error):
+            if let inner = (error as? PostgresTransactionError)?.closureError as? StateStoreError { throw inner }
             throw StateStoreError("state store \(location): cannot \(what): \(Self.describe(error))")
         }
     }
@@ -338,6 +363,10 @@ public final class PostgresStateStore: StateStore {
     /// What went wrong, without what postgres-nio keeps out of its descriptions (queries and their values): the error
     /// class, the server's message and SQLSTATE, the connection error underneath.
     static func describe(_ error: any Error) -> String {
+        if let transaction = error as? PostgresTransactionError {
+            let inner = [transaction.beginError, transaction.closureError, transaction.commitError].compactMap { $0 }.first
+            return inner.map(describe) ?? "the transaction failed"
+        }
         guard let error = error as? PSQLError else { return "\(error)" }
         var parts = ["\(error.code)"]
         if let message = error.serverInfo?[.message] { parts.append(message) }
@@ -346,3 +375,20 @@ public final class PostgresStateStore: StateStore {
         return parts.joined(separator: ": ")
     }
 }
+
+/// Resumes a continuation with the first of two answers (the operation's or the deadline's); later ones are dropped.
+private final class AnswerOnce<T: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<Result<T, any Error>, Never>?>
+
+    init(_ continuation: CheckedContinuation<Result<T, any Error>, Never>) {
+        self.continuation = Mutex(continuation)
+    }
+
+    /// True when this answer was the first.
+    func answer(_ result: Result<T, any Error>) -> Bool {
+        guard let continuation = continuation.withLock({ stored in defer { stored = nil }; return stored }) else { return false }
+        continuation.resume(returning: result)
+        return true
+    }
+}
+

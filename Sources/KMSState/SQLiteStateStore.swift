@@ -32,8 +32,16 @@ public final class SQLiteStateStore: StateStore {
             guard lock >= 0 else { throw StateStoreError("cannot open \(path).lock: \(String(cString: strerror(errno)))") }
             let lockHandle = FileHandle(fileDescriptor: lock, closeOnDealloc: true)
             defer { try? lockHandle.close() }
-            while flock(lock, LOCK_EX) != 0 {
-                guard errno == EINTR else { throw StateStoreError("cannot lock \(path).lock: \(String(cString: strerror(errno)))") }
+            // Migrations take milliseconds; a lock held for 10 s means a process stuck in the middle of one.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while flock(lock, LOCK_EX | LOCK_NB) != 0 {
+                guard errno == EWOULDBLOCK || errno == EINTR else {
+                    throw StateStoreError("cannot lock \(path).lock: \(String(cString: strerror(errno)))")
+                }
+                guard ContinuousClock.now < deadline else {
+                    throw StateStoreError("\(path).lock has been held for 10 s by another process opening this store; is a kmsd stuck?")
+                }
+                usleep(20_000)
             }
             let migrator = Self.migrator
             let superseded = try queue.read { db in try migrator.hasBeenSuperseded(db) }
@@ -48,6 +56,21 @@ public final class SQLiteStateStore: StateStore {
             throw error
         } catch {
             throw StateStoreError("cannot open the rotation state store at \(path): \(error)")
+        }
+    }
+
+    /// Opens an existing store read-only (`kmsctl state migrate` reads its source so): no migration, no lock file, no
+    /// change of mode; a file of another schema version is read as it is.
+    public init(readingOnly path: String) throws {
+        self.path = path
+        guard FileManager.default.fileExists(atPath: path) else { throw StateStoreError("there is no state store at \(path)") }
+        do {
+            var configuration = GRDB.Configuration()
+            configuration.readonly = true
+            configuration.busyMode = .timeout(10)
+            queue = try DatabaseQueue(path: path, configuration: configuration)
+        } catch {
+            throw StateStoreError("cannot open the rotation state store at \(path) to read it: \(error)")
         }
     }
 

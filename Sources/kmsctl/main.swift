@@ -420,7 +420,7 @@ struct StateCommand: AsyncParsableCommand {
             var logger = Logger(label: "kmsctl")
             logger.logLevel = .error
             do {
-                let source = try SQLiteStateStore(path: String(from.dropFirst("sqlite:".count)))
+                let source = try SQLiteStateStore(readingOnly: String(from.dropFirst("sqlite:".count)))
                 let target = try await PostgresStateStore.open(try settings(password: password), logger: logger)
                 do {
                     let summary = try await StateMigration.copy(from: source, to: target)

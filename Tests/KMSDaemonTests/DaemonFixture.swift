@@ -287,6 +287,15 @@ struct KMSDProcess {
         throw FixtureError("kmsd did not start serving")
     }
 
+    /// An HTTPS client trusting the test CA in `directory` and presenting its certificate `name` (`node1`, `admin`, …).
+    static func client(_ name: String, in directory: URL) throws -> HTTPClient {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("ca.pem").path))
+        configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("\(name).pem").path).map { .certificate($0) }
+        configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: directory.appendingPathComponent("\(name)-key.pem").path, format: .pem))
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: configuration))
+    }
+
     /// SIGTERM, and the exit status.
     func stop() -> Int32 {
         if process.isRunning { process.terminate() }

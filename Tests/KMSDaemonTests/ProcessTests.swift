@@ -33,16 +33,8 @@ struct ProcessTests {
         let log = kmsd.log
         var secrets = [token.userPIN, token.securityOfficerPIN, adminToken]
 
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("ca.pem").path))
-        func client(_ name: String) throws -> HTTPClient {
-            var configuration = tls
-            configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("\(name).pem").path).map { .certificate($0) }
-            configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: directory.appendingPathComponent("\(name)-key.pem").path, format: .pem))
-            return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: configuration))
-        }
-        let node = try client("node1")
-        let admin = try client("admin")
+        let node = try KMSDProcess.client("node1", in: directory)
+        let admin = try KMSDProcess.client("admin", in: directory)
         func call(_ client: HTTPClient, _ method: HTTPMethod, _ path: String, _ body: [String: Any]? = nil,
                   bearer: String? = nil) async throws -> (Int, [String: Any]) {
             var request = HTTPClientRequest(url: "https://localhost:\(apiPort)\(path)")

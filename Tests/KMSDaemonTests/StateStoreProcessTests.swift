@@ -37,14 +37,6 @@ struct StateStoreProcessTests {
         let second = try await KMSDProcess.start(directory: directory, yaml: yaml)
         defer { _ = second.stop() }
 
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("ca.pem").path))
-        func client(_ name: String) throws -> HTTPClient {
-            var configuration = tls
-            configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(directory.appendingPathComponent("\(name).pem").path).map { .certificate($0) }
-            configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: directory.appendingPathComponent("\(name)-key.pem").path, format: .pem))
-            return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: configuration))
-        }
         func call(_ client: HTTPClient, _ port: Int, _ path: String, _ body: [String: Any]) async throws -> (Int, [String: Any]) {
             var request = HTTPClientRequest(url: "https://localhost:\(port)\(path)")
             request.method = .POST
@@ -53,8 +45,8 @@ struct StateStoreProcessTests {
             let data = Data(try await response.body.collect(upTo: 1 << 20).readableBytesView)
             return (Int(response.status.code), (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:])
         }
-        let node = try client("node1")
-        let admin = try client("admin")
+        let node = try KMSDProcess.client("node1", in: directory)
+        let admin = try KMSDProcess.client("admin", in: directory)
         let statuses = try await using([node, admin]) {
             var statuses: [Int] = []
             statuses.append(try await call(admin, first.port, "/v1/admin/keys", ["name": "orders"]).0)

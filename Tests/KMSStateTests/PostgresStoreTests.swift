@@ -38,6 +38,23 @@ struct PostgresStoreTests {
         #expect(ContinuousClock.now - began < .seconds(5))
     }
 
+    @Test func aServerThatNeverAnswersFailsAtTheDeadlineNotWhenTCPGivesUp() async throws {
+        let (socket, port) = try loopbackSocket(listening: true)
+        defer { close(socket) }
+        var settings = try await ThrowawayPostgres.shared().settings(database: "kmsd", operationTimeout: .seconds(1))
+        settings.port = port
+        settings.connectTimeout = .seconds(30)
+        let began = ContinuousClock.now
+        do {
+            let store = try await PostgresStateStore.open(settings)
+            await store.close()
+            Issue.record("opened a store on a server that never answered")
+        } catch let error as StateStoreError {
+            #expect(error.description.contains("no answer within 1.0 seconds"), "\(error)")
+        }
+        #expect(ContinuousClock.now - began < .seconds(3))
+    }
+
     @Test func anOutageFailsOperationsWithinTheDeadlineAndTheStoreRecoversOnItsOwn() async throws {
         // A cluster of its own: the shared one serves tests running in parallel.
         let cluster = try await ThrowawayPostgres.start()
@@ -82,16 +99,27 @@ struct PostgresStoreTests {
 
 /// A loopback port nothing listens on (bound, read and closed).
 func freeLoopbackPort() throws -> Int {
+    let (socket, port) = try loopbackSocket(listening: false)
+    close(socket)
+    return port
+}
+
+/// A bound loopback socket and its port; listening (connections complete in the backlog and are never answered) or not.
+func loopbackSocket(listening: Bool) throws -> (Int32, Int) {
     let socket = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(socket) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     address.sin_port = 0
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(socket, $0, length) == 0 && (!listening || listen(socket, 16) == 0) && getsockname(socket, $0, &length) == 0
+        }
     }
-    guard bound else { throw FixtureError("cannot bind a loopback port") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    guard socket >= 0, bound else {
+        close(socket)
+        throw FixtureError("cannot bind a loopback port")
+    }
+    return (socket, Int(UInt16(bigEndian: address.sin_port)))
 }
