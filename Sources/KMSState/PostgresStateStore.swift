@@ -83,6 +83,14 @@ public final class PostgresStateStore: StateStore {
             "CREATE INDEX kmsd_journal_key ON kmsd_journal (key, id)",
             "CREATE TABLE kmsd_leases (name text PRIMARY KEY, holder text NOT NULL, expires_at double precision NOT NULL)",
         ],
+        [
+            // Wrap budgets: how much of each version's max_wraps has been handed out in blocks.
+            """
+            CREATE TABLE kmsd_budgets (
+                key text NOT NULL, version bigint NOT NULL, reserved bigint NOT NULL, last_start bigint NOT NULL,
+                PRIMARY KEY (key, version))
+            """,
+        ],
     ]
     /// The schema version this kmsd writes and understands.
     public static var schemaVersion: Int { migrations.count }
@@ -256,6 +264,38 @@ public final class PostgresStateStore: StateStore {
                 "SELECT created_at FROM kmsd_versions WHERE key = \(version.key) AND version = \(Int64(version.version))", logger: logger)
             for try await recorded in rows.decode(Double.self) { return Date(timeIntervalSince1970: recorded) }
             return date
+        }
+    }
+
+    public func reserveWraps(_ version: VersionID, count: UInt64, limit: UInt64) async throws -> Range<UInt64>? {
+        let count = Int64(clamping: count)
+        let limit = Int64(clamping: limit)
+        guard count > 0, limit > 0 else { return nil }
+        return try await guarded("reserve wraps") { [client, logger] in
+            // One statement: the row is locked while it is read and moved, and SET sees the row as it was, so
+            // last_start is where this block begins.
+            let rows = try await client.query("""
+                INSERT INTO kmsd_budgets AS b (key, version, reserved, last_start)
+                VALUES (\(version.key), \(Int64(version.version)), least(\(count), \(limit)), 0)
+                ON CONFLICT (key, version) DO UPDATE SET last_start = b.reserved, reserved = least(b.reserved + excluded.reserved, \(limit))
+                WHERE b.reserved < \(limit)
+                RETURNING last_start, reserved
+                """, logger: logger)
+            for try await (start, end) in rows.decode((Int64, Int64).self) {
+                return end > start ? UInt64(start)..<UInt64(end) : nil
+            }
+            return nil
+        }
+    }
+
+    public func reservedWraps() async throws -> [VersionID: UInt64] {
+        try await guarded("read wrap budgets") { [client, logger] in
+            var result: [VersionID: UInt64] = [:]
+            let rows = try await client.query("SELECT key, version, reserved FROM kmsd_budgets", logger: logger)
+            for try await (key, version, reserved) in rows.decode((String, Int64, Int64).self) {
+                result[VersionID(key, UInt32(clamping: version))] = UInt64(clamping: reserved)
+            }
+            return result
         }
     }
 

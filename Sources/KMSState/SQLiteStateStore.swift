@@ -101,6 +101,14 @@ public final class SQLiteStateStore: StateStore {
                 CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
                 """)
         }
+        migrator.registerMigration("v2") { db in
+            // Wrap budgets: how much of each version's max_wraps has been handed out in blocks.
+            try db.execute(sql: """
+                CREATE TABLE budgets (
+                    key TEXT NOT NULL, version INTEGER NOT NULL, reserved INTEGER NOT NULL, last_start INTEGER NOT NULL,
+                    PRIMARY KEY (key, version));
+                """)
+        }
         return migrator
     }
 
@@ -152,6 +160,41 @@ public final class SQLiteStateStore: StateStore {
                 let recorded = try Double.fetchOne(db, sql: "SELECT created_at FROM versions WHERE key = ? AND version = ?",
                                                    arguments: [version.key, Int64(version.version)])
                 return recorded.map(Date.init(timeIntervalSince1970:)) ?? date
+            }
+        }
+    }
+
+    public func reserveWraps(_ version: VersionID, count: UInt64, limit: UInt64) async throws -> Range<UInt64>? {
+        let count = Int64(clamping: count)
+        let limit = Int64(clamping: limit)
+        guard count > 0, limit > 0 else { return nil }
+        return try await guarded("reserve wraps") { [queue] in
+            try await queue.write { db in
+                // SET sees the row as it was, so last_start is where this block begins.
+                let row = try Row.fetchOne(db, sql: """
+                    INSERT INTO budgets AS b (key, version, reserved, last_start) VALUES (?, ?, min(?, ?), 0)
+                    ON CONFLICT (key, version) DO UPDATE SET last_start = b.reserved, reserved = min(b.reserved + excluded.reserved, ?)
+                    WHERE b.reserved < ?
+                    RETURNING last_start, reserved
+                    """, arguments: [version.key, Int64(version.version), count, limit, limit, limit])
+                guard let row else { return nil }
+                let start: Int64 = row["last_start"]
+                let end: Int64 = row["reserved"]
+                return end > start ? UInt64(start)..<UInt64(end) : nil
+            }
+        }
+    }
+
+    public func reservedWraps() async throws -> [VersionID: UInt64] {
+        try await guarded("read wrap budgets") { [queue] in
+            try await queue.read { db in
+                var result: [VersionID: UInt64] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT key, version, reserved FROM budgets") {
+                    let version: Int64 = row["version"]
+                    let reserved: Int64 = row["reserved"]
+                    result[VersionID(row["key"], UInt32(clamping: version))] = UInt64(clamping: reserved)
+                }
+                return result
             }
         }
     }

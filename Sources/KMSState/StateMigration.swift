@@ -1,7 +1,8 @@
 import Foundation
 
 /// Moves one store's state into another (`kmsctl state migrate`): a single process's SQLite file into the PostgreSQL
-/// database replicas will share. Usage counts, creation times and the journal (in order, with its times) are copied;
+/// database replicas will share. Usage counts, creation times, wrap budgets and the journal (in order, with its times)
+/// are copied;
 /// leases are not (they expire within minutes and belong to processes that must be stopped for the move).
 public enum StateMigration {
     public struct Summary: Sendable, Equatable {
@@ -9,12 +10,14 @@ public enum StateMigration {
         public var usageRows: Int
         public var wraps: UInt64
         public var journalEntries: Int
+        public var budgets: Int
     }
 
     /// Copies everything in `source` into `target`. Refuses a target that already holds state: adding counts twice
     /// (a second run) would overstate usage, and merging two deployments' journals is not a migration.
     public static func copy(from source: any StateStore, to target: any StateStore) async throws -> Summary {
         let existing = try await target.allUsage().count + target.versionCreationTimes().count + target.journal(key: nil, limit: 1).count
+            + target.reservedWraps().count
         guard existing == 0 else {
             throw StateStoreError("\(target.location) already holds state (usage, versions or journal); migrate into an empty database "
                                   + "(nothing was copied)")
@@ -26,9 +29,14 @@ public enum StateMigration {
             _ = try await target.recordVersionCreated(version, at: date)
         }
         for entry in journal { try await target.append(entry) }
+        // Reserved blocks are never issued again, in the new store either.
+        let budgets = try await source.reservedWraps()
+        for (version, reserved) in budgets.sorted(by: { $0.key < $1.key }) where reserved > 0 {
+            _ = try await target.reserveWraps(version, count: reserved, limit: reserved)
+        }
         // Counts last: a failure before this leaves no counts behind, so the copy can be rerun after emptying the target.
         try await target.addUsage(usage)
         return Summary(versions: created.count, usageRows: usage.count, wraps: usage.values.reduce(0) { $0 + $1.wraps },
-                       journalEntries: journal.count)
+                       journalEntries: journal.count, budgets: budgets.count)
     }
 }

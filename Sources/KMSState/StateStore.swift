@@ -92,6 +92,13 @@ public protocol StateStore: Sendable {
     func allUsage() async throws -> [VersionID: VersionUsage]
     /// Records when `version` was created unless a time is recorded already; returns the recorded time.
     func recordVersionCreated(_ version: VersionID, at: Date) async throws -> Date
+    /// Reserves up to `count` wraps of `version` for the caller, never beyond `limit` reserved in total by every process
+    /// sharing the store (one atomic statement): returns the block (first and past-the-last wrap number), shorter than
+    /// `count` when the limit cuts it, or nil when all of `limit` is reserved already. A reserved block is never issued
+    /// again, whether or not its wraps are used; that keeps the sum of wraps under `limit` exact across replicas.
+    func reserveWraps(_ version: VersionID, count: UInt64, limit: UInt64) async throws -> Range<UInt64>?
+    /// How much of each version's limit has been reserved (`kmsctl state migrate` copies it).
+    func reservedWraps() async throws -> [VersionID: UInt64]
     /// Every recorded creation time (`kmsctl state migrate` copies them).
     func versionCreationTimes() async throws -> [VersionID: Date]
     func append(_ entry: JournalEntry) async throws

@@ -426,7 +426,7 @@ struct StateCommand: AsyncParsableCommand {
                     let summary = try await StateMigration.copy(from: source, to: target)
                     await target.close()
                     print("copied into \(target.location): \(summary.versions) version creation times, \(summary.usageRows) usage rows "
-                          + "(\(summary.wraps) wraps), \(summary.journalEntries) journal entries")
+                          + "(\(summary.wraps) wraps), \(summary.journalEntries) journal entries, \(summary.budgets) wrap budgets")
                 } catch {
                     await target.close()
                     throw error

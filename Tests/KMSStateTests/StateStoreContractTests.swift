@@ -239,10 +239,13 @@ struct StateStoreContractTests {
                          reason: "period", fromVersion: 1, toVersion: 2, result: index == 2 ? .failed : .ok, detail: index == 2 ? "down" : nil)
         }
         for entry in entries { try await source.append(entry) }
+        _ = try await source.reserveWraps(orders2, count: 300, limit: 1000)
 
         let target = try await StoreDatabase.make(targetKind).open()
         let summary = try await StateMigration.copy(from: source, to: target)
-        #expect(summary == .init(versions: 2, usageRows: 2, wraps: 1_000_012, journalEntries: 5))
+        #expect(summary == .init(versions: 2, usageRows: 2, wraps: 1_000_012, journalEntries: 5, budgets: 1))
+        #expect(try await target.reservedWraps() == [orders2: 300])
+        #expect(try await target.reserveWraps(orders2, count: 10, limit: 1000) == 300..<310, "reserved blocks are not issued again")
         #expect(try await target.allUsage() == usage)
         #expect(try await target.versionCreationTimes() == [orders1: start, orders2: start.addingTimeInterval(86400)])
         #expect(try await target.journal(key: nil, limit: 100) == entries)
@@ -251,4 +254,44 @@ struct StateStoreContractTests {
         await source.close()
         await target.close()
     }
+
+    @Test(arguments: StoreKind.allCases)
+    func wrapBudgetsHandOutContiguousBlocksUpToTheLimitAndNoMore(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ async throws in
+            #expect(try await store.reserveWraps(orders1, count: 400, limit: 1000) == 0..<400)
+            #expect(try await store.reserveWraps(orders1, count: 400, limit: 1000) == 400..<800)
+            #expect(try await store.reserveWraps(orders2, count: 5, limit: 1000) == 0..<5, "budgets are per version")
+            #expect(try await store.reserveWraps(orders1, count: 400, limit: 1000) == 800..<1000, "the limit cuts the last block")
+            #expect(try await store.reserveWraps(orders1, count: 1, limit: 1000) == nil)
+            #expect(try await store.reserveWraps(orders1, count: 10, limit: 900) == nil, "a lowered limit hands out nothing more")
+            #expect(try await store.reserveWraps(orders1, count: 10, limit: 1010) == 1000..<1010, "a raised one hands out the rest")
+            #expect(try await store.reserveWraps(orders2, count: 0, limit: 1000) == nil)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func replicasReservingAtOnceNeverTogetherExceedTheLimit(_ kind: StoreKind) async throws {
+        let database = try await StoreDatabase.make(kind)
+        let stores = [try await database.open(), try await database.open()]
+        let blocks = try await withThrowingTaskGroup(of: [Range<UInt64>].self) { group in
+            for index in 0..<8 {
+                let store = stores[index % 2]
+                group.addTask {
+                    var mine: [Range<UInt64>] = []
+                    while let block = try await store.reserveWraps(orders1, count: 7, limit: 500) { mine.append(block) }
+                    return mine
+                }
+            }
+            var all: [Range<UInt64>] = []
+            for try await mine in group { all += mine }
+            return all
+        }
+        // Disjoint blocks that together are exactly 0..<500.
+        let sorted = blocks.sorted { $0.lowerBound < $1.lowerBound }
+        #expect(sorted.first?.lowerBound == 0 && sorted.last?.upperBound == 500)
+        #expect(zip(sorted, sorted.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound })
+        #expect(blocks.reduce(0) { $0 + $1.count } == 500)
+        for store in stores { await store.close() }
+    }
 }
+
