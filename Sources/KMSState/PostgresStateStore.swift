@@ -5,7 +5,7 @@ import PostgresNIO
 import Synchronization
 
 /// Where the PostgreSQL state store is and how to reach it (`state.postgres` in the configuration).
-public struct PostgresStoreSettings: Sendable, CustomStringConvertible {
+public struct PostgresStoreSettings: Sendable, CustomStringConvertible, CustomReflectable {
     /// TLS to the database: the CA that signed the server's certificate (checked, with the host name), and a client
     /// certificate when the server asks for one.
     public struct TLS: Sendable {
@@ -43,6 +43,14 @@ public struct PostgresStoreSettings: Sendable, CustomStringConvertible {
         self.connectTimeout = connectTimeout
         self.operationTimeout = operationTimeout
         self.maxConnections = maxConnections
+    }
+
+    /// What `dump` and debuggers show: everything but the password.
+    public var customMirror: Mirror {
+        Mirror(self, children: [
+            "host": host, "port": port, "database": database, "user": user, "password": password == nil ? "none" : "<redacted>",
+            "tls": tls.map { "ca \($0.caFile)" } ?? "none", "operationTimeout": operationTimeout,
+        ], displayStyle: .struct)
     }
 
     /// `postgres://USER@HOST:PORT/DATABASE`: no password.

@@ -14,13 +14,14 @@ public enum StateMigration {
     }
 
     /// Copies everything in `source` into `target`. Refuses a target that already holds state: adding counts twice
-    /// (a second run) would overstate usage, and merging two deployments' journals is not a migration.
+    /// (a second run) would overstate usage, and merging two deployments' journals is not a migration. The copy is
+    /// several operations, not one transaction: one that fails part-way leaves a partial target to drop and recreate.
     public static func copy(from source: any StateStore, to target: any StateStore) async throws -> Summary {
         let existing = try await target.allUsage().count + target.versionCreationTimes().count + target.journal(key: nil, limit: 1).count
             + target.reservedWraps().count
         guard existing == 0 else {
-            throw StateStoreError("\(target.location) already holds state (usage, versions or journal); migrate into an empty database "
-                                  + "(nothing was copied)")
+            throw StateStoreError("\(target.location) already holds state (usage, versions, budgets or journal); migrate into an empty "
+                                  + "database (nothing was copied; after a copy that failed part-way, drop and create the database again)")
         }
         let usage = try await source.allUsage()
         let created = try await source.versionCreationTimes()
