@@ -387,34 +387,39 @@ public final class PostgresStateStore: StateStore {
         let location = location
         let outcome: Result<T, any Error> = await withCheckedContinuation { continuation in
             let once = AnswerOnce(continuation)
-            let work = Task {
-                do { _ = once.answer(.success(try await body())) } catch { _ = once.answer(.failure(error)) }
-            }
-            Task {
-                try? await Task.sleep(for: timeout)
+            let timer = Task {
+                // Cancelled when the operation answers first: no sleeper outlives a quick operation.
+                guard (try? await Task.sleep(for: timeout)) != nil else { return }
                 let late = StateStoreError("state store \(location): cannot \(what): no answer within \(timeout) (the database is "
                                            + "unreachable, refuses connections, or is overloaded)")
-                if once.answer(.failure(late)) { work.cancel() }
+                if once.answer(.failure(late)) { once.cancelWork() }
             }
+            once.start(Task {
+                let result: Result<T, any Error>
+                do { result = .success(try await body()) } catch { result = .failure(error) }
+                timer.cancel()
+                _ = once.answer(result)
+            })
         }
         switch outcome {
         case .success(let value):
             return value
-        case .failure(let error as StateStoreError):
-            throw error
         case .failure(let error):
-            if let inner = (error as? PostgresTransactionError)?.closureError as? StateStoreError { throw inner }
-            throw StateStoreError("state store \(location): cannot \(what): \(Self.describe(error))")
+            let inner = Self.unwrapped(error)
+            if let inner = inner as? StateStoreError { throw inner }
+            throw StateStoreError("state store \(location): cannot \(what): \(Self.describe(inner))")
         }
+    }
+
+    /// The error inside postgres-nio's transaction wrapper (the closure's, or BEGIN's or COMMIT's).
+    static func unwrapped(_ error: any Error) -> any Error {
+        guard let transaction = error as? PostgresTransactionError else { return error }
+        return [transaction.closureError, transaction.beginError, transaction.commitError].compactMap { $0 }.first ?? error
     }
 
     /// What went wrong, without what postgres-nio keeps out of its descriptions (queries and their values): the error
     /// class, the server's message and SQLSTATE, the connection error underneath.
     static func describe(_ error: any Error) -> String {
-        if let transaction = error as? PostgresTransactionError {
-            let inner = [transaction.beginError, transaction.closureError, transaction.commitError].compactMap { $0 }.first
-            return inner.map(describe) ?? "the transaction failed"
-        }
         guard let error = error as? PSQLError else { return "\(error)" }
         var parts = ["\(error.code)"]
         if let message = error.serverInfo?[.message] { parts.append(message) }
@@ -425,18 +430,32 @@ public final class PostgresStateStore: StateStore {
 }
 
 /// Resumes a continuation with the first of two answers (the operation's or the deadline's); later ones are dropped.
+/// When the deadline answers first, the operation's task is cancelled (postgres-nio gives up a wait for a connection).
 private final class AnswerOnce<T: Sendable>: Sendable {
-    private let continuation: Mutex<CheckedContinuation<Result<T, any Error>, Never>?>
+    private struct State {
+        var continuation: CheckedContinuation<Result<T, any Error>, Never>?
+        var work: Task<Void, Never>?
+    }
+    private let state: Mutex<State>
 
     init(_ continuation: CheckedContinuation<Result<T, any Error>, Never>) {
-        self.continuation = Mutex(continuation)
+        state = Mutex(State(continuation: continuation))
+    }
+
+    func start(_ work: Task<Void, Never>) {
+        state.withLock { $0.work = work }
     }
 
     /// True when this answer was the first.
     func answer(_ result: Result<T, any Error>) -> Bool {
-        guard let continuation = continuation.withLock({ stored in defer { stored = nil }; return stored }) else { return false }
+        guard let continuation = state.withLock({ state in defer { state.continuation = nil }; return state.continuation }) else {
+            return false
+        }
         continuation.resume(returning: result)
         return true
     }
-}
 
+    func cancelWork() {
+        state.withLock { $0.work }?.cancel()
+    }
+}

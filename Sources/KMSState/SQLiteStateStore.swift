@@ -44,11 +44,10 @@ public final class SQLiteStateStore: StateStore {
                 usleep(20_000)
             }
             let migrator = Self.migrator
-            let superseded = try queue.read { db in try migrator.hasBeenSuperseded(db) }
-            if superseded {
-                let applied = try queue.read { db in try migrator.appliedIdentifiers(db) }
+            let unknown = try queue.read { db in try migrator.appliedIdentifiers(db) }.subtracting(migrator.migrations)
+            guard unknown.isEmpty else {
                 throw StateStoreError("the state store at \(path) has schema migrations this kmsd does not know "
-                                      + "(\(applied.sorted().joined(separator: ", "))); a newer kmsd wrote it: upgrade this kmsd "
+                                      + "(\(unknown.sorted().joined(separator: ", "))); a newer kmsd wrote it: upgrade this kmsd "
                                       + "rather than run it against a newer schema")
             }
             try migrator.migrate(queue)
@@ -73,9 +72,6 @@ public final class SQLiteStateStore: StateStore {
             throw StateStoreError("cannot open the rotation state store at \(path) to read it: \(error)")
         }
     }
-
-    /// The migrations this kmsd knows, oldest first.
-    public static var knownMigrations: [String] { migrator.migrations }
 
     public func close() async {
         try? queue.close()
@@ -283,7 +279,7 @@ public final class SQLiteStateStore: StateStore {
         } catch let error as StateStoreError {
             throw error
         } catch {
-            throw StateStoreError("rotation state store (\(path)): cannot \(what): \(error)")
+            throw StateStoreError("state store \(location): cannot \(what): \(error)")
         }
     }
 }

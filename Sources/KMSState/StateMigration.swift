@@ -2,8 +2,7 @@ import Foundation
 
 /// Moves one store's state into another (`kmsctl state migrate`): a single process's SQLite file into the PostgreSQL
 /// database replicas will share. Usage counts, creation times, wrap budgets and the journal (in order, with its times)
-/// are copied;
-/// leases are not (they expire within minutes and belong to processes that must be stopped for the move).
+/// are copied; leases are not (they expire within minutes and belong to processes that must be stopped for the move).
 public enum StateMigration {
     public struct Summary: Sendable, Equatable {
         public var versions: Int
@@ -35,7 +34,7 @@ public enum StateMigration {
         for (version, reserved) in budgets.sorted(by: { $0.key < $1.key }) where reserved > 0 {
             _ = try await target.reserveWraps(version, count: reserved, limit: reserved)
         }
-        // Counts last: a failure before this leaves no counts behind, so the copy can be rerun after emptying the target.
+        // Counts last: a copy that fails earlier has at least not counted anything.
         try await target.addUsage(usage)
         return Summary(versions: created.count, usageRows: usage.count, wraps: usage.values.reduce(0) { $0 + $1.wraps },
                        journalEntries: journal.count, budgets: budgets.count)
