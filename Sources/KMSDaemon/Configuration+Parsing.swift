@@ -1,6 +1,7 @@
 public import Foundation
 import KMSRotation
 import KMSCore
+import KMSState
 import KMSYAML
 import KMSService
 
@@ -191,17 +192,22 @@ struct Reader {
         if let name = map["env"] as? String, !name.isEmpty { return .environment(name) }
         if let file = map["file"] as? String, !file.isEmpty {
             let resolved = resolve(file)
-            if let attributes = try? FileManager.default.attributesOfItem(atPath: resolved),
-               let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0
-            {
-                problem(path, "the file \(resolved) is readable by group or others (mode \(String(mode, radix: 8))); chmod 600 it")
-            } else if !FileManager.default.fileExists(atPath: resolved) {
-                problem(path, "the file \(resolved) does not exist")
-            }
+            privateFile(resolved, path)
             return .file(resolved)
         }
         problem(path, "expected {env: NAME} or {file: PATH}")
         return nil
+    }
+
+    /// A file only its owner may read (a secret, a private key): a problem when it is missing or readable by others.
+    mutating func privateFile(_ file: String, _ path: String) {
+        if let attributes = try? FileManager.default.attributesOfItem(atPath: file),
+           let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0
+        {
+            problem(path, "the file \(file) is readable by group or others (mode \(String(mode, radix: 8))); chmod 600 it")
+        } else if !FileManager.default.fileExists(atPath: file) {
+            problem(path, "the file \(file) does not exist")
+        }
     }
 
     mutating func configuration(_ root: [String: Any], source: String) -> Configuration? {
@@ -382,26 +388,23 @@ struct Reader {
         }
         if host.hasPrefix("/") { problem("\(path).host", "a host name or address (kmsd reaches PostgreSQL over TCP, not a Unix socket)") }
         let password = postgres?["password"].flatMap { secret($0, "\(path).password") }
-        var tls: Configuration.Postgres.TLS?
+        var tls: PostgresStoreSettings.TLS?
         if let tlsMap = map(postgres?["tls"], "\(path).tls", known: ["ca", "cert", "key"]) {
             let ca = string(tlsMap, "ca", "\(path).tls", required: true).map(resolve)
             let cert = string(tlsMap, "cert", "\(path).tls").map(resolve)
             let key = string(tlsMap, "key", "\(path).tls").map(resolve)
             if (cert == nil) != (key == nil) { problem("\(path).tls", "give cert and key together (a client certificate), or neither") }
-            if let key, let mode = (try? FileManager.default.attributesOfItem(atPath: key))?[.posixPermissions] as? Int, mode & 0o077 != 0 {
-                problem("\(path).tls.key", "the file \(key) is readable by group or others (mode \(String(mode, radix: 8))); chmod 600 it")
-            }
-            for (name, file) in [("ca", ca), ("cert", cert), ("key", key)] {
+            for (name, file) in [("ca", ca), ("cert", cert)] {
                 if let file, !FileManager.default.fileExists(atPath: file) { problem("\(path).tls.\(name)", "the file \(file) does not exist") }
             }
-            if let ca { tls = .init(ca: ca, cert: cert, key: key) }
+            if let key { privateFile(key, "\(path).tls.key") }
+            if let ca { tls = .init(caFile: ca, certificateFile: cert, keyFile: key) }
         }
-        return .postgres(Configuration.Postgres(
-            host: host, port: int(postgres, "port", path, default: 5432, range: 1...65535), database: database, user: user,
-            password: password, tls: tls,
+        return .postgres(Configuration.Postgres(store: PostgresStoreSettings(
+            host: host, port: int(postgres, "port", path, default: 5432, range: 1...65535), database: database, user: user, tls: tls,
             connectTimeout: duration(postgres, "connect_timeout", path, default: .seconds(5)),
-            timeout: duration(postgres, "timeout", path, default: .seconds(5)),
-            maxConnections: int(postgres, "max_connections", path, default: 8, range: 1...1000)))
+            operationTimeout: duration(postgres, "timeout", path, default: .seconds(5)),
+            maxConnections: int(postgres, "max_connections", path, default: 8, range: 1...1000)), password: password))
     }
 
     static func hostPort(_ text: String) -> (host: String, port: Int)? {

@@ -1,5 +1,6 @@
 import Foundation
 public import KMSCore
+public import KMSState
 public import KMSRotation
 public import KMSService
 public import KMSTransit
@@ -203,27 +204,17 @@ extension Configuration {
         case postgres(Postgres)
     }
 
+    /// `state.postgres`: the store's settings, with the password still where the file says it is (read at start).
     public struct Postgres: Sendable {
-        public struct TLS: Sendable {
-            public var ca: String
-            public var cert: String?
-            public var key: String?
-        }
-        public var host: String
-        public var port: Int
-        public var database: String
-        public var user: String
+        /// Everything but the password (`password` is nil here).
+        public var store: PostgresStoreSettings
         public var password: SecretSource?
-        public var tls: TLS?
-        public var connectTimeout: Duration
-        public var timeout: Duration
-        public var maxConnections: Int
 
         /// A loopback host: the only place a plaintext connection to the database is accepted in production.
         public var isLoopback: Bool {
-            if host == "localhost" || host == "::1" { return true }
+            if store.host == "localhost" || store.host == "::1" { return true }
             var address = in_addr()
-            return inet_pton(AF_INET, host, &address) == 1 && UInt32(bigEndian: address.s_addr) >> 24 == 127
+            return inet_pton(AF_INET, store.host, &address) == 1 && UInt32(bigEndian: address.s_addr) >> 24 == 127
         }
     }
 }

@@ -8,7 +8,7 @@ import Logging
 /// read again at a reload.
 extension Daemon {
     /// Reads a secret from its source. Errors name the source, never the value.
-    static func read(_ source: Configuration.SecretSource, environment: [String: String]) throws -> SecretBytes {
+    public static func read(_ source: Configuration.SecretSource, environment: [String: String]) throws -> SecretBytes {
         switch source {
         case .inline(let secret):
             return secret

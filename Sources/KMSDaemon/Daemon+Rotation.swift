@@ -23,8 +23,7 @@ extension Daemon {
     public var stateLocation: String {
         switch configuration.state {
         case .sqlite: "sqlite:\(stateStorePath)"
-        case .postgres(let postgres):
-            PostgresStoreSettings(host: postgres.host, port: postgres.port, database: postgres.database, user: postgres.user).description
+        case .postgres(let postgres): postgres.store.description
         }
     }
 
@@ -35,13 +34,10 @@ extension Daemon {
         case .sqlite:
             return try SQLiteStateStore(path: stateStorePath)
         case .postgres(let postgres):
-            let password = try postgres.password.map { source in
+            var settings = postgres.store
+            settings.password = try postgres.password.map { source in
                 String(decoding: try Self.read(source, environment: environment).unsafeCopiedBytes(), as: UTF8.self)
             }
-            let settings = PostgresStoreSettings(
-                host: postgres.host, port: postgres.port, database: postgres.database, user: postgres.user, password: password,
-                tls: postgres.tls.map { .init(caFile: $0.ca, certificateFile: $0.cert, keyFile: $0.key) },
-                connectTimeout: postgres.connectTimeout, operationTimeout: postgres.timeout, maxConnections: postgres.maxConnections)
             return try await PostgresStateStore.open(settings, logger: Logger(label: "kmsd.state"))
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import KMSCore
+import KMSState
 import KMSTransit
 
 /// The production hardening checklist: what `kmsd check-config` prints and what production mode enforces. In
@@ -59,9 +60,10 @@ public struct HardeningChecklist: Sendable {
             }
         }
         if case .postgres(let postgres) = configuration.state {
-            let address = "\(postgres.host):\(postgres.port)/\(postgres.database)"
-            check("state store reached over TLS (or on loopback)", postgres.tls != nil || postgres.isLoopback,
-                  postgres.tls != nil ? "\(address), server checked against \(postgres.tls?.ca ?? "")"
+            let address = postgres.store.description
+            let tls = postgres.store.tls
+            check("state store reached over TLS (or on loopback)", tls != nil || postgres.isLoopback,
+                  tls != nil ? "\(address), server checked against \(tls?.caFile ?? "")"
                                       : postgres.isLoopback ? "\(address), plaintext on loopback"
                                                             : "\(address) in plaintext: set state.postgres.tls (at least its ca)")
             if let password = postgres.password {

@@ -379,7 +379,7 @@ struct StateCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Copy a single kmsd's SQLite state store into an empty PostgreSQL database, for replicas.",
             discussion: """
-                Stop kmsd first. Copies usage counts, version creation times and the rotation journal; refuses a \
+                Stop kmsd first. Copies usage counts, version creation times, wrap budgets and the rotation journal; refuses a \
                 database that already holds state (so a second run cannot count twice). Exit 0 when copied, 4 when the \
                 copy failed, 64 for bad arguments. The password comes from --password-file or PGPASSWORD, never the URL.
                 """)
@@ -390,11 +390,12 @@ struct StateCommand: AsyncParsableCommand {
         @Option(help: "TLS client certificate for the database (with --db-key).") var dbCert: String?
         @Option(help: "TLS client key for the database.") var dbKey: String?
 
+        /// The SQLite file `--from` names.
+        var sourcePath: String { String(from.dropFirst("sqlite:".count)) }
+
         func validate() throws {
-            guard from.hasPrefix("sqlite:"), from.count > "sqlite:".count else { throw ValidationError("--from: expected sqlite:PATH") }
-            guard FileManager.default.fileExists(atPath: String(from.dropFirst("sqlite:".count))) else {
-                throw ValidationError("--from: \(from.dropFirst("sqlite:".count)) does not exist")
-            }
+            guard from.hasPrefix("sqlite:"), !sourcePath.isEmpty else { throw ValidationError("--from: expected sqlite:PATH") }
+            guard FileManager.default.fileExists(atPath: sourcePath) else { throw ValidationError("--from: \(sourcePath) does not exist") }
             _ = try settings(password: nil)
             if (dbCert == nil) != (dbKey == nil) { throw ValidationError("--db-cert and --db-key go together") }
             if (dbCert != nil) && dbCA == nil { throw ValidationError("a client certificate needs --db-ca") }
@@ -414,23 +415,24 @@ struct StateCommand: AsyncParsableCommand {
         func run() async throws {
             var password = ProcessInfo.processInfo.environment["PGPASSWORD"]
             if let passwordFile {
-                guard let data = FileManager.default.contents(atPath: passwordFile) else { throw ValidationError("cannot read \(passwordFile)") }
-                password = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                do {
+                    password = String(decoding: try Daemon.read(.file(passwordFile), environment: [:]).unsafeCopiedBytes(), as: UTF8.self)
+                } catch {
+                    throw ValidationError("--password-file: \(error)")
+                }
             }
             var logger = Logger(label: "kmsctl")
             logger.logLevel = .error
             do {
-                let source = try SQLiteStateStore(readingOnly: String(from.dropFirst("sqlite:".count)))
+                let source = try SQLiteStateStore(readingOnly: sourcePath)
                 let target = try await PostgresStateStore.open(try settings(password: password), logger: logger)
-                do {
-                    let summary = try await StateMigration.copy(from: source, to: target)
-                    await target.close()
-                    print("copied into \(target.location): \(summary.versions) version creation times, \(summary.usageRows) usage rows "
-                          + "(\(summary.wraps) wraps), \(summary.journalEntries) journal entries, \(summary.budgets) wrap budgets")
-                } catch {
-                    await target.close()
-                    throw error
-                }
+                let copied: Result<StateMigration.Summary, any Error>
+                do { copied = .success(try await StateMigration.copy(from: source, to: target)) } catch { copied = .failure(error) }
+                await target.close()
+                await source.close()
+                let summary = try copied.get()
+                print("copied into \(target.location): \(summary.versions) version creation times, \(summary.usageRows) usage rows "
+                      + "(\(summary.wraps) wraps), \(summary.journalEntries) journal entries, \(summary.budgets) wrap budgets")
             } catch let error as StateStoreError {
                 print("state migrate failed: \(error)")
                 throw ExitCode(4)

@@ -4,6 +4,7 @@ import KMSDev
 import KMSServer
 import KMSService
 import KMSRotation
+import KMSState
 import KMSAudit
 import Testing
 import X509
@@ -180,10 +181,11 @@ struct ConfigurationTests {
               postgres: { host: db.internal, port: 6432, database: kmsd, user: kmsd_app, password: { file: pin },
                           tls: { ca: ca.pem, cert: server.pem, key: server-key.pem }, connect_timeout: 2s, timeout: 3s, max_connections: 4 }
             """, in: directory)
-        guard case .postgres(let settings) = postgres.state else { Issue.record("state.postgres ignored"); return }
+        guard case .postgres(let section) = postgres.state else { Issue.record("state.postgres ignored"); return }
+        let settings = section.store
         #expect(settings.host == "db.internal" && settings.port == 6432 && settings.database == "kmsd" && settings.user == "kmsd_app")
-        #expect(settings.tls?.ca == directory.appendingPathComponent("ca.pem").path && settings.tls?.key != nil)
-        #expect(settings.connectTimeout == .seconds(2) && settings.timeout == .seconds(3) && settings.maxConnections == 4)
+        #expect(settings.tls?.caFile == directory.appendingPathComponent("ca.pem").path && settings.tls?.keyFile != nil)
+        #expect(settings.connectTimeout == .seconds(2) && settings.operationTimeout == .seconds(3) && settings.maxConnections == 4)
         #expect(HardeningChecklist(postgres).violations.isEmpty, "\(HardeningChecklist(postgres).table)")
         let bad = Self.safe + """
 
