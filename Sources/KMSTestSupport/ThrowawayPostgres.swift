@@ -59,8 +59,7 @@ public final class ThrowawayPostgres: Sendable {
     /// A cluster of the caller's own (for a test that stops and starts it); the caller calls `stop()`.
     public static func start() async throws -> ThrowawayPostgres {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postgres-\(UUID().uuidString)")
-        let output = try await run(["start", directory.path])
-        guard output.status == 0 else { throw FixtureError("ci/postgres start failed: \(output.text)") }
+        try await run(["start", directory.path])
         return try ThrowawayPostgres(directory: directory)
     }
 
@@ -79,14 +78,12 @@ public final class ThrowawayPostgres: Sendable {
     /// Runs SQL as the superuser; returns psql's unaligned rows.
     @discardableResult
     public func sql(_ statement: String, database: String) async throws -> String {
-        let output = try await Self.run(["sql", directory.path, database, statement])
-        guard output.status == 0 else { throw FixtureError("psql failed: \(output.text)") }
-        return output.text.trimmingCharacters(in: .whitespacesAndNewlines)
+        try await Self.run(["sql", directory.path, database, statement]).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Stops the server, keeping its data (an outage), and starts it again.
-    public func pause() async throws { try check(await Self.run(["pause", directory.path]), "pause") }
-    public func resume() async throws { try check(await Self.run(["resume", directory.path]), "resume") }
+    public func pause() async throws { try await Self.run(["pause", directory.path]) }
+    public func resume() async throws { try await Self.run(["resume", directory.path]) }
 
     /// Settings for a store on `database` as the superuser.
     public func settings(database: String, password: String? = nil, operationTimeout: Duration = .seconds(5)) -> PostgresStoreSettings {
@@ -94,16 +91,16 @@ public final class ThrowawayPostgres: Sendable {
                               operationTimeout: operationTimeout)
     }
 
-    private func check(_ output: (status: Int32, text: String), _ what: String) throws {
-        guard output.status == 0 else { throw FixtureError("ci/postgres \(what) failed: \(output.text)") }
-    }
-
     /// Runs ci/postgres on a thread of its own: waiting for it (initdb takes seconds) must not hold one of the
-    /// cooperative pool's threads, which on two cores are all the threads every other test has.
-    static func run(_ arguments: [String]) async throws -> (status: Int32, text: String) {
-        try await withCheckedThrowingContinuation { continuation in
+    /// cooperative pool's threads, which on two cores are all the threads every other test has. Returns its output;
+    /// throws with it when the script fails.
+    @discardableResult
+    static func run(_ arguments: [String]) async throws -> String {
+        let (status, text) = try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread { continuation.resume(with: Result { try runBlocking(arguments) }) }
         }
+        guard status == 0 else { throw FixtureError("ci/postgres \(arguments.first ?? "") failed: \(text)") }
+        return text
     }
 
     /// Runs ci/postgres with posix_spawn and waitpid. Its output goes to a file, not a pipe: the server it starts

@@ -296,6 +296,18 @@ struct KMSDProcess {
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: configuration))
     }
 
+    /// One JSON request to kmsd on `port`: the status and the decoded body (empty when it is not a JSON object).
+    static func call(_ client: HTTPClient, port: Int, _ method: HTTPMethod, _ path: String, _ body: [String: Any]? = nil,
+                     bearer: String? = nil) async throws -> (Int, [String: Any]) {
+        var request = HTTPClientRequest(url: "https://localhost:\(port)\(path)")
+        request.method = method
+        if let bearer { request.headers.add(name: "Authorization", value: "Bearer \(bearer)") }
+        if let body { request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body))) }
+        let response = try await client.execute(request, timeout: .seconds(10))
+        let data = Data(try await response.body.collect(upTo: 1 << 20).readableBytesView)
+        return (Int(response.status.code), (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:])
+    }
+
     /// SIGTERM, and the exit status.
     func stop() -> Int32 {
         if process.isRunning { process.terminate() }

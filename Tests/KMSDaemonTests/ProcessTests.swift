@@ -37,13 +37,7 @@ struct ProcessTests {
         let admin = try KMSDProcess.client("admin", in: directory)
         func call(_ client: HTTPClient, _ method: HTTPMethod, _ path: String, _ body: [String: Any]? = nil,
                   bearer: String? = nil) async throws -> (Int, [String: Any]) {
-            var request = HTTPClientRequest(url: "https://localhost:\(apiPort)\(path)")
-            request.method = method
-            if let bearer { request.headers.add(name: "Authorization", value: "Bearer \(bearer)") }
-            if let body { request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body))) }
-            let response = try await client.execute(request, timeout: .seconds(10))
-            let data = Data(try await response.body.collect(upTo: 1 << 20).readableBytesView)
-            return (Int(response.status.code), (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:])
+            try await KMSDProcess.call(client, port: apiPort, method, path, body, bearer: bearer)
         }
         let statuses = try await using([node, admin]) {
             var statuses: [Int] = []

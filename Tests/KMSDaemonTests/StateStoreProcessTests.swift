@@ -38,12 +38,7 @@ struct StateStoreProcessTests {
         defer { _ = second.stop() }
 
         func call(_ client: HTTPClient, _ port: Int, _ path: String, _ body: [String: Any]) async throws -> (Int, [String: Any]) {
-            var request = HTTPClientRequest(url: "https://localhost:\(port)\(path)")
-            request.method = .POST
-            request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
-            let response = try await client.execute(request, timeout: .seconds(10))
-            let data = Data(try await response.body.collect(upTo: 1 << 20).readableBytesView)
-            return (Int(response.status.code), (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:])
+            try await KMSDProcess.call(client, port: port, .POST, path, body)
         }
         let node = try KMSDProcess.client("node1", in: directory)
         let admin = try KMSDProcess.client("admin", in: directory)

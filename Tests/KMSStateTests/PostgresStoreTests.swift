@@ -10,16 +10,11 @@ struct PostgresStoreTests {
         let cluster = try await ThrowawayPostgres.shared()
         let database = try await cluster.createDatabase()
         let wrong = "not-the-password-\(UUID().uuidString)"
-        do {
-            let store = try await PostgresStateStore.open(cluster.settings(database: database, password: wrong))
-            await store.close()
-            Issue.record("a wrong password was accepted")
-        } catch let error as StateStoreError {
-            #expect(error.description.contains("password authentication failed"), "\(error)")
-            #expect(error.description.contains("postgres://\(cluster.user)@127.0.0.1:\(cluster.port)/\(database)"), "\(error)")
-            #expect(!error.description.contains(wrong))
-            #expect(!error.description.contains(cluster.password))
-        }
+        let error = try await refusal(cluster.settings(database: database, password: wrong))
+        #expect(error.contains("password authentication failed"), "\(error)")
+        #expect(error.contains("postgres://\(cluster.user)@127.0.0.1:\(cluster.port)/\(database)"), "\(error)")
+        #expect(!error.contains(wrong))
+        #expect(!error.contains(cluster.password))
     }
 
     @Test func aDatabaseNobodyListensOnFailsWithinTheDeadline() async throws {
@@ -28,13 +23,8 @@ struct PostgresStoreTests {
         settings.port = try freeLoopbackPort()
         settings.connectTimeout = .seconds(1)
         let began = ContinuousClock.now
-        do {
-            let store = try await PostgresStateStore.open(settings)
-            await store.close()
-            Issue.record("opened a store where no server listens")
-        } catch let error as StateStoreError {
-            #expect(error.description.contains("cannot connect") && error.description.contains("Connection refused"), "\(error)")
-        }
+        let error = try await refusal(settings)
+        #expect(error.contains("cannot connect") && error.contains("Connection refused"), "\(error)")
         #expect(ContinuousClock.now - began < .seconds(5))
     }
 
@@ -45,13 +35,8 @@ struct PostgresStoreTests {
         settings.port = port
         settings.connectTimeout = .seconds(30)
         let began = ContinuousClock.now
-        do {
-            let store = try await PostgresStateStore.open(settings)
-            await store.close()
-            Issue.record("opened a store on a server that never answered")
-        } catch let error as StateStoreError {
-            #expect(error.description.contains("no answer within 1.0 seconds"), "\(error)")
-        }
+        let error = try await refusal(settings)
+        #expect(error.contains("no answer within 1.0 seconds"), "\(error)")
         #expect(ContinuousClock.now - began < .seconds(3))
     }
 
@@ -97,6 +82,17 @@ struct PostgresStoreTests {
         dump(settings, to: &dumped)
         #expect(dumped.contains("db.internal") && dumped.contains("<redacted>") && !dumped.contains("s3cret"), "\(dumped)")
     }
+}
+
+/// Opens a store that must not open; the StateStoreError's text (a store that opens is a test failure).
+func refusal(_ settings: PostgresStoreSettings) async throws -> String {
+    do {
+        let store = try await PostgresStateStore.open(settings)
+        await store.close()
+    } catch let error as StateStoreError {
+        return error.description
+    }
+    throw FixtureError("a store opened at \(settings), which should have been refused")
 }
 
 /// A loopback port nothing listens on (bound, read and closed).
