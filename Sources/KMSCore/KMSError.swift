@@ -32,6 +32,9 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
         /// The version reached its usage bound (`max_wraps`) and the key has not rotated yet: wrapping waits for the
         /// rotation, unwrapping continues. Retry later.
         public static let rotationRequired = Code("rotation_required")
+        /// The state store (SQLite or PostgreSQL) cannot hand out wraps now: this kmsd has used the block of wraps
+        /// it reserved, and reserving the next one failed. Unwrapping continues. Retry later (or another replica).
+        public static let stateUnavailable = Code("state_unavailable")
 
         // Codes only the service layer answers with (the front ends' error bodies use the same values).
 
@@ -69,6 +72,7 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible, Cus
     public static func unsupported(_ message: String, detail: String? = nil) -> KMSError { .init(.unsupported, message, detail: detail) }
     public static func `internal`(_ message: String, detail: String? = nil) -> KMSError { .init(.internal, message, detail: detail) }
     public static func rotationRequired(_ message: String, detail: String? = nil) -> KMSError { .init(.rotationRequired, message, detail: detail) }
+    public static func stateUnavailable(_ message: String, detail: String? = nil) -> KMSError { .init(.stateUnavailable, message, detail: detail) }
 
     public static func == (lhs: KMSError, rhs: KMSError) -> Bool { lhs.code == rhs.code }
 

@@ -118,8 +118,9 @@ public protocol KeyProvider: Sendable {
     /// Every key this provider manages.
     func listKeys() async throws -> [KeyName]
 
-    /// Generates a DEK (`DataKey.length` bytes) and wraps it under the key's wrapping version, binding `context`.
-    func generateDataKey(_ name: KeyName, context: EncryptionContext) async throws -> DataKey
+    /// Generates a DEK (`DataKey.length` bytes) and wraps it under `version` (or the wrapping version when `nil`),
+    /// binding `context`. Throws `.versionRetired` for a retired version.
+    func generateDataKey(_ name: KeyName, context: EncryptionContext, version: KeyVersion?) async throws -> DataKey
     /// Wraps a caller-supplied secret under `version` (or the wrapping version when `nil`). Throws
     /// `.versionRetired` for a retired version.
     func wrap(_ name: KeyName, plaintext: SecretBytes, context: EncryptionContext, version: KeyVersion?) async throws
@@ -155,6 +156,11 @@ extension KeyProvider {
 }
 
 extension KeyProvider {
+    /// Generates a DEK wrapped under the wrapping version.
+    public func generateDataKey(_ name: KeyName, context: EncryptionContext) async throws -> DataKey {
+        try await generateDataKey(name, context: context, version: nil)
+    }
+
     /// Wraps under the wrapping version.
     public func wrap(_ name: KeyName, plaintext: SecretBytes, context: EncryptionContext) async throws -> WrappedKey {
         try await wrap(name, plaintext: plaintext, context: context, version: nil)

@@ -3,12 +3,12 @@ import PKCS11
 import Synchronization
 
 extension PKCS11KeyProvider {
-    public func generateDataKey(_ name: KeyName, context: EncryptionContext) async throws -> DataKey {
-        let cached = catalog.withLock { $0.wrappingRecord(name, now: .now, maxAge: configuration.catalogRefreshInterval) }
+    public func generateDataKey(_ name: KeyName, context: EncryptionContext, version: KeyVersion?) async throws -> DataKey {
+        let cached = cachedRecord(name, version)
         let profile = configuration.profile
         return try await perform("generate a data key") { [self] session in
             let plaintext = try SecretBytes(count: DataKey.length) { try session.generateRandom(into: $0) }
-            let (record, envelope) = try sealWithRetry(session, name, version: nil, cached: cached) { record in
+            let (record, envelope) = try sealWithRetry(session, name, version: version, cached: cached) { record in
                 try Self.seal(session, record, plaintext, context, profile)
             }
             return DataKey(key: name, version: record.version, plaintext: plaintext, wrapped: envelope.bytes)
@@ -21,17 +21,23 @@ extension PKCS11KeyProvider {
         guard (0...Envelope.maxPlaintextLength).contains(plaintext.count) else {
             throw KMSError.invalidInput("a wrapped secret must be 0 to \(Envelope.maxPlaintextLength) bytes")
         }
-        let maxAge = configuration.catalogRefreshInterval
-        let cached = catalog.withLock { catalog in
-            version.map { catalog.record(name, $0, now: .now, maxAge: maxAge) }
-                ?? catalog.wrappingRecord(name, now: .now, maxAge: maxAge)
-        }
+        let cached = cachedRecord(name, version)
         let profile = configuration.profile
         return try await perform("wrap a key") { [self] session in
             let (record, envelope) = try sealWithRetry(session, name, version: version, cached: cached) { record in
                 try Self.seal(session, record, plaintext, context, profile)
             }
             return WrappedKey(key: name, version: record.version, wrapped: envelope.bytes)
+        }
+    }
+
+    /// The catalog's active record for `version` (or the wrapping version) while it is fresh; otherwise the token is
+    /// read (and a retired version refused) by `sealWithRetry`.
+    private func cachedRecord(_ name: KeyName, _ version: KeyVersion?) -> KEKRecord? {
+        let maxAge = configuration.catalogRefreshInterval
+        return catalog.withLock { catalog in
+            guard let version else { return catalog.wrappingRecord(name, now: .now, maxAge: maxAge) }
+            return catalog.record(name, version, now: .now, maxAge: maxAge).flatMap { $0.state == .active ? $0 : nil }
         }
     }
 

@@ -273,9 +273,9 @@ public final class VaultTransitProvider: KeyProvider {
         return try await readKey(name).latest
     }
 
-    public func generateDataKey(_ name: KeyName, context: EncryptionContext) async throws -> DataKey {
+    public func generateDataKey(_ name: KeyName, context: EncryptionContext, version: KeyVersion?) async throws -> DataKey {
         let plaintext = SecretBytes.random(count: DataKey.length)
-        let wrapped = try await wrap(name, plaintext: plaintext, context: context, version: nil)
+        let wrapped = try await wrap(name, plaintext: plaintext, context: context, version: version)
         return DataKey(key: name, version: wrapped.version, plaintext: plaintext, wrapped: wrapped.wrapped)
     }
 

@@ -65,7 +65,7 @@ public enum RotationActor: Sendable, Equatable, CustomStringConvertible {
 
 /// Rotates keys on schedule, on usage and on request; counts use per version; keeps retirement safe.
 ///
-/// The request path calls `checkWrap`, `didWrap` and `didUnwrap` (through `TrackedProvider`); the scheduler calls
+/// The request path calls `wrapping` and `didUnwrap` (through `TrackedProvider`); the scheduler calls
 /// `tick`; the admin API calls `rotate`, `retire`, `schedule`, `versions` and `rewrapPlan`. Rotations of one key
 /// are serialized in this process by a lock and across processes sharing the store by a lease.
 public final class RotationManager: Sendable {
@@ -94,6 +94,7 @@ public final class RotationManager: Sendable {
 
     public let store: any StateStore
     let ledger = UsageLedger()
+    let budgets: WrapBudgets
     public let clock: @Sendable () -> Date
     /// Identifies this process's leases.
     let holder: String
@@ -106,12 +107,15 @@ public final class RotationManager: Sendable {
     private let locks = KeyLocks()
     /// How long a rotation lease lasts (longer than any backend call's deadline).
     let leaseDuration: TimeInterval = 120
+    /// How long a usage rotation waits for another replica's rotation of the same key to finish.
+    let usageLeaseWait: Duration = .seconds(3)
 
     public init(keys: [Key], store: any StateStore, clock: @escaping @Sendable () -> Date = { Date() },
                 holder: String = UUID().uuidString, logger: Logger = Logger(label: "kmsd.rotation"),
                 onEvent: @escaping @Sendable (RotationEvent) -> Void = { _ in }) {
         self.keys = Mutex(Dictionary(keys.map { ($0.name, $0) }, uniquingKeysWith: { $1 }))
         self.store = store
+        self.budgets = WrapBudgets(store: store, describe: { RotationManager.describe($0) })
         self.clock = clock
         self.holder = holder
         self.logger = logger
@@ -163,21 +167,83 @@ public final class RotationManager: Sendable {
 
     // MARK: - Request path
 
-    /// Refuses to wrap with a latest version that has used up `max_wraps` or is past `max_age` (rotation has not
-    /// succeeded). Unwrapping is never refused.
+    /// Runs one wrap (`body`, given the version to wrap with) inside the key's limits, and counts it.
     ///
-    /// `max_wraps` is a hard limit: the wrap that reaches it rotates (`didWrap`), and wraps that start while the
-    /// version is at its limit are refused with `rotation_required`. Wraps already past this check when the limit is
-    /// reached still finish, so a version can exceed `max_wraps` by at most the number of wraps in flight at that
-    /// moment (bounded by the HSM sessions and request concurrency; documented in docs/rotation.md).
-    public func checkWrap(_ name: KeyName) throws {
-        guard let key = keys.withLock({ $0[name] }) else { return }
-        let state = states.withLock { $0[name] }
-        guard let state, let latest = state.latest else { return }
-        try checkWrapCount(name, version: latest, policy: key.policy, lastError: state.lastError)
-        guard let maxAge = key.policy.maxAge, let created = state.latestCreatedAt else { return }
-        let now = clock()
-        guard now >= created.addingTimeInterval(maxAge) else { return }
+    /// Without an explicit version the wrap uses the latest version this process knows, and is refused past `max_age`
+    /// while rotation fails. Either way it takes one of the version's `max_wraps` from this process's reserved block
+    /// (`WrapBudgets`): every process sharing the state store together wraps at most `max_wraps` times with a
+    /// version, exactly. The wrap that takes a version's last number rotates the key before returning; a wrap that
+    /// finds every number reserved (by any replica) rotates it and goes on with the new version, or is refused with
+    /// `rotation_required` while rotation fails. When this process has used its block and the store cannot hand out
+    /// another, wraps are refused with `state_unavailable`. Unwrapping never needs either.
+    public func wrapping<Wrapped>(_ name: KeyName, version explicit: KeyVersion?,
+                                  _ body: (KeyVersion?) async throws -> Wrapped) async throws -> Wrapped {
+        // A key a reload removed while this request was under way: nothing left to count it against.
+        guard let key = keys.withLock({ $0[name] }) else { return try await body(explicit) }
+        if explicit == nil { try checkAge(name, policy: key.policy) }
+        var reread = false
+        while true {
+            let (version, last) = try await reserveWrap(key, explicit: explicit)
+            let wrapped: Wrapped
+            do {
+                wrapped = try await body(version)
+            } catch let error as KMSError {
+                // Another replica retired the version this one still took for the latest: read the key again, once.
+                guard error.code == .versionRetired, explicit == nil, !reread else { throw error }
+                reread = true
+                _ = try await refresh(key)
+                continue
+            }
+            ledger.recordWrap(VersionID(name.rawValue, version.rawValue), at: clock())
+            if last { await rotateForUsage(key, from: version) }
+            return wrapped
+        }
+    }
+
+    /// Chooses the version and takes one wrap of it from the budget; rotates a version whose budget is used up.
+    private func reserveWrap(_ key: Key, explicit: KeyVersion?) async throws -> (KeyVersion, last: Bool) {
+        var rotated = false
+        while true {
+            let version: KeyVersion
+            if let explicit { version = explicit } else { version = try await wrappingVersion(key) }
+            switch await budgets.take(VersionID(key.name.rawValue, version.rawValue), limit: key.policy.maxWraps) {
+            case .wrap(_, let last):
+                return (version, last)
+            case .unavailable(let error):
+                throw KMSError.stateUnavailable(
+                    "kmsd cannot reserve wraps of version \(version.rawValue) of '\(key.name)': its state store is not answering; "
+                        + "wrapping waits for it, unwrapping continues", detail: error)
+            case .exhausted:
+                let latest = states.withLock { $0[key.name]?.latest }
+                if !rotated, explicit == nil || explicit == latest {
+                    rotated = true
+                    await rotateForUsage(key, from: version)
+                    if explicit == nil { continue }
+                }
+                throw wrapLimitReached(key, version: version)
+            }
+        }
+    }
+
+    /// The version wraps use: the latest this process knows, or the backend's when it knows none yet.
+    private func wrappingVersion(_ key: Key) async throws -> KeyVersion {
+        if let latest = states.withLock({ $0[key.name]?.latest }) { return latest }
+        return try await refresh(key).latest.version
+    }
+
+    /// Rotates because `version` used its `max_wraps`, unless a newer version is known or a failed rotation waits for
+    /// its retry time. Another replica's rotation (or this one's, by another request) makes it a no-op.
+    private func rotateForUsage(_ key: Key, from version: KeyVersion) async {
+        let state = states.withLock { $0[key.name] }
+        if let latest = state?.latest, latest > version { return }
+        if let next = state?.nextAttemptAt, next > clock() { return }
+        _ = try? await rotate(key.name, trigger: .usage, actor: .scheduler, expecting: version)
+    }
+
+    /// Refuses wraps past `max_age` of the latest version while rotation fails. Unwrapping is never refused.
+    private func checkAge(_ name: KeyName, policy: RotationPolicy) throws {
+        guard let maxAge = policy.maxAge, let state = states.withLock({ $0[name] }), let latest = state.latest,
+              let created = state.latestCreatedAt, clock() >= created.addingTimeInterval(maxAge) else { return }
         let detail = "version \(latest.rawValue) of '\(name)' is older than max_age (\(DurationText.format(maxAge))) and has not been "
             + "rotated\(state.lastError.map { " (last rotation error: \($0))" } ?? ""); wrapping is refused until the key rotates, "
             + "unwrapping continues"
@@ -185,32 +251,14 @@ public final class RotationManager: Sendable {
         throw KMSError.unavailable(detail)
     }
 
-    /// Refuses a wrap with an explicitly chosen version that has used up `max_wraps`.
-    public func checkWrap(_ name: KeyName, version: KeyVersion) throws {
-        guard let key = keys.withLock({ $0[name] }) else { return }
-        try checkWrapCount(name, version: version, policy: key.policy, lastError: states.withLock { $0[name]?.lastError })
-    }
-
-    private func checkWrapCount(_ name: KeyName, version: KeyVersion, policy: RotationPolicy, lastError: String?) throws {
-        let wraps = ledger.usage(VersionID(name.rawValue, version.rawValue)).wraps
-        guard wraps >= policy.maxWraps else { return }
-        let detail = "version \(version.rawValue) of '\(name)' has wrapped \(wraps) secrets, its max_wraps of \(policy.maxWraps), and the key "
-            + "has not rotated yet\(lastError.map { " (last rotation error: \($0))" } ?? ""); wrapping waits for the rotation, "
-            + "unwrapping continues"
-        emit(.init(kind: .wrapLimitReached, key: name.rawValue, version: version.rawValue, detail: detail), level: .warning)
-        throw KMSError.rotationRequired("version \(version.rawValue) of '\(name)' reached max_wraps and the key has not rotated yet; "
-                                        + "wrapping waits for the rotation, unwrapping continues", detail: detail)
-    }
-
-    /// Counts a wrap. When the latest version reaches `max_wraps`, rotates before returning, so the next wrap uses the
-    /// new version. A failed rotation is recorded and retried; the wrap that triggered it still succeeds.
-    public func didWrap(_ name: KeyName, version: KeyVersion) async {
-        let count = ledger.recordWrap(VersionID(name.rawValue, version.rawValue), at: clock())
-        guard let key = keys.withLock({ $0[name] }), count >= key.policy.maxWraps else { return }
-        let state = states.withLock { $0[name] }
-        if let latest = state?.latest, latest > version { return }
-        if let next = state?.nextAttemptAt, next > clock() { return }
-        _ = try? await rotate(name, trigger: .usage, actor: .scheduler, expecting: version)
+    private func wrapLimitReached(_ key: Key, version: KeyVersion) -> KMSError {
+        let lastError = states.withLock { $0[key.name]?.lastError }
+        let detail = "version \(version.rawValue) of '\(key.name)' has used its max_wraps of \(key.policy.maxWraps) (counted across every kmsd "
+            + "sharing the state store) and the key has not rotated yet\(lastError.map { " (last rotation error: \($0))" } ?? ""); "
+            + "wrapping waits for the rotation, unwrapping continues"
+        emit(.init(kind: .wrapLimitReached, key: key.name.rawValue, version: version.rawValue, detail: detail), level: .warning)
+        return KMSError.rotationRequired("version \(version.rawValue) of '\(key.name)' reached max_wraps and the key has not rotated yet; "
+                                         + "wrapping waits for the rotation, unwrapping continues", detail: detail)
     }
 
     public func didUnwrap(_ name: KeyName, version: KeyVersion) {
@@ -288,7 +336,17 @@ public final class RotationManager: Sendable {
     private func rotateLocked(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?) async throws -> Outcome? {
         let name = key.name
         let lease = "rotate/\(name.rawValue)"
-        guard try await store.acquireLease(lease, holder: holder, now: clock(), duration: leaseDuration) else {
+        var acquired = try await store.acquireLease(lease, holder: holder, now: clock(), duration: leaseDuration)
+        if !acquired, trigger == .usage {
+            // Another replica is rotating because the version's budget is used up: wraps here wait for that rotation
+            // (a few seconds at most) instead of failing, then go on with the version it made.
+            let deadline = ContinuousClock.now + usageLeaseWait
+            while !acquired, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(25))
+                acquired = try await store.acquireLease(lease, holder: holder, now: clock(), duration: leaseDuration)
+            }
+        }
+        guard acquired else {
             if expecting != nil { return nil }
             throw KMSError.conflict("another kmsd is rotating '\(name)' right now; try again in a minute")
         }

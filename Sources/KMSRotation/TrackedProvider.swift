@@ -1,9 +1,10 @@
 import Foundation
 public import KMSCore
 
-/// A provider as the API serves it: every wrap and unwrap is counted per version, a usage-triggered rotation runs
-/// when the latest version reaches `max_wraps`, and wraps are refused at `max_wraps` or past `max_age` while rotation
-/// fails.
+/// A provider as the API serves it: every wrap takes one of its version's `max_wraps` from the budget reserved in the
+/// state store and is counted, a usage-triggered rotation runs when the latest version's budget is used up, and wraps
+/// are refused at `max_wraps` or past `max_age` while rotation fails (`RotationManager.wrapping`). Unwraps are
+/// counted.
 /// Everything else passes through unchanged.
 public struct TrackedProvider: KeyProvider {
     public let inner: any KeyProvider
@@ -20,18 +21,16 @@ public struct TrackedProvider: KeyProvider {
     public func describeKey(_ name: KeyName) async throws -> KeyDescription { try await inner.describeKey(name) }
     public func listKeys() async throws -> [KeyName] { try await inner.listKeys() }
 
-    public func generateDataKey(_ name: KeyName, context: EncryptionContext) async throws -> DataKey {
-        try manager.checkWrap(name)
-        let dataKey = try await inner.generateDataKey(name, context: context)
-        await manager.didWrap(name, version: dataKey.version)
-        return dataKey
+    public func generateDataKey(_ name: KeyName, context: EncryptionContext, version: KeyVersion?) async throws -> DataKey {
+        try await manager.wrapping(name, version: version) { chosen in
+            try await inner.generateDataKey(name, context: context, version: chosen)
+        }
     }
 
     public func wrap(_ name: KeyName, plaintext: SecretBytes, context: EncryptionContext, version: KeyVersion?) async throws -> WrappedKey {
-        if let version { try manager.checkWrap(name, version: version) } else { try manager.checkWrap(name) }
-        let wrapped = try await inner.wrap(name, plaintext: plaintext, context: context, version: version)
-        await manager.didWrap(name, version: wrapped.version)
-        return wrapped
+        try await manager.wrapping(name, version: version) { chosen in
+            try await inner.wrap(name, plaintext: plaintext, context: context, version: chosen)
+        }
     }
 
     public func unwrap(_ name: KeyName, wrapped: [UInt8], context: EncryptionContext) async throws -> UnwrappedKey {

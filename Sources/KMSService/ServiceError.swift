@@ -42,7 +42,7 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
         case .alreadyExists, .conflict, .versionRetired: .conflict
         case .forbidden: .forbidden
         case .invalidInput, .unsupported: .badRequest
-        case .unavailable, .rotationRequired: .unavailable
+        case .unavailable, .rotationRequired, .stateUnavailable: .unavailable
         default: .internal
         }
         self.init(kind, error.code, error.message, detail: error.detail)

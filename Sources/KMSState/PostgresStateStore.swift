@@ -281,12 +281,16 @@ public final class PostgresStateStore: StateStore {
         guard count > 0, limit > 0 else { return nil }
         return try await guarded("reserve wraps") { [client, logger] in
             // One statement: the row is locked while it is read and moved, and SET sees the row as it was, so
-            // last_start is where this block begins.
+            // last_start is where this block begins. A version's first block starts after the wraps already counted
+            // for it (a version in use before budgets existed, or counted by a kmsd that does not reserve).
             let rows = try await client.query("""
                 INSERT INTO kmsd_budgets AS b (key, version, reserved, last_start)
-                VALUES (\(version.key), \(Int64(version.version)), least(\(count), \(limit)), 0)
-                ON CONFLICT (key, version) DO UPDATE SET last_start = b.reserved, reserved = least(b.reserved + excluded.reserved, \(limit))
-                WHERE b.reserved < \(limit)
+                SELECT \(version.key), \(Int64(version.version)), least(used + \(count), \(limit)), used
+                FROM (SELECT coalesce((SELECT wraps FROM kmsd_usage WHERE key = \(version.key) AND version = \(Int64(version.version))), 0) AS used) AS u
+                ON CONFLICT (key, version) DO UPDATE
+                    SET last_start = greatest(b.reserved, excluded.last_start),
+                        reserved = least(greatest(b.reserved, excluded.last_start) + \(count), \(limit))
+                WHERE greatest(b.reserved, excluded.last_start) < \(limit)
                 RETURNING last_start, reserved
                 """, logger: logger)
             for try await (start, end) in rows.decode((Int64, Int64).self) {

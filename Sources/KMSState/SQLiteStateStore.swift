@@ -166,13 +166,18 @@ public final class SQLiteStateStore: StateStore {
         guard count > 0, limit > 0 else { return nil }
         return try await guarded("reserve wraps") { [queue] in
             try await queue.write { db in
-                // SET sees the row as it was, so last_start is where this block begins.
+                // SET sees the row as it was, so last_start is where this block begins. A version's first block
+                // starts after the wraps already counted for it. (`WHERE true` tells SQLite's parser that ON CONFLICT
+                // belongs to the INSERT.)
                 let row = try Row.fetchOne(db, sql: """
-                    INSERT INTO budgets AS b (key, version, reserved, last_start) VALUES (?, ?, min(?, ?), 0)
-                    ON CONFLICT (key, version) DO UPDATE SET last_start = b.reserved, reserved = min(b.reserved + excluded.reserved, ?)
-                    WHERE b.reserved < ?
+                    INSERT INTO budgets AS b (key, version, reserved, last_start)
+                    SELECT ?1, ?2, min(used + ?3, ?4), used
+                    FROM (SELECT coalesce((SELECT wraps FROM usage WHERE key = ?1 AND version = ?2), 0) AS used) WHERE true
+                    ON CONFLICT (key, version) DO UPDATE
+                        SET last_start = max(b.reserved, excluded.last_start), reserved = min(max(b.reserved, excluded.last_start) + ?3, ?4)
+                    WHERE max(b.reserved, excluded.last_start) < ?4
                     RETURNING last_start, reserved
-                    """, arguments: [version.key, Int64(version.version), count, limit, limit, limit])
+                    """, arguments: [version.key, Int64(version.version), count, limit])
                 guard let row else { return nil }
                 let start: Int64 = row["last_start"]
                 let end: Int64 = row["reserved"]

@@ -95,7 +95,9 @@ public protocol StateStore: Sendable {
     /// Reserves up to `count` wraps of `version` for the caller, never beyond `limit` reserved in total by every process
     /// sharing the store (one atomic statement): returns the block (first and past-the-last wrap number), shorter than
     /// `count` when the limit cuts it, or nil when all of `limit` is reserved already. A reserved block is never issued
-    /// again, whether or not its wraps are used; that keeps the sum of wraps under `limit` exact across replicas.
+    /// again, whether or not its wraps are used; that keeps the sum of wraps under `limit` exact across replicas. A
+    /// version's first block starts after the wraps already counted for it (`addUsage`), so a version in use before
+    /// budgets existed keeps its count.
     func reserveWraps(_ version: VersionID, count: UInt64, limit: UInt64) async throws -> Range<UInt64>?
     /// How much of each version's limit has been reserved (`kmsctl state migrate` copies it).
     func reservedWraps() async throws -> [VersionID: UInt64]

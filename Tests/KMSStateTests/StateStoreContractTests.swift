@@ -239,13 +239,13 @@ struct StateStoreContractTests {
                          reason: "period", fromVersion: 1, toVersion: 2, result: index == 2 ? .failed : .ok, detail: index == 2 ? "down" : nil)
         }
         for entry in entries { try await source.append(entry) }
-        _ = try await source.reserveWraps(orders2, count: 300, limit: 1000)
+        #expect(try await source.reserveWraps(orders2, count: 300, limit: 1000) == 12..<312, "the first block starts after the counted wraps")
 
         let target = try await StoreDatabase.make(targetKind).open()
         let summary = try await StateMigration.copy(from: source, to: target)
         #expect(summary == .init(versions: 2, usageRows: 2, wraps: 1_000_012, journalEntries: 5, budgets: 1))
-        #expect(try await target.reservedWraps() == [orders2: 300])
-        #expect(try await target.reserveWraps(orders2, count: 10, limit: 1000) == 300..<310, "reserved blocks are not issued again")
+        #expect(try await target.reservedWraps() == [orders2: 312])
+        #expect(try await target.reserveWraps(orders2, count: 10, limit: 1000) == 312..<322, "reserved blocks are not issued again")
         #expect(try await target.allUsage() == usage)
         #expect(try await target.versionCreationTimes() == [orders1: start, orders2: start.addingTimeInterval(86400)])
         #expect(try await target.journal(key: nil, limit: 100) == entries)
@@ -266,6 +266,17 @@ struct StateStoreContractTests {
             #expect(try await store.reserveWraps(orders1, count: 10, limit: 900) == nil, "a lowered limit hands out nothing more")
             #expect(try await store.reserveWraps(orders1, count: 10, limit: 1010) == 1000..<1010, "a raised one hands out the rest")
             #expect(try await store.reserveWraps(orders2, count: 0, limit: 1000) == nil)
+
+            // A version counted before it had a budget (kmsd before budgets, or a migrated store): its first block
+            // starts after what was counted, and one counted past the limit gets nothing.
+            let orders3 = VersionID("orders", 3), orders4 = VersionID("orders", 4)
+            try await store.addUsage([orders3: VersionUsage(wraps: 250), orders4: VersionUsage(wraps: 2000)])
+            #expect(try await store.reserveWraps(orders3, count: 100, limit: 1000) == 250..<350)
+            #expect(try await store.reserveWraps(orders3, count: 100, limit: 1000) == 350..<450)
+            #expect(try await store.reserveWraps(orders4, count: 100, limit: 1000) == nil)
+            // Usage counted after the budget exists is within it and moves nothing.
+            try await store.addUsage([orders3: VersionUsage(wraps: 150)])
+            #expect(try await store.reserveWraps(orders3, count: 10, limit: 1000) == 450..<460)
         }
     }
 
