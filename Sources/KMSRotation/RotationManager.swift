@@ -323,6 +323,11 @@ public final class RotationManager: Sendable {
                            nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger, description: snapshot.description)
         }
         await locks.lock(name)
+        if let expecting, let latest = states.withLock({ $0[name]?.latest }), latest > expecting {
+            // A rotation this one waited for (in this process) already moved the key on.
+            await locks.unlock(name)
+            return nil
+        }
         do {
             let outcome = try await rotateLocked(key, trigger: trigger, actor: actor, expecting: expecting)
             await locks.unlock(name)
@@ -478,8 +483,13 @@ public final class RotationManager: Sendable {
         }
         let latestCreatedAt = created[latest.version] ?? clock()
         states.withLock { states in
-            states[key.name, default: KeyState()].latest = latest.version
-            states[key.name, default: KeyState()].latestCreatedAt = latestCreatedAt
+            // Versions are only ever added: a read that started before another's rotation must not take it back.
+            var state = states[key.name, default: KeyState()]
+            if state.latest.map({ $0 <= latest.version }) ?? true {
+                state.latest = latest.version
+                state.latestCreatedAt = latestCreatedAt
+            }
+            states[key.name] = state
         }
         return Snapshot(description: description, latest: latest, latestCreatedAt: latestCreatedAt, createdAt: created,
                         usage: ledger.usage(key: key.name.rawValue))

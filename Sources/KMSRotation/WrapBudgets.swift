@@ -131,7 +131,8 @@ final class WrapBudgets: Sendable {
             }
         }
         budget.lastRefillAt = now
-        let count = max(1, min(budget.blockSize, limit / 8))
+        budget.blockSize = max(1, min(budget.blockSize, limit / 8))
+        let count = budget.blockSize
         return Task { [self, store, retryDelay, describe] in
             let result: Result<Range<UInt64>?, any Error>
             do {

@@ -107,10 +107,22 @@ public final class PostgresStateStore: StateStore {
 
     public let settings: PostgresStoreSettings
     public var location: String { settings.description }
-    private let client: PostgresClient
-    private let runner: Task<Void, Never>
     private let logger: Logger
     private let tls: TLSConfiguration?
+    private let clientConfiguration: PostgresClient.Configuration
+    private let poolLogger: Logger
+
+    /// The connection pool in use, and whether the last operation on it failed for want of a connection.
+    private struct Pool {
+        var client: PostgresClient
+        var runner: Task<Void, Never>
+        var failing = false
+        /// The check of the database (and the new pool) an operation started while `failing`; the others wait for it.
+        var reconnect: Task<Void, any Error>?
+        /// Pools replaced after an outage, shutting down.
+        var retired: [Task<Void, Never>] = []
+    }
+    private let pool: Mutex<Pool>
 
     private init(settings: PostgresStoreSettings, logger: Logger) throws {
         self.settings = settings
@@ -145,9 +157,10 @@ public final class PostgresStateStore: StateStore {
         // The pool logs each failed connection attempt at info; kmsd reports the store's failures on the operations.
         var poolLogger = logger
         poolLogger.logLevel = max(logger.logLevel, .notice)
+        self.poolLogger = poolLogger
+        clientConfiguration = configuration
         let client = PostgresClient(configuration: configuration, backgroundLogger: poolLogger)
-        self.client = client
-        runner = Task { await client.run() }
+        pool = Mutex(Pool(client: client, runner: Task { await client.run() }))
     }
 
     /// Connects, applies missing migrations, and returns the store; fails (closing what it opened) when the database
@@ -170,8 +183,60 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func close() async {
-        runner.cancel()
-        await runner.value
+        let runners = pool.withLock { pool in
+            pool.reconnect?.cancel()
+            return [pool.runner] + pool.retired
+        }
+        for runner in runners {
+            runner.cancel()
+            await runner.value
+        }
+    }
+
+    /// The pool an operation uses. After an operation failed for want of a connection, the database is first checked
+    /// with one connection of its own, and when it answers a fresh pool replaces the old one: postgres-nio's pool
+    /// backs off for up to a minute between connection attempts after an outage, which would keep kmsd refusing long
+    /// after the database is back. While the check fails, operations fail at once with its error.
+    private func currentClient() async throws -> PostgresClient {
+        let (client, reconnect): (PostgresClient, Task<Void, any Error>?) = pool.withLock { pool in
+            guard pool.failing else { return (pool.client, nil) }
+            if let reconnect = pool.reconnect { return (pool.client, reconnect) }
+            let task = Task { try await self.replacePool() }
+            pool.reconnect = task
+            return (pool.client, task)
+        }
+        guard let reconnect else { return client }
+        try await reconnect.value
+        return pool.withLock { $0.client }
+    }
+
+    private func replacePool() async throws {
+        do {
+            try await Self.connectOnce(settings, tls, logger)
+        } catch {
+            pool.withLock { $0.reconnect = nil }
+            throw error
+        }
+        let client = PostgresClient(configuration: clientConfiguration, backgroundLogger: poolLogger)
+        let runner = Task { await client.run() }
+        let old = pool.withLock { pool in
+            let old = pool.runner
+            pool.retired.append(old)
+            pool = Pool(client: client, runner: runner, retired: pool.retired)
+            return old
+        }
+        old.cancel()
+        logger.notice("state store reachable again; new connection pool", metadata: ["location": "\(location)"])
+    }
+
+    /// Notes an operation's failure on `client`: one the server did not answer (no connection, a connection lost, the
+    /// deadline) sends the next operation to check the database first. Failures of a pool already replaced count
+    /// for nothing.
+    private func noteFailure(_ error: any Error, on client: PostgresClient) {
+        if let error = Self.unwrapped(error) as? PSQLError, error.serverInfo != nil { return }
+        pool.withLock { pool in
+            if pool.client === client { pool.failing = true }
+        }
     }
 
     static func milliseconds(_ duration: Duration) -> Int64 {
@@ -182,19 +247,21 @@ public final class PostgresStateStore: StateStore {
     /// One connection outside the pool, so that a wrong address, password or certificate is reported as what it is
     /// (the pool retries quietly until an operation's deadline).
     private func probe() async throws {
-        try await guarded("connect") { [settings, tls, logger] in
-            var configuration = PostgresConnection.Configuration(
-                host: settings.host, port: settings.port, username: settings.user, password: settings.password,
-                database: settings.database, tls: try tls.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable)
-            configuration.options.connectTimeout = .milliseconds(Self.milliseconds(settings.connectTimeout))
-            let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
-            try await connection.close()
-        }
+        try await guarded("connect") { [settings, tls, logger] _ in try await Self.connectOnce(settings, tls, logger) }
+    }
+
+    private static func connectOnce(_ settings: PostgresStoreSettings, _ tls: TLSConfiguration?, _ logger: Logger) async throws {
+        var configuration = PostgresConnection.Configuration(
+            host: settings.host, port: settings.port, username: settings.user, password: settings.password,
+            database: settings.database, tls: try tls.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable)
+        configuration.options.connectTimeout = .milliseconds(milliseconds(settings.connectTimeout))
+        let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+        try await connection.close()
     }
 
     private func migrate() async throws {
         let known = Self.schemaVersion
-        try await guarded("apply schema migrations") { [client, logger, location] in
+        try await guarded("apply schema migrations") { [logger, location] client in
             try await client.withTransaction(logger: logger) { connection in
                 try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
                 var exists = false
@@ -226,7 +293,7 @@ public final class PostgresStateStore: StateStore {
 
     public func addUsage(_ deltas: [VersionID: VersionUsage]) async throws {
         guard !deltas.isEmpty else { return }
-        try await guarded("add usage") { [client, logger] in
+        try await guarded("add usage") { [logger] client in
             try await client.withTransaction(logger: logger) { connection in
                 // Rows in a fixed order, so two replicas flushing the same versions never deadlock.
                 for (id, usage) in deltas.sorted(by: { $0.key < $1.key }) {
@@ -247,7 +314,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func allUsage() async throws -> [VersionID: VersionUsage] {
-        try await guarded("read usage") { [client, logger] in
+        try await guarded("read usage") { [logger] client in
             var result: [VersionID: VersionUsage] = [:]
             let rows = try await client.query("SELECT key, version, wraps, unwraps, last_wrap_at, last_unwrap_at FROM kmsd_usage", logger: logger)
             for try await (key, version, wraps, unwraps, lastWrap, lastUnwrap) in rows.decode((String, Int64, Int64, Int64, Double?, Double?).self) {
@@ -261,7 +328,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func recordVersionCreated(_ version: VersionID, at date: Date) async throws -> Date {
-        try await guarded("record version") { [client, logger] in
+        try await guarded("record version") { [logger] client in
             let seconds = date.timeIntervalSince1970
             // Two statements: under READ COMMITTED the second sees a row another replica committed while the first waited.
             try await client.query("""
@@ -279,7 +346,7 @@ public final class PostgresStateStore: StateStore {
         let count = Int64(clamping: count)
         let limit = Int64(clamping: limit)
         guard count > 0, limit > 0 else { return nil }
-        return try await guarded("reserve wraps") { [client, logger] in
+        return try await guarded("reserve wraps") { [logger] client in
             // One statement: the row is locked while it is read and moved, and SET sees the row as it was, so
             // last_start is where this block begins. A version's first block starts after the wraps already counted
             // for it (a version in use before budgets existed, or counted by a kmsd that does not reserve).
@@ -301,7 +368,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func reservedWraps() async throws -> [VersionID: UInt64] {
-        try await guarded("read wrap budgets") { [client, logger] in
+        try await guarded("read wrap budgets") { [logger] client in
             var result: [VersionID: UInt64] = [:]
             let rows = try await client.query("SELECT key, version, reserved FROM kmsd_budgets", logger: logger)
             for try await (key, version, reserved) in rows.decode((String, Int64, Int64).self) {
@@ -312,7 +379,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func versionCreationTimes() async throws -> [VersionID: Date] {
-        try await guarded("read version creation times") { [client, logger] in
+        try await guarded("read version creation times") { [logger] client in
             var result: [VersionID: Date] = [:]
             let rows = try await client.query("SELECT key, version, created_at FROM kmsd_versions", logger: logger)
             for try await (key, version, created) in rows.decode((String, Int64, Double).self) {
@@ -323,7 +390,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func append(_ entry: JournalEntry) async throws {
-        try await guarded("append to the journal") { [client, logger] in
+        try await guarded("append to the journal") { [logger] client in
             let from = entry.fromVersion.map { Int64($0) }
             let to = entry.toVersion.map { Int64($0) }
             _ = try await client.query("""
@@ -335,7 +402,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func journal(key: String?, limit: Int) async throws -> [JournalEntry] {
-        try await guarded("read the journal") { [client, logger] in
+        try await guarded("read the journal") { [logger] client in
             let count = Int64(max(0, limit))
             let columns = "at, key, action, actor, reason, from_version, to_version, result, detail"
             let query: PostgresQuery = if let key {
@@ -358,7 +425,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool {
-        try await guarded("take a lease") { [client, logger] in
+        try await guarded("take a lease") { [logger] client in
             let nowSeconds = now.timeIntervalSince1970
             let expires = nowSeconds + duration
             // One statement: the conflicting row is locked, so of two replicas racing, the second sees the first's lease.
@@ -374,7 +441,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func releaseLease(_ name: String, holder: String) async throws {
-        try await guarded("release a lease") { [client, logger] in
+        try await guarded("release a lease") { [logger] client in
             _ = try await client.query("DELETE FROM kmsd_leases WHERE name = \(name) AND holder = \(holder)", logger: logger)
         }
     }
@@ -386,7 +453,7 @@ public final class PostgresStateStore: StateStore {
     /// group would wait for a query already sent, which postgres-nio cannot cancel (a black-holed host keeps it until
     /// TCP gives up). The server bounds its side too (`statement_timeout`, `lock_timeout`; see `init`). Past the
     /// deadline the outcome is unknown: the operation may still commit.
-    private func guarded<T: Sendable>(_ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    private func guarded<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
         let timeout = settings.operationTimeout
         let location = location
         let outcome: Result<T, any Error> = await withCheckedContinuation { continuation in
@@ -400,7 +467,17 @@ public final class PostgresStateStore: StateStore {
             }
             once.start(Task {
                 let result: Result<T, any Error>
-                do { result = .success(try await body()) } catch { result = .failure(error) }
+                do {
+                    let client = try await self.currentClient()
+                    do {
+                        result = .success(try await body(client))
+                    } catch {
+                        self.noteFailure(error, on: client)
+                        result = .failure(error)
+                    }
+                } catch {
+                    result = .failure(error)
+                }
                 timer.cancel()
                 _ = once.answer(result)
             })

@@ -268,10 +268,12 @@ struct KMSDProcess {
         """
     }
 
-    static func start(directory: URL, yaml: String) async throws -> KMSDProcess {
-        let config = directory.appendingPathComponent("kmsd.yaml")
+    /// Starts kmsd from `yaml`, written to `<name>.yaml` in `directory`, logging to `<name>.log` (replicas sharing a
+    /// directory take a name each).
+    static func start(directory: URL, yaml: String, name: String = "kmsd") async throws -> KMSDProcess {
+        let config = directory.appendingPathComponent("\(name).yaml")
         try Data(yaml.utf8).write(to: config)
-        let log = directory.appendingPathComponent("kmsd.log")
+        let log = directory.appendingPathComponent("\(name).log")
         let process = try BuiltExecutable("kmsd").start(["serve", "--config", config.path], log: log)
         // The API's port, from the log line that says kmsd is serving.
         for _ in 0..<200 {

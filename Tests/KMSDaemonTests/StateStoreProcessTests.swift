@@ -26,15 +26,33 @@ struct StateStoreProcessTests {
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file.path)
     }
 
+    /// Replica `index`'s configuration: its own data directory and audit file (`audit-<index>.jsonl`), the shared
+    /// token and database; `rotation` is added to the key `orders`.
+    static func replicaYAML(_ token: SoftHSMToken, _ cluster: ThrowawayPostgres, database: String, index: Int, rotation: String? = nil) -> String {
+        var yaml = KMSDProcess.basicYAML(token, Self.stateSection(cluster, database: database)
+                                         + "\naudit: { file: audit-\(index).jsonl, sign: { file: audit-key.pem } }")
+            .replacingOccurrences(of: "data_dir: data\n", with: "data_dir: data-\(index)\n")
+        if let rotation {
+            yaml = yaml.replacingOccurrences(of: #"allow: ["uri:spiffe://test/storage/node-1"] }"#,
+                                             with: #"allow: ["uri:spiffe://test/storage/node-1"], rotation: "# + rotation + " }")
+        }
+        return yaml
+    }
+
+    /// The audit records of replica `index` in `directory`.
+    static func auditRecords(_ directory: URL, index: Int) throws -> [[String: Any]] {
+        let text = try String(contentsOf: directory.appendingPathComponent("audit-\(index).jsonl"), encoding: .utf8)
+        return text.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+    }
+
     @Test func twoReplicasCountTheirUseTogetherAndShareTheJournal() async throws {
         let cluster = try await ThrowawayPostgres.shared()
         let database = try await cluster.createDatabase()
         let (directory, token) = try KMSDProcess.prepare("replicas")
         try Self.writePassword(cluster.password, in: directory)
-        let yaml = KMSDProcess.basicYAML(token, Self.stateSection(cluster, database: database))
-        let first = try await KMSDProcess.start(directory: directory, yaml: yaml)
+        let first = try await KMSDProcess.start(directory: directory, yaml: Self.replicaYAML(token, cluster, database: database, index: 1), name: "replica-1")
         defer { _ = first.stop() }
-        let second = try await KMSDProcess.start(directory: directory, yaml: yaml)
+        let second = try await KMSDProcess.start(directory: directory, yaml: Self.replicaYAML(token, cluster, database: database, index: 2), name: "replica-2")
         defer { _ = second.stop() }
 
         func call(_ client: HTTPClient, _ port: Int, _ path: String, _ body: [String: Any]) async throws -> (Int, [String: Any]) {
@@ -68,6 +86,125 @@ struct StateStoreProcessTests {
         let logs = try [first.log, second.log].map { try String(contentsOf: $0, encoding: .utf8) }
         #expect(logs.allSatisfy { $0.contains("postgres://\(cluster.user)@127.0.0.1:\(cluster.port)/\(database)") })
         #expect(logs.allSatisfy { !$0.contains(cluster.password) })
+    }
+
+    /// `max_wraps: 5000` on three replicas under load from 16 connections: the audit records of all three hold at most
+    /// 5,000 wraps under version 1, and the key rotated exactly once.
+    @Test func threeReplicasUnderLoadWrapAVersionAtMostMaxWrapsTimesAndRotateOnce() async throws {
+        let cluster = try await ThrowawayPostgres.shared()
+        let database = try await cluster.createDatabase()
+        let (directory, token) = try KMSDProcess.prepare("budgets")
+        try Self.writePassword(cluster.password, in: directory)
+        var replicas: [KMSDProcess] = []
+        defer { for replica in replicas { _ = replica.stop() } }
+        for index in 1...3 {
+            let yaml = Self.replicaYAML(token, cluster, database: database, index: index, rotation: "{ max_wraps: 5000 }")
+            replicas.append(try await KMSDProcess.start(directory: directory, yaml: yaml, name: "replica-\(index)"))
+        }
+        let ports = replicas.map(\.port)
+        let node = try KMSDProcess.client("node1", in: directory)
+        let admin = try KMSDProcess.client("admin", in: directory)
+        let requests = 16 * 400
+        let statuses = try await using([node, admin]) {
+            #expect(try await KMSDProcess.call(admin, port: ports[0], .POST, "/v1/admin/keys", ["name": "orders"]).0 == 201)
+            return try await withThrowingTaskGroup(of: [Int: Int].self) { group in
+                for connection in 0..<16 {
+                    group.addTask {
+                        var statuses: [Int: Int] = [:]
+                        for request in 0..<(requests / 16) {
+                            let port = ports[(connection + request) % 3]
+                            let (status, _) = try await KMSDProcess.call(node, port: port, .POST, "/v1/keys/orders/datakey", ["context": ["c": "\(connection)"]])
+                            statuses[status, default: 0] += 1
+                        }
+                        return statuses
+                    }
+                }
+                var all: [Int: Int] = [:]
+                for try await statuses in group { all.merge(statuses, uniquingKeysWith: +) }
+                return all
+            }
+        }
+        #expect(statuses == [200: requests], "every request succeeded, across the rotation")
+        for replica in replicas { #expect(replica.stop() == 0) }
+        var versions: [Int: Int] = [:]
+        for index in 1...3 {
+            for record in try Self.auditRecords(directory, index: index) where record["action"] as? String == "datakey" && record["result"] as? String == "ok" {
+                versions[record["version"] as? Int ?? 0, default: 0] += 1
+            }
+        }
+        #expect(versions.values.reduce(0, +) == requests, "one audit record per data key: \(versions)")
+        #expect((versions[1] ?? 0) <= 5000 && (versions[1] ?? 0) > 0, "\(versions)")
+        #expect(Set(versions.keys) == [1, 2], "\(versions)")
+        #expect(try await cluster.sql("SELECT reason, from_version, to_version, result FROM kmsd_journal WHERE action = 'rotate'", database: database)
+                == "usage|1|2|ok")
+        #expect(try await cluster.sql("SELECT version, reserved FROM kmsd_budgets WHERE version = 1", database: database) == "1|5000")
+        #expect(try await cluster.sql("SELECT version, wraps FROM kmsd_usage ORDER BY version", database: database)
+                == versions.keys.sorted().map { "\($0)|\(versions[$0] ?? 0)" }.joined(separator: "\n"))
+    }
+
+    /// The database stops under load: unwraps go on, data keys go on from the blocks the replicas hold and then get
+    /// 503 `state_unavailable`; when the database is back, data keys are served again within 2 s, without a restart.
+    @Test func theDatabaseStoppingUnderLoadRefusesOnlyWrapsBeyondTheHeldBlocksAndRecovers() async throws {
+        let cluster = try await ThrowawayPostgres.start()
+        defer { Task { await cluster.stop() } }
+        let database = try await cluster.createDatabase()
+        let (directory, token) = try KMSDProcess.prepare("outage")
+        try Self.writePassword(cluster.password, in: directory)
+        var replicas: [KMSDProcess] = []
+        defer { for replica in replicas { _ = replica.stop() } }
+        for index in 1...2 {
+            replicas.append(try await KMSDProcess.start(directory: directory, yaml: Self.replicaYAML(token, cluster, database: database, index: index),
+                                                        name: "replica-\(index)"))
+        }
+        let ports = replicas.map(\.port)
+        let node = try KMSDProcess.client("node1", in: directory)
+        let admin = try KMSDProcess.client("admin", in: directory)
+        try await using([node, admin]) {
+            #expect(try await KMSDProcess.call(admin, port: ports[0], .POST, "/v1/admin/keys", ["name": "orders"]).0 == 201)
+            var wrapped: [(port: Int, blob: String)] = []
+            for port in ports {
+                let (status, key) = try await KMSDProcess.call(node, port: port, .POST, "/v1/keys/orders/datakey", ["context": ["n": "1"]])
+                #expect(status == 200)
+                wrapped.append((port, key["wrapped"] as? String ?? ""))
+            }
+
+            try await cluster.pause()
+            // Each replica serves data keys from what it holds, then refuses with state_unavailable, and nothing else.
+            var served = [0, 0]
+            for (index, port) in ports.enumerated() {
+                var refused = false
+                for _ in 0..<20_000 {
+                    let (status, body) = try await KMSDProcess.call(node, port: port, .POST, "/v1/keys/orders/datakey", ["context": ["n": "2"]])
+                    if status == 200 { served[index] += 1; continue }
+                    #expect(status == 503 && (body["error"] as? [String: Any])?["code"] as? String == "state_unavailable", "\(status) \(body)")
+                    refused = true
+                    break
+                }
+                #expect(refused, "replica \(index + 1) served 20,000 data keys with its database down")
+            }
+            #expect(served.allSatisfy { $0 > 0 }, "the replicas served from their held blocks: \(served)")
+            // Unwraps do not need the database.
+            for (port, blob) in wrapped {
+                for target in ports {
+                    let (status, _) = try await KMSDProcess.call(node, port: target, .POST, "/v1/keys/orders/unwrap", ["wrapped": blob, "context": ["n": "1"]])
+                    #expect(status == 200, "unwrap of a key from \(port) on \(target)")
+                }
+            }
+
+            try await cluster.resume()
+            let back = ContinuousClock.now
+            for port in ports {
+                var status = 0
+                while status != 200, ContinuousClock.now - back < .seconds(10) {
+                    status = try await KMSDProcess.call(node, port: port, .POST, "/v1/keys/orders/datakey", ["context": ["n": "3"]]).0
+                    if status != 200 { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                #expect(status == 200)
+            }
+            let recovery = ContinuousClock.now - back
+            #expect(recovery < .seconds(2), "data keys served again \(recovery) after the database came back")
+        }
+        for replica in replicas { #expect(replica.stop() == 0) }
     }
 
     @Test func kmsdDoesNotStartWithoutItsDatabaseAndSaysWhichOneWithoutThePassword() async throws {

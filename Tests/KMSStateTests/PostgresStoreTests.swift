@@ -60,16 +60,29 @@ struct PostgresStoreTests {
         var failure: (any Error)?
         do { try await store.addUsage([orders1: VersionUsage(wraps: 1)]) } catch { failure = error }
         let elapsed = ContinuousClock.now - began
-        try await cluster.resume()
         #expect(failure is StateStoreError, "\(String(describing: failure))")
         #expect(elapsed < .seconds(4))
-        // The same store, not reopened: the pool connects again.
+        // A longer outage, operations failing all along (postgres-nio's pool would by now wait seconds between
+        // connection attempts): each fails at once, and none counts.
+        let outage = ContinuousClock.now
+        var failures = 0
+        while ContinuousClock.now - outage < .seconds(6) {
+            let attempt = ContinuousClock.now
+            if (try? await store.addUsage([orders1: VersionUsage(wraps: 100)])) == nil { failures += 1 }
+            #expect(ContinuousClock.now - attempt < .seconds(1), "an operation during the outage fails at once")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(failures > 10)
+        try await cluster.resume()
+        // The same store, not reopened, serves again at once.
+        let back = ContinuousClock.now
         var recovered = false
-        for _ in 0..<50 where !recovered {
+        while !recovered, ContinuousClock.now - back < .seconds(10) {
             recovered = (try? await store.addUsage([orders1: VersionUsage(wraps: 1)])) != nil
-            if !recovered { try await Task.sleep(for: .milliseconds(100)) }
+            if !recovered { try await Task.sleep(for: .milliseconds(20)) }
         }
         #expect(recovered)
+        #expect(ContinuousClock.now - back < .seconds(1), "served again \(ContinuousClock.now - back) after the database came back")
         #expect(try await store.allUsage()[orders1]?.wraps == 2)
         await store.close()
     }
