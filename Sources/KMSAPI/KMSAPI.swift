@@ -260,8 +260,12 @@ public struct RotateResponse: Codable, Sendable, Equatable {
     public var nextRotationReason: String?
     /// The key's versions after the rotation (before it, for a dry run).
     public var versions: [KeyVersionBody]
+    /// True when another rotation of the key, asked for at the same time (on this replica or another), made `version`
+    /// and this request created no version of its own; absent otherwise.
+    public var joined: Bool?
     public init(name: String, provider: String, previousVersion: UInt32, version: UInt32, dryRun: Bool, nextRotationAt: String?,
-                nextRotationReason: String?, versions: [KeyVersionBody]) {
+                nextRotationReason: String?, versions: [KeyVersionBody], joined: Bool? = nil) {
+        self.joined = joined
         self.name = name
         self.provider = provider
         self.previousVersion = previousVersion
@@ -272,7 +276,7 @@ public struct RotateResponse: Codable, Sendable, Equatable {
         self.versions = versions
     }
     enum CodingKeys: String, CodingKey {
-        case name, provider, version, versions
+        case name, provider, version, versions, joined
         case previousVersion = "previous_version"
         case dryRun = "dry_run"
         case nextRotationAt = "next_rotation_at"

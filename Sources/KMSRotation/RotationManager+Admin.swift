@@ -123,6 +123,7 @@ extension RotationManager {
         let detail = "version \(version.rawValue) of '\(name)' retired by \(actor)" + (force ? " (forced)" : "")
         try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor.description, reason: force ? "forced" : "retire",
                                              fromVersion: version.rawValue, result: .ok, detail: detail))
+        await announce(name)
         emitRetire(.retired, name, version, detail, actor)
     }
 

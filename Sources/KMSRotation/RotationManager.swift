@@ -109,6 +109,8 @@ public final class RotationManager: Sendable {
     let leaseDuration: TimeInterval = 120
     /// How long a usage rotation waits for another replica's rotation of the same key to finish.
     let usageLeaseWait: Duration = .seconds(3)
+    /// How long a manual rotation waits for another replica's rotation of the same key to finish.
+    let manualLeaseWait: Duration = .seconds(10)
 
     public init(keys: [Key], store: any StateStore, clock: @escaping @Sendable () -> Date = { Date() },
                 holder: String = UUID().uuidString, logger: Logger = Logger(label: "kmsd.rotation"),
@@ -307,10 +309,16 @@ public final class RotationManager: Sendable {
         public let nextTrigger: RotationPlan.Trigger?
         /// The key after the rotation (before it, for a dry run).
         public let description: KeyDescription
+        /// A manual rotation asked for while another rotation of the key was under way (on any replica sharing the
+        /// store) is answered by that one: `newVersion` is the version it made, and no second version was created.
+        public var joined = false
     }
 
     /// Rotates `name` now. `expecting` (scheduler and usage triggers) skips the rotation when the latest version is no
-    /// longer that one — another replica or request already rotated. Manual rotations always rotate.
+    /// longer that one — another replica or request already rotated. A manual rotation creates a version unless
+    /// another rotation of the key finished after it was asked for (two operators, or one retrying on two replicas, at
+    /// the same instant): then it answers with that rotation's version (`joined`), so a key rotated "at once" from
+    /// several places gets exactly one new version.
     @discardableResult
     public func rotate(_ name: KeyName, trigger: RotationTrigger, actor: RotationActor, dryRun: Bool = false,
                        expecting: KeyVersion? = nil) async throws -> Outcome? {
@@ -322,6 +330,9 @@ public final class RotationManager: Sendable {
             return Outcome(key: name, previousVersion: snapshot.latest.version, newVersion: next, dryRun: true,
                            nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger, description: snapshot.description)
         }
+        // The version a manual rotation rotates away from: the backend's latest now, before any wait.
+        var joining: KeyVersion?
+        if expecting == nil, case .manual = trigger { joining = try? await refresh(key).latest.version }
         await locks.lock(name)
         if let expecting, let latest = states.withLock({ $0[name]?.latest }), latest > expecting {
             // A rotation this one waited for (in this process) already moved the key on.
@@ -329,7 +340,7 @@ public final class RotationManager: Sendable {
             return nil
         }
         do {
-            let outcome = try await rotateLocked(key, trigger: trigger, actor: actor, expecting: expecting)
+            let outcome = try await rotateLocked(key, trigger: trigger, actor: actor, expecting: expecting, joining: joining)
             await locks.unlock(name)
             return outcome
         } catch {
@@ -338,14 +349,16 @@ public final class RotationManager: Sendable {
         }
     }
 
-    private func rotateLocked(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?) async throws -> Outcome? {
+    private func rotateLocked(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?,
+                              joining: KeyVersion?) async throws -> Outcome? {
         let name = key.name
         let lease = "rotate/\(name.rawValue)"
         var acquired = try await store.acquireLease(lease, holder: holder, now: clock(), duration: leaseDuration)
-        if !acquired, trigger == .usage {
-            // Another replica is rotating because the version's budget is used up: wraps here wait for that rotation
-            // (a few seconds at most) instead of failing, then go on with the version it made.
-            let deadline = ContinuousClock.now + usageLeaseWait
+        if !acquired, trigger == .usage || joining != nil {
+            // Another replica is rotating the key. Wraps whose version's budget is used up wait for that rotation (a
+            // few seconds at most) instead of failing, then go on with the version it made; a manual rotation waits
+            // longer and is answered by it.
+            let deadline = ContinuousClock.now + (trigger == .usage ? usageLeaseWait : manualLeaseWait)
             while !acquired, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(25))
                 acquired = try await store.acquireLease(lease, holder: holder, now: clock(), duration: leaseDuration)
@@ -356,7 +369,7 @@ public final class RotationManager: Sendable {
             throw KMSError.conflict("another kmsd is rotating '\(name)' right now; try again in a minute")
         }
         do {
-            let outcome = try await rotateHoldingLease(key, trigger: trigger, actor: actor, expecting: expecting)
+            let outcome = try await rotateHoldingLease(key, trigger: trigger, actor: actor, expecting: expecting, joining: joining)
             try? await store.releaseLease(lease, holder: holder)
             return outcome
         } catch {
@@ -365,7 +378,8 @@ public final class RotationManager: Sendable {
         }
     }
 
-    private func rotateHoldingLease(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?) async throws -> Outcome? {
+    private func rotateHoldingLease(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?,
+                                    joining: KeyVersion?) async throws -> Outcome? {
         let now = clock()
         let before: Snapshot
         do {
@@ -378,6 +392,17 @@ public final class RotationManager: Sendable {
             // Re-plan on what the backend says now: someone may have rotated since this rotation was planned.
             guard before.latest.version == expecting else { return nil }
             if trigger != .usage && before.plan(key.policy, now: now).due == nil { return nil }
+        }
+        if let joining, before.latest.version > joining {
+            // Another rotation finished after this one was asked for: it is this request's rotation too.
+            let plan = before.plan(key.policy, now: now)
+            logger.notice("a manual rotation joined the rotation another request made at the same time", metadata: [
+                "key": "\(key.name)", "version": "\(before.latest.version.rawValue)", "actor": "\(actor)",
+            ])
+            var outcome = Outcome(key: key.name, previousVersion: joining, newVersion: before.latest.version, dryRun: false,
+                                  nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger, description: before.description)
+            outcome.joined = true
+            return outcome
         }
         let info: KeyVersionInfo
         do {
@@ -400,6 +425,7 @@ public final class RotationManager: Sendable {
         }
         try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
                                              fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .ok))
+        await announce(key.name)
         emit(.init(kind: .rotated, key: key.name.rawValue, version: info.version.rawValue,
                    detail: "'\(key.name)' rotated from \(before.latest.version) to \(info.version) (\(trigger), by \(actor))", actor: actor),
              level: .notice)
@@ -407,6 +433,33 @@ public final class RotationManager: Sendable {
         let after = KeyDescription(name: key.name, provider: before.description.provider, versions: before.description.versions + [info])
         return Outcome(key: key.name, previousVersion: before.latest.version, newVersion: info.version, dryRun: false,
                        nextRotationAt: plan.nextRotationAt, nextTrigger: plan.nextTrigger, description: after)
+    }
+
+    /// Tells the other replicas sharing the store to read `name` again (a failure only delays them to their next read).
+    func announce(_ name: KeyName) async {
+        do {
+            try await store.announceKeyChange(name.rawValue)
+        } catch {
+            logger.warning("cannot announce a key change to the other replicas; they see it at their next read", metadata: [
+                "key": "\(name)", "error": "\(error)",
+            ])
+        }
+    }
+
+    /// Reads a key from its backend whenever a replica sharing the store announces a change to it (every key when
+    /// changes may have been missed), so a rotation or retirement elsewhere reaches this process within moments.
+    /// Returns when the store's stream ends (at once for SQLite) or the task is cancelled.
+    public func followKeyChanges() async {
+        for await change in store.keyChanges() {
+            let keys = configuredKeys.filter { change == KeyChanges.everyKey || $0.name.rawValue == change }
+            for key in keys {
+                do {
+                    _ = try await refresh(key)
+                } catch {
+                    logger.debug("cannot read a changed key from its backend", metadata: ["key": "\(key.name)", "error": "\(error)"])
+                }
+            }
+        }
     }
 
     private func journalFailure(_ key: Key, trigger: RotationTrigger, actor: RotationActor, from: KeyVersion?, error: any Error, at now: Date) async throws {

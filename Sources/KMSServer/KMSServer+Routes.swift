@@ -101,7 +101,8 @@ extension KMSServer {
         return try json(RotateResponse(
             name: key.name.rawValue, provider: key.providerName, previousVersion: outcome.previousVersion.rawValue,
             version: outcome.newVersion.rawValue, dryRun: outcome.dryRun, nextRotationAt: outcome.nextRotationAt.map(Self.time),
-            nextRotationReason: outcome.nextTrigger?.rawValue, versions: body(key.name, key.providerName, outcome.description).versions))
+            nextRotationReason: outcome.nextTrigger?.rawValue, versions: body(key.name, key.providerName, outcome.description).versions,
+            joined: outcome.joined ? true : nil))
     }
 
     func retire(_ request: Request, _ context: AdminRequestContext) async throws -> Response {

@@ -121,6 +121,8 @@ public final class PostgresStateStore: StateStore {
         var reconnect: Task<Void, any Error>?
         /// Pools replaced after an outage, shutting down.
         var retired: [Task<Void, Never>] = []
+        /// `keyChanges` listeners, stopped at close.
+        var listeners: [Task<Void, Never>] = []
     }
     private let pool: Mutex<Pool>
 
@@ -185,7 +187,7 @@ public final class PostgresStateStore: StateStore {
     public func close() async {
         let runners = pool.withLock { pool in
             pool.reconnect?.cancel()
-            return [pool.runner] + pool.retired
+            return pool.listeners + [pool.runner] + pool.retired
         }
         for runner in runners {
             runner.cancel()
@@ -222,7 +224,7 @@ public final class PostgresStateStore: StateStore {
         let old = pool.withLock { pool in
             let old = pool.runner
             pool.retired.append(old)
-            pool = Pool(client: client, runner: runner, retired: pool.retired)
+            pool = Pool(client: client, runner: runner, retired: pool.retired, listeners: pool.listeners)
             return old
         }
         old.cancel()
@@ -251,12 +253,17 @@ public final class PostgresStateStore: StateStore {
     }
 
     private static func connectOnce(_ settings: PostgresStoreSettings, _ tls: TLSConfiguration?, _ logger: Logger) async throws {
+        let connection = try await PostgresConnection.connect(configuration: try connectionConfiguration(settings, tls), id: 0, logger: logger)
+        try await connection.close()
+    }
+
+    /// One connection outside the pool, with the store's address, credentials, TLS and connect timeout.
+    private static func connectionConfiguration(_ settings: PostgresStoreSettings, _ tls: TLSConfiguration?) throws -> PostgresConnection.Configuration {
         var configuration = PostgresConnection.Configuration(
             host: settings.host, port: settings.port, username: settings.user, password: settings.password,
             database: settings.database, tls: try tls.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable)
         configuration.options.connectTimeout = .milliseconds(milliseconds(settings.connectTimeout))
-        let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
-        try await connection.close()
+        return configuration
     }
 
     private func migrate() async throws {
@@ -443,6 +450,53 @@ public final class PostgresStateStore: StateStore {
     public func releaseLease(_ name: String, holder: String) async throws {
         try await guarded("release a lease") { [logger] client in
             _ = try await client.query("DELETE FROM kmsd_leases WHERE name = \(name) AND holder = \(holder)", logger: logger)
+        }
+    }
+
+    /// The channel key changes are announced on.
+    static let keyChannel = "kmsd_keys"
+
+    public func announceKeyChange(_ key: String) async throws {
+        try await guarded("announce a key change") { [logger] client in
+            _ = try await client.query("SELECT pg_notify(\(Self.keyChannel), \(key))", logger: logger)
+        }
+    }
+
+    /// Listens on a connection of its own (a pooled one would be handed to other queries). After each connect,
+    /// `everyKey` first: what was announced while nobody listened is unknown. A lost connection is retried after
+    /// 0.25 s, doubling up to 5 s.
+    public func keyChanges() -> AsyncStream<String> {
+        AsyncStream { continuation in
+            let listener = Task { [settings, tls, logger] in
+                var delay = Duration.milliseconds(250)
+                while !Task.isCancelled {
+                    do {
+                        let connection = try await PostgresConnection.connect(
+                            configuration: try Self.connectionConfiguration(settings, tls), id: 1, logger: logger)
+                        delay = .milliseconds(250)
+                        do {
+                            try await connection.listen(on: Self.keyChannel) { notifications in
+                                continuation.yield(KeyChanges.everyKey)
+                                for try await notification in notifications { continuation.yield(notification.payload) }
+                            }
+                        } catch {
+                            if !Task.isCancelled {
+                                logger.warning("lost the state store's key-change connection; reconnecting", metadata: [
+                                    "location": "\(settings)", "error": "\(Self.describe(error))",
+                                ])
+                            }
+                        }
+                        try? await connection.close()
+                    } catch {
+                        // Unreachable: the periodic read covers the gap; try again after the delay.
+                    }
+                    try? await Task.sleep(for: delay)
+                    delay = min(delay * 2, .seconds(5))
+                }
+                continuation.finish()
+            }
+            pool.withLock { $0.listeners.append(listener) }
+            continuation.onTermination = { _ in listener.cancel() }
         }
     }
 

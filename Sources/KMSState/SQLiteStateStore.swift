@@ -77,6 +77,13 @@ public final class SQLiteStateStore: StateStore {
         try? queue.close()
     }
 
+    /// One process per file is the SQLite store's use: there is nobody to tell; others read the backend periodically.
+    public func announceKeyChange(_ key: String) async throws {}
+
+    public func keyChanges() -> AsyncStream<String> {
+        AsyncStream { $0.finish() }
+    }
+
     private static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in

@@ -109,8 +109,21 @@ public protocol StateStore: Sendable {
     /// Takes the lease `name` for `holder` until `now + duration` if it is free, expired, or already `holder`'s.
     func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool
     func releaseLease(_ name: String, holder: String) async throws
+    /// Tells every process sharing the store that `key` changed in its backend (a rotation, a retirement), so that
+    /// each reads it again at once instead of at its next periodic read. Best effort: the periodic read stays.
+    func announceKeyChange(_ key: String) async throws
+    /// The key names other processes (and this one) announce, as they arrive; `KeyChanges.everyKey` when changes may
+    /// have been missed (the stream just started, or reconnected after an outage). A store without a way to hear
+    /// other processes (SQLite) gives a stream that ends at once. Ends when the consumer stops or the store closes.
+    func keyChanges() -> AsyncStream<String>
     /// Closes the store's connections; nothing may be called after.
     func close() async
+}
+
+/// What `StateStore.keyChanges` delivers besides key names.
+public enum KeyChanges {
+    /// Changes may have been missed: read every key again. (Not a valid key name.)
+    public static let everyKey = "*"
 }
 
 /// The state store failed (disk, permissions, corruption, the database unreachable). Carries no secrets: the store

@@ -177,7 +177,8 @@ struct Rotate: AsyncParsableCommand {
         try await connection.show({ try await $0.rotate(name, reason: reason, dryRun: dryRun) }) { rotation in
             let next = rotation.nextRotationAt.map { "next rotation \($0) (\(rotation.nextRotationReason ?? "period"))" }
                 ?? "no scheduled rotation (usage or manual only)"
-            return (rotation.dryRun ? "dry run: would rotate" : "rotated") + " \(rotation.name) from v\(rotation.previousVersion) to v\(rotation.version); \(next)"
+            let what = rotation.dryRun ? "dry run: would rotate" : rotation.joined == true ? "rotated at the same time by another request:" : "rotated"
+            return what + " \(rotation.name) from v\(rotation.previousVersion) to v\(rotation.version); \(next)"
                 + (rotation.dryRun ? "" : "\n" + table(KeyBody(name: rotation.name, provider: rotation.provider, versions: rotation.versions)))
         }
     }

@@ -228,6 +228,8 @@ struct KMSDProcess {
     let process: Process
     let log: URL
     let port: Int
+    /// The Vault transit listener's port (0 without one).
+    var transitPort = 0
 
     /// A new directory with the test PKI, a PIN file (0600) for a fresh SoftHSM token, and an audit signing key.
     static func prepare(_ name: String) throws -> (directory: URL, token: SoftHSMToken) {
@@ -276,12 +278,16 @@ struct KMSDProcess {
         let log = directory.appendingPathComponent("\(name).log")
         let process = try BuiltExecutable("kmsd").start(["serve", "--config", config.path], log: log)
         // The API's port, from the log line that says kmsd is serving.
+        func port(_ text: String, _ line: String) -> Int? {
+            text.split(separator: "\n").first(where: { $0.contains(line) })
+                .flatMap({ $0.firstMatch(of: /127\.0\.0\.1:([0-9]+)/) }).flatMap({ Int($0.1) })
+        }
+        let transit = yaml.contains("\ntransit:")
         for _ in 0..<200 {
             try await Task.sleep(for: .milliseconds(50))
             let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-            if let port = text.split(separator: "\n").first(where: { $0.contains("kmsd serving") })
-                .flatMap({ $0.firstMatch(of: /127\.0\.0\.1:([0-9]+)/) }).flatMap({ Int($0.1) }) {
-                return KMSDProcess(process: process, log: log, port: port)
+            if let api = port(text, "kmsd serving"), !transit || port(text, "transit serving") != nil {
+                return KMSDProcess(process: process, log: log, port: api, transitPort: port(text, "transit serving") ?? 0)
             }
             guard process.isRunning else { throw FixtureError("kmsd exited: \(text)") }
         }

@@ -39,6 +39,61 @@ struct StateStoreProcessTests {
         return yaml
     }
 
+    /// A rotation on one replica reaches the other within a second (its data keys use the new version); two replicas
+    /// asked to rotate at the same instant make one version; a retirement on one is refused on the other at once (a
+    /// wrap naming the retired version).
+    @Test func aRotationOrRetirementOnOneReplicaReachesTheOtherWithinASecond() async throws {
+        let cluster = try await ThrowawayPostgres.shared()
+        let database = try await cluster.createDatabase()
+        let (directory, token) = try KMSDProcess.prepare("follow")
+        try Self.writePassword(cluster.password, in: directory)
+        var replicas: [KMSDProcess] = []
+        defer { for replica in replicas { _ = replica.stop() } }
+        for index in 1...2 {
+            let yaml = Self.replicaYAML(token, cluster, database: database, index: index)
+                .replacingOccurrences(of: #"listen: { api: "127.0.0.1:0" }"#, with: #"listen: { api: "127.0.0.1:0", transit: "127.0.0.1:0" }"#)
+                + "\ntransit: { keys: { orders: orders } }\n"
+            replicas.append(try await KMSDProcess.start(directory: directory, yaml: yaml, name: "replica-\(index)"))
+        }
+        let (a, b) = (replicas[0], replicas[1])
+        let node = try KMSDProcess.client("node1", in: directory)
+        let admin = try KMSDProcess.client("admin", in: directory)
+        try await using([node, admin]) {
+            func datakeyVersion(_ replica: KMSDProcess) async throws -> Int? {
+                try await KMSDProcess.call(node, port: replica.port, .POST, "/v1/keys/orders/datakey", ["context": ["n": "1"]]).1["version"] as? Int
+            }
+            func encryptWithVersion1(_ replica: KMSDProcess) async throws -> (Int, [String: Any]) {
+                try await KMSDProcess.call(node, port: replica.transitPort, .POST, "/v1/transit/encrypt/orders",
+                                           ["plaintext": Data("secret".utf8).base64EncodedString(), "key_version": 1])
+            }
+            #expect(try await KMSDProcess.call(admin, port: a.port, .POST, "/v1/admin/keys", ["name": "orders"]).0 == 201)
+            #expect(try await datakeyVersion(b) == 1)
+
+            #expect(try await KMSDProcess.call(admin, port: a.port, .POST, "/v1/admin/keys/orders/rotate", ["reason": "drill"]).0 == 200)
+            let rotated = ContinuousClock.now
+            #expect(try await within(.seconds(5)) { try await datakeyVersion(b) == 2 })
+            #expect(ContinuousClock.now - rotated < .seconds(1), "replica B wrapped with version 1 for \(ContinuousClock.now - rotated)")
+
+            // Both replicas asked to rotate at the same instant (connections already open): one new version, and
+            // both answer with it.
+            for replica in [a, b] { #expect(try await KMSDProcess.call(admin, port: replica.port, .GET, "/v1/admin/status").0 == 200) }
+            async let first = KMSDProcess.call(admin, port: a.port, .POST, "/v1/admin/keys/orders/rotate", ["reason": "at once"])
+            async let second = KMSDProcess.call(admin, port: b.port, .POST, "/v1/admin/keys/orders/rotate", ["reason": "at once"])
+            let answers = try await [first, second]
+            #expect(answers.map(\.0) == [200, 200])
+            #expect(answers.map { $0.1["version"] as? Int } == [3, 3], "\(answers)")
+            #expect(answers.filter { $0.1["joined"] as? Bool == true }.count == 1, "\(answers)")
+            #expect(try await cluster.sql("SELECT count(*) FROM kmsd_journal WHERE action = 'rotate' AND to_version = 3", database: database) == "1")
+
+            #expect(try await encryptWithVersion1(b).0 == 200, "before the retirement version 1 wraps on B")
+            #expect(try await KMSDProcess.call(admin, port: a.port, .POST, "/v1/admin/keys/orders/versions/1/retire", ["force": true]).0 == 200)
+            let retired = ContinuousClock.now
+            let refusal = try await encryptWithVersion1(b)
+            #expect(ContinuousClock.now - retired < .seconds(1))
+            #expect(refusal.0 == 400 && "\(refusal.1)".contains("less than the minimum encryption key version"), "\(refusal)")
+        }
+    }
+
     /// The audit records of replica `index` in `directory`.
     static func auditRecords(_ directory: URL, index: Int) throws -> [[String: Any]] {
         let text = try String(contentsOf: directory.appendingPathComponent("audit-\(index).jsonl"), encoding: .utf8)

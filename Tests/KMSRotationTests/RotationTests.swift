@@ -289,6 +289,28 @@ struct RotationTests {
         }
     }
 
+    @Test func twoAdministratorsRotatingAtOnceOnTwoReplicasMakeOneVersion() async throws {
+        try await withOrdersKey { provider, clock in
+            let path = try storePath()
+            let one = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
+            let two = try manager([(orders, provider, RotationPolicy())], store: path, clock: clock)
+            try await one.start()
+            try await two.start()
+            // Every backend call takes 50 ms, so the two requests overlap.
+            provider.faults.delay = .milliseconds(50)
+            async let first = one.rotate(orders, trigger: .manual(reason: "drill"), actor: .administrator("alice"))
+            async let second = two.rotate(orders, trigger: .manual(reason: "drill"), actor: .administrator("bob"))
+            let outcomes = try await [first, second].compactMap { $0 }
+            #expect(outcomes.count == 2 && outcomes.allSatisfy { $0.previousVersion.rawValue == 1 && $0.newVersion.rawValue == 2 })
+            #expect(outcomes.filter(\.joined).count == 1, "one rotated, the other joined it")
+            #expect(try await latest(provider, orders) == 2)
+            // A rotation asked for after that one finished rotates again.
+            let third = try await two.rotate(orders, trigger: .manual(reason: nil), actor: .administrator("bob"))
+            #expect(third?.newVersion.rawValue == 3 && third?.joined == false)
+            #expect(try await one.journal(orders).filter { $0.action == .rotate }.map(\.toVersion) == [2, 3])
+        }
+    }
+
     @Test func retireIsRefusedWhileTheVersionStillUnwrapsUnlessForcedOrQuiet() async throws {
         try await withOrdersKey { provider, clock in
             let rotation = try manager([(orders, provider, RotationPolicy())], store: try storePath(), clock: clock)

@@ -46,16 +46,9 @@ final class SwitchableStore: StateStore {
         return try await inner.acquireLease(name, holder: holder, now: now, duration: duration)
     }
     func releaseLease(_ name: String, holder: String) async throws { try check(); try await inner.releaseLease(name, holder: holder) }
+    func announceKeyChange(_ key: String) async throws { try check() }
+    func keyChanges() -> AsyncStream<String> { inner.keyChanges() }
     func close() async { await inner.close() }
-}
-
-/// Waits (up to 5 s) until `condition` holds; background reservations finish on their own schedule.
-func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
-    for _ in 0..<500 {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    return false
 }
 
 @Suite("Wrap budgets", .serialized)
@@ -109,7 +102,7 @@ struct WrapBudgetTests {
             let first = try await tracked.generateDataKey(orders, context: .empty)
             // The first block (1,000) and the one reserved ahead once half of it is used.
             for _ in 0..<600 { _ = try await tracked.generateDataKey(orders, context: .empty) }
-            #expect(try await eventually { rotation.budgets.available(v1) > 1000 })
+            #expect(try await within(.seconds(5)) { rotation.budgets.available(v1) > 1000 })
             let held = rotation.budgets.available(v1)
 
             store.down = true
@@ -130,7 +123,7 @@ struct WrapBudgetTests {
 
             store.down = false
             let start = ContinuousClock.now
-            #expect(try await eventually { (try? await tracked.generateDataKey(orders, context: .empty)) != nil })
+            #expect(try await within(.seconds(5)) { (try? await tracked.generateDataKey(orders, context: .empty)) != nil })
             #expect(ContinuousClock.now - start < .seconds(2), "wrapping resumes within the retry delay")
         }
     }
@@ -142,7 +135,7 @@ struct WrapBudgetTests {
         #expect(try await store.reservedWraps()[v1] == 1000)
         for _ in 0..<500 { _ = await budgets.take(v1, limit: 1 << 30) }
         // Half the block was used well within two seconds: the next block is twice as large.
-        #expect(try await eventually { try await store.reservedWraps()[v1] == 3000 })
+        #expect(try await within(.seconds(5)) { try await store.reservedWraps()[v1] == 3000 })
 
         let small = VersionID("orders", 2)
         #expect(await budgets.take(small, limit: 80) == .wrap(0, last: false))

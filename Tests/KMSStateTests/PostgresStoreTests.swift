@@ -1,6 +1,7 @@
 import Foundation
 import KMSState
 import KMSTestSupport
+import Synchronization
 import Testing
 
 /// What only the PostgreSQL store has: credentials, a network between kmsd and its state, outages.
@@ -87,6 +88,25 @@ struct PostgresStoreTests {
         await store.close()
     }
 
+    @Test func aKeyChangeAnnouncedByOneReplicaReachesAnotherWithinASecond() async throws {
+        let cluster = try await ThrowawayPostgres.shared()
+        let database = try await cluster.createDatabase()
+        let announcer = try await PostgresStateStore.open(cluster.settings(database: database))
+        let listener = try await PostgresStateStore.open(cluster.settings(database: database))
+        let received = Mutex<[String]>([])
+        let following = Task { for await change in listener.keyChanges() { received.withLock { $0.append(change) } } }
+        // Listening starts with "read every key": what was announced before is unknown.
+        #expect(try await within(.seconds(5)) { received.withLock { $0 } == [KeyChanges.everyKey] })
+        let sent = ContinuousClock.now
+        try await announcer.announceKeyChange("orders")
+        #expect(try await within(.seconds(5)) { received.withLock { $0.last } == "orders" })
+        #expect(ContinuousClock.now - sent < .seconds(1))
+        following.cancel()
+        await following.value
+        await announcer.close()
+        await listener.close()
+    }
+
     @Test func itsLocationNamesTheDatabaseButNeverThePassword() {
         let settings = PostgresStoreSettings(host: "db.internal", port: 5433, database: "kmsd", user: "kmsd", password: "s3cret")
         #expect(settings.description == "postgres://kmsd@db.internal:5433/kmsd")
@@ -134,3 +154,4 @@ func loopbackSocket(listening: Bool) throws -> (Int32, Int) {
     }
     return (socket, Int(UInt16(bigEndian: address.sin_port)))
 }
+
