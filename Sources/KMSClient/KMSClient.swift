@@ -5,15 +5,23 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import NIOSSL
+import Synchronization
 
 /// A client of kmsd's API v1 over mutual TLS, for storage nodes and `kmsctl`.
 ///
-/// Requests that kmsd answers 503 (backend unavailable) are retried with jittered backoff, up to `retries` times;
-/// everything else is returned or thrown at once. Lifecycle: `shutdown()` when done.
+/// It takes one kmsd endpoint or several (replicas sharing a state store) and spreads requests across those that
+/// answer, in turn. An endpoint that cannot be reached or answers 503 is skipped for `downPeriod`. A request that
+/// fails that way is tried again on the next endpoint (at once, when there is one that is not skipped; otherwise after
+/// a jittered backoff), up to `retries` plus one attempt per endpoint and within `deadline`. Only requests that are
+/// safe to repeat are retried after a lost connection (data keys, unwraps, rewraps, reads); creating, rotating and
+/// retiring keys are retried only after a 503, which says nothing was done. Everything else is returned or thrown at
+/// once. Lifecycle: `shutdown()` when done.
 public final class KMSClient: Sendable {
     public struct Configuration: Sendable {
-        /// `https://kms.internal:8443`
-        public var server: String
+        /// kmsd's endpoints, `https://kms-1.internal:8443` (at least one).
+        public var servers: [String]
+        /// The first endpoint.
+        public var server: String { servers.first ?? "" }
         /// PEM CA bundle that signed kmsd's certificate.
         public var caFile: String
         /// This client's certificate and key (PEM).
@@ -25,10 +33,19 @@ public final class KMSClient: Sendable {
         public var retries: Int
         /// Cache unwrapped DEKs in this process (off by default).
         public var cache: DEKCache.Limits?
+        /// How long an endpoint that could not be reached or answered 503 is skipped.
+        public var downPeriod: Duration
+        /// The longest one call takes, retries and failover included.
+        public var deadline: Duration
 
+        /// `server` is one endpoint or several separated by commas (`https://kms-1:8443,https://kms-2:8443`).
         public init(server: String, caFile: String, certificateFile: String, keyFile: String, adminToken: String? = nil,
-                    timeout: Duration = .seconds(10), retries: Int = 2, cache: DEKCache.Limits? = nil) {
-            self.server = server.hasSuffix("/") ? String(server.dropLast()) : server
+                    timeout: Duration = .seconds(10), retries: Int = 2, cache: DEKCache.Limits? = nil,
+                    downPeriod: Duration = .seconds(5), deadline: Duration = .seconds(30)) {
+            servers = server.split(separator: ",").map { item in
+                let trimmed = item.trimmingCharacters(in: .whitespaces)
+                return trimmed.hasSuffix("/") ? String(trimmed.dropLast()) : trimmed
+            }.filter { !$0.isEmpty }
             self.caFile = caFile
             self.certificateFile = certificateFile
             self.keyFile = keyFile
@@ -36,6 +53,8 @@ public final class KMSClient: Sendable {
             self.timeout = timeout
             self.retries = retries
             self.cache = cache
+            self.downPeriod = downPeriod
+            self.deadline = deadline
         }
     }
 
@@ -44,8 +63,14 @@ public final class KMSClient: Sendable {
     /// The DEK cache, when configured.
     public let cache: DEKCache?
 
+    private let endpoints: Endpoints
+
     public init(_ configuration: Configuration) throws {
+        guard !configuration.servers.isEmpty else {
+            throw KMSClientError(status: 0, code: "no_server", message: "no kmsd endpoint given")
+        }
         self.configuration = configuration
+        endpoints = Endpoints(count: configuration.servers.count)
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv12
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(configuration.caFile))
@@ -93,13 +118,13 @@ public final class KMSClient: Sendable {
     public func listKeys() async throws -> KeyListBody { try await send("GET", KMSAPI.Path.adminKeys, Optional<String>.none) }
     public func showKey(_ key: String) async throws -> KeyBody { try await send("GET", KMSAPI.Path.adminKey(key), Optional<String>.none) }
     public func createKey(_ key: String, provider: String? = nil) async throws -> KeyBody {
-        try await send("POST", KMSAPI.Path.adminKeys, CreateKeyRequest(name: key, provider: provider))
+        try await send("POST", KMSAPI.Path.adminKeys, CreateKeyRequest(name: key, provider: provider), idempotent: false)
     }
     public func rotate(_ key: String, reason: String? = nil, dryRun: Bool = false) async throws -> RotateResponse {
-        try await send("POST", KMSAPI.Path.adminRotate(key), RotateRequest(reason: reason, dryRun: dryRun ? true : nil))
+        try await send("POST", KMSAPI.Path.adminRotate(key), RotateRequest(reason: reason, dryRun: dryRun ? true : nil), idempotent: dryRun)
     }
     public func retire(_ key: String, version: UInt32, force: Bool = false) async throws -> KeyBody {
-        try await send("POST", KMSAPI.Path.adminRetire(key, version), RetireRequest(force: force ? true : nil))
+        try await send("POST", KMSAPI.Path.adminRetire(key, version), RetireRequest(force: force ? true : nil), idempotent: false)
     }
     public func versions(_ key: String) async throws -> VersionsBody {
         try await send("GET", KMSAPI.Path.adminVersions(key), Optional<String>.none)
@@ -109,11 +134,19 @@ public final class KMSClient: Sendable {
 
     // MARK: - Transport
 
-    private func send<Body: Encodable, Reply: Decodable>(_ method: String, _ path: String, _ body: Body?) async throws -> Reply {
+    /// One call: an endpoint in turn, and on a lost connection (`idempotent` calls only) or a 503, the next one.
+    private func send<Body: Encodable, Reply: Decodable>(_ method: String, _ path: String, _ body: Body?,
+                                                       idempotent: Bool = true) async throws -> Reply {
+        let began = ContinuousClock.now
+        let attempts = configuration.retries + configuration.servers.count
         var attempt = 0
+        var failed: Int?
         while true {
             attempt += 1
-            var request = HTTPClientRequest(url: configuration.server + path)
+            let (index, available) = endpoints.pick(avoiding: failed)
+            if failed != nil, !available || index == failed { try await backoff(attempt - 1) }
+            let server = configuration.servers[index]
+            var request = HTTPClientRequest(url: server + path)
             request.method = HTTPMethod(rawValue: method)
             request.headers.add(name: "Accept", value: "application/json")
             if let token = configuration.adminToken { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
@@ -121,22 +154,26 @@ public final class KMSClient: Sendable {
                 request.headers.add(name: "Content-Type", value: "application/json")
                 request.body = .bytes(ByteBuffer(data: try JSONEncoder().encode(body)))
             }
+            let left = configuration.deadline - (ContinuousClock.now - began)
+            let canRetry = attempt < attempts && left > .zero
             let response: HTTPClientResponse
             let bytes: ByteBuffer
             do {
-                let seconds = configuration.timeout.components.seconds
-                response = try await http.execute(request, timeout: .seconds(max(1, seconds)))
+                let timeout = max(.milliseconds(100), min(configuration.timeout, left))
+                response = try await http.execute(request, timeout: .nanoseconds(Self.nanoseconds(timeout)))
                 bytes = try await response.body.collect(upTo: 8 << 20)
             } catch {
-                if attempt <= configuration.retries {
-                    try await backoff(attempt)
+                endpoints.markDown(index, for: configuration.downPeriod)
+                if idempotent, canRetry {
+                    failed = index
                     continue
                 }
-                throw KMSClientError(status: 0, code: "unreachable", message: "cannot reach kmsd at \(configuration.server): \(error)")
+                throw KMSClientError(status: 0, code: "unreachable", message: "cannot reach kmsd at \(server): \(error)")
             }
             let status = Int(response.status.code)
             let data = Data(buffer: bytes)
             if (200..<300).contains(status) {
+                endpoints.markUp(index)
                 do {
                     return try JSONDecoder().decode(Reply.self, from: data)
                 } catch {
@@ -144,9 +181,12 @@ public final class KMSClient: Sendable {
                 }
             }
             let detail = (try? JSONDecoder().decode(ErrorBody.self, from: data))?.error
-            if status == 503 && attempt <= configuration.retries {
-                try await backoff(attempt)
-                continue
+            if status == 503 {
+                endpoints.markDown(index, for: configuration.downPeriod)
+                if canRetry {
+                    failed = index
+                    continue
+                }
             }
             throw KMSClientError(status: status, code: detail?.code ?? "http_\(status)", message: detail?.message ?? "HTTP \(status)")
         }
@@ -155,6 +195,52 @@ public final class KMSClient: Sendable {
     private func backoff(_ attempt: Int) async throws {
         let base = 100.0 * Double(1 << min(attempt - 1, 5))
         try await Task.sleep(for: .milliseconds(Int64(base * Double.random(in: 0.5...1.0))))
+    }
+
+    static func nanoseconds(_ duration: Duration) -> Int64 {
+        let parts = duration.components
+        return parts.seconds * 1_000_000_000 + parts.attoseconds / 1_000_000_000
+    }
+
+    /// Which endpoint is next, and which are skipped until when.
+    final class Endpoints: Sendable {
+        private struct State {
+            var next = 0
+            var downUntil: [ContinuousClock.Instant?]
+        }
+        private let state: Mutex<State>
+
+        init(count: Int) {
+            state = Mutex(State(downUntil: Array(repeating: nil, count: count)))
+        }
+
+        /// The next endpoint in turn that is not skipped (and not `avoiding`, when another is available), or, when
+        /// every one is skipped, the one skipped the shortest; whether it was available.
+        func pick(avoiding: Int?) -> (index: Int, available: Bool) {
+            state.withLock { state in
+                let now = ContinuousClock.now
+                let count = state.downUntil.count
+                for pass in [true, false] {
+                    for offset in 0..<count {
+                        let index = (state.next + offset) % count
+                        guard state.downUntil[index].map({ $0 <= now }) ?? true else { continue }
+                        if pass, index == avoiding, count > 1 { continue }
+                        state.next = (index + 1) % count
+                        return (index, true)
+                    }
+                }
+                let soonest = state.downUntil.indices.min { (state.downUntil[$0] ?? now) < (state.downUntil[$1] ?? now) } ?? 0
+                return (soonest, false)
+            }
+        }
+
+        func markDown(_ index: Int, for period: Duration) {
+            state.withLock { $0.downUntil[index] = ContinuousClock.now + period }
+        }
+
+        func markUp(_ index: Int) {
+            state.withLock { $0.downUntil[index] = nil }
+        }
     }
 }
 

@@ -53,7 +53,7 @@ struct KMSCtl: AsyncParsableCommand {
 }
 
 struct Connection: ParsableArguments {
-    @Option(help: "kmsd URL (KMSCTL_SERVER).") var server: String?
+    @Option(help: "kmsd URL, or several replicas' URLs separated by commas, tried in turn (KMSCTL_SERVER).") var server: String?
     @Option(help: "CA bundle (KMSCTL_CA).") var ca: String?
     @Option(help: "Client certificate (KMSCTL_CERT).") var cert: String?
     @Option(help: "Client key (KMSCTL_KEY).") var key: String?

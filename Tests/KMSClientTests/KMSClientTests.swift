@@ -23,13 +23,15 @@ final class TLSServerFixture: Sendable {
     let server: ServerTask
     /// For each request: whether it started on an event loop, and whether its answer was ready on that same loop.
     let threads: ThreadLog
+    let pki: DevPKI
     var port: Int { server.port }
 
     final class ThreadLog: Sendable {
         let entries = Mutex<[(start: Bool, end: Bool)]>([])
     }
 
-    private init(base: InMemoryService, directory: URL, server: ServerTask, threads: ThreadLog) {
+    private init(base: InMemoryService, directory: URL, server: ServerTask, threads: ThreadLog, pki: DevPKI) {
+        self.pki = pki
         self.base = base
         self.directory = directory
         self.server = server
@@ -51,11 +53,12 @@ final class TLSServerFixture: Sendable {
         }
     }
 
-    static func start() async throws -> TLSServerFixture {
+    /// `sharing` another fixture: its PKI and directory (clients of one trust both), as replicas share a CA.
+    static func start(sharing other: TLSServerFixture? = nil) async throws -> TLSServerFixture {
         let base = try await InMemoryService.make()
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("client-\(UUID().uuidString)")
+        let directory = other?.directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("client-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let pki = try DevPKI()
+        let pki = try other?.pki ?? DevPKI()
         try Data(pki.caPEM.utf8).write(to: directory.appendingPathComponent("ca.pem"))
         let serverCertificate = try pki.issue(.server(hosts: ["localhost", "127.0.0.1"]))
         try DevPKI.write(try pki.issue(.client(uri: "spiffe://test/storage/node-1", commonName: "node-1")), name: "node1", to: directory)
@@ -80,7 +83,7 @@ final class TLSServerFixture: Sendable {
                 onServerRunning: { channel in bound(channel.localAddress?.port ?? 0) }
             ).runService(gracefulShutdownSignals: [])
         }
-        return TLSServerFixture(base: base, directory: directory, server: running, threads: threads)
+        return TLSServerFixture(base: base, directory: directory, server: running, threads: threads, pki: pki)
     }
 
     func client(_ identity: String, retries: Int = 0, cache: DEKCache.Limits? = nil) throws -> KMSClient {
@@ -150,6 +153,33 @@ struct KMSClientTests {
         await patient.shutdown()
         await impatient.shutdown()
         await server.stop()
+    }
+
+    @Test func requestsSpreadAcrossEndpointsAndFailOverWhenOneStops() async throws {
+        let first = try await TLSServerFixture.start()
+        let second = try await TLSServerFixture.start(sharing: first)
+        let directory = first.directory
+        let client = try KMSClient(.init(server: "https://localhost:\(first.port), https://localhost:\(second.port)/",
+                                         caFile: directory.appendingPathComponent("ca.pem").path,
+                                         certificateFile: directory.appendingPathComponent("node1.pem").path,
+                                         keyFile: directory.appendingPathComponent("node1-key.pem").path, timeout: .seconds(1), retries: 0))
+        #expect(client.configuration.servers == ["https://localhost:\(first.port)", "https://localhost:\(second.port)"])
+        let before = (first.base.provider.callCount, second.base.provider.callCount)
+        for _ in 0..<10 { _ = try await client.datakey("orders") }
+        let served = (first.base.provider.callCount - before.0, second.base.provider.callCount - before.1)
+        #expect(served.0 == 5 && served.1 == 5, "in turn: \(served)")
+
+        // One endpoint stops (its open connection no longer answers): every request still succeeds, on the other,
+        // with no retry budget of its own; the one that found it stopped waited its 1 s timeout first.
+        await first.stop()
+        let still = second.base.provider.callCount
+        for _ in 0..<10 { _ = try await client.datakey("orders") }
+        #expect(second.base.provider.callCount - still == 10)
+        // A 503 on the remaining endpoint, with nowhere else to go and no retries: returned.
+        second.base.provider.faults.failNext = 1
+        await #expect(throws: KMSClientError.self) { try await client.datakey("orders") }
+        await client.shutdown()
+        await second.stop()
     }
 
     @Test func cacheServesWithinItsTTLButNeverPastIt() async throws {

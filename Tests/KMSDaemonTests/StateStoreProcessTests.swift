@@ -1,5 +1,7 @@
 import AsyncHTTPClient
 import Foundation
+import KMSAPI
+import KMSClient
 import KMSState
 import KMSTestSupport
 import NIOCore
@@ -92,6 +94,81 @@ struct StateStoreProcessTests {
             #expect(ContinuousClock.now - retired < .seconds(1))
             #expect(refusal.0 == 400 && "\(refusal.1)".contains("less than the minimum encryption key version"), "\(refusal)")
         }
+    }
+
+    /// Three replicas behind `KMSClient` with all three endpoints, 16 connections of data keys: one replica is killed
+    /// (SIGKILL) mid-load; no request fails beyond the client's retry, and every data key handed out unwraps on the
+    /// two left.
+    @Test func killingAReplicaUnderLoadFailsNoRequestAndLosesNoKey() async throws {
+        let cluster = try await ThrowawayPostgres.shared()
+        let database = try await cluster.createDatabase()
+        let (directory, token) = try KMSDProcess.prepare("failover")
+        try Self.writePassword(cluster.password, in: directory)
+        var replicas: [KMSDProcess] = []
+        defer { for replica in replicas { _ = replica.stop() } }
+        for index in 1...3 {
+            replicas.append(try await KMSDProcess.start(directory: directory, yaml: Self.replicaYAML(token, cluster, database: database, index: index),
+                                                        name: "replica-\(index)"))
+        }
+        let admin = try KMSDProcess.client("admin", in: directory)
+        try await using([admin]) { () async throws in
+            #expect(try await KMSDProcess.call(admin, port: replicas[0].port, .POST, "/v1/admin/keys", ["name": "orders"]).0 == 201)
+        }
+        let client = try KMSClient(.init(
+            server: replicas.map { "https://localhost:\($0.port)" }.joined(separator: ","),
+            caFile: directory.appendingPathComponent("ca.pem").path, certificateFile: directory.appendingPathComponent("node1.pem").path,
+            keyFile: directory.appendingPathComponent("node1-key.pem").path, timeout: .seconds(2), retries: 2, deadline: .seconds(10)))
+        let stop = ContinuousClock.now + .seconds(3)
+        let results = await withTaskGroup(of: (keys: [(String, String, String)], errors: [String]).self) { group in
+            for connection in 0..<16 {
+                group.addTask {
+                    var keys: [(String, String, String)] = []
+                    var errors: [String] = []
+                    var request = 0
+                    while ContinuousClock.now < stop {
+                        let context = "\(connection)-\(request)"
+                        request += 1
+                        do {
+                            let key = try await client.datakey("orders", context: ["n": context])
+                            keys.append((context, key.plaintext, key.wrapped))
+                        } catch {
+                            errors.append("\(error)")
+                        }
+                    }
+                    return (keys, errors)
+                }
+            }
+            try? await Task.sleep(for: .seconds(1))
+            kill(replicas[1].process.processIdentifier, SIGKILL)
+            var keys: [(String, String, String)] = []
+            var errors: [String] = []
+            for await result in group {
+                keys += result.keys
+                errors += result.errors
+            }
+            return (keys: keys, errors: errors)
+        }
+        replicas[1].process.waitUntilExit()
+        #expect(replicas[1].process.terminationReason == .uncaughtSignal, "replica 2 was killed")
+        #expect(results.errors.isEmpty, "\(results.errors.count) errors reached the caller: \(results.errors.prefix(3))")
+        #expect(results.keys.count > 100, "\(results.keys.count) data keys")
+        let keys = results.keys
+        let lost = await withTaskGroup(of: Int.self) { group in
+            for connection in 0..<16 {
+                group.addTask {
+                    var lost = 0
+                    for index in stride(from: connection, to: keys.count, by: 16) {
+                        let (context, plaintext, wrapped) = keys[index]
+                        let unwrapped = try? await client.unwrap("orders", wrapped: wrapped, context: ["n": context])
+                        if unwrapped?.plaintext != plaintext { lost += 1 }
+                    }
+                    return lost
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(lost == 0, "\(lost) of \(keys.count) data keys did not unwrap on the replicas left")
+        await client.shutdown()
     }
 
     /// The audit records of replica `index` in `directory`.
