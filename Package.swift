@@ -126,7 +126,7 @@ let package = Package(
         module("KMSRotation", ["KMSCore", "KMSState", External.logging, External.serviceLifecycle]),
         // The operations under every front end: policy, limits, provider calls, audit records; no wire protocol.
         module("KMSService", [
-            "KMSCore", "KMSAPI", "KMSRotation", "KMSAudit", External.x509, External.swiftASN1, External.crypto,
+            "KMSCore", "KMSAPI", "KMSRotation", "KMSState", "KMSAudit", External.x509, External.swiftASN1, External.crypto,
             External.logging
         ]),
         module("KMSServer", [

@@ -192,26 +192,83 @@ public struct StatusBody: Codable, Sendable, Equatable {
             case lastError = "last_error"
         }
     }
+    /// The state store and the kmsd processes sharing it.
+    public struct StateStore: Codable, Sendable, Equatable {
+        public struct Replica: Codable, Sendable, Equatable {
+            public var id: String
+            public var address: String
+            public var version: String
+            public var startedAt: String
+            public var lastSeen: String
+            /// Leases it holds (`rotate/<key>` while it rotates that key).
+            public var leases: [String]
+            public init(id: String, address: String, version: String, startedAt: String, lastSeen: String, leases: [String]) {
+                self.id = id
+                self.address = address
+                self.version = version
+                self.startedAt = startedAt
+                self.lastSeen = lastSeen
+                self.leases = leases
+            }
+            enum CodingKeys: String, CodingKey {
+                case id, address, version, leases
+                case startedAt = "started_at"
+                case lastSeen = "last_seen"
+            }
+        }
+        /// `sqlite:PATH` or `postgres://USER@HOST:PORT/DATABASE`.
+        public var location: String
+        /// `ok`, or `unavailable` (then `lastError` and `since`).
+        public var state: String
+        public var since: String?
+        public var lastError: String?
+        /// Every replica seen within a day (this one included), by id; empty when the store cannot be read.
+        public var replicas: [Replica]
+        public init(location: String, state: String, since: String?, lastError: String?, replicas: [Replica]) {
+            self.location = location
+            self.state = state
+            self.since = since
+            self.lastError = lastError
+            self.replicas = replicas
+        }
+        enum CodingKeys: String, CodingKey {
+            case location, state, since, replicas
+            case lastError = "last_error"
+        }
+    }
     public var mode: String
     public var ready: Bool
     public var providers: [Provider]
     /// Refusals and other security events since start, by kind.
     public var securityEvents: [String: Int]?
-    public init(mode: String, ready: Bool, providers: [Provider], securityEvents: [String: Int]? = nil) {
+    public var stateStore: StateStore?
+    public init(mode: String, ready: Bool, providers: [Provider], securityEvents: [String: Int]? = nil, stateStore: StateStore? = nil) {
         self.mode = mode
         self.ready = ready
         self.providers = providers
         self.securityEvents = securityEvents
+        self.stateStore = stateStore
     }
     enum CodingKeys: String, CodingKey {
         case mode, ready, providers
         case securityEvents = "security_events"
+        case stateStore = "state_store"
     }
 }
 
 public struct HealthBody: Codable, Sendable, Equatable {
     public var status: String
-    public init(status: String) { self.status = status }
+    /// On readiness: `ok`, or `unavailable: <why>` when the state store does not answer (kmsd still serves unwraps,
+    /// and wraps while the blocks it reserved last).
+    public var stateStore: String?
+    public init(status: String, stateStore: String? = nil) {
+        self.status = status
+        self.stateStore = stateStore
+    }
+    enum CodingKeys: String, CodingKey {
+        case status
+        case stateStore = "state_store"
+    }
 }
 
 /// `{"error":{"code":"…","message":"…"}}`: every error response. Codes are stable (`KMSError.Code` plus

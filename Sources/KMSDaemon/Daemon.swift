@@ -16,6 +16,7 @@ import NIOSSL
 public import ServiceLifecycle
 import UnixSignals
 import Dispatch
+import Synchronization
 
 /// kmsd's registry counts the transit front end's requests as it counts the API's.
 extension ServerMetrics: TransitRequestMetrics {}
@@ -170,12 +171,19 @@ public struct Daemon: Sendable {
         let providers = try await startProviders()
         var auditLog: AuditLog?
         var stateStore: (any StateStore)?
+        // The listener runs only once the service group does, after `assemble` returned and filled this in.
+        let rotation = RotationBox()
         do {
             let parts = try await assemble(providers: providers) { [logger, configuration] port in
                 logger.notice("kmsd serving", metadata: [
                     "address": "\(configuration.listen.host):\(port)", "mode": "\(configuration.mode.rawValue)",
                     "tls": "\(configuration.tls != nil)",
                 ])
+                // Other replicas sharing the state store list this one by its API address.
+                let host = ProcessInfo.processInfo.hostName
+                let wildcard = ["0.0.0.0", "::", ""].contains(configuration.listen.host)
+                rotation.manager?.identify(id: "\(host):\(port)", address: "\(wildcard ? host : configuration.listen.host):\(port)",
+                                           version: KMSDRelease.version)
             } onMetricsRunning: { [logger, configuration] port in
                 logger.notice("metrics serving", metadata: ["address": "\(configuration.listen.metrics?.host ?? ""):\(port)"])
             } onTransitRunning: { [logger, configuration] port in
@@ -185,6 +193,7 @@ public struct Daemon: Sendable {
             }
             auditLog = parts.audit
             stateStore = parts.rotation.store
+            rotation.manager = parts.rotation
             // SIGHUP reloads certificates, the CRL and access lists without dropping connections.
             signal(SIGHUP, SIG_IGN)
             let hangup = DispatchSource.makeSignalSource(signal: SIGHUP)
@@ -266,5 +275,14 @@ public struct Daemon: Sendable {
         if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
         if let transit { services.append(transit.app) }
         return Parts(running: running, audit: audit, rotation: rotation, services: services)
+    }
+}
+
+/// The rotation manager, for a callback made before it exists (the listener's) and run after.
+private final class RotationBox: Sendable {
+    private let value = Mutex<RotationManager?>(nil)
+    var manager: RotationManager? {
+        get { value.withLock { $0 } }
+        set { value.withLock { $0 = newValue } }
     }
 }

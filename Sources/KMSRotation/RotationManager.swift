@@ -105,6 +105,10 @@ public final class RotationManager: Sendable {
     /// Creation times as recorded in the store; they never change once recorded, so each is read or written once.
     private let creationTimes = Mutex<[VersionID: Date]>([:])
     private let locks = KeyLocks()
+    /// This process as other replicas see it (`identify`), reported by `heartbeat`.
+    private let replica = Mutex<ReplicaRecord?>(nil)
+    /// The state store's last failure, while it lasts: (since when, what).
+    private let storeFailure = Mutex<(since: Date, error: String)?>(nil)
     /// How long a rotation lease lasts (longer than any backend call's deadline).
     let leaseDuration: TimeInterval = 120
     /// How long a usage rotation waits for another replica's rotation of the same key to finish.
@@ -153,10 +157,12 @@ public final class RotationManager: Sendable {
         guard !deltas.isEmpty else { return }
         do {
             try await store.addUsage(deltas)
+            storeAnswered()
         } catch {
             // An unknown outcome (a deadline passed) may have committed: counting those wraps twice rotates early,
             // which is the safe side of the GCM bound.
             ledger.restore(deltas)
+            storeFailed(error)
             logger.error("cannot flush usage counters; keeping them in memory", metadata: ["error": "\(error)"])
             return
         }
@@ -165,6 +171,42 @@ public final class RotationManager: Sendable {
         } catch {
             logger.warning("flushed usage counters but cannot read the totals back; using this process's", metadata: ["error": "\(error)"])
         }
+    }
+
+    // MARK: - Replicas
+
+    /// Names this process to the others sharing the store (its API address, once it listens); `heartbeat` reports it.
+    public func identify(id: String, address: String, version: String) {
+        let now = clock()
+        replica.withLock { $0 = ReplicaRecord(id: id, address: address, version: version, startedAt: now, lastSeen: now, holder: holder) }
+    }
+
+    /// Tells the store this process is alive (nothing before `identify`). Its outcome is the store's health.
+    public func heartbeat() async {
+        guard var record = replica.withLock({ $0 }) else { return }
+        record.lastSeen = clock()
+        do {
+            try await store.heartbeat(record)
+            storeAnswered()
+        } catch {
+            storeFailed(error)
+            logger.warning("cannot record this replica's heartbeat in the state store", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The state store's state: nil while it answers, else since when it has not and why (status and readiness).
+    public var stateStoreFailure: (since: Date, error: String)? {
+        if let failure = storeFailure.withLock({ $0 }) { return failure }
+        return budgets.failing().map { (clock(), $0) }
+    }
+
+    private func storeAnswered() {
+        storeFailure.withLock { $0 = nil }
+    }
+
+    private func storeFailed(_ error: any Error) {
+        let now = clock()
+        storeFailure.withLock { failure in failure = (failure?.since ?? now, Self.describe(error)) }
     }
 
     // MARK: - Request path

@@ -146,8 +146,15 @@ extension KMSServer {
     func status(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         let status = try await service.status(context.caller)
         let providers = status.providers.map(Self.providerBody)
+        let store = StatusBody.StateStore(
+            location: status.store.location, state: status.store.failure == nil ? "ok" : "unavailable",
+            since: status.store.failure.map { Self.time($0.since) }, lastError: status.store.failure?.error,
+            replicas: status.store.replicas.map {
+                .init(id: $0.id, address: $0.address, version: $0.version, startedAt: Self.time($0.startedAt), lastSeen: Self.time($0.lastSeen),
+                      leases: $0.leases)
+            })
         return try json(StatusBody(mode: status.mode, ready: providers.allSatisfy { $0.state == "ok" }, providers: providers,
-                                   securityEvents: status.events))
+                                   securityEvents: status.events, stateStore: store))
     }
 
     // MARK: - Health
@@ -157,10 +164,12 @@ extension KMSServer {
                             lastError: provider.health.lastError, details: provider.health.details)
     }
 
-    /// 200 when kmsd can serve; 503 (with `Retry-After`) and the reason when it cannot.
+    /// 200 when kmsd can serve; 503 (with `Retry-After`) and the reason when it cannot. The state store's state is
+    /// reported, not a reason for 503: without it kmsd still unwraps, and wraps from the blocks it holds, and one
+    /// database down would otherwise take every replica out of a load balancer at once.
     func ready() async throws -> Response {
         try await service.checkReady()
-        return try json(HealthBody(status: "ready"))
+        return try json(HealthBody(status: "ready", stateStore: service.stateStoreReadiness))
     }
 }
 

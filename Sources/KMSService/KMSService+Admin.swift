@@ -3,6 +3,7 @@ public import KMSAPI
 import KMSAudit
 public import KMSCore
 public import KMSRotation
+public import KMSState
 import Logging
 
 /// The administrative operations, for an authenticated `Administrator` (an admin certificate identity or an admin
@@ -118,11 +119,38 @@ extension KMSService {
         public let health: ProviderHealth
     }
 
-    /// The mode, every provider's state and the security event counts.
-    public func status(_ admin: Administrator) async throws(ServiceError) -> (mode: String, providers: [ProviderStatus], events: [String: Int]) {
+    /// The state store's health and the replicas it knows.
+    public struct StoreStatus: Sendable {
+        public let location: String
+        /// Since when the store has not answered, and why; nil while it answers.
+        public let failure: (since: Date, error: String)?
+        /// Every replica seen within a day, with its leases (empty when the store cannot be read).
+        public let replicas: [ReplicaRecord]
+    }
+
+    /// The mode, every provider's state, the security event counts, and the state store with its replicas.
+    public func status(_ admin: Administrator) async throws(ServiceError)
+        -> (mode: String, providers: [ProviderStatus], events: [String: Int], store: StoreStatus)
+    {
         try await administered(admin, "status") { policy in
-            (policy.mode, await providerHealth(), events.snapshot)
+            (policy.mode, await providerHealth(), events.snapshot, await storeStatus())
         }
+    }
+
+    public func storeStatus() async -> StoreStatus {
+        var failure = rotation.stateStoreFailure
+        var replicas: [ReplicaRecord] = []
+        do {
+            replicas = try await rotation.store.replicas(now: rotation.clock())
+        } catch {
+            failure = failure ?? (rotation.clock(), "\(error)")
+        }
+        return StoreStatus(location: rotation.store.location, failure: failure, replicas: replicas)
+    }
+
+    /// The state store for readiness: `ok`, or `unavailable: <why>` (from what the last operations saw; no I/O).
+    public var stateStoreReadiness: String {
+        rotation.stateStoreFailure.map { "unavailable: \($0.error)" } ?? "ok"
     }
 
     public func providerHealth() async -> [ProviderStatus] {

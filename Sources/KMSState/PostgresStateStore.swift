@@ -99,6 +99,14 @@ public final class PostgresStateStore: StateStore {
                 PRIMARY KEY (key, version))
             """,
         ],
+        [
+            // The kmsd processes using the store, for status.
+            """
+            CREATE TABLE kmsd_replicas (
+                id text PRIMARY KEY, address text NOT NULL, version text NOT NULL, started_at double precision NOT NULL,
+                last_seen double precision NOT NULL, holder text NOT NULL)
+            """,
+        ],
     ]
     /// The schema version this kmsd writes and understands.
     public static var schemaVersion: Int { migrations.count }
@@ -450,6 +458,40 @@ public final class PostgresStateStore: StateStore {
     public func releaseLease(_ name: String, holder: String) async throws {
         try await guarded("release a lease") { [logger] client in
             _ = try await client.query("DELETE FROM kmsd_leases WHERE name = \(name) AND holder = \(holder)", logger: logger)
+        }
+    }
+
+    public func heartbeat(_ replica: ReplicaRecord) async throws {
+        try await guarded("record a heartbeat") { [logger] client in
+            try await client.withTransaction(logger: logger) { connection in
+                let lastSeen = replica.lastSeen.timeIntervalSince1970
+                try await connection.query("""
+                    INSERT INTO kmsd_replicas (id, address, version, started_at, last_seen, holder)
+                    VALUES (\(replica.id), \(replica.address), \(replica.version), \(replica.startedAt.timeIntervalSince1970), \(lastSeen), \(replica.holder))
+                    ON CONFLICT (id) DO UPDATE SET address = excluded.address, version = excluded.version,
+                        started_at = excluded.started_at, last_seen = excluded.last_seen, holder = excluded.holder
+                    """, logger: logger)
+                try await connection.query("DELETE FROM kmsd_replicas WHERE last_seen < \(lastSeen - ReplicaRecord.forgetAfter)", logger: logger)
+            }
+        }
+    }
+
+    public func replicas(now: Date) async throws -> [ReplicaRecord] {
+        try await guarded("read replicas") { [logger] client in
+            var held: [String: [String]] = [:]
+            let leases = try await client.query(
+                "SELECT name, holder FROM kmsd_leases WHERE expires_at > \(now.timeIntervalSince1970) ORDER BY name", logger: logger)
+            for try await (name, holder) in leases.decode((String, String).self) { held[holder, default: []].append(name) }
+            var result: [ReplicaRecord] = []
+            let rows = try await client.query("""
+                SELECT id, address, version, started_at, last_seen, holder FROM kmsd_replicas
+                WHERE last_seen >= \(now.timeIntervalSince1970 - ReplicaRecord.forgetAfter) ORDER BY id
+                """, logger: logger)
+            for try await (id, address, version, started, seen, holder) in rows.decode((String, String, String, Double, Double, String).self) {
+                result.append(ReplicaRecord(id: id, address: address, version: version, startedAt: Date(timeIntervalSince1970: started),
+                                            lastSeen: Date(timeIntervalSince1970: seen), holder: holder, leases: held[holder] ?? []))
+            }
+            return result
         }
     }
 

@@ -77,6 +77,36 @@ public final class SQLiteStateStore: StateStore {
         try? queue.close()
     }
 
+    public func heartbeat(_ replica: ReplicaRecord) async throws {
+        try await guarded("record a heartbeat") { [queue] in
+            try await queue.write { db in
+                try db.execute(sql: """
+                    INSERT OR REPLACE INTO replicas (id, address, version, started_at, last_seen, holder) VALUES (?, ?, ?, ?, ?, ?)
+                    """, arguments: [replica.id, replica.address, replica.version, replica.startedAt.timeIntervalSince1970,
+                                      replica.lastSeen.timeIntervalSince1970, replica.holder])
+                try db.execute(sql: "DELETE FROM replicas WHERE last_seen < ?",
+                               arguments: [replica.lastSeen.timeIntervalSince1970 - ReplicaRecord.forgetAfter])
+            }
+        }
+    }
+
+    public func replicas(now: Date) async throws -> [ReplicaRecord] {
+        try await guarded("read replicas") { [queue] in
+            try await queue.read { db in
+                let held = try Row.fetchAll(db, sql: "SELECT name, holder FROM leases WHERE expires_at > ? ORDER BY name",
+                                            arguments: [now.timeIntervalSince1970])
+                return try Row.fetchAll(db, sql: "SELECT * FROM replicas WHERE last_seen >= ? ORDER BY id",
+                                        arguments: [now.timeIntervalSince1970 - ReplicaRecord.forgetAfter]).map { row in
+                    let holder: String = row["holder"]
+                    return ReplicaRecord(id: row["id"], address: row["address"], version: row["version"],
+                                         startedAt: Date(timeIntervalSince1970: row["started_at"]),
+                                         lastSeen: Date(timeIntervalSince1970: row["last_seen"]), holder: holder,
+                                         leases: held.filter { $0["holder"] == holder }.map { $0["name"] })
+                }
+            }
+        }
+    }
+
     /// One process per file is the SQLite store's use: there is nobody to tell; others read the backend periodically.
     public func announceKeyChange(_ key: String) async throws {}
 
@@ -110,6 +140,14 @@ public final class SQLiteStateStore: StateStore {
                 CREATE TABLE budgets (
                     key TEXT NOT NULL, version INTEGER NOT NULL, reserved INTEGER NOT NULL, last_start INTEGER NOT NULL,
                     PRIMARY KEY (key, version));
+                """)
+        }
+        migrator.registerMigration("v3") { db in
+            // The kmsd processes using the store, for status.
+            try db.execute(sql: """
+                CREATE TABLE replicas (
+                    id TEXT PRIMARY KEY, address TEXT NOT NULL, version TEXT NOT NULL, started_at REAL NOT NULL,
+                    last_seen REAL NOT NULL, holder TEXT NOT NULL);
                 """)
         }
         return migrator

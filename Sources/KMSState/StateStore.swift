@@ -35,6 +35,34 @@ public struct VersionID: Hashable, Sendable, Comparable, CustomStringConvertible
     public var description: String { "\(key)/v\(version)" }
 }
 
+/// A kmsd process using the store, as it last reported itself (every few seconds), with the leases it holds.
+public struct ReplicaRecord: Sendable, Equatable {
+    /// Stable across restarts: `host:port` of its API listener.
+    public var id: String
+    /// Where clients reach it.
+    public var address: String
+    /// The kmsd release it runs.
+    public var version: String
+    public var startedAt: Date
+    public var lastSeen: Date
+    /// The name its leases are held under (one per process).
+    public var holder: String
+    /// Leases it holds now (`rotate/<key>`); filled in by `replicas(now:)`.
+    public var leases: [String]
+    /// A replica not seen for this long (it stopped, or moved) is dropped from the list.
+    public static let forgetAfter: TimeInterval = 86400
+
+    public init(id: String, address: String, version: String, startedAt: Date, lastSeen: Date, holder: String, leases: [String] = []) {
+        self.id = id
+        self.address = address
+        self.version = version
+        self.startedAt = startedAt
+        self.lastSeen = lastSeen
+        self.holder = holder
+        self.leases = leases
+    }
+}
+
 /// One line of the rotation journal: who did what to which key, when, why, and how it ended.
 public struct JournalEntry: Sendable, Equatable, Codable {
     public enum Action: String, Sendable, Codable {
@@ -109,6 +137,10 @@ public protocol StateStore: Sendable {
     /// Takes the lease `name` for `holder` until `now + duration` if it is free, expired, or already `holder`'s.
     func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool
     func releaseLease(_ name: String, holder: String) async throws
+    /// Records that `replica` is alive (its `lastSeen`); forgets replicas not seen for `ReplicaRecord.forgetAfter`.
+    func heartbeat(_ replica: ReplicaRecord) async throws
+    /// Every replica seen within the last day, with the leases each holds at `now`, by id.
+    func replicas(now: Date) async throws -> [ReplicaRecord]
     /// Tells every process sharing the store that `key` changed in its backend (a rotation, a retirement), so that
     /// each reads it again at once instead of at its next periodic read. Best effort: the periodic read stays.
     func announceKeyChange(_ key: String) async throws

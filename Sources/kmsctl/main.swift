@@ -123,15 +123,26 @@ func table(_ key: KeyBody) -> String {
 }
 
 struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "kmsd's mode, readiness and providers.")
+    static let configuration = CommandConfiguration(abstract: "kmsd's mode, readiness, providers, state store and replicas.")
     @OptionGroup var connection: Connection
     func run() async throws {
         try await connection.show({ try await $0.status() }) { status in
-            (["mode \(status.mode), \(status.ready ? "ready" : "NOT READY")", "PROVIDER  KIND            STATE"]
-                + status.providers.map {
-                    $0.name.padding(toLength: 10, withPad: " ", startingAt: 0) + $0.kind.padding(toLength: 16, withPad: " ", startingAt: 0)
-                        + $0.state + ($0.lastError.map { "  (\($0))" } ?? "")
-                }).joined(separator: "\n")
+            func column(_ text: String, _ width: Int) -> String { text.padding(toLength: max(width, text.count + 1), withPad: " ", startingAt: 0) }
+            var lines = ["mode \(status.mode), \(status.ready ? "ready" : "NOT READY")", "PROVIDER  KIND            STATE"]
+            lines += status.providers.map {
+                column($0.name, 10) + column($0.kind, 16) + $0.state + ($0.lastError.map { "  (\($0))" } ?? "")
+            }
+            if let store = status.stateStore {
+                lines.append("")
+                lines.append("state store \(store.location): \(store.state)"
+                             + (store.lastError.map { " since \(store.since ?? "?") (\($0))" } ?? ""))
+                lines.append(column("REPLICA", 24) + column("ADDRESS", 24) + column("VERSION", 9) + column("LAST SEEN", 22) + "LEASES")
+                lines += store.replicas.map {
+                    column($0.id, 24) + column($0.address, 24) + column($0.version, 9) + column($0.lastSeen, 22)
+                        + ($0.leases.isEmpty ? "-" : $0.leases.joined(separator: ","))
+                }
+            }
+            return lines.joined(separator: "\n")
         }
     }
 }

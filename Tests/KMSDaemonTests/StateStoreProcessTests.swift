@@ -204,6 +204,17 @@ struct StateStoreProcessTests {
             // What one replica wrapped, the other unwraps.
             statuses.append(try await call(node, first.port, "/v1/keys/orders/unwrap", ["wrapped": wrapped[4], "context": ["n": "4"]]).0)
             statuses.append(try await call(admin, second.port, "/v1/admin/keys/orders/rotate", ["reason": "drill"]).0)
+            // Each replica lists both, by address, and the store as answering; readiness reports it.
+            let ids = Set([first.port, second.port].map { "\(ProcessInfo.processInfo.hostName):\($0)" })
+            #expect(try await within(.seconds(10)) {
+                let (_, status) = try await KMSDProcess.call(admin, port: first.port, .GET, "/v1/admin/status")
+                let store = status["state_store"] as? [String: Any]
+                let replicas = store?["replicas"] as? [[String: Any]] ?? []
+                return store?["state"] as? String == "ok" && Set(replicas.compactMap { $0["id"] as? String }) == ids
+                    && replicas.allSatisfy { ($0["address"] as? String)?.hasPrefix("127.0.0.1:") == true && $0["version"] as? String != nil }
+            })
+            let (readyStatus, ready) = try await KMSDProcess.call(node, port: second.port, .GET, "/v1/health/ready")
+            #expect(readyStatus == 200 && ready["state_store"] as? String == "ok", "\(ready)")
             return statuses
         }
         #expect(statuses == [201, 200, 200, 200, 200, 200, 200, 200])

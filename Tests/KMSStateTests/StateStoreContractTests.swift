@@ -118,6 +118,32 @@ struct StateStoreContractTests {
     }
 
     @Test(arguments: StoreKind.allCases)
+    func replicasReportThemselvesWithTheirLeasesAndAreForgottenAfterADay(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ async throws in
+            let one = ReplicaRecord(id: "kms-1:8443", address: "10.0.0.1:8443", version: "0.1.0", startedAt: start, lastSeen: start, holder: "h1")
+            var two = ReplicaRecord(id: "kms-2:8443", address: "10.0.0.2:8443", version: "0.1.0", startedAt: start, lastSeen: start, holder: "h2")
+            try await store.heartbeat(one)
+            try await store.heartbeat(two)
+            #expect(try await store.acquireLease("rotate/orders", holder: "h2", now: start, duration: 60))
+            var seen = try await store.replicas(now: start.addingTimeInterval(1))
+            #expect(seen.map(\.id) == ["kms-1:8443", "kms-2:8443"])
+            #expect(seen.map(\.leases) == [[], ["rotate/orders"]])
+            #expect(seen.first == one)
+            // A heartbeat moves last_seen; a restart (a new holder) replaces the row.
+            two.lastSeen = start.addingTimeInterval(5)
+            two.holder = "h2-restarted"
+            try await store.heartbeat(two)
+            seen = try await store.replicas(now: start.addingTimeInterval(61))
+            #expect(seen.last?.lastSeen == start.addingTimeInterval(5) && seen.last?.holder == "h2-restarted")
+            #expect(seen.allSatisfy { $0.leases.isEmpty }, "an expired lease is not listed")
+            // A replica not seen for a day is dropped.
+            two.lastSeen = start.addingTimeInterval(ReplicaRecord.forgetAfter + 10)
+            try await store.heartbeat(two)
+            #expect(try await store.replicas(now: two.lastSeen).map(\.id) == ["kms-2:8443"])
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
     func aLeaseHasOneHolderUntilItExpiresOrIsReleased(_ kind: StoreKind) async throws {
         try await withStore(kind) { store, _ async throws in
             #expect(try await store.acquireLease("rotate/orders", holder: "a", now: start, duration: 60))
