@@ -68,8 +68,9 @@ struct BenchSetup {
     /// Starts kmsd; returns once it is ready (or throws with its log).
     /// `providersAndKeys` replaces the default single SoftHSM provider and key `bench`; `keys` are created at start.
     /// `transit` adds the Vault transit listener with the transit key `bench` (kmsd key `bench`).
+    /// `extra` adds top-level configuration (a `state` section, say).
     func start(audit: Bool, name: String, pool: Int, providersAndKeys: String? = nil, keys: [String] = ["bench"],
-               transit: Bool = false) async throws -> LaunchedKMSD {
+               transit: Bool = false, extra: String = "") async throws -> LaunchedKMSD {
         let port = try freePort()
         let transitPort = transit ? try freePort() : 0
         let transitSection = transit ? "transit: { keys: { bench: bench } }\n" : ""
@@ -83,7 +84,7 @@ struct BenchSetup {
             \(providersAndKeys ?? defaultProviders)
             admin: { identities: ["cn:security-admin"] }
             limits: { rate_per_second: 1000000, burst: 1000000, max_connections: 4096 }
-            \(auditSection)\(transitSection)
+            \(auditSection)\(transitSection)\(extra)
             """
         let config = directory.appendingPathComponent("kmsd-\(name).yaml")
         try Data(yaml.utf8).write(to: config)

@@ -28,12 +28,20 @@ struct EndToEndBenchmark: AsyncParsableCommand {
     var vault = true
     @Option(help: "api: kmsd's API against the raw loop (the default); transit: kmsd's Vault transit listener next to its own API, in one kmsd.")
     var frontend = "api"
+    @Option(help: "With --state postgres: this many kmsd replicas on one throwaway PostgreSQL, next to one kmsd on SQLite.")
+    var replicas = 1
+    @Option(help: "sqlite (the default) or postgres: measure data keys with the PostgreSQL state store against SQLite.")
+    var state = "sqlite"
 
     func validate() throws {
         guard seconds > 0, !connections.isEmpty, connections.allSatisfy({ $0 >= 1 && $0 <= 1024 }), sessions >= 1 else {
             throw ValidationError("seconds must be positive, connections 1–1024, sessions ≥ 1")
         }
         guard ["api", "transit"].contains(frontend) else { throw ValidationError("--frontend is api or transit") }
+        guard ["sqlite", "postgres"].contains(state), (1...9).contains(replicas) else {
+            throw ValidationError("--state is sqlite or postgres; --replicas 1–9")
+        }
+        guard replicas == 1 || state == "postgres" else { throw ValidationError("--replicas needs --state postgres (SQLite is one process)") }
     }
 
     struct Measurement: Encodable {
@@ -78,6 +86,7 @@ struct EndToEndBenchmark: AsyncParsableCommand {
 
     func run() async throws {
         if frontend == "transit" { return try await compareTransit() }
+        if state == "postgres" { return try await compareStateStores() }
         let setup = try BenchSetup(kmsd: kmsd, sessions: sessions)
         defer { setup.remove() }
         var measurements: [Measurement] = []
