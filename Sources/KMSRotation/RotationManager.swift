@@ -395,23 +395,23 @@ public final class RotationManager: Sendable {
                               joining: KeyVersion?) async throws -> Outcome? {
         let name = key.name
         let lease = "rotate/\(name.rawValue)"
-        var acquired = try await store.acquireLease(lease, holder: holder, now: clock(), duration: leaseDuration)
-        if !acquired, trigger == .usage || joining != nil {
+        var grant = try await store.takeLease(lease, holder: holder, now: clock(), duration: leaseDuration)
+        if grant == nil, trigger == .usage || joining != nil {
             // Another replica is rotating the key. Wraps whose version's budget is used up wait for that rotation (a
             // few seconds at most) instead of failing, then go on with the version it made; a manual rotation waits
             // longer and is answered by it.
             let deadline = ContinuousClock.now + (trigger == .usage ? usageLeaseWait : manualLeaseWait)
-            while !acquired, ContinuousClock.now < deadline {
+            while grant == nil, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(25))
-                acquired = try await store.acquireLease(lease, holder: holder, now: clock(), duration: leaseDuration)
+                grant = try await store.takeLease(lease, holder: holder, now: clock(), duration: leaseDuration)
             }
         }
-        guard acquired else {
+        guard let grant else {
             if expecting != nil { return nil }
             throw KMSError.conflict("another kmsd is rotating '\(name)' right now; try again in a minute")
         }
         do {
-            let outcome = try await rotateHoldingLease(key, trigger: trigger, actor: actor, expecting: expecting, joining: joining)
+            let outcome = try await rotateHoldingLease(key, grant, trigger: trigger, actor: actor, expecting: expecting, joining: joining)
             try? await store.releaseLease(lease, holder: holder)
             return outcome
         } catch {
@@ -420,8 +420,8 @@ public final class RotationManager: Sendable {
         }
     }
 
-    private func rotateHoldingLease(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?,
-                                    joining: KeyVersion?) async throws -> Outcome? {
+    private func rotateHoldingLease(_ key: Key, _ grant: LeaseGrant, trigger: RotationTrigger, actor: RotationActor,
+                                    expecting: KeyVersion?, joining: KeyVersion?) async throws -> Outcome? {
         let now = clock()
         let before: Snapshot
         do {
@@ -446,6 +446,12 @@ public final class RotationManager: Sendable {
             outcome.joined = true
             return outcome
         }
+        // The lease may have lapsed while the backend was read (and another replica taken it): rotate only under a
+        // current grant.
+        guard try await store.holds(grant, now: clock()) else {
+            throw KMSError.conflict("the rotation lease of '\(key.name)' expired before the rotation began (another kmsd may hold it now); "
+                                    + "nothing was rotated, try again")
+        }
         let info: KeyVersionInfo
         do {
             info = try await key.provider.rotateKey(key.name)
@@ -465,8 +471,21 @@ public final class RotationManager: Sendable {
             state.lastError = nil
             states[key.name] = state
         }
-        try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
-                                             fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .ok))
+        // The result is committed only under the grant the rotation began with (the fencing token): a replica whose
+        // lease lapsed mid-rotation records that instead, and the replica holding the lease now reads the version
+        // from the backend like any other.
+        let entry = JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
+                                 fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .ok)
+        guard (try? await store.append(entry, fencedBy: grant, now: clock())) ?? true else {
+            let detail = "the rotation lease of '\(key.name)' expired while it rotated: the backend made version \(info.version.rawValue), "
+                + "but this kmsd no longer holds the lease and does not record the rotation as its own"
+            try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
+                                                 fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .failed,
+                                                 detail: detail))
+            await announce(key.name)
+            logger.error("\(detail)", metadata: ["key": "\(key.name)", "epoch": "\(grant.epoch)"])
+            throw KMSError.conflict(detail)
+        }
         await announce(key.name)
         emit(.init(kind: .rotated, key: key.name.rawValue, version: info.version.rawValue,
                    detail: "'\(key.name)' rotated from \(before.latest.version) to \(info.version) (\(trigger), by \(actor))", actor: actor),

@@ -100,12 +100,13 @@ public final class PostgresStateStore: StateStore {
             """,
         ],
         [
-            // The kmsd processes using the store, for status.
+            // The kmsd processes using the store, for status; lease epochs (fencing tokens).
             """
             CREATE TABLE kmsd_replicas (
                 id text PRIMARY KEY, address text NOT NULL, version text NOT NULL, started_at double precision NOT NULL,
                 last_seen double precision NOT NULL, holder text NOT NULL)
             """,
+            "ALTER TABLE kmsd_leases ADD COLUMN epoch bigint NOT NULL DEFAULT 0",
         ],
     ]
     /// The schema version this kmsd writes and understands.
@@ -439,16 +440,28 @@ public final class PostgresStateStore: StateStore {
         }
     }
 
-    public func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool {
+    public func takeLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> LeaseGrant? {
         try await guarded("take a lease") { [logger] client in
             let nowSeconds = now.timeIntervalSince1970
             let expires = nowSeconds + duration
             // One statement: the conflicting row is locked, so of two replicas racing, the second sees the first's lease.
             let rows = try await client.query("""
-                INSERT INTO kmsd_leases AS l (name, holder, expires_at) VALUES (\(name), \(holder), \(expires))
-                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                INSERT INTO kmsd_leases AS l (name, holder, expires_at, epoch) VALUES (\(name), \(holder), \(expires), 1)
+                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
+                    epoch = CASE WHEN l.holder = excluded.holder AND l.expires_at > \(nowSeconds) THEN l.epoch ELSE l.epoch + 1 END
                 WHERE l.holder = excluded.holder OR l.expires_at <= \(nowSeconds)
-                RETURNING holder
+                RETURNING epoch
+                """, logger: logger)
+            for try await epoch in rows.decode(Int64.self) { return LeaseGrant(name: name, holder: holder, epoch: UInt64(clamping: epoch)) }
+            return nil
+        }
+    }
+
+    public func holds(_ grant: LeaseGrant, now: Date) async throws -> Bool {
+        try await guarded("check a lease") { [logger] client in
+            let rows = try await client.query("""
+                SELECT 1 FROM kmsd_leases WHERE name = \(grant.name) AND holder = \(grant.holder) AND epoch = \(Int64(clamping: grant.epoch))
+                    AND expires_at > \(now.timeIntervalSince1970)
                 """, logger: logger)
             for try await _ in rows { return true }
             return false
@@ -457,7 +470,25 @@ public final class PostgresStateStore: StateStore {
 
     public func releaseLease(_ name: String, holder: String) async throws {
         try await guarded("release a lease") { [logger] client in
-            _ = try await client.query("DELETE FROM kmsd_leases WHERE name = \(name) AND holder = \(holder)", logger: logger)
+            _ = try await client.query("UPDATE kmsd_leases SET expires_at = 0 WHERE name = \(name) AND holder = \(holder)", logger: logger)
+        }
+    }
+
+    public func append(_ entry: JournalEntry, fencedBy grant: LeaseGrant, now: Date) async throws -> Bool {
+        try await guarded("append to the journal under a lease") { [logger] client in
+            let from = entry.fromVersion.map { Int64($0) }
+            let to = entry.toVersion.map { Int64($0) }
+            // FOR SHARE: a take of the lease waits for this insert, and this insert re-reads a row taken meanwhile.
+            let rows = try await client.query("""
+                INSERT INTO kmsd_journal (at, key, action, actor, reason, from_version, to_version, result, detail)
+                SELECT \(entry.at.timeIntervalSince1970), \(entry.key), \(entry.action.rawValue), \(entry.actor), \(entry.reason),
+                       \(from), \(to), \(entry.result.rawValue), \(entry.detail)
+                WHERE EXISTS (SELECT 1 FROM kmsd_leases WHERE name = \(grant.name) AND holder = \(grant.holder)
+                              AND epoch = \(Int64(clamping: grant.epoch)) AND expires_at > \(now.timeIntervalSince1970) FOR SHARE)
+                RETURNING id
+                """, logger: logger)
+            for try await _ in rows { return true }
+            return false
         }
     }
 

@@ -143,11 +143,12 @@ public final class SQLiteStateStore: StateStore {
                 """)
         }
         migrator.registerMigration("v3") { db in
-            // The kmsd processes using the store, for status.
+            // The kmsd processes using the store, for status; lease epochs (fencing tokens).
             try db.execute(sql: """
                 CREATE TABLE replicas (
                     id TEXT PRIMARY KEY, address TEXT NOT NULL, version TEXT NOT NULL, started_at REAL NOT NULL,
                     last_seen REAL NOT NULL, holder TEXT NOT NULL);
+                ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
                 """)
         }
         return migrator
@@ -261,15 +262,17 @@ public final class SQLiteStateStore: StateStore {
 
     public func append(_ entry: JournalEntry) async throws {
         try await guarded("append to the journal") { [queue] in
-            try await queue.write { db in
-                try db.execute(sql: """
-                    INSERT INTO journal (at, key, action, actor, reason, from_version, to_version, result, detail)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """, arguments: [entry.at.timeIntervalSince1970, entry.key, entry.action.rawValue, entry.actor, entry.reason,
-                                     entry.fromVersion.map { Int64($0) }, entry.toVersion.map { Int64($0) }, entry.result.rawValue,
-                                     entry.detail])
-            }
+            try await queue.write { db in try Self.insert(db, entry) }
         }
+    }
+
+    private static func insert(_ db: Database, _ entry: JournalEntry) throws {
+        try db.execute(sql: """
+            INSERT INTO journal (at, key, action, actor, reason, from_version, to_version, result, detail)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [entry.at.timeIntervalSince1970, entry.key, entry.action.rawValue, entry.actor, entry.reason,
+                             entry.fromVersion.map { Int64($0) }, entry.toVersion.map { Int64($0) }, entry.result.rawValue,
+                             entry.detail])
     }
 
     public func journal(key: String?, limit: Int) async throws -> [JournalEntry] {
@@ -294,30 +297,54 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
-    public func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool {
+    public func takeLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> LeaseGrant? {
         try await guarded("take a lease") { [queue] in
             try await queue.writeWithoutTransaction { db in
-                var acquired = false
+                var grant: LeaseGrant?
                 try db.inTransaction(.immediate) {
-                    let row = try Row.fetchOne(db, sql: "SELECT holder, expires_at FROM leases WHERE name = ?", arguments: [name])
+                    let row = try Row.fetchOne(db, sql: "SELECT holder, expires_at, epoch FROM leases WHERE name = ?", arguments: [name])
                     let current: String? = row?["holder"]
-                    let expires: Double? = row?["expires_at"]
-                    if current == nil || current == holder || (expires ?? 0) <= now.timeIntervalSince1970 {
-                        try db.execute(sql: "INSERT OR REPLACE INTO leases (name, holder, expires_at) VALUES (?, ?, ?)",
-                                       arguments: [name, holder, now.timeIntervalSince1970 + duration])
-                        acquired = true
+                    let expires: Double = row?["expires_at"] ?? 0
+                    let epoch: Int64 = row?["epoch"] ?? 0
+                    let held = expires > now.timeIntervalSince1970
+                    if current == nil || current == holder || !held {
+                        let next = current == holder && held ? epoch : epoch + 1
+                        try db.execute(sql: "INSERT OR REPLACE INTO leases (name, holder, expires_at, epoch) VALUES (?, ?, ?, ?)",
+                                       arguments: [name, holder, now.timeIntervalSince1970 + duration, next])
+                        grant = LeaseGrant(name: name, holder: holder, epoch: UInt64(clamping: next))
                     }
                     return .commit
                 }
-                return acquired
+                return grant
             }
         }
+    }
+
+    public func holds(_ grant: LeaseGrant, now: Date) async throws -> Bool {
+        try await guarded("check a lease") { [queue] in
+            try await queue.read { db in try Self.holds(db, grant, now) }
+        }
+    }
+
+    private static func holds(_ db: Database, _ grant: LeaseGrant, _ now: Date) throws -> Bool {
+        try Row.fetchOne(db, sql: "SELECT 1 FROM leases WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > ?",
+                         arguments: [grant.name, grant.holder, Int64(clamping: grant.epoch), now.timeIntervalSince1970]) != nil
     }
 
     public func releaseLease(_ name: String, holder: String) async throws {
         try await guarded("release a lease") { [queue] in
             try await queue.write { db in
-                try db.execute(sql: "DELETE FROM leases WHERE name = ? AND holder = ?", arguments: [name, holder])
+                try db.execute(sql: "UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ?", arguments: [name, holder])
+            }
+        }
+    }
+
+    public func append(_ entry: JournalEntry, fencedBy grant: LeaseGrant, now: Date) async throws -> Bool {
+        try await guarded("append to the journal under a lease") { [queue] in
+            try await queue.write { db in
+                guard try Self.holds(db, grant, now) else { return false }
+                try Self.insert(db, entry)
+                return true
             }
         }
     }

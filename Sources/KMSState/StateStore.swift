@@ -134,9 +134,16 @@ public protocol StateStore: Sendable {
     func append(_ entry: JournalEntry) async throws
     /// The newest `limit` entries (of one key when given), oldest first.
     func journal(key: String?, limit: Int) async throws -> [JournalEntry]
-    /// Takes the lease `name` for `holder` until `now + duration` if it is free, expired, or already `holder`'s.
-    func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool
+    /// Takes the lease `name` for `holder` until `now + duration` if it is free, expired, or already `holder`'s; the
+    /// grant, or nil when another holds it. A renewal of a lease still held keeps its epoch; any other take raises it.
+    func takeLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> LeaseGrant?
+    /// Whether `grant` is still the lease's current grant, unexpired at `now`.
+    func holds(_ grant: LeaseGrant, now: Date) async throws -> Bool
+    /// Frees the lease if `holder` has it (its epoch is kept, so a later grant has a higher one).
     func releaseLease(_ name: String, holder: String) async throws
+    /// Appends `entry` only while `grant` is the lease's current grant and unexpired at `now`, in one transaction
+    /// that a concurrent take waits for; false, and nothing written, otherwise (the fencing token).
+    func append(_ entry: JournalEntry, fencedBy grant: LeaseGrant, now: Date) async throws -> Bool
     /// Records that `replica` is alive (its `lastSeen`); forgets replicas not seen for `ReplicaRecord.forgetAfter`.
     func heartbeat(_ replica: ReplicaRecord) async throws
     /// Every replica seen within the last day, with the leases each holds at `now`, by id.
@@ -150,6 +157,26 @@ public protocol StateStore: Sendable {
     func keyChanges() -> AsyncStream<String>
     /// Closes the store's connections; nothing may be called after.
     func close() async
+}
+
+/// A lease as granted. The epoch is the fencing token: it grows each time the lease is taken other than by renewal,
+/// so what a holder commits under a lease that lapsed (and may have been taken by another) can be refused.
+public struct LeaseGrant: Sendable, Equatable {
+    public let name: String
+    public let holder: String
+    public let epoch: UInt64
+    public init(name: String, holder: String, epoch: UInt64) {
+        self.name = name
+        self.holder = holder
+        self.epoch = epoch
+    }
+}
+
+extension StateStore {
+    /// `takeLease` without the grant.
+    public func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool {
+        try await takeLease(name, holder: holder, now: now, duration: duration) != nil
+    }
 }
 
 /// What `StateStore.keyChanges` delivers besides key names.

@@ -41,9 +41,14 @@ final class SwitchableStore: StateStore {
     func versionCreationTimes() async throws -> [VersionID: Date] { try check(); return try await inner.versionCreationTimes() }
     func append(_ entry: JournalEntry) async throws { try check(); try await inner.append(entry) }
     func journal(key: String?, limit: Int) async throws -> [JournalEntry] { try check(); return try await inner.journal(key: key, limit: limit) }
-    func acquireLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> Bool {
+    func takeLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> LeaseGrant? {
         try check()
-        return try await inner.acquireLease(name, holder: holder, now: now, duration: duration)
+        return try await inner.takeLease(name, holder: holder, now: now, duration: duration)
+    }
+    func holds(_ grant: LeaseGrant, now: Date) async throws -> Bool { try check(); return try await inner.holds(grant, now: now) }
+    func append(_ entry: JournalEntry, fencedBy grant: LeaseGrant, now: Date) async throws -> Bool {
+        try check()
+        return try await inner.append(entry, fencedBy: grant, now: now)
     }
     func releaseLease(_ name: String, holder: String) async throws { try check(); try await inner.releaseLease(name, holder: holder) }
     func heartbeat(_ replica: ReplicaRecord) async throws { try check(); try await inner.heartbeat(replica) }

@@ -144,6 +144,33 @@ struct StateStoreContractTests {
     }
 
     @Test(arguments: StoreKind.allCases)
+    func aLapsedLeaseCannotCommitItsResult(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ async throws in
+            let entry = JournalEntry(at: start, key: "orders", action: .rotate, actor: "scheduler", reason: "usage", fromVersion: 1,
+                                     toVersion: 2, result: .ok)
+            let first = try #require(try await store.takeLease("rotate/orders", holder: "a", now: start, duration: 60))
+            #expect(first.epoch == 1)
+            #expect(try await store.takeLease("rotate/orders", holder: "a", now: start.addingTimeInterval(10), duration: 60) == first,
+                    "a renewal keeps the epoch")
+            #expect(try await store.holds(first, now: start.addingTimeInterval(20)))
+            // a's lease lapses and b takes it: a's grant is stale and cannot commit; b's can.
+            let second = try #require(try await store.takeLease("rotate/orders", holder: "b", now: start.addingTimeInterval(71), duration: 60))
+            #expect(second.epoch == 2)
+            #expect(try await !store.holds(first, now: start.addingTimeInterval(72)))
+            #expect(try await !store.append(entry, fencedBy: first, now: start.addingTimeInterval(72)))
+            #expect(try await store.append(entry, fencedBy: second, now: start.addingTimeInterval(72)))
+            // Past its expiry even the holder's own grant commits nothing.
+            #expect(try await !store.append(entry, fencedBy: second, now: start.addingTimeInterval(200)))
+            #expect(try await store.journal(key: "orders", limit: 10).count == 1)
+            // Released and taken again: a higher epoch, so a grant from before the release stays stale.
+            try await store.releaseLease("rotate/orders", holder: "b")
+            let third = try #require(try await store.takeLease("rotate/orders", holder: "b", now: start.addingTimeInterval(73), duration: 60))
+            #expect(third.epoch == 3)
+            #expect(try await !store.holds(second, now: start.addingTimeInterval(74)))
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
     func aLeaseHasOneHolderUntilItExpiresOrIsReleased(_ kind: StoreKind) async throws {
         try await withStore(kind) { store, _ async throws in
             #expect(try await store.acquireLease("rotate/orders", holder: "a", now: start, duration: 60))
