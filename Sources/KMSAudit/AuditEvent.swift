@@ -100,6 +100,8 @@ struct AuditRecord: Encodable {
     let event: AuditEvent
     /// Checkpoints only.
     var checkpoint: Checkpoint?
+    /// The kmsd replica whose chain this is (replicas sharing a PostgreSQL state store); absent for a single kmsd.
+    var replica: String?
 
     struct Checkpoint: Encodable {
         /// Base64 of the raw ECDSA P-256 signature (r‖s, 64 bytes) over SHA-256 of `AuditChain.checkpointMessageV2`
@@ -122,12 +124,13 @@ struct AuditRecord: Encodable {
     }
 
     func encode(to encoder: any Encoder) throws {
-        enum Keys: String, CodingKey { case seq, time, prev, checkpoint }
+        enum Keys: String, CodingKey { case seq, time, prev, checkpoint, replica }
         var container = encoder.container(keyedBy: Keys.self)
         try container.encode(seq, forKey: .seq)
         try container.encode(time, forKey: .time)
         try container.encode(prev, forKey: .prev)
         try container.encodeIfPresent(checkpoint, forKey: .checkpoint)
+        try container.encodeIfPresent(replica, forKey: .replica)
         try event.encode(to: encoder)
     }
 }

@@ -33,6 +33,11 @@ public final class AuditLog: Sendable {
         public var maxQueue: Int
         /// Rotated files (`<path>.<seq>`) to keep, newest first; older ones are deleted after each rotation. nil keeps all.
         public var keepFiles: Int?
+        /// The replica whose chain this is, written into every record (replicas sharing a PostgreSQL state store).
+        public var replica: String?
+        /// Each checkpoint once it is durable, for anchoring it outside the file (the state store); called on the
+        /// writer thread, so it must not block.
+        public var onCheckpoint: (@Sendable (AuditAnchor) -> Void)?
 
         public init(path: String, maxFileBytes: Int = 100 << 20, checkpointEvery: Int = 10_000, checkpointInterval: TimeInterval = 60,
                     failClosed: Bool, signer: (any AuditSigner)?, syslog: SyslogForwarder? = nil, maxQueue: Int = 10_000,
@@ -165,3 +170,27 @@ public final class AuditLog: Sendable {
 }
 
 /// The writer thread's state. Confined to that thread after `init` (hence `@unchecked Sendable`).
+
+/// A checkpoint as kept outside the log (the state store's `audit anchors`): deleting or rolling back a replica's
+/// log then shows against them (`AuditAnchorCheck`).
+public struct AuditAnchor: Sendable, Equatable {
+    /// The replica whose chain it is ("" for a log without one).
+    public var replica: String
+    public var seq: UInt64
+    /// Lower-case hex SHA-256 of the checkpoint's line, as the next record's `prev` names it.
+    public var lineHash: String
+    /// The checkpoint's signature (base64).
+    public var signature: String
+    /// The checkpoint's `time`.
+    public var time: String
+    public var closing: Bool
+
+    public init(replica: String, seq: UInt64, lineHash: String, signature: String, time: String, closing: Bool) {
+        self.replica = replica
+        self.seq = seq
+        self.lineHash = lineHash
+        self.signature = signature
+        self.time = time
+        self.closing = closing
+    }
+}

@@ -10,7 +10,7 @@ extension AuditRecord {
     var jsonLine: [UInt8] {
         var out = JSONObjectWriter(capacity: 320)
         // Keys in sorted order: action, checkpoint, code, context_digest, detail, frontend, identity, items, key, outcomes, prev,
-        // result, seq, time, type, version.
+        // replica, result, seq, time, type, version.
         out.string("action", event.action)
         if let checkpoint {
             var nested = JSONObjectWriter(capacity: 160)
@@ -44,6 +44,7 @@ extension AuditRecord {
             out.raw("outcomes", list)
         }
         out.string("prev", prev)
+        out.string("replica", replica)
         out.string("result", event.result.rawValue)
         out.number("seq", seq)
         out.string("time", time)

@@ -65,14 +65,15 @@ final class Writer: @unchecked Sendable {
 
     private func commit(_ batch: [AuditLog.Pending]) {
         copies = []
+        anchors = []
         do {
             adopt(try file.ensureOpen())
             var seq = self.seq
             var prev = self.prev
             var bytes: [UInt8] = []
             for pending in batch {
-                append(AuditRecord(seq: seq + 1, time: AuditTime.now(), prev: prev, event: pending.event), to: &bytes,
-                       seq: &seq, prev: &prev)
+                append(AuditRecord(seq: seq + 1, time: AuditTime.now(), prev: prev, event: pending.event, replica: configuration.replica),
+                       to: &bytes, seq: &seq, prev: &prev)
             }
             var since = sinceCheckpoint + batch.count
             if let signer = configuration.signer,
@@ -129,12 +130,19 @@ final class Writer: @unchecked Sendable {
     /// Lines of the batch being committed, for the syslog copy once they are durable.
     private var copies: [(line: [UInt8], type: String, time: String)] = []
 
-    /// Sends the lines just made durable to syslog.
+    /// Checkpoints of the batch being committed, for `onCheckpoint` once they are durable.
+    private var anchors: [AuditAnchor] = []
+
+    /// Sends the lines just made durable to syslog, and their checkpoints to `onCheckpoint`.
     private func forwardCopies() {
         if let syslog = configuration.syslog {
             for copy in copies { syslog.send(copy.line, type: copy.type, time: copy.time) }
         }
         copies = []
+        if let onCheckpoint = configuration.onCheckpoint {
+            for anchor in anchors { onCheckpoint(anchor) }
+        }
+        anchors = []
     }
 
     private func append(_ record: AuditRecord, to bytes: inout [UInt8], seq: inout UInt64, prev: inout String) {
@@ -142,6 +150,10 @@ final class Writer: @unchecked Sendable {
         seq = record.seq
         prev = Hex.encode(SHA256.hash(data: line))
         if configuration.syslog != nil { copies.append((line, record.event.kind.rawValue, record.time)) }
+        if configuration.onCheckpoint != nil, let checkpoint = record.checkpoint {
+            anchors.append(AuditAnchor(replica: record.replica ?? "", seq: record.seq, lineHash: prev, signature: checkpoint.signature,
+                                       time: record.time, closing: checkpoint.closing))
+        }
         bytes += line
         bytes.append(UInt8(ascii: "\n"))
     }
@@ -151,7 +163,7 @@ final class Writer: @unchecked Sendable {
     private func checkpoint(_ signer: any AuditSigner, seq: UInt64, prev: String, closing: Bool) throws -> AuditRecord {
         let time = AuditTime.now()
         var record = AuditRecord(seq: seq, time: time, prev: prev,
-                                 event: AuditEvent(.checkpoint, closing ? "close" : "checkpoint", result: .ok))
+                                 event: AuditEvent(.checkpoint, closing ? "close" : "checkpoint", result: .ok), replica: configuration.replica)
         let keyID = signer.keyID
         record.checkpoint = .init(signature: "", keyID: keyID, closing: closing, records: seq)
         let unsignedHash = Hex.encode(SHA256.hash(data: record.jsonLine))
@@ -166,6 +178,7 @@ final class Writer: @unchecked Sendable {
     /// `file_start` record that continues the chain and names the file before it.
     private func rotateFile() {
         copies = []
+        anchors = []
         do {
             var bytes: [UInt8] = []
             var seq = self.seq
@@ -183,7 +196,8 @@ final class Writer: @unchecked Sendable {
             try file.archive(as: archived)
             bytes = []
             append(AuditRecord(seq: seq + 1, time: AuditTime.now(), prev: prev,
-                               event: AuditEvent(.fileStart, "rotate", result: .ok, detail: URL(fileURLWithPath: archived).lastPathComponent)),
+                               event: AuditEvent(.fileStart, "rotate", result: .ok, detail: URL(fileURLWithPath: archived).lastPathComponent),
+                               replica: configuration.replica),
                    to: &bytes, seq: &seq, prev: &prev)
             try file.appendDurably(bytes)
             self.seq = seq
@@ -220,6 +234,7 @@ final class Writer: @unchecked Sendable {
     /// The closing checkpoint, then the file is closed and `close()` returns.
     private func finish() {
         copies = []
+        anchors = []
         var ready = file.isOpen
         // A closed file is reopened only for the closing checkpoint; without a signer there is nothing to write.
         if !ready, configuration.signer != nil {

@@ -213,7 +213,7 @@ struct Reader {
     mutating func configuration(_ root: [String: Any], source: String) -> Configuration? {
         let top = map(root, "config", known: [
             "mode", "listen", "tls", "providers", "keys", "admin", "limits", "log_level", "log_format", "debug", "data_dir", "audit",
-            "transit", "state",
+            "transit", "state", "replica_id",
         ]) ?? [:]
         let modeText = string(top, "mode", "config") ?? "development"
         let mode = Configuration.Mode(rawValue: modeText)
@@ -357,11 +357,18 @@ struct Reader {
         let audit = self.audit(top["audit"], production: mode == .production, providers: providersMap)
         let transit = self.transit(top["transit"], listening: listenMap?["transit"] != nil, tls: tls != nil, keys: Set(keys.keys))
         let state = self.state(top["state"])
+        let replicaID = string(top, "replica_id", "config")
+        if let replicaID, replicaID.isEmpty || replicaID.count > 64
+            || !replicaID.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "._:-".unicodeScalars.contains($0)) }) {
+            problem("replica_id", "1 to 64 letters, digits, '.', '_', ':' or '-'")
+        }
         guard let mode else { return nil }
-        return Configuration(
+        var configuration = Configuration(
             mode: mode, listen: listen, tls: tls, providers: providers, keys: keys, admin: admin, limits: limits,
             logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, state: state, audit: audit, transit: transit,
             logFormat: logFormat ?? .text, source: source)
+        configuration.replicaID = replicaID
+        return configuration
     }
 
     /// `state: {sqlite: {path}}` or `state: {postgres: {host, port, database, user, password, tls, …}}`.

@@ -194,6 +194,30 @@ public struct Configuration: Sendable {
     public var source: String
     /// Accepted but deprecated settings (old identity spellings), for the log at start and `check-config`.
     public var warnings: [String] = []
+    /// `replica_id`: this kmsd among the replicas sharing a PostgreSQL state store (status, audit records and file
+    /// name). Default: `<host name>:<API port>`.
+    public var replicaID: String?
+
+    /// The replica id when replicas share a PostgreSQL store (nil for SQLite: one process, nothing to tell apart).
+    public var auditReplica: String? {
+        guard case .postgres = state else { return nil }
+        return replicaID ?? "\(ProcessInfo.processInfo.hostName):\(listen.port)"
+    }
+
+    /// The audit file this kmsd writes: `audit.file`, or for a replica `audit.file` with `-<replica id>` before its
+    /// extension (characters other than letters, digits, '.', '_' and '-' as '_'), so replicas sharing a directory
+    /// never share a chain.
+    public var auditPath: String? {
+        guard let file = audit?.file else { return nil }
+        guard let replica = auditReplica else { return file }
+        let safe = String(replica.unicodeScalars.map { scalar -> Character in
+            scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || "._-".unicodeScalars.contains(scalar)) ? Character(scalar) : "_"
+        })
+        let url = URL(fileURLWithPath: file)
+        let ext = url.pathExtension
+        let base = url.deletingPathExtension().lastPathComponent
+        return url.deletingLastPathComponent().appendingPathComponent(base + "-" + safe + (ext.isEmpty ? "" : "." + ext)).path
+    }
 }
 
 extension Configuration {

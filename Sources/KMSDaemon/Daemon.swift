@@ -182,7 +182,7 @@ public struct Daemon: Sendable {
                 // Other replicas sharing the state store list this one by its API address.
                 let host = ProcessInfo.processInfo.hostName
                 let wildcard = ["0.0.0.0", "::", ""].contains(configuration.listen.host)
-                rotation.manager?.identify(id: "\(host):\(port)", address: "\(wildcard ? host : configuration.listen.host):\(port)",
+                rotation.manager?.identify(id: configuration.replicaID ?? "\(host):\(port)", address: "\(wildcard ? host : configuration.listen.host):\(port)",
                                            version: KMSDRelease.version)
             } onMetricsRunning: { [logger, configuration] port in
                 logger.notice("metrics serving", metadata: ["address": "\(configuration.listen.metrics?.host ?? ""):\(port)"])
@@ -194,6 +194,7 @@ public struct Daemon: Sendable {
             auditLog = parts.audit
             stateStore = parts.rotation.store
             rotation.manager = parts.rotation
+            rotation.anchors = parts.anchors
             // SIGHUP reloads certificates, the CRL and access lists without dropping connections.
             signal(SIGHUP, SIG_IGN)
             let hangup = DispatchSource.makeSignalSource(signal: SIGHUP)
@@ -221,6 +222,8 @@ public struct Daemon: Sendable {
         }
         auditLog?.submit(AuditEvent(.admin, "stop", result: .ok))
         await auditLog?.close()
+        // The closing checkpoint, anchored before the store closes.
+        await rotation.anchors?.forward()
         await stateStore?.close()
         await Self.stop(providers)
     }
@@ -233,6 +236,8 @@ public struct Daemon: Sendable {
         public let audit: AuditLog?
         public let rotation: RotationManager
         public let services: [any Service]
+        /// Audit checkpoints on their way to the state store (replicas).
+        public var anchors: AuditAnchorForwarder?
     }
 
     public func assemble(
@@ -242,12 +247,19 @@ public struct Daemon: Sendable {
     ) async throws -> Parts {
         let metrics = ServerMetrics()
         let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
-        let audit = try await startAudit(providers: providers, events: events)
+        let anchors = configuration.auditReplica != nil && configuration.audit != nil ? AuditAnchorForwarder() : nil
+        let audit = try await startAudit(providers: providers, events: events, anchors: anchors)
         audit?.submit(AuditEvent(.admin, "start", result: .ok, detail: "mode \(configuration.mode.rawValue), config \(configuration.source)"))
         let rotation = try await startRotation(providers, events: events, audit: audit)
+        anchors?.attach(rotation.store)
         do {
-            return try await serving(providers: providers, rotation: rotation, audit: audit, events: events, metrics: metrics,
-                                     onAPIRunning: onAPIRunning, onMetricsRunning: onMetricsRunning, onTransitRunning: onTransitRunning)
+            var parts = try await serving(providers: providers, rotation: rotation, audit: audit, events: events, metrics: metrics,
+                                          onAPIRunning: onAPIRunning, onMetricsRunning: onMetricsRunning, onTransitRunning: onTransitRunning)
+            if let anchors {
+                parts = Parts(running: parts.running, audit: parts.audit, rotation: parts.rotation, services: parts.services + [anchors],
+                              anchors: anchors)
+            }
+            return parts
         } catch {
             await rotation.store.close()
             throw error
@@ -278,11 +290,15 @@ public struct Daemon: Sendable {
     }
 }
 
-/// The rotation manager, for a callback made before it exists (the listener's) and run after.
+/// The rotation manager (and audit anchors), for a callback made before they exist (the listener's) and run after.
 private final class RotationBox: Sendable {
-    private let value = Mutex<RotationManager?>(nil)
+    private let value = Mutex<(RotationManager?, AuditAnchorForwarder?)>((nil, nil))
     var manager: RotationManager? {
-        get { value.withLock { $0 } }
-        set { value.withLock { $0 = newValue } }
+        get { value.withLock { $0.0 } }
+        set { value.withLock { $0.0 = newValue } }
+    }
+    var anchors: AuditAnchorForwarder? {
+        get { value.withLock { $0.1 } }
+        set { value.withLock { $0.1 = newValue } }
     }
 }

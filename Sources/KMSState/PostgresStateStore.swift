@@ -107,6 +107,11 @@ public final class PostgresStateStore: StateStore {
                 last_seen double precision NOT NULL, holder text NOT NULL)
             """,
             "ALTER TABLE kmsd_leases ADD COLUMN epoch bigint NOT NULL DEFAULT 0",
+            """
+            CREATE TABLE kmsd_audit_anchors (
+                replica text NOT NULL, seq bigint NOT NULL, line_hash text NOT NULL, signature text NOT NULL, time text NOT NULL,
+                closing boolean NOT NULL, PRIMARY KEY (replica, seq))
+            """,
         ],
     ]
     /// The schema version this kmsd writes and understands.
@@ -176,7 +181,10 @@ public final class PostgresStateStore: StateStore {
 
     /// Connects, applies missing migrations, and returns the store; fails (closing what it opened) when the database
     /// cannot be reached, refuses the credentials, or holds a newer schema.
-    public static func open(_ settings: PostgresStoreSettings, logger: Logger = Logger(label: "kmsd.state")) async throws -> PostgresStateStore {
+    /// `migrate: false` (a reader such as `kmsctl audit verify`) changes nothing in the database.
+    public static func open(_ settings: PostgresStoreSettings, logger: Logger = Logger(label: "kmsd.state"), migrate: Bool = true) async throws
+        -> PostgresStateStore
+    {
         let store: PostgresStateStore
         do {
             store = try PostgresStateStore(settings: settings, logger: logger)
@@ -185,7 +193,7 @@ public final class PostgresStateStore: StateStore {
         }
         do {
             try await store.probe()
-            try await store.migrate()
+            if migrate { try await store.migrate() }
         } catch {
             await store.close()
             throw error
@@ -521,6 +529,34 @@ public final class PostgresStateStore: StateStore {
             for try await (id, address, version, started, seen, holder) in rows.decode((String, String, String, Double, Double, String).self) {
                 result.append(ReplicaRecord(id: id, address: address, version: version, startedAt: Date(timeIntervalSince1970: started),
                                             lastSeen: Date(timeIntervalSince1970: seen), holder: holder, leases: held[holder] ?? []))
+            }
+            return result
+        }
+    }
+
+    public func recordAuditAnchors(_ anchors: [AuditAnchorRecord]) async throws {
+        guard !anchors.isEmpty else { return }
+        try await guarded("anchor audit checkpoints") { [logger] client in
+            try await client.withTransaction(logger: logger) { connection in
+                for anchor in anchors {
+                    try await connection.query("""
+                        INSERT INTO kmsd_audit_anchors (replica, seq, line_hash, signature, time, closing)
+                        VALUES (\(anchor.replica), \(Int64(clamping: anchor.seq)), \(anchor.lineHash), \(anchor.signature), \(anchor.time), \(anchor.closing))
+                        ON CONFLICT (replica, seq) DO NOTHING
+                        """, logger: logger)
+                }
+            }
+        }
+    }
+
+    public func auditAnchors() async throws -> [AuditAnchorRecord] {
+        try await guarded("read audit anchors") { [logger] client in
+            var result: [AuditAnchorRecord] = []
+            let rows = try await client.query(
+                "SELECT replica, seq, line_hash, signature, time, closing FROM kmsd_audit_anchors ORDER BY replica, seq", logger: logger)
+            for try await (replica, seq, hash, signature, time, closing) in rows.decode((String, Int64, String, String, String, Bool).self) {
+                result.append(AuditAnchorRecord(replica: replica, seq: UInt64(clamping: seq), lineHash: hash, signature: signature, time: time,
+                                                closing: closing))
             }
             return result
         }

@@ -107,6 +107,31 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
+    public func recordAuditAnchors(_ anchors: [AuditAnchorRecord]) async throws {
+        guard !anchors.isEmpty else { return }
+        try await guarded("anchor audit checkpoints") { [queue] in
+            try await queue.write { db in
+                for anchor in anchors {
+                    try db.execute(sql: """
+                        INSERT OR IGNORE INTO audit_anchors (replica, seq, line_hash, signature, time, closing) VALUES (?, ?, ?, ?, ?, ?)
+                        """, arguments: [anchor.replica, Int64(clamping: anchor.seq), anchor.lineHash, anchor.signature, anchor.time, anchor.closing])
+                }
+            }
+        }
+    }
+
+    public func auditAnchors() async throws -> [AuditAnchorRecord] {
+        try await guarded("read audit anchors") { [queue] in
+            try await queue.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM audit_anchors ORDER BY replica, seq").map { row in
+                    let seq: Int64 = row["seq"]
+                    return AuditAnchorRecord(replica: row["replica"], seq: UInt64(clamping: seq), lineHash: row["line_hash"],
+                                             signature: row["signature"], time: row["time"], closing: row["closing"])
+                }
+            }
+        }
+    }
+
     /// One process per file is the SQLite store's use: there is nobody to tell; others read the backend periodically.
     public func announceKeyChange(_ key: String) async throws {}
 
@@ -149,6 +174,9 @@ public final class SQLiteStateStore: StateStore {
                     id TEXT PRIMARY KEY, address TEXT NOT NULL, version TEXT NOT NULL, started_at REAL NOT NULL,
                     last_seen REAL NOT NULL, holder TEXT NOT NULL);
                 ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+                CREATE TABLE audit_anchors (
+                    replica TEXT NOT NULL, seq INTEGER NOT NULL, line_hash TEXT NOT NULL, signature TEXT NOT NULL, time TEXT NOT NULL,
+                    closing INTEGER NOT NULL, PRIMARY KEY (replica, seq));
                 """)
         }
         return migrator

@@ -63,6 +63,27 @@ public struct ReplicaRecord: Sendable, Equatable {
     }
 }
 
+/// An audit checkpoint of a replica, kept in the shared store so that deleting or rolling back that replica's log
+/// shows (`kmsctl audit verify --state`).
+public struct AuditAnchorRecord: Sendable, Equatable {
+    public var replica: String
+    public var seq: UInt64
+    /// Hex SHA-256 of the checkpoint's line.
+    public var lineHash: String
+    public var signature: String
+    /// The checkpoint's own time (RFC 3339).
+    public var time: String
+    public var closing: Bool
+    public init(replica: String, seq: UInt64, lineHash: String, signature: String, time: String, closing: Bool) {
+        self.replica = replica
+        self.seq = seq
+        self.lineHash = lineHash
+        self.signature = signature
+        self.time = time
+        self.closing = closing
+    }
+}
+
 /// One line of the rotation journal: who did what to which key, when, why, and how it ended.
 public struct JournalEntry: Sendable, Equatable, Codable {
     public enum Action: String, Sendable, Codable {
@@ -148,6 +169,10 @@ public protocol StateStore: Sendable {
     func heartbeat(_ replica: ReplicaRecord) async throws
     /// Every replica seen within the last day, with the leases each holds at `now`, by id.
     func replicas(now: Date) async throws -> [ReplicaRecord]
+    /// Keeps audit checkpoints (a replica's seq is recorded once; a repeat changes nothing).
+    func recordAuditAnchors(_ anchors: [AuditAnchorRecord]) async throws
+    /// Every anchored checkpoint, by replica and seq.
+    func auditAnchors() async throws -> [AuditAnchorRecord]
     /// Tells every process sharing the store that `key` changed in its backend (a rotation, a retirement), so that
     /// each reads it again at once instead of at its next periodic read. Best effort: the periodic read stays.
     func announceKeyChange(_ key: String) async throws

@@ -320,14 +320,20 @@ struct Audit: AsyncParsableCommand {
         var noSignatures = false
         @Option(help: "The seq the log must end at (a value kept elsewhere); any other end is a failure.") var expectLastSeq: UInt64?
         @Flag(help: "Accept a log that does not end with a closing checkpoint (one kmsd is still writing).") var allowOpenTail = false
+        @Option(help: ArgumentHelp(
+            "Replicas: also check the files against the checkpoints anchored in this state store (postgres://USER@HOST[:PORT]/DATABASE).",
+            discussion: "Give every replica's files: a replica with anchored checkpoints and no file, a file that ends before its latest anchored checkpoint, or a checkpoint that differs from its anchor fails the check."))
+        var state: String?
+        @OptionGroup var database: DatabaseOptions
         @Flag(help: "Print JSON.") var json = false
-        @Argument(help: "Audit files, oldest first (rotated files are <file>.<seq>).") var files: [String]
+        @Argument(help: "Audit files, oldest first per replica (rotated files are <file>.<seq>).") var files: [String]
 
         func validate() throws {
             if files.isEmpty { throw ValidationError("give at least one audit file") }
             let keys = [publicKey, publicKeyFromHSM].compactMap { $0 }.count
             if keys > 1 { throw ValidationError("--public-key and --public-key-from-hsm exclude each other") }
             if noSignatures && keys > 0 { throw ValidationError("--no-signatures excludes --public-key and --public-key-from-hsm") }
+            if let state { _ = try database.settings(state, option: "--state", password: nil) }
         }
 
         func run() async throws {
@@ -352,6 +358,7 @@ struct Audit: AsyncParsableCommand {
             } catch {
                 throw ValidationError("\(error)")
             }
+            if let state { return try await verifyReplicas(verifier, state: state) }
             let report = verifier.verify(files: files)
             // Without a key nothing proves the checkpoints are kmsd's: that is not "verified" unless asked for.
             let unsignedRefused = !report.signaturesChecked && !noSignatures
@@ -380,6 +387,77 @@ struct Audit: AsyncParsableCommand {
             }
             if !report.ok || unsignedRefused { throw ExitCode(2) }
         }
+
+        /// Several replicas' files: each replica's chain verified on its own (files grouped by the replica their records
+        /// name, in the order given), then all of them against the checkpoints anchored in the state store.
+        func verifyReplicas(_ verifier: AuditVerifier, state: String) async throws {
+            // The anchors before the files: a checkpoint a running replica writes meanwhile is then in its file, not only
+            // in the database (which would look like a rollback).
+            let anchors: [AuditAnchorRecord]
+            do {
+                let store = try await PostgresStateStore.open(try database.settings(state, option: "--state", password: try database.password()),
+                                                              logger: DatabaseOptions.logger, migrate: false)
+                do {
+                    anchors = try await store.auditAnchors()
+                } catch {
+                    await store.close()
+                    throw error
+                }
+                await store.close()
+            } catch let error as StateStoreError {
+                print("cannot read the anchored checkpoints: \(error)")
+                throw ExitCode(4)
+            }
+            var groups: [(replica: String, files: [String])] = []
+            var contents: [(name: String, contents: Data)] = []
+            for file in files {
+                guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
+                contents.append((file, data))
+                let first = data.split(separator: UInt8(ascii: "\n"), maxSplits: 1).first.map { Data($0) } ?? Data()
+                let replica = ((try? JSONSerialization.jsonObject(with: first)) as? [String: Any])?["replica"] as? String ?? ""
+                if let index = groups.firstIndex(where: { $0.replica == replica }) {
+                    groups[index].files.append(file)
+                } else {
+                    groups.append((replica, [file]))
+                }
+            }
+            let check = AuditAnchorCheck.check(files: contents, anchors: anchors.map {
+                AuditAnchor(replica: $0.replica, seq: $0.seq, lineHash: $0.lineHash, signature: $0.signature, time: $0.time, closing: $0.closing)
+            })
+            var failed = !check.ok
+            var replicas: [[String: Any]] = []
+            var lines: [String] = []
+            for group in groups {
+                let report = verifier.verify(files: group.files)
+                let unsignedRefused = !report.signaturesChecked && !noSignatures
+                failed = failed || !report.ok || unsignedRefused
+                let label = group.replica.isEmpty ? "(no replica id)" : group.replica
+                var entry: [String: Any] = ["replica": group.replica, "ok": report.ok && !unsignedRefused, "records": report.records,
+                                            "checkpoints": report.checkpoints, "signatures_checked": report.signaturesChecked]
+                if let problem = report.problem { entry["problem"] = problem.description }
+                replicas.append(entry)
+                lines += report.notes.map { "note: replica \(label): \($0)" }
+                if let problem = report.problem {
+                    lines.append("FAILED: replica \(label): \(problem)")
+                } else if unsignedRefused {
+                    lines.append("NOT VERIFIED: replica \(label): no public key was given, so the checkpoint signatures were not checked")
+                } else {
+                    lines.append("OK: replica \(label): \(report.records) records (seq \(report.firstSeq ?? 0)–\(report.lastSeq ?? 0)), "
+                                 + "\(report.checkpoints) checkpoint(s)" + (report.signaturesChecked ? ", signatures checked" : ", signatures not checked"))
+                }
+            }
+            lines += check.notes.map { "note: \($0)" }
+            lines += check.problems.map { "FAILED: \($0)" }
+            lines.append("anchors: \(check.matched) of \(anchors.count) checkpoint(s) anchored in the state store matched the files")
+            if json {
+                let object: [String: Any] = ["ok": !failed, "replicas": replicas, "anchor_problems": check.problems, "anchor_notes": check.notes,
+                                             "anchors_matched": check.matched, "anchors": anchors.count]
+                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+            } else {
+                print(lines.joined(separator: "\n"))
+            }
+            if failed { throw ExitCode(2) }
+        }
     }
 }
 
@@ -397,10 +475,7 @@ struct StateCommand: AsyncParsableCommand {
                 """)
         @Option(help: "The SQLite store: sqlite:PATH (kmsd's <data_dir>/rotation.sqlite).") var from: String
         @Option(help: "The database: postgres://USER@HOST[:PORT]/DATABASE.") var to: String
-        @Option(help: "A file holding the database password.") var passwordFile: String?
-        @Option(help: "TLS to the database: the CA that signed its certificate (the host name is checked).") var dbCA: String?
-        @Option(help: "TLS client certificate for the database (with --db-key).") var dbCert: String?
-        @Option(help: "TLS client key for the database.") var dbKey: String?
+        @OptionGroup var database: DatabaseOptions
 
         /// The SQLite file `--from` names.
         var sourcePath: String { String(from.dropFirst("sqlite:".count)) }
@@ -408,36 +483,14 @@ struct StateCommand: AsyncParsableCommand {
         func validate() throws {
             guard from.hasPrefix("sqlite:"), !sourcePath.isEmpty else { throw ValidationError("--from: expected sqlite:PATH") }
             guard FileManager.default.fileExists(atPath: sourcePath) else { throw ValidationError("--from: \(sourcePath) does not exist") }
-            _ = try settings(password: nil)
-            if (dbCert == nil) != (dbKey == nil) { throw ValidationError("--db-cert and --db-key go together") }
-            if (dbCert != nil) && dbCA == nil { throw ValidationError("a client certificate needs --db-ca") }
-        }
-
-        func settings(password: String?) throws -> PostgresStoreSettings {
-            guard let url = URLComponents(string: to), url.scheme == "postgres" || url.scheme == "postgresql",
-                  let host = url.host, !host.isEmpty, let user = url.user, !user.isEmpty, url.path.count > 1 else {
-                throw ValidationError("--to: expected postgres://USER@HOST[:PORT]/DATABASE")
-            }
-            if url.password != nil { throw ValidationError("--to: no password in the URL (it would show in ps and shell history); use --password-file or PGPASSWORD") }
-            return PostgresStoreSettings(
-                host: host, port: url.port ?? 5432, database: String(url.path.dropFirst()), user: user, password: password,
-                tls: dbCA.map { .init(caFile: $0, certificateFile: dbCert, keyFile: dbKey) })
+            _ = try database.settings(to, option: "--to", password: nil)
         }
 
         func run() async throws {
-            var password = ProcessInfo.processInfo.environment["PGPASSWORD"]
-            if let passwordFile {
-                do {
-                    password = String(decoding: try Daemon.read(.file(passwordFile), environment: [:]).unsafeCopiedBytes(), as: UTF8.self)
-                } catch {
-                    throw ValidationError("--password-file: \(error)")
-                }
-            }
-            var logger = Logger(label: "kmsctl")
-            logger.logLevel = .error
+            let password = try database.password()
             do {
                 let source = try SQLiteStateStore(readingOnly: sourcePath)
-                let target = try await PostgresStateStore.open(try settings(password: password), logger: logger)
+                let target = try await PostgresStateStore.open(try database.settings(to, option: "--to", password: password), logger: DatabaseOptions.logger)
                 let copied: Result<StateMigration.Summary, any Error>
                 do { copied = .success(try await StateMigration.copy(from: source, to: target)) } catch { copied = .failure(error) }
                 await target.close()
@@ -449,6 +502,48 @@ struct StateCommand: AsyncParsableCommand {
                 print("state migrate failed: \(error)")
                 throw ExitCode(4)
             }
+        }
+    }
+}
+
+/// How kmsctl reaches a PostgreSQL state store: the password (from a file or PGPASSWORD, never the URL) and TLS.
+struct DatabaseOptions: ParsableArguments {
+    @Option(help: "A file holding the database password (otherwise PGPASSWORD).") var passwordFile: String?
+    @Option(help: "TLS to the database: the CA that signed its certificate (the host name is checked).") var dbCA: String?
+    @Option(help: "TLS client certificate for the database (with --db-key).") var dbCert: String?
+    @Option(help: "TLS client key for the database.") var dbKey: String?
+
+    static var logger: Logger {
+        var logger = Logger(label: "kmsctl")
+        logger.logLevel = .error
+        return logger
+    }
+
+    func validate() throws {
+        if (dbCert == nil) != (dbKey == nil) { throw ValidationError("--db-cert and --db-key go together") }
+        if (dbCert != nil) && dbCA == nil { throw ValidationError("a client certificate needs --db-ca") }
+    }
+
+    /// The store `url` (`postgres://USER@HOST[:PORT]/DATABASE`, given as `option`) names.
+    func settings(_ url: String, option: String, password: String?) throws -> PostgresStoreSettings {
+        guard let parts = URLComponents(string: url), parts.scheme == "postgres" || parts.scheme == "postgresql",
+              let host = parts.host, !host.isEmpty, let user = parts.user, !user.isEmpty, parts.path.count > 1 else {
+            throw ValidationError("\(option): expected postgres://USER@HOST[:PORT]/DATABASE")
+        }
+        if parts.password != nil {
+            throw ValidationError("\(option): no password in the URL (it would show in ps and shell history); use --password-file or PGPASSWORD")
+        }
+        return PostgresStoreSettings(
+            host: host, port: parts.port ?? 5432, database: String(parts.path.dropFirst()), user: user, password: password,
+            tls: dbCA.map { .init(caFile: $0, certificateFile: dbCert, keyFile: dbKey) })
+    }
+
+    func password() throws -> String? {
+        guard let passwordFile else { return ProcessInfo.processInfo.environment["PGPASSWORD"] }
+        do {
+            return String(decoding: try Daemon.read(.file(passwordFile), environment: [:]).unsafeCopiedBytes(), as: UTF8.self)
+        } catch {
+            throw ValidationError("--password-file: \(error)")
         }
     }
 }

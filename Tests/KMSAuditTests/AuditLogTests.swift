@@ -435,3 +435,64 @@ struct AuditRecordEncodingTests {
         #expect(AuditTime.now().wholeMatch(of: /[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z/) != nil)
     }
 }
+
+@Suite("Audit anchors across replicas", .serialized)
+struct AuditAnchorTests {
+    /// A replica's log (`checkpointEvery` 10, 35 events, closed): its file's contents and the anchors it emitted.
+    func replicaLog(_ fixture: AuditFixture, _ replica: String) async throws -> (path: String, anchors: [AuditAnchor]) {
+        let path = fixture.directory.appendingPathComponent("audit-\(replica).jsonl").path
+        let emitted = Mutex<[AuditAnchor]>([])
+        var configuration = AuditLog.Configuration(path: path, checkpointEvery: 10, failClosed: true, signer: try FileAuditSigner(path: fixture.keyPath))
+        configuration.replica = replica
+        configuration.onCheckpoint = { anchor in emitted.withLock { $0.append(anchor) } }
+        let log = try AuditLog(configuration)
+        for index in 0..<35 { try await log.record(event(index)) }
+        await log.close()
+        return (path, emitted.withLock { $0 })
+    }
+
+    func contents(_ paths: [String]) throws -> [(name: String, contents: Data)] {
+        try paths.map { ($0, try Data(contentsOf: URL(fileURLWithPath: $0))) }
+    }
+
+    @Test func everyRecordNamesItsReplicaAndEveryDurableCheckpointIsAnchored() async throws {
+        let fixture = try AuditFixture()
+        let (path, anchors) = try await replicaLog(fixture, "kms-1")
+        let lines = try fixture.lines(path)
+        #expect(lines.allSatisfy { json($0)["replica"] as? String == "kms-1" })
+        let checkpoints = lines.filter { json($0)["type"] as? String == "checkpoint" }
+        #expect(anchors.count == checkpoints.count && anchors.count >= 4, "\(anchors.count) anchors, \(checkpoints.count) checkpoints")
+        #expect(anchors.last?.closing == true)
+        #expect(anchors.map(\.lineHash) == checkpoints.map { Hex.encode(SHA256.hash(data: Data($0.utf8))) })
+        #expect(try AuditVerifier(publicKeyPEM: String(contentsOfFile: path + ".pub.pem", encoding: .utf8)).verify(files: [path]).ok)
+    }
+
+    @Test func deletingOrRollingBackOrRewritingAReplicasLogShowsAgainstItsAnchors() async throws {
+        let fixture = try AuditFixture()
+        let (one, firstAnchors) = try await replicaLog(fixture, "kms-1")
+        let (two, secondAnchors) = try await replicaLog(fixture, "kms-2")
+        let anchors = firstAnchors + secondAnchors
+
+        let intact = AuditAnchorCheck.check(files: try contents([one, two]), anchors: anchors)
+        #expect(intact.ok && intact.matched == anchors.count && intact.replicas == ["kms-1", "kms-2"], "\(intact.problems)")
+
+        // One replica's whole log deleted: its chain alone cannot tell, the anchors do.
+        let deleted = AuditAnchorCheck.check(files: try contents([one]), anchors: anchors)
+        #expect(deleted.problems.count == 1 && deleted.problems[0].contains("replica 'kms-2'") && deleted.problems[0].contains("none of the files"))
+
+        // Rolled back to an earlier valid state: the first 20 lines end with a valid checkpoint, but later ones are anchored.
+        let rolledBack = fixture.directory.appendingPathComponent("rolled-back.jsonl").path
+        let lines = try fixture.lines(two)
+        let cut = try #require(lines.indices.last { $0 < 25 && json(lines[$0])["type"] as? String == "checkpoint" })
+        try fixture.write(Array(lines[...cut]), to: rolledBack)
+        let rollback = AuditAnchorCheck.check(files: try contents([one, rolledBack]), anchors: anchors)
+        #expect(rollback.problems.contains { $0.contains("replica 'kms-2'") && $0.contains("rolled back") }, "\(rollback.problems)")
+
+        // A checkpoint rewritten (re-signed chains would pass the verifier with the writer's key): its anchor differs.
+        var rewritten = lines
+        rewritten[cut] = rewritten[cut].replacingOccurrences(of: "\"time\":\"", with: "\"time\":\"1")
+        try fixture.write(rewritten, to: rolledBack)
+        let rewrite = AuditAnchorCheck.check(files: try contents([one, rolledBack]), anchors: anchors)
+        #expect(rewrite.problems.contains { $0.contains("not the checkpoint anchored") }, "\(rewrite.problems)")
+    }
+}

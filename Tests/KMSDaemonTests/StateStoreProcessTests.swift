@@ -28,11 +28,12 @@ struct StateStoreProcessTests {
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file.path)
     }
 
-    /// Replica `index`'s configuration: its own data directory and audit file (`audit-<index>.jsonl`), the shared
-    /// token and database; `rotation` is added to the key `orders`.
+    /// Replica `index`'s configuration: `replica_id: replica-<index>`, its own data directory, the audit file
+    /// `audit.jsonl` (which kmsd names `audit-replica-<index>.jsonl` for a replica), the shared token and database;
+    /// `rotation` is added to the key `orders`.
     static func replicaYAML(_ token: SoftHSMToken, _ cluster: ThrowawayPostgres, database: String, index: Int, rotation: String? = nil) -> String {
         var yaml = KMSDProcess.basicYAML(token, Self.stateSection(cluster, database: database)
-                                         + "\naudit: { file: audit-\(index).jsonl, sign: { file: audit-key.pem } }")
+                                         + "\nreplica_id: replica-\(index)\naudit: { file: audit.jsonl, sign: { file: audit-key.pem } }")
             .replacingOccurrences(of: "data_dir: data\n", with: "data_dir: data-\(index)\n")
         if let rotation {
             yaml = yaml.replacingOccurrences(of: #"allow: ["uri:spiffe://test/storage/node-1"] }"#,
@@ -171,9 +172,12 @@ struct StateStoreProcessTests {
         await client.shutdown()
     }
 
+    /// Replica `index`'s audit file in `directory`.
+    static func auditFile(_ directory: URL, index: Int) -> String { directory.appendingPathComponent("audit-replica-\(index).jsonl").path }
+
     /// The audit records of replica `index` in `directory`.
     static func auditRecords(_ directory: URL, index: Int) throws -> [[String: Any]] {
-        let text = try String(contentsOf: directory.appendingPathComponent("audit-\(index).jsonl"), encoding: .utf8)
+        let text = try String(contentsOfFile: auditFile(directory, index: index), encoding: .utf8)
         return text.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
     }
 
@@ -205,7 +209,7 @@ struct StateStoreProcessTests {
             statuses.append(try await call(node, first.port, "/v1/keys/orders/unwrap", ["wrapped": wrapped[4], "context": ["n": "4"]]).0)
             statuses.append(try await call(admin, second.port, "/v1/admin/keys/orders/rotate", ["reason": "drill"]).0)
             // Each replica lists both, by address, and the store as answering; readiness reports it.
-            let ids = Set([first.port, second.port].map { "\(ProcessInfo.processInfo.hostName):\($0)" })
+            let ids: Set<String> = ["replica-1", "replica-2"]
             #expect(try await within(.seconds(10)) {
                 let (_, status) = try await KMSDProcess.call(admin, port: first.port, .GET, "/v1/admin/status")
                 let store = status["state_store"] as? [String: Any]
@@ -283,6 +287,20 @@ struct StateStoreProcessTests {
         #expect(try await cluster.sql("SELECT version, reserved FROM kmsd_budgets WHERE version = 1", database: database) == "1|5000")
         #expect(try await cluster.sql("SELECT version, wraps FROM kmsd_usage ORDER BY version", database: database)
                 == versions.keys.sorted().map { "\($0)|\(versions[$0] ?? 0)" }.joined(separator: "\n"))
+
+        // Each replica's chain carries its id and is anchored in the database: the three logs verify against the
+        // anchors, and without one of them the check fails and names it.
+        #expect(try Self.auditRecords(directory, index: 2).allSatisfy { $0["replica"] as? String == "replica-2" })
+        let verify = ["audit", "verify", "--public-key", Self.auditFile(directory, index: 1) + ".pub.pem",
+                      "--state", "postgres://\(cluster.user)@127.0.0.1:\(cluster.port)/\(database)",
+                      "--password-file", directory.appendingPathComponent("db-password").path]
+        let all = try BuiltExecutable("kmsctl").run(verify + (1...3).map { Self.auditFile(directory, index: $0) })
+        #expect(all.status == 0 && all.output.contains("OK: replica replica-3"), "\(all.output)")
+        let anchored = try await cluster.sql("SELECT count(*) FROM kmsd_audit_anchors", database: database)
+        #expect(all.output.contains("anchors: \(anchored) of \(anchored)"), "\(all.output)")
+        let missing = try BuiltExecutable("kmsctl").run(verify + (1...2).map { Self.auditFile(directory, index: $0) })
+        #expect(missing.status == 2 && missing.output.contains("replica 'replica-3'") && missing.output.contains("none of the files"),
+                "\(missing.output)")
     }
 
     /// The database stops under load: unwraps go on, data keys go on from the blocks the replicas hold and then get

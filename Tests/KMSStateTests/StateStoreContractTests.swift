@@ -144,6 +144,19 @@ struct StateStoreContractTests {
     }
 
     @Test(arguments: StoreKind.allCases)
+    func auditCheckpointsAreAnchoredOncePerReplicaAndSeq(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ async throws in
+            func anchor(_ replica: String, _ seq: UInt64, _ hash: String, closing: Bool = false) -> AuditAnchorRecord {
+                AuditAnchorRecord(replica: replica, seq: seq, lineHash: hash, signature: "c2ln", time: "2026-12-02T00:00:00.000Z", closing: closing)
+            }
+            try await store.recordAuditAnchors([anchor("kms-2", 11, "b"), anchor("kms-1", 11, "a"), anchor("kms-1", 22, "c", closing: true)])
+            // A repeat (a retried write) changes nothing, not even a different hash for the same seq.
+            try await store.recordAuditAnchors([anchor("kms-1", 11, "x")])
+            #expect(try await store.auditAnchors() == [anchor("kms-1", 11, "a"), anchor("kms-1", 22, "c", closing: true), anchor("kms-2", 11, "b")])
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
     func aLapsedLeaseCannotCommitItsResult(_ kind: StoreKind) async throws {
         try await withStore(kind) { store, _ async throws in
             let entry = JournalEntry(at: start, key: "orders", action: .rotate, actor: "scheduler", reason: "usage", fromVersion: 1,
