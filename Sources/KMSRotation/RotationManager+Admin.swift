@@ -98,9 +98,15 @@ extension RotationManager {
     }
 
     /// Retires `version` of `name`. Refused, with when and how often it was last used, if it unwrapped within the
-    /// key's `retire_quiet_period` — unless `force`.
+    /// key's `retire_quiet_period` — unless `force`. Done holding the key (one replica at a time), committed under its
+    /// lease's grant.
     public func retire(_ name: KeyName, version: KeyVersion, force: Bool, actor: RotationActor) async throws {
         let key = try key(name)
+        try await holdingKey(name) { grant in try await retire(key, version: version, force: force, actor: actor, grant: grant) }
+    }
+
+    private func retire(_ key: Key, version: KeyVersion, force: Bool, actor: RotationActor, grant: LeaseGrant) async throws {
+        let name = key.name
         let now = clock()
         let usage = ledger.usage(VersionID(name.rawValue, version.rawValue))
         if !force, let last = usage.lastUnwrapAt, now < last.addingTimeInterval(key.policy.retireQuietPeriod) {
@@ -113,6 +119,7 @@ extension RotationManager {
             emitRetire(.retireRefused, name, version, detail, actor)
             throw KMSError.conflict(detail)
         }
+        try await checkHolding(grant, name, "retirement")
         do {
             try await key.provider.retireVersion(name, version: version)
         } catch {
@@ -121,9 +128,10 @@ extension RotationManager {
             throw error
         }
         let detail = "version \(version.rawValue) of '\(name)' retired by \(actor)" + (force ? " (forced)" : "")
-        try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor.description, reason: force ? "forced" : "retire",
-                                             fromVersion: version.rawValue, result: .ok, detail: detail))
         await announce(name)
+        try await commit(JournalEntry(at: now, key: name.rawValue, action: .retire, actor: actor.description, reason: force ? "forced" : "retire",
+                                      fromVersion: version.rawValue, result: .ok, detail: detail), under: grant,
+                         lost: "version \(version.rawValue) of '\(name)' was retired in the backend")
         emitRetire(.retired, name, version, detail, actor)
     }
 
@@ -132,14 +140,36 @@ extension RotationManager {
         onEvent(RotationEvent(kind: kind, key: name.rawValue, version: version.rawValue, detail: detail, actor: actor))
     }
 
-    /// Records that a key was created (admin API), so its first version's age is known from now.
-    public func didCreate(_ name: KeyName, description: KeyDescription, actor: RotationActor) async {
-        let now = clock()
-        for info in description.versions {
-            _ = try? await creationTime(VersionID(name.rawValue, info.version.rawValue), backend: info.createdAt)
+    /// Creates a key (admin API) through `make` (the provider's `createKey`), holding the key so that two replicas asked
+    /// at once create it once (the other gets the backend's `already_exists`), and records it: its first version's
+    /// age is known from now.
+    public func create(_ name: KeyName, actor: RotationActor, _ make: () async throws -> KeyDescription) async throws -> KeyDescription {
+        try await holdingKey(name) { grant in
+            try await checkHolding(grant, name, "creation")
+            let description = try await make()
+            let now = clock()
+            for info in description.versions {
+                _ = try? await creationTime(VersionID(name.rawValue, info.version.rawValue), backend: info.createdAt)
+            }
+            await announce(name)
+            try await commit(JournalEntry(at: now, key: name.rawValue, action: .create, actor: actor.description, reason: "create",
+                                          toVersion: description.latestVersion?.rawValue, result: .ok), under: grant,
+                             lost: "key '\(name)' was created in the backend")
+            return description
         }
-        try? await store.append(JournalEntry(at: now, key: name.rawValue, action: .create, actor: actor.description, reason: "create",
-                                             toVersion: description.latestVersion?.rawValue, result: .ok))
+    }
+
+    /// Journals a change's result under the grant it began with (the fencing token). A store that cannot be written
+    /// leaves the entry out, as before; a grant that lapsed (another replica may hold the key) is refused, noted as a
+    /// failed entry, and reported: `lost` says what the backend did all the same.
+    func commit(_ entry: JournalEntry, under grant: LeaseGrant, lost: String) async throws {
+        guard (try? await store.append(entry, fencedBy: grant, now: clock())) == false else { return }
+        var failed = entry
+        failed.result = .failed
+        failed.detail = "\(lost), but this kmsd's lease on the key expired meanwhile; it does not record the change as its own"
+        try? await store.append(failed)
+        logger.error("\(failed.detail ?? "")", metadata: ["key": "\(entry.key)", "epoch": "\(grant.epoch)"])
+        throw KMSError.conflict(failed.detail ?? lost)
     }
 
     /// The rotation journal (newest `limit` entries, oldest first).

@@ -393,30 +393,74 @@ public final class RotationManager: Sendable {
 
     private func rotateLocked(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?,
                               joining: KeyVersion?) async throws -> Outcome? {
-        let name = key.name
-        let lease = "rotate/\(name.rawValue)"
-        var grant = try await store.takeLease(lease, holder: holder, now: clock(), duration: leaseDuration)
-        if grant == nil, trigger == .usage || joining != nil {
-            // Another replica is rotating the key. Wraps whose version's budget is used up wait for that rotation (a
-            // few seconds at most) instead of failing, then go on with the version it made; a manual rotation waits
-            // longer and is answered by it.
-            let deadline = ContinuousClock.now + (trigger == .usage ? usageLeaseWait : manualLeaseWait)
-            while grant == nil, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(25))
-                grant = try await store.takeLease(lease, holder: holder, now: clock(), duration: leaseDuration)
-            }
-        }
-        guard let grant else {
+        // Another replica holding the key: wraps whose version's budget is used up wait for its rotation (a few
+        // seconds at most) instead of failing, then go on with the version it made; a manual rotation waits longer and
+        // is answered by it; a scheduled one leaves the key to it.
+        let wait: Duration = trigger == .usage ? usageLeaseWait : joining != nil ? manualLeaseWait : .zero
+        guard let grant = try await takeKeyLease(key.name, wait: wait) else {
             if expecting != nil { return nil }
-            throw KMSError.conflict("another kmsd is rotating '\(name)' right now; try again in a minute")
+            throw KMSError.conflict("another kmsd is changing '\(key.name)' right now; try again in a minute")
         }
         do {
             let outcome = try await rotateHoldingLease(key, grant, trigger: trigger, actor: actor, expecting: expecting, joining: joining)
-            try? await store.releaseLease(lease, holder: holder)
+            await releaseKeyLease(grant)
             return outcome
         } catch {
-            try? await store.releaseLease(lease, holder: holder)
+            await releaseKeyLease(grant)
             throw error
+        }
+    }
+
+    // MARK: - Holding a key
+
+    /// The lease that makes one replica at a time change a key's versions: rotate, retire, create. (Named for the
+    /// first of them, as replicas of earlier releases take it.)
+    static func keyLease(_ name: KeyName) -> String { "rotate/\(name.rawValue)" }
+
+    /// Takes the key's lease, waiting up to `wait` while another replica holds it; nil if it is still held.
+    func takeKeyLease(_ name: KeyName, wait: Duration) async throws -> LeaseGrant? {
+        let lease = Self.keyLease(name)
+        var grant = try await store.takeLease(lease, holder: holder, now: clock(), duration: leaseDuration)
+        let deadline = ContinuousClock.now + wait
+        while grant == nil, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(25))
+            grant = try await store.takeLease(lease, holder: holder, now: clock(), duration: leaseDuration)
+        }
+        return grant
+    }
+
+    func releaseKeyLease(_ grant: LeaseGrant) async {
+        try? await store.releaseLease(grant.name, holder: grant.holder)
+    }
+
+    /// Runs an administrator's change to `name` (retire, create) holding the key: this process's lock and the store's
+    /// lease, waiting for another replica's change (up to 10 s). `body` gets the grant, to check and commit under.
+    func holdingKey<T>(_ name: KeyName, _ body: (LeaseGrant) async throws -> T) async throws -> T {
+        await locks.lock(name)
+        do {
+            guard let grant = try await takeKeyLease(name, wait: manualLeaseWait) else {
+                throw KMSError.conflict("another kmsd is changing '\(name)' right now; try again in a minute")
+            }
+            do {
+                let result = try await body(grant)
+                await releaseKeyLease(grant)
+                await locks.unlock(name)
+                return result
+            } catch {
+                await releaseKeyLease(grant)
+                throw error
+            }
+        } catch {
+            await locks.unlock(name)
+            throw error
+        }
+    }
+
+    /// Refuses to begin a change under a grant that lapsed (another replica may hold the key now).
+    func checkHolding(_ grant: LeaseGrant, _ name: KeyName, _ what: String) async throws {
+        guard try await store.holds(grant, now: clock()) else {
+            throw KMSError.conflict("the lease on '\(name)' expired before the \(what) began (another kmsd may hold it now); nothing was "
+                                    + "changed, try again")
         }
     }
 
@@ -448,10 +492,7 @@ public final class RotationManager: Sendable {
         }
         // The lease may have lapsed while the backend was read (and another replica taken it): rotate only under a
         // current grant.
-        guard try await store.holds(grant, now: clock()) else {
-            throw KMSError.conflict("the rotation lease of '\(key.name)' expired before the rotation began (another kmsd may hold it now); "
-                                    + "nothing was rotated, try again")
-        }
+        try await checkHolding(grant, key.name, "rotation")
         let info: KeyVersionInfo
         do {
             info = try await key.provider.rotateKey(key.name)
@@ -474,19 +515,10 @@ public final class RotationManager: Sendable {
         // The result is committed only under the grant the rotation began with (the fencing token): a replica whose
         // lease lapsed mid-rotation records that instead, and the replica holding the lease now reads the version
         // from the backend like any other.
-        let entry = JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
-                                 fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .ok)
-        guard (try? await store.append(entry, fencedBy: grant, now: clock())) ?? true else {
-            let detail = "the rotation lease of '\(key.name)' expired while it rotated: the backend made version \(info.version.rawValue), "
-                + "but this kmsd no longer holds the lease and does not record the rotation as its own"
-            try? await store.append(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
-                                                 fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .failed,
-                                                 detail: detail))
-            await announce(key.name)
-            logger.error("\(detail)", metadata: ["key": "\(key.name)", "epoch": "\(grant.epoch)"])
-            throw KMSError.conflict(detail)
-        }
         await announce(key.name)
+        try await commit(JournalEntry(at: now, key: key.name.rawValue, action: .rotate, actor: actor.description, reason: trigger.description,
+                                      fromVersion: before.latest.version.rawValue, toVersion: info.version.rawValue, result: .ok),
+                         under: grant, lost: "the backend made version \(info.version.rawValue) of '\(key.name)'")
         emit(.init(kind: .rotated, key: key.name.rawValue, version: info.version.rawValue,
                    detail: "'\(key.name)' rotated from \(before.latest.version) to \(info.version) (\(trigger), by \(actor))", actor: actor),
              level: .notice)

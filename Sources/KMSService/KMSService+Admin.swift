@@ -50,8 +50,9 @@ extension KMSService {
             if let provider = body.provider, provider != key.providerName {
                 throw ServiceError(.badRequest, .invalidInput, "key '\(name)' is configured for provider '\(key.providerName)', not '\(provider)'")
             }
-            let description = try await perform { try await key.provider.createKey(name) }
-            await rotation.didCreate(name, description: description, actor: .administrator(actor))
+            let description = try await perform { [rotation] in
+                try await rotation.create(name, actor: .administrator(actor)) { try await key.provider.createKey(name) }
+            }
             logger.notice("key created", metadata: ["admin": "\(actor)", "key": "\(name)", "provider": "\(key.providerName)"])
             return (key, description)
         }
