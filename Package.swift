@@ -121,7 +121,7 @@ let package = Package(
         ]),
         // kmsd's own state (usage, creation times, journal, leases): the store protocol, SQLite through GRDB for one process
         // (the default), PostgreSQL through postgres-nio for replicas.
-        module("KMSState", [External.grdb, External.postgres, External.nioCore, External.nioSSL, External.logging]),
+        module("KMSState", ["KMSCore", External.grdb, External.postgres, External.nioCore, External.nioSSL, External.logging]),
         // Rotation planner and scheduler, usage counters.
         module("KMSRotation", ["KMSCore", "KMSState", External.logging, External.serviceLifecycle]),
         // The operations under every front end: policy, limits, provider calls, audit records; no wire protocol.
@@ -207,7 +207,7 @@ let package = Package(
         tests("KMSAuditTests", ["KMSAudit", "KMSCore", External.crypto]),
         tests("KMSRotationTests", ["KMSRotation", "KMSState", "KMSCore", "KMSTestSupport"]),
         // The state store contract, run against SQLite and a throwaway PostgreSQL cluster.
-        tests("KMSStateTests", ["KMSState", "KMSTestSupport", External.grdb]),
+        tests("KMSStateTests", ["KMSState", "KMSCore", "KMSTestSupport", External.grdb]),
         tests("KMSProviderVaultTests", [
             "KMSProviderVault", "KMSProviderPKCS11", "KMSCore", "KMSTestSupport", "VaultDev", "VaultWire", "KMSDaemon", "KMSDev",
             "KMSService", External.serviceLifecycle, External.logging, External.crypto,

@@ -1,6 +1,6 @@
 import Crypto
 public import Foundation
-import KMSCore
+public import KMSCore
 
 /// Checks the audit files of replicas against the checkpoints they anchored in the shared state store: a replica with
 /// anchors must have its log among the files; every anchored checkpoint within the files' range must be there,

@@ -170,27 +170,3 @@ public final class AuditLog: Sendable {
 }
 
 /// The writer thread's state. Confined to that thread after `init` (hence `@unchecked Sendable`).
-
-/// A checkpoint as kept outside the log (the state store's `audit anchors`): deleting or rolling back a replica's
-/// log then shows against them (`AuditAnchorCheck`).
-public struct AuditAnchor: Sendable, Equatable {
-    /// The replica whose chain it is ("" for a log without one).
-    public var replica: String
-    public var seq: UInt64
-    /// Lower-case hex SHA-256 of the checkpoint's line, as the next record's `prev` names it.
-    public var lineHash: String
-    /// The checkpoint's signature (base64).
-    public var signature: String
-    /// The checkpoint's `time`.
-    public var time: String
-    public var closing: Bool
-
-    public init(replica: String, seq: UInt64, lineHash: String, signature: String, time: String, closing: Bool) {
-        self.replica = replica
-        self.seq = seq
-        self.lineHash = lineHash
-        self.signature = signature
-        self.time = time
-        self.closing = closing
-    }
-}

@@ -63,7 +63,7 @@ extension Daemon {
 /// `limit` the oldest are dropped (a later checkpoint anchors the chain as well).
 public final class AuditAnchorForwarder: Service, Sendable {
     static let limit = 10_000
-    private let pending = Mutex<[AuditAnchorRecord]>([])
+    private let pending = Mutex<[AuditAnchor]>([])
     private let target = Mutex<(any StateStore)?>(nil)
     private let logger: Logger
 
@@ -73,10 +73,8 @@ public final class AuditAnchorForwarder: Service, Sendable {
 
     /// From the writer thread: never blocks.
     func submit(_ anchor: AuditAnchor) {
-        let record = AuditAnchorRecord(replica: anchor.replica, seq: anchor.seq, lineHash: anchor.lineHash, signature: anchor.signature,
-                                       time: anchor.time, closing: anchor.closing)
         pending.withLock { pending in
-            pending.append(record)
+            pending.append(anchor)
             if pending.count > Self.limit { pending.removeFirst(pending.count - Self.limit) }
         }
     }

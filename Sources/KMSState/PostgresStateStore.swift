@@ -1,4 +1,5 @@
 public import Foundation
+public import KMSCore
 public import Logging
 import NIOSSL
 import PostgresNIO
@@ -534,7 +535,7 @@ public final class PostgresStateStore: StateStore {
         }
     }
 
-    public func recordAuditAnchors(_ anchors: [AuditAnchorRecord]) async throws {
+    public func recordAuditAnchors(_ anchors: [AuditAnchor]) async throws {
         guard !anchors.isEmpty else { return }
         try await guarded("anchor audit checkpoints") { [logger] client in
             try await client.withTransaction(logger: logger) { connection in
@@ -549,13 +550,13 @@ public final class PostgresStateStore: StateStore {
         }
     }
 
-    public func auditAnchors() async throws -> [AuditAnchorRecord] {
+    public func auditAnchors() async throws -> [AuditAnchor] {
         try await guarded("read audit anchors") { [logger] client in
-            var result: [AuditAnchorRecord] = []
+            var result: [AuditAnchor] = []
             let rows = try await client.query(
                 "SELECT replica, seq, line_hash, signature, time, closing FROM kmsd_audit_anchors ORDER BY replica, seq", logger: logger)
             for try await (replica, seq, hash, signature, time, closing) in rows.decode((String, Int64, String, String, String, Bool).self) {
-                result.append(AuditAnchorRecord(replica: replica, seq: UInt64(clamping: seq), lineHash: hash, signature: signature, time: time,
+                result.append(AuditAnchor(replica: replica, seq: UInt64(clamping: seq), lineHash: hash, signature: signature, time: time,
                                                 closing: closing))
             }
             return result

@@ -1,5 +1,6 @@
 public import Foundation
 import GRDB
+public import KMSCore
 
 /// The embedded state store: one SQLite file (`<data_dir>/rotation.sqlite`), written through GRDB.
 ///
@@ -107,7 +108,7 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
-    public func recordAuditAnchors(_ anchors: [AuditAnchorRecord]) async throws {
+    public func recordAuditAnchors(_ anchors: [AuditAnchor]) async throws {
         guard !anchors.isEmpty else { return }
         try await guarded("anchor audit checkpoints") { [queue] in
             try await queue.write { db in
@@ -120,12 +121,12 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
-    public func auditAnchors() async throws -> [AuditAnchorRecord] {
+    public func auditAnchors() async throws -> [AuditAnchor] {
         try await guarded("read audit anchors") { [queue] in
             try await queue.read { db in
                 try Row.fetchAll(db, sql: "SELECT * FROM audit_anchors ORDER BY replica, seq").map { row in
                     let seq: Int64 = row["seq"]
-                    return AuditAnchorRecord(replica: row["replica"], seq: UInt64(clamping: seq), lineHash: row["line_hash"],
+                    return AuditAnchor(replica: row["replica"], seq: UInt64(clamping: seq), lineHash: row["line_hash"],
                                              signature: row["signature"], time: row["time"], closing: row["closing"])
                 }
             }

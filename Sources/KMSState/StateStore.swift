@@ -1,4 +1,5 @@
 public import Foundation
+public import KMSCore
 
 /// One key version's use, as counted by kmsd.
 public struct VersionUsage: Sendable, Equatable, Codable {
@@ -60,27 +61,6 @@ public struct ReplicaRecord: Sendable, Equatable {
         self.lastSeen = lastSeen
         self.holder = holder
         self.leases = leases
-    }
-}
-
-/// An audit checkpoint of a replica, kept in the shared store so that deleting or rolling back that replica's log
-/// shows (`kmsctl audit verify --state`).
-public struct AuditAnchorRecord: Sendable, Equatable {
-    public var replica: String
-    public var seq: UInt64
-    /// Hex SHA-256 of the checkpoint's line.
-    public var lineHash: String
-    public var signature: String
-    /// The checkpoint's own time (RFC 3339).
-    public var time: String
-    public var closing: Bool
-    public init(replica: String, seq: UInt64, lineHash: String, signature: String, time: String, closing: Bool) {
-        self.replica = replica
-        self.seq = seq
-        self.lineHash = lineHash
-        self.signature = signature
-        self.time = time
-        self.closing = closing
     }
 }
 
@@ -169,10 +149,11 @@ public protocol StateStore: Sendable {
     func heartbeat(_ replica: ReplicaRecord) async throws
     /// Every replica seen within the last day, with the leases each holds at `now`, by id.
     func replicas(now: Date) async throws -> [ReplicaRecord]
-    /// Keeps audit checkpoints (a replica's seq is recorded once; a repeat changes nothing).
-    func recordAuditAnchors(_ anchors: [AuditAnchorRecord]) async throws
+    /// Keeps audit checkpoints, so that deleting or rolling back a replica's log shows (`kmsctl audit verify --state`);
+    /// a replica's seq is recorded once, a repeat changes nothing.
+    func recordAuditAnchors(_ anchors: [AuditAnchor]) async throws
     /// Every anchored checkpoint, by replica and seq.
-    func auditAnchors() async throws -> [AuditAnchorRecord]
+    func auditAnchors() async throws -> [AuditAnchor]
     /// Tells every process sharing the store that `key` changed in its backend (a rotation, a retirement), so that
     /// each reads it again at once instead of at its next periodic read. Best effort: the periodic read stays.
     func announceKeyChange(_ key: String) async throws

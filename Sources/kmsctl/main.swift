@@ -393,7 +393,7 @@ struct Audit: AsyncParsableCommand {
         func verifyReplicas(_ verifier: AuditVerifier, state: String) async throws {
             // The anchors before the files: a checkpoint a running replica writes meanwhile is then in its file, not only
             // in the database (which would look like a rollback).
-            let anchors: [AuditAnchorRecord]
+            let anchors: [AuditAnchor]
             do {
                 let store = try await PostgresStateStore.open(try database.settings(state, option: "--state", password: try database.password()),
                                                               logger: DatabaseOptions.logger, migrate: false)
@@ -421,9 +421,7 @@ struct Audit: AsyncParsableCommand {
                     groups.append((replica, [file]))
                 }
             }
-            let check = AuditAnchorCheck.check(files: contents, anchors: anchors.map {
-                AuditAnchor(replica: $0.replica, seq: $0.seq, lineHash: $0.lineHash, signature: $0.signature, time: $0.time, closing: $0.closing)
-            })
+            let check = AuditAnchorCheck.check(files: contents, anchors: anchors)
             var failed = !check.ok
             var replicas: [[String: Any]] = []
             var lines: [String] = []

@@ -42,22 +42,36 @@ struct StateStoreProcessTests {
         return yaml
     }
 
+    /// A fresh database on `cluster`, a directory (`KMSDProcess.prepare(name)`) holding its password, and `count`
+    /// replicas started there from `replicaYAML` (then `adjust`); those started are stopped if a later one fails.
+    static func startReplicas(_ count: Int, _ name: String, on cluster: ThrowawayPostgres, rotation: String? = nil,
+                              adjust: (String) -> String = { $0 }) async throws -> (directory: URL, database: String, replicas: [KMSDProcess]) {
+        let database = try await cluster.createDatabase()
+        let (directory, token) = try KMSDProcess.prepare(name)
+        try writePassword(cluster.password, in: directory)
+        var replicas: [KMSDProcess] = []
+        do {
+            for index in 1...count {
+                let yaml = adjust(replicaYAML(token, cluster, database: database, index: index, rotation: rotation))
+                replicas.append(try await KMSDProcess.start(directory: directory, yaml: yaml, name: "replica-\(index)"))
+            }
+        } catch {
+            for replica in replicas { _ = replica.stop() }
+            throw error
+        }
+        return (directory, database, replicas)
+    }
+
     /// Two replicas asked to create a key at once create it once; a rotation on one reaches the other within a second
     /// (its data keys use the new version); two replicas asked to rotate at the same instant make one version; a
     /// retirement on one is refused on the other at once (a wrap naming the retired version).
     @Test func aRotationOrRetirementOnOneReplicaReachesTheOtherWithinASecond() async throws {
         let cluster = try await ThrowawayPostgres.shared()
-        let database = try await cluster.createDatabase()
-        let (directory, token) = try KMSDProcess.prepare("follow")
-        try Self.writePassword(cluster.password, in: directory)
-        var replicas: [KMSDProcess] = []
-        defer { for replica in replicas { _ = replica.stop() } }
-        for index in 1...2 {
-            let yaml = Self.replicaYAML(token, cluster, database: database, index: index)
-                .replacingOccurrences(of: #"listen: { api: "127.0.0.1:0" }"#, with: #"listen: { api: "127.0.0.1:0", transit: "127.0.0.1:0" }"#)
+        let (directory, database, replicas) = try await Self.startReplicas(2, "follow", on: cluster) { yaml in
+            yaml.replacingOccurrences(of: #"listen: { api: "127.0.0.1:0" }"#, with: #"listen: { api: "127.0.0.1:0", transit: "127.0.0.1:0" }"#)
                 + "\ntransit: { keys: { orders: orders } }\n"
-            replicas.append(try await KMSDProcess.start(directory: directory, yaml: yaml, name: "replica-\(index)"))
         }
+        defer { for replica in replicas { _ = replica.stop() } }
         let (a, b) = (replicas[0], replicas[1])
         let node = try KMSDProcess.client("node1", in: directory)
         let admin = try KMSDProcess.client("admin", in: directory)
@@ -108,16 +122,8 @@ struct StateStoreProcessTests {
     /// (SIGKILL) mid-load; no request fails beyond the client's retry, and every data key handed out unwraps on the
     /// two left.
     @Test func killingAReplicaUnderLoadFailsNoRequestAndLosesNoKey() async throws {
-        let cluster = try await ThrowawayPostgres.shared()
-        let database = try await cluster.createDatabase()
-        let (directory, token) = try KMSDProcess.prepare("failover")
-        try Self.writePassword(cluster.password, in: directory)
-        var replicas: [KMSDProcess] = []
+        let (directory, _, replicas) = try await Self.startReplicas(3, "failover", on: try await ThrowawayPostgres.shared())
         defer { for replica in replicas { _ = replica.stop() } }
-        for index in 1...3 {
-            replicas.append(try await KMSDProcess.start(directory: directory, yaml: Self.replicaYAML(token, cluster, database: database, index: index),
-                                                        name: "replica-\(index)"))
-        }
         let admin = try KMSDProcess.client("admin", in: directory)
         try await using([admin]) { () async throws in
             #expect(try await KMSDProcess.call(admin, port: replicas[0].port, .POST, "/v1/admin/keys", ["name": "orders"]).0 == 201)
@@ -190,13 +196,9 @@ struct StateStoreProcessTests {
 
     @Test func twoReplicasCountTheirUseTogetherAndShareTheJournal() async throws {
         let cluster = try await ThrowawayPostgres.shared()
-        let database = try await cluster.createDatabase()
-        let (directory, token) = try KMSDProcess.prepare("replicas")
-        try Self.writePassword(cluster.password, in: directory)
-        let first = try await KMSDProcess.start(directory: directory, yaml: Self.replicaYAML(token, cluster, database: database, index: 1), name: "replica-1")
-        defer { _ = first.stop() }
-        let second = try await KMSDProcess.start(directory: directory, yaml: Self.replicaYAML(token, cluster, database: database, index: 2), name: "replica-2")
-        defer { _ = second.stop() }
+        let (directory, database, replicas) = try await Self.startReplicas(2, "replicas", on: cluster)
+        defer { for replica in replicas { _ = replica.stop() } }
+        let (first, second) = (replicas[0], replicas[1])
 
         func call(_ client: HTTPClient, _ port: Int, _ path: String, _ body: [String: Any]) async throws -> (Int, [String: Any]) {
             try await KMSDProcess.call(client, port: port, .POST, path, body)
@@ -246,15 +248,8 @@ struct StateStoreProcessTests {
     /// 5,000 wraps under version 1, and the key rotated exactly once.
     @Test func threeReplicasUnderLoadWrapAVersionAtMostMaxWrapsTimesAndRotateOnce() async throws {
         let cluster = try await ThrowawayPostgres.shared()
-        let database = try await cluster.createDatabase()
-        let (directory, token) = try KMSDProcess.prepare("budgets")
-        try Self.writePassword(cluster.password, in: directory)
-        var replicas: [KMSDProcess] = []
+        let (directory, database, replicas) = try await Self.startReplicas(3, "budgets", on: cluster, rotation: "{ max_wraps: 5000 }")
         defer { for replica in replicas { _ = replica.stop() } }
-        for index in 1...3 {
-            let yaml = Self.replicaYAML(token, cluster, database: database, index: index, rotation: "{ max_wraps: 5000 }")
-            replicas.append(try await KMSDProcess.start(directory: directory, yaml: yaml, name: "replica-\(index)"))
-        }
         let ports = replicas.map(\.port)
         let node = try KMSDProcess.client("node1", in: directory)
         let admin = try KMSDProcess.client("admin", in: directory)
@@ -315,15 +310,8 @@ struct StateStoreProcessTests {
     @Test func theDatabaseStoppingUnderLoadRefusesOnlyWrapsBeyondTheHeldBlocksAndRecovers() async throws {
         let cluster = try await ThrowawayPostgres.start()
         defer { Task { await cluster.stop() } }
-        let database = try await cluster.createDatabase()
-        let (directory, token) = try KMSDProcess.prepare("outage")
-        try Self.writePassword(cluster.password, in: directory)
-        var replicas: [KMSDProcess] = []
+        let (directory, _, replicas) = try await Self.startReplicas(2, "outage", on: cluster)
         defer { for replica in replicas { _ = replica.stop() } }
-        for index in 1...2 {
-            replicas.append(try await KMSDProcess.start(directory: directory, yaml: Self.replicaYAML(token, cluster, database: database, index: index),
-                                                        name: "replica-\(index)"))
-        }
         let ports = replicas.map(\.port)
         let node = try KMSDProcess.client("node1", in: directory)
         let admin = try KMSDProcess.client("admin", in: directory)

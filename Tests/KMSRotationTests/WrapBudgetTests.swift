@@ -53,8 +53,8 @@ final class SwitchableStore: StateStore {
     func releaseLease(_ name: String, holder: String) async throws { try check(); try await inner.releaseLease(name, holder: holder) }
     func heartbeat(_ replica: ReplicaRecord) async throws { try check(); try await inner.heartbeat(replica) }
     func replicas(now: Date) async throws -> [ReplicaRecord] { try check(); return try await inner.replicas(now: now) }
-    func recordAuditAnchors(_ anchors: [AuditAnchorRecord]) async throws { try check(); try await inner.recordAuditAnchors(anchors) }
-    func auditAnchors() async throws -> [AuditAnchorRecord] { try check(); return try await inner.auditAnchors() }
+    func recordAuditAnchors(_ anchors: [AuditAnchor]) async throws { try check(); try await inner.recordAuditAnchors(anchors) }
+    func auditAnchors() async throws -> [AuditAnchor] { try check(); return try await inner.auditAnchors() }
     func announceKeyChange(_ key: String) async throws { try check() }
     func keyChanges() -> AsyncStream<String> { inner.keyChanges() }
     func close() async { await inner.close() }

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import KMSCore
 @testable import KMSState
 import KMSTestSupport
 import Testing
@@ -146,8 +147,8 @@ struct StateStoreContractTests {
     @Test(arguments: StoreKind.allCases)
     func auditCheckpointsAreAnchoredOncePerReplicaAndSeq(_ kind: StoreKind) async throws {
         try await withStore(kind) { store, _ async throws in
-            func anchor(_ replica: String, _ seq: UInt64, _ hash: String, closing: Bool = false) -> AuditAnchorRecord {
-                AuditAnchorRecord(replica: replica, seq: seq, lineHash: hash, signature: "c2ln", time: "2026-12-02T00:00:00.000Z", closing: closing)
+            func anchor(_ replica: String, _ seq: UInt64, _ hash: String, closing: Bool = false) -> AuditAnchor {
+                AuditAnchor(replica: replica, seq: seq, lineHash: hash, signature: "c2ln", time: "2026-12-02T00:00:00.000Z", closing: closing)
             }
             try await store.recordAuditAnchors([anchor("kms-2", 11, "b"), anchor("kms-1", 11, "a"), anchor("kms-1", 22, "c", closing: true)])
             // A repeat (a retried write) changes nothing, not even a different hash for the same seq.
