@@ -258,8 +258,8 @@ public struct StatusBody: Codable, Sendable, Equatable {
 
 public struct HealthBody: Codable, Sendable, Equatable {
     public var status: String
-    /// On readiness: `ok`, or `unavailable: <why>` when the state store does not answer (kmsd still serves unwraps,
-    /// and wraps while the blocks it reserved last).
+    /// On readiness: `ok`, or `unavailable` when the state store does not answer (kmsd still serves unwraps, and wraps
+    /// while the blocks it reserved last; `kmsctl status` says why).
     public var stateStore: String?
     public init(status: String, stateStore: String? = nil) {
         self.status = status

@@ -10,12 +10,13 @@ import Synchronization
 /// A client of kmsd's API v1 over mutual TLS, for storage nodes and `kmsctl`.
 ///
 /// It takes one kmsd endpoint or several (replicas sharing a state store) and spreads requests across those that
-/// answer, in turn. An endpoint that cannot be reached or answers 503 is skipped for `downPeriod`. A request that
-/// fails that way is tried again on the next endpoint (at once, when there is one that is not skipped; otherwise after
-/// a jittered backoff), up to `retries` plus one attempt per endpoint and within `deadline`. Only requests that are
-/// safe to repeat are retried after a lost connection (data keys, unwraps, rewraps, reads); creating, rotating and
-/// retiring keys are retried only after a 503, which says nothing was done. Everything else is returned or thrown at
-/// once. Lifecycle: `shutdown()` when done.
+/// answer, in turn. An endpoint that cannot be reached or answers 503 is skipped for `downPeriod`. A request that is
+/// safe to repeat (data keys, unwraps, rewraps, reads) and fails that way is tried again on the next endpoint (at
+/// once, when there is one that is not skipped; otherwise after a jittered backoff), up to `retries` plus one attempt
+/// per endpoint and within `deadline`. Creating, rotating and retiring keys are sent once: a lost connection or a 503
+/// past kmsd's request deadline does not say the change was not made, and repeating it elsewhere could make it twice;
+/// with several endpoints they go to the first that answers a liveness check. Everything else is returned or thrown
+/// at once. Lifecycle: `shutdown()` when done.
 public final class KMSClient: Sendable {
     public struct Configuration: Sendable {
         /// kmsd's endpoints, `https://kms-1.internal:8443` (at least one).
@@ -137,13 +138,21 @@ public final class KMSClient: Sendable {
     /// One call: an endpoint in turn, and on a lost connection (`idempotent` calls only) or a 503, the next one.
     private func send<Body: Encodable, Reply: Decodable>(_ method: String, _ path: String, _ body: Body?,
                                                        idempotent: Bool = true) async throws -> Reply {
+        try await exchange(method, path, body, idempotent: idempotent).reply
+    }
+
+    /// `send`, and which endpoint answered.
+    private func exchange<Body: Encodable, Reply: Decodable>(_ method: String, _ path: String, _ body: Body?,
+                                                           idempotent: Bool) async throws -> (reply: Reply, endpoint: Int) {
         let began = ContinuousClock.now
-        let attempts = configuration.retries + configuration.servers.count
+        let attempts = idempotent ? configuration.retries + configuration.servers.count : 1
+        // A change is sent once: to an endpoint that just answered (the liveness check fails over like any read).
+        let target = idempotent || configuration.servers.count == 1 ? nil : try await liveEndpoint()
         var attempt = 0
         var failed: Int?
         while true {
             attempt += 1
-            let (index, available) = endpoints.pick(avoiding: failed)
+            let (index, available) = target.map { ($0, true) } ?? endpoints.pick(avoiding: failed)
             if failed != nil, !available || index == failed { try await backoff(attempt - 1) }
             let server = configuration.servers[index]
             var request = HTTPClientRequest(url: server + path)
@@ -175,7 +184,7 @@ public final class KMSClient: Sendable {
             if (200..<300).contains(status) {
                 endpoints.markUp(index)
                 do {
-                    return try JSONDecoder().decode(Reply.self, from: data)
+                    return (try JSONDecoder().decode(Reply.self, from: data), index)
                 } catch {
                     throw KMSClientError(status: status, code: "malformed_response", message: "kmsd's answer could not be read: \(error)")
                 }
@@ -183,13 +192,19 @@ public final class KMSClient: Sendable {
             let detail = (try? JSONDecoder().decode(ErrorBody.self, from: data))?.error
             if status == 503 {
                 endpoints.markDown(index, for: configuration.downPeriod)
-                if canRetry {
+                if idempotent, canRetry {
                     failed = index
                     continue
                 }
             }
             throw KMSClientError(status: status, code: detail?.code ?? "http_\(status)", message: detail?.message ?? "HTTP \(status)")
         }
+    }
+
+    /// The endpoint that answers `GET /v1/health/live` first, trying them in turn (with failover).
+    private func liveEndpoint() async throws -> Int {
+        let (_, endpoint): (HealthBody, Int) = try await exchange("GET", KMSAPI.Path.live, Optional<String>.none, idempotent: true)
+        return endpoint
     }
 
     private func backoff(_ attempt: Int) async throws {

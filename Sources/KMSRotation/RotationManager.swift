@@ -113,8 +113,9 @@ public final class RotationManager: Sendable {
     let leaseDuration: TimeInterval = 120
     /// How long a usage rotation waits for another replica's rotation of the same key to finish.
     let usageLeaseWait: Duration = .seconds(3)
-    /// How long a manual rotation waits for another replica's rotation of the same key to finish.
-    let manualLeaseWait: Duration = .seconds(10)
+    /// How long a manual rotation (or retirement, or creation) waits for another replica's change of the same key to
+    /// finish: well within the API's default request deadline (10 s).
+    let manualLeaseWait: Duration = .seconds(5)
 
     public init(keys: [Key], store: any StateStore, clock: @escaping @Sendable () -> Date = { Date() },
                 holder: String = UUID().uuidString, logger: Logger = Logger(label: "kmsd.rotation"),
@@ -422,8 +423,10 @@ public final class RotationManager: Sendable {
         let lease = Self.keyLease(name)
         var grant = try await store.takeLease(lease, holder: holder, now: clock(), duration: leaseDuration)
         let deadline = ContinuousClock.now + wait
+        var pause = Duration.milliseconds(25)
         while grant == nil, ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(25))
+            try await Task.sleep(for: pause)
+            pause = min(pause * 2, .milliseconds(200))
             grant = try await store.takeLease(lease, holder: holder, now: clock(), duration: leaseDuration)
         }
         return grant

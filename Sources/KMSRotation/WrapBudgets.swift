@@ -37,6 +37,8 @@ final class WrapBudgets: Sendable {
         var exhausted = false
         var refill: Task<Void, Never>?
         var blockSize = WrapBudgets.initialBlock
+        /// When the last reservation succeeded: how long a block lasted is measured from it (failed attempts during an
+        /// outage say nothing about the rate).
         var lastRefillAt: ContinuousClock.Instant?
         var retryAt: ContinuousClock.Instant?
         var lastError: String?
@@ -130,7 +132,6 @@ final class WrapBudgets: Sendable {
                 budget.blockSize = max(budget.blockSize / 2, Self.minimumBlock)
             }
         }
-        budget.lastRefillAt = now
         budget.blockSize = max(1, min(budget.blockSize, limit / 8))
         let count = budget.blockSize
         return Task { [self, store, retryDelay, describe] in
@@ -146,6 +147,7 @@ final class WrapBudgets: Sendable {
                 switch result {
                 case .success(let block?):
                     budget.blocks.append(block)
+                    budget.lastRefillAt = ContinuousClock.now
                     budget.retryAt = nil
                     budget.lastError = nil
                 case .success(nil):

@@ -149,9 +149,10 @@ extension KMSService {
         return StoreStatus(location: rotation.store.location, failure: failure, replicas: replicas)
     }
 
-    /// The state store for readiness: `ok`, or `unavailable: <why>` (from what the last operations saw; no I/O).
+    /// The state store for readiness: `ok` or `unavailable` (from what the last operations saw; no I/O). Why, and where
+    /// the database is, only administrators see (`status`).
     public var stateStoreReadiness: String {
-        rotation.stateStoreFailure.map { "unavailable: \($0.error)" } ?? "ok"
+        rotation.stateStoreFailure == nil ? "ok" : "unavailable"
     }
 
     public func providerHealth() async -> [ProviderStatus] {

@@ -138,6 +138,8 @@ public final class PostgresStateStore: StateStore {
         var retired: [Task<Void, Never>] = []
         /// `keyChanges` listeners, stopped at close.
         var listeners: [Task<Void, Never>] = []
+        /// After `close`: a reconnect that finishes then starts no pool.
+        var closed = false
     }
     private let pool: Mutex<Pool>
 
@@ -204,6 +206,7 @@ public final class PostgresStateStore: StateStore {
 
     public func close() async {
         let runners = pool.withLock { pool in
+            pool.closed = true
             pool.reconnect?.cancel()
             return pool.listeners + [pool.runner] + pool.retired
         }
@@ -239,13 +242,25 @@ public final class PostgresStateStore: StateStore {
         }
         let client = PostgresClient(configuration: clientConfiguration, backgroundLogger: poolLogger)
         let runner = Task { await client.run() }
-        let old = pool.withLock { pool in
+        // The old pool is stopped only after an operation's deadline: what still runs on it (the database was slow,
+        // not gone) finishes or times out on its own instead of failing at once.
+        let grace = settings.operationTimeout
+        let old = pool.withLock { pool -> Task<Void, Never>? in
+            guard !pool.closed else { return nil }
             let old = pool.runner
-            pool.retired.append(old)
-            pool = Pool(client: client, runner: runner, retired: pool.retired, listeners: pool.listeners)
+            let stopping = Task {
+                try? await Task.sleep(for: grace)
+                old.cancel()
+                await old.value
+            }
+            pool = Pool(client: client, runner: runner, retired: pool.retired + [stopping], listeners: pool.listeners)
             return old
         }
-        old.cancel()
+        guard old != nil else {
+            runner.cancel()
+            await runner.value
+            return
+        }
         logger.notice("state store reachable again; new connection pool", metadata: ["location": "\(location)"])
     }
 

@@ -19,6 +19,8 @@ public final class InMemoryKeyProvider: KeyProvider {
         public var down = false
         /// The next this many operations fail with `unavailable` (a short outage a client's retries ride out).
         public var failNext = 0
+        /// Every operation waits for this first (a test holds the backend at an exact point, then lets it go on).
+        public var gate: (@Sendable () async -> Void)?
         public init() {}
     }
 
@@ -55,6 +57,7 @@ public final class InMemoryKeyProvider: KeyProvider {
             faults.failNext = max(0, faults.failNext - 1)
             return now
         }
+        if let gate = faults.gate { await gate() }
         if let delay = faults.delay { try await Task.sleep(for: delay) }
         if faults.down || faults.failNext > 0 { throw KMSError.unavailable("the in-memory backend is down (test fault)") }
     }

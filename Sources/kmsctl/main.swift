@@ -333,7 +333,10 @@ struct Audit: AsyncParsableCommand {
             let keys = [publicKey, publicKeyFromHSM].compactMap { $0 }.count
             if keys > 1 { throw ValidationError("--public-key and --public-key-from-hsm exclude each other") }
             if noSignatures && keys > 0 { throw ValidationError("--no-signatures excludes --public-key and --public-key-from-hsm") }
-            if let state { _ = try database.settings(state, option: "--state", password: nil) }
+            if let state {
+                _ = try database.settings(state, option: "--state", password: nil)
+                if expectLastSeq != nil { throw ValidationError("--expect-last-seq pins one chain's end; with --state each replica has its own") }
+            }
         }
 
         func run() async throws {

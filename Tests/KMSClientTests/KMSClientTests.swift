@@ -175,9 +175,24 @@ struct KMSClientTests {
         let still = second.base.provider.callCount
         for _ in 0..<10 { _ = try await client.datakey("orders") }
         #expect(second.base.provider.callCount - still == 10)
-        // A 503 on the remaining endpoint, with nowhere else to go and no retries: returned.
-        second.base.provider.faults.failNext = 1
-        await #expect(throws: KMSClientError.self) { try await client.datakey("orders") }
+        // A key change is sent once, to an endpoint that answers a liveness check (a new client tries the stopped one
+        // first and passes over it), and a 503 is not retried: the change may have been made all the same.
+        let admin = try KMSClient(.init(server: client.configuration.servers.joined(separator: ","),
+                                        caFile: directory.appendingPathComponent("ca.pem").path,
+                                        certificateFile: directory.appendingPathComponent("node1.pem").path,
+                                        keyFile: directory.appendingPathComponent("node1-key.pem").path,
+                                        adminToken: TestIdentities.adminToken, timeout: .seconds(1), retries: 2))
+        second.base.provider.faults.down = true
+        let requests = second.threads.entries.withLock { $0.count }
+        do {
+            _ = try await admin.rotate("orders")
+            Issue.record("a rotation with the backend down succeeded")
+        } catch let error as KMSClientError {
+            #expect(error.status == 503, "\(error)")
+        }
+        #expect(second.threads.entries.withLock { $0.count } - requests == 2, "one liveness check and one rotation, not retried")
+        second.base.provider.faults.down = false
+        await admin.shutdown()
         await client.shutdown()
         await second.stop()
     }

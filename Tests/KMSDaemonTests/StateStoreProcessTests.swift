@@ -98,11 +98,18 @@ struct StateStoreProcessTests {
             #expect(try await within(.seconds(5)) { try await datakeyVersion(b) == 2 })
             #expect(ContinuousClock.now - rotated < .seconds(1), "replica B wrapped with version 1 for \(ContinuousClock.now - rotated)")
 
-            // Both replicas asked to rotate at the same instant (connections already open): one new version, and
-            // both answer with it.
-            for replica in [a, b] { #expect(try await KMSDProcess.call(admin, port: replica.port, .GET, "/v1/admin/status").0 == 200) }
+            // Both replicas asked to rotate at the same instant: one new version, and both answer with it. The key's
+            // lease is held (as by a third replica's change) while both requests arrive, so they overlap for certain.
+            let held = try await cluster.sql("""
+                INSERT INTO kmsd_leases (name, holder, expires_at, epoch) VALUES ('rotate/orders', 'test', extract(epoch from now()) + 60, 1)
+                ON CONFLICT (name) DO UPDATE SET holder = 'test', expires_at = extract(epoch from now()) + 60, epoch = kmsd_leases.epoch + 1
+                RETURNING holder
+                """, database: database)
+            #expect(held == "test")
             async let first = KMSDProcess.call(admin, port: a.port, .POST, "/v1/admin/keys/orders/rotate", ["reason": "at once"])
             async let second = KMSDProcess.call(admin, port: b.port, .POST, "/v1/admin/keys/orders/rotate", ["reason": "at once"])
+            try await Task.sleep(for: .milliseconds(500))
+            _ = try await cluster.sql("UPDATE kmsd_leases SET expires_at = 0 WHERE name = 'rotate/orders'", database: database)
             let answers = try await [first, second]
             #expect(answers.map(\.0) == [200, 200])
             #expect(answers.map { $0.1["version"] as? Int } == [3, 3], "\(answers)")
@@ -308,8 +315,18 @@ struct StateStoreProcessTests {
     /// The database stops under load: unwraps go on, data keys go on from the blocks the replicas hold and then get
     /// 503 `state_unavailable`; when the database is back, data keys are served again within 2 s, without a restart.
     @Test func theDatabaseStoppingUnderLoadRefusesOnlyWrapsBeyondTheHeldBlocksAndRecovers() async throws {
+        // A cluster of its own, since it is stopped and started again.
         let cluster = try await ThrowawayPostgres.start()
-        defer { Task { await cluster.stop() } }
+        do {
+            try await databaseOutage(cluster)
+            await cluster.stop()
+        } catch {
+            await cluster.stop()
+            throw error
+        }
+    }
+
+    func databaseOutage(_ cluster: ThrowawayPostgres) async throws {
         let (directory, _, replicas) = try await Self.startReplicas(2, "outage", on: cluster)
         defer { for replica in replicas { _ = replica.stop() } }
         let ports = replicas.map(\.port)

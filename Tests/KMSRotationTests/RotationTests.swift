@@ -316,16 +316,22 @@ struct RotationTests {
             let path = try storePath()
             let one = try manager([(orders, provider, RotationPolicy(maxWraps: 100))], store: path, clock: clock)
             try await one.start()
-            // Every backend call takes 500 ms: the usage rotation takes the lease, then reads the key for 500 ms; in the
-            // middle the lease's 120 s pass and another replica takes it.
-            provider.faults.delay = .milliseconds(500)
+            // The usage rotation takes the lease, then reads the key: the read is held until the lease's 120 s have
+            // passed and another replica has taken it.
+            let (reached, reaching) = AsyncStream<Void>.makeStream()
+            let (goOn, letGo) = AsyncStream<Void>.makeStream()
+            provider.faults.gate = {
+                reaching.yield()
+                for await _ in goOn { break }
+            }
             let rotation = Task { try await one.rotate(orders, trigger: .usage, actor: .scheduler, expecting: try KeyVersion(1)) }
-            try await Task.sleep(for: .milliseconds(250))
+            for await _ in reached { break }
+            provider.faults.gate = nil
             clock.advance(121)
             let intruder = try SQLiteStateStore(path: path)
             #expect(try await intruder.acquireLease("rotate/orders", holder: "other-replica", now: clock.now, duration: 120))
+            letGo.yield()
             await #expect(throws: KMSError.self) { try await rotation.value }
-            provider.faults.delay = nil
             #expect(try await latest(provider, orders) == 1, "nothing was rotated")
             #expect(try await one.journal(orders).filter { $0.action == .rotate && $0.result == .ok }.isEmpty)
             await intruder.close()

@@ -64,7 +64,7 @@ final class SwitchableStore: StateStore {
 struct WrapBudgetTests {
     let v1 = VersionID("orders", 1)
 
-    @Test func replicasSharingAStoreWrapAVersionExactlyMaxWrapsTimesAndRotateOnce() async throws {
+    @Test func replicasSharingAStoreWrapAVersionAtMostMaxWrapsTimesAndRotateOnce() async throws {
         try await withOrdersKey { provider, clock in
             let path = try storePath()
             let policy = RotationPolicy(maxWraps: 1000)

@@ -70,7 +70,8 @@ struct PostgresStoreTests {
         while ContinuousClock.now - outage < .seconds(6) {
             let attempt = ContinuousClock.now
             if (try? await store.addUsage([orders1: VersionUsage(wraps: 100)])) == nil { failures += 1 }
-            #expect(ContinuousClock.now - attempt < .seconds(1), "an operation during the outage fails at once")
+            // At once: well before the operation's 2 s deadline, which is what it took before the pool was replaced.
+            #expect(ContinuousClock.now - attempt < .milliseconds(1500), "an operation during the outage fails at once")
             try await Task.sleep(for: .milliseconds(200))
         }
         #expect(failures > 10)
@@ -83,7 +84,7 @@ struct PostgresStoreTests {
             if !recovered { try await Task.sleep(for: .milliseconds(20)) }
         }
         #expect(recovered)
-        #expect(ContinuousClock.now - back < .seconds(1), "served again \(ContinuousClock.now - back) after the database came back")
+        #expect(ContinuousClock.now - back < .milliseconds(1500), "served again \(ContinuousClock.now - back) after the database came back")
         #expect(try await store.allUsage()[orders1]?.wraps == 2)
         await store.close()
     }
