@@ -28,6 +28,10 @@ public struct AuditVerifier {
         public var signaturesChecked = false
         public var problem: Problem?
         public var notes: [String] = []
+        /// The replica whose chain this is (its records' `replica`); nil for a log without one.
+        public var replica: String?
+        /// Each checkpoint's line hash by seq, for the anchors in the state store (`AuditAnchorCheck`).
+        public var checkpointHashes: [UInt64: String] = [:]
         public var ok: Bool { problem == nil }
     }
 
@@ -112,6 +116,13 @@ public struct AuditVerifier {
                 return fail("not an audit record (malformed JSON, or no seq/prev)", seq: nil)
             }
             let hash = Hex.encode(SHA256.hash(data: line.bytes))
+            let replica = object["replica"] as? String
+            if index == 0 {
+                report.replica = replica
+            } else if replica != report.replica {
+                return fail("a record of \(replica.map { "replica '\($0)'" } ?? "no replica") in the chain of "
+                            + "\(report.replica.map { "replica '\($0)'" } ?? "no replica"): two logs mixed", seq: seq)
+            }
             if let previousSeq {
                 if seq <= previousSeq {
                     let earlier = sequence[..<index].contains(seq)
@@ -191,6 +202,7 @@ public struct AuditVerifier {
                     return fail("a checkpoint of an unknown format version", seq: seq)
                 }
                 report.checkpoints += 1
+                report.checkpointHashes[seq] = hash
                 report.unsignedTail = 0
                 lastWasClosing = checkpoint["closing"] as? Bool == true
             }

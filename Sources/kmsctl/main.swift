@@ -411,12 +411,13 @@ struct Audit: AsyncParsableCommand {
                 print("cannot read the anchored checkpoints: \(error)")
                 throw ExitCode(4)
             }
+            // Files by the replica their first record names, in the order given; each group is one chain.
             var groups: [(replica: String, files: [String])] = []
-            var contents: [(name: String, contents: Data)] = []
             for file in files {
-                guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
-                contents.append((file, data))
-                let first = data.split(separator: UInt8(ascii: "\n"), maxSplits: 1).first.map { Data($0) } ?? Data()
+                guard let handle = FileHandle(forReadingAtPath: file) else { throw ValidationError("cannot read \(file)") }
+                let head = (try? handle.read(upToCount: 64 * 1024)) ?? Data()
+                try? handle.close()
+                let first = head.split(separator: UInt8(ascii: "\n"), maxSplits: 1).first.map { Data($0) } ?? Data()
                 let replica = ((try? JSONSerialization.jsonObject(with: first)) as? [String: Any])?["replica"] as? String ?? ""
                 if let index = groups.firstIndex(where: { $0.replica == replica }) {
                     groups[index].files.append(file)
@@ -424,12 +425,12 @@ struct Audit: AsyncParsableCommand {
                     groups.append((replica, [file]))
                 }
             }
-            let check = AuditAnchorCheck.check(files: contents, anchors: anchors)
+            let reports = groups.map { verifier.verify(files: $0.files) }
+            let check = AuditAnchorCheck.check(chains: reports, anchors: anchors)
             var failed = !check.ok
             var replicas: [[String: Any]] = []
             var lines: [String] = []
-            for group in groups {
-                let report = verifier.verify(files: group.files)
+            for (group, report) in zip(groups, reports) {
                 let unsignedRefused = !report.signaturesChecked && !noSignatures
                 failed = failed || !report.ok || unsignedRefused
                 let label = group.replica.isEmpty ? "(no replica id)" : group.replica

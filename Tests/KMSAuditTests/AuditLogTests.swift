@@ -451,8 +451,11 @@ struct AuditAnchorTests {
         return (path, emitted.withLock { $0 })
     }
 
-    func contents(_ paths: [String]) throws -> [(name: String, contents: Data)] {
-        try paths.map { ($0, try Data(contentsOf: URL(fileURLWithPath: $0))) }
+    /// Each file verified as a chain of its own, as `kmsctl audit verify --state` does per replica (chain only: the
+    /// rewritten checkpoint below keeps its old signature, as one re-signed with the writer's key would pass).
+    func chains(_ paths: [String]) throws -> [AuditVerifier.Report] {
+        let verifier = try AuditVerifier(publicKeyPEM: nil, allowOpenTail: true)
+        return paths.map { verifier.verify(files: [$0]) }
     }
 
     @Test func everyRecordNamesItsReplicaAndEveryDurableCheckpointIsAnchored() async throws {
@@ -473,11 +476,16 @@ struct AuditAnchorTests {
         let (two, secondAnchors) = try await replicaLog(fixture, "kms-2")
         let anchors = firstAnchors + secondAnchors
 
-        let intact = AuditAnchorCheck.check(files: try contents([one, two]), anchors: anchors)
-        #expect(intact.ok && intact.matched == anchors.count && intact.replicas == ["kms-1", "kms-2"], "\(intact.problems)")
+        let both = try chains([one, two])
+        #expect(both.map(\.replica) == ["kms-1", "kms-2"])
+        let intact = AuditAnchorCheck.check(chains: both, anchors: anchors)
+        #expect(intact.ok && intact.matched == anchors.count, "\(intact.problems)")
+        // Two replicas' files given as one chain: the verifier says the logs are mixed.
+        let mixed = try AuditVerifier(publicKeyPEM: nil).verify(files: [one, two])
+        #expect(mixed.problem?.message.contains("two logs mixed") == true, "\(String(describing: mixed.problem))")
 
         // One replica's whole log deleted: its chain alone cannot tell, the anchors do.
-        let deleted = AuditAnchorCheck.check(files: try contents([one]), anchors: anchors)
+        let deleted = AuditAnchorCheck.check(chains: try chains([one]), anchors: anchors)
         #expect(deleted.problems.count == 1 && deleted.problems[0].contains("replica 'kms-2'") && deleted.problems[0].contains("none of the files"))
 
         // Rolled back to an earlier valid state: the first 20 lines end with a valid checkpoint, but later ones are anchored.
@@ -485,14 +493,15 @@ struct AuditAnchorTests {
         let lines = try fixture.lines(two)
         let cut = try #require(lines.indices.last { $0 < 25 && json(lines[$0])["type"] as? String == "checkpoint" })
         try fixture.write(Array(lines[...cut]), to: rolledBack)
-        let rollback = AuditAnchorCheck.check(files: try contents([one, rolledBack]), anchors: anchors)
+        let rollback = AuditAnchorCheck.check(chains: try chains([one, rolledBack]), anchors: anchors)
         #expect(rollback.problems.contains { $0.contains("replica 'kms-2'") && $0.contains("rolled back") }, "\(rollback.problems)")
 
-        // A checkpoint rewritten (re-signed chains would pass the verifier with the writer's key): its anchor differs.
-        var rewritten = lines
+        // A checkpoint rewritten in a chain that is consistent again (the last line here; with the writer's key a
+        // longer log could be re-chained and re-signed): the chain verifies, its anchor differs.
+        var rewritten = Array(lines[...cut])
         rewritten[cut] = rewritten[cut].replacingOccurrences(of: "\"time\":\"", with: "\"time\":\"1")
         try fixture.write(rewritten, to: rolledBack)
-        let rewrite = AuditAnchorCheck.check(files: try contents([one, rolledBack]), anchors: anchors)
+        let rewrite = AuditAnchorCheck.check(chains: try chains([one, rolledBack]), anchors: anchors)
         #expect(rewrite.problems.contains { $0.contains("not the checkpoint anchored") }, "\(rewrite.problems)")
     }
 }
