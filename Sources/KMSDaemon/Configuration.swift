@@ -198,8 +198,9 @@ public struct Configuration: Sendable {
     /// name). Default: `<host name>:<API port>`.
     public var replicaID: String?
 
-    /// The replica id when replicas share a PostgreSQL store (nil for SQLite: one process, nothing to tell apart).
-    public var auditReplica: String? {
+    /// This kmsd's id among replicas sharing a PostgreSQL store, for its heartbeat, audit records and audit file name;
+    /// nil for SQLite (one process, nothing to tell apart).
+    public var replica: String? {
         guard case .postgres = state else { return nil }
         return replicaID ?? "\(ProcessInfo.processInfo.hostName):\(listen.port)"
     }
@@ -209,7 +210,7 @@ public struct Configuration: Sendable {
     /// never share a chain.
     public var auditPath: String? {
         guard let file = audit?.file else { return nil }
-        guard let replica = auditReplica else { return file }
+        guard let replica else { return file }
         let safe = String(replica.unicodeScalars.map { scalar -> Character in
             scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || "._-".unicodeScalars.contains(scalar)) ? Character(scalar) : "_"
         })

@@ -49,7 +49,7 @@ extension Daemon {
             path: path, maxFileBytes: audit.maxFileBytes, checkpointEvery: audit.checkpointEvery,
             checkpointInterval: Double(audit.checkpointInterval.components.seconds), failClosed: audit.failClosed, signer: signer,
             syslog: forwarder, maxQueue: audit.maxQueue, keepFiles: audit.keepFiles)
-        if let replica = configuration.auditReplica {
+        if let replica = configuration.replica {
             logConfiguration.replica = replica
             if let anchors { logConfiguration.onCheckpoint = { anchors.submit($0) } }
         }

@@ -171,19 +171,13 @@ public struct Daemon: Sendable {
         let providers = try await startProviders()
         var auditLog: AuditLog?
         var stateStore: (any StateStore)?
-        // The listener runs only once the service group does, after `assemble` returned and filled this in.
-        let rotation = RotationBox()
+        var anchors: AuditAnchorForwarder?
         do {
             let parts = try await assemble(providers: providers) { [logger, configuration] port in
                 logger.notice("kmsd serving", metadata: [
                     "address": "\(configuration.listen.host):\(port)", "mode": "\(configuration.mode.rawValue)",
                     "tls": "\(configuration.tls != nil)",
                 ])
-                // Other replicas sharing the state store list this one by its API address.
-                let host = ProcessInfo.processInfo.hostName
-                let wildcard = ["0.0.0.0", "::", ""].contains(configuration.listen.host)
-                rotation.manager?.identify(id: configuration.replicaID ?? "\(host):\(port)", address: "\(wildcard ? host : configuration.listen.host):\(port)",
-                                           version: KMSDRelease.version)
             } onMetricsRunning: { [logger, configuration] port in
                 logger.notice("metrics serving", metadata: ["address": "\(configuration.listen.metrics?.host ?? ""):\(port)"])
             } onTransitRunning: { [logger, configuration] port in
@@ -193,8 +187,7 @@ public struct Daemon: Sendable {
             }
             auditLog = parts.audit
             stateStore = parts.rotation.store
-            rotation.manager = parts.rotation
-            rotation.anchors = parts.anchors
+            anchors = parts.anchors
             // SIGHUP reloads certificates, the CRL and access lists without dropping connections.
             signal(SIGHUP, SIG_IGN)
             let hangup = DispatchSource.makeSignalSource(signal: SIGHUP)
@@ -223,7 +216,7 @@ public struct Daemon: Sendable {
         auditLog?.submit(AuditEvent(.admin, "stop", result: .ok))
         await auditLog?.close()
         // The closing checkpoint, anchored before the store closes.
-        await rotation.anchors?.forward()
+        await anchors?.forward()
         await stateStore?.close()
         await Self.stop(providers)
     }
@@ -247,7 +240,7 @@ public struct Daemon: Sendable {
     ) async throws -> Parts {
         let metrics = ServerMetrics()
         let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
-        let anchors = configuration.auditReplica != nil && configuration.audit != nil ? AuditAnchorForwarder() : nil
+        let anchors = configuration.replica != nil && configuration.audit != nil ? AuditAnchorForwarder() : nil
         let audit = try await startAudit(providers: providers, events: events, anchors: anchors)
         audit?.submit(AuditEvent(.admin, "start", result: .ok, detail: "mode \(configuration.mode.rawValue), config \(configuration.source)"))
         let rotation = try await startRotation(providers, events: events, audit: audit)
@@ -287,18 +280,5 @@ public struct Daemon: Sendable {
         if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
         if let transit { services.append(transit.app) }
         return Parts(running: running, audit: audit, rotation: rotation, services: services)
-    }
-}
-
-/// The rotation manager (and audit anchors), for a callback made before they exist (the listener's) and run after.
-private final class RotationBox: Sendable {
-    private let value = Mutex<(RotationManager?, AuditAnchorForwarder?)>((nil, nil))
-    var manager: RotationManager? {
-        get { value.withLock { $0.0 } }
-        set { value.withLock { $0.0 = newValue } }
-    }
-    var anchors: AuditAnchorForwarder? {
-        get { value.withLock { $0.1 } }
-        set { value.withLock { $0.1 = newValue } }
     }
 }

@@ -136,7 +136,9 @@ struct Status: AsyncParsableCommand {
                 lines.append("")
                 lines.append("state store \(store.location): \(store.state)"
                              + (store.lastError.map { " since \(store.since ?? "?") (\($0))" } ?? ""))
-                lines.append(column("REPLICA", 24) + column("ADDRESS", 24) + column("VERSION", 9) + column("LAST SEEN", 22) + "LEASES")
+                if !store.replicas.isEmpty {
+                    lines.append(column("REPLICA", 24) + column("ADDRESS", 24) + column("VERSION", 9) + column("LAST SEEN", 22) + "LEASES")
+                }
                 lines += store.replicas.map {
                     column($0.id, 24) + column($0.address, 24) + column($0.version, 9) + column($0.lastSeen, 22)
                         + ($0.leases.isEmpty ? "-" : $0.leases.joined(separator: ","))

@@ -271,13 +271,13 @@ struct ConfigurationTests {
         let directory = try Self.files()
         let postgres = "\nstate: { postgres: { host: 127.0.0.1, database: kmsd, user: kmsd, password: { file: pin } } }"
         let single = try parse(Self.safe, in: directory)
-        #expect(single.auditReplica == nil && single.auditPath == single.audit?.file, "SQLite: one kmsd, the file as configured")
+        #expect(single.replica == nil && single.auditPath == single.audit?.file, "SQLite: one kmsd, the file as configured")
         let named = try parse(Self.safe + postgres + "\nreplica_id: kms-1", in: directory)
         let file = try #require(named.audit?.file)
-        #expect(named.auditReplica == "kms-1")
+        #expect(named.replica == "kms-1")
         #expect(named.auditPath == URL(fileURLWithPath: file).deletingPathExtension().path + "-kms-1.jsonl", "\(named.auditPath ?? "-")")
         let unnamed = try parse(Self.safe + postgres, in: directory)
-        #expect(unnamed.auditReplica == "\(ProcessInfo.processInfo.hostName):\(unnamed.listen.port)")
+        #expect(unnamed.replica == "\(ProcessInfo.processInfo.hostName):\(unnamed.listen.port)")
         #expect(unnamed.auditPath?.hasSuffix("_\(unnamed.listen.port).jsonl") == true, "the ':' is not in the file name")
         for bad in ["\"\"", "\"kms 1\"", "\"kms/1\"", String(repeating: "k", count: 65)] {
             #expect(throws: ConfigurationError.self, "replica_id: \(bad)") { try parse(Self.safe + postgres + "\nreplica_id: \(bad)", in: directory) }
