@@ -102,7 +102,9 @@ extension RotationManager {
     /// lease's grant.
     public func retire(_ name: KeyName, version: KeyVersion, force: Bool, actor: RotationActor) async throws {
         let key = try key(name)
-        try await holdingKey(name) { grant in try await retire(key, version: version, force: force, actor: actor, grant: grant) }
+        _ = try await holdingKey(name, wait: manualLeaseWait) { grant in
+            try await retire(key, version: version, force: force, actor: actor, grant: grant)
+        }
     }
 
     private func retire(_ key: Key, version: KeyVersion, force: Bool, actor: RotationActor, grant: LeaseGrant) async throws {
@@ -144,7 +146,7 @@ extension RotationManager {
     /// at once create it once (the other gets the backend's `already_exists`), and records it: its first version's
     /// age is known from now.
     public func create(_ name: KeyName, actor: RotationActor, _ make: () async throws -> KeyDescription) async throws -> KeyDescription {
-        try await holdingKey(name) { grant in
+        let created = try await holdingKey(name, wait: manualLeaseWait) { grant -> KeyDescription? in
             try await checkHolding(grant, name, "creation")
             let description = try await make()
             let now = clock()
@@ -157,6 +159,9 @@ extension RotationManager {
                              lost: "key '\(name)' was created in the backend")
             return description
         }
+        // `holdingKey` answers nil only for a change that may be skipped, which a creation is not.
+        guard let created else { throw KMSError.internal("the creation of '\(name)' did not run") }
+        return created
     }
 
     /// Journals a change's result under the grant it began with (the fencing token). A store that cannot be written

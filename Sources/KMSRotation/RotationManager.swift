@@ -376,39 +376,16 @@ public final class RotationManager: Sendable {
         // The version a manual rotation rotates away from: the backend's latest now, before any wait.
         var joining: KeyVersion?
         if expecting == nil, case .manual = trigger { joining = try? await refresh(key).latest.version }
-        await locks.lock(name)
-        if let expecting, let latest = states.withLock({ $0[name]?.latest }), latest > expecting {
-            // A rotation this one waited for (in this process) already moved the key on.
-            await locks.unlock(name)
-            return nil
-        }
-        do {
-            let outcome = try await rotateLocked(key, trigger: trigger, actor: actor, expecting: expecting, joining: joining)
-            await locks.unlock(name)
-            return outcome
-        } catch {
-            await locks.unlock(name)
-            throw error
-        }
-    }
-
-    private func rotateLocked(_ key: Key, trigger: RotationTrigger, actor: RotationActor, expecting: KeyVersion?,
-                              joining: KeyVersion?) async throws -> Outcome? {
         // Another replica holding the key: wraps whose version's budget is used up wait for its rotation (a few
         // seconds at most) instead of failing, then go on with the version it made; a manual rotation waits longer and
         // is answered by it; a scheduled one leaves the key to it.
         let wait: Duration = trigger == .usage ? usageLeaseWait : joining != nil ? manualLeaseWait : .zero
-        guard let grant = try await takeKeyLease(key.name, wait: wait) else {
-            if expecting != nil { return nil }
-            throw KMSError.conflict("another kmsd is changing '\(key.name)' right now; try again in a minute")
-        }
-        do {
-            let outcome = try await rotateHoldingLease(key, grant, trigger: trigger, actor: actor, expecting: expecting, joining: joining)
-            await releaseKeyLease(grant)
-            return outcome
-        } catch {
-            await releaseKeyLease(grant)
-            throw error
+        return try await holdingKey(name, wait: wait, busy: { expecting != nil }) { grant in
+            if let expecting, let latest = states.withLock({ $0[name]?.latest }), latest > expecting {
+                // A rotation this one waited for already moved the key on: no need to read the backend.
+                return nil
+            }
+            return try await rotateHoldingLease(key, grant, trigger: trigger, actor: actor, expecting: expecting, joining: joining)
         }
     }
 
@@ -436,12 +413,18 @@ public final class RotationManager: Sendable {
         try? await store.releaseLease(grant.name, holder: grant.holder)
     }
 
-    /// Runs an administrator's change to `name` (retire, create) holding the key: this process's lock and the store's
-    /// lease, waiting for another replica's change (up to 10 s). `body` gets the grant, to check and commit under.
-    func holdingKey<T>(_ name: KeyName, _ body: (LeaseGrant) async throws -> T) async throws -> T {
+    /// Runs a change to `name` (rotate, retire, create) holding the key: this process's lock and the store's lease,
+    /// waiting up to `wait` for another replica's change. `body` gets the grant, to check and commit under. If the lease
+    /// stays taken the change is refused (`conflict`), or with `busy` answering true, skipped (nil).
+    func holdingKey<T>(_ name: KeyName, wait: Duration, busy: () -> Bool = { false },
+                       _ body: (LeaseGrant) async throws -> T?) async throws -> T? {
         await locks.lock(name)
         do {
-            guard let grant = try await takeKeyLease(name, wait: manualLeaseWait) else {
+            guard let grant = try await takeKeyLease(name, wait: wait) else {
+                if busy() {
+                    await locks.unlock(name)
+                    return nil
+                }
                 throw KMSError.conflict("another kmsd is changing '\(name)' right now; try again in a minute")
             }
             do {
