@@ -204,7 +204,7 @@ let package = Package(
             External.asyncHTTPClient, External.nioSSL, External.nioCore, External.nioHTTP1, External.serviceLifecycle,
             External.x509, External.swiftASN1, External.crypto
         ]),
-        tests("KMSAuditTests", ["KMSAudit", "KMSCore", External.crypto]),
+        tests("KMSAuditTests", ["KMSAudit", "KMSCore", "KMSTestSupport", External.crypto]),
         tests("KMSRotationTests", ["KMSRotation", "KMSState", "KMSCore", "KMSTestSupport"]),
         // The state store contract, run against SQLite and a throwaway PostgreSQL cluster.
         tests("KMSStateTests", ["KMSState", "KMSCore", "KMSTestSupport", External.grdb]),

@@ -56,11 +56,25 @@ public final class ThrowawayPostgres: Sendable {
         return try await task.value
     }
 
-    /// A cluster of the caller's own (for a test that stops and starts it); the caller calls `stop()`.
-    public static func start() async throws -> ThrowawayPostgres {
+    /// A new cluster in a directory under the temporary directory; the caller stops it.
+    private static func start() async throws -> ThrowawayPostgres {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postgres-\(UUID().uuidString)")
         try await run(["start", directory.path])
         return try ThrowawayPostgres(directory: directory)
+    }
+
+    /// A cluster of the caller's own (for a test that stops and starts it), for `body`, stopped and removed afterwards
+    /// whatever happens.
+    public static func withOwn<T>(_ body: (ThrowawayPostgres) async throws -> T) async throws -> T {
+        let cluster = try await start()
+        do {
+            let result = try await body(cluster)
+            await cluster.stop()
+            return result
+        } catch {
+            await cluster.stop()
+            throw error
+        }
     }
 
     /// Stops the server and removes the cluster.

@@ -71,8 +71,8 @@ struct BenchSetup {
     /// `extra` adds top-level configuration (a `state` section, say).
     func start(audit: Bool, name: String, pool: Int, providersAndKeys: String? = nil, keys: [String] = ["bench"],
                transit: Bool = false, extra: String = "") async throws -> LaunchedKMSD {
-        let port = try freePort()
-        let transitPort = transit ? try freePort() : 0
+        let port = try freeLoopbackPort()
+        let transitPort = transit ? try freeLoopbackPort() : 0
         let transitSection = transit ? "transit: { keys: { bench: bench } }\n" : ""
         let auditSection = audit ? "audit: { file: audit-\(name)/audit.jsonl, sign: { file: audit-key.pem }, fail_closed: true }\n" : ""
         let yaml = """
@@ -189,20 +189,4 @@ final class LaunchedKMSD: @unchecked Sendable {
             process.waitUntilExit()
         }
     }
-}
-
-/// A port nothing listens on now (bound to 0 and released).
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw FixtureError("socket failed") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard ok else { throw FixtureError("cannot find a free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }

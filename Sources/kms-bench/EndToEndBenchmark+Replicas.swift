@@ -41,8 +41,7 @@ extension EndToEndBenchmark {
         }
         await sqlite.stop()
 
-        let cluster = try await ThrowawayPostgres.start()
-        do {
+        try await ThrowawayPostgres.withOwn { cluster in
             let database = try await cluster.createDatabase()
             let passwordFile = setup.directory.appendingPathComponent("db-password")
             try Data(cluster.password.utf8).write(to: passwordFile)
@@ -67,11 +66,7 @@ extension EndToEndBenchmark {
                 }
                 for kmsd in launched { await kmsd.stop() }
             }
-        } catch {
-            await cluster.stop()
-            throw error
         }
-        await cluster.stop()
         reportStores(results)
     }
 

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 @testable import KMSAudit
 import KMSCore
+import KMSTestSupport
 import Testing
 import Synchronization
 #if canImport(Glibc)
@@ -346,20 +347,9 @@ final class Collector: Sendable {
     private let listener: Int32
 
     init() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && listen(fd, 4) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard fd >= 0, bound else { throw AuditError("cannot listen") }
+        let (fd, port) = try loopbackSocket(listening: true, backlog: 4)
         listener = fd
-        port = Int(UInt16(bigEndian: address.sin_port))
+        self.port = port
         let received = received
         Thread {
             let connection = accept(fd, nil, nil)

@@ -316,14 +316,7 @@ struct StateStoreProcessTests {
     /// 503 `state_unavailable`; when the database is back, data keys are served again within 2 s, without a restart.
     @Test func theDatabaseStoppingUnderLoadRefusesOnlyWrapsBeyondTheHeldBlocksAndRecovers() async throws {
         // A cluster of its own, since it is stopped and started again.
-        let cluster = try await ThrowawayPostgres.start()
-        do {
-            try await databaseOutage(cluster)
-            await cluster.stop()
-        } catch {
-            await cluster.stop()
-            throw error
-        }
+        try await ThrowawayPostgres.withOwn { try await databaseOutage($0) }
     }
 
     func databaseOutage(_ cluster: ThrowawayPostgres) async throws {

@@ -43,14 +43,7 @@ struct PostgresStoreTests {
 
     @Test func anOutageFailsOperationsWithinTheDeadlineAndTheStoreRecoversOnItsOwn() async throws {
         // A cluster of its own: the shared one serves tests running in parallel.
-        let cluster = try await ThrowawayPostgres.start()
-        do {
-            try await outageAndRecovery(cluster)
-            await cluster.stop()
-        } catch {
-            await cluster.stop()
-            throw error
-        }
+        try await ThrowawayPostgres.withOwn { try await outageAndRecovery($0) }
     }
 
     func outageAndRecovery(_ cluster: ThrowawayPostgres) async throws {
@@ -128,31 +121,3 @@ func refusal(_ settings: PostgresStoreSettings) async throws -> String {
     }
     throw FixtureError("a store opened at \(settings), which should have been refused")
 }
-
-/// A loopback port nothing listens on (bound, read and closed).
-func freeLoopbackPort() throws -> Int {
-    let (socket, port) = try loopbackSocket(listening: false)
-    close(socket)
-    return port
-}
-
-/// A bound loopback socket and its port; listening (connections complete in the backlog and are never answered) or not.
-func loopbackSocket(listening: Bool) throws -> (Int32, Int) {
-    let socket = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(socket, $0, length) == 0 && (!listening || listen(socket, 16) == 0) && getsockname(socket, $0, &length) == 0
-        }
-    }
-    guard socket >= 0, bound else {
-        close(socket)
-        throw FixtureError("cannot bind a loopback port")
-    }
-    return (socket, Int(UInt16(bigEndian: address.sin_port)))
-}
-
