@@ -139,6 +139,8 @@ let package = Package(
         module("KMSTransit", [
             "KMSCore", "KMSAPI", "KMSService", "KMSAudit", "KMSRotation", "VaultWire", External.hummingbird, External.nioCore
         ]),
+        // KMIP's TTLV encoding and the specification's tag and enumeration tables: no NIO, no HSM, no keys.
+        .target(name: "KMIPTTLV", swiftSettings: swiftSettings),
         module("KMSDaemon", [
             "KMSCore", "KMSAPI", "KMSServer", "KMSTransit", "VaultWire", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",
             "KMSState", "KMSAudit", "KMSYAML", External.x509, External.swiftASN1, External.crypto, External.logging,
@@ -182,6 +184,7 @@ let package = Package(
         .executableTarget(name: "fuzz-envelope", dependencies: ["KMSCore", "FuzzSupport"], swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-pkcs11-uri", dependencies: ["PKCS11", "FuzzSupport"], swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-api-request", dependencies: ["KMSAPI", "KMSCore", "FuzzSupport"], swiftSettings: swiftSettings),
+        .executableTarget(name: "fuzz-kmip-ttlv", dependencies: ["KMIPTTLV", "FuzzSupport"], swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-config", dependencies: ["KMSDaemon", "FuzzSupport"], swiftSettings: swiftSettings),
         // The service layer over an in-memory provider: no HSM, no HTTP.
         tests("KMSServiceTests", ["KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI"]),
@@ -204,6 +207,7 @@ let package = Package(
             External.asyncHTTPClient, External.nioSSL, External.nioCore, External.nioHTTP1, External.serviceLifecycle,
             External.x509, External.swiftASN1, External.crypto
         ]),
+        tests("KMIPTTLVTests", ["KMIPTTLV"]),
         tests("KMSAuditTests", ["KMSAudit", "KMSCore", "KMSTestSupport", External.crypto]),
         tests("KMSRotationTests", ["KMSRotation", "KMSState", "KMSCore", "KMSTestSupport"]),
         // The state store contract, run against SQLite and a throwaway PostgreSQL cluster.
