@@ -141,8 +141,13 @@ let package = Package(
         ]),
         // KMIP's TTLV encoding and the specification's tag and enumeration tables: no NIO, no HSM, no keys.
         .target(name: "KMIPTTLV", swiftSettings: swiftSettings),
+        // The KMIP front end: request and response messages, the operations over the service layer, the listener.
+        module("KMSKMIP", [
+            "KMIPTTLV", "KMSCore", "KMSService", "KMSServer", "KMSAudit", External.nioCore, External.nioPosix, External.nioSSL,
+            External.logging, External.serviceLifecycle
+        ]),
         module("KMSDaemon", [
-            "KMSCore", "KMSAPI", "KMSServer", "KMSTransit", "VaultWire", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",
+            "KMSCore", "KMSKMIP", "KMSAPI", "KMSServer", "KMSTransit", "VaultWire", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",
             "KMSState", "KMSAudit", "KMSYAML", External.x509, External.swiftASN1, External.crypto, External.logging,
             External.serviceLifecycle, External.unixSignals
         ]),
@@ -208,6 +213,9 @@ let package = Package(
             External.x509, External.swiftASN1, External.crypto
         ]),
         tests("KMIPTTLVTests", ["KMIPTTLV"]),
+        // The KMIP front end over the service and an in-memory provider (message bytes in and out; the listener and
+        // PyKMIP are ci/kmip-conformance's).
+        tests("KMSKMIPTests", ["KMSKMIP", "KMIPTTLV", "KMSCore", "KMSService", "KMSTestSupport"]),
         tests("KMSAuditTests", ["KMSAudit", "KMSCore", "KMSTestSupport", External.crypto]),
         tests("KMSRotationTests", ["KMSRotation", "KMSState", "KMSCore", "KMSTestSupport"]),
         // The state store contract, run against SQLite and a throwaway PostgreSQL cluster.

@@ -29,20 +29,21 @@ require_swift() {
   fi
 }
 
-# A virtualenv with the conformance suite's requirements (hvac, pytest), kept in .build-venv/ between runs.
+# A virtualenv with the conformance suites' requirements (hvac, PyKMIP, pytest), kept in .build-venv/ between runs.
 # Prints the path of its python.
 conformance_venv() {
   local venv="$PWD/.build-venv"
-  local requirements="vault-dev/conformance/requirements.txt"
+  # hvac for the transit suites, PyKMIP for the KMIP suite.
+  local requirements=(vault-dev/conformance/requirements.txt Tests/KMIPConformance/requirements.txt)
   if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" >&2 2>/dev/null || {
       ensure_packages python3-venv >&2
       python3 -m venv "$venv" >&2
     }
   fi
-  if ! cmp -s "$requirements" "$venv/.requirements" 2>/dev/null; then
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements" >&2 || return 1
-    cp "$requirements" "$venv/.requirements"
+  if ! cat "${requirements[@]}" | cmp -s - "$venv/.requirements" 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check "${requirements[@]/#/-r}" >&2 || return 1
+    cat "${requirements[@]}" >"$venv/.requirements"
   fi
   echo "$venv/bin/python"
 }

@@ -53,7 +53,7 @@ public struct TTLVError: Error, Hashable, Sendable, CustomStringConvertible {
         case .tooDeep: what = "structures are nested too deeply"
         case .tooLarge: what = "the message is larger than the server accepts"
         case .unknownType: what = "an item has a type KMIP 1.x does not define"
-        case .unknownTag: what = "an item has a tag KMIP 1.0–1.4 does not define"
+        case .unknownTag: what = "an item has a tag KMIP 1.0 to 1.4 does not define"
         case .invalidBoolean: what = "a Boolean is neither 0 nor 1"
         case .invalidText: what = "a Text String is not UTF-8"
         case .trailingBytes: what = "bytes follow the message"

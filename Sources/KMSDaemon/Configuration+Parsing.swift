@@ -213,13 +213,13 @@ struct Reader {
     mutating func configuration(_ root: [String: Any], source: String) -> Configuration? {
         let top = map(root, "config", known: [
             "mode", "listen", "tls", "providers", "keys", "admin", "limits", "log_level", "log_format", "debug", "data_dir", "audit",
-            "transit", "state", "replica_id",
+            "transit", "kmip", "state", "replica_id",
         ]) ?? [:]
         let modeText = string(top, "mode", "config") ?? "development"
         let mode = Configuration.Mode(rawValue: modeText)
         if mode == nil { problem("mode", "expected development or production, not '\(modeText)'") }
 
-        let listenMap = map(top["listen"], "listen", known: ["api", "metrics", "transit", "allow_public_bind", "allow_public_metrics"])
+        let listenMap = map(top["listen"], "listen", known: ["api", "metrics", "transit", "kmip", "allow_public_bind", "allow_public_metrics"])
         let api = string(listenMap, "api", "listen") ?? "127.0.0.1:8443"
         var host = "127.0.0.1"
         var port = 8443
@@ -237,9 +237,16 @@ struct Reader {
         if let text = string(listenMap, "transit", "listen") {
             if let address = Self.hostPort(text) { transitAddress = address } else { problem("listen.transit", "expected host:port, not '\(text)'") }
         }
-        let listen = Configuration.Listen(host: host, port: port, allowPublicBind: bool(listenMap, "allow_public_bind", "listen", default: false),
+        var kmipAddress: (host: String, port: Int)?
+        if let text = string(listenMap, "kmip", "listen") {
+            if let address = Self.hostPort(text) { kmipAddress = address } else { problem("listen.kmip", "expected host:port, not '\(text)'") }
+        } else if let kmip = top["kmip"], !(kmip is NSNull) {
+            kmipAddress = (host: "127.0.0.1", port: 5696)
+        }
+        var listen = Configuration.Listen(host: host, port: port, allowPublicBind: bool(listenMap, "allow_public_bind", "listen", default: false),
                                           metrics: metrics, allowPublicMetrics: bool(listenMap, "allow_public_metrics", "listen", default: false),
                                           transit: transitAddress)
+        listen.kmip = kmipAddress
 
         var tls: Configuration.TLS?
         if let tlsMap = map(top["tls"], "tls", known: ["cert", "key", "client_ca", "crl", "crl_refresh", "crl_grace", "min_version", "client_auth", "ciphers", "identity"]) {
@@ -356,6 +363,7 @@ struct Reader {
         if logFormat == nil { problem("log_format", "expected text or json") }
         let audit = self.audit(top["audit"], production: mode == .production, providers: providersMap)
         let transit = self.transit(top["transit"], listening: listenMap?["transit"] != nil, tls: tls != nil, keys: Set(keys.keys))
+        let kmip = self.kmip(top["kmip"], listening: listenMap?["kmip"] != nil, tls: tls != nil, keys: Set(keys.keys))
         let state = self.state(top["state"])
         let replicaID = string(top, "replica_id", "config")
         if let replicaID, replicaID.isEmpty || replicaID.count > 64
@@ -368,6 +376,7 @@ struct Reader {
             logLevel: logLevel, debug: debug, dataDirectory: dataDirectory, state: state, audit: audit, transit: transit,
             logFormat: logFormat ?? .text, source: source)
         configuration.replicaID = replicaID
+        configuration.kmip = kmip
         return configuration
     }
 

@@ -4,6 +4,7 @@ public import KMSState
 public import KMSRotation
 public import KMSService
 public import KMSTransit
+public import KMSKMIP
 
 /// kmsd's validated configuration. Made only by `Configuration.load` / `parse`, which read the YAML file, apply
 /// `KMSD_*` environment overrides, and check everything in one step, listing every problem with its key path.
@@ -25,6 +26,8 @@ public struct Configuration: Sendable {
         public var allowPublicMetrics: Bool
         /// The Vault transit listener (`listen.transit`, HTTPS); nil when not configured.
         public var transit: (host: String, port: Int)?
+        /// The KMIP listener (`listen.kmip`, mutual TLS; 127.0.0.1:5696 when the kmip section is given without it).
+        public var kmip: (host: String, port: Int)?
     }
 
     /// `audit`: the hash-chained audit log (see docs/audit.md).
@@ -188,6 +191,8 @@ public struct Configuration: Sendable {
     public var audit: Audit?
     /// `transit`: the Vault transit front end; nil when not configured.
     public var transit: TransitConfiguration?
+    /// `kmip`: the KMIP front end; nil when not configured.
+    public var kmip: KMIPConfiguration?
     /// `log_format: json` writes one JSON object per log line.
     public var logFormat: KMSDLogging.Format
     /// The file the configuration came from (for relative paths and messages).

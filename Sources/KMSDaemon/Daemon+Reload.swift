@@ -5,13 +5,14 @@ import KMSRotation
 import KMSServer
 import KMSService
 import KMSTransit
+import KMSKMIP
 import Logging
 
 /// SIGHUP: build and check every part of the new configuration, then swap them in.
 extension Daemon {
     /// SIGHUP: reads the configuration file again and applies what can change without a restart — the server
     /// certificate, the client CA, the CRL, per-key allow lists, admin identities and tokens, limits, the transit
-    /// section (its keys and tokens). Providers and
+    /// section (its keys and tokens), the kmip section. Providers and
     /// listeners stay as they are. A bad file changes nothing and is reported.
     public func reload(_ running: Running, providers: [String: any KeyProvider]) throws {
         do {
@@ -40,9 +41,14 @@ extension Daemon {
         if before?.host != after?.host || before?.port != after?.port {
             throw ConfigurationError(["listen.transit: a reload cannot start, stop or move the transit listener; restart kmsd to change it"])
         }
+        let (kmipBefore, kmipAfter) = (configuration.listen.kmip, fresh.listen.kmip)
+        if kmipBefore?.host != kmipAfter?.host || kmipBefore?.port != kmipAfter?.port {
+            throw ConfigurationError(["listen.kmip: a reload cannot start, stop or move the KMIP listener; restart kmsd to change it"])
+        }
         let tls = try fresh.tls.map { try Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA) }
         let context = try tls.map { try TLSContextBox.makeContext($0) }
         let transitContext = try running.transitTLS == nil ? nil : tls.map { try TLSContextBox.makeContext(Self.transitTLS($0)) }
+        let kmipContext = try running.kmip == nil ? nil : tls.map { try TLSContextBox.makeContext(Self.kmipTLS($0)) }
         let revocation = try Self.revocation(fresh.tls)
         try running.server.checkNotRollback(revocation)
         let pins = try reloaded.providerPINs(providers)
@@ -52,10 +58,12 @@ extension Daemon {
 
         if let context, let box = running.tls { box.install(context) }
         if let transitContext, let box = running.transitTLS { box.install(transitContext) }
+        if let kmipContext, let listener = running.kmip { listener.tls.install(kmipContext) }
         running.server.rotation.update(keys: keys)
         running.server.reload(snapshot)
         // After the policy the transit keys name: a transit name never points at a key the policy does not have yet.
         if let transit = fresh.transit { running.transit?.reload(transit) }
+        if let kmip = fresh.kmip { running.kmip?.frontEnd.reload(kmip) }
         running.revocationRefresh.update(fresh.tls)
         for (provider, pin) in pins { provider.reloadCredential(pin) }
         logger.notice("configuration reloaded", metadata: ["file": "\(configuration.source)"])

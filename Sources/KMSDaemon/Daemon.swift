@@ -8,6 +8,7 @@ public import KMSAudit
 public import KMSServer
 public import KMSService
 public import KMSTransit
+public import KMSKMIP
 import KMSState
 import VaultWire
 public import Logging
@@ -73,6 +74,8 @@ public struct Daemon: Sendable {
         public var transitTLS: TLSContextBox? = nil
         /// The transit front end, whose section a reload replaces; nil without a transit listener.
         public var transit: TransitFrontEnd? = nil
+        /// The KMIP listener (its TLS and front end a reload replaces); nil without one.
+        public var kmip: KMIPListener? = nil
     }
 
     /// Builds the HTTP application. `onRunning` gets the bound port.
@@ -184,6 +187,8 @@ public struct Daemon: Sendable {
                 logger.notice("transit serving", metadata: [
                     "address": "\(configuration.listen.transit?.host ?? ""):\(port)", "mount": "\(configuration.transit?.mount ?? "")",
                 ])
+            } onKMIPRunning: { [logger, configuration] port in
+                logger.notice("kmip serving", metadata: ["address": "\(configuration.listen.kmip?.host ?? ""):\(port)"])
             }
             auditLog = parts.audit
             stateStore = parts.rotation.store
@@ -236,7 +241,8 @@ public struct Daemon: Sendable {
     public func assemble(
         providers: [String: any KeyProvider], onAPIRunning: @escaping @Sendable (Int) async -> Void = { _ in },
         onMetricsRunning: @escaping @Sendable (Int) async -> Void = { _ in },
-        onTransitRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+        onTransitRunning: @escaping @Sendable (Int) async -> Void = { _ in },
+        onKMIPRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws -> Parts {
         let metrics = ServerMetrics()
         let events = SecurityEvents(onRecord: { metrics.securityEvent($0) })
@@ -247,7 +253,8 @@ public struct Daemon: Sendable {
         anchors?.attach(rotation.store)
         do {
             var parts = try await serving(providers: providers, rotation: rotation, audit: audit, events: events, metrics: metrics,
-                                          onAPIRunning: onAPIRunning, onMetricsRunning: onMetricsRunning, onTransitRunning: onTransitRunning)
+                                          onAPIRunning: onAPIRunning, onMetricsRunning: onMetricsRunning, onTransitRunning: onTransitRunning,
+                                          onKMIPRunning: onKMIPRunning)
             if let anchors {
                 parts = Parts(running: parts.running, audit: parts.audit, rotation: parts.rotation, services: parts.services + [anchors],
                               anchors: anchors)
@@ -263,7 +270,7 @@ public struct Daemon: Sendable {
     private func serving(
         providers: [String: any KeyProvider], rotation: RotationManager, audit: AuditLog?, events: SecurityEvents, metrics: ServerMetrics,
         onAPIRunning: @escaping @Sendable (Int) async -> Void, onMetricsRunning: @escaping @Sendable (Int) async -> Void,
-        onTransitRunning: @escaping @Sendable (Int) async -> Void
+        onTransitRunning: @escaping @Sendable (Int) async -> Void, onKMIPRunning: @escaping @Sendable (Int) async -> Void
     ) async throws -> Parts {
         var (app, running) = try application(
             policy: try policy(providers, rotation: rotation), rotation: rotation, events: events, audit: audit, metrics: metrics,
@@ -272,6 +279,7 @@ public struct Daemon: Sendable {
                                              onRunning: onTransitRunning)
         running.transitTLS = transit?.tls
         running.transit = transit?.frontEnd
+        running.kmip = try kmipListener(running.server, handshakeFailures: running.handshakeFailures, onRunning: onKMIPRunning)
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape
         var services: [any Service] = [
@@ -279,6 +287,7 @@ public struct Daemon: Sendable {
         ]
         if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
         if let transit { services.append(transit.app) }
+        if let kmip = running.kmip { services.append(kmip) }
         return Parts(running: running, audit: audit, rotation: rotation, services: services)
     }
 }

@@ -103,6 +103,11 @@ public struct HardeningChecklist: Sendable {
             check("transit listener: no wildcard bind (or allow_public_bind set)", !wildcard || configuration.listen.allowPublicBind,
                   wildcard ? "listen.transit binds \(transit.host); set listen.allow_public_bind: true if intended" : "\(transit.host):\(transit.port)")
         }
+        if let kmip = configuration.listen.kmip {
+            let wildcard = Self.isWildcard(kmip.host)
+            check("KMIP listener: no wildcard bind (or allow_public_bind set)", !wildcard || configuration.listen.allowPublicBind,
+                  wildcard ? "listen.kmip binds \(kmip.host); set listen.allow_public_bind: true if intended" : "\(kmip.host):\(kmip.port)")
+        }
         if let transit = configuration.transit {
             let tokens = transit.tokens.count
             check("transit clients authenticate with certificates", true,

@@ -1,5 +1,5 @@
 import HTTPTypes
-import NIOCore
+package import NIOCore
 import NIOHTTPTypes
 public import KMSService
 import Synchronization
@@ -121,7 +121,7 @@ public final class ConnectionLimit: Sendable {
 /// One admitted connection's place in its `ConnectionLimit`: established when its handshake completed (or, without
 /// TLS, when its first byte arrived), authenticated when that handshake verified a client certificate, released
 /// exactly once when it closes.
-final class ConnectionTicket: Sendable {
+package final class ConnectionTicket: Sendable {
     private struct State {
         var established = false
         var authenticated = false
@@ -172,7 +172,7 @@ final class ConnectionTicket: Sendable {
 extension ConnectionLimit {
     /// Admits `channel` or closes it; arms its handshake deadline and maximum age, both cancelled when it closes.
     /// Runs on the channel's event loop (a child channel's setup).
-    func guardConnection(_ channel: any Channel) -> ConnectionTicket? {
+    package func guardConnection(_ channel: any Channel) -> ConnectionTicket? {
         let source = channel.remoteAddress?.ipAddress ?? "unknown"
         guard let ticket = admit(source: source) else {
             channel.close(promise: nil)
@@ -222,10 +222,10 @@ final class FirstByteObserver: ChannelInboundHandler, RemovableChannelHandler {
 
 
 /// The event that tells a connection's `RecycleAtMaxAge` it has reached its maximum age.
-struct ConnectionReachedMaxAge {}
+package struct ConnectionReachedMaxAge {}
 
 /// The event that tells a connection's `RecycleAtMaxAge` an idle timeout has passed since its maximum age.
-struct ConnectionIdleAfterMaxAge {}
+package struct ConnectionIdleAfterMaxAge {}
 
 /// Recycles a connection that reached its maximum age without failing a request: closing it while idle would race
 /// a request the client may be sending at that moment. Instead, the first request after the maximum age is answered

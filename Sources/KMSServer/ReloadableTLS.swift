@@ -4,7 +4,7 @@ public import NIOCore
 import NIOTLS
 import CTLSOptions
 public import NIOSSL
-import KMSService
+package import KMSService
 import SwiftASN1
 import X509
 import Synchronization
@@ -43,7 +43,7 @@ public final class TLSContextBox: Sendable {
         return context
     }
 
-    var current: NIOSSLContext { context.withLock { $0 } }
+    package var current: NIOSSLContext { context.withLock { $0 } }
 }
 
 /// The server's TLS context could not be made as kmsd requires.
@@ -129,8 +129,8 @@ extension HTTPServerBuilder {
 /// Sits behind the TLS handler: marks the connection established (and authenticated when a client certificate was
 /// verified) when the handshake completes, and reports an error that arrives before then: the client was refused
 /// during the handshake, or did not finish it in time (it never reaches a route, so this is the only place to see it).
-final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
+package final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
+    package typealias InboundIn = NIOAny
     let ticket: ConnectionTicket
     let handshakeTimeout: Duration
     let onFailure: @Sendable (String, String) -> Void
@@ -139,15 +139,15 @@ final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
     private var completed = false
     private var reported = false
 
-    init(ticket: ConnectionTicket, handshakeTimeout: Duration, peer: EventLoopPromise<PeerCertificate?>,
-         onFailure: @escaping @Sendable (String, String) -> Void) {
+    package init(ticket: ConnectionTicket, handshakeTimeout: Duration, peer: EventLoopPromise<PeerCertificate?>,
+                 onFailure: @escaping @Sendable (String, String) -> Void) {
         self.ticket = ticket
         self.handshakeTimeout = handshakeTimeout
         self.peer = peer
         self.onFailure = onFailure
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
             completed = true
             // The one parse of the client certificate for the whole connection.
@@ -161,7 +161,7 @@ final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    package func handlerRemoved(context: ChannelHandlerContext) {
         resolve(nil)
     }
 
@@ -170,13 +170,13 @@ final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
         peer = nil
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         report(context, String("\(error)".prefix(300)))
         context.fireErrorCaught(error)
     }
 
     /// Some refusals (an old protocol version) end the connection without an error reaching this handler.
-    func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         resolve(nil)
         report(context, ticket.timedOut ? "no TLS handshake within \(handshakeTimeout)" : "the connection closed before the TLS handshake completed")
         context.fireChannelInactive()

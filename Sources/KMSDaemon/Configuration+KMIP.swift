@@ -1,0 +1,31 @@
+import Foundation
+import KMIPTTLV
+import KMSCore
+import KMSKMIP
+
+/// `listen.kmip` and `kmip:`: the KMIP front end (docs/kmip.md).
+extension Reader {
+    /// The `kmip` section; nil when there is none. It needs the tls section (KMIP is always mutual TLS), the
+    /// identities that may use it (`allow`) and the kmsd key that wraps managed objects (`wrapping_key`).
+    mutating func kmip(_ value: Any?, listening: Bool, tls: Bool, keys: Set<KeyName>) -> KMIPConfiguration? {
+        guard let value, !(value is NSNull) else {
+            if listening { problem("kmip", "listen.kmip is set: add a kmip section (allow, wrapping_key)") }
+            return nil
+        }
+        guard let kmipMap = map(value, "kmip", known: ["allow", "export", "wrapping_key", "max_message_bytes"]) else { return nil }
+        if !tls { problem("kmip", "the KMIP listener needs the tls section (KMIP is always mutual TLS)") }
+        var configuration = KMIPConfiguration()
+        configuration.allow = identityPatterns(kmipMap, "allow", "kmip")
+        if configuration.allow.isEmpty { problem("kmip.allow", "list the identities that may use KMIP (e.g. uri:spiffe://prod/db/*)") }
+        configuration.export = identityPatterns(kmipMap, "export", "kmip")
+        if let text = string(kmipMap, "wrapping_key", "kmip", required: true) {
+            if let key = try? KeyName(text), keys.contains(key) {
+                configuration.wrappingKey = key
+            } else {
+                problem("kmip.wrapping_key", "'\(text.prefix(64))' is not a key in the keys section")
+            }
+        }
+        configuration.limits.maxMessageBytes = int(kmipMap, "max_message_bytes", "kmip", default: 1 << 20, range: 4096...(64 << 20))
+        return configuration
+    }
+}

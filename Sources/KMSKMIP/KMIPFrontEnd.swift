@@ -1,0 +1,151 @@
+import Foundation
+public import KMIPTTLV
+import KMSAudit
+public import KMSCore
+public import KMSService
+import Synchronization
+
+/// `kmip:`: who may use the KMIP listener and how its messages are bounded (docs/kmip.md).
+public struct KMIPConfiguration: Sendable {
+    /// Identity patterns (as in a key's `allow`) that may use KMIP at all.
+    public var allow: [String] = []
+    /// Identity patterns that may Get key material; the rest of `allow` may still Encrypt and Decrypt.
+    public var export: [String] = []
+    /// The kmsd key that wraps every managed object's key material in the state store.
+    public var wrappingKey: KeyName?
+    /// The most bytes, nesting and items one request message may have.
+    public var limits = TTLVLimits(maxMessageBytes: 1 << 20, maxDepth: 16, maxItems: 16_384)
+
+    public init() {}
+}
+
+/// kmsd's KMIP front end: reads a request message, runs each of its batch items as one operation in its own audit
+/// scope over the service layer (authentication by the connection's client certificate, `kmip.allow`, the rate limit,
+/// the audit record), and writes the response message. It holds no connection state: the listener
+/// (`KMIPListener`) hands it each message with the connection's peer. Safe to share.
+public final class KMIPFrontEnd: Sendable {
+    static let frontend = "kmip"
+
+    public let service: KMSService
+    private let state: Mutex<KMIPConfiguration>
+    /// Seconds since 1970, for response time stamps (a test may fix it).
+    let now: @Sendable () -> Int64
+
+    public convenience init(service: KMSService, configuration: KMIPConfiguration) {
+        self.init(service: service, configuration: configuration, now: { Int64(Date().timeIntervalSince1970) })
+    }
+
+    init(service: KMSService, configuration: KMIPConfiguration, now: @escaping @Sendable () -> Int64) {
+        self.service = service
+        self.state = Mutex(configuration)
+        self.now = now
+    }
+
+    public var configuration: KMIPConfiguration { state.withLock { $0 } }
+
+    /// Replaces the section for messages that start from now on (a reload).
+    public func reload(_ configuration: KMIPConfiguration) { state.withLock { $0 = configuration } }
+
+    /// The response to one request message (its bytes, as framed by the listener). Never throws: a message that
+    /// does not decode or does not parse is answered with one failed batch item (`Invalid Message` or `Invalid
+    /// Field`), and every batch item's failure is that item's result.
+    public func respond(to bytes: [UInt8], peer: PeerCertificate?) async -> [UInt8] {
+        let configuration = configuration
+        let message: TTLVItem
+        do {
+            message = try TTLVDecoder.decode(bytes, limits: configuration.limits)
+        } catch {
+            service.events.record("kmip_malformed")
+            return refusal(KMIPRequest.bestEffortVersion(nil),
+                           KMIPFailure(error.isInvalidMessage ? .invalidMessage : .invalidField, error.description))
+        }
+        let request: KMIPRequest
+        do {
+            request = try KMIPRequest(message)
+        } catch {
+            service.events.record("kmip_malformed")
+            return refusal(KMIPRequest.bestEffortVersion(message), error)
+        }
+        var results: [KMIPResult] = []
+        for item in request.items {
+            let outcome = await perform(item, version: request.version, peer: peer, configuration: configuration)
+            results.append(KMIPResult(operation: item.operation, id: item.id, outcome: outcome))
+            if case .failure = outcome, request.batchErrorContinuation == .stop { break }
+        }
+        var response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
+        if let limit = request.maximumResponseSize, response.count > limit {
+            let tooLarge = KMIPFailure(.responseTooLarge, "the response is \(response.count) bytes; the request allows \(limit)")
+            results = results.map { KMIPResult(operation: $0.operation, id: $0.id, outcome: .failure(tooLarge)) }
+            response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
+        }
+        return response
+    }
+
+    /// A response with one failed batch item and no operation: the message could not be read.
+    private func refusal(_ version: KMIPVersion, _ failure: KMIPFailure) -> [UInt8] {
+        TTLVEncoder.encode(KMIPResponse.message(version, [KMIPResult(operation: nil, id: nil, outcome: .failure(failure))], now: now()))
+    }
+
+    /// One batch item as one audited operation: the caller is authenticated by the connection's certificate and must
+    /// match `kmip.allow` before the operation sees its payload.
+    private func perform(_ item: KMIPRequest.Item, version: KMIPVersion, peer: PeerCertificate?,
+                         configuration: KMIPConfiguration) async -> Result<[TTLVItem]?, KMIPFailure> {
+        do {
+            let payload = try await service.audited(.keyAccess, item.operation.auditAction, frontend: Self.frontend) {
+                let node = try service.authenticateNode(peer)
+                guard node.identity.matches(any: configuration.allow) else {
+                    service.events.record("forbidden")
+                    throw KMIPFailure(.permissionDenied, "\(node.identity) may not use KMIP (kmip.allow)")
+                }
+                let request = KMIPOperationRequest(operation: item.operation, version: version, node: node,
+                                                   payload: item.payload, configuration: configuration)
+                return try await operate(request)
+            }
+            return .success(payload)
+        } catch {
+            return .failure(KMIPFailure.from(error))
+        }
+    }
+
+    /// Runs one operation for an authenticated, allowed caller; the Response Payload's fields.
+    private func operate(_ request: KMIPOperationRequest) async throws(KMIPFailure) -> [TTLVItem]? {
+        guard let operation = Self.operations[request.operation], operation.since <= request.version else {
+            if KMIPSpecification.isDefined(request.operation.rawValue, for: .operation) {
+                throw KMIPFailure(.operationNotSupported, "kmsd does not offer \(request.operation) in KMIP \(request.version)")
+            }
+            throw KMIPFailure(.invalidField, "unknown operation")
+        }
+        var fields = try request.payload.map { (payload) throws(KMIPFailure) in try KMIPFields(payload) }
+            ?? KMIPFields(children: [], in: "Request Payload")
+        return try await operation.run(self, request, &fields)
+    }
+}
+
+/// What an operation is given: the batch item's operation and payload, the negotiated version, the caller.
+struct KMIPOperationRequest {
+    let operation: KMIPOperation
+    let version: KMIPVersion
+    let node: KMSService.Node
+    let payload: TTLVItem?
+    let configuration: KMIPConfiguration
+}
+
+/// One operation kmsd offers over KMIP, from the version that introduced it.
+struct KMIPOperationHandler: Sendable {
+    let since: KMIPVersion
+    let run: @Sendable (KMIPFrontEnd, KMIPOperationRequest, inout KMIPFields) async throws(KMIPFailure) -> [TTLVItem]?
+}
+
+extension KMIPFrontEnd {
+    /// Every operation kmsd offers, by Operation value. Query Operations answers from this table, so it never
+    /// advertises an operation that is not here.
+    static let operations: [KMIPOperation: KMIPOperationHandler] = [
+        // KMIP 1.1 defined Discover Versions; it is answered in a 1.0 message too, since a client negotiates with it.
+        .discoverVersions: KMIPOperationHandler(since: KMIPVersion(1, 0)) { frontEnd, request, fields throws(KMIPFailure) in
+            try frontEnd.discoverVersions(request, &fields)
+        },
+        .query: KMIPOperationHandler(since: KMIPVersion(1, 0)) { frontEnd, request, fields throws(KMIPFailure) in
+            try frontEnd.query(request, &fields)
+        },
+    ]
+}
