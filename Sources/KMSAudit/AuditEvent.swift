@@ -45,6 +45,8 @@ public struct AuditEvent: Sendable, Equatable, Codable {
     /// The wire protocol the request came in on, for front ends other than kmsd's own API (`transit`); absent for
     /// kmsd's API and for kmsd's own events.
     public var frontend: String?
+    /// The managed object (KMIP) the operation concerns: its unique identifier.
+    public var object: String?
 
     public init(_ kind: Kind, _ action: String, result: Result, identity: String? = nil, key: String? = nil,
                 version: UInt32? = nil, contextDigest: String? = nil, items: Int? = nil, code: String? = nil,
@@ -64,7 +66,7 @@ public struct AuditEvent: Sendable, Equatable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case kind = "type"
-        case action, result, identity, key, version, items, code, detail, outcomes, frontend
+        case action, result, identity, key, version, items, code, detail, outcomes, frontend, object
         case contextDigest = "context_digest"
     }
 

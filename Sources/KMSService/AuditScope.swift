@@ -25,6 +25,7 @@ final class AuditNote: Sendable {
     static func version(_ version: KeyVersion) { current?.update { $0.version = version.rawValue } }
     static func items(_ count: Int) { current?.update { $0.items = count } }
     static func detail(_ detail: String) { current?.update { $0.detail = String(detail.prefix(300)) } }
+    static func object(_ id: String) { current?.update { $0.object = String(id.prefix(128)) } }
     static func context(_ context: EncryptionContext) {
         guard current != nil else { return }
         contextDigest(digest(context))

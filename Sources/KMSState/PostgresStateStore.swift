@@ -114,6 +114,15 @@ public final class PostgresStateStore: StateStore {
                 closing boolean NOT NULL, PRIMARY KEY (replica, seq))
             """,
         ],
+        [
+            // KMIP managed objects: a description and the key material's envelope under the wrapping key.
+            """
+            CREATE TABLE kmsd_managed_objects (
+                id text PRIMARY KEY, owner text NOT NULL, metadata text NOT NULL, material text,
+                wrapping_version bigint NOT NULL, revision bigint NOT NULL)
+            """,
+            "CREATE INDEX kmsd_managed_objects_wrapping ON kmsd_managed_objects (wrapping_version, id) WHERE material IS NOT NULL",
+        ],
     ]
     /// The schema version this kmsd writes and understands.
     public static var schemaVersion: Int { migrations.count }
@@ -122,7 +131,7 @@ public final class PostgresStateStore: StateStore {
 
     public let settings: PostgresStoreSettings
     public var location: String { settings.description }
-    private let logger: Logger
+    let logger: Logger
     private let tls: TLSConfiguration?
     private let clientConfiguration: PostgresClient.Configuration
     private let poolLogger: Logger
@@ -632,7 +641,7 @@ public final class PostgresStateStore: StateStore {
     /// group would wait for a query already sent, which postgres-nio cannot cancel (a black-holed host keeps it until
     /// TCP gives up). The server bounds its side too (`statement_timeout`, `lock_timeout`; see `init`). Past the
     /// deadline the outcome is unknown: the operation may still commit.
-    private func guarded<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
+    func guarded<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
         let timeout = settings.operationTimeout
         let location = location
         let outcome: Result<T, any Error> = await withCheckedContinuation { continuation in

@@ -10,7 +10,7 @@ public import KMSCore
 /// this kmsd does not know (a newer kmsd wrote it) is refused rather than used.
 public final class SQLiteStateStore: StateStore {
     public let path: String
-    private let queue: DatabaseQueue
+    let queue: DatabaseQueue
 
     public var location: String { "sqlite:\(path)" }
 
@@ -178,6 +178,15 @@ public final class SQLiteStateStore: StateStore {
                 CREATE TABLE audit_anchors (
                     replica TEXT NOT NULL, seq INTEGER NOT NULL, line_hash TEXT NOT NULL, signature TEXT NOT NULL, time TEXT NOT NULL,
                     closing INTEGER NOT NULL, PRIMARY KEY (replica, seq));
+                """)
+        }
+        migrator.registerMigration("v4") { db in
+            // KMIP managed objects: a description and the key material's envelope under the wrapping key.
+            try db.execute(sql: """
+                CREATE TABLE managed_objects (
+                    id TEXT PRIMARY KEY, owner TEXT NOT NULL, metadata TEXT NOT NULL, material TEXT,
+                    wrapping_version INTEGER NOT NULL, revision INTEGER NOT NULL);
+                CREATE INDEX managed_objects_wrapping ON managed_objects (wrapping_version, id) WHERE material IS NOT NULL;
                 """)
         }
         return migrator
@@ -379,7 +388,7 @@ public final class SQLiteStateStore: StateStore {
     }
 
     /// Runs a store operation; SQLite errors become `StateStoreError`s naming what was attempted.
-    private func guarded<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
+    func guarded<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch let error as StateStoreError {

@@ -161,6 +161,19 @@ public protocol StateStore: Sendable {
     /// have been missed (the stream just started, or reconnected after an outage). A store without a way to hear
     /// other processes (SQLite) gives a stream that ends at once. Ends when the consumer stops or the store closes.
     func keyChanges() -> AsyncStream<String>
+    /// Stores a new managed object (revision 0); `ManagedObjectExists` when its id is taken.
+    func insertManagedObject(_ object: ManagedObjectRecord) async throws
+    /// The object with `id`, if any.
+    func managedObject(_ id: String) async throws -> ManagedObjectRecord?
+    /// Replaces the object if its stored revision is still `object.revision` (then one more); false, and nothing
+    /// written, when another update came first or the object is gone.
+    func updateManagedObject(_ object: ManagedObjectRecord) async throws -> Bool
+    /// Up to `limit` objects with ids after `after` (all when nil), by id: paging through every object.
+    func managedObjects(after: String?, limit: Int) async throws -> [ManagedObjectRecord]
+    /// Up to `limit` objects whose material is under a wrapping key version below `version`, by id (rewrapping).
+    func managedObjects(wrappedBelow version: UInt32, limit: Int) async throws -> [ManagedObjectRecord]
+    /// How many objects hold material under a wrapping key version below `version`.
+    func countManagedObjects(wrappedBelow version: UInt32) async throws -> Int
     /// Closes the store's connections; nothing may be called after.
     func close() async
 }

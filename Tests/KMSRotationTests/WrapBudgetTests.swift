@@ -57,6 +57,21 @@ final class SwitchableStore: StateStore {
     func auditAnchors() async throws -> [AuditAnchor] { try check(); return try await inner.auditAnchors() }
     func announceKeyChange(_ key: String) async throws { try check() }
     func keyChanges() -> AsyncStream<String> { inner.keyChanges() }
+    func insertManagedObject(_ object: ManagedObjectRecord) async throws { try check(); try await inner.insertManagedObject(object) }
+    func managedObject(_ id: String) async throws -> ManagedObjectRecord? { try check(); return try await inner.managedObject(id) }
+    func updateManagedObject(_ object: ManagedObjectRecord) async throws -> Bool { try check(); return try await inner.updateManagedObject(object) }
+    func managedObjects(after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
+        try check()
+        return try await inner.managedObjects(after: after, limit: limit)
+    }
+    func managedObjects(wrappedBelow version: UInt32, limit: Int) async throws -> [ManagedObjectRecord] {
+        try check()
+        return try await inner.managedObjects(wrappedBelow: version, limit: limit)
+    }
+    func countManagedObjects(wrappedBelow version: UInt32) async throws -> Int {
+        try check()
+        return try await inner.countManagedObjects(wrappedBelow: version)
+    }
     func close() async { await inner.close() }
 }
 

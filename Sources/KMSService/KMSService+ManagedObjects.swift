@@ -1,0 +1,168 @@
+import Foundation
+public import KMSCore
+import KMSRotation
+import KMSState
+
+/// Managed objects in the state store, their key material sealed under kmsd's wrapping key. A front end (KMIP) calls
+/// these inside an operation's audit scope after it authenticated and authorized the caller; they do no access checks
+/// of their own. The material is sealed with the wrapping key's provider like any wrap (its usage limits, deadline and
+/// fail-closed behaviour), bound to the object's id as context, so an envelope copied onto another object does not open.
+extension KMSService {
+    /// Names the managed object the current operation concerns in its audit record.
+    public func noteObject(_ id: String) { AuditNote.object(id) }
+
+    /// Makes key material of `count` bytes for `object`, seals it under `wrappingKey` and stores the object. A key of
+    /// the length the providers make (`DataKey.length`) comes from the wrapping key's provider (the HSM's generator);
+    /// another length from the operating system's generator, as the API's other data key lengths do.
+    public func createManagedObject(_ object: ManagedObject, generating count: Int, wrappingKey: KeyName) async throws(ServiceError) {
+        var object = object
+        let provider = try wrappingProvider(wrappingKey)
+        let context = Self.sealingContext(object.id)
+        let sealed = try await wrappingCall(wrappingKey) {
+            if count == DataKey.length {
+                let key = try await provider.generateDataKey(wrappingKey, context: context)
+                return WrappedKey(key: key.key, version: key.version, wrapped: key.wrapped)
+            }
+            return try await provider.wrap(wrappingKey, plaintext: SecretBytes.random(count: count), context: context)
+        }
+        object.envelope = sealed.wrapped
+        object.wrappingVersion = sealed.version.rawValue
+        let record = try Self.record(object)
+        try await storeCall("store the managed object") { store in try await store.insertManagedObject(record) }
+    }
+
+    /// The context an object's material is sealed under.
+    static func sealingContext(_ id: String) -> EncryptionContext { ["kmsd_managed_object": id] }
+
+    /// Seals `material` under `wrappingKey` and stores `object` with it.
+    public func storeManagedObject(_ object: ManagedObject, material: SecretBytes, wrappingKey: KeyName) async throws(ServiceError) {
+        var object = object
+        let sealed = try await seal(material, id: object.id, wrappingKey: wrappingKey)
+        object.envelope = sealed.wrapped
+        object.wrappingVersion = sealed.version.rawValue
+        let record = try Self.record(object)
+        try await storeCall("store the managed object") { store in try await store.insertManagedObject(record) }
+    }
+
+    /// The object with `id`, as stored (its revision read), or nil.
+    public func managedObject(_ id: String) async throws(ServiceError) -> ManagedObject? {
+        guard let record = try await storeCall("read the managed object", { store in try await store.managedObject(id) }) else { return nil }
+        return try Self.object(record)
+    }
+
+    /// Writes `object` back if nobody changed it since it was read; false when another change came first.
+    public func updateManagedObject(_ object: ManagedObject) async throws(ServiceError) -> Bool {
+        let record = try Self.record(object)
+        return try await storeCall("update the managed object") { store in try await store.updateManagedObject(record) }
+    }
+
+    /// Up to `limit` objects after `after`, by id.
+    public func managedObjects(after: String?, limit: Int) async throws(ServiceError) -> [ManagedObject] {
+        let records = try await storeCall("list managed objects") { store in try await store.managedObjects(after: after, limit: limit) }
+        var objects: [ManagedObject] = []
+        for record in records { objects.append(try Self.object(record)) }
+        return objects
+    }
+
+    /// The object's key material, opened with the wrapping key (the backend must be up: kmsd fails closed).
+    public func openManagedObject(_ object: ManagedObject, wrappingKey: KeyName) async throws(ServiceError) -> SecretBytes {
+        guard let envelope = object.envelope else { throw ServiceError(.conflict, .conflict, "the object has no key material (destroyed)") }
+        let provider = try wrappingProvider(wrappingKey)
+        let context = Self.sealingContext(object.id)
+        return try await wrappingCall(wrappingKey) { try await provider.unwrap(wrappingKey, wrapped: envelope, context: context).plaintext }
+    }
+
+    /// Seals the material of objects under older versions of `wrappingKey` again under its wrapping version, up to
+    /// `limit` of them; how many it rewrapped. An object changed meanwhile is left for the next pass.
+    public func rewrapManagedObjects(wrappingKey: KeyName, limit: Int) async throws(ServiceError) -> Int {
+        let provider = try wrappingProvider(wrappingKey)
+        let current = try await wrappingCall(wrappingKey) { try await provider.describeKey(wrappingKey).wrappingVersion?.version.rawValue ?? 0 }
+        let stale = try await storeCall("list managed objects to rewrap") { store in
+            try await store.managedObjects(wrappedBelow: current, limit: limit)
+        }
+        var done = 0
+        for record in stale {
+            guard let envelope = record.material else { continue }
+            let context = Self.sealingContext(record.id)
+            let rewrapped = try await wrappingCall(wrappingKey) { try await provider.rewrap(wrappingKey, wrapped: envelope, context: context) }
+            var updated = record
+            updated.material = rewrapped.wrapped
+            updated.wrappingVersion = rewrapped.version.rawValue
+            let rewrappedRecord = updated
+            if try await storeCall("rewrap a managed object", { store in try await store.updateManagedObject(rewrappedRecord) }) { done += 1 }
+        }
+        return done
+    }
+
+    /// How many objects hold material under a version of `wrappingKey` older than its latest.
+    public func managedObjectsToRewrap(wrappingKey: KeyName) async throws(ServiceError) -> Int {
+        let provider = try wrappingProvider(wrappingKey)
+        let current = try await wrappingCall(wrappingKey) { try await provider.describeKey(wrappingKey).wrappingVersion?.version.rawValue ?? 0 }
+        return try await storeCall("count managed objects to rewrap") { store in try await store.countManagedObjects(wrappedBelow: current) }
+    }
+
+    private func seal(_ material: SecretBytes, id: String, wrappingKey: KeyName) async throws(ServiceError) -> WrappedKey {
+        let provider = try wrappingProvider(wrappingKey)
+        let context = Self.sealingContext(id)
+        return try await wrappingCall(wrappingKey) { try await provider.wrap(wrappingKey, plaintext: material, context: context) }
+    }
+
+    /// A call to the wrapping key's provider under the request deadline. The key missing from its backend is kmsd's
+    /// configuration problem, not the caller's: it is reported as unavailable, naming the key, never as "not found".
+    private func wrappingCall<T: Sendable>(_ key: KeyName, _ body: @escaping @Sendable () async throws -> T) async throws(ServiceError) -> T {
+        do {
+            return try await perform(body)
+        } catch {
+            let classified = Self.classified(error)
+            guard classified.kind == .notFound else { throw classified }
+            throw ServiceError(.unavailable, .unavailable,
+                               "the wrapping key \(key) does not exist in its backend; an operator creates it (kmsctl keys create \(key))")
+        }
+    }
+
+    private func wrappingProvider(_ key: KeyName) throws(ServiceError) -> any KeyProvider {
+        guard let entry = policy.keys[key] else {
+            throw ServiceError(.unavailable, .unavailable, "the wrapping key \(key) is not configured")
+        }
+        return entry.provider
+    }
+
+    private func storeCall<T: Sendable>(_ what: String, _ body: @escaping @Sendable (any StateStore) async throws -> T) async throws(ServiceError) -> T {
+        let store = rotation.store
+        do {
+            return try await perform { try await body(store) }
+        } catch let error as ManagedObjectExists {
+            throw ServiceError(.conflict, .alreadyExists, error.description)
+        } catch let error as ServiceError {
+            throw error
+        } catch let error as KMSError {
+            throw ServiceError(error)
+        } catch {
+            events.record("state_unavailable")
+            throw ServiceError(.unavailable, .stateUnavailable, "kmsd's state store cannot \(what) now; retry later", detail: "\(error)")
+        }
+    }
+
+    static func record(_ object: ManagedObject) throws(ServiceError) -> ManagedObjectRecord {
+        let metadata: String
+        do {
+            metadata = String(decoding: try JSONEncoder().encode(object), as: UTF8.self)
+        } catch {
+            throw ServiceError(.internal, .internal, "cannot encode the managed object")
+        }
+        return ManagedObjectRecord(id: object.id, owner: object.owner, metadata: metadata, material: object.envelope,
+                                   wrappingVersion: object.wrappingVersion, revision: object.revision)
+    }
+
+    static func object(_ record: ManagedObjectRecord) throws(ServiceError) -> ManagedObject {
+        do {
+            var object = try JSONDecoder().decode(ManagedObject.self, from: Data(record.metadata.utf8))
+            object.envelope = record.material
+            object.wrappingVersion = record.wrappingVersion
+            object.revision = record.revision
+            return object
+        } catch {
+            throw ServiceError(.internal, .internal, "the managed object \(record.id) in the state store cannot be read")
+        }
+    }
+}
