@@ -143,8 +143,8 @@ let package = Package(
         .target(name: "KMIPTTLV", swiftSettings: swiftSettings),
         // The KMIP front end: request and response messages, the operations over the service layer, the listener.
         module("KMSKMIP", [
-            "KMIPTTLV", "KMSCore", "KMSService", "KMSServer", "KMSAudit", External.nioCore, External.nioPosix, External.nioSSL,
-            External.logging, External.serviceLifecycle
+            "KMIPTTLV", "KMSCore", "KMSService", "KMSServer", "KMSAudit", External.crypto, External.nioCore, External.nioPosix,
+            External.nioSSL, External.logging, External.serviceLifecycle
         ]),
         module("KMSDaemon", [
             "KMSCore", "KMSKMIP", "KMSAPI", "KMSServer", "KMSTransit", "VaultWire", "KMSService", "KMSProviderPKCS11", "KMSProviderVault", "KMSRotation",

@@ -22,6 +22,12 @@ public enum KMSAPI {
         public static func adminRetire(_ key: String, version: String) -> String { "/v1/admin/keys/\(key)/versions/\(version)/retire" }
         public static func adminVersions(_ key: String) -> String { "/v1/admin/keys/\(key)/versions" }
         public static let adminSchedule = "/v1/admin/schedule"
+        /// KMIP managed objects (docs/kmip.md).
+        public static let objectParameter = "{id}"
+        public static let adminObjects = "/v1/admin/kmip/objects"
+        public static func adminObject(_ id: String) -> String { "/v1/admin/kmip/objects/\(id)" }
+        public static func adminObjectRevoke(_ id: String) -> String { "/v1/admin/kmip/objects/\(id)/revoke" }
+        public static func adminObjectDestroy(_ id: String) -> String { "/v1/admin/kmip/objects/\(id)/destroy" }
         public static let adminStatus = "/v1/admin/status"
         public static let live = "/v1/health/live"
         public static let ready = "/v1/health/ready"
@@ -455,4 +461,100 @@ public struct VersionsBody: Codable, Sendable, Equatable {
         case name, provider, versions
         case retireQuietPeriodSeconds = "retire_quiet_period_seconds"
     }
+}
+
+// MARK: - KMIP managed objects (admin)
+
+/// A managed object as kmsctl shows it: never its key material.
+public struct ManagedObjectBody: Codable, Sendable, Equatable {
+    public struct Link: Codable, Sendable, Equatable {
+        public var type: String
+        public var id: String
+        public init(type: String, id: String) {
+            self.type = type
+            self.id = id
+        }
+    }
+
+    public var id: String
+    public var owner: String
+    /// `symmetric_key` or `secret_data`.
+    public var type: String
+    /// `pre_active`, `active`, `deactivated`, `compromised`, `destroyed`, `destroyed_compromised`.
+    public var state: String
+    public var names: [String]
+    public var algorithm: String?
+    public var length: Int32?
+    public var createdAt: String
+    public var activatedAt: String?
+    public var deactivatedAt: String?
+    public var compromisedAt: String?
+    public var destroyedAt: String?
+    public var lastChangeAt: String
+    public var revocationReason: String?
+    public var revocationMessage: String?
+    public var links: [Link]
+    /// Names of the other attributes (custom `x-` attributes and the like).
+    public var attributes: [String]
+    /// The wrapping key version the key material is sealed under (absent once destroyed).
+    public var wrappingVersion: UInt32?
+
+    public init(id: String, owner: String, type: String, state: String, names: [String], algorithm: String?, length: Int32?,
+                createdAt: String, activatedAt: String?, deactivatedAt: String?, compromisedAt: String?, destroyedAt: String?,
+                lastChangeAt: String, revocationReason: String?, revocationMessage: String?, links: [Link], attributes: [String],
+                wrappingVersion: UInt32?) {
+        self.id = id
+        self.owner = owner
+        self.type = type
+        self.state = state
+        self.names = names
+        self.algorithm = algorithm
+        self.length = length
+        self.createdAt = createdAt
+        self.activatedAt = activatedAt
+        self.deactivatedAt = deactivatedAt
+        self.compromisedAt = compromisedAt
+        self.destroyedAt = destroyedAt
+        self.lastChangeAt = lastChangeAt
+        self.revocationReason = revocationReason
+        self.revocationMessage = revocationMessage
+        self.links = links
+        self.attributes = attributes
+        self.wrappingVersion = wrappingVersion
+    }
+
+    public enum CodingKeys: String, CodingKey {
+        case id, owner, type, state, names, algorithm, length, links, attributes
+        case createdAt = "created_at", activatedAt = "activated_at", deactivatedAt = "deactivated_at", compromisedAt = "compromised_at"
+        case destroyedAt = "destroyed_at", lastChangeAt = "last_change_at", revocationReason = "revocation_reason"
+        case revocationMessage = "revocation_message", wrappingVersion = "wrapping_version"
+    }
+}
+
+public struct ManagedObjectListBody: Codable, Sendable, Equatable {
+    public var objects: [ManagedObjectBody]
+    /// The id to ask `after` for the next page; absent on the last page.
+    public var next: String?
+    public init(objects: [ManagedObjectBody], next: String?) {
+        self.objects = objects
+        self.next = next
+    }
+}
+
+public struct RevokeObjectRequest: StrictRequest, Codable, Sendable, Equatable {
+    /// `key_compromise`, `ca_compromise`, `affiliation_changed`, `superseded`, `cessation_of_operation`,
+    /// `privilege_withdrawn` or `unspecified`.
+    public var reason: String
+    public var message: String?
+    public init(reason: String, message: String? = nil) {
+        self.reason = reason
+        self.message = message
+    }
+    public enum CodingKeys: String, CodingKey, CaseIterable { case reason, message }
+
+    /// The reasons by name, with their KMIP Revocation Reason Code values.
+    public static let reasons: [(name: String, code: UInt32)] = [
+        ("unspecified", 1), ("key_compromise", 2), ("ca_compromise", 3), ("affiliation_changed", 4), ("superseded", 5),
+        ("cessation_of_operation", 6), ("privilege_withdrawn", 7),
+    ]
 }

@@ -133,6 +133,27 @@ public final class KMSClient: Sendable {
     public func schedule() async throws -> ScheduleBody { try await send("GET", KMSAPI.Path.adminSchedule, Optional<String>.none) }
     public func status() async throws -> StatusBody { try await send("GET", KMSAPI.Path.adminStatus, Optional<String>.none) }
 
+    /// KMIP managed objects, a page at a time (`after`: the previous page's `next`).
+    public func listObjects(after: String? = nil, limit: Int = 100) async throws -> ManagedObjectListBody {
+        var path = KMSAPI.Path.adminObjects + "?limit=\(limit)"
+        if let after, let escaped = after.addingPercentEncoding(withAllowedCharacters: .alphanumerics) { path += "&after=" + escaped }
+        return try await send("GET", path, Optional<String>.none)
+    }
+    public func showObject(_ id: String) async throws -> ManagedObjectBody {
+        try await send("GET", KMSAPI.Path.adminObject(Self.pathSegment(id)), Optional<String>.none)
+    }
+    public func revokeObject(_ id: String, reason: String, message: String? = nil) async throws -> ManagedObjectBody {
+        try await send("POST", KMSAPI.Path.adminObjectRevoke(Self.pathSegment(id)), RevokeObjectRequest(reason: reason, message: message),
+                       idempotent: false)
+    }
+    public func destroyObject(_ id: String) async throws -> ManagedObjectBody {
+        try await send("POST", KMSAPI.Path.adminObjectDestroy(Self.pathSegment(id)), Optional<String>.none, idempotent: false)
+    }
+
+    static func pathSegment(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? text
+    }
+
     // MARK: - Transport
 
     /// One call: an endpoint in turn, and on a lost connection (`idempotent` calls only) or a 503, the next one.

@@ -12,7 +12,7 @@ extension Reader {
             if listening { problem("kmip", "listen.kmip is set: add a kmip section (allow, wrapping_key)") }
             return nil
         }
-        guard let kmipMap = map(value, "kmip", known: ["allow", "export", "wrapping_key", "max_message_bytes"]) else { return nil }
+        guard let kmipMap = map(value, "kmip", known: ["allow", "export", "wrapping_key", "grants", "max_message_bytes", "rewrap_interval"]) else { return nil }
         if !tls { problem("kmip", "the KMIP listener needs the tls section (KMIP is always mutual TLS)") }
         var configuration = KMIPConfiguration()
         configuration.allow = identityPatterns(kmipMap, "allow", "kmip")
@@ -25,6 +25,17 @@ extension Reader {
                 problem("kmip.wrapping_key", "'\(text.prefix(64))' is not a key in the keys section")
             }
         }
+        if kmipMap["grants"] != nil && !(kmipMap["grants"] is [Any]) { problem("kmip.grants", "expected a list") }
+        for (index, entry) in (kmipMap["grants"] as? [Any] ?? []).enumerated() {
+            let path = "kmip.grants[\(index)]"
+            let grantMap = map(entry, path, known: ["identities", "name_prefix"])
+            let identities = identityPatterns(grantMap, "identities", path)
+            if identities.isEmpty { problem("\(path).identities", "list the identities the grant shares objects with") }
+            guard let prefix = string(grantMap, "name_prefix", path, required: true) else { continue }
+            if prefix.isEmpty { problem("\(path).name_prefix", "a grant shares the objects whose Name starts with a prefix; it cannot be empty") }
+            configuration.grants.append(.init(identities: identities, namePrefix: prefix))
+        }
+        configuration.rewrapInterval = duration(kmipMap, "rewrap_interval", "kmip", default: .seconds(10))
         configuration.limits.maxMessageBytes = int(kmipMap, "max_message_bytes", "kmip", default: 1 << 20, range: 4096...(64 << 20))
         return configuration
     }

@@ -19,6 +19,12 @@ extension Daemon {
             onRunning: onRunning, logger: Logger(label: "kmsd.kmip"))
     }
 
+    /// The background job that rewraps managed objects after the wrapping key rotates.
+    func kmipRewrapJob(_ listener: KMIPListener, metrics: ServerMetrics?) -> KMIPRewrapJob {
+        KMIPRewrapJob(frontEnd: listener.frontEnd, interval: listener.frontEnd.configuration.rewrapInterval, metrics: metrics,
+                      logger: Logger(label: "kmsd.kmip.rewrap"))
+    }
+
     /// The KMIP listener's TLS: the API's, with a client certificate required.
     static func kmipTLS(_ api: TLSConfiguration) -> TLSConfiguration {
         var configuration = api

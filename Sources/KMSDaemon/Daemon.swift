@@ -76,6 +76,8 @@ public struct Daemon: Sendable {
         public var transit: TransitFrontEnd? = nil
         /// The KMIP listener (its TLS and front end a reload replaces); nil without one.
         public var kmip: KMIPListener? = nil
+        /// The job that rewraps managed objects after the wrapping key rotates; nil without a KMIP listener.
+        public var kmipRewrap: KMIPRewrapJob? = nil
     }
 
     /// Builds the HTTP application. `onRunning` gets the bound port.
@@ -280,6 +282,7 @@ public struct Daemon: Sendable {
         running.transitTLS = transit?.tls
         running.transit = transit?.frontEnd
         running.kmip = try kmipListener(running.server, handshakeFailures: running.handshakeFailures, onRunning: onKMIPRunning)
+        running.kmipRewrap = running.kmip.map { kmipRewrapJob($0, metrics: metrics) }
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape
         var services: [any Service] = [
@@ -288,6 +291,7 @@ public struct Daemon: Sendable {
         if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
         if let transit { services.append(transit.app) }
         if let kmip = running.kmip { services.append(kmip) }
+        if let rewrap = running.kmipRewrap { services.append(rewrap) }
         return Parts(running: running, audit: audit, rotation: rotation, services: services)
     }
 }

@@ -1,5 +1,6 @@
 import KMIPTTLV
 import KMSCore
+import KMSService
 
 /// Discover Versions and Query: what kmsd speaks and offers.
 extension KMIPFrontEnd {
@@ -35,6 +36,6 @@ extension KMIPFrontEnd {
         return answer
     }
 
-    /// The object types kmsd manages (Object Type values); none until managed objects are stored.
-    static let objectTypes: [UInt32] = []
+    /// The object types kmsd manages (Object Type values): Symmetric Key and Secret Data.
+    static let objectTypes: [UInt32] = ManagedObject.ObjectType.allCases.map(\.rawValue)
 }

@@ -13,10 +13,25 @@ public struct KMIPConfiguration: Sendable {
     public var export: [String] = []
     /// The kmsd key that wraps every managed object's key material in the state store.
     public var wrappingKey: KeyName?
+    /// Objects shared beyond their owner: identities matching `identities` see and use every object with a Name
+    /// starting with `namePrefix`, as its owner does (Get still needs `export`).
+    public var grants: [Grant] = []
+    /// How often the background job looks for objects to rewrap after the wrapping key rotated.
+    public var rewrapInterval: Duration = .seconds(10)
     /// The most bytes, nesting and items one request message may have.
     public var limits = TTLVLimits(maxMessageBytes: 1 << 20, maxDepth: 16, maxItems: 16_384)
 
     public init() {}
+
+    public struct Grant: Sendable, Equatable {
+        public var identities: [String]
+        public var namePrefix: String
+
+        public init(identities: [String], namePrefix: String) {
+            self.identities = identities
+            self.namePrefix = namePrefix
+        }
+    }
 }
 
 /// kmsd's KMIP front end: reads a request message, runs each of its batch items as one operation in its own audit
@@ -67,9 +82,14 @@ public final class KMIPFrontEnd: Sendable {
             return refusal(KMIPRequest.bestEffortVersion(message), error)
         }
         var results: [KMIPResult] = []
+        var placeholder: String?
         for item in request.items {
-            let outcome = await perform(item, version: request.version, peer: peer, configuration: configuration)
+            let outcome = await perform(item, version: request.version, peer: peer, configuration: configuration, placeholder: placeholder)
             results.append(KMIPResult(operation: item.operation, id: item.id, outcome: outcome))
+            if case .success(let payload) = outcome,
+               case .textString(let id)? = payload?.first(where: { $0.tag == .uniqueIdentifier })?.value {
+                placeholder = id
+            }
             if case .failure = outcome, request.batchErrorContinuation == .stop { break }
         }
         var response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
@@ -89,7 +109,7 @@ public final class KMIPFrontEnd: Sendable {
     /// One batch item as one audited operation: the caller is authenticated by the connection's certificate and must
     /// match `kmip.allow` before the operation sees its payload.
     private func perform(_ item: KMIPRequest.Item, version: KMIPVersion, peer: PeerCertificate?,
-                         configuration: KMIPConfiguration) async -> Result<[TTLVItem]?, KMIPFailure> {
+                         configuration: KMIPConfiguration, placeholder: String?) async -> Result<[TTLVItem]?, KMIPFailure> {
         do {
             let payload = try await service.audited(.keyAccess, item.operation.auditAction, frontend: Self.frontend) {
                 let node = try service.authenticateNode(peer)
@@ -97,8 +117,8 @@ public final class KMIPFrontEnd: Sendable {
                     service.events.record("forbidden")
                     throw KMIPFailure(.permissionDenied, "\(node.identity) may not use KMIP (kmip.allow)")
                 }
-                let request = KMIPOperationRequest(operation: item.operation, version: version, node: node,
-                                                   payload: item.payload, configuration: configuration)
+                let request = KMIPOperationRequest(operation: item.operation, version: version, node: node, payload: item.payload,
+                                                   configuration: configuration, placeholder: placeholder, now: now())
                 return try await operate(request)
             }
             return .success(payload)
@@ -107,8 +127,9 @@ public final class KMIPFrontEnd: Sendable {
         }
     }
 
-    /// Runs one operation for an authenticated, allowed caller; the Response Payload's fields.
-    private func operate(_ request: KMIPOperationRequest) async throws(KMIPFailure) -> [TTLVItem]? {
+    /// Runs one operation for an authenticated, allowed caller; the Response Payload's fields. Throws a `KMIPFailure`,
+    /// or a service error (the backend or the store unavailable) that the audit scope records as what it was.
+    private func operate(_ request: KMIPOperationRequest) async throws -> [TTLVItem]? {
         guard let operation = Self.operations[request.operation], operation.since <= request.version else {
             if KMIPSpecification.isDefined(request.operation.rawValue, for: .operation) {
                 throw KMIPFailure(.operationNotSupported, "kmsd does not offer \(request.operation) in KMIP \(request.version)")
@@ -117,7 +138,7 @@ public final class KMIPFrontEnd: Sendable {
         }
         var fields = try request.payload.map { (payload) throws(KMIPFailure) in try KMIPFields(payload) }
             ?? KMIPFields(children: [], in: "Request Payload")
-        return try await operation.run(self, request, &fields)
+        return try await operation.run(self, request, fields)
     }
 }
 
@@ -128,12 +149,19 @@ struct KMIPOperationRequest {
     let node: KMSService.Node
     let payload: TTLVItem?
     let configuration: KMIPConfiguration
+    /// The ID Placeholder: the Unique Identifier an earlier item of the batch returned, for items that name none.
+    let placeholder: String?
+    /// Now, in seconds since 1970.
+    let now: Int64
+
+    /// The caller's identity as objects record their owner.
+    var identity: String { node.identity.description }
 }
 
 /// One operation kmsd offers over KMIP, from the version that introduced it.
 struct KMIPOperationHandler: Sendable {
     let since: KMIPVersion
-    let run: @Sendable (KMIPFrontEnd, KMIPOperationRequest, inout KMIPFields) async throws(KMIPFailure) -> [TTLVItem]?
+    let run: @Sendable (KMIPFrontEnd, KMIPOperationRequest, KMIPFields) async throws -> [TTLVItem]?
 }
 
 extension KMIPFrontEnd {
@@ -141,11 +169,37 @@ extension KMIPFrontEnd {
     /// advertises an operation that is not here.
     static let operations: [KMIPOperation: KMIPOperationHandler] = [
         // KMIP 1.1 defined Discover Versions; it is answered in a 1.0 message too, since a client negotiates with it.
-        .discoverVersions: KMIPOperationHandler(since: KMIPVersion(1, 0)) { frontEnd, request, fields throws(KMIPFailure) in
-            try frontEnd.discoverVersions(request, &fields)
+        .discoverVersions: KMIPOperationHandler(since: KMIPVersion(1, 0)) { frontEnd, request, fields in
+            var fields = fields
+            return try frontEnd.discoverVersions(request, &fields)
         },
-        .query: KMIPOperationHandler(since: KMIPVersion(1, 0)) { frontEnd, request, fields throws(KMIPFailure) in
-            try frontEnd.query(request, &fields)
+        .query: KMIPOperationHandler(since: KMIPVersion(1, 0)) { frontEnd, request, fields in
+            var fields = fields
+            return try frontEnd.query(request, &fields)
         },
+        .create: handler(KMIPVersion(1, 0)) { try await $0.create($1, &$2) },
+        .register: handler(KMIPVersion(1, 0)) { try await $0.register($1, &$2) },
+        .get: handler(KMIPVersion(1, 0)) { try await $0.get($1, &$2) },
+        .getAttributes: handler(KMIPVersion(1, 0)) { try await $0.getAttributes($1, &$2) },
+        .getAttributeList: handler(KMIPVersion(1, 0)) { try await $0.getAttributeList($1, &$2) },
+        .addAttribute: handler(KMIPVersion(1, 0)) { try await $0.addAttribute($1, &$2) },
+        .modifyAttribute: handler(KMIPVersion(1, 0)) { try await $0.modifyAttribute($1, &$2) },
+        .deleteAttribute: handler(KMIPVersion(1, 0)) { try await $0.deleteAttribute($1, &$2) },
+        .activate: handler(KMIPVersion(1, 0)) { try await $0.activate($1, &$2) },
+        .revoke: handler(KMIPVersion(1, 0)) { try await $0.revoke($1, &$2) },
+        .destroy: handler(KMIPVersion(1, 0)) { try await $0.destroy($1, &$2) },
+        .reKey: handler(KMIPVersion(1, 0)) { try await $0.reKey($1, &$2) },
+        .locate: handler(KMIPVersion(1, 0)) { try await $0.locate($1, &$2) },
+        .encrypt: handler(KMIPVersion(1, 2)) { try await $0.encrypt($1, &$2) },
+        .decrypt: handler(KMIPVersion(1, 2)) { try await $0.decrypt($1, &$2) },
     ]
+
+    private static func handler(
+        _ since: KMIPVersion, _ run: @escaping @Sendable (KMIPFrontEnd, KMIPOperationRequest, inout KMIPFields) async throws -> [TTLVItem]?
+    ) -> KMIPOperationHandler {
+        KMIPOperationHandler(since: since) { frontEnd, request, fields in
+            var fields = fields
+            return try await run(frontEnd, request, &fields)
+        }
+    }
 }

@@ -111,6 +111,7 @@ public struct KMIPResultReason: RawRepresentable, Hashable, Sendable, CustomStri
     public static let permissionDenied = KMIPResultReason(rawValue: 0x0C)
     public static let keyFormatTypeNotSupported = KMIPResultReason(rawValue: 0x10)
     public static let keyCompressionTypeNotSupported = KMIPResultReason(rawValue: 0x11)
+    public static let keyValueNotPresent = KMIPResultReason(rawValue: 0x13)
     public static let generalFailure = KMIPResultReason(rawValue: 0x100)
 
     public var description: String { KMIPSpecification.enumerationName(.resultReason, rawValue) ?? "0x" + String(rawValue, radix: 16) }

@@ -139,6 +139,11 @@ public struct KMSServer: Sendable {
         admins.add(.post, KMSAPI.Path.adminRetire(name, version: KMSAPI.Path.versionParameter), "retire", retire)
         admins.add(.get, KMSAPI.Path.adminSchedule, "schedule", schedule)
         admins.add(.get, KMSAPI.Path.adminStatus, "status", status)
+        let object = KMSAPI.Path.objectParameter
+        admins.add(.get, KMSAPI.Path.adminObjects, "kmip.list_objects", listObjects)
+        admins.add(.get, KMSAPI.Path.adminObject(object), "kmip.show_object", showObject)
+        admins.add(.post, KMSAPI.Path.adminObjectRevoke(object), "kmip.revoke_object", revokeObject)
+        admins.add(.post, KMSAPI.Path.adminObjectDestroy(object), "kmip.destroy_object", destroyObject)
         admins.register(on: router, server: self)
         return router
     }

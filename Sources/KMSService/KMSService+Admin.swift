@@ -10,7 +10,7 @@ import Logging
 /// token).
 extension KMSService {
     /// An admin operation's audit scope, with the administrator noted and the policy read once for the operation.
-    private func administered<T>(
+    func administered<T>(
         _ admin: Administrator, _ action: String, _ body: (KMSServerPolicy) async throws -> T
     ) async throws(ServiceError) -> T {
         try await audited(.admin, action) {

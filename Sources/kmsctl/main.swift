@@ -15,7 +15,7 @@ struct KMSCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kmsctl", abstract: "Administer kmsd.",
         subcommands: [Status.self, Keys.self, Rotate.self, Schedule.self, Versions.self, Retire.self, RewrapPlan.self, Audit.self,
-                      StateCommand.self])
+                      StateCommand.self, KMIP.self])
 
     /// Connection options may come before the subcommand (`kmsctl --dev rotate demo`): move them after it, where
     /// the subcommands declare them.
@@ -37,7 +37,7 @@ struct KMSCtl: AsyncParsableCommand {
         }
         // Insert after the subcommand path (the leading words that are not options).
         let path = arguments.prefix { !$0.hasPrefix("-") }.count
-        let subcommandDepth = arguments.first == "keys" ? min(path, 2) : min(path, 1)
+        let subcommandDepth = arguments.first == "keys" ? min(path, 2) : arguments.first == "kmip" ? min(path, 3) : min(path, 1)
         arguments.insert(contentsOf: global, at: subcommandDepth)
         do {
             var command = try parseAsRoot(arguments)
@@ -178,6 +178,93 @@ struct Keys: AsyncParsableCommand {
             try await connection.show({ try await $0.createKey(name, provider: provider) }, table)
         }
     }
+}
+
+struct KMIP: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "KMIP managed objects (docs/kmip.md).", subcommands: [Objects.self])
+
+    struct Objects: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List, show, revoke and destroy managed objects (never their key material).",
+            subcommands: [List.self, Show.self, Revoke.self, Destroy.self])
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Every managed object, by id, with the wrapping key version its material is sealed under.")
+            @OptionGroup var connection: Connection
+            func run() async throws {
+                try await connection.show({ client in
+                    var objects: [ManagedObjectBody] = []
+                    var after: String?
+                    repeat {
+                        let page = try await client.listObjects(after: after, limit: 500)
+                        objects += page.objects
+                        after = page.next
+                    } while after != nil
+                    return ManagedObjectListBody(objects: objects, next: nil)
+                }) { list in
+                    var versions: [UInt32: Int] = [:]
+                    for object in list.objects { if let version = object.wrappingVersion { versions[version, default: 0] += 1 } }
+                    let summary = "\(list.objects.count) object(s); key material under wrapping key version "
+                        + (versions.isEmpty ? "-" : versions.sorted { $0.key < $1.key }.map { "v\($0.key): \($0.value)" }.joined(separator: ", "))
+                    return columns([["ID", "TYPE", "STATE", "OWNER", "NAMES", "WRAPPED"]] + list.objects.map {
+                        [$0.id, $0.type, $0.state, $0.owner, $0.names.isEmpty ? "-" : $0.names.joined(separator: ","),
+                         $0.wrappingVersion.map { "v\($0)" } ?? "-"]
+                    }) + "\n" + summary
+                }
+            }
+        }
+
+        struct Show: AsyncParsableCommand {
+            @OptionGroup var connection: Connection
+            @Argument var id: String
+            func run() async throws {
+                try await connection.show({ try await $0.showObject(id) }, objectTable)
+            }
+        }
+
+        struct Revoke: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Revoke an object: key_compromise or ca_compromise makes it Compromised (for good); any other reason deactivates it.")
+            @OptionGroup var connection: Connection
+            @Argument var id: String
+            @Option(help: "key_compromise, ca_compromise, affiliation_changed, superseded, cessation_of_operation, privilege_withdrawn, unspecified")
+            var reason: String
+            @Option(help: "Why, in words (kept with the object).") var message: String?
+            func run() async throws {
+                try await connection.show({ try await $0.revokeObject(id, reason: reason, message: message) }, objectTable)
+            }
+        }
+
+        struct Destroy: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Destroy an object's key material (an Active object must be revoked first); its description stays.")
+            @OptionGroup var connection: Connection
+            @Argument var id: String
+            func run() async throws {
+                try await connection.show({ try await $0.destroyObject(id) }, objectTable)
+            }
+        }
+    }
+}
+
+func objectTable(_ object: ManagedObjectBody) -> String {
+    var rows: [[String]] = [
+        ["id", object.id], ["type", object.type], ["state", object.state], ["owner", object.owner],
+        ["names", object.names.isEmpty ? "-" : object.names.joined(separator: ", ")],
+        ["algorithm", object.algorithm.map { "\($0)" + (object.length.map { "-\($0)" } ?? "") } ?? "-"],
+        ["created", object.createdAt],
+    ]
+    if let date = object.activatedAt { rows.append(["activated", date]) }
+    if let date = object.deactivatedAt { rows.append(["deactivated", date]) }
+    if let date = object.compromisedAt { rows.append(["compromised", date]) }
+    if let date = object.destroyedAt { rows.append(["destroyed", date]) }
+    rows.append(["last change", object.lastChangeAt])
+    if let reason = object.revocationReason { rows.append(["revoked", reason + (object.revocationMessage.map { ": \($0)" } ?? "")]) }
+    for link in object.links { rows.append(["link", "\(link.type) \(link.id)"]) }
+    if !object.attributes.isEmpty { rows.append(["attributes", object.attributes.joined(separator: ", ")]) }
+    rows.append(["wrapped under", object.wrappingVersion.map { "wrapping key v\($0)" } ?? "- (no key material)"])
+    return columns(rows)
 }
 
 struct Rotate: AsyncParsableCommand {
@@ -501,7 +588,7 @@ struct StateCommand: AsyncParsableCommand {
                 await source.close()
                 let summary = try copied.get()
                 print("copied into \(target.location): \(summary.versions) version creation times, \(summary.usageRows) usage rows "
-                      + "(\(summary.wraps) wraps), \(summary.journalEntries) journal entries, \(summary.budgets) wrap budgets")
+                      + "(\(summary.wraps) wraps), \(summary.journalEntries) journal entries, \(summary.budgets) wrap budgets, \(summary.managedObjects) managed objects")
             } catch let error as StateStoreError {
                 print("state migrate failed: \(error)")
                 throw ExitCode(4)

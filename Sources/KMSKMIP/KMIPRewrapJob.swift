@@ -1,0 +1,71 @@
+import KMSCore
+public import KMSServer
+import KMSService
+public import Logging
+public import ServiceLifecycle
+import Synchronization
+
+/// Rewraps managed objects after kmsd's wrapping key rotates: every `interval` it seals the material of objects still
+/// under an older version again under the wrapping version, in passes of `batch`, until none is left. Progress is the
+/// count left (`remaining`, the `kmsd_kmip_objects_to_rewrap` gauge, `kmsctl kmip objects list`). An object that
+/// changes meanwhile is left for the next pass; with the backend down a pass fails and the next one tries again, and
+/// nothing is lost: the old version still opens what it wrapped until an operator retires it.
+public final class KMIPRewrapJob: Service, Sendable {
+    let frontEnd: KMIPFrontEnd
+    let interval: Duration
+    let batch: Int
+    let metrics: ServerMetrics?
+    let logger: Logger
+    private let state = Mutex<(remaining: Int?, rewrapped: Int)>((nil, 0))
+
+    public init(frontEnd: KMIPFrontEnd, interval: Duration = .seconds(10), batch: Int = 100, metrics: ServerMetrics? = nil,
+                logger: Logger = Logger(label: "kmsd.kmip.rewrap")) {
+        self.frontEnd = frontEnd
+        self.interval = interval
+        self.batch = batch
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// Objects under an older version of the wrapping key at the last pass (nil before the first); rewrapped since start.
+    public var progress: (remaining: Int?, rewrapped: Int) { state.withLock { $0 } }
+
+    public func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await self.pass()
+                try await Task.sleep(for: self.interval)
+            }
+        }
+    }
+
+    /// Rewraps until nothing is left or a pass fails; returns how many were left at the end (nil when unknown).
+    @discardableResult
+    public func pass() async -> Int? {
+        guard let key = frontEnd.configuration.wrappingKey else { return nil }
+        let service = frontEnd.service
+        do {
+            while true {
+                let remaining = try await service.managedObjectsToRewrap(wrappingKey: key)
+                record(remaining: remaining, rewrapped: 0)
+                guard remaining > 0 else { return 0 }
+                let done = try await service.rewrapManagedObjects(wrappingKey: key, limit: batch)
+                record(remaining: nil, rewrapped: done)
+                logger.info("managed objects rewrapped", metadata: ["key": "\(key)", "rewrapped": "\(done)", "left": "\(max(0, remaining - done))"])
+                if done == 0 { return remaining }
+            }
+        } catch {
+            logger.warning("rewrapping managed objects failed; retrying later", metadata: ["key": "\(key)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func record(remaining: Int?, rewrapped: Int) {
+        let current = state.withLock { state -> Int? in
+            if let remaining { state.remaining = remaining }
+            state.rewrapped += rewrapped
+            return state.remaining
+        }
+        if let current { metrics?.gauge("kmsd_kmip_objects_to_rewrap", [], Double(current)) }
+    }
+}
