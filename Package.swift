@@ -180,7 +180,7 @@ let package = Package(
         executable("kms-load", [External.nioCore, External.nioPosix, External.nioSSL, External.nioTLS, External.histogram]),
         executable("kms-probe", ["KMSCore", "PKCS11", "KMSProviderPKCS11", External.argumentParser]),
         executable("kms-bench", [
-            "KMSCore", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSState", "KMSDaemon", "KMSAudit",
+            "KMSCore", "KMIPTTLV", "PKCS11", "KMSProviderPKCS11", "KMSTestSupport", "KMSRotation", "KMSState", "KMSDaemon", "KMSAudit",
             "KMSDev", External.asyncHTTPClient, External.nioCore, External.nioHTTP1, External.nioSSL,
             External.argumentParser
         ]),

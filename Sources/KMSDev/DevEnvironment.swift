@@ -66,22 +66,22 @@ public enum DevEnvironment {
         }
         let hash = try secretHash("admin-token")
         let transitHash = try secretHash("transit-token")
-        // A configuration from before the transit listener is set aside and written again (a dev directory's
+        // A configuration from before the transit or KMIP listener is set aside and written again (a dev directory's
         // configuration is dev-init's own).
-        if let existing = try? String(contentsOfFile: path("kmsd.yaml"), encoding: .utf8), !existing.contains("\ntransit:") {
-            try? files.removeItem(atPath: path("kmsd.yaml.before-transit"))
-            try files.moveItem(atPath: path("kmsd.yaml"), toPath: path("kmsd.yaml.before-transit"))
-            made.append("kmsd.yaml.before-transit (the previous configuration)")
+        if let existing = try? String(contentsOfFile: path("kmsd.yaml"), encoding: .utf8), !existing.contains("\nkmip:") {
+            try? files.removeItem(atPath: path("kmsd.yaml.before-kmip"))
+            try files.moveItem(atPath: path("kmsd.yaml"), toPath: path("kmsd.yaml.before-kmip"))
+            made.append("kmsd.yaml.before-kmip (the previous configuration)")
         }
         if !files.fileExists(atPath: path("kmsd.yaml")) {
             // Port 0 (tests) picks free ports for every listener.
-            let (metricsPort, transitPort) = port == 0 ? (0, 0) : (port + 1021, port + 1)
+            let (metricsPort, transitPort, kmipPort) = port == 0 ? (0, 0, 0) : (port + 1021, port + 1, port + 2)
             let yaml = """
                 # kmsd development configuration, written by `kmsd dev-init` (ci/dev). Not for production:
                 # SoftHSM, a generated CA, secrets in this directory.
                 mode: development
                 data_dir: data
-                listen: { api: "127.0.0.1:\(port)", metrics: "127.0.0.1:\(metricsPort)", transit: "127.0.0.1:\(transitPort)" }
+                listen: { api: "127.0.0.1:\(port)", metrics: "127.0.0.1:\(metricsPort)", transit: "127.0.0.1:\(transitPort)", kmip: "127.0.0.1:\(kmipPort)" }
                 audit: { file: audit/audit.jsonl, sign: { file: audit-signing-key.pem } }
                 tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
                 providers:
@@ -95,6 +95,8 @@ public enum DevEnvironment {
                     sessions: 4
                 keys:
                   demo: { provider: hsm, allow: ["uri:spiffe://kmsd.dev/storage/*"], rotation: { period: 90d, notice: 7d } }
+                  # Wraps the KMIP front end's managed objects; no storage node uses it directly.
+                  kmip-kek: { provider: hsm, allow: [], rotation: { period: 90d, notice: 7d } }
                 admin:
                   identities: ["cn:security-admin"]
                   token_hashes: ["\(hash)"]
@@ -104,6 +106,12 @@ public enum DevEnvironment {
                   tokens:
                     # transit-token, acting as storage node 1 (a client certificate or auth/cert/login does without it)
                     - { sha256: "\(transitHash)", identity: "uri:spiffe://kmsd.dev/storage/node-1", ttl: 24h, renewable: true }
+                # The KMIP front end (docs/kmip.md) on 127.0.0.1:\(kmipPort): the dev storage nodes use it, node 1 may Get key
+                # material; objects are sealed under kmip-kek.
+                kmip:
+                  allow: ["uri:spiffe://kmsd.dev/storage/*"]
+                  export: ["uri:spiffe://kmsd.dev/storage/node-1"]
+                  wrapping_key: kmip-kek
 
                 """
             try Data(yaml.utf8).write(to: directory.appendingPathComponent("kmsd.yaml"))

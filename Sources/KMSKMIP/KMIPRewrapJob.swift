@@ -32,9 +32,10 @@ public final class KMIPRewrapJob: Service, Sendable {
 
     public func run() async throws {
         try? await cancelWhenGracefulShutdown {
+            // The first pass after one interval: at start the wrapping key may not exist yet (an operator creates it).
             while !Task.isCancelled {
-                await self.pass()
                 try await Task.sleep(for: self.interval)
+                await self.pass()
             }
         }
     }

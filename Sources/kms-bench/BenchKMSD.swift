@@ -69,17 +69,20 @@ struct BenchSetup {
     /// `providersAndKeys` replaces the default single SoftHSM provider and key `bench`; `keys` are created at start.
     /// `transit` adds the Vault transit listener with the transit key `bench` (kmsd key `bench`).
     /// `extra` adds top-level configuration (a `state` section, say).
+    /// `kmip` adds the KMIP listener for the bench node, its objects sealed under `bench`.
     func start(audit: Bool, name: String, pool: Int, providersAndKeys: String? = nil, keys: [String] = ["bench"],
-               transit: Bool = false, extra: String = "") async throws -> LaunchedKMSD {
+               transit: Bool = false, kmip: Bool = false, extra: String = "") async throws -> LaunchedKMSD {
         let port = try freeLoopbackPort()
         let transitPort = transit ? try freeLoopbackPort() : 0
-        let transitSection = transit ? "transit: { keys: { bench: bench } }\n" : ""
+        let kmipPort = kmip ? try freeLoopbackPort() : 0
+        let transitSection = (transit ? "transit: { keys: { bench: bench } }\n" : "")
+            + (kmip ? #"kmip: { allow: ["uri:spiffe://bench/storage/*"], export: ["uri:spiffe://bench/storage/*"], wrapping_key: bench }"# + "\n" : "")
         let auditSection = audit ? "audit: { file: audit-\(name)/audit.jsonl, sign: { file: audit-key.pem }, fail_closed: true }\n" : ""
         let yaml = """
             mode: development
             data_dir: data-\(name)
             log_level: notice
-            listen: { api: "127.0.0.1:\(port)"\(transit ? ", transit: \"127.0.0.1:\(transitPort)\"" : "") }
+            listen: { api: "127.0.0.1:\(port)"\(transit ? ", transit: \"127.0.0.1:\(transitPort)\"" : "")\(kmip ? ", kmip: \"127.0.0.1:\(kmipPort)\"" : "") }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
             \(providersAndKeys ?? defaultProviders)
             admin: { identities: ["cn:security-admin"] }
@@ -93,6 +96,7 @@ struct BenchSetup {
         let process = try BuiltExecutable(url: URL(fileURLWithPath: executable)).start(["serve", "--config", config.path], log: log)
         let kmsd = LaunchedKMSD(process: process, port: port, transitPort: transitPort, log: log, auditFile: audit ? directory.appendingPathComponent("audit-\(name)/audit.jsonl") : nil,
                                 node: try client("node", pool: pool), admin: try client("admin", pool: 1))
+        kmsd.kmipPort = kmipPort
         do {
             guard try await kmsd.waitReady() else { throw FixtureError("kmsd did not become ready") }
             kmsd.readySeconds = (ContinuousClock.now - started).seconds
@@ -124,6 +128,8 @@ final class LaunchedKMSD: @unchecked Sendable {
     let port: Int
     /// The transit listener's port (0 without one).
     let transitPort: Int
+    /// The KMIP listener's port (0 without one).
+    var kmipPort = 0
     let log: URL
     let auditFile: URL?
     let node: HTTPClient
