@@ -47,6 +47,8 @@ public final class KMSService: Sendable {
     public let rotation: RotationManager
     /// The audit log; nil when none is configured (development only).
     public let audit: AuditLog?
+    /// Managed objects' descriptions as last decoded, by id, with the JSON they came from (`KMSService.object`).
+    let decodedObjects = DecodedObjects()
 
     public init(policy: KMSServerPolicy, rotation: RotationManager, audit: AuditLog? = nil, revocation: RevocationList? = nil,
                 revocationGrace: Duration = .seconds(3600), events: SecurityEvents = SecurityEvents(),

@@ -307,10 +307,14 @@ struct StateStoreContractTests {
         }
         for entry in entries { try await source.append(entry) }
         #expect(try await source.reserveWraps(orders2, count: 300, limit: 1000) == 12..<312, "the first block starts after the counted wraps")
+        let objects = (0..<3).map { ManagedObjectRecord(id: "object-\($0)", owner: "uri:spiffe://test/db", metadata: "{}",
+                                                        material: $0 == 2 ? nil : [UInt8($0), 0xAB], wrappingVersion: $0 == 2 ? 0 : 1) }
+        for object in objects { try await source.insertManagedObject(object) }
 
         let target = try await StoreDatabase.make(targetKind).open()
         let summary = try await StateMigration.copy(from: source, to: target)
-        #expect(summary == .init(versions: 2, usageRows: 2, wraps: 1_000_012, journalEntries: 5, budgets: 1))
+        #expect(summary == .init(versions: 2, usageRows: 2, wraps: 1_000_012, journalEntries: 5, budgets: 1, managedObjects: 3))
+        #expect(try await target.managedObjects(after: nil, limit: 10) == objects)
         #expect(try await target.reservedWraps() == [orders2: 312])
         #expect(try await target.reserveWraps(orders2, count: 10, limit: 1000) == 312..<322, "reserved blocks are not issued again")
         #expect(try await target.allUsage() == usage)
