@@ -28,12 +28,14 @@ extension Reader {
         if kmipMap["grants"] != nil && !(kmipMap["grants"] is [Any]) { problem("kmip.grants", "expected a list") }
         for (index, entry) in (kmipMap["grants"] as? [Any] ?? []).enumerated() {
             let path = "kmip.grants[\(index)]"
-            let grantMap = map(entry, path, known: ["identities", "name_prefix"])
+            let grantMap = map(entry, path, known: ["identities", "owners", "name_prefix"])
             let identities = identityPatterns(grantMap, "identities", path)
             if identities.isEmpty { problem("\(path).identities", "list the identities the grant shares objects with") }
+            let owners = identityPatterns(grantMap, "owners", path)
+            if owners.isEmpty { problem("\(path).owners", "list the owners whose objects the grant shares (only they may name objects under the prefix)") }
             guard let prefix = string(grantMap, "name_prefix", path, required: true) else { continue }
             if prefix.isEmpty { problem("\(path).name_prefix", "a grant shares the objects whose Name starts with a prefix; it cannot be empty") }
-            configuration.grants.append(.init(identities: identities, namePrefix: prefix))
+            configuration.grants.append(.init(identities: identities, owners: owners, namePrefix: prefix))
         }
         configuration.rewrapInterval = duration(kmipMap, "rewrap_interval", "kmip", default: .seconds(10))
         configuration.limits.maxMessageBytes = int(kmipMap, "max_message_bytes", "kmip", default: 1 << 20, range: 4096...(64 << 20))

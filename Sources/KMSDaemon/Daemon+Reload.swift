@@ -45,6 +45,10 @@ extension Daemon {
         if kmipBefore?.host != kmipAfter?.host || kmipBefore?.port != kmipAfter?.port {
             throw ConfigurationError(["listen.kmip: a reload cannot start, stop or move the KMIP listener; restart kmsd to change it"])
         }
+        if configuration.kmip?.wrappingKey != fresh.kmip?.wrappingKey {
+            throw ConfigurationError(["kmip.wrapping_key: a reload cannot change the key that seals managed objects; restart kmsd to "
+                                      + "change it, and keep the old key configured (objects sealed by it keep opening with it)"])
+        }
         let tls = try fresh.tls.map { try Self.tlsConfiguration($0, adminCA: fresh.admin.clientCA) }
         let context = try tls.map { try TLSContextBox.makeContext($0) }
         let transitContext = try running.transitTLS == nil ? nil : tls.map { try TLSContextBox.makeContext(Self.transitTLS($0)) }

@@ -52,11 +52,38 @@ enum KMIPAttributes {
     /// Standard attributes kept as given (text), which clients may set, change and delete.
     static let keptAsGiven: Set<String> = ["Contact Information", "Object Group", "Operation Policy Name"]
 
-    /// Custom attributes: `x-` (client) names; `y-` names are the server's and kmsd has none.
-    static func isCustom(_ name: String) -> Bool { name.hasPrefix("x-") && name.count > 2 }
+    /// Custom attributes: `x-` (client) names of at most 128 bytes without control characters; `y-` names are the
+    /// server's and kmsd has none.
+    static func isCustom(_ name: String) -> Bool {
+        name.hasPrefix("x-") && name.count > 2 && name.utf8.count <= 128 && (try? checkText(name, "")) != nil
+    }
 
     /// Whether a client may add, change or delete `name` on an existing object.
     static func isClientModifiable(_ name: String) -> Bool { name == Self.name || isCustom(name) || keptAsGiven.contains(name) }
+
+    /// At most this many Names, other attributes, and bytes of one attribute's encoded value per object: an object's
+    /// description is read at every operation on it and scanned by Locate.
+    static let maxNames = 32
+    static let maxAttributes = 64
+    static let maxValueBytes = 4096
+
+    static func checkLimits(_ object: ManagedObject) throws(KMIPFailure) {
+        guard object.names.count <= maxNames else { throw KMIPFailure(.invalidField, "an object has at most \(maxNames) Names") }
+        guard object.attributes.count <= maxAttributes else {
+            throw KMIPFailure(.invalidField, "an object has at most \(maxAttributes) custom and kept attributes")
+        }
+        guard object.attributes.allSatisfy({ $0.value.count <= maxValueBytes }) else {
+            throw KMIPFailure(.invalidField, "an attribute value has at most \(maxValueBytes) bytes")
+        }
+    }
+
+    /// Text a client gives that kmsctl later prints (Names, attribute names, revocation messages): no control
+    /// characters, so it cannot rewrite an administrator's terminal.
+    static func checkText(_ text: String, _ what: String) throws(KMIPFailure) {
+        guard !text.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F ... 0x9F).contains($0.value) }) else {
+            throw KMIPFailure(.invalidField, "\(what) must not hold control characters")
+        }
+    }
 
     /// Applies the attributes of a Create or Register request to a new object. Attributes the server sets (state,
     /// dates, identifier) are refused; an attribute kmsd does not keep is an `Invalid Field` naming it.
@@ -84,7 +111,12 @@ enum KMIPAttributes {
             case deactivationDate:
                 object.dates.deactivation = try attribute.value.dateTime()
             case let other where isCustom(other) || keptAsGiven.contains(other):
-                if keptAsGiven.contains(other) { _ = try attribute.value.text() }
+                if keptAsGiven.contains(other) {
+                    _ = try attribute.value.text()
+                    guard !object.attributes.contains(where: { $0.name == other }) else {
+                        throw KMIPFailure(.invalidField, "\(other) has one value")
+                    }
+                }
                 object.attributes.append(ManagedObject.Attribute(name: other, value: TTLVEncoder.encode(attribute.value)))
             case uniqueIdentifier, objectType, state, initialDate, compromiseDate, compromiseOccurrenceDate, destroyDate, lastChangeDate,
                  revocationReason, link:
@@ -93,6 +125,7 @@ enum KMIPAttributes {
                 throw KMIPFailure(.invalidField, "kmsd does not keep the attribute \(attribute.name.prefix(64))")
             }
         }
+        try checkLimits(object)
         // Activation and deactivation dates already passed take effect now.
         if let activation = object.dates.activation, activation <= now, object.state == .preActive { object.state = .active }
     }
@@ -104,6 +137,7 @@ enum KMIPAttributes {
         _ = try fields.optional(.nameType)?.enumeration()
         try fields.finish()
         guard !value.isEmpty, value.utf8.count <= 1024 else { throw KMIPFailure(.invalidField, "a Name must have 1 to 1024 bytes") }
+        try checkText(value, "a Name")
         return value
     }
 
@@ -111,9 +145,8 @@ enum KMIPAttributes {
         .structure([.text(.nameValue, value), .enumeration(.nameType, 1)])
     }
 
-    /// Every attribute of `object` as KMIP reports it, in the specification's order; those introduced after
-    /// `version` are left out.
-    static func all(_ object: ManagedObject, version: KMIPVersion) -> [KMIPAttribute] {
+    /// Every attribute of `object` as KMIP reports it, in the specification's order.
+    static func all(_ object: ManagedObject) -> [KMIPAttribute] {
         var result: [KMIPAttribute] = [
             KMIPAttribute(name: uniqueIdentifier, value: .textString(object.id)),
             KMIPAttribute(name: objectType, value: .enumeration(object.type.rawValue)),

@@ -25,7 +25,7 @@ extension KMIPFrontEnd {
         let object = try await load(id, request)
         try Self.checkKey(object, mask: Self.encryptMask, "Encrypt")
         guard object.canProtect else {
-            throw KMIPFailure(.permissionDenied, "the key is \(object.state.name); only an Active key encrypts")
+            throw KMIPFailure(.permissionDenied, "the key is \(object.state.name); only an Active key encrypts", recordedAs: .conflict)
         }
         let generated = iv == nil || parameters.randomIV
         if generated { iv = Array(AES.GCM.Nonce()) }
@@ -71,7 +71,7 @@ extension KMIPFrontEnd {
         let object = try await load(id, request)
         try Self.checkKey(object, mask: Self.decryptMask, "Decrypt")
         guard object.state == .active || object.state == .deactivated || object.state == .compromised, object.hasMaterial else {
-            throw KMIPFailure(.permissionDenied, "the key is \(object.state.name) and cannot decrypt")
+            throw KMIPFailure(.permissionDenied, "the key is \(object.state.name) and cannot decrypt", recordedAs: .conflict)
         }
         let material = try await service.openManagedObject(object, wrappingKey: try wrappingKey(request))
         let plaintext: Data
@@ -80,7 +80,7 @@ extension KMIPFrontEnd {
             let box = try AES.GCM.SealedBox(nonce: try AES.GCM.Nonce(data: iv), ciphertext: data, tag: tag ?? [])
             plaintext = try AES.GCM.open(box, using: key, authenticating: aad ?? [])
         } catch {
-            service.events.record("unwrap_authentication_failed")
+            service.events.record("kmip_decrypt_failed")
             throw KMIPFailure(.cryptographicFailure, "the data, IV, tag or additional data do not match this key")
         }
         return [.text(.uniqueIdentifier, object.id), .bytes(.data, Array(plaintext))]

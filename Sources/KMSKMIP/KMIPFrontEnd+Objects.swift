@@ -20,6 +20,7 @@ extension KMIPFrontEnd {
         var object = ManagedObject(id: Self.newID(), owner: request.identity, type: .symmetricKey, created: request.now,
                                    materialLength: 0)
         try KMIPAttributes.apply(attributes, to: &object, now: request.now)
+        try checkNames(object.names, request)
         if object.usageMask == nil { object.usageMask = 0x0C }  // Encrypt | Decrypt
         guard object.algorithm == 3 else { throw KMIPFailure(.invalidField, "Create needs Cryptographic Algorithm AES") }
         guard let length = object.length, [128, 192, 256].contains(length) else {
@@ -43,6 +44,7 @@ extension KMIPFrontEnd {
                                    materialLength: 0)
         let material = try KMIPKeyBlock.read(objectItem, into: &object)
         try KMIPAttributes.apply(attributes, to: &object, now: request.now)
+        try checkNames(object.names, request)
         if type == .symmetricKey && object.usageMask == nil { object.usageMask = 0x0C }
         service.noteObject(object.id)
         try await service.storeManagedObject(object, material: material, wrappingKey: try wrappingKey(request))
@@ -79,7 +81,9 @@ extension KMIPFrontEnd {
             service.events.record("forbidden")
             throw KMIPFailure(.permissionDenied, "\(request.node.identity) may not export key material (kmip.export)")
         }
-        guard object.hasMaterial else { throw KMIPFailure(.keyValueNotPresent, "the object is destroyed: its key material is gone") }
+        guard object.hasMaterial else {
+            throw KMIPFailure(.keyValueNotPresent, "the object is destroyed: its key material is gone", recordedAs: .conflict)
+        }
         let material = try await service.openManagedObject(object, wrappingKey: try wrappingKey(request))
         let item = try KMIPKeyBlock.item(object, material: material, format: format)
         return [.enumeration(.objectType, object.type.rawValue), .text(.uniqueIdentifier, object.id), item]
@@ -93,7 +97,7 @@ extension KMIPFrontEnd {
         for item in fields.all(.attributeName) { names.append(try item.text()) }
         try fields.finish()
         let object = try await load(id, request)
-        let all = KMIPAttributes.all(object, version: request.version)
+        let all = KMIPAttributes.all(object)
         let chosen = names.isEmpty ? all : all.filter { names.contains($0.name) }
         return [.text(.uniqueIdentifier, object.id)] + chosen.map(\.item)
     }
@@ -103,7 +107,7 @@ extension KMIPFrontEnd {
         try fields.finish()
         let object = try await load(id, request)
         var names: [String] = []
-        for attribute in KMIPAttributes.all(object, version: request.version) where !names.contains(attribute.name) {
+        for attribute in KMIPAttributes.all(object) where !names.contains(attribute.name) {
             names.append(attribute.name)
         }
         return [.text(.uniqueIdentifier, object.id)] + names.map { .text(.attributeName, $0) }
@@ -119,7 +123,9 @@ extension KMIPFrontEnd {
             switch attribute.name {
             case KMIPAttributes.name:
                 let value = try KMIPAttributes.nameValue(attribute.value)
+                try checkNames([value], request)
                 object.names.append(value)
+                try KMIPAttributes.checkLimits(object)
                 return KMIPAttribute(name: attribute.name, index: Int32(object.names.count - 1), value: attribute.value.value)
             default:
                 let existing = object.attributes.filter { $0.name == attribute.name }.count
@@ -128,6 +134,7 @@ extension KMIPFrontEnd {
                     _ = try attribute.value.text()
                 }
                 object.attributes.append(ManagedObject.Attribute(name: attribute.name, value: TTLVEncoder.encode(attribute.value)))
+                try KMIPAttributes.checkLimits(object)
                 return KMIPAttribute(name: attribute.name, index: Int32(existing), value: attribute.value.value)
             }
         }
@@ -144,7 +151,9 @@ extension KMIPFrontEnd {
             switch attribute.name {
             case KMIPAttributes.name:
                 guard object.names.indices.contains(index) else { throw KMIPFailure(.itemNotFound, "the object has no Name \(index)") }
-                object.names[index] = try KMIPAttributes.nameValue(attribute.value)
+                let value = try KMIPAttributes.nameValue(attribute.value)
+                try checkNames([value], request)
+                object.names[index] = value
             default:
                 let positions = object.attributes.indices.filter { object.attributes[$0].name == attribute.name }
                 guard positions.indices.contains(index) else {
@@ -152,6 +161,7 @@ extension KMIPFrontEnd {
                 }
                 if KMIPAttributes.keptAsGiven.contains(attribute.name) { _ = try attribute.value.text() }
                 object.attributes[positions[index]].value = TTLVEncoder.encode(attribute.value)
+                try KMIPAttributes.checkLimits(object)
             }
             return KMIPAttribute(name: attribute.name, index: Int32(index), value: attribute.value.value)
         }
@@ -185,7 +195,7 @@ extension KMIPFrontEnd {
         guard KMIPAttributes.isClientModifiable(name) else {
             throw KMIPFailure(.permissionDenied, "\(name.prefix(64)) cannot be changed by a client")
         }
-        guard !object.state.isDestroyed else { throw KMIPFailure(.permissionDenied, "the object is destroyed") }
+        guard !object.state.isDestroyed else { throw KMIPFailure(.permissionDenied, "the object is destroyed", recordedAs: .conflict) }
     }
 
     // MARK: - Lifecycle
@@ -204,6 +214,7 @@ extension KMIPFrontEnd {
         var reasonFields = try KMIPFields(try fields.required(.revocationReason))
         let code = try reasonFields.required(.revocationReasonCode).enumeration()
         let message = try reasonFields.optional(.revocationMessage)?.text()
+        if let message { try KMIPAttributes.checkText(message, "Revocation Message") }
         try reasonFields.finish()
         let occurred = try fields.optional(.compromiseOccurrenceDate)?.dateTime()
         try fields.finish()
@@ -233,17 +244,19 @@ extension KMIPFrontEnd {
         let offset = try fields.optional(.offset)?.interval()
         let attributes = try templateAttributes(fields.optional(.templateAttribute))
         try fields.finish()
-        var old = try await load(id, request)
+        let old = try await load(id, request)
+        try checkOwner(old, request)
         guard old.type == .symmetricKey else { throw KMIPFailure(.illegalOperation, "only a Symmetric Key is re-keyed") }
         guard old.state == .preActive || old.state == .active || old.state == .deactivated else {
-            throw KMIPFailure(.permissionDenied, "the object is \(old.state.name) and cannot be re-keyed")
+            throw KMIPFailure(.permissionDenied, "the object is \(old.state.name) and cannot be re-keyed", recordedAs: .conflict)
         }
         var replacement = ManagedObject(id: Self.newID(), owner: old.owner, type: .symmetricKey, algorithm: old.algorithm,
                                         length: old.length, usageMask: old.usageMask, names: old.names, created: request.now,
                                         materialLength: old.materialLength)
         replacement.attributes = old.attributes
-        try KMIPAttributes.apply(attributes.filter { $0.name != KMIPAttributes.cryptographicAlgorithm && $0.name != KMIPAttributes.cryptographicLength },
-                                 to: &replacement, now: request.now)
+        let settable = attributes.filter { $0.name != KMIPAttributes.cryptographicAlgorithm && $0.name != KMIPAttributes.cryptographicLength }
+        try KMIPAttributes.apply(settable, to: &replacement, now: request.now)
+        try checkNames(replacement.names, request)
         if let offset {
             replacement.dates.activation = request.now + Int64(offset)
             if offset == 0 { replacement.state = .active }
@@ -252,20 +265,20 @@ extension KMIPFrontEnd {
             replacement.dates.activation = request.now
         }
         replacement.links = [ManagedObject.Link(type: 0x107, id: old.id)]
-        service.noteObject(replacement.id)
+        service.noteDetail("replacement \(replacement.id)")
         try await service.createManagedObject(replacement, generating: replacement.materialLength, wrappingKey: try wrappingKey(request))
-        old.names = []
-        old.links.append(ManagedObject.Link(type: 0x106, id: replacement.id))
-        old.dates.lastChange = request.now
-        guard try await service.updateManagedObject(old) else {
-            throw KMIPFailure(.illegalOperation, "\(id) changed while it was re-keyed; the replacement \(replacement.id) exists, retry the link")
+        // The names move to the replacement; the old key keeps a link to it. Retried if the old key changed meanwhile.
+        _ = try await change(id, request) { (object: inout ManagedObject) throws(KMIPFailure) in
+            object.names = []
+            object.links.append(ManagedObject.Link(type: 0x106, id: replacement.id))
         }
+        service.noteObject(id)
         return [.text(.uniqueIdentifier, replacement.id)]
     }
 
     // MARK: - Locate
 
-    /// Locate: the caller's objects (and those grants share) matching every attribute given, newest first, from
+    /// Locate: the caller's objects (and those grants share) matching every attribute given, oldest first, from
     /// Offset Items, at most Maximum Items; Located Items (1.3) counts every match.
     func locate(_ request: KMIPOperationRequest, _ fields: inout KMIPFields) async throws -> [TTLVItem]? {
         let maximum = try fields.optional(.maximumItems)?.integer()
@@ -286,14 +299,14 @@ extension KMIPFrontEnd {
         var after: String?
         while true {
             let page = try await service.managedObjects(after: after, limit: 500)
-            for object in page where visible(object, request) {
-                let current = Self.advanced(object, now: request.now)
-                if criteria.allSatisfy({ $0.matches(current) }) { matches.append(current) }
+            for object in page where visible(object, request) && criteria.allSatisfy({ $0.matches(object) }) {
+                matches.append(object)
             }
             guard let last = page.last, page.count == 500 else { break }
             after = last.id
         }
-        matches.sort { ($0.dates.initial, $0.id) > ($1.dates.initial, $1.id) }
+        // Oldest first (identifiers are time-ordered): a client paging with Offset Items while keys are added sees
+        // each key once, since new keys come after the pages it has read.
         let window = matches.dropFirst(Int(offset)).prefix(maximum.map(Int.init) ?? Int.max)
         var payload: [TTLVItem] = []
         if request.version >= KMIPVersion(1, 3) { payload.append(.integer(.locatedItems, Int32(clamping: matches.count))) }
@@ -321,7 +334,7 @@ extension KMIPFrontEnd {
         do {
             try body()
         } catch {
-            throw KMIPFailure(reason, error.description)
+            throw KMIPFailure(reason, error.description, recordedAs: .conflict)
         }
     }
 
@@ -334,14 +347,14 @@ extension KMIPFrontEnd {
         return placeholder
     }
 
-    /// The object with `id` if the caller may see it (as of now: activation and deactivation dates applied), else
-    /// `Item Not Found`, the same answer as for an object that does not exist.
+    /// The object with `id` if the caller may see it (as of now: the service applies activation and deactivation
+    /// dates), else `Item Not Found`, the same answer as for an object that does not exist.
     func load(_ id: String, _ request: KMIPOperationRequest) async throws -> ManagedObject {
         service.noteObject(id)
         guard id.utf8.count <= 128, let object = try await service.managedObject(id), visible(object, request) else {
             throw KMIPFailure(.itemNotFound, "no object \(id.prefix(128))")
         }
-        return Self.advanced(object, now: request.now)
+        return object
     }
 
     /// Reads the object, applies `body`, and writes it back unless another change came first (then reads it again,
@@ -350,6 +363,7 @@ extension KMIPFrontEnd {
                    _ body: (inout ManagedObject) throws(KMIPFailure) -> T) async throws -> T {
         for _ in 0 ..< 3 {
             var object = try await load(id, request)
+            try checkOwner(object, request)
             let result = try body(&object)
             object.dates.lastChange = request.now
             if try await service.updateManagedObject(object) { return result }
@@ -357,21 +371,33 @@ extension KMIPFrontEnd {
         throw KMIPFailure(.generalFailure, "the object kept changing; retry")
     }
 
-    /// Owner, or a grant sharing one of the object's names.
+    /// Owner, or a grant from the object's owner sharing one of its names with the caller.
     func visible(_ object: ManagedObject, _ request: KMIPOperationRequest) -> Bool {
         if object.owner == request.identity { return true }
         return request.configuration.grants.contains { grant in
-            request.node.identity.matches(any: grant.identities) && object.names.contains { $0.hasPrefix(grant.namePrefix) }
+            request.node.identity.matches(any: grant.identities) && grant.owners.contains { ClientIdentity.matches($0, object.owner) }
+                && object.names.contains { $0.hasPrefix(grant.namePrefix) }
         }
     }
 
-    /// The object as of `now`: a Pre-Active one whose activation date passed is Active, an Active one whose deactivation
-    /// date passed is Deactivated (the dates the client set take effect without a background job).
-    static func advanced(_ object: ManagedObject, now: Int64) -> ManagedObject {
-        var object = object
-        if object.state == .preActive, let activation = object.dates.activation, activation <= now { object.state = .active }
-        if object.state == .active, let deactivation = object.dates.deactivation, deactivation <= now { object.state = .deactivated }
-        return object
+    /// Changes (attributes, the lifecycle, Re-key) are the owner's: a grant shares use, not control.
+    func checkOwner(_ object: ManagedObject, _ request: KMIPOperationRequest) throws(KMIPFailure) {
+        guard object.owner == request.identity else {
+            throw KMIPFailure(.permissionDenied, "only the object's owner changes it; a grant shares its use", recordedAs: .forbidden)
+        }
+    }
+
+    /// A Name under a granted prefix is given only by an owner that grant covers: another identity could otherwise
+    /// place an object among those the grant shares (a keyring loading every key of its group would load it).
+    func checkNames(_ names: [String], _ request: KMIPOperationRequest) throws(KMIPFailure) {
+        for name in names {
+            for grant in request.configuration.grants where name.hasPrefix(grant.namePrefix) {
+                guard request.node.identity.matches(any: grant.owners) else {
+                    throw KMIPFailure(.permissionDenied, "Names starting with \(grant.namePrefix.prefix(64)) are given by the owners kmip.grants names",
+                                      recordedAs: .forbidden)
+                }
+            }
+        }
     }
 
     func wrappingKey(_ request: KMIPOperationRequest) throws(KMIPFailure) -> KeyName {

@@ -13,8 +13,9 @@ public struct KMIPConfiguration: Sendable {
     public var export: [String] = []
     /// The kmsd key that wraps every managed object's key material in the state store.
     public var wrappingKey: KeyName?
-    /// Objects shared beyond their owner: identities matching `identities` see and use every object with a Name
-    /// starting with `namePrefix`, as its owner does (Get still needs `export`).
+    /// Objects shared beyond their owner: identities matching `identities` see and use (Locate, Get Attributes,
+    /// Encrypt, Decrypt; Get with `export`) the objects of owners matching `owners` that have a Name starting with
+    /// `namePrefix`. Only those owners may give an object a Name under the prefix; changes stay the owner's.
     public var grants: [Grant] = []
     /// How often the background job looks for objects to rewrap after the wrapping key rotated.
     public var rewrapInterval: Duration = .seconds(10)
@@ -25,10 +26,12 @@ public struct KMIPConfiguration: Sendable {
 
     public struct Grant: Sendable, Equatable {
         public var identities: [String]
+        public var owners: [String]
         public var namePrefix: String
 
-        public init(identities: [String], namePrefix: String) {
+        public init(identities: [String], owners: [String], namePrefix: String) {
             self.identities = identities
+            self.owners = owners
             self.namePrefix = namePrefix
         }
     }
@@ -84,13 +87,21 @@ public final class KMIPFrontEnd: Sendable {
         var results: [KMIPResult] = []
         var placeholder: String?
         for item in request.items {
-            let outcome = await perform(item, version: request.version, peer: peer, configuration: configuration, placeholder: placeholder)
+            let (outcome, admitted) = await perform(item, version: request.version, peer: peer, configuration: configuration,
+                                                    placeholder: placeholder)
             results.append(KMIPResult(operation: item.operation, id: item.id, outcome: outcome))
-            if case .success(let payload) = outcome,
-               case .textString(let id)? = payload?.first(where: { $0.tag == .uniqueIdentifier })?.value {
-                placeholder = id
+            switch outcome {
+            case .success(let payload):
+                // The ID Placeholder: what Create, Register, Re-key and Locate (its first hit) return.
+                if Self.setsPlaceholder.contains(item.operation) {
+                    if case .textString(let id)? = payload?.first(where: { $0.tag == .uniqueIdentifier })?.value { placeholder = id } else { placeholder = nil }
+                }
+            case .failure:
+                placeholder = nil
             }
-            if case .failure = outcome, request.batchErrorContinuation == .stop { break }
+            // A caller who was not admitted (no valid certificate, outside kmip.allow, over its rate) gets one answer
+            // per message, whatever the batch asks: each further item would only add a refusal record.
+            if case .failure = outcome, request.batchErrorContinuation == .stop || !admitted { break }
         }
         var response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
         if let limit = request.maximumResponseSize, response.count > limit {
@@ -108,8 +119,9 @@ public final class KMIPFrontEnd: Sendable {
 
     /// One batch item as one audited operation: the caller is authenticated by the connection's certificate and must
     /// match `kmip.allow` before the operation sees its payload.
-    private func perform(_ item: KMIPRequest.Item, version: KMIPVersion, peer: PeerCertificate?,
-                         configuration: KMIPConfiguration, placeholder: String?) async -> Result<[TTLVItem]?, KMIPFailure> {
+    private func perform(_ item: KMIPRequest.Item, version: KMIPVersion, peer: PeerCertificate?, configuration: KMIPConfiguration,
+                         placeholder: String?) async -> (Result<[TTLVItem]?, KMIPFailure>, admitted: Bool) {
+        var admitted = false
         do {
             let payload = try await service.audited(.keyAccess, item.operation.auditAction, frontend: Self.frontend) {
                 let node = try service.authenticateNode(peer)
@@ -117,24 +129,26 @@ public final class KMIPFrontEnd: Sendable {
                     service.events.record("forbidden")
                     throw KMIPFailure(.permissionDenied, "\(node.identity) may not use KMIP (kmip.allow)")
                 }
+                admitted = true
                 let request = KMIPOperationRequest(operation: item.operation, version: version, node: node, payload: item.payload,
                                                    configuration: configuration, placeholder: placeholder, now: now())
                 return try await operate(request)
             }
-            return .success(payload)
+            return (.success(payload), admitted)
         } catch {
-            return .failure(KMIPFailure.from(error))
+            return (.failure(KMIPFailure.from(error)), admitted)
         }
     }
+
+    /// The operations whose Unique Identifier becomes the ID Placeholder for the batch's next items.
+    static let setsPlaceholder: Set<KMIPOperation> = [.create, .register, .reKey, .locate]
 
     /// Runs one operation for an authenticated, allowed caller; the Response Payload's fields. Throws a `KMIPFailure`,
     /// or a service error (the backend or the store unavailable) that the audit scope records as what it was.
     private func operate(_ request: KMIPOperationRequest) async throws -> [TTLVItem]? {
+        // The parser let only values of the Operation enumeration through.
         guard let operation = Self.operations[request.operation], operation.since <= request.version else {
-            if KMIPSpecification.isDefined(request.operation.rawValue, for: .operation) {
-                throw KMIPFailure(.operationNotSupported, "kmsd does not offer \(request.operation) in KMIP \(request.version)")
-            }
-            throw KMIPFailure(.invalidField, "unknown operation")
+            throw KMIPFailure(.operationNotSupported, "kmsd does not offer \(request.operation) in KMIP \(request.version)")
         }
         var fields = try request.payload.map { (payload) throws(KMIPFailure) in try KMIPFields(payload) }
             ?? KMIPFields(children: [], in: "Request Payload")

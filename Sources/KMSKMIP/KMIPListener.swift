@@ -62,8 +62,8 @@ public final class KMIPListener: Service, Sendable {
                 guard let ticket = limit.guardConnection(channel) else {
                     return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
                 }
+                let peer = channel.eventLoop.makePromise(of: PeerCertificate?.self)
                 return channel.eventLoop.makeCompletedFuture {
-                    let peer = channel.eventLoop.makePromise(of: PeerCertificate?.self)
                     let state = KMIPConnectionState()
                     let operations = channel.pipeline.syncOperations
                     try operations.addHandler(NIOSSLServerHandler(context: tls.current))
@@ -73,8 +73,15 @@ public final class KMIPListener: Service, Sendable {
                     try operations.addHandler(ByteToMessageHandler(KMIPFrameDecoder(limits: messageLimits,
                                                                                     deadline: TimeAmount(limit.policy.idleTimeout))))
                     try operations.addHandler(KMIPConnectionGuard(state: state))
-                    let async = try NIOAsyncChannel<KMIPFrame, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    // One message at a time: the next is not read off the socket while one waits to be answered, so a peer
+                    // that sends many at once makes kmsd hold at most one beyond the one it answers.
+                    let async = try NIOAsyncChannel<KMIPFrame, ByteBuffer>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(backPressureStrategy: .init(lowWatermark: 0, highWatermark: 1)))
                     return Connection(channel: async, peer: peer.futureResult, state: state)
+                }.flatMapErrorThrowing { error in
+                    peer.succeed(nil)
+                    throw error
                 }
             }
         await onRunning(server.channel.localAddress?.port ?? port)
@@ -188,7 +195,8 @@ final class KMIPFrameDecoder: ByteToMessageDecoder {
 /// serving task.
 final class KMIPConnectionState: Sendable {
     private struct State {
-        var inProgress = false
+        /// Messages read and not yet answered.
+        var inProgress = 0
         var closeWhenIdle = false
         var channel: (any Channel)?
     }
@@ -196,13 +204,13 @@ final class KMIPConnectionState: Sendable {
 
     func attach(_ channel: any Channel) { state.withLock { $0.channel = channel } }
 
-    func startedMessage() { state.withLock { $0.inProgress = true } }
+    func startedMessage() { state.withLock { $0.inProgress += 1 } }
 
-    /// The answer was written; true when the connection should now close.
+    /// An answer was written; true when the connection should now close (asked to, and nothing else in progress).
     func finishedMessage() -> Bool {
         state.withLock { state in
-            state.inProgress = false
-            return state.closeWhenIdle
+            state.inProgress = max(0, state.inProgress - 1)
+            return state.closeWhenIdle && state.inProgress == 0
         }
     }
 
@@ -210,14 +218,14 @@ final class KMIPConnectionState: Sendable {
     func closeWhenIdle() {
         let idle = state.withLock { state -> (any Channel)? in
             state.closeWhenIdle = true
-            return state.inProgress ? nil : state.channel
+            return state.inProgress > 0 ? nil : state.channel
         }
         idle?.close(promise: nil)
     }
 
     /// Closes the connection if it is idle (the idle deadline).
     func closeIfIdle() {
-        let idle = state.withLock { $0.inProgress ? nil : $0.channel }
+        let idle = state.withLock { $0.inProgress > 0 ? nil : $0.channel }
         idle?.close(promise: nil)
     }
 }

@@ -16,6 +16,9 @@ struct KMIPRequest {
         let payload: TTLVItem?
     }
 
+    /// The most batch items one message may hold: each is an operation with its own audit record.
+    static let maxBatchItems = 64
+
     /// The version the client asked for.
     var requested: KMIPVersion
     var maximumResponseSize: Int?
@@ -74,6 +77,9 @@ struct KMIPRequest {
 
         guard !batch.isEmpty, Int(count) == batch.count else {
             throw KMIPFailure(.invalidMessage, "Batch Count is \(count) but the message holds \(batch.count) batch items")
+        }
+        guard batch.count <= Self.maxBatchItems else {
+            throw KMIPFailure(.invalidMessage, "a message holds at most \(Self.maxBatchItems) batch items")
         }
         for item in batch {
             var itemFields = try KMIPFields(item)

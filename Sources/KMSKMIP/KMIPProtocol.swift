@@ -18,9 +18,6 @@ public struct KMIPVersion: Hashable, Comparable, Sendable, CustomStringConvertib
 
     public static func < (lhs: KMIPVersion, rhs: KMIPVersion) -> Bool { (lhs.major, lhs.minor) < (rhs.major, rhs.minor) }
     public var description: String { "\(major).\(minor)" }
-
-    /// Whether a tag KMIP introduced in `1.since` may appear in a message of this version.
-    func has(_ tag: TTLVTag) -> Bool { KMIPSpecification.tag(tag).map { Int32($0.since) <= minor } ?? false }
 }
 
 /// The tags the front end reads and writes, named.
@@ -123,15 +120,34 @@ public struct KMIPResultReason: RawRepresentable, Hashable, Sendable, CustomStri
 public struct KMIPFailure: Error, FrontEndError, CustomStringConvertible {
     public let reason: KMIPResultReason
     public let message: String
+    /// How the audit record and the security events classify it, when the reason alone would mislead (Permission
+    /// Denied for an object in the wrong state is a conflict, not an authorization refusal).
+    public let recordedAs: ServiceError.Kind?
 
-    public init(_ reason: KMIPResultReason, _ message: String) {
+    public init(_ reason: KMIPResultReason, _ message: String, recordedAs: ServiceError.Kind? = nil) {
         self.reason = reason
         self.message = message
+        self.recordedAs = recordedAs
     }
 
     public var description: String { "\(reason): \(message)" }
 
     public var serviceError: ServiceError {
+        if let recordedAs {
+            let code: KMSError.Code = switch recordedAs {
+            case .forbidden: .forbidden
+            case .conflict: .conflict
+            case .unauthenticated: .unauthenticated
+            case .notFound: .notFound
+            case .rateLimited: .rateLimited
+            case .unavailable: .unavailable
+            case .internal: .internal
+            case .badRequest, .tooLarge: .invalidInput
+            }
+            var error = ServiceError(recordedAs, code, message)
+            error.underlying = self
+            return error
+        }
         var error: ServiceError = switch reason {
         case .authenticationNotSuccessful: ServiceError(.unauthenticated, .unauthenticated, message)
         case .permissionDenied: ServiceError(.forbidden, .forbidden, message)

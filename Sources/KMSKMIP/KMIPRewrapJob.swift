@@ -5,11 +5,11 @@ public import Logging
 public import ServiceLifecycle
 import Synchronization
 
-/// Rewraps managed objects after kmsd's wrapping key rotates: every `interval` it seals the material of objects still
-/// under an older version again under the wrapping version, in passes of `batch`, until none is left. Progress is the
-/// count left (`remaining`, the `kmsd_kmip_objects_to_rewrap` gauge, `kmsctl kmip objects list`). An object that
-/// changes meanwhile is left for the next pass; with the backend down a pass fails and the next one tries again, and
-/// nothing is lost: the old version still opens what it wrapped until an operator retires it.
+/// Rewraps managed objects after kmsd's wrapping key rotates: every `interval` a sweep seals the material of objects
+/// still under an older version again under the wrapping version, `batch` at a time. Progress is the count left (the
+/// `kmsd_kmip_objects_to_rewrap` gauge; `kmsctl kmip objects list` counts objects by version). An object that changes
+/// meanwhile, or fails on its own, is left for the next sweep; with the backend down a sweep stops and the next one
+/// tries again, and nothing is lost: the old version still opens what it wrapped until an operator retires it.
 public final class KMIPRewrapJob: Service, Sendable {
     let frontEnd: KMIPFrontEnd
     let interval: Duration
@@ -40,21 +40,31 @@ public final class KMIPRewrapJob: Service, Sendable {
         }
     }
 
-    /// Rewraps until nothing is left or a pass fails; returns how many were left at the end (nil when unknown).
+    /// One sweep: rewraps every object under an older version, page by page, passing over those that fail on their
+    /// own (they are logged, and the next sweep tries them again); an outage ends the sweep. Returns how many objects
+    /// were left under older versions at its end (nil when unknown).
     @discardableResult
     public func pass() async -> Int? {
         guard let key = frontEnd.configuration.wrappingKey else { return nil }
         let service = frontEnd.service
         do {
-            while true {
-                let remaining = try await service.managedObjectsToRewrap(wrappingKey: key)
-                record(remaining: remaining, rewrapped: 0)
-                guard remaining > 0 else { return 0 }
-                let done = try await service.rewrapManagedObjects(wrappingKey: key, limit: batch)
-                record(remaining: nil, rewrapped: done)
-                logger.info("managed objects rewrapped", metadata: ["key": "\(key)", "rewrapped": "\(done)", "left": "\(max(0, remaining - done))"])
-                if done == 0 { return remaining }
-            }
+            let remaining = try await service.managedObjectsToRewrap(wrappingKey: key)
+            record(remaining: remaining, rewrapped: 0)
+            guard remaining > 0 else { return 0 }
+            var after: String?
+            repeat {
+                let pass = try await service.rewrapManagedObjects(wrappingKey: key, after: after, limit: batch)
+                record(remaining: nil, rewrapped: pass.rewrapped)
+                if pass.rewrapped + pass.failed > 0 {
+                    logger.info("managed objects rewrapped", metadata: [
+                        "key": "\(key)", "rewrapped": "\(pass.rewrapped)", "failed": "\(pass.failed)", "skipped": "\(pass.skipped)",
+                    ])
+                }
+                after = pass.next
+            } while after != nil
+            let left = try await service.managedObjectsToRewrap(wrappingKey: key)
+            record(remaining: left, rewrapped: 0)
+            return left
         } catch {
             logger.warning("rewrapping managed objects failed; retrying later", metadata: ["key": "\(key)", "error": "\(error)"])
             return nil

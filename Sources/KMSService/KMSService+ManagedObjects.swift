@@ -1,6 +1,7 @@
 import Foundation
 public import KMSCore
 import KMSRotation
+import Logging
 import KMSState
 import Synchronization
 
@@ -12,11 +13,13 @@ extension KMSService {
     /// Names the managed object the current operation concerns in its audit record.
     public func noteObject(_ id: String) { AuditNote.object(id) }
 
+    /// Adds free text (no secrets) to the current operation's audit record.
+    public func noteDetail(_ detail: String) { AuditNote.detail(detail) }
+
     /// Makes key material of `count` bytes for `object`, seals it under `wrappingKey` and stores the object. A key of
     /// the length the providers make (`DataKey.length`) comes from the wrapping key's provider (the HSM's generator);
     /// another length from the operating system's generator, as the API's other data key lengths do.
     public func createManagedObject(_ object: ManagedObject, generating count: Int, wrappingKey: KeyName) async throws(ServiceError) {
-        var object = object
         let provider = try wrappingProvider(wrappingKey)
         let context = Self.sealingContext(object.id)
         let sealed = try await wrappingCall(wrappingKey) {
@@ -26,8 +29,22 @@ extension KMSService {
             }
             return try await provider.wrap(wrappingKey, plaintext: SecretBytes.random(count: count), context: context)
         }
+        try await insert(object, sealed: sealed)
+    }
+
+    /// Seals `material` under `wrappingKey` and stores `object` with it.
+    public func storeManagedObject(_ object: ManagedObject, material: SecretBytes, wrappingKey: KeyName) async throws(ServiceError) {
+        let provider = try wrappingProvider(wrappingKey)
+        let context = Self.sealingContext(object.id)
+        let sealed = try await wrappingCall(wrappingKey) { try await provider.wrap(wrappingKey, plaintext: material, context: context) }
+        try await insert(object, sealed: sealed)
+    }
+
+    private func insert(_ object: ManagedObject, sealed: WrappedKey) async throws(ServiceError) {
+        var object = object
         object.envelope = sealed.wrapped
         object.wrappingVersion = sealed.version.rawValue
+        object.sealedBy = sealed.key.rawValue
         let record = try Self.record(object)
         try await storeCall("store the managed object") { store in try await store.insertManagedObject(record) }
     }
@@ -35,21 +52,13 @@ extension KMSService {
     /// The context an object's material is sealed under.
     static func sealingContext(_ id: String) -> EncryptionContext { ["kmsd_managed_object": id] }
 
-    /// Seals `material` under `wrappingKey` and stores `object` with it.
-    public func storeManagedObject(_ object: ManagedObject, material: SecretBytes, wrappingKey: KeyName) async throws(ServiceError) {
-        var object = object
-        let sealed = try await seal(material, id: object.id, wrappingKey: wrappingKey)
-        object.envelope = sealed.wrapped
-        object.wrappingVersion = sealed.version.rawValue
-        let record = try Self.record(object)
-        try await storeCall("store the managed object") { store in try await store.insertManagedObject(record) }
-    }
-
-    /// The object with `id`, as stored (its revision read), or nil.
+    /// The object with `id` as of now (its dates applied: `ManagedObject.advanced`), with the revision read; or nil.
     public func managedObject(_ id: String) async throws(ServiceError) -> ManagedObject? {
         guard let record = try await storeCall("read the managed object", { store in try await store.managedObject(id) }) else { return nil }
-        return try object(record)
+        return try object(record).advanced(at: Self.now())
     }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
     /// Writes `object` back if nobody changed it since it was read; false when another change came first.
     public func updateManagedObject(_ object: ManagedObject) async throws(ServiceError) -> Bool {
@@ -61,45 +70,78 @@ extension KMSService {
     public func managedObjects(after: String?, limit: Int) async throws(ServiceError) -> [ManagedObject] {
         let records = try await storeCall("list managed objects") { store in try await store.managedObjects(after: after, limit: limit) }
         var objects: [ManagedObject] = []
-        for record in records { objects.append(try object(record)) }
+        let now = Self.now()
+        for record in records { objects.append(try object(record).advanced(at: now)) }
         return objects
     }
 
-    /// The object's key material, opened with the wrapping key (the backend must be up: kmsd fails closed).
+    /// The object's key material, opened with the key that sealed it (`wrappingKey` for objects stored before kmsd
+    /// recorded it). The backend must be up: kmsd fails closed.
     public func openManagedObject(_ object: ManagedObject, wrappingKey: KeyName) async throws(ServiceError) -> SecretBytes {
         guard let envelope = object.envelope else { throw ServiceError(.conflict, .conflict, "the object has no key material (destroyed)") }
-        let provider = try wrappingProvider(wrappingKey)
+        let key = object.sealedBy.flatMap { try? KeyName($0) } ?? wrappingKey
+        let provider = try wrappingProvider(key)
         let context = Self.sealingContext(object.id)
-        return try await wrappingCall(wrappingKey) { try await provider.unwrap(wrappingKey, wrapped: envelope, context: context).plaintext }
+        return try await wrappingCall(key) { try await provider.unwrap(key, wrapped: envelope, context: context).plaintext }
     }
 
-    /// Seals the material of objects under older versions of `wrappingKey` again under its wrapping version, up to
-    /// `limit` of them; how many it rewrapped. An object changed meanwhile is left for the next pass.
-    public func rewrapManagedObjects(wrappingKey: KeyName, limit: Int) async throws(ServiceError) -> Int {
+    /// One pass of rewrapping: what it did, and where the next pass of the same sweep starts.
+    public struct RewrapPass: Sendable {
+        public var rewrapped = 0
+        /// Objects whose envelope did not open or whose rewrap failed for a reason of their own (not an outage); they
+        /// are passed over, and the next sweep tries them again.
+        public var failed = 0
+        /// Objects sealed by another kmsd key (a former `kmip.wrapping_key`): they keep opening with it.
+        public var skipped = 0
+        /// The last id looked at; nil when the sweep is done.
+        public var next: String?
+    }
+
+    /// Seals the material of up to `limit` objects (ids after `after`) still under older versions of `wrappingKey`
+    /// again under its wrapping version. An object changed meanwhile is left for the next sweep; an outage ends the
+    /// pass with the error (nothing is lost: the old version still opens what it sealed).
+    public func rewrapManagedObjects(wrappingKey: KeyName, after: String?, limit: Int) async throws(ServiceError) -> RewrapPass {
         let provider = try wrappingProvider(wrappingKey)
-        let current = try await wrappingCall(wrappingKey) { try await provider.describeKey(wrappingKey).wrappingVersion?.version.rawValue ?? 0 }
+        let current = try await currentVersion(wrappingKey, provider)
         let stale = try await storeCall("list managed objects to rewrap") { store in
-            try await store.managedObjects(wrappedBelow: current, limit: limit)
+            try await store.managedObjects(wrappedBelow: current, after: after, limit: limit)
         }
-        var done = 0
+        var pass = RewrapPass(next: stale.count == limit ? stale.last?.id : nil)
         for record in stale {
             guard let envelope = record.material else { continue }
+            guard (try? object(record))?.sealedBy.map({ $0 == wrappingKey.rawValue }) ?? true else {
+                pass.skipped += 1
+                continue
+            }
             let context = Self.sealingContext(record.id)
-            let rewrapped = try await wrappingCall(wrappingKey) { try await provider.rewrap(wrappingKey, wrapped: envelope, context: context) }
+            let rewrapped: WrappedKey
+            do {
+                rewrapped = try await wrappingCall(wrappingKey) { try await provider.rewrap(wrappingKey, wrapped: envelope, context: context) }
+            } catch {
+                if error.kind == .unavailable { throw error }
+                pass.failed += 1
+                logger.warning("a managed object could not be rewrapped", metadata: ["object": "\(record.id)", "error": "\(error)"])
+                continue
+            }
             var updated = record
             updated.material = rewrapped.wrapped
             updated.wrappingVersion = rewrapped.version.rawValue
             let rewrappedRecord = updated
-            if try await storeCall("rewrap a managed object", { store in try await store.updateManagedObject(rewrappedRecord) }) { done += 1 }
+            if try await storeCall("rewrap a managed object", { store in try await store.updateManagedObject(rewrappedRecord) }) {
+                pass.rewrapped += 1
+            }
         }
-        return done
+        return pass
     }
 
     /// How many objects hold material under a version of `wrappingKey` older than its latest.
     public func managedObjectsToRewrap(wrappingKey: KeyName) async throws(ServiceError) -> Int {
-        let provider = try wrappingProvider(wrappingKey)
-        let current = try await wrappingCall(wrappingKey) { try await provider.describeKey(wrappingKey).wrappingVersion?.version.rawValue ?? 0 }
+        let current = try await currentVersion(wrappingKey, try wrappingProvider(wrappingKey))
         return try await storeCall("count managed objects to rewrap") { store in try await store.countManagedObjects(wrappedBelow: current) }
+    }
+
+    private func currentVersion(_ key: KeyName, _ provider: any KeyProvider) async throws(ServiceError) -> UInt32 {
+        try await wrappingCall(key) { try await provider.describeKey(key).wrappingVersion?.version.rawValue ?? 0 }
     }
 
     private func seal(_ material: SecretBytes, id: String, wrappingKey: KeyName) async throws(ServiceError) -> WrappedKey {

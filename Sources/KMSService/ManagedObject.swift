@@ -5,8 +5,8 @@ import Foundation
 /// envelope under kmsd's wrapping key (`KMSService.storeManagedObject`), and it is opened for one operation at a time.
 ///
 /// Values of the KMIP enumerations (object type, state, algorithm, revocation reason) are kept as KMIP numbers, since
-/// KMIP is what these objects are for; the service enforces the lifecycle (`ManagedObject+Lifecycle`), so kmsctl and
-/// every front end get the same rules.
+/// KMIP is what these objects are for; the service enforces the lifecycle (the extension below), so kmsctl and every
+/// front end get the same rules.
 public struct ManagedObject: Sendable, Equatable, Codable {
     public enum ObjectType: UInt32, Sendable, Codable, CaseIterable {
         case symmetricKey = 2
@@ -53,7 +53,7 @@ public struct ManagedObject: Sendable, Equatable, Codable {
     }
 
     public struct Link: Sendable, Equatable, Codable {
-        /// The Link Type value (0x0101 Replacement Object, 0x0102 Replaced Object, …).
+        /// The Link Type value (0x106 Replacement Object, 0x107 Replaced Object, …).
         public var type: UInt32
         public var id: String
 
@@ -97,6 +97,9 @@ public struct ManagedObject: Sendable, Equatable, Codable {
     /// The material's length in bytes (kept so Get Attributes needs no unwrap).
     public var materialLength: Int
 
+    /// The kmsd key that sealed the material (an object keeps opening with it if `kmip.wrapping_key` changes).
+    public internal(set) var sealedBy: String?
+
     /// The stored envelope and the wrapping key version under it, and the revision read (not part of the description).
     public internal(set) var envelope: [UInt8]?
     public internal(set) var wrappingVersion: UInt32 = 0
@@ -104,7 +107,8 @@ public struct ManagedObject: Sendable, Equatable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case id, owner, type, state, algorithm, length, usageMask = "usage_mask", secretDataType = "secret_data_type",
-             keyFormat = "key_format", names, dates, revocation, links, attributes, materialLength = "material_length"
+             keyFormat = "key_format", names, dates, revocation, links, attributes, materialLength = "material_length",
+             sealedBy = "sealed_by"
     }
 
     public init(id: String, owner: String, type: ObjectType, state: State = .preActive, algorithm: UInt32? = nil, length: Int32? = nil,
@@ -183,6 +187,16 @@ extension ManagedObject {
         dates.lastChange = now
         envelope = nil
         wrappingVersion = 0
+    }
+
+    /// The object as of `now`: a Pre-Active object whose Activation Date passed is Active, an Active one whose
+    /// Deactivation Date passed is Deactivated. The service applies it to every object it reads, so the dates a
+    /// client set take effect for every front end and kmsctl without a background job.
+    public func advanced(at now: Int64) -> ManagedObject {
+        var object = self
+        if object.state == .preActive, let activation = object.dates.activation, activation <= now { object.state = .active }
+        if object.state == .active, let deactivation = object.dates.deactivation, deactivation <= now { object.state = .deactivated }
+        return object
     }
 
     /// Whether the material may protect data (Encrypt): Active only.

@@ -40,9 +40,10 @@ extension PostgresStateStore {
         try await select("list managed objects", "WHERE id > \(after ?? "") ORDER BY id LIMIT \(max(0, limit))")
     }
 
-    public func managedObjects(wrappedBelow version: UInt32, limit: Int) async throws -> [ManagedObjectRecord] {
-        try await select("list managed objects to rewrap",
-                         "WHERE material IS NOT NULL AND wrapping_version < \(Int64(version)) ORDER BY id LIMIT \(max(0, limit))")
+    public func managedObjects(wrappedBelow version: UInt32, after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
+        try await select("list managed objects to rewrap", """
+            WHERE material IS NOT NULL AND wrapping_version < \(Int64(version)) AND id > \(after ?? "") ORDER BY id LIMIT \(max(0, limit))
+            """)
     }
 
     public func countManagedObjects(wrappedBelow version: UInt32) async throws -> Int {

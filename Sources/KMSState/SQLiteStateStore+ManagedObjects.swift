@@ -47,12 +47,12 @@ extension SQLiteStateStore {
         }
     }
 
-    public func managedObjects(wrappedBelow version: UInt32, limit: Int) async throws -> [ManagedObjectRecord] {
+    public func managedObjects(wrappedBelow version: UInt32, after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
         try await guarded("list managed objects to rewrap") { [queue] in
             try await queue.read { db in
                 try Row.fetchAll(db, sql: """
-                    SELECT * FROM managed_objects WHERE material IS NOT NULL AND wrapping_version < ? ORDER BY id LIMIT ?
-                    """, arguments: [Int64(version), max(0, limit)]).map(Self.managedObject)
+                    SELECT * FROM managed_objects WHERE material IS NOT NULL AND wrapping_version < ? AND id > ? ORDER BY id LIMIT ?
+                    """, arguments: [Int64(version), after ?? "", max(0, limit)]).map(Self.managedObject)
             }
         }
     }

@@ -170,8 +170,9 @@ public protocol StateStore: Sendable {
     func updateManagedObject(_ object: ManagedObjectRecord) async throws -> Bool
     /// Up to `limit` objects with ids after `after` (all when nil), by id: paging through every object.
     func managedObjects(after: String?, limit: Int) async throws -> [ManagedObjectRecord]
-    /// Up to `limit` objects whose material is under a wrapping key version below `version`, by id (rewrapping).
-    func managedObjects(wrappedBelow version: UInt32, limit: Int) async throws -> [ManagedObjectRecord]
+    /// Up to `limit` objects with ids after `after` whose material is under a wrapping key version below `version`, by
+    /// id (rewrapping).
+    func managedObjects(wrappedBelow version: UInt32, after: String?, limit: Int) async throws -> [ManagedObjectRecord]
     /// How many objects hold material under a wrapping key version below `version`.
     func countManagedObjects(wrappedBelow version: UInt32) async throws -> Int
     /// Closes the store's connections; nothing may be called after.

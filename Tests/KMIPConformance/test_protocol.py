@@ -150,6 +150,8 @@ def test_malformed_ttlv_is_answered_with_an_error_and_the_listener_still_serves(
 
 
 def test_no_client_certificate_is_refused():
+    with tls_socket() as sock:  # the same listener answers a client that presents one
+        assert exchange(sock, GOOD).batch_items[0].result_status.value == ResultStatus.SUCCESS
     with pytest.raises((ssl.SSLError, ConnectionError, EOFError, OSError)):
         with tls_socket(cert=None) as sock:
             exchange(sock, GOOD)
@@ -167,10 +169,23 @@ def test_a_certificate_from_another_ca_is_refused(tmp_path):
             exchange(sock, GOOD)
 
 
-def test_an_identity_outside_kmip_allow_is_denied():
+def test_an_identity_outside_kmip_allow_is_denied_once_per_message():
     # The admin certificate comes from the same CA, but its identity (cn:security-admin) is not in kmip.allow.
     with tls_socket(cert="admin") as sock:
         response = exchange(sock, GOOD)
-    item = response.batch_items[0]
-    assert item.result_status.value == ResultStatus.OPERATION_FAILED
-    assert item.result_reason.value == ResultReason.PERMISSION_DENIED
+        item = response.batch_items[0]
+        assert item.result_status.value == ResultStatus.OPERATION_FAILED
+        assert item.result_reason.value == ResultReason.PERMISSION_DENIED
+        # A batch asking to continue past failures still gets one refusal: each item would only add a refusal record.
+        batch = [(enums.Operation.DISCOVER_VERSIONS, payloads.DiscoverVersionsRequestPayload())] * 3
+        response = exchange(sock, request(batch, batch_error_cont_option=contents.BatchErrorContinuationOption(
+            enums.BatchErrorContinuationOption.CONTINUE)))
+        assert len(response.batch_items) == 1 and response.batch_items[0].result_reason.value == ResultReason.PERMISSION_DENIED
+
+
+def test_a_message_holds_at_most_64_batch_items():
+    batch = [(enums.Operation.DISCOVER_VERSIONS, payloads.DiscoverVersionsRequestPayload())] * 65
+    with tls_socket() as sock:
+        response = exchange(sock, request(batch))
+        assert response.batch_items[0].result_reason.value == ResultReason.INVALID_MESSAGE
+        assert len(exchange(sock, request(batch[:64])).batch_items) == 64

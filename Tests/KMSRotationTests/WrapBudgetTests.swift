@@ -64,9 +64,9 @@ final class SwitchableStore: StateStore {
         try check()
         return try await inner.managedObjects(after: after, limit: limit)
     }
-    func managedObjects(wrappedBelow version: UInt32, limit: Int) async throws -> [ManagedObjectRecord] {
+    func managedObjects(wrappedBelow version: UInt32, after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
         try check()
-        return try await inner.managedObjects(wrappedBelow: version, limit: limit)
+        return try await inner.managedObjects(wrappedBelow: version, after: after, limit: limit)
     }
     func countManagedObjects(wrappedBelow version: UInt32) async throws -> Int {
         try check()

@@ -42,7 +42,8 @@ struct ManagedObjectStoreTests {
             #expect(try await store.managedObjects(after: nil, limit: 2).map(\.id) == ["a", "b"])
             #expect(try await store.managedObjects(after: "b", limit: 10).map(\.id) == ["c", "d", "e"])
             // Versions: c 1, a 2, e 1 (no material), b 2, d 1.
-            #expect(try await store.managedObjects(wrappedBelow: 2, limit: 10).map(\.id) == ["c", "d"])
+            #expect(try await store.managedObjects(wrappedBelow: 2, after: nil, limit: 10).map(\.id) == ["c", "d"])
+            #expect(try await store.managedObjects(wrappedBelow: 2, after: "c", limit: 10).map(\.id) == ["d"])
             #expect(try await store.countManagedObjects(wrappedBelow: 2) == 2)
             #expect(try await store.countManagedObjects(wrappedBelow: 3) == 4)
         }
