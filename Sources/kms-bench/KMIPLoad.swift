@@ -8,12 +8,7 @@ import NIOSSL
 /// (a closed loop), over mutual TLS. It reads only the eight-byte header of an answer and looks for its Result Status,
 /// so the client costs little next to the server it measures.
 enum KMIPLoad {
-    struct Result {
-        var ok = 0
-        var errors = 0
-        var seconds = 0.0
-        var opsPerSecond: Double { seconds > 0 ? Double(ok) / seconds : 0 }
-    }
+    typealias Result = Load.Result
 
     /// The bench node's TLS client configuration.
     static func tls(_ setup: BenchSetup) throws -> TLSConfiguration {
