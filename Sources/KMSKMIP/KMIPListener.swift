@@ -73,11 +73,12 @@ public final class KMIPListener: Service, Sendable {
                     try operations.addHandler(ByteToMessageHandler(KMIPFrameDecoder(limits: messageLimits,
                                                                                     deadline: TimeAmount(limit.policy.idleTimeout))))
                     try operations.addHandler(KMIPConnectionGuard(state: state))
-                    // One message at a time: the next is not read off the socket while one waits to be answered, so a peer
-                    // that sends many at once makes kmsd hold at most one beyond the one it answers.
+                    // Reading off the socket stops while two messages wait to be answered, so a peer that sends many at
+                    // once makes kmsd hold at most two beyond the one it answers. (A low watermark of 0 stalled the
+                    // next message of a client that sends one at a time until the idle deadline closed it.)
                     let async = try NIOAsyncChannel<KMIPFrame, ByteBuffer>(
                         wrappingChannelSynchronously: channel,
-                        configuration: .init(backPressureStrategy: .init(lowWatermark: 0, highWatermark: 1)))
+                        configuration: .init(backPressureStrategy: .init(lowWatermark: 1, highWatermark: 2)))
                     return Connection(channel: async, peer: peer.futureResult, state: state)
                 }.flatMapErrorThrowing { error in
                     peer.succeed(nil)
@@ -94,8 +95,8 @@ public final class KMIPListener: Service, Sendable {
                             connection.channel.channel.close(promise: nil)
                             continue
                         }
-                        group.addTask { [frontEnd] in
-                            await Self.serve(connection, frontEnd: frontEnd)
+                        group.addTask { [frontEnd, logger] in
+                            await Self.serve(connection, frontEnd: frontEnd, logger: logger)
                             connections.remove(connection.state)
                         }
                     }
@@ -110,9 +111,18 @@ public final class KMIPListener: Service, Sendable {
     /// Answers the connection's messages one at a time until it closes. A message whose framing cannot be read ends
     /// the connection after its error answer (nothing after it can be framed); any other bad message is answered and
     /// the connection goes on.
-    static func serve(_ connection: Connection, frontEnd: KMIPFrontEnd) async {
+    static func serve(_ connection: Connection, frontEnd: KMIPFrontEnd, logger: Logger) async {
         let peer: PeerCertificate? = (try? await connection.peer.get()) ?? nil
-        try? await connection.channel.executeThenClose { inbound, outbound in
+        do {
+            try await serveMessages(connection, frontEnd: frontEnd, peer: peer)
+        } catch {
+            // A connection that ends in an error (reset, TLS alert): at debug only, since a peer can cause it at will.
+            logger.debug("KMIP connection ended", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private static func serveMessages(_ connection: Connection, frontEnd: KMIPFrontEnd, peer: PeerCertificate?) async throws {
+        try await connection.channel.executeThenClose { inbound, outbound in
             for try await frame in inbound {
                 switch frame {
                 case .message(let bytes):

@@ -23,6 +23,11 @@ if not DIR or not PORT:
     raise pytest.UsageError("run through ci/kmip-conformance (KMSD_KMIP_DIR and KMSD_KMIP_PORT unset)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that take the HSM down run last: kmsd's reconnection backs off, and no other test should wait on it."""
+    items.sort(key=lambda item: item.get_closest_marker("outage") is not None)
+
+
 def path(name):
     return os.path.join(DIR, name)
 

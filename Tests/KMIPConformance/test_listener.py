@@ -1,5 +1,5 @@
-# The listener's deadlines and caps, the API listener's (ci/kmip-conformance sets limits: handshake_timeout 1s,
-# idle_timeout 2s, max_unauthenticated_per_source 4).
+# The listener's deadlines and caps, the API listener's (ci/kmip-conformance sets limits: handshake_timeout 2s,
+# idle_timeout 10s, max_unauthenticated_per_source 4).
 import socket
 import time
 
@@ -8,8 +8,8 @@ from kmip.core.enums import ResultStatus
 from conftest import PORT, exchange, tls_socket
 from test_protocol import GOOD
 
-HANDSHAKE_TIMEOUT = 1.0
-IDLE_TIMEOUT = 2.0
+HANDSHAKE_TIMEOUT = 2.0
+IDLE_TIMEOUT = 10.0
 
 
 def closed_within(sock, seconds):
@@ -70,6 +70,13 @@ def test_unauthenticated_connections_are_capped_per_source_and_their_slots_free_
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.2)
-    with tls_socket() as sock:
-        assert exchange(sock, GOOD).batch_items[0].result_status.value == ResultStatus.SUCCESS
+    # The slots free up once kmsd has seen the closes: a node gets in again (and the tests after this one do).
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with tls_socket() as sock:
+                assert exchange(sock, GOOD).batch_items[0].result_status.value == ResultStatus.SUCCESS
+            break
+        except (ConnectionError, EOFError, OSError):
+            assert time.monotonic() < deadline, "the slots of closed unauthenticated connections were not freed"
+            time.sleep(0.2)
