@@ -65,10 +65,8 @@ public final class KMIPListener: Service, Sendable {
                 let peer = channel.eventLoop.makePromise(of: PeerCertificate?.self)
                 return channel.eventLoop.makeCompletedFuture {
                     let state = KMIPConnectionState()
+                    try limit.secure(channel, ticket: ticket, tls: tls, peer: peer, onHandshakeFailure: onHandshakeFailure)
                     let operations = channel.pipeline.syncOperations
-                    try operations.addHandler(NIOSSLServerHandler(context: tls.current))
-                    try operations.addHandler(HandshakeObserver(ticket: ticket, handshakeTimeout: limit.policy.handshakeTimeout,
-                                                                peer: peer, onFailure: onHandshakeFailure))
                     try operations.addHandler(IdleStateHandler(readTimeout: TimeAmount(limit.policy.idleTimeout)))
                     try operations.addHandler(ByteToMessageHandler(KMIPFrameDecoder(limits: messageLimits,
                                                                                     deadline: TimeAmount(limit.policy.idleTimeout))))

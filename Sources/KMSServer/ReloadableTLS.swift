@@ -76,17 +76,9 @@ struct LimitedHTTP1Channel: ServerChildChannel {
         guard let ticket = limit.guardConnection(channel) else {
             return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
         }
-        let handshakeTimeout = limit.policy.handshakeTimeout
         let peer = channel.eventLoop.makePromise(of: PeerCertificate?.self)
         return channel.eventLoop.makeCompletedFuture {
-            if let box {
-                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: box.current))
-                try channel.pipeline.syncOperations.addHandler(
-                    HandshakeObserver(ticket: ticket, handshakeTimeout: handshakeTimeout, peer: peer, onFailure: onHandshakeFailure))
-            } else {
-                peer.succeed(nil)
-                try channel.pipeline.syncOperations.addHandler(FirstByteObserver(ticket: ticket))
-            }
+            try limit.secure(channel, ticket: ticket, tls: box, peer: peer, onHandshakeFailure: onHandshakeFailure)
             for handler in beforeHTTP() { try channel.pipeline.syncOperations.addHandler(handler) }
         }.flatMap {
             base.setup(channel: channel, logger: logger)
@@ -105,6 +97,25 @@ struct LimitedHTTP1Channel: ServerChildChannel {
             await PeerCertificate.$connection.withValue(peer) {
                 await base.handle(value: value.base, logger: logger)
             }
+        }
+    }
+}
+
+extension ConnectionLimit {
+    /// Puts an admitted connection's authentication in its pipeline: the TLS handler (from the box's current context)
+    /// and the observer that establishes the ticket and completes `peer` with the client certificate at the handshake;
+    /// without TLS, the first-byte observer (and `peer` is nil at once). Runs on the channel's event loop; every
+    /// listener (the API, transit, KMIP) sets its connections up through this.
+    package func secure(_ channel: any Channel, ticket: ConnectionTicket, tls box: TLSContextBox?, peer: EventLoopPromise<PeerCertificate?>,
+                        onHandshakeFailure: @escaping @Sendable (_ peer: String, _ error: String) -> Void) throws {
+        let operations = channel.pipeline.syncOperations
+        if let box {
+            try operations.addHandler(NIOSSLServerHandler(context: box.current))
+            try operations.addHandler(HandshakeObserver(ticket: ticket, handshakeTimeout: policy.handshakeTimeout, peer: peer,
+                                                        onFailure: onHandshakeFailure))
+        } else {
+            peer.succeed(nil)
+            try operations.addHandler(FirstByteObserver(ticket: ticket))
         }
     }
 }
@@ -129,8 +140,8 @@ extension HTTPServerBuilder {
 /// Sits behind the TLS handler: marks the connection established (and authenticated when a client certificate was
 /// verified) when the handshake completes, and reports an error that arrives before then: the client was refused
 /// during the handshake, or did not finish it in time (it never reaches a route, so this is the only place to see it).
-package final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
-    package typealias InboundIn = NIOAny
+final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
     let ticket: ConnectionTicket
     let handshakeTimeout: Duration
     let onFailure: @Sendable (String, String) -> Void
@@ -139,15 +150,15 @@ package final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHa
     private var completed = false
     private var reported = false
 
-    package init(ticket: ConnectionTicket, handshakeTimeout: Duration, peer: EventLoopPromise<PeerCertificate?>,
-                 onFailure: @escaping @Sendable (String, String) -> Void) {
+    init(ticket: ConnectionTicket, handshakeTimeout: Duration, peer: EventLoopPromise<PeerCertificate?>,
+         onFailure: @escaping @Sendable (String, String) -> Void) {
         self.ticket = ticket
         self.handshakeTimeout = handshakeTimeout
         self.peer = peer
         self.onFailure = onFailure
     }
 
-    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
             completed = true
             // The one parse of the client certificate for the whole connection.
@@ -161,7 +172,7 @@ package final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHa
         context.fireUserInboundEventTriggered(event)
     }
 
-    package func handlerRemoved(context: ChannelHandlerContext) {
+    func handlerRemoved(context: ChannelHandlerContext) {
         resolve(nil)
     }
 
@@ -170,13 +181,13 @@ package final class HandshakeObserver: ChannelInboundHandler, RemovableChannelHa
         peer = nil
     }
 
-    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
         report(context, String("\(error)".prefix(300)))
         context.fireErrorCaught(error)
     }
 
     /// Some refusals (an old protocol version) end the connection without an error reaching this handler.
-    package func channelInactive(context: ChannelHandlerContext) {
+    func channelInactive(context: ChannelHandlerContext) {
         resolve(nil)
         report(context, ticket.timedOut ? "no TLS handshake within \(handshakeTimeout)" : "the connection closed before the TLS handshake completed")
         context.fireChannelInactive()

@@ -88,12 +88,13 @@ enum KMIPLoad {
         return value.count == 4 && value.allSatisfy { $0 == 0 }
     }
 
-    /// Frames answers by their header's length.
+    /// Frames answers by their header, as kmsd's listener frames requests (`TTLVDecoder.messageLength`).
     struct Framer: ByteToMessageDecoder {
         typealias InboundOut = ByteBuffer
         mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-            guard let length = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt32.self),
-                  let message = buffer.readSlice(length: 8 + Int(length)) else { return .needMoreData }
+            guard let header = buffer.getBytes(at: buffer.readerIndex, length: TTLVDecoder.headerLength) else { return .needMoreData }
+            let length = try TTLVDecoder.messageLength(header: header)
+            guard let message = buffer.readSlice(length: length) else { return .needMoreData }
             context.fireChannelRead(wrapInboundOut(message))
             return .continue
         }
