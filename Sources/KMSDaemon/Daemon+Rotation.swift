@@ -83,7 +83,7 @@ extension Daemon {
         }
         // Replicas sharing a database list each other (a single kmsd on SQLite writes no heartbeats).
         if let replica = configuration.replica {
-            let host = ["0.0.0.0", "::", ""].contains(configuration.listen.host) ? ProcessInfo.processInfo.hostName : configuration.listen.host
+            let host = HardeningChecklist.isWildcard(configuration.listen.host) ? ProcessInfo.processInfo.hostName : configuration.listen.host
             manager.identify(id: replica, address: "\(host):\(configuration.listen.port)", version: KMSDRelease.version)
         }
         return manager
