@@ -3,15 +3,20 @@ package import NIOCore
 import NIOHTTPTypes
 public import KMSService
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What one listener allows its connections: how many at once (in all, per source address, and before they have
-/// authenticated), and how long each may take to authenticate, stay idle and live.
+/// authenticated), and how long each may take to authenticate, send a request, take an answer, stay idle and live.
 ///
 /// A connection is *unauthenticated* until its TLS handshake completes with a verified client certificate; on a
 /// listener without TLS (the metrics listener, a development API without TLS) there is no such step and only the
 /// totals apply. The unauthenticated caps are what keep slots free for storage nodes: a peer without a certificate
 /// can hold at most `maxUnauthenticatedPerSource` connections, each for at most `handshakeTimeout`, and all such peers
-/// together at most `maxUnauthenticated`, which is below `maxConnections`.
+/// together at most `maxUnauthenticated`, which is below `maxConnections`. When the unauthenticated slots are full,
+/// a new connection takes the place of one that has not finished its handshake (see `ConnectionLimit`) rather than
+/// being refused, so that peers spread over many addresses cannot keep a storage node out.
 public struct ConnectionPolicy: Sendable {
     public var maxConnections: Int
     public var maxPerSource: Int
@@ -26,9 +31,15 @@ public struct ConnectionPolicy: Sendable {
     public var maxAge: Duration
     /// Whether connections authenticate (TLS with client certificates); without, the unauthenticated caps do not apply.
     public var authenticates: Bool
+    /// A whole request (headers and body) must arrive within this of its first byte, or the connection is closed.
+    public var requestReadTimeout: Duration
+    /// An answer that cannot be handed to the operating system within this (a peer that does not read) closes the
+    /// connection.
+    public var writeTimeout: Duration
 
     public init(maxConnections: Int, maxPerSource: Int, maxUnauthenticated: Int, maxUnauthenticatedPerSource: Int,
-                handshakeTimeout: Duration, idleTimeout: Duration, maxAge: Duration, authenticates: Bool) {
+                handshakeTimeout: Duration, idleTimeout: Duration, maxAge: Duration, authenticates: Bool,
+                requestReadTimeout: Duration = .seconds(10), writeTimeout: Duration = .seconds(10)) {
         self.maxConnections = maxConnections
         self.maxPerSource = maxPerSource
         self.maxUnauthenticated = maxUnauthenticated
@@ -37,6 +48,8 @@ public struct ConnectionPolicy: Sendable {
         self.idleTimeout = idleTimeout
         self.maxAge = maxAge
         self.authenticates = authenticates
+        self.requestReadTimeout = requestReadTimeout
+        self.writeTimeout = writeTimeout
     }
 }
 
@@ -44,10 +57,25 @@ public struct ConnectionPolicy: Sendable {
 /// `ConnectionPolicy`. A refused connection is closed as soon as it is accepted and counted as a security event
 /// (`connection_limit`, `source_connection_limit`, `unauthenticated_connection_limit`); nothing is written to disk
 /// for it.
+///
+/// Admission under a flood spread over many addresses: when the listener is full (all connections, or the
+/// unauthenticated share), a new connection is not refused while some connection is still *pending* (accepted, its
+/// handshake not complete; without TLS, no byte received). Instead the pending connection to give way is chosen from
+/// the address prefix (/24 for IPv4, /64 for IPv6) with the most pending connections, the oldest of them, and closed
+/// (`connection_evicted`). A storage node completes its handshake in milliseconds, so it is served while an attacker
+/// churns through its own connections; an attacker's prefix gives way before a node's, whose prefix holds one or two.
+/// Connections that completed a handshake are never evicted. Only a source over its own per-address caps is refused.
 public final class ConnectionLimit: Sendable {
     public let policy: ConnectionPolicy
-    let events: SecurityEvents
+    package let events: SecurityEvents
 
+    private enum Phase { case pending, unauthenticated, authenticated }
+    private struct Entry {
+        let source: String
+        let prefix: String
+        var phase: Phase
+        let channel: (any Channel)?
+    }
     private struct Counts {
         var open = 0
         var unauthenticated = 0
@@ -55,7 +83,44 @@ public final class ConnectionLimit: Sendable {
     private struct State {
         var total = Counts()
         var sources: [String: Counts] = [:]
+        /// Pending connections per address prefix.
+        var pendingPerPrefix: [String: Int] = [:]
+        /// Open connections by admission number (increasing: a lower number is older).
+        var entries: [UInt64: Entry] = [:]
+        var next: UInt64 = 0
         var admitted = 0
+        var evicted = 0
+
+        /// Forgets an open connection, returning its counts to the pool.
+        mutating func remove(_ id: UInt64) -> Entry? {
+            guard let entry = entries.removeValue(forKey: id) else { return nil }
+            total.open -= 1
+            var counts = sources[entry.source] ?? Counts()
+            counts.open -= 1
+            if entry.phase != .authenticated {
+                total.unauthenticated -= 1
+                counts.unauthenticated -= 1
+            }
+            sources[entry.source] = counts.open > 0 ? counts : nil
+            if entry.phase == .pending { dropPending(entry.prefix) }
+            return entry
+        }
+
+        mutating func dropPending(_ prefix: String) {
+            let left = (pendingPerPrefix[prefix] ?? 1) - 1
+            pendingPerPrefix[prefix] = left > 0 ? left : nil
+        }
+
+        /// The pending connection to give way: the oldest of the prefix with the most pending connections.
+        func victim() -> UInt64? {
+            var chosen: (id: UInt64, count: Int)?
+            for (id, entry) in entries where entry.phase == .pending {
+                let count = pendingPerPrefix[entry.prefix] ?? 0
+                if let current = chosen, current.count > count || (current.count == count && current.id < id) { continue }
+                chosen = (id, count)
+            }
+            return chosen?.id
+        }
     }
     private let state = Mutex(State())
 
@@ -72,100 +137,133 @@ public final class ConnectionLimit: Sendable {
     public var sources: Int { state.withLock { $0.sources.count } }
     /// Connections admitted since the listener started.
     public var admitted: Int { state.withLock { $0.admitted } }
+    /// Pending connections closed to admit a newer one since the listener started.
+    public var evicted: Int { state.withLock { $0.evicted } }
 
-    /// Counts a new connection from `source` as open and unauthenticated; nil when a cap refuses it (the caller closes it).
-    func admit(source: String) -> ConnectionTicket? {
-        let refusal = state.withLock { state -> String? in
-            var entry = state.sources[source] ?? Counts()
-            if state.total.open >= policy.maxConnections { return "connection_limit" }
-            if entry.open >= policy.maxPerSource { return "source_connection_limit" }
-            if policy.authenticates {
-                if state.total.unauthenticated >= policy.maxUnauthenticated || entry.unauthenticated >= policy.maxUnauthenticatedPerSource {
-                    return "unauthenticated_connection_limit"
-                }
+    /// The prefix whose addresses share an unauthenticated budget: /24 for IPv4, /64 for IPv6 (an IPv4-mapped IPv6
+    /// address counts as IPv4). Anything else (a Unix socket, an unknown peer) is its own prefix.
+    static func prefix(of source: String) -> String {
+        var address = source
+        if address.lowercased().hasPrefix("::ffff:"), address.contains(".") { address = String(address.dropFirst(7)) }
+        var v4 = in_addr()
+        if inet_pton(AF_INET, address, &v4) == 1 {
+            let host = UInt32(bigEndian: v4.s_addr)
+            return "\(host >> 24).\((host >> 16) & 0xff).\((host >> 8) & 0xff).0/24"
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, address, &v6) == 1 {
+            let bytes = withUnsafeBytes(of: v6) { Array($0.prefix(8)) }
+            var text = ""
+            for index in stride(from: 0, to: 8, by: 2) {
+                text += String(UInt16(bytes[index]) << 8 | UInt16(bytes[index + 1]), radix: 16) + ":"
             }
-            entry.open += 1
-            entry.unauthenticated += 1
-            state.sources[source] = entry
+            return text + ":/64"
+        }
+        return source
+    }
+
+    /// Counts a new connection from `source` as open and pending; nil when a cap refuses it (the caller closes it).
+    /// When the listener is full, a pending connection gives way (closed here) instead.
+    func admit(source: String, channel: (any Channel)? = nil) -> ConnectionTicket? {
+        let prefix = Self.prefix(of: source)
+        let outcome = state.withLock { state -> (id: UInt64?, refusal: String?, evicted: (any Channel)??) in
+            let entry = state.sources[source] ?? Counts()
+            if entry.open >= policy.maxPerSource { return (nil, "source_connection_limit", nil) }
+            if policy.authenticates && entry.unauthenticated >= policy.maxUnauthenticatedPerSource {
+                return (nil, "unauthenticated_connection_limit", nil)
+            }
+            var evicted: (any Channel)?? = nil
+            let full = state.total.open >= policy.maxConnections
+            if full || (policy.authenticates && state.total.unauthenticated >= policy.maxUnauthenticated) {
+                guard let victim = state.victim(), let removed = state.remove(victim) else {
+                    return (nil, full ? "connection_limit" : "unauthenticated_connection_limit", nil)
+                }
+                state.evicted += 1
+                evicted = .some(removed.channel)
+            }
+            let id = state.next
+            state.next += 1
+            state.entries[id] = Entry(source: source, prefix: prefix, phase: .pending, channel: channel)
+            var counts = state.sources[source] ?? Counts()
+            counts.open += 1
+            counts.unauthenticated += 1
+            state.sources[source] = counts
+            state.pendingPerPrefix[prefix, default: 0] += 1
             state.total.open += 1
             state.total.unauthenticated += 1
             state.admitted += 1
-            return nil
+            return (id, nil, evicted)
         }
-        if let refusal {
+        if let refusal = outcome.refusal {
             events.record(refusal)
             return nil
         }
-        return ConnectionTicket(limit: self, source: source)
+        if case .some(let victim) = outcome.evicted {
+            events.record("connection_evicted")
+            victim?.close(promise: nil)
+        }
+        guard let id = outcome.id else { return nil }
+        return ConnectionTicket(limit: self, id: id, source: source)
     }
 
-    fileprivate func authenticated(_ source: String) {
+    /// The connection finished its handshake (or, without TLS, sent its first byte): it no longer gives way, and with
+    /// a verified client certificate it leaves the unauthenticated share. False when it was evicted first.
+    fileprivate func establish(_ id: UInt64, authenticated: Bool) -> Bool {
         state.withLock { state in
-            state.total.unauthenticated -= 1
-            state.sources[source]?.unauthenticated -= 1
+            guard var entry = state.entries[id] else { return false }
+            guard entry.phase == .pending else { return true }
+            state.dropPending(entry.prefix)
+            entry.phase = authenticated ? .authenticated : .unauthenticated
+            state.entries[id] = entry
+            if authenticated {
+                state.total.unauthenticated -= 1
+                state.sources[entry.source]?.unauthenticated -= 1
+            }
+            return true
         }
     }
 
-    fileprivate func release(_ source: String, authenticated: Bool) {
-        state.withLock { state in
-            state.total.open -= 1
-            if !authenticated { state.total.unauthenticated -= 1 }
-            guard var entry = state.sources[source] else { return }
-            entry.open -= 1
-            if !authenticated { entry.unauthenticated -= 1 }
-            state.sources[source] = entry.open > 0 ? entry : nil
-        }
+    /// Whether the connection is still counted and pending (its handshake deadline applies).
+    fileprivate func isPending(_ id: UInt64) -> Bool {
+        state.withLock { $0.entries[id]?.phase == .pending }
+    }
+
+    fileprivate func release(_ id: UInt64) {
+        _ = state.withLock { $0.remove(id) }
     }
 }
 
 /// One admitted connection's place in its `ConnectionLimit`: established when its handshake completed (or, without
 /// TLS, when its first byte arrived), authenticated when that handshake verified a client certificate, released
-/// exactly once when it closes.
+/// exactly once when it closes (or when it gave way to a newer connection).
 package final class ConnectionTicket: Sendable {
-    private struct State {
-        var established = false
-        var authenticated = false
-        var released = false
-        var timedOut = false
-    }
-    private let state = Mutex(State())
+    private let timedOutFlag = Mutex(false)
     private let limit: ConnectionLimit
+    private let id: UInt64
     let source: String
 
-    fileprivate init(limit: ConnectionLimit, source: String) {
+    fileprivate init(limit: ConnectionLimit, id: UInt64, source: String) {
         self.limit = limit
+        self.id = id
         self.source = source
     }
 
     /// The handshake deadline closed the connection.
-    var timedOut: Bool { state.withLock { $0.timedOut } }
+    var timedOut: Bool { timedOutFlag.withLock { $0 } }
 
     func establish(authenticated: Bool) {
-        let changed = state.withLock { state -> Bool in
-            guard !state.established, !state.released else { return false }
-            state.established = true
-            state.authenticated = authenticated
-            return authenticated
-        }
-        if changed { limit.authenticated(source) }
+        _ = limit.establish(id, authenticated: authenticated)
     }
 
     /// True when the connection had not been established (the caller closes it).
     func expireHandshake() -> Bool {
-        state.withLock { state in
-            guard !state.established else { return false }
-            state.timedOut = true
-            return true
-        }
+        guard limit.isPending(id) else { return false }
+        timedOutFlag.withLock { $0 = true }
+        return true
     }
 
     func release() {
-        let authenticated = state.withLock { state -> Bool? in
-            guard !state.released else { return nil }
-            state.released = true
-            return state.authenticated
-        }
-        if let authenticated { limit.release(source, authenticated: authenticated) }
+        limit.release(id)
     }
 }
 
@@ -174,7 +272,7 @@ extension ConnectionLimit {
     /// Runs on the channel's event loop (a child channel's setup).
     package func guardConnection(_ channel: any Channel) -> ConnectionTicket? {
         let source = channel.remoteAddress?.ipAddress ?? "unknown"
-        guard let ticket = admit(source: source) else {
+        guard let ticket = admit(source: source, channel: channel) else {
             channel.close(promise: nil)
             return nil
         }
