@@ -209,7 +209,7 @@ let package = Package(
         tests("KMSDaemonTests", [
             "KMSDaemon", "KMSDev", "KMSServer", "KMSService", "KMSAPI", "KMSCore", "KMSTestSupport",
             "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSState", "KMSAudit", External.hummingbird,
-            External.asyncHTTPClient, External.nioSSL, External.nioCore, External.nioHTTP1, External.serviceLifecycle,
+            External.asyncHTTPClient, External.nioSSL, External.nioCore, External.nioPosix, External.nioHTTP1, External.serviceLifecycle,
             External.x509, External.swiftASN1, External.crypto
         ]),
         tests("KMIPTTLVTests", ["KMIPTTLV"]),

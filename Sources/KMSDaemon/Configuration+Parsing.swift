@@ -323,7 +323,7 @@ struct Reader {
         let limitsMap = map(top["limits"], "limits", known: [
             "max_connections", "max_body_bytes", "request_timeout", "rate_per_second", "burst", "max_connections_per_source",
             "max_unauthenticated", "max_unauthenticated_per_source", "handshake_timeout", "idle_timeout", "max_connection_age",
-            "metrics_max_connections",
+            "metrics_max_connections", "request_read_timeout", "write_timeout",
         ])
         let rate: Double
         if let value = limitsMap?["rate_per_second"] as? Double, value > 0 { rate = value }
@@ -346,6 +346,8 @@ struct Reader {
             handshakeTimeout: duration(limitsMap, "handshake_timeout", "limits", default: .seconds(10)),
             idleTimeout: duration(limitsMap, "idle_timeout", "limits", default: .seconds(60)),
             maxConnectionAge: duration(limitsMap, "max_connection_age", "limits", default: .seconds(3600)),
+            requestReadTimeout: duration(limitsMap, "request_read_timeout", "limits", default: .seconds(10)),
+            writeTimeout: duration(limitsMap, "write_timeout", "limits", default: .seconds(10)),
             metricsMaxConnections: int(limitsMap, "metrics_max_connections", "limits", default: 16, range: 1...1024),
             maxBodyBytes: int(limitsMap, "max_body_bytes", "limits", default: 256 * 1024, range: 1024...64 * 1024 * 1024),
             requestTimeout: duration(limitsMap, "request_timeout", "limits", default: .seconds(10)),

@@ -167,6 +167,10 @@ public struct Configuration: Sendable {
         public var idleTimeout: Duration
         /// A connection is closed after its request in progress once it is this old (reloads reach every connection).
         public var maxConnectionAge: Duration
+        /// A whole request (headers and body) must arrive within this of its first byte (every HTTP listener).
+        public var requestReadTimeout: Duration
+        /// An answer the peer does not take within this closes its connection (every listener).
+        public var writeTimeout: Duration
         /// Open connections to the metrics listener, at most.
         public var metricsMaxConnections: Int
         public var maxBodyBytes: Int

@@ -22,11 +22,17 @@ import Synchronization
 /// kmsd's registry counts the transit front end's requests as it counts the API's.
 extension ServerMetrics: TransitRequestMetrics {}
 
-/// Writes the failed-handshake summaries every interval, and once more at shutdown.
+/// Writes the failed-handshake summaries and the refusal summaries every interval, and once more at shutdown.
 struct HandshakeSummaryService: Service {
     let failures: HandshakeFailures
+    let refusals: RefusalSummaries
     func run() async throws {
-        await cancelWhenGracefulShutdown { await failures.run() }
+        await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await failures.run() }
+                group.addTask { await refusals.run() }
+            }
+        }
     }
 }
 
@@ -87,7 +93,8 @@ public struct Daemon: Sendable {
     ) throws -> (some ApplicationProtocol, Running) {
         let server = KMSServer(policy: policy, rotation: rotation, audit: audit, metrics: metrics,
                                revocation: try Self.revocation(configuration.tls), revocationGrace: configuration.tls?.crlGrace ?? .seconds(3600),
-                               events: events, logger: Logger(label: "kmsd.api"))
+                               events: events, refusalSummaryInterval: configuration.audit?.handshakeSummaryInterval ?? .seconds(10),
+                               logger: Logger(label: "kmsd.api"))
         let box = try configuration.tls.map { try TLSContextBox(Self.tlsConfiguration($0, adminCA: configuration.admin.clientCA)) }
         let limit = ConnectionLimit(connectionPolicy(authenticates: box != nil), events: server.events)
         let handshakeFailures = HandshakeFailures(audit: audit, events: server.events,
@@ -132,7 +139,7 @@ public struct Daemon: Sendable {
             maxConnections: limits.maxConnections, maxPerSource: limits.maxConnectionsPerSource,
             maxUnauthenticated: limits.maxUnauthenticated, maxUnauthenticatedPerSource: limits.maxUnauthenticatedPerSource,
             handshakeTimeout: limits.handshakeTimeout, idleTimeout: limits.idleTimeout, maxAge: limits.maxConnectionAge,
-            authenticates: authenticates)
+            authenticates: authenticates, requestReadTimeout: limits.requestReadTimeout, writeTimeout: limits.writeTimeout)
     }
 
     /// The metrics listener: `GET /metrics`, Prometheus text, sampled state (providers, audit, keys) refreshed per scrape.
@@ -286,7 +293,7 @@ public struct Daemon: Sendable {
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape
         var services: [any Service] = [
-            app, RotationScheduler(rotation), watch, HandshakeSummaryService(failures: running.handshakeFailures), running.revocationRefresh,
+            app, RotationScheduler(rotation), watch, HandshakeSummaryService(failures: running.handshakeFailures, refusals: running.server.service.refusals), running.revocationRefresh,
         ]
         if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
         if let transit { services.append(transit.app) }

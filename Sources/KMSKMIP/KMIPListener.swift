@@ -1,4 +1,4 @@
-public import KMIPTTLV
+import KMIPTTLV
 public import KMSServer
 import KMSService
 public import Logging
@@ -67,6 +67,7 @@ public final class KMIPListener: Service, Sendable {
                     let state = KMIPConnectionState()
                     try limit.secure(channel, ticket: ticket, tls: tls, peer: peer, onHandshakeFailure: onHandshakeFailure)
                     let operations = channel.pipeline.syncOperations
+                    try operations.addHandler(WriteDeadline<ByteBuffer>(timeout: limit.policy.writeTimeout, events: limit.events) { _ in true })
                     try operations.addHandler(IdleStateHandler(readTimeout: TimeAmount(limit.policy.idleTimeout)))
                     try operations.addHandler(ByteToMessageHandler(KMIPFrameDecoder(limits: messageLimits,
                                                                                     deadline: TimeAmount(limit.policy.idleTimeout))))

@@ -97,9 +97,9 @@ public struct KMSServer: Sendable {
 
     public init(policy: KMSServerPolicy, rotation: RotationManager, audit: AuditLog? = nil, metrics: ServerMetrics? = nil,
                 revocation: RevocationList? = nil, revocationGrace: Duration = .seconds(3600), events: SecurityEvents = SecurityEvents(),
-                logger: Logger = Logger(label: "kmsd.api")) {
+                refusalSummaryInterval: Duration = .seconds(10), logger: Logger = Logger(label: "kmsd.api")) {
         service = KMSService(policy: policy, rotation: rotation, audit: audit, revocation: revocation, revocationGrace: revocationGrace,
-                             events: events, logger: logger)
+                             events: events, refusalSummaryInterval: refusalSummaryInterval, logger: logger)
         self.metrics = metrics
     }
 
@@ -155,6 +155,8 @@ public struct KMSServer: Sendable {
         let limit = policy.limits.maxBodyBytes
         let buffer: ByteBuffer
         do {
+            // A body declared over the limit is refused at its header, unread (the connection closes after the answer).
+            if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > limit { throw RequestBodyTooLarge() }
             buffer = try await request.body.collect(upTo: limit)
         } catch {
             events.record("payload_too_large")
@@ -176,3 +178,6 @@ public struct KMSServer: Sendable {
                  body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }
+
+/// A request body over the size limit (declared in its header, or read).
+private struct RequestBodyTooLarge: Error {}

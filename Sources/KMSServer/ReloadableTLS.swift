@@ -2,6 +2,7 @@ public import HummingbirdCore
 import Logging
 public import NIOCore
 import NIOTLS
+import NIOHTTPTypes
 import CTLSOptions
 public import NIOSSL
 package import KMSService
@@ -79,6 +80,7 @@ struct LimitedHTTP1Channel: ServerChildChannel {
         let peer = channel.eventLoop.makePromise(of: PeerCertificate?.self)
         return channel.eventLoop.makeCompletedFuture {
             try limit.secure(channel, ticket: ticket, tls: box, peer: peer, onHandshakeFailure: onHandshakeFailure)
+            try channel.pipeline.syncOperations.addHandler(RequestReadDeadline(timeout: limit.policy.requestReadTimeout, events: limit.events))
             for handler in beforeHTTP() { try channel.pipeline.syncOperations.addHandler(handler) }
         }.flatMap {
             base.setup(channel: channel, logger: logger)
@@ -122,7 +124,8 @@ extension ConnectionLimit {
 
 extension HTTPServerBuilder {
     /// HTTP/1 (over TLS whose context can be replaced while the server runs, when `tls` is given), within the caps and
-    /// deadlines of `limit` (its idle timeout is Hummingbird's).
+    /// deadlines of `limit` (its idle timeout is Hummingbird's; a whole request must arrive within its
+    /// `requestReadTimeout` and each answer be written within its `writeTimeout`; a refusal closes the connection).
     /// `onHandshakeFailure` hears of every TLS handshake that failed (no or bad client certificate, old protocol, the
     /// handshake deadline).
     /// `beforeHTTP` makes each connection's handlers that see the bytes between TLS and the HTTP parser.
@@ -131,7 +134,12 @@ extension HTTPServerBuilder {
                              onHandshakeFailure: @escaping @Sendable (_ peer: String, _ error: String) -> Void = { _, _ in }) -> HTTPServerBuilder {
         .init { responder in
             LimitedHTTP1Channel(base: HTTP1Channel(responder: responder, configuration: .init(
-                                    additionalChannelHandlers: [RecycleAtMaxAge()], idleTimeout: TimeAmount(limit.policy.idleTimeout))),
+                                    additionalChannelHandlers: [
+                                        RecycleAtMaxAge(), HTTPRequestGuard(),
+                                        WriteDeadline<HTTPResponsePart>(timeout: limit.policy.writeTimeout, events: limit.events) {
+                                            if case .end = $0 { true } else { false }
+                                        },
+                                    ], idleTimeout: TimeAmount(limit.policy.idleTimeout))),
                                 box: box, limit: limit, onHandshakeFailure: onHandshakeFailure, beforeHTTP: beforeHTTP)
         }
     }

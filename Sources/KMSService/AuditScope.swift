@@ -42,7 +42,8 @@ final class AuditNote: Sendable {
 extension KMSService {
     /// Runs one operation with its audit record: a success is returned only after its record is durable
     /// (`audit_unavailable` if the log fails closed); a refusal or failure is recorded as what it was
-    /// (authentication, authorization, security) without waiting. Exactly one record per operation: an operation
+    /// (authentication, authorization, security) without waiting, within the budget of `refusals` (beyond it, one
+    /// summary per identity and code per interval). Exactly one record per operation: an operation
     /// called inside a scope a front end opened (around its own decoding) joins that scope. `frontend` names the wire
     /// protocol for front ends other than kmsd's own API (the record's `frontend`). `failed` says of a value the
     /// operation returned that it answers a failure all the same (a front end's batch whose items failed: some items
@@ -71,8 +72,8 @@ extension KMSService {
             return value
         } catch {
             let serviceError = Self.classified(error)
-            if let audit, serviceError.code != .auditUnavailable {
-                audit.submit(Self.failure(note.event, serviceError))
+            if audit != nil, serviceError.code != .auditUnavailable {
+                refusals.submit(Self.failure(note.event, serviceError))
             }
             throw serviceError
         }

@@ -111,7 +111,9 @@ extension KMSService {
     @discardableResult
     private func refusedAdmin(_ identity: String) -> ServiceError {
         events.record("forbidden")
-        logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity)"])
+        if refusals.shouldLog(identity, "forbidden") {
+            logger.warning("admin request refused", metadata: ["security_event": "forbidden", "identity": "\(identity)"])
+        }
         return ServiceError(.forbidden, .forbidden, "not an administrator")
     }
 
@@ -149,7 +151,9 @@ extension KMSService {
             identity = found
         } catch {
             events.record("invalid_identity")
-            logger.warning("request refused: no usable identity", metadata: ["security_event": "invalid_identity", "reason": "\(error)"])
+            if refusals.shouldLog(nil, "invalid_identity") {
+                logger.warning("request refused: no usable identity", metadata: ["security_event": "invalid_identity", "reason": "\(error)"])
+            }
             throw ServiceError(.unauthenticated, .unauthenticated, error.description)
         }
         AuditNote.identity(identity.description)
@@ -167,16 +171,20 @@ extension KMSService {
         let (revocation, grace) = revocationInForce
         if let revocation, revocation.covers(issuer: identity.issuer), revocation.isStale(at: Date(), grace: grace) {
             events.record("revocation_unavailable")
-            logger.warning("request refused: the CRL is stale", metadata: [
-                "security_event": "revocation_unavailable", "identity": "\(identity)",
-                "next_update": "\(revocation.nextUpdate?.formatted(.iso8601) ?? "")",
-            ])
+            if refusals.shouldLog(nil, "revocation_unavailable") {
+                logger.warning("request refused: the CRL is stale", metadata: [
+                    "security_event": "revocation_unavailable", "identity": "\(identity)",
+                    "next_update": "\(revocation.nextUpdate?.formatted(.iso8601) ?? "")",
+                ])
+            }
             throw ServiceError(.unauthenticated, .revocationUnavailable,
                                "kmsd cannot tell whether the client certificate is revoked: the CA's revocation list has expired")
         }
         if let revocation, revocation.isRevoked(serial: identity.serial, issuer: identity.issuer) {
             events.record("revoked_certificate")
-            logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
+            if refusals.shouldLog(identity.description, "revoked_certificate") {
+                logger.warning("request refused: revoked certificate", metadata: ["security_event": "revoked_certificate", "identity": "\(identity)"])
+            }
             throw ServiceError(.unauthenticated, .unauthenticated, "the client certificate has been revoked")
         }
     }
@@ -184,8 +192,9 @@ extension KMSService {
     func rateLimit(_ caller: String) throws(ServiceError) {
         AuditNote.identity(caller)
         guard limiter.allow(caller) else {
+            // Counted (security events, metrics) and summarized in the audit log, never logged one by one: a caller
+            // over its rate could otherwise write a log line per request as fast as it can send them.
             events.record("rate_limited")
-            logger.warning("request refused: rate limit", metadata: ["security_event": "rate_limited", "identity": "\(caller)"])
             throw ServiceError(.rateLimited, .rateLimited, "too many requests; slow down")
         }
     }
@@ -201,9 +210,11 @@ extension KMSService {
         guard let key = policy.keys[name] else { throw ServiceError(.notFound, .notFound, "no key named '\(name)'") }
         guard mayUse(node, key, policy: policy) else {
             events.record("forbidden")
-            logger.warning("request refused: not allowed for key", metadata: [
-                "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
-            ])
+            if refusals.shouldLog(identity.description, "forbidden") {
+                logger.warning("request refused: not allowed for key", metadata: [
+                    "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
+                ])
+            }
             throw ServiceError(.forbidden, .forbidden, "\(identity) may not use key '\(name)'")
         }
         return key

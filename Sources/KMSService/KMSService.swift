@@ -47,15 +47,19 @@ public final class KMSService: Sendable {
     public let rotation: RotationManager
     /// The audit log; nil when none is configured (development only).
     public let audit: AuditLog?
+    /// Refusals and failures in the audit log: one record each within a budget per identity and code, summarized
+    /// beyond it (the daemon flushes the summaries every `audit.handshake_summary_interval`).
+    public let refusals: RefusalSummaries
     /// Managed objects' descriptions as last decoded, by id, with the JSON they came from (`KMSService.object`).
     let decodedObjects = DecodedObjects()
 
     public init(policy: KMSServerPolicy, rotation: RotationManager, audit: AuditLog? = nil, revocation: RevocationList? = nil,
                 revocationGrace: Duration = .seconds(3600), events: SecurityEvents = SecurityEvents(),
-                logger: Logger = Logger(label: "kmsd.api")) {
+                refusalSummaryInterval: Duration = .seconds(10), logger: Logger = Logger(label: "kmsd.api")) {
         snapshot = Mutex(Snapshot(policy: policy, revocation: revocation, revocationGrace: revocationGrace))
         self.rotation = rotation
         self.audit = audit
+        self.refusals = RefusalSummaries(audit: audit, interval: refusalSummaryInterval)
         self.events = events
         self.limiter = RateLimiter(ratePerSecond: policy.limits.ratePerSecond, burst: policy.limits.burst)
         self.logger = logger
@@ -137,7 +141,7 @@ public final class KMSService: Sendable {
             if error.code == .unavailable { events.record("provider_unavailable") }
             // Wrong context, wrong key or tampered data: one probe, counted as a security event (per batch item too).
             if error.isAuthenticationFailure { events.record("unwrap_authentication_failed") }
-            if error.code == .unavailable || error.code == .internal {
+            if error.code == .unavailable || error.code == .internal, refusals.shouldLog(nil, "backend_error") {
                 logger.warning("backend error", metadata: ["security_event": "provider_unavailable", "error": "\(error.debugDescription)"])
             }
             throw ServiceError(error)

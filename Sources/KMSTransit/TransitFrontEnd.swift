@@ -162,6 +162,8 @@ public struct TransitFrontEnd: HTTPResponder {
         let limit = service.policy.limits.maxBodyBytes
         let body: ByteBuffer
         do {
+            // A body declared over the limit is refused at its header, unread (the connection closes after the answer).
+            if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > limit { throw RequestBodyTooLarge() }
             body = try await request.body.collect(upTo: limit)
         } catch {
             service.events.record("payload_too_large")
@@ -378,3 +380,6 @@ struct TransitRoute {
         }
     }
 }
+
+/// A request body over the size limit (declared in its header, or read).
+private struct RequestBodyTooLarge: Error {}

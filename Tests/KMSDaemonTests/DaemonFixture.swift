@@ -23,6 +23,8 @@ final class RunningKMSD: Sendable {
     let metricsPort: Int
     /// The Vault transit listener's port (0 when the fixture has no transit section).
     let transitPort: Int
+    /// The KMIP listener's port (0 when the fixture has no kmip section).
+    let kmipPort: Int
     let shim: FaultShim
     let audit: AuditLog?
     let adminToken: String
@@ -34,13 +36,14 @@ final class RunningKMSD: Sendable {
     private let yaml: @Sendable (_ clientCA: String, _ crl: String?, _ transit: String?) -> String
     private let transit: String?
 
-    private init(directory: URL, port: Int, metricsPort: Int, transitPort: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String, pki: DevPKI,
+    private init(directory: URL, port: Int, metricsPort: Int, transitPort: Int, kmipPort: Int, shim: FaultShim, task: Task<Void, any Error>, adminToken: String, pki: DevPKI,
                  daemon: Daemon, running: Daemon.Running, providers: [String: any KeyProvider], audit: AuditLog?,
                  transit: String?, yaml: @escaping @Sendable (String, String?, String?) -> String) {
         self.directory = directory
         self.port = port
         self.metricsPort = metricsPort
         self.transitPort = transitPort
+        self.kmipPort = kmipPort
         self.audit = audit
         self.shim = shim
         self.task = task
@@ -89,7 +92,7 @@ final class RunningKMSD: Sendable {
                       maxConnections: Int = 1024, auditSigning: String = "{ file: audit-key.pem }",
                       limits: String = "", audit auditExtra: String = "", withCRL: Bool = false,
                       tls tlsExtra: String = "", admin adminExtra: String = "", keys keysExtra: String = "",
-                      transit: String? = nil) async throws -> RunningKMSD {
+                      transit: String? = nil, kmip: String? = nil) async throws -> RunningKMSD {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kmsd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let pki = try pki(in: directory)
@@ -103,7 +106,7 @@ final class RunningKMSD: Sendable {
             """
             mode: development
             data_dir: data
-            listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0"\(transit == nil ? "" : ", transit: \"127.0.0.1:0\"") }
+            listen: { api: "127.0.0.1:0", metrics: "127.0.0.1:0"\(transit == nil ? "" : ", transit: \"127.0.0.1:0\"")\(kmip == nil ? "" : ", kmip: \"127.0.0.1:0\"") }
             audit: { file: audit/audit.jsonl, sign: \(auditSigning), fail_closed: true, checkpoint_every: 500\(auditExtra) }
             tls: { cert: server.pem, key: server-key.pem, client_ca: \(clientCA), \(crl.map { "crl: \($0), " } ?? "")min_version: "1.3"\(tlsExtra) }
             providers:
@@ -111,10 +114,11 @@ final class RunningKMSD: Sendable {
                      profile: softhsm2, profiles_dir: \(profilesDirectory), sessions: 4, call_timeout: 500ms, checkout_wait: 500ms }
             keys:
               orders: { provider: hsm, allow: ["uri:spiffe://test/storage/node-1"], rotation: { period: 90d, notice: 7d } }
-              invoices: { provider: hsm, allow: ["uri:spiffe://test/storage/node-2"] }\(keysExtra)
+              invoices: { provider: hsm, allow: ["uri:spiffe://test/storage/node-2"] }\(keysExtra)\(kmip == nil ? "" : "\n  kmip-kek: { provider: hsm, allow: [] }")
             admin: { identities: ["cn:security-*"], token_hashes: ["\(sha256Hex(adminToken))"]\(adminExtra) }
             limits: { max_body_bytes: \(maxBodyBytes), rate_per_second: \(ratePerSecond), burst: \(burst), max_connections: \(maxConnections)\(limits) }
             \(transit.map { "transit:\n" + $0 } ?? "")
+            \(kmip.map { "kmip:\n" + $0 } ?? "")
             """
         }
         let file = directory.appendingPathComponent("kmsd.yaml")
@@ -129,14 +133,18 @@ final class RunningKMSD: Sendable {
         for provider in providers.values {
             _ = try await provider.createKey(try KeyName("orders"))
             _ = try await provider.createKey(try KeyName("invoices"))
+            if kmip != nil { _ = try await provider.createKey(try KeyName("kmip-kek")) }
         }
         let (stream, continuation) = AsyncStream<Int>.makeStream()
         let (metricsStream, metricsContinuation) = AsyncStream<Int>.makeStream()
         let (transitStream, transitContinuation) = AsyncStream<Int>.makeStream()
+        let (kmipStream, kmipContinuation) = AsyncStream<Int>.makeStream()
         let parts = try await daemon.assemble(providers: providers) { continuation.yield($0) } onMetricsRunning: {
             metricsContinuation.yield($0)
         } onTransitRunning: {
             transitContinuation.yield($0)
+        } onKMIPRunning: {
+            kmipContinuation.yield($0)
         }
         let task = Task {
             try await ServiceGroup(configuration: .init(services: parts.services.map { .init(service: $0) }, logger: Logger(label: "kmsd.test")))
@@ -152,7 +160,13 @@ final class RunningKMSD: Sendable {
             guard let bound = await transitIterator.next() else { throw FixtureError("the transit listener did not start") }
             transitPort = bound
         }
-        return RunningKMSD(directory: directory, port: port, metricsPort: metricsPort, transitPort: transitPort, shim: shim, task: task, adminToken: adminToken,
+        var kmipPort = 0
+        if kmip != nil {
+            var kmipIterator = kmipStream.makeAsyncIterator()
+            guard let bound = await kmipIterator.next() else { throw FixtureError("the KMIP listener did not start") }
+            kmipPort = bound
+        }
+        return RunningKMSD(directory: directory, port: port, metricsPort: metricsPort, transitPort: transitPort, kmipPort: kmipPort, shim: shim, task: task, adminToken: adminToken,
                            pki: pki, daemon: daemon, running: parts.running, providers: providers, audit: parts.audit, transit: transit, yaml: yaml)
     }
 

@@ -22,9 +22,11 @@ import Glibc
 struct RawTCP {
     let descriptor: Int32
 
-    init(port: Int, from source: String = "127.0.0.1") throws {
+    /// `receiveBuffer` makes the socket's receive buffer that small (a peer that does not read fills it quickly).
+    init(port: Int, from source: String = "127.0.0.1", receiveBuffer: Int32? = nil) throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw FixtureError("socket: \(String(cString: strerror(errno)))") }
+        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
         var local = sockaddr_in()
         local.sin_family = sa_family_t(AF_INET)
         inet_pton(AF_INET, source, &local.sin_addr)
@@ -56,6 +58,18 @@ struct RawTCP {
             if read == 0 || (read < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { return true }
         }
         return false
+    }
+
+    /// Sends as much of `bytes` as the socket takes without blocking, for at most `seconds`; returns how much went.
+    @discardableResult
+    func sendAll(_ bytes: [UInt8], seconds: Double = 5) -> Int {
+        var sent = 0
+        let deadline = Date().addingTimeInterval(seconds)
+        while sent < bytes.count && Date() < deadline {
+            let count = bytes[sent...].withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if count > 0 { sent += count } else if errno == EAGAIN || errno == EWOULDBLOCK { usleep(10_000) } else { break }
+        }
+        return sent
     }
 
     func close() { Glibc.close(descriptor) }

@@ -187,3 +187,17 @@ struct KMSServiceTests {
         #expect(records.last?["result"] as? String == "failed")
     }
 }
+
+/// The log budget of refusals: the first lines of one identity and kind in an interval, then none until the next.
+@Suite("Refusal log budget")
+struct RefusalLogBudgetTests {
+    @Test func eachIdentityAndKindGetsItsOwnBudgetPerInterval() {
+        let refusals = RefusalSummaries(audit: nil, interval: .seconds(10), perKey: 3, maxKeys: 2)
+        #expect((0..<10).filter { _ in refusals.shouldLog("uri:a", "forbidden") }.count == 3)
+        #expect(refusals.shouldLog("uri:a", "rate_limited"), "another kind has its own budget")
+        // More identities than the table tells apart in one interval are not logged at all.
+        #expect(!refusals.shouldLog("uri:c", "forbidden"))
+        refusals.flush()
+        #expect(refusals.shouldLog("uri:a", "forbidden"), "a new interval starts a new budget")
+    }
+}

@@ -1,0 +1,171 @@
+import AsyncHTTPClient
+import Foundation
+import KMSDaemon
+import KMSServer
+import NIOCore
+import KMSTestSupport
+import Testing
+
+/// What peers spread over many addresses, and certificate holders who trickle or never read, can do to kmsd's
+/// listeners, and what they must not achieve (issue 29).
+@Suite("Hardening: spread-out floods, slow requests, unread answers", .serialized)
+struct SpreadAttackTests {
+    static let kmip = """
+          allow: ["uri:spiffe://test/storage/*"]
+          wrapping_key: kmip-kek
+        """
+
+    /// A Discover Versions request as PyKMIP sends it (the fuzz corpus's capture).
+    static let discoverVersions: [UInt8] = {
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("FuzzCorpus/kmip-ttlv/valid-discover-versions-1.4")
+        return (try? Array(Data(contentsOf: file))) ?? []
+    }()
+
+    /// Eight source addresses in eight /24 prefixes, each holding its full unauthenticated share of idle TCP
+    /// connections on each listener, fill every listener's unauthenticated slots (64 here). A storage node that
+    /// connects then is served on kmsd's API, on transit and on KMIP, connection after connection: each new connection
+    /// takes the place of the oldest pending one from the prefix holding the most. Before, the node was refused.
+    @Test func aFloodSpreadOverManyAddressesLeavesRoomForANodeOnEveryListener() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", handshake_timeout: 60s, max_unauthenticated: 64, max_unauthenticated_per_source: 8",
+                                               transit: TransitTests.transit, kmip: Self.kmip)
+        #expect(Self.discoverVersions.count > 16)
+        var held: [RawTCP] = []
+        defer { held.forEach { $0.close() } }
+        for port in [kmsd.port, kmsd.transitPort, kmsd.kmipPort] {
+            for prefix in 1...8 {
+                for _ in 0..<8 { held.append(try RawTCP(port: port, from: "127.0.\(prefix).1")) }
+            }
+        }
+        // Until the API listener has accepted its 64 (the other two accept as fast).
+        for _ in 0..<250 where kmsd.connections.currentUnauthenticated < 64 { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(kmsd.connections.currentUnauthenticated == 64)
+        try await Task.sleep(for: .milliseconds(300))
+
+        let node = try kmsd.client("node1")
+        try await using([node]) { () async throws in
+            for attempt in 0..<10 {
+                // `Connection: close`: every request opens a new connection, as a node's new process would.
+                let api = try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]), headers: [("Connection", "close")])
+                #expect(api.status == 200, "API attempt \(attempt): \(api.status)")
+                let transit = try await kmsd.call(node, "POST", "/v1/transit/datakey/plaintext/orders", body: kmsd.json([:]),
+                                                  headers: [("Connection", "close")], port: kmsd.transitPort)
+                #expect(transit.status == 200, "transit attempt \(attempt): \(transit.status)")
+                let peer = try await TLSPeer.connect(port: kmsd.kmipPort, directory: kmsd.directory, identity: "node1")
+                try await peer.send(Self.discoverVersions)
+                let answer = await peer.kmipAnswer(within: .seconds(5))
+                peer.close()
+                // A Response Message (tag 42007B).
+                #expect(answer.map { Array($0.prefix(3)) } == [0x42, 0x00, 0x7B], "KMIP attempt \(attempt): no answer")
+            }
+        }
+        // The node's first connection on each listener displaced one of the flood's; once its handshake completed it
+        // left the unauthenticated share, which has had room for the node's next connections since. The flood still
+        // holds the rest of its share.
+        #expect(kmsd.securityEvents["connection_evicted", default: 0] >= 3)
+        #expect(kmsd.connections.currentUnauthenticated == 63)
+        held.forEach { $0.close() }
+        held = []
+        await kmsd.stop()
+    }
+
+    /// A certificate holder that trickles a request, its headers or its body, a byte at a time, is closed at the
+    /// whole-request deadline however often the bytes come (before, each byte restarted the idle timer).
+    @Test func aTrickledRequestIsClosedAtTheWholeRequestDeadline() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", request_read_timeout: 1s, idle_timeout: 30s")
+        for headersFirst in [true, false] {
+            let peer = try await TLSPeer.connect(port: kmsd.port, directory: kmsd.directory, identity: "node1")
+            let head = "POST /v1/keys/orders/datakey HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n"
+            if !headersFirst { try await peer.send(head) }
+            let trickle = headersFirst ? Array(head.utf8) : Array(String(repeating: " ", count: 64).utf8)
+            let start = ContinuousClock.now
+            var sent = 0
+            while peer.channel.isActive && sent < trickle.count && ContinuousClock.now - start < .seconds(8) {
+                try? await peer.send([trickle[sent]])
+                sent += 1
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let lasted = ContinuousClock.now - start
+            #expect(await peer.closed(within: .seconds(2)), "a trickled \(headersFirst ? "head" : "body") kept its connection for \(lasted)")
+            #expect(lasted < .seconds(4), "a trickled \(headersFirst ? "head" : "body") lasted \(lasted) with a 1 s deadline")
+            peer.close()
+        }
+        #expect(kmsd.securityEvents["request_timeout", default: 0] >= 2)
+        // A node that sends its request at once is unaffected.
+        let node = try kmsd.client("node1")
+        try await using([node]) { () async throws in
+            #expect(try await kmsd.call(node, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status == 200)
+        }
+        await kmsd.stop()
+    }
+
+    /// A body declared over the limit is refused at its header, before any of it is sent, and the connection closes
+    /// after the answer; so does the connection of a refused caller, whose body is never read.
+    @Test func anOversizedBodyIsRefusedAtItsHeaderAndARefusalClosesTheConnection() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", request_read_timeout: 30s, idle_timeout: 30s")
+        let large = try await TLSPeer.connect(port: kmsd.port, directory: kmsd.directory, identity: "node1")
+        try await large.send("POST /v1/keys/orders/datakey HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n")
+        let answer = await large.receive(within: .seconds(5)) { String(decoding: $0, as: UTF8.self).contains("\r\n\r\n") }
+        #expect(answer.map { String(decoding: $0, as: UTF8.self) }?.hasPrefix("HTTP/1.1 413") == true, "\(large.receivedText)")
+        #expect(large.receivedText.lowercased().contains("connection: close"))
+        #expect(await large.closed(within: .seconds(3)), "the connection stayed open after refusing a 100 MB body")
+
+        // Node 2 may not use `orders`: 403, and its 64-byte body is never waited for.
+        let refused = try await TLSPeer.connect(port: kmsd.port, directory: kmsd.directory, identity: "node2")
+        try await refused.send("POST /v1/keys/orders/datakey HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n")
+        _ = await refused.receive(within: .seconds(5)) { String(decoding: $0, as: UTF8.self).contains("\r\n\r\n") }
+        #expect(refused.receivedText.hasPrefix("HTTP/1.1 403"), "\(refused.receivedText)")
+        #expect(await refused.closed(within: .seconds(3)), "the connection stayed open after a refusal")
+        await kmsd.stop()
+    }
+
+    /// Pipelined requests whose answers are never read: the answers fill the socket, and the connection is closed
+    /// at the write deadline instead of holding its slot for as long as the peer likes. On the metrics listener
+    /// (plain HTTP, no authentication) the answers are large enough to fill the socket quickly.
+    @Test func answersThatAreNeverReadCloseTheConnectionAtTheWriteDeadline() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", write_timeout: 1s, request_read_timeout: 30s, idle_timeout: 30s")
+        let hog = try RawTCP(port: kmsd.metricsPort, receiveBuffer: 4096)
+        defer { hog.close() }
+        let request = Array("GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8)
+        var pipelined: [UInt8] = []
+        for _ in 0..<2000 { pipelined += request }
+        hog.sendAll(pipelined)
+        var closed = false
+        for _ in 0..<500 where !closed {
+            try await Task.sleep(for: .milliseconds(20))
+            closed = kmsd.securityEvents["write_timeout", default: 0] >= 1
+        }
+        #expect(closed, "a connection whose answers were never read was still open after 10 s with a 1 s write deadline")
+        await kmsd.stop()
+    }
+
+    /// A certificate holder repeating a refused request as fast as it can: every refusal counts (security events),
+    /// but the audit log gets the first 20 of that identity and code one by one and then one summary per interval,
+    /// not one fsynced record each.
+    @Test func aCertificateHoldersRefusalFloodAddsABoundedNumberOfAuditRecords() async throws {
+        let kmsd = try await RunningKMSD.start(audit: ", handshake_summary_interval: 1s")
+        let intruder = try kmsd.client("node2")
+        let start = ContinuousClock.now
+        let statuses = try await using([intruder]) { () async throws in
+            var statuses: [Int] = []
+            for _ in 0..<300 { statuses.append(try await kmsd.call(intruder, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:])).status) }
+            return statuses
+        }
+        let seconds = Int((ContinuousClock.now - start).components.seconds) + 1
+        #expect(statuses.allSatisfy { $0 == 403 })
+        #expect(kmsd.securityEvents["forbidden", default: 0] >= 300)
+        try await Task.sleep(for: .milliseconds(2500))
+        let refusals = try kmsd.auditRecords().filter {
+            $0["identity"] as? String == "uri:spiffe://test/storage/node-2" && $0["code"] as? String == "forbidden"
+        }
+        let single = refusals.filter { $0["items"] == nil }
+        let summaries = refusals.filter { $0["items"] != nil }
+        #expect(single.count <= 20 * (seconds + 2), "\(single.count) records one by one for 300 refusals in \(seconds) s")
+        #expect(summaries.count <= seconds + 3, "\(summaries.count) summaries for \(seconds) s")
+        // Nothing is lost from the count: the records one by one and the summaries' counts add up to every refusal.
+        let counted = single.count + summaries.compactMap { $0["items"] as? Int }.reduce(0, +)
+        #expect(counted == 300, "records account for \(counted) of 300 refusals")
+        #expect(summaries.allSatisfy { ($0["detail"] as? String)?.contains("more refusal(s) forbidden of uri:spiffe://test/storage/node-2") == true })
+        await kmsd.stop()
+    }
+}
