@@ -1,7 +1,7 @@
 import KMSKMIP
 import KMSServer
 import Logging
-public import NIOSSL
+import NIOSSL
 
 /// The KMIP listener (`listen.kmip`, docs/kmip.md).
 extension Daemon {

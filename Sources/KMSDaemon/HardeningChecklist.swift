@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import KMSCore
 import KMSState
 import KMSTransit
@@ -145,8 +148,24 @@ public struct HardeningChecklist: Sendable {
         self.items = items
     }
 
-    /// A bind address that listens on every interface.
-    static func isWildcard(_ host: String) -> Bool { ["0.0.0.0", "::", "*", ""].contains(host) }
+    /// A bind address that listens on every interface, however it is spelled: the unspecified IPv4 address in any
+    /// form the resolver reads (`0.0.0.0`, `0`, `0.0`, `0x0`, `000.0.0.0`), the unspecified IPv6 address (`::`,
+    /// `::0`, `0:0:0:0:0:0:0:0`, `[::]`, `::ffff:0.0.0.0`), `*` and the empty host.
+    static func isWildcard(_ host: String) -> Bool {
+        var text = host.trimmingCharacters(in: .whitespaces)
+        if text.hasPrefix("[") && text.hasSuffix("]") { text = String(text.dropFirst().dropLast()) }
+        if text.isEmpty || text == "*" { return true }
+        var v4 = in_addr()
+        // inet_aton reads the numeric forms getaddrinfo accepts (one to four parts, octal and hex).
+        if inet_aton(text, &v4) != 0 { return v4.s_addr == 0 }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 {
+            let bytes = withUnsafeBytes(of: v6) { Array($0) }
+            let mappedZero = bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff && bytes[12...].allSatisfy { $0 == 0 }
+            return bytes.allSatisfy { $0 == 0 } || mappedZero
+        }
+        return false
+    }
 
     static func isInline(_ source: Configuration.SecretSource) -> Bool {
         if case .inline = source { return true }

@@ -150,7 +150,7 @@ public final class KMIPFrontEnd: Sendable {
         guard let operation = Self.operations[request.operation], operation.since <= request.version else {
             throw KMIPFailure(.operationNotSupported, "kmsd does not offer \(request.operation) in KMIP \(request.version)")
         }
-        var fields = try request.payload.map { (payload) throws(KMIPFailure) in try KMIPFields(payload) }
+        let fields = try request.payload.map { (payload) throws(KMIPFailure) in try KMIPFields(payload) }
             ?? KMIPFields(children: [], in: "Request Payload")
         return try await operation.run(self, request, fields)
     }

@@ -1,4 +1,4 @@
-public import KMIPTTLV
+import KMIPTTLV
 public import KMSService
 import Foundation
 import KMSCore

@@ -142,7 +142,7 @@ struct KMIPBenchmark: AsyncParsableCommand {
             """
         try Data(config.utf8).write(to: URL(fileURLWithPath: setup.path("pykmip.conf")))
         try Data("\(port)".utf8).write(to: URL(fileURLWithPath: setup.path("pykmip.port")))
-        FileManager.default.createFile(atPath: setup.path("pykmip.out"), contents: nil)
+        _ = FileManager.default.createFile(atPath: setup.path("pykmip.out"), contents: nil)
         let output = try FileHandle(forWritingTo: URL(fileURLWithPath: setup.path("pykmip.out")))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)

@@ -113,12 +113,26 @@ struct ConfigurationTests {
         #expect(throws: ConfigurationError.self) { try parse(yaml, in: directory) }
     }
 
+    /// Every spelling of the unspecified address binds every interface, so each is a wildcard bind.
+    @Test func everySpellingOfTheUnspecifiedAddressIsAWildcard() throws {
+        for host in ["0.0.0.0", "0", "0.0", "0x0", "000.0.0.0", "::", "::0", "0:0:0:0:0:0:0:0", "[::]", "::ffff:0.0.0.0", "*", "", " 0 "] {
+            #expect(HardeningChecklist.isWildcard(host), "\(host) was not taken for a wildcard")
+        }
+        for host in ["127.0.0.1", "10.0.0.5", "::1", "localhost", "kms.example", "0.0.0.1", "fe80::1"] {
+            #expect(!HardeningChecklist.isWildcard(host), "\(host) was taken for a wildcard")
+        }
+        let directory = try Self.files()
+        let yaml = Self.safe.replacingOccurrences(of: "api: \"10.0.0.5:8443\"", with: "api: \"[::0]:8443\"")
+        #expect(HardeningChecklist(try parse(yaml, in: directory)).violations.map(\.title).contains { $0.contains("wildcard bind") })
+    }
+
     @Test func connectionLimitsHaveSafeDefaultsAndAreChecked() throws {
         let directory = try Self.files()
         let limits = try parse(Self.safe, in: directory).limits
         #expect(limits.maxConnections == 1024 && limits.maxConnectionsPerSource == 64)
         #expect(limits.maxUnauthenticated == 256 && limits.maxUnauthenticatedPerSource == 16)
         #expect(limits.handshakeTimeout == .seconds(10) && limits.idleTimeout == .seconds(60) && limits.maxConnectionAge == .seconds(3600))
+        #expect(limits.requestReadTimeout == .seconds(10) && limits.writeTimeout == .seconds(10))
         let tooMany = Self.safe + "\nlimits: { max_connections: 100, max_unauthenticated: 200 }"
         #expect(throws: ConfigurationError.self) { try parse(tooMany, in: directory) }
         // Rotated audit files are all kept unless audit.keep_files says otherwise.
