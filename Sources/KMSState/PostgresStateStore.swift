@@ -473,16 +473,18 @@ public final class PostgresStateStore: StateStore {
         }
     }
 
+    /// Leases run on the database's clock (`now()`), not the replica's: `now` is ignored here. A replica whose clock
+    /// is ahead would otherwise take a lease that has not expired for anyone else (two rotations reaching the HSM),
+    /// and one whose clock is behind would keep one past its expiry.
     public func takeLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> LeaseGrant? {
         try await guarded("take a lease") { [logger] client in
-            let nowSeconds = now.timeIntervalSince1970
-            let expires = nowSeconds + duration
             // One statement: the conflicting row is locked, so of two replicas racing, the second sees the first's lease.
             let rows = try await client.query("""
-                INSERT INTO kmsd_leases AS l (name, holder, expires_at, epoch) VALUES (\(name), \(holder), \(expires), 1)
+                INSERT INTO kmsd_leases AS l (name, holder, expires_at, epoch)
+                VALUES (\(name), \(holder), \(unescaped: Self.databaseNow) + \(duration), 1)
                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
-                    epoch = CASE WHEN l.holder = excluded.holder AND l.expires_at > \(nowSeconds) THEN l.epoch ELSE l.epoch + 1 END
-                WHERE l.holder = excluded.holder OR l.expires_at <= \(nowSeconds)
+                    epoch = CASE WHEN l.holder = excluded.holder AND l.expires_at > \(unescaped: Self.databaseNow) THEN l.epoch ELSE l.epoch + 1 END
+                WHERE l.holder = excluded.holder OR l.expires_at <= \(unescaped: Self.databaseNow)
                 RETURNING epoch
                 """, logger: logger)
             for try await epoch in rows.decode(Int64.self) { return LeaseGrant(name: name, holder: holder, epoch: UInt64(clamping: epoch)) }
@@ -490,11 +492,14 @@ public final class PostgresStateStore: StateStore {
         }
     }
 
+    /// The database's clock in seconds since 1970, as SQL (the lease columns hold such seconds).
+    static let databaseNow = "extract(epoch from now())::double precision"
+
     public func holds(_ grant: LeaseGrant, now: Date) async throws -> Bool {
         try await guarded("check a lease") { [logger] client in
             let rows = try await client.query("""
                 SELECT 1 FROM kmsd_leases WHERE name = \(grant.name) AND holder = \(grant.holder) AND epoch = \(Int64(clamping: grant.epoch))
-                    AND expires_at > \(now.timeIntervalSince1970)
+                    AND expires_at > \(unescaped: Self.databaseNow)
                 """, logger: logger)
             for try await _ in rows { return true }
             return false
@@ -517,7 +522,7 @@ public final class PostgresStateStore: StateStore {
                 SELECT \(entry.at.timeIntervalSince1970), \(entry.key), \(entry.action.rawValue), \(entry.actor), \(entry.reason),
                        \(from), \(to), \(entry.result.rawValue), \(entry.detail)
                 WHERE EXISTS (SELECT 1 FROM kmsd_leases WHERE name = \(grant.name) AND holder = \(grant.holder)
-                              AND epoch = \(Int64(clamping: grant.epoch)) AND expires_at > \(now.timeIntervalSince1970) FOR SHARE)
+                              AND epoch = \(Int64(clamping: grant.epoch)) AND expires_at > \(unescaped: Self.databaseNow) FOR SHARE)
                 RETURNING id
                 """, logger: logger)
             for try await _ in rows { return true }
@@ -544,7 +549,7 @@ public final class PostgresStateStore: StateStore {
         try await guarded("read replicas") { [logger] client in
             var held: [String: [String]] = [:]
             let leases = try await client.query(
-                "SELECT name, holder FROM kmsd_leases WHERE expires_at > \(now.timeIntervalSince1970) ORDER BY name", logger: logger)
+                "SELECT name, holder FROM kmsd_leases WHERE expires_at > \(unescaped: Self.databaseNow) ORDER BY name", logger: logger)
             for try await (name, holder) in leases.decode((String, String).self) { held[holder, default: []].append(name) }
             var result: [ReplicaRecord] = []
             let rows = try await client.query("""

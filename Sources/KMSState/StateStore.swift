@@ -137,6 +137,9 @@ public protocol StateStore: Sendable {
     func journal(key: String?, limit: Int) async throws -> [JournalEntry]
     /// Takes the lease `name` for `holder` until `now + duration` if it is free, expired, or already `holder`'s; the
     /// grant, or nil when another holds it. A renewal of a lease still held keeps its epoch; any other take raises it.
+    /// `now` is the caller's clock, used by a store only one process opens (SQLite); a store replicas share
+    /// (PostgreSQL) runs every lease on its database's clock instead, so replicas' clock skew cannot expire a lease
+    /// early or keep one late. The same holds for `holds`, `append(_:fencedBy:now:)` and the leases `replicas` lists.
     func takeLease(_ name: String, holder: String, now: Date, duration: TimeInterval) async throws -> LeaseGrant?
     /// Whether `grant` is still the lease's current grant, unexpired at `now`.
     func holds(_ grant: LeaseGrant, now: Date) async throws -> Bool

@@ -136,7 +136,9 @@ struct StateStoreContractTests {
             try await store.heartbeat(two)
             seen = try await store.replicas(now: start.addingTimeInterval(61))
             #expect(seen.last?.lastSeen == start.addingTimeInterval(5) && seen.last?.holder == "h2-restarted")
-            #expect(seen.allSatisfy { $0.leases.isEmpty }, "an expired lease is not listed")
+            // (PostgreSQL expires leases by the database's clock, which this test does not move: see
+            // `leasesRunOnTheDatabasesClockNotTheReplicas`.)
+            if kind == .sqlite { #expect(seen.allSatisfy { $0.leases.isEmpty }, "an expired lease is not listed") }
             // A replica not seen for a day is dropped.
             two.lastSeen = start.addingTimeInterval(ReplicaRecord.forgetAfter + 10)
             try await store.heartbeat(two)
@@ -157,7 +159,9 @@ struct StateStoreContractTests {
         }
     }
 
-    @Test(arguments: StoreKind.allCases)
+    /// On the caller's clock, which SQLite (one process) uses; PostgreSQL runs leases on its own clock, tested with
+    /// real time in `leasesRunOnTheDatabasesClockNotTheReplicas`.
+    @Test(arguments: [StoreKind.sqlite])
     func aLapsedLeaseCannotCommitItsResult(_ kind: StoreKind) async throws {
         try await withStore(kind) { store, _ async throws in
             let entry = JournalEntry(at: start, key: "orders", action: .rotate, actor: "scheduler", reason: "usage", fromVersion: 1,
@@ -184,7 +188,9 @@ struct StateStoreContractTests {
         }
     }
 
-    @Test(arguments: StoreKind.allCases)
+    /// On the caller's clock, which SQLite (one process) uses; PostgreSQL runs leases on its own clock, tested with
+    /// real time in `leasesRunOnTheDatabasesClockNotTheReplicas`.
+    @Test(arguments: [StoreKind.sqlite])
     func aLeaseHasOneHolderUntilItExpiresOrIsReleased(_ kind: StoreKind) async throws {
         try await withStore(kind) { store, _ async throws in
             #expect(try await store.acquireLease("rotate/orders", holder: "a", now: start, duration: 60))
@@ -199,6 +205,30 @@ struct StateStoreContractTests {
             #expect(try await !store.acquireLease("rotate/orders", holder: "a", now: start.addingTimeInterval(91), duration: 60))
             try await store.releaseLease("rotate/orders", holder: "b")
             #expect(try await store.acquireLease("rotate/orders", holder: "a", now: start.addingTimeInterval(92), duration: 60))
+        }
+    }
+
+    /// Replicas' clocks differ; a lease shared through PostgreSQL expires by the database's clock, whatever time the
+    /// caller passes: a replica whose clock runs 5 minutes ahead cannot take a lease another holds, and one whose
+    /// clock runs behind cannot keep one that expired. Epochs fence as on the caller's clock.
+    @Test func leasesRunOnTheDatabasesClockNotTheReplicas() async throws {
+        try await withStore(.postgres) { store, _ async throws in
+            let entry = JournalEntry(at: Date(), key: "orders", action: .rotate, actor: "scheduler", reason: "usage", fromVersion: 1,
+                                     toVersion: 2, result: .ok)
+            let ahead = Date().addingTimeInterval(300)
+            let behind = Date().addingTimeInterval(-300)
+            let first = try #require(try await store.takeLease("rotate/orders", holder: "a", now: Date(), duration: 1.5))
+            #expect(try await store.takeLease("rotate/orders", holder: "b", now: ahead, duration: 1.5) == nil,
+                    "a replica whose clock is ahead took a lease that had not expired")
+            #expect(try await store.holds(first, now: ahead), "the holder's grant is judged by the database's clock")
+            #expect(try await store.replicas(now: ahead).isEmpty)
+            try await Task.sleep(for: .seconds(2))
+            #expect(try await !store.holds(first, now: behind), "a lapsed lease held on by a clock that runs behind")
+            #expect(try await !store.append(entry, fencedBy: first, now: behind))
+            let second = try #require(try await store.takeLease("rotate/orders", holder: "b", now: behind, duration: 60))
+            #expect(second.epoch == first.epoch + 1)
+            #expect(try await store.append(entry, fencedBy: second, now: ahead))
+            #expect(try await store.journal(key: "orders", limit: 10).count == 1)
         }
     }
 
