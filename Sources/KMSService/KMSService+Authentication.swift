@@ -207,17 +207,26 @@ extension KMSService {
             throw ServiceError(.badRequest, .invalidInput, "'\(nameText.prefix(80))' is not a valid key name")
         }
         AuditNote.key(name)
-        guard let key = policy.keys[name] else { throw ServiceError(.notFound, .notFound, "no key named '\(name)'") }
-        guard mayUse(node, key, policy: policy) else {
-            events.record("forbidden")
-            if refusals.shouldLog(identity.description, "forbidden") {
-                logger.warning("request refused: not allowed for key", metadata: [
-                    "security_event": "forbidden", "identity": "\(identity)", "key": "\(name)",
-                ])
-            }
-            throw ServiceError(.forbidden, .forbidden, "\(identity) may not use key '\(name)'")
-        }
+        guard let key = policy.keys[name], mayUse(node, key, policy: policy) else { throw unknownKey(node, name.rawValue) }
         return key
+    }
+
+    /// The refusal of a key `node` may not use, and of one that does not exist: the same answer, so that a
+    /// certificate holder cannot tell which names exist by asking. (An administrator lists the keys; a front end that
+    /// maps names of its own asks `administers` before it says a name is not configured.)
+    public func unknownKey(_ node: Node, _ name: String) -> ServiceError {
+        events.record("forbidden")
+        if refusals.shouldLog(node.identity.description, "forbidden") {
+            logger.warning("request refused: not allowed for key", metadata: [
+                "security_event": "forbidden", "identity": "\(node.identity)", "key": "\(name.prefix(64))",
+            ])
+        }
+        return ServiceError(.forbidden, .forbidden, "\(node.identity) may not use key '\(name.prefix(64))'")
+    }
+
+    /// Whether the node's identity is also an administrator's (who may learn which keys exist). Records nothing.
+    public func administers(_ node: Node) -> Bool {
+        administers(node.identity, policy: policy)
     }
 
     /// The node's identity matches the key's allow list, and one from a certificate (presented now, or at the login

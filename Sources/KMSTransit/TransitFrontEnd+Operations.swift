@@ -15,9 +15,14 @@ extension TransitFrontEnd {
 
     static let missingContext = "missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key"
 
-    private func mapping(_ name: String, missing: VaultError) throws(VaultError) -> TransitConfiguration.Key {
-        guard let key = configuration.keys[name] else { throw missing }
-        return key
+    /// The kmsd key a transit name maps to. Only an administrator learns that a name is not configured (`missing`,
+    /// Vault's answer for a key that does not exist); anyone else gets the service's refusal of a key it may not use,
+    /// the same answer as for a mapped key it may not use.
+    private func mapping(_ name: String, _ caller: Caller, missing: VaultError) throws -> TransitConfiguration.Key {
+        if let key = configuration.keys[name] { return key }
+        let node = try caller.node(service)
+        guard service.administers(node) else { throw service.unknownKey(node, name) }
+        throw missing
     }
 
     private static func bytes(_ item: inout VaultParameters, _ name: String) throws -> [UInt8]? {
@@ -72,7 +77,7 @@ extension TransitFrontEnd {
     }
 
     func readKey(_ caller: Caller, _ name: String) async throws -> VaultReply {
-        let key = try mapping(name, missing: .notFound)
+        let key = try mapping(name, caller, missing: .notFound)
         let node = try caller.node(service)
         let (_, description) = try await service.describeKey(node, key: key.key.rawValue)
         guard !description.versions.isEmpty else { throw VaultError.notFound }
@@ -136,7 +141,7 @@ extension TransitFrontEnd {
     /// retirement (with its quiet-period check); retired versions keep decrypting. What would delete, export or
     /// destroy is refused with the reason.
     func configure(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
-        let key = try mapping(name, missing: .badRequest("no existing key named \(name) could be found"))
+        let key = try mapping(name, caller, missing: .badRequest("no existing key named \(name) could be found"))
         let admin = try caller.administrator(service)
         let minimum = try parameters.int("min_encryption_version")
         let minimumDecryption = try parameters.int("min_decryption_version")
@@ -168,7 +173,7 @@ extension TransitFrontEnd {
     }
 
     func createKey(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
-        let key = try mapping(name, missing: .badRequest("kmsd: no transit key named '\(name)' is configured (transit.keys)"))
+        let key = try mapping(name, caller, missing: .badRequest("kmsd: no transit key named '\(name)' is configured (transit.keys)"))
         let admin = try caller.administrator(service)
         if let type = try parameters.string("type"), type != "aes256-gcm96" {
             throw VaultError.badRequest("kmsd: transit keys are aes256-gcm96; '\(type)' is not offered")
@@ -191,7 +196,7 @@ extension TransitFrontEnd {
     }
 
     func rotate(_ caller: Caller, _ name: String) async throws -> VaultReply {
-        let key = try mapping(name, missing: .badRequest("key not found"))
+        let key = try mapping(name, caller, missing: .badRequest("key not found"))
         let admin = try caller.administrator(service)
         let (_, outcome) = try await service.rotate(admin, key: key.key.rawValue) { RotateRequest(reason: "transit rotate") }
         return .data(await info(name, key, outcome.description))
@@ -200,7 +205,7 @@ extension TransitFrontEnd {
     // MARK: - Encrypt, decrypt, rewrap, datakey
 
     func encrypt(_ caller: Caller, _ name: String, _ parameters: inout VaultParameters) async throws -> VaultReply {
-        let key = try mapping(name, missing: .badRequest("encryption key not found"))
+        let key = try mapping(name, caller, missing: .badRequest("encryption key not found"))
         let node = try caller.node(service)
         let (items, batch) = try Self.items(&parameters, single: ["plaintext", "context", "associated_data", "key_version"])
         let partialCode = batch ? try VaultParameters.partialFailureCode(&parameters) : nil
@@ -323,7 +328,7 @@ extension TransitFrontEnd {
         single: (KMSService.Node, String, KMSService.WrappedInput) async throws -> Answer,
         batch: (KMSService.Node, String, [KMSService.WrappedInput]) async throws -> [(Answer?, ServiceError?)]
     ) async throws -> VaultReply {
-        let key = try mapping(name, missing: .badRequest("encryption key not found"))
+        let key = try mapping(name, caller, missing: .badRequest("encryption key not found"))
         let node = try caller.node(service)
         let (items, isBatch) = try Self.items(&parameters, single: ["ciphertext", "context", "associated_data"])
         let partialCode = isBatch && partialCodes ? try VaultParameters.partialFailureCode(&parameters) : nil
@@ -401,7 +406,7 @@ extension TransitFrontEnd {
         guard kind == "plaintext" || kind == "wrapped" else { throw VaultError.badRequest("Invalid path, must be 'plaintext' or 'wrapped'") }
         let bits = try parameters.int("bits") ?? 256
         guard [128, 256, 512].contains(bits) else { throw VaultError.badRequest("invalid bit length") }
-        let key = try mapping(name, missing: .badRequest("encryption key not found"))
+        let key = try mapping(name, caller, missing: .badRequest("encryption key not found"))
         let node = try caller.node(service)
         let context = try Self.context(&parameters, derived: key.derived)
         if let version = try parameters.int("key_version"), version != 0 {

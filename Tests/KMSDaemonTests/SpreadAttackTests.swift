@@ -168,4 +168,37 @@ struct SpreadAttackTests {
         #expect(summaries.allSatisfy { ($0["detail"] as? String)?.contains("more refusal(s) forbidden of uri:spiffe://test/storage/node-2") == true })
         await kmsd.stop()
     }
+
+    /// A certificate holder cannot tell which key names exist by asking: on kmsd's API and on transit, a key that
+    /// does not exist and one the caller may not use get the same status and the same body (but for the name).
+    @Test func aKeyThatDoesNotExistAndOneTheCallerMayNotUseAnswerTheSame() async throws {
+        let kmsd = try await RunningKMSD.start(transit: TransitTests.transit)
+        let intruder = try kmsd.client("node2")
+        try await using([intruder]) { () async throws in
+            let forbidden = try await kmsd.call(intruder, "POST", "/v1/keys/orders/datakey", body: kmsd.json([:]))
+            let missing = try await kmsd.call(intruder, "POST", "/v1/keys/nosuchkey/datakey", body: kmsd.json([:]))
+            #expect(forbidden.status == 403 && missing.status == 403)
+            #expect(forbidden.errorCode == "forbidden" && missing.errorCode == "forbidden")
+            func message(_ reply: RunningKMSD.Reply) -> String? { (reply.json["error"] as? [String: Any])?["message"] as? String }
+            #expect(message(forbidden)?.replacingOccurrences(of: "orders", with: "X") == message(missing)?.replacingOccurrences(of: "nosuchkey", with: "X"))
+            for path in ["transit/datakey/plaintext/%@", "transit/encrypt/%@", "transit/keys/%@", "transit/keys/%@/rotate"] {
+                let method = path.hasPrefix("transit/keys/%@") && !path.hasSuffix("rotate") ? "GET" : "POST"
+                let body: Data? = method == "GET" ? nil : kmsd.json(["plaintext": "aGk="])
+                let answers = try await ["orders", "nosuchkey"].asyncMap { name in
+                    try await kmsd.call(intruder, method, "/v1/" + path.replacingOccurrences(of: "%@", with: name), body: body, port: kmsd.transitPort)
+                }
+                #expect(answers[0].status == 403 && answers[1].status == 403, "\(path): \(answers.map(\.status))")
+                #expect(answers[0].body == answers[1].body, "\(path): \(answers.map { String(decoding: $0.body, as: UTF8.self) })")
+            }
+        }
+        await kmsd.stop()
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
 }

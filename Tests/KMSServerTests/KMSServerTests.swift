@@ -128,7 +128,7 @@ struct KMSServerTests {
                 ("truncated envelope", "/v1/keys/orders/unwrap", Data(#"{"wrapped":"\#(wrapped.prefix(20))"}"#.utf8), 400, "invalid_input"),
                 ("oversized body", "/v1/keys/orders/datakey", Data(repeating: 0x20, count: 100 * 1024), 413, "payload_too_large"),
                 ("bad key name", "/v1/keys/bad%20name!/datakey", Data("{}".utf8), 400, "invalid_input"),
-                ("unknown key", "/v1/keys/nosuchkey/datakey", Data("{}".utf8), 404, "not_found"),
+                ("unknown key: the answer for a key the caller may not use", "/v1/keys/nosuchkey/datakey", Data("{}".utf8), 403, "forbidden"),
                 ("wrong type", "/v1/keys/orders/datakey", Data(#"{"context":{"a":1}}"#.utf8), 400, "invalid_input"),
             ]
             for (label, path, body, status, code) in cases {
