@@ -192,7 +192,7 @@ let package = Package(
         .executableTarget(name: "fuzz-kmip-ttlv", dependencies: ["KMIPTTLV", "FuzzSupport"], swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-config", dependencies: ["KMSDaemon", "FuzzSupport"], swiftSettings: swiftSettings),
         // The service layer over an in-memory provider: no HSM, no HTTP.
-        tests("KMSServiceTests", ["KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI"]),
+        tests("KMSServiceTests", ["KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI", "KMSState"]),
         // The HTTP routes through Hummingbird's test client over the in-memory provider: no HSM, no TLS, in parallel.
         tests("KMSServerTests", [
             "KMSServer", "KMSService", "KMSTestSupport", "KMSCore", "KMSRotation", "KMSAudit", "KMSAPI",
@@ -208,14 +208,14 @@ let package = Package(
         tests("KMSProviderPKCS11Tests", ["KMSProviderPKCS11", "KMSCore", "PKCS11", "CPKCS11", "KMSTestSupport"]),
         tests("KMSDaemonTests", [
             "KMSDaemon", "KMSDev", "KMSServer", "KMSService", "KMSAPI", "KMSCore", "KMSTestSupport",
-            "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSState", "KMSAudit", External.hummingbird,
+            "KMSProviderPKCS11", "KMSClient", "KMSRotation", "KMSState", "KMSAudit", "KMIPTTLV", External.hummingbird,
             External.asyncHTTPClient, External.nioSSL, External.nioCore, External.nioPosix, External.nioHTTP1, External.serviceLifecycle,
             External.x509, External.swiftASN1, External.crypto
         ]),
         tests("KMIPTTLVTests", ["KMIPTTLV"]),
         // The KMIP front end over the service and an in-memory provider (message bytes in and out; the listener and
         // PyKMIP are ci/kmip-conformance's).
-        tests("KMSKMIPTests", ["KMSKMIP", "KMIPTTLV", "KMSCore", "KMSService", "KMSTestSupport"]),
+        tests("KMSKMIPTests", ["KMSKMIP", "KMIPTTLV", "KMSCore", "KMSService", "KMSTestSupport", "KMSState", "KMSRotation"]),
         tests("KMSAuditTests", ["KMSAudit", "KMSCore", "KMSTestSupport", External.crypto]),
         tests("KMSRotationTests", ["KMSRotation", "KMSState", "KMSCore", "KMSTestSupport"]),
         // The state store contract, run against SQLite and a throwaway PostgreSQL cluster.

@@ -43,6 +43,20 @@ public enum TTLVEncoder {
         while (bytes.count - start) % 8 != 0 { bytes.append(0) }
     }
 
+    /// How many bytes `encode(item)` makes, without making them (the header, the value, its padding).
+    public static func encodedLength(_ item: TTLVItem) -> Int {
+        let value: Int
+        switch item.value {
+        case .structure(let children): value = children.reduce(0) { $0 + encodedLength($1) }
+        case .integer, .enumeration, .interval: value = 4
+        case .longInteger, .boolean, .dateTime: value = 8
+        case .bigInteger(let bytes): value = max(8, (bytes.count + 7) & ~7)
+        case .textString(let text): value = text.utf8.count
+        case .byteString(let bytes): value = bytes.count
+        }
+        return 8 + (value + 7) & ~7
+    }
+
     private static func appendBigEndian(_ value: UInt32, to bytes: inout [UInt8]) {
         bytes.append(UInt8(truncatingIfNeeded: value >> 24))
         bytes.append(UInt8(truncatingIfNeeded: value >> 16))

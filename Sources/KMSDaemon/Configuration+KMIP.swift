@@ -12,7 +12,10 @@ extension Reader {
             if listening { problem("kmip", "listen.kmip is set: add a kmip section (allow, wrapping_key)") }
             return nil
         }
-        guard let kmipMap = map(value, "kmip", known: ["allow", "export", "wrapping_key", "grants", "max_message_bytes", "rewrap_interval"]) else { return nil }
+        guard let kmipMap = map(value, "kmip", known: [
+            "allow", "export", "wrapping_key", "grants", "max_message_bytes", "rewrap_interval", "max_response_bytes", "max_objects_per_owner",
+            "max_locate_scan",
+        ]) else { return nil }
         if !tls { problem("kmip", "the KMIP listener needs the tls section (KMIP is always mutual TLS)") }
         var configuration = KMIPConfiguration()
         configuration.allow = identityPatterns(kmipMap, "allow", "kmip")
@@ -39,6 +42,9 @@ extension Reader {
         }
         configuration.rewrapInterval = duration(kmipMap, "rewrap_interval", "kmip", default: .seconds(10))
         configuration.limits.maxMessageBytes = int(kmipMap, "max_message_bytes", "kmip", default: 1 << 20, range: 4096...(64 << 20))
+        configuration.maxResponseBytes = int(kmipMap, "max_response_bytes", "kmip", default: 1 << 20, range: 4096...(64 << 20))
+        configuration.maxObjectsPerOwner = int(kmipMap, "max_objects_per_owner", "kmip", default: 10_000, range: 1...100_000_000)
+        configuration.maxLocateScan = int(kmipMap, "max_locate_scan", "kmip", default: 20_000, range: 500...100_000_000)
         return configuration
     }
 }

@@ -1,4 +1,6 @@
 public import Foundation
+import KMSKMIP
+import KMSTransit
 import KMSRotation
 import KMSCore
 import KMSState
@@ -366,6 +368,16 @@ struct Reader {
         let audit = self.audit(top["audit"], production: mode == .production, providers: providersMap)
         let transit = self.transit(top["transit"], listening: listenMap?["transit"] != nil, tls: tls != nil, keys: Set(keys.keys))
         let kmip = self.kmip(top["kmip"], listening: listenMap?["kmip"] != nil, tls: tls != nil, keys: Set(keys.keys))
+        if let wrapping = kmip?.wrappingKey {
+            // The key that seals every managed object's material is kmsd's alone: a node allowed to use it could open
+            // a copied database's objects with the API's unwrap.
+            if let allow = keys[wrapping]?.allow, !allow.isEmpty {
+                problem("keys.\(wrapping).allow", "\(wrapping) is kmip.wrapping_key: no node may use it (allow: []); give nodes another key")
+            }
+            for (name, mapped) in transit?.keys ?? [:] where mapped.key == wrapping {
+                problem("transit.keys.\(name)", "\(wrapping) is kmip.wrapping_key: transit may not serve it; map another key")
+            }
+        }
         let state = self.state(top["state"])
         let replicaID = string(top, "replica_id", "config")
         if let replicaID, replicaID.isEmpty || replicaID.count > 64

@@ -28,7 +28,8 @@ extension KMIPFrontEnd {
         }
         object.materialLength = Int(length) / 8
         service.noteObject(object.id)
-        try await service.createManagedObject(object, generating: object.materialLength, wrappingKey: try wrappingKey(request))
+        try await service.createManagedObject(object, generating: object.materialLength, wrappingKey: try wrappingKey(request),
+                                              ownerQuota: request.configuration.maxObjectsPerOwner)
         return [.enumeration(.objectType, type), .text(.uniqueIdentifier, object.id)]
     }
 
@@ -47,7 +48,8 @@ extension KMIPFrontEnd {
         try checkNames(object.names, request)
         if type == .symmetricKey && object.usageMask == nil { object.usageMask = 0x0C }
         service.noteObject(object.id)
-        try await service.storeManagedObject(object, material: material, wrappingKey: try wrappingKey(request))
+        try await service.storeManagedObject(object, material: material, wrappingKey: try wrappingKey(request),
+                                             ownerQuota: request.configuration.maxObjectsPerOwner)
         return [.text(.uniqueIdentifier, object.id)]
     }
 
@@ -266,7 +268,8 @@ extension KMIPFrontEnd {
         }
         replacement.links = [ManagedObject.Link(type: 0x107, id: old.id)]
         service.noteDetail("replacement \(replacement.id)")
-        try await service.createManagedObject(replacement, generating: replacement.materialLength, wrappingKey: try wrappingKey(request))
+        try await service.createManagedObject(replacement, generating: replacement.materialLength, wrappingKey: try wrappingKey(request),
+                                              ownerQuota: request.configuration.maxObjectsPerOwner)
         // The names move to the replacement; the old key keeps a link to it. Retried if the old key changed meanwhile.
         _ = try await change(id, request) { (object: inout ManagedObject) throws(KMIPFailure) in
             object.names = []
@@ -295,16 +298,34 @@ extension KMIPFrontEnd {
         if !filters.contains(where: { $0.name == KMIPAttributes.state }) {
             criteria.append(LocateCriterion { !$0.state.isDestroyed })
         }
-        var matches: [ManagedObject] = []
-        var after: String?
-        while true {
-            let page = try await service.managedObjects(after: after, limit: 500)
-            for object in page where visible(object, request) && criteria.allSatisfy({ $0.matches(object) }) {
-                matches.append(object)
+        // Only the owners whose objects the caller may see are read (an index on owner): its own, and those of the
+        // owners its grants name. What the message's Locate items read together is bounded (`kmip.max_locate_scan`).
+        var owners = [request.identity]
+        let grants = request.configuration.grants.filter { request.node.identity.matches(any: $0.identities) }
+        if !grants.isEmpty {
+            for owner in try await service.managedObjectOwners() where owner != request.identity
+                && grants.contains(where: { grant in grant.owners.contains { ClientIdentity.matches($0, owner) } }) {
+                owners.append(owner)
             }
-            guard let last = page.last, page.count == 500 else { break }
-            after = last.id
         }
+        var matches: [ManagedObject] = []
+        for owner in owners {
+            var after: String?
+            while true {
+                let page = try await service.managedObjects(owner: owner, after: after, limit: 500)
+                guard request.scanBudget.take(page.count) else {
+                    throw KMIPFailure(.responseTooLarge, "Locate would read more than \(request.scanBudget.limit) objects in one message "
+                                      + "(kmip.max_locate_scan); filter by Name, or page with Maximum Items in separate messages")
+                }
+                for object in page where visible(object, request) && criteria.allSatisfy({ $0.matches(object) }) {
+                    matches.append(object)
+                }
+                guard let last = page.last, page.count == 500 else { break }
+                after = last.id
+            }
+        }
+        // Oldest first across owners, as identifiers sort.
+        matches.sort { $0.id < $1.id }
         // Oldest first (identifiers are time-ordered): a client paging with Offset Items while keys are added sees
         // each key once, since new keys come after the pages it has read.
         let window = matches.dropFirst(Int(offset)).prefix(maximum.map(Int.init) ?? Int.max)
@@ -362,11 +383,12 @@ extension KMIPFrontEnd {
     func change<T>(_ id: String, _ request: KMIPOperationRequest,
                    _ body: (inout ManagedObject) throws(KMIPFailure) -> T) async throws -> T {
         for _ in 0 ..< 3 {
-            var object = try await load(id, request)
-            try checkOwner(object, request)
+            let previous = try await load(id, request)
+            try checkOwner(previous, request)
+            var object = previous
             let result = try body(&object)
             object.dates.lastChange = request.now
-            if try await service.updateManagedObject(object) { return result }
+            if try await service.updateManagedObject(object, from: previous, wrappingKey: try wrappingKey(request)) { return result }
         }
         throw KMIPFailure(.generalFailure, "the object kept changing; retry")
     }

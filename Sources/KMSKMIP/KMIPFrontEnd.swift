@@ -21,6 +21,13 @@ public struct KMIPConfiguration: Sendable {
     public var rewrapInterval: Duration = .seconds(10)
     /// The most bytes, nesting and items one request message may have.
     public var limits = TTLVLimits(maxMessageBytes: 1 << 20, maxDepth: 16, maxItems: 16_384)
+    /// The most bytes one response message may have, whatever the client's Maximum Response Size: a batch whose
+    /// answers would be larger stops at the item that goes over and is answered with Response Too Large.
+    public var maxResponseBytes = 1 << 20
+    /// The most objects one owner may have (Create, Register and Re-key beyond it are refused).
+    public var maxObjectsPerOwner = 10_000
+    /// The most objects one Locate item may look at (the caller's own and those its grants share), however it pages.
+    public var maxLocateScan = 20_000
 
     public init() {}
 
@@ -84,12 +91,24 @@ public final class KMIPFrontEnd: Sendable {
             service.events.record("kmip_malformed")
             return refusal(KMIPRequest.bestEffortVersion(message), error)
         }
+        // kmsd's own bound on the answer, and the client's when it asked for less: a small request must not become a
+        // huge answer (64 Get Attributes of a large object made 19 MB of a 6 KB request), nor its work go on past it.
+        let responseLimit = min(configuration.maxResponseBytes, request.maximumResponseSize ?? Int.max)
+        var responseBytes = 0
+        var overLimit = false
         var results: [KMIPResult] = []
         var placeholder: String?
+        let scanBudget = KMIPScanBudget(configuration.maxLocateScan)
         for item in request.items {
             let (outcome, admitted) = await perform(item, version: request.version, peer: peer, configuration: configuration,
-                                                    placeholder: placeholder)
-            results.append(KMIPResult(operation: item.operation, id: item.id, outcome: outcome))
+                                                    placeholder: placeholder, scanBudget: scanBudget)
+            let result = KMIPResult(operation: item.operation, id: item.id, outcome: outcome)
+            results.append(result)
+            responseBytes += TTLVEncoder.encodedLength(result.item)
+            if responseBytes > responseLimit {
+                overLimit = true
+                break
+            }
             switch outcome {
             case .success(let payload):
                 // The ID Placeholder: what Create, Register, Re-key and Locate (its first hit) return.
@@ -104,9 +123,12 @@ public final class KMIPFrontEnd: Sendable {
             if case .failure = outcome, request.batchErrorContinuation == .stop || !admitted { break }
         }
         var response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
-        if let limit = request.maximumResponseSize, response.count > limit {
-            let tooLarge = KMIPFailure(.responseTooLarge, "the response is \(response.count) bytes; the request allows \(limit)")
-            results = results.map { KMIPResult(operation: $0.operation, id: $0.id, outcome: .failure(tooLarge)) }
+        if overLimit || response.count > responseLimit {
+            service.events.record("kmip_response_too_large")
+            let whose = responseLimit < configuration.maxResponseBytes ? "the request allows" : "kmsd answers at most (kmip.max_response_bytes)"
+            let tooLarge = KMIPFailure(.responseTooLarge, "the response would be over \(responseLimit) bytes; \(whose) \(responseLimit)")
+            // Every item of the batch, those not run too, says so (a client matches answers to its items).
+            results = request.items.map { KMIPResult(operation: $0.operation, id: $0.id, outcome: .failure(tooLarge)) }
             response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
         }
         return response
@@ -120,7 +142,7 @@ public final class KMIPFrontEnd: Sendable {
     /// One batch item as one audited operation: the caller is authenticated by the connection's certificate and must
     /// match `kmip.allow` before the operation sees its payload.
     private func perform(_ item: KMIPRequest.Item, version: KMIPVersion, peer: PeerCertificate?, configuration: KMIPConfiguration,
-                         placeholder: String?) async -> (Result<[TTLVItem]?, KMIPFailure>, admitted: Bool) {
+                         placeholder: String?, scanBudget: KMIPScanBudget) async -> (Result<[TTLVItem]?, KMIPFailure>, admitted: Bool) {
         var admitted = false
         do {
             let payload = try await service.audited(.keyAccess, item.operation.auditAction, frontend: Self.frontend) {
@@ -131,7 +153,7 @@ public final class KMIPFrontEnd: Sendable {
                 }
                 admitted = true
                 let request = KMIPOperationRequest(operation: item.operation, version: version, node: node, payload: item.payload,
-                                                   configuration: configuration, placeholder: placeholder, now: now())
+                                                   configuration: configuration, placeholder: placeholder, now: now(), scanBudget: scanBudget)
                 return try await operate(request)
             }
             return (.success(payload), admitted)
@@ -168,8 +190,30 @@ struct KMIPOperationRequest {
     /// Now, in seconds since 1970.
     let now: Int64
 
-    /// The caller's identity as objects record their owner.
-    var identity: String { node.identity.description }
+    /// The caller's identity as objects record their owner (`ClientIdentity.owner`: stable when a renewed
+    /// certificate lists its names in another order).
+    var identity: String { node.identity.owner }
+    /// What Locate items of this message may still look at (one budget for the whole batch).
+    let scanBudget: KMIPScanBudget
+}
+
+/// How many objects the Locate items of one message may still read, shared by the message's items.
+final class KMIPScanBudget: Sendable {
+    private let remaining: Mutex<Int>
+    let limit: Int
+
+    init(_ limit: Int) {
+        self.limit = limit
+        remaining = Mutex(limit)
+    }
+
+    /// Takes `count` objects from the budget; false (and the budget spent) when fewer were left.
+    func take(_ count: Int) -> Bool {
+        remaining.withLock { remaining in
+            remaining -= count
+            return remaining >= 0
+        }
+    }
 }
 
 /// One operation kmsd offers over KMIP, from the version that introduced it.

@@ -5,7 +5,8 @@ public import Logging
 public import ServiceLifecycle
 import Synchronization
 
-/// Rewraps managed objects after kmsd's wrapping key rotates: every `interval` a sweep seals the material of objects
+/// Rewraps managed objects after kmsd's wrapping key rotates, and reseals objects stored before kmsd bound their owner
+/// and names to the seal (until one sweep finds none): every `interval` a sweep seals the material of objects
 /// still under an older version again under the wrapping version, `batch` at a time. Progress is the count left (the
 /// `kmsd_kmip_objects_to_rewrap` gauge; `kmsctl kmip objects list` counts objects by version). An object that changes
 /// meanwhile, or fails on its own, is left for the next sweep; with the backend down a sweep stops and the next one
@@ -17,6 +18,8 @@ public final class KMIPRewrapJob: Service, Sendable {
     let metrics: ServerMetrics?
     let logger: Logger
     private let state = Mutex<(remaining: Int?, rewrapped: Int)>((nil, 0))
+    /// Whether a whole sweep found no object with the old seal (bound to its id only); until then each pass looks.
+    private let legacySealsGone = Mutex(false)
 
     public init(frontEnd: KMIPFrontEnd, interval: Duration = .seconds(10), batch: Int = 100, metrics: ServerMetrics? = nil,
                 logger: Logger = Logger(label: "kmsd.kmip.rewrap")) {
@@ -48,6 +51,21 @@ public final class KMIPRewrapJob: Service, Sendable {
         guard let key = frontEnd.configuration.wrappingKey else { return nil }
         let service = frontEnd.service
         do {
+            if !legacySealsGone.withLock({ $0 }) {
+                var after: String?
+                var left = 0
+                repeat {
+                    let pass = try await service.resealLegacyManagedObjects(wrappingKey: key, after: after, limit: batch)
+                    if pass.rewrapped + pass.failed > 0 {
+                        logger.info("managed objects resealed (their owner and names bound)", metadata: [
+                            "key": "\(key)", "resealed": "\(pass.rewrapped)", "failed": "\(pass.failed)",
+                        ])
+                    }
+                    left += pass.failed
+                    after = pass.next
+                } while after != nil
+                if left == 0 { legacySealsGone.withLock { $0 = true } }
+            }
             let remaining = try await service.managedObjectsToRewrap(wrappingKey: key)
             record(remaining: remaining, rewrapped: 0)
             guard remaining > 0 else { return 0 }

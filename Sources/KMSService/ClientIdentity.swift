@@ -66,6 +66,16 @@ public struct ClientIdentity: Sendable, Equatable, CustomStringConvertible {
 
     public func isValid(at date: Date) -> Bool { notBefore <= date && date <= notAfter }
 
+    /// The name that owns what this identity makes (KMIP's managed objects), stable across certificate renewals that
+    /// list the same names in another order: the least URI name (in byte order), else the least DNS name, else the
+    /// common name. With `tls.identity: spiffe` it is the one SPIFFE ID.
+    public var owner: String {
+        for kind in ["uri:", "dns:", "cn:"] {
+            if let least = names.filter({ $0.hasPrefix(kind) }).min(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) { return least }
+        }
+        return description
+    }
+
     /// The first URI name, else the first DNS name, else the common name, typed: how the identity is shown in logs
     /// and audit records, in the same spelling as the patterns that match it.
     public var description: String { names.first ?? "<anonymous>" }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 public import KMSCore
 import KMSRotation
@@ -8,7 +9,9 @@ import Synchronization
 /// Managed objects in the state store, their key material sealed under kmsd's wrapping key. A front end (KMIP) calls
 /// these inside an operation's audit scope after it authenticated and authorized the caller; they do no access checks
 /// of their own. The material is sealed with the wrapping key's provider like any wrap (its usage limits, deadline and
-/// fail-closed behaviour), bound to the object's id as context, so an envelope copied onto another object does not open.
+/// fail-closed behaviour), bound as context to the object's id and to what decides who may use it (its owner, type and
+/// names: `sealingContext`), so an envelope copied onto another object does not open, and neither does an object
+/// whose owner or names were changed in the database behind kmsd's back.
 extension KMSService {
     /// Names the managed object the current operation concerns in its audit record.
     public func noteObject(_ id: String) { AuditNote.object(id) }
@@ -18,10 +21,15 @@ extension KMSService {
 
     /// Makes key material of `count` bytes for `object`, seals it under `wrappingKey` and stores the object. A key of
     /// the length the providers make (`DataKey.length`) comes from the wrapping key's provider (the HSM's generator);
-    /// another length from the operating system's generator, as the API's other data key lengths do.
-    public func createManagedObject(_ object: ManagedObject, generating count: Int, wrappingKey: KeyName) async throws(ServiceError) {
+    /// another length from the operating system's generator, as the API's other data key lengths do. Refused when the
+    /// owner has `ownerQuota` objects already.
+    public func createManagedObject(_ object: ManagedObject, generating count: Int, wrappingKey: KeyName,
+                                    ownerQuota: Int? = nil) async throws(ServiceError) {
+        try await checkQuota(object.owner, ownerQuota)
         let provider = try wrappingProvider(wrappingKey)
-        let context = Self.sealingContext(object.id)
+        var object = object
+        object.sealing = Self.currentSealing
+        let context = Self.sealingContext(object)
         let sealed = try await wrappingCall(wrappingKey) {
             if count == DataKey.length {
                 let key = try await provider.generateDataKey(wrappingKey, context: context)
@@ -32,10 +40,20 @@ extension KMSService {
         try await insert(object, sealed: sealed)
     }
 
-    /// Seals `material` under `wrappingKey` and stores `object` with it.
-    public func storeManagedObject(_ object: ManagedObject, material: SecretBytes, wrappingKey: KeyName) async throws(ServiceError) {
+    /// Seals `material` under `wrappingKey` and stores `object` with it (refused when its owner has `ownerQuota`
+    /// objects). A symmetric key that is no key (all one byte
+    /// value, or a short run of bytes repeated: all zeros, a doubled 128-bit key, a test pattern) is refused.
+    public func storeManagedObject(_ object: ManagedObject, material: SecretBytes, wrappingKey: KeyName,
+                                   ownerQuota: Int? = nil) async throws(ServiceError) {
+        if object.type == .symmetricKey, let period = Self.repetitionPeriod(material) {
+            throw ServiceError(.badRequest, .invalidInput,
+                               "the key material is weak: its \(material.count) bytes repeat a run of \(period) byte(s); register a key from a random generator")
+        }
+        try await checkQuota(object.owner, ownerQuota)
         let provider = try wrappingProvider(wrappingKey)
-        let context = Self.sealingContext(object.id)
+        var object = object
+        object.sealing = Self.currentSealing
+        let context = Self.sealingContext(object)
         let sealed = try await wrappingCall(wrappingKey) { try await provider.wrap(wrappingKey, plaintext: material, context: context) }
         try await insert(object, sealed: sealed)
     }
@@ -49,8 +67,39 @@ extension KMSService {
         try await storeCall("store the managed object") { store in try await store.insertManagedObject(record) }
     }
 
-    /// The context an object's material is sealed under.
-    static func sealingContext(_ id: String) -> EncryptionContext { ["kmsd_managed_object": id] }
+    /// The shortest run of bytes whose repetition makes up `material` when it is at most half of it (one byte
+    /// repeated: all zeros; 16 bytes twice: a doubled key), else nil. Examined in place, never copied.
+    static func repetitionPeriod(_ material: SecretBytes) -> Int? {
+        material.withUnsafeBytes { bytes -> Int? in
+            let count = bytes.count
+            guard count >= 2 else { return nil }
+            for period in 1...(count / 2) where count % period == 0 {
+                var repeats = true
+                for index in period..<count where bytes[index] != bytes[index - period] {
+                    repeats = false
+                    break
+                }
+                if repeats { return period }
+            }
+            return nil
+        }
+    }
+
+    /// The seal new objects get (`ManagedObject.sealing`).
+    static let currentSealing = 2
+
+    /// The context an object's material is sealed under: its id and, from sealing 2 on, a digest of its owner, type
+    /// and names, which decide who may see and use it (the owner; grants by owner and Name prefix). A change to any
+    /// of them through kmsd reseals the material (`updateManagedObject`); a change in the database alone leaves a seal
+    /// that no longer opens. Objects sealed before (sealing nil) are bound to their id only until resealed.
+    static func sealingContext(_ object: ManagedObject) -> EncryptionContext {
+        guard object.sealing == currentSealing else { return ["kmsd_managed_object": object.id] }
+        var access = SHA256()
+        for part in [object.owner, String(object.type.rawValue)] + object.names.sorted() {
+            access.update(data: Array(part.utf8) + [0])
+        }
+        return ["kmsd_managed_object": object.id, "kmsd_access": Hex.encode(access.finalize())]
+    }
 
     /// The object with `id` as of now (its dates applied: `ManagedObject.advanced`), with the revision read; or nil.
     public func managedObject(_ id: String) async throws(ServiceError) -> ManagedObject? {
@@ -60,10 +109,63 @@ extension KMSService {
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
-    /// Writes `object` back if nobody changed it since it was read; false when another change came first.
-    public func updateManagedObject(_ object: ManagedObject) async throws(ServiceError) -> Bool {
+    /// Writes `object` back if nobody changed it since `previous` was read; false when another change came first.
+    /// When the change concerns what the seal binds (owner, type, names), or `previous` has the old seal, the
+    /// material is resealed first: opened with the context it was sealed under, sealed with the new one, by the key
+    /// that sealed it (`wrappingKey` for objects from before kmsd recorded that key; without one, an object with the
+    /// old seal keeps it until the rewrap job reseals it).
+    public func updateManagedObject(_ object: ManagedObject, from previous: ManagedObject,
+                                    wrappingKey: KeyName? = nil) async throws(ServiceError) -> Bool {
+        var object = object
+        object.sealing = previous.sealing
+        let bindingChanged = Self.sealingContext(object) != Self.sealingContext(previous)
+        if let envelope = previous.envelope, object.envelope == envelope, bindingChanged || previous.sealing != Self.currentSealing {
+            if let key = previous.sealedBy.flatMap({ try? KeyName($0) }) ?? wrappingKey {
+                object.sealing = Self.currentSealing
+                let resealed = try await reseal(envelope, key: key, from: Self.sealingContext(previous), to: Self.sealingContext(object))
+                object.envelope = resealed.wrapped
+                object.wrappingVersion = resealed.version.rawValue
+                object.sealedBy = resealed.key.rawValue
+            } else if bindingChanged {
+                throw ServiceError(.unavailable, .unavailable, "the object \(object.id) records no key that sealed it; kmsd cannot reseal it for this change")
+            }
+        }
         let record = try Self.record(object)
         return try await storeCall("update the managed object") { store in try await store.updateManagedObject(record) }
+    }
+
+    /// Opens `envelope` under `old` and seals the material again under `new`, with `key`'s provider.
+    private func reseal(_ envelope: [UInt8], key: KeyName, from old: EncryptionContext, to new: EncryptionContext) async throws(ServiceError) -> WrappedKey {
+        let provider = try wrappingProvider(key)
+        return try await wrappingCall(key) {
+            let material = try await provider.unwrap(key, wrapped: envelope, context: old).plaintext
+            return try await provider.wrap(key, plaintext: material, context: new)
+        }
+    }
+
+    /// Up to `limit` objects of `owner` after `after`, by id.
+    public func managedObjects(owner: String, after: String?, limit: Int) async throws(ServiceError) -> [ManagedObject] {
+        let records = try await storeCall("list managed objects") { store in try await store.managedObjects(owner: owner, after: after, limit: limit) }
+        var objects: [ManagedObject] = []
+        let now = Self.now()
+        for record in records { objects.append(try object(record).advanced(at: now)) }
+        return objects
+    }
+
+    /// Every owner that has an object.
+    public func managedObjectOwners() async throws(ServiceError) -> [String] {
+        try await storeCall("list the owners of managed objects") { store in try await store.managedObjectOwners() }
+    }
+
+    /// Refuses a new object of `owner` when it has `quota` objects already (destroyed ones count: their description
+    /// stays). Checked before the object is made; objects made at the same moment may pass it together.
+    private func checkQuota(_ owner: String, _ quota: Int?) async throws(ServiceError) {
+        guard let quota else { return }
+        let count = try await storeCall("count the owner's managed objects") { store in try await store.countManagedObjects(owner: owner) }
+        guard count < quota else {
+            events.record("object_quota")
+            throw ServiceError(.conflict, .conflict, "\(owner.prefix(128)) has \(count) objects, its quota (kmip.max_objects_per_owner); destroy some first")
+        }
     }
 
     /// Up to `limit` objects after `after`, by id.
@@ -81,8 +183,25 @@ extension KMSService {
         guard let envelope = object.envelope else { throw ServiceError(.conflict, .conflict, "the object has no key material (destroyed)") }
         let key = object.sealedBy.flatMap { try? KeyName($0) } ?? wrappingKey
         let provider = try wrappingProvider(key)
-        let context = Self.sealingContext(object.id)
-        return try await wrappingCall(key) { try await provider.unwrap(key, wrapped: envelope, context: context).plaintext }
+        let context = Self.sealingContext(object)
+        let material = try await wrappingCall(key) { try await provider.unwrap(key, wrapped: envelope, context: context).plaintext }
+        if object.sealing != Self.currentSealing { await resealInPlace(object, material: material, key: key) }
+        return material
+    }
+
+    /// Seals an object with the old seal (its id only) again under the current one, now that its material is open.
+    /// Best effort: a failure or a change that came first leaves it for its next use or the rewrap job.
+    private func resealInPlace(_ object: ManagedObject, material: SecretBytes, key: KeyName) async {
+        var resealed = object
+        resealed.sealing = Self.currentSealing
+        let context = Self.sealingContext(resealed)
+        guard let provider = try? wrappingProvider(key),
+              let sealed = try? await wrappingCall(key, { try await provider.wrap(key, plaintext: material, context: context) }) else { return }
+        resealed.envelope = sealed.wrapped
+        resealed.wrappingVersion = sealed.version.rawValue
+        resealed.sealedBy = sealed.key.rawValue
+        guard let record = try? Self.record(resealed) else { return }
+        _ = try? await storeCall("reseal the managed object") { store in try await store.updateManagedObject(record) }
     }
 
     /// One pass of rewrapping: what it did, and where the next pass of the same sweep starts.
@@ -113,7 +232,11 @@ extension KMSService {
                 pass.skipped += 1
                 continue
             }
-            let context = Self.sealingContext(record.id)
+            guard let described = try? object(record) else {
+                pass.failed += 1
+                continue
+            }
+            let context = Self.sealingContext(described)
             let rewrapped: WrappedKey
             do {
                 rewrapped = try await wrappingCall(wrappingKey) { try await provider.rewrap(wrappingKey, wrapped: envelope, context: context) }
@@ -134,6 +257,43 @@ extension KMSService {
         return pass
     }
 
+    /// Reseals, with the current seal, up to `limit` objects (ids after `after`) that still have the old one (bound
+    /// to their id only: objects stored before kmsd bound their owner and names). `rewrapped` counts those resealed;
+    /// `next` is where the next page starts, nil at the end. An outage ends the pass with the error.
+    public func resealLegacyManagedObjects(wrappingKey: KeyName, after: String?, limit: Int) async throws(ServiceError) -> RewrapPass {
+        let records = try await storeCall("list managed objects to reseal") { store in try await store.managedObjects(after: after, limit: limit) }
+        var pass = RewrapPass(next: records.count == limit ? records.last?.id : nil)
+        for record in records {
+            guard let previous = try? object(record) else {
+                pass.failed += 1
+                continue
+            }
+            guard previous.sealing != Self.currentSealing, let envelope = previous.envelope else { continue }
+            let key = previous.sealedBy.flatMap { try? KeyName($0) } ?? wrappingKey
+            var resealed = previous
+            resealed.sealing = Self.currentSealing
+            let sealed: WrappedKey
+            do {
+                sealed = try await reseal(envelope, key: key, from: Self.sealingContext(previous), to: Self.sealingContext(resealed))
+            } catch {
+                if error.kind == .unavailable { throw error }
+                pass.failed += 1
+                logger.warning("a managed object could not be resealed", metadata: ["object": "\(record.id)", "error": "\(error)"])
+                continue
+            }
+            resealed.envelope = sealed.wrapped
+            resealed.wrappingVersion = sealed.version.rawValue
+            resealed.sealedBy = sealed.key.rawValue
+            let updated = try Self.record(resealed)
+            if try await storeCall("reseal a managed object", { store in try await store.updateManagedObject(updated) }) {
+                pass.rewrapped += 1
+            } else {
+                pass.failed += 1
+            }
+        }
+        return pass
+    }
+
     /// How many objects hold material under a version of `wrappingKey` older than its latest.
     public func managedObjectsToRewrap(wrappingKey: KeyName) async throws(ServiceError) -> Int {
         let current = try await currentVersion(wrappingKey, try wrappingProvider(wrappingKey))
@@ -144,11 +304,6 @@ extension KMSService {
         try await wrappingCall(key) { try await provider.describeKey(key).wrappingVersion?.version.rawValue ?? 0 }
     }
 
-    private func seal(_ material: SecretBytes, id: String, wrappingKey: KeyName) async throws(ServiceError) -> WrappedKey {
-        let provider = try wrappingProvider(wrappingKey)
-        let context = Self.sealingContext(id)
-        return try await wrappingCall(wrappingKey) { try await provider.wrap(wrappingKey, plaintext: material, context: context) }
-    }
 
     /// A call to the wrapping key's provider under the request deadline. The key missing from its backend is kmsd's
     /// configuration problem, not the caller's: it is reported as unavailable, naming the key, never as "not found".

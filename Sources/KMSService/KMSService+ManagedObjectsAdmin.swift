@@ -49,13 +49,14 @@ extension KMSService {
         _ id: String, _ change: (inout ManagedObject, Int64) throws(ManagedObject.LifecycleRefusal) -> Void
     ) async throws(ServiceError) -> ManagedObject {
         for _ in 0 ..< 3 {
-            var object = try await existingObject(id)
+            let previous = try await existingObject(id)
+            var object = previous
             do {
                 try change(&object, Int64(Date().timeIntervalSince1970))
             } catch {
                 throw ServiceError(.conflict, .conflict, error.description)
             }
-            if try await updateManagedObject(object) { return object }
+            if try await updateManagedObject(object, from: previous) { return object }
         }
         throw ServiceError(.conflict, .conflict, "the object kept changing; retry")
     }

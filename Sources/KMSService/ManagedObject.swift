@@ -99,6 +99,9 @@ public struct ManagedObject: Sendable, Equatable, Codable {
 
     /// The kmsd key that sealed the material (an object keeps opening with it if `kmip.wrapping_key` changes).
     public internal(set) var sealedBy: String?
+    /// What the material's seal binds: 2, the object's id, owner, type and names (what decides who may use it);
+    /// nil for objects sealed before kmsd bound more than the id, resealed at their next use or by the rewrap job.
+    public internal(set) var sealing: Int?
 
     /// The stored envelope and the wrapping key version under it, and the revision read (not part of the description).
     public internal(set) var envelope: [UInt8]?
@@ -108,7 +111,7 @@ public struct ManagedObject: Sendable, Equatable, Codable {
     enum CodingKeys: String, CodingKey {
         case id, owner, type, state, algorithm, length, usageMask = "usage_mask", secretDataType = "secret_data_type",
              keyFormat = "key_format", names, dates, revocation, links, attributes, materialLength = "material_length",
-             sealedBy = "sealed_by"
+             sealedBy = "sealed_by", sealing
     }
 
     public init(id: String, owner: String, type: ObjectType, state: State = .preActive, algorithm: UInt32? = nil, length: Int32? = nil,

@@ -40,6 +40,28 @@ extension PostgresStateStore {
         try await select("list managed objects", "WHERE id > \(after ?? "") ORDER BY id LIMIT \(max(0, limit))")
     }
 
+    public func managedObjects(owner: String, after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
+        try await select("list an owner's managed objects", "WHERE owner = \(owner) AND id > \(after ?? "") ORDER BY id LIMIT \(max(0, limit))")
+    }
+
+    public func countManagedObjects(owner: String) async throws -> Int {
+        try await guarded("count an owner's managed objects") { [logger] client in
+            let rows = try await client.query("SELECT count(*) FROM kmsd_managed_objects WHERE owner = \(owner)", logger: logger)
+            var count = 0
+            for try await value in rows.decode(Int64.self) { count = Int(value) }
+            return count
+        }
+    }
+
+    public func managedObjectOwners() async throws -> [String] {
+        try await guarded("list the owners of managed objects") { [logger] client in
+            let rows = try await client.query("SELECT DISTINCT owner FROM kmsd_managed_objects ORDER BY owner", logger: logger)
+            var owners: [String] = []
+            for try await owner in rows.decode(String.self) { owners.append(owner) }
+            return owners
+        }
+    }
+
     public func managedObjects(wrappedBelow version: UInt32, after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
         try await select("list managed objects to rewrap", """
             WHERE material IS NOT NULL AND wrapping_version < \(Int64(version)) AND id > \(after ?? "") ORDER BY id LIMIT \(max(0, limit))

@@ -123,6 +123,10 @@ public final class PostgresStateStore: StateStore {
             """,
             "CREATE INDEX kmsd_managed_objects_wrapping ON kmsd_managed_objects (wrapping_version, id) WHERE material IS NOT NULL",
         ],
+        [
+            // Locate and the per-owner quota read one owner's objects, not every object.
+            "CREATE INDEX kmsd_managed_objects_owner ON kmsd_managed_objects (owner, id)",
+        ],
     ]
     /// The schema version this kmsd writes and understands.
     public static var schemaVersion: Int { migrations.count }

@@ -47,6 +47,29 @@ extension SQLiteStateStore {
         }
     }
 
+    public func managedObjects(owner: String, after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
+        try await guarded("list an owner's managed objects") { [queue] in
+            try await queue.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM managed_objects WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
+                                 arguments: [owner, after ?? "", max(0, limit)]).map(Self.managedObject)
+            }
+        }
+    }
+
+    public func countManagedObjects(owner: String) async throws -> Int {
+        try await guarded("count an owner's managed objects") { [queue] in
+            try await queue.read { db in
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM managed_objects WHERE owner = ?", arguments: [owner]) ?? 0
+            }
+        }
+    }
+
+    public func managedObjectOwners() async throws -> [String] {
+        try await guarded("list the owners of managed objects") { [queue] in
+            try await queue.read { db in try String.fetchAll(db, sql: "SELECT DISTINCT owner FROM managed_objects ORDER BY owner") }
+        }
+    }
+
     public func managedObjects(wrappedBelow version: UInt32, after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
         try await guarded("list managed objects to rewrap") { [queue] in
             try await queue.read { db in

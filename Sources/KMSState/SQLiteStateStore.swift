@@ -189,6 +189,10 @@ public final class SQLiteStateStore: StateStore {
                 CREATE INDEX managed_objects_wrapping ON managed_objects (wrapping_version, id) WHERE material IS NOT NULL;
                 """)
         }
+        migrator.registerMigration("v5") { db in
+            // Locate and the per-owner quota read one owner's objects, not every object.
+            try db.execute(sql: "CREATE INDEX managed_objects_owner ON managed_objects (owner, id)")
+        }
         return migrator
     }
 

@@ -173,6 +173,13 @@ public protocol StateStore: Sendable {
     func updateManagedObject(_ object: ManagedObjectRecord) async throws -> Bool
     /// Up to `limit` objects with ids after `after` (all when nil), by id: paging through every object.
     func managedObjects(after: String?, limit: Int) async throws -> [ManagedObjectRecord]
+    /// Up to `limit` objects of `owner` with ids after `after`, by id (an index on owner and id: Locate reads only the
+    /// owners whose objects the caller may see).
+    func managedObjects(owner: String, after: String?, limit: Int) async throws -> [ManagedObjectRecord]
+    /// How many objects `owner` has (the per-owner quota).
+    func countManagedObjects(owner: String) async throws -> Int
+    /// Every owner that has an object, sorted (grants share by owner pattern).
+    func managedObjectOwners() async throws -> [String]
     /// Up to `limit` objects with ids after `after` whose material is under a wrapping key version below `version`, by
     /// id (rewrapping).
     func managedObjects(wrappedBelow version: UInt32, after: String?, limit: Int) async throws -> [ManagedObjectRecord]

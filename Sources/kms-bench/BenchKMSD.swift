@@ -69,14 +69,14 @@ struct BenchSetup {
     /// `providersAndKeys` replaces the default single SoftHSM provider and key `bench`; `keys` are created at start.
     /// `transit` adds the Vault transit listener with the transit key `bench` (kmsd key `bench`).
     /// `extra` adds top-level configuration (a `state` section, say).
-    /// `kmip` adds the KMIP listener for the bench node, its objects sealed under `bench`.
+    /// `kmip` adds the KMIP listener for the bench node, its objects sealed under `bench-kek` (a key no node may use).
     func start(audit: Bool, name: String, pool: Int, providersAndKeys: String? = nil, keys: [String] = ["bench"],
                transit: Bool = false, kmip: Bool = false, extra: String = "") async throws -> LaunchedKMSD {
         let port = try freeLoopbackPort()
         let transitPort = transit ? try freeLoopbackPort() : 0
         let kmipPort = kmip ? try freeLoopbackPort() : 0
         let transitSection = (transit ? "transit: { keys: { bench: bench } }\n" : "")
-            + (kmip ? #"kmip: { allow: ["uri:spiffe://bench/storage/*"], export: ["uri:spiffe://bench/storage/*"], wrapping_key: bench }"# + "\n" : "")
+            + (kmip ? #"kmip: { allow: ["uri:spiffe://bench/storage/*"], export: ["uri:spiffe://bench/storage/*"], wrapping_key: bench-kek }"# + "\n" : "")
         let auditSection = audit ? "audit: { file: audit-\(name)/audit.jsonl, sign: { file: audit-key.pem }, fail_closed: true }\n" : ""
         let yaml = """
             mode: development
@@ -84,7 +84,7 @@ struct BenchSetup {
             log_level: notice
             listen: { api: "127.0.0.1:\(port)"\(transit ? ", transit: \"127.0.0.1:\(transitPort)\"" : "")\(kmip ? ", kmip: \"127.0.0.1:\(kmipPort)\"" : "") }
             tls: { cert: server.pem, key: server-key.pem, client_ca: ca.pem, min_version: "1.3" }
-            \(providersAndKeys ?? defaultProviders)
+            \(providersAndKeys ?? defaultProviders + (kmip ? "\n  bench-kek: { provider: hsm, allow: [] }" : ""))
             admin: { identities: ["cn:security-admin"] }
             limits: { rate_per_second: 1000000, burst: 1000000, max_connections: 4096 }
             \(auditSection)\(transitSection)\(extra)

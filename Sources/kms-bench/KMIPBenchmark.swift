@@ -42,7 +42,7 @@ struct KMIPBenchmark: AsyncParsableCommand {
         var datakey: [Int: Double] = [:]
         var envelope: [UInt8] = []
 
-        let server = try await setup.start(audit: true, name: "kmip", pool: connections.max() ?? 1, kmip: true)
+        let server = try await setup.start(audit: true, name: "kmip", pool: connections.max() ?? 1, keys: ["bench", "bench-kek"], kmip: true)
         do {
             let id = try KMIPRequests.uniqueIdentifier(try await KMIPLoad.exchange(port: server.kmipPort, tls: tls, KMIPRequests.create))
             _ = try await KMIPLoad.exchange(port: server.kmipPort, tls: tls, KMIPRequests.activate(id))

@@ -49,6 +49,7 @@ struct TTLVCodecTests {
             #expect(item.tag == TTLVTag(0x420078), "\(seed.name) is a Request Message")
             #expect(TTLVEncoder.encode(item) == seed.bytes, "\(seed.name)")
             #expect(try TTLVDecoder.messageLength(header: seed.bytes.prefix(8)) == seed.bytes.count, "\(seed.name)")
+            #expect(TTLVEncoder.encodedLength(item) == seed.bytes.count, "\(seed.name): the length computed without encoding")
         }
     }
 

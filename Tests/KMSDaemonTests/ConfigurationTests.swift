@@ -113,6 +113,32 @@ struct ConfigurationTests {
         #expect(throws: ConfigurationError.self) { try parse(yaml, in: directory) }
     }
 
+    /// The key that seals KMIP's objects is kmsd's alone, in every mode: a node allowed on it (or transit serving
+    /// it) could open a copied database's objects with the API's unwrap.
+    @Test func theKMIPWrappingKeyMayBeUsedByNoNodeAndNoTransitMapping() throws {
+        let directory = try Self.files()
+        let kek = Self.safe.replacingOccurrences(of: "keys:\n", with: "keys:\n  kmip-kek: { provider: hsm, allow: [] }\n")
+        let kmip = "\nkmip: { allow: [\"uri:spiffe://prod/storage/*\"], wrapping_key: kmip-kek }"
+        _ = try parse(kek + kmip, in: directory)
+        for mode in ["production", "development"] {
+            let shared = Self.safe.replacingOccurrences(of: "mode: production", with: "mode: \(mode)")
+                + "\nkmip: { allow: [\"uri:spiffe://prod/storage/*\"], wrapping_key: orders }"
+            do {
+                _ = try parse(shared, in: directory)
+                Issue.record("\(mode): a wrapping key that nodes may use was accepted")
+            } catch let error as ConfigurationError {
+                #expect(error.description.contains("keys.orders.allow") && error.description.contains("kmip.wrapping_key"), "\(error)")
+            }
+        }
+        let mapped = kek + kmip + "\ntransit: { keys: { secrets: kmip-kek } }"
+        do {
+            _ = try parse(mapped, in: directory)
+            Issue.record("a wrapping key served by transit was accepted")
+        } catch let error as ConfigurationError {
+            #expect(error.description.contains("transit.keys.secrets"), "\(error)")
+        }
+    }
+
     /// Every spelling of the unspecified address binds every interface, so each is a wildcard bind.
     @Test func everySpellingOfTheUnspecifiedAddressIsAWildcard() throws {
         for host in ["0.0.0.0", "0", "0.0", "0x0", "000.0.0.0", "::", "::0", "0:0:0:0:0:0:0:0", "[::]", "::ffff:0.0.0.0", "*", "", " 0 "] {

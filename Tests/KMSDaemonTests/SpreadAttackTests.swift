@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import KMIPTTLV
 import KMSDaemon
 import KMSServer
 import NIOCore
@@ -169,6 +170,57 @@ struct SpreadAttackTests {
         await kmsd.stop()
     }
 
+    /// KMIP clients that ask for large answers and never read them: each connection is closed at the write deadline,
+    /// and what kmsd holds for them stays bounded (at most two messages read ahead, one answer of at most
+    /// `kmip.max_response_bytes` waiting). Before, 12 such connections took kmsd's RSS from 100 MB to 1.07 GB.
+    @Test func kmipClientsThatNeverReadAreClosedAndHoldBoundedMemory() async throws {
+        let kmsd = try await RunningKMSD.start(limits: ", write_timeout: 1s, idle_timeout: 30s", kmip: Self.kmip)
+        // An object with 16 custom attributes of 4,000 bytes.
+        let setup = try await TLSPeer.connect(port: kmsd.kmipPort, directory: kmsd.directory, identity: "node1")
+        try await setup.send(KMIPWire.request([(0x01, [
+            .enumeration(TTLVTag(0x420057), 2),
+            .structure(TTLVTag(0x420091), [
+                KMIPWire.attribute("Cryptographic Algorithm", .enumeration(TTLVTag(0x42000B), 3)),
+                KMIPWire.attribute("Cryptographic Length", .integer(TTLVTag(0x42000B), 256)),
+            ]),
+        ])]))
+        let created = try #require(await setup.kmipAnswer(within: .seconds(5)))
+        let id = try #require(KMIPWire.firstID(created))
+        setup.close()
+        let filler = try await TLSPeer.connect(port: kmsd.kmipPort, directory: kmsd.directory, identity: "node1")
+        try await filler.send(KMIPWire.request((0..<16).map { index in
+            (0x0D, [KMIPWire.uid(id), KMIPWire.attribute("x-big-\(index)", .text(TTLVTag(0x42000B), String(repeating: "a", count: 4000)))])
+        }))
+        #expect(await filler.kmipAnswer(within: .seconds(30)) != nil)
+        filler.close()
+
+        // Twelve Get Attributes a message (about 800 KB of answer), 20 messages pipelined, on 12 connections that never read.
+        let hungry = KMIPWire.request(Array(repeating: (0x0B, [KMIPWire.uid(id)]), count: 12))
+        let before = residentBytes()
+        var peers: [TLSPeer] = []
+        for _ in 0..<12 {
+            let peer = try await TLSPeer.connect(port: kmsd.kmipPort, directory: kmsd.directory, identity: "node1", receiveBuffer: 4096)
+            try await peer.send(hungry)
+            try await peer.stopReading()
+            for _ in 1..<20 { try await peer.send(hungry) }
+            peers.append(peer)
+        }
+        // A peer that does not read does not see kmsd close: kmsd's count of write deadlines says it did.
+        var peak = before
+        var closed = 0
+        let end = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < end && closed < peers.count {
+            try await Task.sleep(for: .milliseconds(100))
+            peak = max(peak, residentBytes())
+            closed = kmsd.securityEvents["write_timeout", default: 0]
+        }
+        peers.forEach { $0.close() }
+        #expect(closed >= 12, "\(closed) of 12 connections that never read were closed at the write deadline within 20 s")
+        #expect(peak - before < 300 << 20, "the process grew by \((peak - before) >> 20) MB for 12 connections that never read")
+        print("kmip never-reading clients: RSS grew \((peak - before) >> 20) MB (before \(before >> 20) MB, peak \(peak >> 20) MB)")
+        await kmsd.stop()
+    }
+
     /// A certificate holder cannot tell which key names exist by asking: on kmsd's API and on transit, a key that
     /// does not exist and one the caller may not use get the same status and the same body (but for the name).
     @Test func aKeyThatDoesNotExistAndOneTheCallerMayNotUseAnswerTheSame() async throws {
@@ -193,6 +245,42 @@ struct SpreadAttackTests {
         }
         await kmsd.stop()
     }
+}
+
+/// KMIP requests built from the specification's tag numbers (the daemon tests do not see the front end's names).
+enum KMIPWire {
+    static func request(_ items: [(UInt32, [TTLVItem])]) -> [UInt8] {
+        let batch = items.enumerated().map { index, item in
+            TTLVItem.structure(TTLVTag(0x42000F), [.enumeration(TTLVTag(0x42005C), item.0), .bytes(TTLVTag(0x420093), [UInt8(index & 0xFF), UInt8(index >> 8)]),
+                                                  .structure(TTLVTag(0x420079), item.1)])
+        }
+        let version = TTLVItem.structure(TTLVTag(0x420069), [.integer(TTLVTag(0x42006A), 1), .integer(TTLVTag(0x42006B), 2)])
+        return TTLVEncoder.encode(.structure(TTLVTag(0x420078), [
+            .structure(TTLVTag(0x420077), [version, .integer(TTLVTag(0x42000D), Int32(items.count))]),
+        ] + batch))
+    }
+
+    static func uid(_ id: String) -> TTLVItem { .text(TTLVTag(0x420094), id) }
+
+    static func attribute(_ name: String, _ value: TTLVItem) -> TTLVItem {
+        .structure(TTLVTag(0x420008), [.text(TTLVTag(0x42000A), name), value])
+    }
+
+    /// The Unique Identifier of the first batch item's answer.
+    static func firstID(_ answer: [UInt8]) -> String? {
+        guard let message = try? TTLVDecoder.decode(answer), case .structure(let parts) = message.value, parts.count > 1,
+              case .structure(let item) = parts[1].value,
+              case .structure(let payload)? = item.first(where: { $0.tag == TTLVTag(0x42007C) })?.value,
+              case .textString(let id)? = payload.first(where: { $0.tag == TTLVTag(0x420094) })?.value else { return nil }
+        return id
+    }
+}
+
+/// This process's resident memory, from /proc.
+func residentBytes() -> Int {
+    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
 }
 
 extension Array {

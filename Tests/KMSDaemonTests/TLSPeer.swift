@@ -94,6 +94,12 @@ final class TLSPeer: Sendable {
         }
     }
 
+    /// Stops reading from the socket (once the handshake is done: after a send): what kmsd sends from now on waits
+    /// in the socket's buffers, then in kmsd's.
+    func stopReading() async throws {
+        try await channel.setOption(ChannelOptions.autoRead, value: false).get()
+    }
+
     func close() {
         channel.close(promise: nil)
     }

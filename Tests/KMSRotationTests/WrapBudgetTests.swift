@@ -72,6 +72,12 @@ final class SwitchableStore: StateStore {
         try check()
         return try await inner.countManagedObjects(wrappedBelow: version)
     }
+    func managedObjects(owner: String, after: String?, limit: Int) async throws -> [ManagedObjectRecord] {
+        try check()
+        return try await inner.managedObjects(owner: owner, after: after, limit: limit)
+    }
+    func countManagedObjects(owner: String) async throws -> Int { try check(); return try await inner.countManagedObjects(owner: owner) }
+    func managedObjectOwners() async throws -> [String] { try check(); return try await inner.managedObjectOwners() }
     func close() async { await inner.close() }
 }
 
