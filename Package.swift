@@ -215,7 +215,7 @@ let package = Package(
         tests("KMIPTTLVTests", ["KMIPTTLV"]),
         // The KMIP front end over the service and an in-memory provider (message bytes in and out; the listener and
         // PyKMIP are ci/kmip-conformance's).
-        tests("KMSKMIPTests", ["KMSKMIP", "KMIPTTLV", "KMSCore", "KMSService", "KMSTestSupport", "KMSState", "KMSRotation"]),
+        tests("KMSKMIPTests", ["KMSKMIP", "KMIPTTLV", "KMSCore", "KMSService", "KMSTestSupport", "KMSState", "KMSRotation", External.grdb]),
         tests("KMSAuditTests", ["KMSAudit", "KMSCore", "KMSTestSupport", External.crypto]),
         tests("KMSRotationTests", ["KMSRotation", "KMSState", "KMSCore", "KMSTestSupport"]),
         // The state store contract, run against SQLite and a throwaway PostgreSQL cluster.

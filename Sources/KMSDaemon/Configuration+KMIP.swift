@@ -14,7 +14,7 @@ extension Reader {
         }
         guard let kmipMap = map(value, "kmip", known: [
             "allow", "export", "wrapping_key", "grants", "max_message_bytes", "rewrap_interval", "max_response_bytes", "max_objects_per_owner",
-            "max_locate_scan",
+            "max_locate_scan", "legacy_seals",
         ]) else { return nil }
         if !tls { problem("kmip", "the KMIP listener needs the tls section (KMIP is always mutual TLS)") }
         var configuration = KMIPConfiguration()
@@ -45,6 +45,11 @@ extension Reader {
         configuration.maxResponseBytes = int(kmipMap, "max_response_bytes", "kmip", default: 1 << 20, range: 4096...(64 << 20))
         configuration.maxObjectsPerOwner = int(kmipMap, "max_objects_per_owner", "kmip", default: 10_000, range: 1...100_000_000)
         configuration.maxLocateScan = int(kmipMap, "max_locate_scan", "kmip", default: 20_000, range: 500...100_000_000)
+        switch string(kmipMap, "legacy_seals", "kmip") ?? "open" {
+        case "open": configuration.acceptLegacySeals = true
+        case "refuse": configuration.acceptLegacySeals = false
+        default: problem("kmip.legacy_seals", "expected open (objects with the old seal, bound to their id only, are opened and resealed) or refuse")
+        }
         return configuration
     }
 }

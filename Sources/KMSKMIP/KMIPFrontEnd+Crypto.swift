@@ -29,7 +29,8 @@ extension KMIPFrontEnd {
         }
         let generated = iv == nil || parameters.randomIV
         if generated { iv = Array(AES.GCM.Nonce()) }
-        let material = try await service.openManagedObject(object, wrappingKey: try wrappingKey(request))
+        let material = try await service.openManagedObject(object, wrappingKey: try wrappingKey(request),
+                                                           legacySeals: request.configuration.acceptLegacySeals)
         let sealed: AES.GCM.SealedBox
         do {
             let key = material.withUnsafeBytes { SymmetricKey(data: $0) }
@@ -73,7 +74,8 @@ extension KMIPFrontEnd {
         guard object.state == .active || object.state == .deactivated || object.state == .compromised, object.hasMaterial else {
             throw KMIPFailure(.permissionDenied, "the key is \(object.state.name) and cannot decrypt", recordedAs: .conflict)
         }
-        let material = try await service.openManagedObject(object, wrappingKey: try wrappingKey(request))
+        let material = try await service.openManagedObject(object, wrappingKey: try wrappingKey(request),
+                                                           legacySeals: request.configuration.acceptLegacySeals)
         let plaintext: Data
         do {
             let key = material.withUnsafeBytes { SymmetricKey(data: $0) }

@@ -86,7 +86,8 @@ extension KMIPFrontEnd {
         guard object.hasMaterial else {
             throw KMIPFailure(.keyValueNotPresent, "the object is destroyed: its key material is gone", recordedAs: .conflict)
         }
-        let material = try await service.openManagedObject(object, wrappingKey: try wrappingKey(request))
+        let material = try await service.openManagedObject(object, wrappingKey: try wrappingKey(request),
+                                                           legacySeals: request.configuration.acceptLegacySeals)
         let item = try KMIPKeyBlock.item(object, material: material, format: format)
         return [.enumeration(.objectType, object.type.rawValue), .text(.uniqueIdentifier, object.id), item]
     }
@@ -300,10 +301,15 @@ extension KMIPFrontEnd {
         }
         // Only the owners whose objects the caller may see are read (an index on owner): its own, and those of the
         // owners its grants name. What the message's Locate items read together is bounded (`kmip.max_locate_scan`).
-        var owners = [request.identity]
+        // Each owner listed counts against the budget as one object read.
+        let overBudget = KMIPFailure(.responseTooLarge, "Locate would read more than \(request.scanBudget.limit) objects in one message "
+                                     + "(kmip.max_locate_scan); filter by Name, or page with Maximum Items in separate messages")
+        var owners = request.ownNames
         let grants = request.configuration.grants.filter { request.node.identity.matches(any: $0.identities) }
         if !grants.isEmpty {
-            for owner in try await service.managedObjectOwners() where owner != request.identity
+            let all = try await service.managedObjectOwners()
+            guard request.scanBudget.take(all.count) else { throw overBudget }
+            for owner in all where !owners.contains(owner)
                 && grants.contains(where: { grant in grant.owners.contains { ClientIdentity.matches($0, owner) } }) {
                 owners.append(owner)
             }
@@ -312,15 +318,14 @@ extension KMIPFrontEnd {
         for owner in owners {
             var after: String?
             while true {
-                let page = try await service.managedObjects(owner: owner, after: after, limit: 500)
-                guard request.scanBudget.take(page.count) else {
-                    throw KMIPFailure(.responseTooLarge, "Locate would read more than \(request.scanBudget.limit) objects in one message "
-                                      + "(kmip.max_locate_scan); filter by Name, or page with Maximum Items in separate messages")
-                }
+                // Never more than the budget has left (and one more, to tell a full budget from an exhausted one).
+                let limit = min(500, request.scanBudget.left + 1)
+                let page = try await service.managedObjects(owner: owner, after: after, limit: limit)
+                guard request.scanBudget.take(page.count) else { throw overBudget }
                 for object in page where visible(object, request) && criteria.allSatisfy({ $0.matches(object) }) {
                     matches.append(object)
                 }
-                guard let last = page.last, page.count == 500 else { break }
+                guard let last = page.last, page.count == limit else { break }
                 after = last.id
             }
         }
@@ -375,6 +380,17 @@ extension KMIPFrontEnd {
         guard id.utf8.count <= 128, let object = try await service.managedObject(id), visible(object, request) else {
             throw KMIPFailure(.itemNotFound, "no object \(id.prefix(128))")
         }
+        // An object owned under the name kmsd used to take for the owner (the certificate's first name) moves to the
+        // stable owner name at its first use (resealed, as the seal binds the owner). Best effort: it stays visible.
+        if object.owner != request.identity && object.owner == request.legacyIdentity {
+            var moved = object
+            moved.owner = request.identity
+            if (try? await service.updateManagedObject(moved, from: object, wrappingKey: try wrappingKey(request),
+                                                       legacySeals: request.configuration.acceptLegacySeals)) == true,
+               let reread = try? await service.managedObject(id) {
+                return reread
+            }
+        }
         return object
     }
 
@@ -388,14 +404,15 @@ extension KMIPFrontEnd {
             var object = previous
             let result = try body(&object)
             object.dates.lastChange = request.now
-            if try await service.updateManagedObject(object, from: previous, wrappingKey: try wrappingKey(request)) { return result }
+            if try await service.updateManagedObject(object, from: previous, wrappingKey: try wrappingKey(request),
+                                                     legacySeals: request.configuration.acceptLegacySeals) { return result }
         }
         throw KMIPFailure(.generalFailure, "the object kept changing; retry")
     }
 
     /// Owner, or a grant from the object's owner sharing one of its names with the caller.
     func visible(_ object: ManagedObject, _ request: KMIPOperationRequest) -> Bool {
-        if object.owner == request.identity { return true }
+        if request.ownNames.contains(object.owner) { return true }
         return request.configuration.grants.contains { grant in
             request.node.identity.matches(any: grant.identities) && grant.owners.contains { ClientIdentity.matches($0, object.owner) }
                 && object.names.contains { $0.hasPrefix(grant.namePrefix) }
@@ -404,7 +421,7 @@ extension KMIPFrontEnd {
 
     /// Changes (attributes, the lifecycle, Re-key) are the owner's: a grant shares use, not control.
     func checkOwner(_ object: ManagedObject, _ request: KMIPOperationRequest) throws(KMIPFailure) {
-        guard object.owner == request.identity else {
+        guard request.ownNames.contains(object.owner) else {
             throw KMIPFailure(.permissionDenied, "only the object's owner changes it; a grant shares its use", recordedAs: .forbidden)
         }
     }

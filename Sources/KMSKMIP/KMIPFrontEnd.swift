@@ -26,8 +26,12 @@ public struct KMIPConfiguration: Sendable {
     public var maxResponseBytes = 1 << 20
     /// The most objects one owner may have (Create, Register and Re-key beyond it are refused).
     public var maxObjectsPerOwner = 10_000
-    /// The most objects one Locate item may look at (the caller's own and those its grants share), however it pages.
+    /// The most objects the Locate items of one message may read together (the caller's and those its grants share).
     public var maxLocateScan = 20_000
+    /// Whether objects with the old seal (bound to their id only: stored before kmsd bound owner and names) are opened
+    /// and resealed (`kmip.legacy_seals: open`, the default while upgrading), or refused (`refuse`, once the rewrap
+    /// job has resealed every one).
+    public var acceptLegacySeals = true
 
     public init() {}
 
@@ -95,7 +99,7 @@ public final class KMIPFrontEnd: Sendable {
         // huge answer (64 Get Attributes of a large object made 19 MB of a 6 KB request), nor its work go on past it.
         let responseLimit = min(configuration.maxResponseBytes, request.maximumResponseSize ?? Int.max)
         var responseBytes = 0
-        var overLimit = false
+        var overLimit: Int?
         var results: [KMIPResult] = []
         var placeholder: String?
         let scanBudget = KMIPScanBudget(configuration.maxLocateScan)
@@ -106,7 +110,7 @@ public final class KMIPFrontEnd: Sendable {
             results.append(result)
             responseBytes += TTLVEncoder.encodedLength(result.item)
             if responseBytes > responseLimit {
-                overLimit = true
+                overLimit = results.count - 1
                 break
             }
             switch outcome {
@@ -122,12 +126,17 @@ public final class KMIPFrontEnd: Sendable {
             // per message, whatever the batch asks: each further item would only add a refusal record.
             if case .failure = outcome, request.batchErrorContinuation == .stop || !admitted { break }
         }
-        var response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
-        if overLimit || response.count > responseLimit {
+        let whose = responseLimit < configuration.maxResponseBytes ? "the request allows" : "kmsd answers at most (kmip.max_response_bytes)"
+        let tooLarge = KMIPFailure(.responseTooLarge, "the response would be over \(responseLimit) bytes; \(whose) \(responseLimit)")
+        if let first = overLimit {
+            // The items that ran before keep their answers (they fit, and a Create or Destroy among them took effect);
+            // the one that went over and those never run say Response Too Large (a client matches answers to items).
             service.events.record("kmip_response_too_large")
-            let whose = responseLimit < configuration.maxResponseBytes ? "the request allows" : "kmsd answers at most (kmip.max_response_bytes)"
-            let tooLarge = KMIPFailure(.responseTooLarge, "the response would be over \(responseLimit) bytes; \(whose) \(responseLimit)")
-            // Every item of the batch, those not run too, says so (a client matches answers to its items).
+            results = Array(results[..<first]) + request.items[first...].map { KMIPResult(operation: $0.operation, id: $0.id, outcome: .failure(tooLarge)) }
+        }
+        var response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
+        if response.count > responseLimit {
+            if overLimit == nil { service.events.record("kmip_response_too_large") }
             results = request.items.map { KMIPResult(operation: $0.operation, id: $0.id, outcome: .failure(tooLarge)) }
             response = TTLVEncoder.encode(KMIPResponse.message(request.version, results, now: now()))
         }
@@ -193,6 +202,11 @@ struct KMIPOperationRequest {
     /// The caller's identity as objects record their owner (`ClientIdentity.owner`: stable when a renewed
     /// certificate lists its names in another order).
     var identity: String { node.identity.owner }
+    /// The name kmsd took for the owner before (the certificate's first name); objects owned under it are the
+    /// caller's too, and move to `identity` at their first use.
+    var legacyIdentity: String { node.identity.description }
+    /// The owner names that are the caller's.
+    var ownNames: [String] { identity == legacyIdentity ? [identity] : [identity, legacyIdentity] }
     /// What Locate items of this message may still look at (one budget for the whole batch).
     let scanBudget: KMIPScanBudget
 }
@@ -214,6 +228,9 @@ final class KMIPScanBudget: Sendable {
             return remaining >= 0
         }
     }
+
+    /// What is left (never negative).
+    var left: Int { max(0, remaining.withLock { $0 }) }
 }
 
 /// One operation kmsd offers over KMIP, from the version that introduced it.

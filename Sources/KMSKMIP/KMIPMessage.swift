@@ -18,6 +18,7 @@ struct KMIPRequest {
 
     /// The most batch items one message may hold: each is an operation with its own audit record.
     static let maxBatchItems = 64
+    static let maxBatchItemIDBytes = 64
 
     /// The version the client asked for.
     var requested: KMIPVersion
@@ -85,6 +86,10 @@ struct KMIPRequest {
             var itemFields = try KMIPFields(item)
             let operation = KMIPOperation(rawValue: try itemFields.required(.operation, missing: .invalidMessage).enumeration())
             let id = try itemFields.optional(.uniqueBatchItemID)?.bytes()
+            // Echoed in every answer: bounded, so that a refusal of the whole batch stays small.
+            if let id, id.count > Self.maxBatchItemIDBytes {
+                throw KMIPFailure(.invalidMessage, "a Unique Batch Item ID has at most \(Self.maxBatchItemIDBytes) bytes")
+            }
             if batch.count > 1, id == nil {
                 throw KMIPFailure(.invalidMessage, "each item of a batch of several needs a Unique Batch Item ID")
             }

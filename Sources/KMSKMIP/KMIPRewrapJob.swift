@@ -51,21 +51,7 @@ public final class KMIPRewrapJob: Service, Sendable {
         guard let key = frontEnd.configuration.wrappingKey else { return nil }
         let service = frontEnd.service
         do {
-            if !legacySealsGone.withLock({ $0 }) {
-                var after: String?
-                var left = 0
-                repeat {
-                    let pass = try await service.resealLegacyManagedObjects(wrappingKey: key, after: after, limit: batch)
-                    if pass.rewrapped + pass.failed > 0 {
-                        logger.info("managed objects resealed (their owner and names bound)", metadata: [
-                            "key": "\(key)", "resealed": "\(pass.rewrapped)", "failed": "\(pass.failed)",
-                        ])
-                    }
-                    left += pass.failed
-                    after = pass.next
-                } while after != nil
-                if left == 0 { legacySealsGone.withLock { $0 = true } }
-            }
+            await resealLegacy(key)
             let remaining = try await service.managedObjectsToRewrap(wrappingKey: key)
             record(remaining: remaining, rewrapped: 0)
             guard remaining > 0 else { return 0 }
@@ -87,6 +73,34 @@ public final class KMIPRewrapJob: Service, Sendable {
             logger.warning("rewrapping managed objects failed; retrying later", metadata: ["key": "\(key)", "error": "\(error)"])
             return nil
         }
+    }
+
+    /// One sweep resealing objects with the old seal (bound to their id only), until a whole sweep reseals none:
+    /// those left then fail on their own (a key no longer configured, a changed description) and are opened, or
+    /// refused, at their next use. With `kmip.legacy_seals: refuse` there is nothing to do. Its own errors end only
+    /// this sweep, never the rewrap pass.
+    private func resealLegacy(_ key: KeyName) async {
+        guard frontEnd.configuration.acceptLegacySeals, !legacySealsGone.withLock({ $0 }) else { return }
+        var after: String?
+        var resealed = 0
+        var failed = 0
+        do {
+            repeat {
+                let pass = try await frontEnd.service.resealLegacyManagedObjects(wrappingKey: key, after: after, limit: batch)
+                resealed += pass.rewrapped
+                failed += pass.failed
+                after = pass.next
+            } while after != nil
+        } catch {
+            logger.warning("resealing managed objects failed; retrying later", metadata: ["key": "\(key)", "error": "\(error)"])
+            return
+        }
+        if resealed + failed > 0 {
+            logger.info("managed objects resealed (their owner and names bound)", metadata: [
+                "key": "\(key)", "resealed": "\(resealed)", "failed": "\(failed)",
+            ])
+        }
+        if resealed == 0 { legacySealsGone.withLock { $0 = true } }
     }
 
     private func record(remaining: Int?, rewrapped: Int) {

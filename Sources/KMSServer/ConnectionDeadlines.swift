@@ -16,7 +16,7 @@ package final class WriteDeadline<Part>: ChannelOutboundHandler, RemovableChanne
     let tracks: (Part) -> Bool
     /// When each pending tracked write was made, oldest first.
     private var pending = CircularBuffer<NIODeadline>()
-    private var armed = false
+    private var timer: Scheduled<Void>?
 
     package init(timeout: Duration, events: SecurityEvents, tracks: @escaping (Part) -> Bool) {
         self.timeout = TimeAmount(timeout)
@@ -38,11 +38,15 @@ package final class WriteDeadline<Part>: ChannelOutboundHandler, RemovableChanne
         arm(context, at: .now() + timeout)
     }
 
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
     private func arm(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
-        guard !armed else { return }
-        armed = true
-        context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            armed = false
+        guard timer == nil else { return }
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            timer = nil
             guard let oldest = pending.first else { return }
             if oldest + timeout <= .now() {
                 events.record("write_timeout")
@@ -66,7 +70,7 @@ package final class RequestReadDeadline: ChannelInboundHandler, RemovableChannel
     let events: SecurityEvents
     /// Since when the request in progress has been arriving; nil between requests.
     private var startedAt: NIODeadline?
-    private var armed = false
+    private var timer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
 
     package init(timeout: Duration, events: SecurityEvents) {
@@ -75,7 +79,11 @@ package final class RequestReadDeadline: ChannelInboundHandler, RemovableChannel
     }
 
     package func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    package func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        timer?.cancel()
+        timer = nil
+    }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if startedAt == nil { start() }
@@ -99,10 +107,9 @@ package final class RequestReadDeadline: ChannelInboundHandler, RemovableChannel
     }
 
     private func arm(at deadline: NIODeadline) {
-        guard !armed, let context else { return }
-        armed = true
-        context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            armed = false
+        guard timer == nil, let context else { return }
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            timer = nil
             guard let startedAt, let context = self.context else { return }
             if startedAt + timeout <= .now() {
                 events.record("request_timeout")
@@ -126,8 +133,11 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     static let refusals: Set<Int> = [401, 403, 413, 429, 431]
     private var deadline: RequestReadDeadline?
-    /// A request's head has arrived and its end has not.
-    private var reading = false
+    /// Requests read to their end, and answers written to theirs: answers go in request order, so the request being
+    /// answered has been read to its end when more requests ended than answers did (a pipelined request's head
+    /// arriving meanwhile changes nothing).
+    private var requestsEnded = 0
+    private var answersEnded = 0
     private var closeAfterAnswer = false
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -137,10 +147,9 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head:
-            reading = true
             deadline?.requestStarted()
         case .end:
-            reading = false
+            requestsEnded += 1
             deadline?.requestEnded()
         case .body:
             break
@@ -150,15 +159,19 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
-        case .head(var response) where reading || Self.refusals.contains(response.status.code):
+        case .head(var response) where requestsEnded <= answersEnded || Self.refusals.contains(response.status.code):
             closeAfterAnswer = true
             response.headerFields[.connection] = "close"
             context.write(wrapOutboundOut(.head(response)), promise: promise)
         case .end where closeAfterAnswer:
+            answersEnded += 1
             closeAfterAnswer = false
             let written = promise ?? context.eventLoop.makePromise()
             context.writeAndFlush(data, promise: written)
             written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        case .end:
+            answersEnded += 1
+            context.write(data, promise: promise)
         default:
             context.write(data, promise: promise)
         }

@@ -64,7 +64,10 @@ public struct ConnectionPolicy: Sendable {
 /// the address prefix (/24 for IPv4, /64 for IPv6) with the most pending connections, the oldest of them, and closed
 /// (`connection_evicted`). A storage node completes its handshake in milliseconds, so it is served while an attacker
 /// churns through its own connections; an attacker's prefix gives way before a node's, whose prefix holds one or two.
-/// Connections that completed a handshake are never evicted. Only a source over its own per-address caps is refused.
+/// When none is pending, a connection that completed its handshake without a client certificate gives way the same
+/// way (where certificates are optional, as on transit, a peer could otherwise hold the unauthenticated share with
+/// finished handshakes); a connection that authenticated never does. Only a source over its own per-address caps is
+/// refused.
 public final class ConnectionLimit: Sendable {
     public let policy: ConnectionPolicy
     package let events: SecurityEvents
@@ -111,11 +114,22 @@ public final class ConnectionLimit: Sendable {
             pendingPerPrefix[prefix] = left > 0 ? left : nil
         }
 
-        /// The pending connection to give way: the oldest of the prefix with the most pending connections.
-        func victim() -> UInt64? {
+        /// The connection to give way: a pending one, the oldest of the prefix with the most pending connections; when
+        /// none is pending and `established` allows, one that completed its handshake without a certificate (on a
+        /// listener where certificates are optional: a token client, or a peer that only shook hands), the oldest of
+        /// the prefix with the most such connections. Never one that authenticated.
+        func victim(established: Bool) -> UInt64? {
+            if let pending = oldest(of: .pending, counts: pendingPerPrefix) { return pending }
+            guard established else { return nil }
+            var perPrefix: [String: Int] = [:]
+            for entry in entries.values where entry.phase == .unauthenticated { perPrefix[entry.prefix, default: 0] += 1 }
+            return oldest(of: .unauthenticated, counts: perPrefix)
+        }
+
+        private func oldest(of phase: Phase, counts: [String: Int]) -> UInt64? {
             var chosen: (id: UInt64, count: Int)?
-            for (id, entry) in entries where entry.phase == .pending {
-                let count = pendingPerPrefix[entry.prefix] ?? 0
+            for (id, entry) in entries where entry.phase == phase {
+                let count = counts[entry.prefix] ?? 0
                 if let current = chosen, current.count > count || (current.count == count && current.id < id) { continue }
                 chosen = (id, count)
             }
@@ -175,7 +189,7 @@ public final class ConnectionLimit: Sendable {
             var evicted: (any Channel)?? = nil
             let full = state.total.open >= policy.maxConnections
             if full || (policy.authenticates && state.total.unauthenticated >= policy.maxUnauthenticated) {
-                guard let victim = state.victim(), let removed = state.remove(victim) else {
+                guard let victim = state.victim(established: policy.authenticates), let removed = state.remove(victim) else {
                     return (nil, full ? "connection_limit" : "unauthenticated_connection_limit", nil)
                 }
                 state.evicted += 1

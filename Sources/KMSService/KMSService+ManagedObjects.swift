@@ -115,7 +115,8 @@ extension KMSService {
     /// that sealed it (`wrappingKey` for objects from before kmsd recorded that key; without one, an object with the
     /// old seal keeps it until the rewrap job reseals it).
     public func updateManagedObject(_ object: ManagedObject, from previous: ManagedObject,
-                                    wrappingKey: KeyName? = nil) async throws(ServiceError) -> Bool {
+                                    wrappingKey: KeyName? = nil, legacySeals: Bool = true) async throws(ServiceError) -> Bool {
+        if previous.envelope != nil { try Self.checkSeal(previous, legacySeals: legacySeals) }
         var object = object
         object.sealing = previous.sealing
         let bindingChanged = Self.sealingContext(object) != Self.sealingContext(previous)
@@ -179,14 +180,25 @@ extension KMSService {
 
     /// The object's key material, opened with the key that sealed it (`wrappingKey` for objects stored before kmsd
     /// recorded it). The backend must be up: kmsd fails closed.
-    public func openManagedObject(_ object: ManagedObject, wrappingKey: KeyName) async throws(ServiceError) -> SecretBytes {
+    public func openManagedObject(_ object: ManagedObject, wrappingKey: KeyName, legacySeals: Bool = true) async throws(ServiceError) -> SecretBytes {
         guard let envelope = object.envelope else { throw ServiceError(.conflict, .conflict, "the object has no key material (destroyed)") }
+        try Self.checkSeal(object, legacySeals: legacySeals)
         let key = object.sealedBy.flatMap { try? KeyName($0) } ?? wrappingKey
         let provider = try wrappingProvider(key)
         let context = Self.sealingContext(object)
         let material = try await wrappingCall(key) { try await provider.unwrap(key, wrapped: envelope, context: context).plaintext }
         if object.sealing != Self.currentSealing { await resealInPlace(object, material: material, key: key) }
         return material
+    }
+
+    /// Refuses an object with the old seal (its id only) once an operator said none may remain (`kmip.legacy_seals:
+    /// refuse`): a database writer who sets an object back to the old seal with an envelope from an old copy of the
+    /// database would otherwise open it under any owner.
+    static func checkSeal(_ object: ManagedObject, legacySeals: Bool) throws(ServiceError) {
+        guard object.sealing == currentSealing || legacySeals else {
+            throw ServiceError(.internal, .internal,
+                               "the managed object \(object.id) has the old seal (its id only), which kmip.legacy_seals: refuse does not open")
+        }
     }
 
     /// Seals an object with the old seal (its id only) again under the current one, now that its material is open.
@@ -270,6 +282,11 @@ extension KMSService {
             }
             guard previous.sealing != Self.currentSealing, let envelope = previous.envelope else { continue }
             let key = previous.sealedBy.flatMap { try? KeyName($0) } ?? wrappingKey
+            // Sealed by a key no longer configured: it cannot be opened here, and is counted, not retried in a loop.
+            guard policy.keys[key] != nil else {
+                pass.failed += 1
+                continue
+            }
             var resealed = previous
             resealed.sealing = Self.currentSealing
             let sealed: WrappedKey
@@ -278,7 +295,6 @@ extension KMSService {
             } catch {
                 if error.kind == .unavailable { throw error }
                 pass.failed += 1
-                logger.warning("a managed object could not be resealed", metadata: ["object": "\(record.id)", "error": "\(error)"])
                 continue
             }
             resealed.envelope = sealed.wrapped
@@ -366,6 +382,11 @@ extension KMSService {
                 throw ServiceError(.internal, .internal, "the managed object \(record.id) in the state store cannot be read")
             }
             decodedObjects.keep(record.id, metadata: record.metadata, object: object)
+        }
+        // A seal kmsd does not know (a later kmsd's, or a value written into the database) is never opened as the
+        // old one.
+        if let sealing = object.sealing, sealing != Self.currentSealing {
+            throw ServiceError(.internal, .internal, "the managed object \(record.id) has a seal (\(sealing)) this kmsd does not know")
         }
         object.envelope = record.material
         object.wrappingVersion = record.wrappingVersion

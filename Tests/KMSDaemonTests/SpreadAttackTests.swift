@@ -87,6 +87,7 @@ struct SpreadAttackTests {
                 try await Task.sleep(for: .milliseconds(200))
             }
             let lasted = ContinuousClock.now - start
+            print("trickled \(headersFirst ? "head" : "body"): closed after \(lasted), \(sent) byte(s) sent")
             #expect(await peer.closed(within: .seconds(2)), "a trickled \(headersFirst ? "head" : "body") kept its connection for \(lasted)")
             #expect(lasted < .seconds(4), "a trickled \(headersFirst ? "head" : "body") lasted \(lasted) with a 1 s deadline")
             peer.close()

@@ -48,14 +48,29 @@ struct ConnectionLimitTests {
         #expect(!newcomer.expireHandshake(), "an established connection was counted as pending")
     }
 
-    /// Connections that finished their handshake without a certificate (token clients) are not displaced: with every
-    /// unauthenticated slot held by such connections, a newcomer is refused as before.
-    @Test func establishedConnectionsAreNeverDisplaced() throws {
+    /// Connections that finished their handshake without a certificate (a token client, or a peer that only shook
+    /// hands, where certificates are optional) give way only when none is pending, the oldest of the prefix with the
+    /// most; connections that authenticated never do.
+    @Test func handshakesWithoutACertificateGiveWayAfterPendingOnesAndAuthenticatedOnesNever() throws {
         let limit = Self.limit(unauthenticated: 4, unauthenticatedPerSource: 4)
-        for index in 0..<4 { try #require(limit.admit(source: "10.0.\(index).1")).establish(authenticated: false) }
-        #expect(limit.admit(source: "10.0.9.1") == nil)
-        #expect(limit.evicted == 0)
-        #expect(limit.events.snapshot["unauthenticated_connection_limit"] == 1)
+        let tokens = try (0..<3).map { index in try #require(limit.admit(source: "10.0.1.\(index + 1)")) }
+        tokens.forEach { $0.establish(authenticated: false) }
+        let pending = try #require(limit.admit(source: "10.0.2.1"))
+        let newcomer = try #require(limit.admit(source: "10.0.3.1"), "a newcomer was refused while one connection was pending")
+        #expect(limit.evicted == 1 && !pending.expireHandshake(), "the pending connection gave way first")
+        newcomer.establish(authenticated: false)
+        // Now none is pending: the oldest handshake without a certificate in 10.0.1.0/24 (three of four) gives way.
+        _ = try #require(limit.admit(source: "10.0.4.1"))
+        #expect(limit.evicted == 2 && limit.current == 4 && limit.currentUnauthenticated == 4)
+        tokens[0].release()
+        #expect(limit.current == 4, "the connection that gave way released its slot a second time")
+        tokens[1].release()
+        #expect(limit.current == 3)
+        // The full share held by connections that authenticated (their own slots): nobody gives way.
+        let full = Self.limit(total: 3, perSource: 3, unauthenticated: 3, unauthenticatedPerSource: 3)
+        for index in 0..<3 { try #require(full.admit(source: "10.0.\(index).1")).establish(authenticated: true) }
+        #expect(full.admit(source: "10.0.9.1") == nil)
+        #expect(full.evicted == 0)
     }
 
     /// A source over its own caps is refused: it cannot displace others' connections by itself.

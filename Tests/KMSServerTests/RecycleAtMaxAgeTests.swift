@@ -56,3 +56,57 @@ struct RecycleAtMaxAgeTests {
         #expect(response.headerFields[.connection] == "close")
     }
 }
+
+/// The guard that closes a connection after a refusal or an answer written before its request was read, on an
+/// embedded channel.
+@Suite("Closing after refusals")
+struct HTTPRequestGuardTests {
+    private func connected() throws -> EmbeddedChannel {
+        let channel = EmbeddedChannel(handler: HTTPRequestGuard())
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 8443)).wait()
+        return channel
+    }
+
+    private func head(_ channel: EmbeddedChannel) throws {
+        try channel.writeInbound(HTTPRequestPart.head(HTTPRequest(method: .post, scheme: "https", authority: "kmsd", path: "/v1/x")))
+    }
+
+    private func answer(_ channel: EmbeddedChannel, _ status: HTTPResponse.Status) throws -> HTTPResponse? {
+        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: status)))
+        try channel.writeOutbound(HTTPResponsePart.end(nil))
+        guard case .head(let response)? = try channel.readOutbound(as: HTTPResponsePart.self) else { return nil }
+        _ = try channel.readOutbound(as: HTTPResponsePart.self)
+        return response
+    }
+
+    /// Pipelined requests read to their end are answered without closing, even when the next one's head came first.
+    @Test func pipelinedRequestsReadToTheirEndKeepTheConnection() throws {
+        let channel = try connected()
+        try head(channel)
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        try head(channel)
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        #expect(try answer(channel, .ok)?.headerFields[.connection] == nil)
+        #expect(try answer(channel, .ok)?.headerFields[.connection] == nil)
+        #expect(channel.isActive)
+    }
+
+    @Test func aRefusalOrAnAnswerBeforeTheRequestsEndClosesTheConnection() throws {
+        let refused = try connected()
+        try head(refused)
+        try refused.writeInbound(HTTPRequestPart.end(nil))
+        #expect(try answer(refused, .forbidden)?.headerFields[.connection] == "close")
+        #expect(!refused.isActive)
+
+        let early = try connected()
+        try head(early)  // its body has not arrived
+        #expect(try answer(early, .ok)?.headerFields[.connection] == "close")
+        #expect(!early.isActive)
+
+        let notFound = try connected()
+        try head(notFound)
+        try notFound.writeInbound(HTTPRequestPart.end(nil))
+        #expect(try answer(notFound, .notFound)?.headerFields[.connection] == nil, "a 404 read to its end keeps the connection")
+        #expect(notFound.isActive)
+    }
+}

@@ -96,6 +96,33 @@ struct ManagedObjectCustodyTests {
         await #expect(throws: ServiceError.self) { _ = try await service.openManagedObject(stolen, wrappingKey: Self.wrapping) }
     }
 
+    /// Once an operator says no object with the old seal may remain (`kmip.legacy_seals: refuse`), one is not opened
+    /// (a database writer could set an object back to it with an envelope from an old copy); a seal kmsd does not
+    /// know is never read as the old one.
+    @Test func theOldSealIsRefusedWhenAskedAndAnUnknownSealAlways() async throws {
+        let (service, base) = try await Self.make()
+        let material = Self.randomMaterial()
+        let sealed = try await base.provider.wrap(Self.wrapping, plaintext: material, context: ["kmsd_managed_object": "old"])
+        try await base.rotation.store.insertManagedObject(ManagedObjectRecord(
+            id: "old", owner: Self.owner, metadata: String(decoding: try JSONEncoder().encode(Self.key("old")), as: UTF8.self),
+            material: sealed.wrapped, wrappingVersion: sealed.version.rawValue))
+        let old = try #require(try await service.managedObject("old"))
+        await #expect(throws: ServiceError.self) { _ = try await service.openManagedObject(old, wrappingKey: Self.wrapping, legacySeals: false) }
+        var renamed = old
+        renamed.names = ["other"]
+        await #expect(throws: ServiceError.self) {
+            _ = try await service.updateManagedObject(renamed, from: old, wrappingKey: Self.wrapping, legacySeals: false)
+        }
+        #expect(try await service.managedObject("old")?.sealing == nil, "a refused object was resealed")
+
+        try await service.storeManagedObject(Self.key("new"), material: material, wrappingKey: Self.wrapping)
+        var record = try #require(try await base.rotation.store.managedObject("new"))
+        record.metadata = record.metadata.replacingOccurrences(of: "\"sealing\":2", with: "\"sealing\":3")
+        #expect(record.metadata.contains("\"sealing\":3"))
+        #expect(try await base.rotation.store.updateManagedObject(record))
+        await #expect(throws: ServiceError.self) { _ = try await service.managedObject("new") }
+    }
+
     /// Key material that is no key: all one byte value, or a short run repeated (a doubled 128-bit key).
     @Test func weakSymmetricKeysAreRefusedWithAClearError() async throws {
         let (service, _) = try await Self.make()

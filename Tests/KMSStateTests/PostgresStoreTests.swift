@@ -38,7 +38,8 @@ struct PostgresStoreTests {
         let began = ContinuousClock.now
         let error = try await refusal(settings)
         #expect(error.contains("no answer within 1.0 seconds"), "\(error)")
-        #expect(ContinuousClock.now - began < .seconds(3))
+        // Far below the 30 s connect timeout, with room for two cores busy with the tests that run in parallel.
+        #expect(ContinuousClock.now - began < .seconds(10))
     }
 
     @Test func anOutageFailsOperationsWithinTheDeadlineAndTheStoreRecoversOnItsOwn() async throws {
@@ -47,6 +48,9 @@ struct PostgresStoreTests {
     }
 
     func outageAndRecovery(_ cluster: ThrowawayPostgres) async throws {
+        // The schema is applied first under the default deadline (on two cores busy with parallel tests, a fresh
+        // cluster's migrations can take longer than the 2 s this test gives each operation).
+        await (try await PostgresStateStore.open(cluster.settings(database: "postgres"))).close()
         let store = try await PostgresStateStore.open(cluster.settings(database: "postgres", operationTimeout: .seconds(2)))
         try await store.addUsage([orders1: VersionUsage(wraps: 1)])
         try await cluster.pause()
