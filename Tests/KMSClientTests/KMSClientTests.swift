@@ -99,12 +99,13 @@ final class TLSServerFixture: Sendable {
 
 @Suite("KMSClient against kmsd's listener over an in-memory provider")
 struct KMSClientTests {
-    @Test func aNodeGetsItsKeysOverMutualTLSAndIsRefusedOthersOnTheSameConnection() async throws {
+    @Test func aNodeGetsItsKeysOverMutualTLSAndIsRefusedOthers() async throws {
         let server = try await TLSServerFixture.start()
         let node = try server.client("node1")
         let issued = try await node.datakey("orders", context: ["f": "1"])
         #expect(try await node.unwrap("orders", wrapped: issued.wrapped, context: ["f": "1"]).plaintext == issued.plaintext)
-        // The identity comes from this connection's certificate: node 1 may not use node 2's key.
+        // The identity comes from the client's certificate: node 1 may not use node 2's key (and the refusal closes the
+        // connection, so the next request shakes hands again).
         await #expect(throws: KMSClientError.self) { try await node.datakey("invoices") }
         let records = try await server.base.records(atLeast: 3)
         #expect(records.map { $0["identity"] as? String }.allSatisfy { $0 == "uri:spiffe://test/storage/node-1" })
