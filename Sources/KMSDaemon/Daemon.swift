@@ -22,15 +22,13 @@ import Synchronization
 /// kmsd's registry counts the transit front end's requests as it counts the API's.
 extension ServerMetrics: TransitRequestMetrics {}
 
-/// Writes the failed-handshake summaries and the refusal summaries every interval, and once more at shutdown.
-struct HandshakeSummaryService: Service {
-    let failures: HandshakeFailures
-    let refusals: RefusalSummaries
+/// Writes the audit log's interval summaries (failed handshakes, refusals) every interval, and once more at shutdown.
+struct SummaryService: Service {
+    let summaries: [any IntervalSummary]
     func run() async throws {
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
-                group.addTask { await failures.run() }
-                group.addTask { await refusals.run() }
+                for summary in summaries { group.addTask { await summary.run() } }
             }
         }
     }
@@ -293,7 +291,7 @@ public struct Daemon: Sendable {
         let watch = ProviderWatch(providers: providers, audit: audit, metrics: metrics)
         await watch.poll()  // the provider gauges exist from the first scrape
         var services: [any Service] = [
-            app, RotationScheduler(rotation), watch, HandshakeSummaryService(failures: running.handshakeFailures, refusals: running.server.service.refusals), running.revocationRefresh,
+            app, RotationScheduler(rotation), watch, SummaryService(summaries: [running.handshakeFailures, running.server.service.refusals]), running.revocationRefresh,
         ]
         if let metricsApp = metricsApplication(running.server, metrics: metrics, connections: running.connections, onRunning: onMetricsRunning) { services.append(metricsApp) }
         if let transit { services.append(transit.app) }

@@ -108,10 +108,14 @@ public final class KMIPFrontEnd: Sendable {
                                                     placeholder: placeholder, scanBudget: scanBudget)
             let result = KMIPResult(operation: item.operation, id: item.id, outcome: outcome)
             results.append(result)
-            responseBytes += TTLVEncoder.encodedLength(result.item)
-            if responseBytes > responseLimit {
-                overLimit = results.count - 1
-                break
+            // Counted as the batch goes, to stop before running items whose answers could not be sent; a message of
+            // one item is measured once, when encoded below.
+            if request.items.count > 1 {
+                responseBytes += TTLVEncoder.encodedLength(result.item)
+                if responseBytes > responseLimit {
+                    overLimit = results.count - 1
+                    break
+                }
             }
             switch outcome {
             case .success(let payload):

@@ -16,7 +16,7 @@ package final class WriteDeadline<Part>: ChannelOutboundHandler, RemovableChanne
     let tracks: (Part) -> Bool
     /// When each pending tracked write was made, oldest first.
     private var pending = CircularBuffer<NIODeadline>()
-    private var timer: Scheduled<Void>?
+    private let timer = MovingDeadline()
 
     package init(timeout: Duration, events: SecurityEvents, tracks: @escaping (Part) -> Bool) {
         self.timeout = TimeAmount(timeout)
@@ -35,26 +35,43 @@ package final class WriteDeadline<Part>: ChannelOutboundHandler, RemovableChanne
             _ = pending.popFirst()
         }
         context.write(data, promise: tracked)
-        arm(context, at: .now() + timeout)
+        // Armed already for an older write: it re-arms for this one when it fires (no closure made per write).
+        guard !timer.isArmed else { return }
+        timer.arm(on: context.eventLoop, at: .now() + timeout) { [self] in
+            // The oldest pending write decides; none pending, nothing to watch.
+            guard let oldest = pending.first else { return nil }
+            guard oldest + timeout <= .now() else { return oldest + timeout }
+            events.record("write_timeout")
+            context.close(promise: nil)
+            return nil
+        }
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        timer.cancel()
+    }
+}
+
+/// One timer for a deadline that moves (the oldest pending write's, the request in progress's): armed when nothing is
+/// armed, and when it fires, `check` says what comes next: nil, nothing to watch; a deadline, armed again for it. A
+/// connection has at most one scheduled task per such deadline, however many requests or writes it has. Used on its
+/// channel's event loop only.
+final class MovingDeadline {
+    private var scheduled: Scheduled<Void>?
+
+    var isArmed: Bool { scheduled != nil }
+
+    func arm(on loop: any EventLoop, at deadline: NIODeadline, _ check: @escaping () -> NIODeadline?) {
+        guard scheduled == nil else { return }
+        scheduled = loop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            scheduled = nil
+            if let next = check() { arm(on: loop, at: next, check) }
+        }
     }
 
-    private func arm(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
-        guard timer == nil else { return }
-        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            timer = nil
-            guard let oldest = pending.first else { return }
-            if oldest + timeout <= .now() {
-                events.record("write_timeout")
-                context.close(promise: nil)
-            } else {
-                arm(context, at: oldest + timeout)
-            }
-        }
+    func cancel() {
+        scheduled?.cancel()
+        scheduled = nil
     }
 }
 
@@ -70,7 +87,7 @@ package final class RequestReadDeadline: ChannelInboundHandler, RemovableChannel
     let events: SecurityEvents
     /// Since when the request in progress has been arriving; nil between requests.
     private var startedAt: NIODeadline?
-    private var timer: Scheduled<Void>?
+    private let timer = MovingDeadline()
     private var context: ChannelHandlerContext?
 
     package init(timeout: Duration, events: SecurityEvents) {
@@ -81,8 +98,7 @@ package final class RequestReadDeadline: ChannelInboundHandler, RemovableChannel
     package func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     package func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
-        timer?.cancel()
-        timer = nil
+        timer.cancel()
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -101,22 +117,17 @@ package final class RequestReadDeadline: ChannelInboundHandler, RemovableChannel
     }
 
     private func start() {
+        guard let loop = context?.eventLoop else { return }
         let now = NIODeadline.now()
         startedAt = now
-        arm(at: now + timeout)
-    }
-
-    private func arm(at deadline: NIODeadline) {
-        guard timer == nil, let context else { return }
-        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            timer = nil
-            guard let startedAt, let context = self.context else { return }
-            if startedAt + timeout <= .now() {
-                events.record("request_timeout")
-                context.close(promise: nil)
-            } else {
-                arm(at: startedAt + timeout)
-            }
+        guard !timer.isArmed else { return }
+        timer.arm(on: loop, at: now + timeout) { [self] in
+            // The request in progress decides; between requests, nothing to watch.
+            guard let startedAt, let context else { return nil }
+            guard startedAt + timeout <= .now() else { return startedAt + timeout }
+            events.record("request_timeout")
+            context.close(promise: nil)
+            return nil
         }
     }
 }

@@ -8,7 +8,7 @@ import Synchronization
 /// in the last 10 s"), written by `flush`, so that a flood of bare connects cannot fill the disk or the audit queue.
 /// At most `maxSources` addresses are told apart per interval; failures from further addresses in the same interval
 /// are summed in one record from "other addresses".
-public final class HandshakeFailures: Sendable {
+public final class HandshakeFailures: IntervalSummary {
     private struct Entry {
         var count = 0
         var lastError = ""
@@ -63,14 +63,5 @@ public final class HandshakeFailures: Sendable {
     private func summary(_ entry: Entry, from: String, period: String) -> AuditEvent {
         AuditEvent(.authentication, "tls_handshake", result: .denied, identity: nil, items: entry.count, code: "handshake_failed",
                    detail: String("\(entry.count) failed TLS handshake(s) \(from) in the last \(period); last: \(entry.lastError)".prefix(300)))
-    }
-
-    /// Flushes every `interval` until cancelled, and once more at the end.
-    public func run() async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: interval)
-            flush()
-        }
-        flush()
     }
 }

@@ -60,9 +60,7 @@ extension KMSService {
 
     private func insert(_ object: ManagedObject, sealed: WrappedKey) async throws(ServiceError) {
         var object = object
-        object.envelope = sealed.wrapped
-        object.wrappingVersion = sealed.version.rawValue
-        object.sealedBy = sealed.key.rawValue
+        object.adopt(sealed)
         let record = try Self.record(object)
         try await storeCall("store the managed object") { store in try await store.insertManagedObject(record) }
     }
@@ -124,9 +122,7 @@ extension KMSService {
             if let key = previous.sealedBy.flatMap({ try? KeyName($0) }) ?? wrappingKey {
                 object.sealing = Self.currentSealing
                 let resealed = try await reseal(envelope, key: key, from: Self.sealingContext(previous), to: Self.sealingContext(object))
-                object.envelope = resealed.wrapped
-                object.wrappingVersion = resealed.version.rawValue
-                object.sealedBy = resealed.key.rawValue
+                object.adopt(resealed)
             } else if bindingChanged {
                 throw ServiceError(.unavailable, .unavailable, "the object \(object.id) records no key that sealed it; kmsd cannot reseal it for this change")
             }
@@ -146,11 +142,7 @@ extension KMSService {
 
     /// Up to `limit` objects of `owner` after `after`, by id.
     public func managedObjects(owner: String, after: String?, limit: Int) async throws(ServiceError) -> [ManagedObject] {
-        let records = try await storeCall("list managed objects") { store in try await store.managedObjects(owner: owner, after: after, limit: limit) }
-        var objects: [ManagedObject] = []
-        let now = Self.now()
-        for record in records { objects.append(try object(record).advanced(at: now)) }
-        return objects
+        try objects(try await storeCall("list managed objects") { store in try await store.managedObjects(owner: owner, after: after, limit: limit) })
     }
 
     /// Every owner that has an object.
@@ -171,9 +163,13 @@ extension KMSService {
 
     /// Up to `limit` objects after `after`, by id.
     public func managedObjects(after: String?, limit: Int) async throws(ServiceError) -> [ManagedObject] {
-        let records = try await storeCall("list managed objects") { store in try await store.managedObjects(after: after, limit: limit) }
-        var objects: [ManagedObject] = []
+        try objects(try await storeCall("list managed objects") { store in try await store.managedObjects(after: after, limit: limit) })
+    }
+
+    /// The objects stored records describe, as of now.
+    private func objects(_ records: [ManagedObjectRecord]) throws(ServiceError) -> [ManagedObject] {
         let now = Self.now()
+        var objects: [ManagedObject] = []
         for record in records { objects.append(try object(record).advanced(at: now)) }
         return objects
     }
@@ -209,9 +205,7 @@ extension KMSService {
         let context = Self.sealingContext(resealed)
         guard let provider = try? wrappingProvider(key),
               let sealed = try? await wrappingCall(key, { try await provider.wrap(key, plaintext: material, context: context) }) else { return }
-        resealed.envelope = sealed.wrapped
-        resealed.wrappingVersion = sealed.version.rawValue
-        resealed.sealedBy = sealed.key.rawValue
+        resealed.adopt(sealed)
         guard let record = try? Self.record(resealed) else { return }
         _ = try? await storeCall("reseal the managed object") { store in try await store.updateManagedObject(record) }
     }
@@ -297,9 +291,7 @@ extension KMSService {
                 pass.failed += 1
                 continue
             }
-            resealed.envelope = sealed.wrapped
-            resealed.wrappingVersion = sealed.version.rawValue
-            resealed.sealedBy = sealed.key.rawValue
+            resealed.adopt(sealed)
             let updated = try Self.record(resealed)
             if try await storeCall("reseal a managed object", { store in try await store.updateManagedObject(updated) }) {
                 pass.rewrapped += 1
@@ -417,5 +409,14 @@ final class DecodedObjects: Sendable {
             if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
             entries[id] = (metadata, object)
         }
+    }
+}
+
+extension ManagedObject {
+    /// Takes `sealed` as the object's material: its envelope, the wrapping version under it, the key that sealed it.
+    mutating func adopt(_ sealed: WrappedKey) {
+        envelope = sealed.wrapped
+        wrappingVersion = sealed.version.rawValue
+        sealedBy = sealed.key.rawValue
     }
 }

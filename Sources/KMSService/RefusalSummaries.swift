@@ -9,7 +9,7 @@ import Synchronization
 /// records per interval, not one fsynced record each, and the audit log (failing closed) cannot be filled through it.
 /// Successful operations are always recorded one by one. At most `maxKeys` identity–code pairs are told apart per
 /// interval; refusals of further pairs in the same interval are summed in one record.
-public final class RefusalSummaries: Sendable {
+public final class RefusalSummaries: IntervalSummary {
     struct Key: Hashable {
         let identity: String?
         let code: String
@@ -108,6 +108,16 @@ public final class RefusalSummaries: Sendable {
         return event
     }
 
+}
+
+/// A summary the audit log gets once an interval (failed handshakes, refusals beyond their budget): `flush` writes
+/// what the interval gathered and starts the next.
+public protocol IntervalSummary: Sendable {
+    var interval: Duration { get }
+    func flush()
+}
+
+extension IntervalSummary {
     /// Flushes every `interval` until cancelled, and once more at the end.
     public func run() async {
         while !Task.isCancelled {

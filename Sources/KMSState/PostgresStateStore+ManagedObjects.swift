@@ -45,12 +45,7 @@ extension PostgresStateStore {
     }
 
     public func countManagedObjects(owner: String) async throws -> Int {
-        try await guarded("count an owner's managed objects") { [logger] client in
-            let rows = try await client.query("SELECT count(*) FROM kmsd_managed_objects WHERE owner = \(owner)", logger: logger)
-            var count = 0
-            for try await value in rows.decode(Int64.self) { count = Int(value) }
-            return count
-        }
+        try await count("count an owner's managed objects", "WHERE owner = \(owner)")
     }
 
     public func managedObjectOwners() async throws -> [String] {
@@ -69,9 +64,15 @@ extension PostgresStateStore {
     }
 
     public func countManagedObjects(wrappedBelow version: UInt32) async throws -> Int {
-        try await guarded("count managed objects to rewrap") { [logger] client in
-            let rows = try await client.query(
-                "SELECT count(*) FROM kmsd_managed_objects WHERE material IS NOT NULL AND wrapping_version < \(Int64(version))", logger: logger)
+        try await count("count managed objects to rewrap", "WHERE material IS NOT NULL AND wrapping_version < \(Int64(version))")
+    }
+
+    private func count(_ what: String, _ condition: PostgresQuery) async throws -> Int {
+        try await guarded(what) { [logger] client in
+            var query = PostgresQuery(unsafeSQL: "SELECT count(*) FROM kmsd_managed_objects ")
+            query.sql += condition.sql
+            query.binds = condition.binds
+            let rows = try await client.query(query, logger: logger)
             var count = 0
             for try await value in rows.decode(Int64.self) { count = Int(value) }
             return count
