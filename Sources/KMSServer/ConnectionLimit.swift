@@ -180,20 +180,20 @@ public final class ConnectionLimit: Sendable {
     /// When the listener is full, a pending connection gives way (closed here) instead.
     func admit(source: String, channel: (any Channel)? = nil) -> ConnectionTicket? {
         let prefix = Self.prefix(of: source)
-        let outcome = state.withLock { state -> (id: UInt64?, refusal: String?, evicted: (any Channel)??) in
+        let outcome = state.withLock { state -> (id: UInt64?, refusal: String?, evicted: Entry?) in
             let entry = state.sources[source] ?? Counts()
             if entry.open >= policy.maxPerSource { return (nil, "source_connection_limit", nil) }
             if policy.authenticates && entry.unauthenticated >= policy.maxUnauthenticatedPerSource {
                 return (nil, "unauthenticated_connection_limit", nil)
             }
-            var evicted: (any Channel)?? = nil
+            var evicted: Entry?
             let full = state.total.open >= policy.maxConnections
             if full || (policy.authenticates && state.total.unauthenticated >= policy.maxUnauthenticated) {
                 guard let victim = state.victim(established: policy.authenticates), let removed = state.remove(victim) else {
                     return (nil, full ? "connection_limit" : "unauthenticated_connection_limit", nil)
                 }
                 state.evicted += 1
-                evicted = .some(removed.channel)
+                evicted = removed
             }
             let id = state.next
             state.next += 1
@@ -212,20 +212,20 @@ public final class ConnectionLimit: Sendable {
             events.record(refusal)
             return nil
         }
-        if case .some(let victim) = outcome.evicted {
+        if let evicted = outcome.evicted {
             events.record("connection_evicted")
-            victim?.close(promise: nil)
+            evicted.channel?.close(promise: nil)
         }
         guard let id = outcome.id else { return nil }
         return ConnectionTicket(limit: self, id: id, source: source)
     }
 
     /// The connection finished its handshake (or, without TLS, sent its first byte): it no longer gives way, and with
-    /// a verified client certificate it leaves the unauthenticated share. False when it was evicted first.
-    fileprivate func establish(_ id: UInt64, authenticated: Bool) -> Bool {
+    /// a verified client certificate it leaves the unauthenticated share. Nothing when it gave way first (it is being
+    /// closed).
+    fileprivate func establish(_ id: UInt64, authenticated: Bool) {
         state.withLock { state in
-            guard var entry = state.entries[id] else { return false }
-            guard entry.phase == .pending else { return true }
+            guard var entry = state.entries[id], entry.phase == .pending else { return }
             state.dropPending(entry.prefix)
             entry.phase = authenticated ? .authenticated : .unauthenticated
             state.entries[id] = entry
@@ -233,7 +233,6 @@ public final class ConnectionLimit: Sendable {
                 state.total.unauthenticated -= 1
                 state.sources[entry.source]?.unauthenticated -= 1
             }
-            return true
         }
     }
 
@@ -266,7 +265,7 @@ package final class ConnectionTicket: Sendable {
     var timedOut: Bool { timedOutFlag.withLock { $0 } }
 
     func establish(authenticated: Bool) {
-        _ = limit.establish(id, authenticated: authenticated)
+        limit.establish(id, authenticated: authenticated)
     }
 
     /// True when the connection had not been established (the caller closes it).
