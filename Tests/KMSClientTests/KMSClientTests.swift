@@ -163,7 +163,7 @@ struct KMSClientTests {
         let client = try KMSClient(.init(server: "https://localhost:\(first.port), https://localhost:\(second.port)/",
                                          caFile: directory.appendingPathComponent("ca.pem").path,
                                          certificateFile: directory.appendingPathComponent("node1.pem").path,
-                                         keyFile: directory.appendingPathComponent("node1-key.pem").path, timeout: .seconds(1), retries: 0))
+                                         keyFile: directory.appendingPathComponent("node1-key.pem").path, timeout: .seconds(5), retries: 0))
         #expect(client.configuration.servers == ["https://localhost:\(first.port)", "https://localhost:\(second.port)"])
         let before = (first.base.provider.callCount, second.base.provider.callCount)
         for _ in 0..<10 { _ = try await client.datakey("orders") }
@@ -171,7 +171,8 @@ struct KMSClientTests {
         #expect(served.0 == 5 && served.1 == 5, "in turn: \(served)")
 
         // One endpoint stops (its open connection no longer answers): every request still succeeds, on the other,
-        // with no retry budget of its own; the one that found it stopped waited its 1 s timeout first.
+        // with no retry budget of its own; the one that found it stopped waited its timeout first (5 s: with 1 s, a
+        // request slowed by the tests running in parallel on two cores failed over and broke the turn above).
         await first.stop()
         let still = second.base.provider.callCount
         for _ in 0..<10 { _ = try await client.datakey("orders") }
